@@ -1,0 +1,51 @@
+# rpmimg: `make demo` and `make test` work on a fresh Debian 12 machine as root.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := rpm python3-rpm python3-venv btrfs-progs rsync zstd createrepo-c \
+	libsolv-tools gnupg xz-utils bzip2 cpio libcap2-bin attr time util-linux
+
+.PHONY: all deps venv fixtures test lint typecheck pytest demo bench clean
+
+all: venv
+
+# Install the Debian packages only when one is missing, so repeated runs stay fast.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.stamp: pyproject.toml | deps
+	/usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: deps $(VENV)/.stamp
+
+fixtures: venv
+	$(PY) -m fixtures.build
+
+lint: venv
+	$(VENV)/bin/ruff check rpmimg rpmextents solver deploy tests fixtures benchmarks
+
+typecheck: venv
+	$(VENV)/bin/mypy rpmimg rpmextents solver deploy
+
+pytest: venv fixtures
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: venv fixtures
+	$(PY) -m fixtures.demo
+
+bench: venv fixtures
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .cache

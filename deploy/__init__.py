@@ -1,0 +1,1 @@
+"""Client side: deploy images into read-only btrfs /usr subvolumes."""

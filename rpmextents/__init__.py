@@ -1,0 +1,31 @@
+"""The extents RPM format: transcode, read, verify and extract.
+
+An extents RPM keeps the original lead, signature header and header byte-identical
+(so ``rpm -qp`` reads it and the header signature still verifies), followed by a
+versioned index and the file data, every regular file block-aligned so that it can
+be reflinked. The index holds every byte of the uncompressed cpio payload except
+file data, so the payload can be rebuilt virtually and checked against the signed
+header's PAYLOADDIGESTALT.
+
+This package imports nothing else from the project.
+"""
+
+from __future__ import annotations
+
+from rpmextents.errors import (
+    CorruptPackageError,
+    Error,
+    FormatError,
+    UnsafePathError,
+    UnsupportedPackageError,
+    VerifyError,
+)
+
+__all__ = [
+    "CorruptPackageError",
+    "Error",
+    "FormatError",
+    "UnsafePathError",
+    "UnsupportedPackageError",
+    "VerifyError",
+]

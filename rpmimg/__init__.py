@@ -1,0 +1,1 @@
+"""rpmimg command-line front."""

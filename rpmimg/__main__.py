@@ -1,0 +1,5 @@
+import sys
+
+from rpmimg.cli import main
+
+sys.exit(main())

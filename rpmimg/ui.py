@@ -1,0 +1,76 @@
+"""Terminal output for the CLI: one-line errors, JSON, and progress bars."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, NoReturn, TextIO
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called; printed as one line."""
+
+
+def die(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
+    """Print one error line (and an optional hint) and exit non-zero."""
+    print(f"rpmimg: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"rpmimg: hint: {hint}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class Progress:
+    """A one-line progress bar on a terminal; plain start/finish lines otherwise.
+
+    Call it as a progress callback: ``progress(done, total)``.
+    """
+
+    def __init__(self, label: str, stream: TextIO | None = None, unit: str = "bytes") -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.unit = unit
+        self.tty = self.stream.isatty() and os.environ.get("TERM") != "dumb"
+        self._last = 0.0
+        self._started = time.monotonic()
+        self._shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1 and done < total:
+            return
+        self._last = now
+        frac = done / total if total else 1.0
+        width = 30
+        bar = "#" * int(frac * width)
+        if self.unit == "bytes":
+            amount = f"{human_bytes(done)}/{human_bytes(total)}"
+        else:
+            amount = f"{done}/{total}"
+        self.stream.write(f"\r{self.label} [{bar:<{width}}] {frac * 100:5.1f}% {amount}  ")
+        self.stream.flush()
+        self._shown = True
+
+    def close(self, summary: str | None = None) -> None:
+        if self._shown:
+            self.stream.write("\r\033[K")
+        if summary:
+            elapsed = time.monotonic() - self._started
+            self.stream.write(f"{self.label}: {summary} ({elapsed:.1f} s)\n")
+        self.stream.flush()

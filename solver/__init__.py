@@ -1,0 +1,1 @@
+"""Server side: compose images from package lists with libsolv and publish them."""
