@@ -18,6 +18,7 @@ from pathlib import Path
 # apt stores its lists compressed (lz4 here); apt-helper decompresses any of its formats.
 APT_HELPER = "/usr/lib/apt/apt-helper"
 APT_LISTS = Path("/var/lib/apt/lists")
+COMPRESSED = {".lz4", ".gz", ".xz", ".zst", ".bz2", ".lzma"}
 
 
 class DebianError(Exception):
@@ -51,7 +52,7 @@ def apt_index_files(suffix: str = "_main_binary-amd64_Packages") -> list[Path]:
     """apt's Packages lists for bookworm main amd64 (release, updates, security), newest wins later."""
     found = []
     for path in sorted(APT_LISTS.glob("*")):
-        stem = path.name.split(".")[0] if path.suffix in {".lz4", ".gz", ".xz", ".zst"} else path.name
+        stem = path.name.removesuffix(path.suffix) if path.suffix in COMPRESSED else path.name
         if stem.endswith(suffix) and "bookworm" in stem and "backports" not in stem:
             found.append(path)
     return found
@@ -356,7 +357,7 @@ def load_index(paths: Iterable[Path], arches: tuple[str, ...] = ("amd64", "all")
     """The newest version of every package across the given apt lists (apt's candidate, unpinned)."""
     best: dict[str, DebPackage] = {}
     for path in paths:
-        text = read_index(path) if path.suffix in {".lz4", ".gz", ".xz", ".zst"} else path.read_text()
+        text = read_index(path) if path.suffix in COMPRESSED else path.read_text()
         for stanza in parse_stanzas(text):
             pkg = DebPackage.from_stanza(stanza)
             if pkg.arch not in arches:
