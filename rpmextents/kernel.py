@@ -529,6 +529,9 @@ def set_capabilities(fd: int, text: str) -> None:
         raise OSError(errno.EINVAL, f"invalid capability text {text!r}", _fd_path(fd))
     try:
         if lib.cap_set_fd(fd, caps) != 0:
-            raise _last_error(_fd_path(fd))
+            code = ffi.errno
+            # EINVAL here is mostly a set the kernel cannot store: a file has one effective bit,
+            # so "e" must cover all of the permitted and inheritable capabilities or none.
+            raise OSError(code, f"cannot set capabilities {text!r}: {os.strerror(code)}", _fd_path(fd))
     finally:
         lib.cap_free(caps)
