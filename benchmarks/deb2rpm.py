@@ -182,7 +182,8 @@ def file_entries(archive: DebArchive) -> list[FileEntry]:
 
 
 def package_spec(archive: DebArchive, *, release_suffix: str = "",
-                 files: list[FileEntry] | None = None) -> PackageSpec:
+                 files: list[FileEntry] | None = None,
+                 virtual: frozenset[str] = frozenset()) -> PackageSpec:
     """The rpm PackageSpec for a .deb: same name, version mapped, dependencies translated."""
     pkg = archive.package
     release = pkg.version.rpm_release + release_suffix
@@ -208,7 +209,7 @@ def package_spec(archive: DebArchive, *, release_suffix: str = "",
         sourcerpm=f"{source}-{pkg.version.rpm_version}-{release}.src.rpm",
         provides=provides,
         requires=pkg.requires(),
-        conflicts=pkg.conflicts(),
+        conflicts=pkg.conflicts(virtual),
         recommends=pkg.recommends(),
         suggests=pkg.suggests(),
         enhances=pkg.enhances(),

@@ -45,12 +45,13 @@ from benchmarks.debian import (
     apt_index_files,
     load_index,
     parse_relations,
+    unversioned_provides,
 )
 from benchmarks.rpmwriter import FileEntry, write_package
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 ZSTD_LEVEL = int(os.environ.get("RPMIMG_BENCH_ZSTD_LEVEL", "19"))  # rpmbuild's w19.zstdio, as distributions ship
 UPDATE_FRACTION = 0.05
 CHANGED_FILE_FRACTION = 0.4
@@ -179,6 +180,7 @@ def fetch_debs(pkgs: list[DebPackage], dest: Path) -> list[Path]:
             todo.append(pkg)
     if todo:
         with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+            os.chmod(tmp, 0o755)  # apt downloads as its _apt user when it can
             subprocess.run(["apt-get", "download", "-q", *(f"{p.name}={p.version}" for p in todo)],
                            check=True, cwd=tmp, stdout=subprocess.DEVNULL)
             for pkg in todo:
@@ -202,10 +204,10 @@ class Converted:
     installed_bytes: int
 
 
-def convert_one(deb: Path, out: Path, level: int) -> Converted:
-    """Repackage one .deb into out/ (skipped when the RPM is already there)."""
+def convert_one(deb: Path, out: Path, level: int, virtual: frozenset[str]) -> Converted:
+    """Repackage one .deb into out/."""
     archive = read_deb(deb)
-    spec = package_spec(archive)
+    spec = package_spec(archive, virtual=virtual)
     written = write_package(spec, out, level=level)
     return Converted(spec.name, _source(archive), written.path.name, written.size, written.files,
                      written.installed_size)
@@ -281,7 +283,7 @@ class UpdatedPackage:
     changed_bytes: int
 
 
-def update_one(deb: Path, out: Path, level: int, siblings: list[str],
+def update_one(deb: Path, out: Path, level: int, virtual: frozenset[str], siblings: list[str],
                old_rpm: str) -> UpdatedPackage:
     """The new version of one package: release bumped, a share of its files changed."""
     archive = read_deb(deb)
@@ -297,7 +299,7 @@ def update_one(deb: Path, out: Path, level: int, siblings: list[str],
         if key in new_data:
             f = replace(f, data=new_data[key], mtime=f.mtime + 86400)
         bumped.append(f)
-    spec = package_spec(archive, release_suffix=".1", files=bumped)
+    spec = package_spec(archive, release_suffix=".1", files=bumped, virtual=virtual)
     old_evr = f"{archive.package.version.rpm_evr(with_release=True)}"
     new_evr = spec.provides[0].version
     requires = [replace(d, version=new_evr) if d.name in siblings and d.version == old_evr else d
@@ -367,7 +369,8 @@ def build_corpus(cache: Path | None = None, seeds: Iterable[str] = SEEDS) -> Cor
     (work / "updates").mkdir()
     t = time.monotonic()
     debs_by_size = sorted(debs, key=lambda p: -p.stat().st_size)  # big ones first balance the workers
-    converted: list[Converted] = _parallel(convert_one, [(d, work / "base", ZSTD_LEVEL)
+    virtual = unversioned_provides(index.values())
+    converted: list[Converted] = _parallel(convert_one, [(d, work / "base", ZSTD_LEVEL, virtual)
                                                          for d in debs_by_size])
     converted.sort(key=lambda c: c.name)
     timings["convert"] = time.monotonic() - t
@@ -378,7 +381,8 @@ def build_corpus(cache: Path | None = None, seeds: Iterable[str] = SEEDS) -> Cor
     chosen = [c for c in converted if c.source in sources]
     siblings = {s: [c.name for c in chosen if c.source == s] for s in sources}
     updated: list[UpdatedPackage] = _parallel(update_one, [
-        (deb_of[c.name], work / "updates", ZSTD_LEVEL, siblings[c.source], c.rpm) for c in chosen
+        (deb_of[c.name], work / "updates", ZSTD_LEVEL, virtual, siblings[c.source], c.rpm)
+        for c in chosen
     ])
     timings["update"] = time.monotonic() - t
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +150,14 @@ class DebVersion:
 
     @property
     def rpm_release(self) -> str:
-        """The Debian revision, or "0" for native packages (an rpm header needs a release)."""
+        """The Debian revision, or "0" for native packages (an rpm header needs a release).
+
+        A revision without letters or digits (Debian's `<< 1.0-.` idiom, "after
+        every revision of 1.0") has no such meaning to rpm, which ignores
+        punctuation; a large number sorts after every real revision instead.
+        """
+        if self.revision and not re.search(r"[A-Za-z0-9]", self.revision):
+            return "999999"
         return re.sub(r"[^A-Za-z0-9._+~^]", "_", self.revision) or "0"
 
     def rpm_evr(self, *, with_release: bool = True) -> str:
@@ -226,7 +233,19 @@ class Relation:
 
     @property
     def rpm_evr(self) -> str:
-        return DebVersion.parse(self.version).rpm_evr() if self.version else ""
+        """The version as rpm compares it.
+
+        rpm ignores the release when a dependency has none, dpkg treats a missing
+        revision as the lowest one: `>> 2.36` is met by 2.36-9 for dpkg but `> 2.36`
+        is not by rpm. For `>>`, `<=` and `=` the missing revision is spelled out
+        as "0", which sorts like dpkg's empty revision.
+        """
+        if not self.version:
+            return ""
+        v = DebVersion.parse(self.version)
+        if not v.revision and self.sense in (Sense.GREATER, Sense.LESS | Sense.EQUAL, Sense.EQUAL):
+            return f"{v.rpm_evr()}-0"
+        return v.rpm_evr()
 
     def satisfied_by(self, name: str, version: DebVersion | None) -> bool:
         """Whether a package or provide `name` at `version` satisfies this relation, as dpkg decides."""
@@ -279,14 +298,17 @@ def to_rpm_dependency(group: list[Relation], extra: Sense = Sense.ANY) -> Depend
     return Dependency("(" + " or ".join(alts) + ")", int(extra))
 
 
-def translate(fields: dict[str, str], names: Iterable[str]) -> list[Dependency]:
+def translate(fields: dict[str, str], names: Iterable[str],
+              keep: Callable[[Relation], bool] = lambda rel: True) -> list[Dependency]:
     """Translate the given relationship fields (in order) into unique rpm dependencies."""
     seen: dict[str, Dependency] = {}
     for field in names:
         extra = Sense.SCRIPT_PRE if field == "Pre-Depends" else Sense.ANY
         for group in parse_relations(fields.get(field, "")):
-            dep = to_rpm_dependency(group, extra)
-            seen.setdefault(str(dep), dep)
+            kept = [rel for rel in group if keep(rel)]
+            if kept:
+                dep = to_rpm_dependency(kept, extra)
+                seen.setdefault(str(dep), dep)
     return list(seen.values())
 
 
@@ -329,9 +351,15 @@ class DebPackage:
     def requires(self) -> list[Dependency]:
         return translate(self.fields, ("Pre-Depends", "Depends"))
 
-    def conflicts(self) -> list[Dependency]:
-        # Breaks means "not both configured at once": for an image that is a conflict.
-        return translate(self.fields, ("Conflicts", "Breaks"))
+    def conflicts(self, virtual: Container[str] = frozenset()) -> list[Dependency]:
+        """Conflicts and Breaks (for an image, "not both configured" is a conflict).
+
+        A versioned relation never matches an unversioned Provides for dpkg, but
+        does for rpm: versioned conflicts on names in `virtual` (provided without
+        a version somewhere) are left out rather than made to hit the providers.
+        """
+        return translate(self.fields, ("Conflicts", "Breaks"),
+                         keep=lambda rel: not (rel.op and rel.name in virtual))
 
     def recommends(self) -> list[Dependency]:
         return translate(self.fields, ("Recommends",))
@@ -366,3 +394,12 @@ def load_index(paths: Iterable[Path], arches: tuple[str, ...] = ("amd64", "all")
             if old is None or pkg.version.compare(old.version) > 0:
                 best[pkg.name] = pkg
     return best
+
+
+def unversioned_provides(pkgs: Iterable[DebPackage]) -> frozenset[str]:
+    """Names some package provides without a version (which versioned relations never match)."""
+    names: set[str] = set()
+    for pkg in pkgs:
+        for group in parse_relations(pkg.fields.get("Provides", "")):
+            names.update(rel.name for rel in group if not rel.op)
+    return frozenset(names)

@@ -27,6 +27,7 @@ from benchmarks.debian import (
     Sense,
     parse_stanzas,
     read_index,
+    unversioned_provides,
 )
 
 MAIN_LIST = "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"
@@ -71,7 +72,7 @@ def _pkgid(pkg: DebPackage) -> str:
         f"{pkg.name}_{pkg.version}_{pkg.arch}".encode()).hexdigest()
 
 
-def package_xml(pkg: DebPackage) -> str:
+def package_xml(pkg: DebPackage, virtual: frozenset[str] = frozenset()) -> str:
     """One <package> element of primary.xml for a Debian stanza."""
     v = pkg.version
     size = pkg.fields.get("Size", "0")
@@ -92,7 +93,7 @@ def package_xml(pkg: DebPackage) -> str:
         '<rpm:header-range start="0" end="0"/>'
         + _deps("provides", _self_provided(pkg))
         + _deps("requires", pkg.requires())
-        + _deps("conflicts", pkg.conflicts())
+        + _deps("conflicts", pkg.conflicts(virtual))
         + _deps("recommends", pkg.recommends())
         + _deps("suggests", pkg.suggests())
         + _deps("enhances", pkg.enhances())
@@ -120,11 +121,12 @@ def write_rpmmd(pkgs: list[DebPackage], out: Path) -> Path:
     repodata = out / "repodata"
     repodata.mkdir(parents=True, exist_ok=True)
     n = len(pkgs)
+    virtual = unversioned_provides(pkgs)
     primary = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<metadata xmlns="http://linux.duke.edu/metadata/common" '
         f'xmlns:rpm="http://linux.duke.edu/metadata/rpm" packages="{n}">\n'
-        + "".join(package_xml(p) for p in pkgs)
+        + "".join(package_xml(p, virtual) for p in pkgs)
         + "</metadata>\n"
     )
     filelists = (

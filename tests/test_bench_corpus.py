@@ -139,6 +139,10 @@ def test_relations_to_rpm() -> None:
     group = parse_relations("libc6:any (>= 2.34) [amd64], a | b (<< 2:1.0-3)")
     assert str(to_rpm_dependency(group[0])) == "libc6 >= 2.34"
     assert str(to_rpm_dependency(group[1])) == "(a or b < 2:1.0-3)"
+    # dpkg's missing revision is the lowest one; rpm would ignore a missing release
+    assert str(to_rpm_dependency(parse_relations("x (>> 2.36)")[0])) == "x > 2.36-0"
+    assert str(to_rpm_dependency(parse_relations("x (>= 2.36)")[0])) == "x >= 2.36"
+    assert str(to_rpm_dependency(parse_relations("x (<< 1:2.39.5-.)")[0])) == "x < 1:2.39.5-999999"
     assert Relation.parse("x (>= 1.0)").satisfied_by("x", DebVersion.parse("1.0-1"))
     assert not Relation.parse("x (<< 1.0)").satisfied_by("x", DebVersion.parse("1.0"))
 
@@ -156,8 +160,10 @@ Package: app
 Version: 1.0-1
 Architecture: amd64
 Pre-Depends: base
-Depends: libfoo (>= 1:2.0), mta | mail-transport-agent, app-data (= 1.0-1), virt-a (>= 2)
+Depends: libfoo (>= 1:2.0), mta | mail-transport-agent, app-data (= 1.0-1), virt-a (>= 2),
+ libbar (>> 2.0), libbar (<< 2.0-.)
 Conflicts: oldapp
+Breaks: resolv (<< 2)
 Recommends: extra
 Description: the application
  It needs things.
@@ -177,6 +183,11 @@ Version: 1:2.1-1
 Architecture: amd64
 Description: new enough
 
+Package: libbar
+Version: 2.0-3
+Architecture: amd64
+Description: 2.0-3 is >> 2.0 and << 2.0-. for dpkg
+
 Package: postfix
 Version: 3.7.6-0+deb12u2
 Architecture: amd64
@@ -192,7 +203,7 @@ Description: provides too old a virt-a
 Package: virt-new
 Version: 1
 Architecture: amd64
-Provides: virt-a (= 3.0)
+Provides: virt-a (= 3.0), resolv
 Description: provides virt-a 3.0
 
 Package: base
@@ -239,13 +250,13 @@ def _solve(repo: Path, name: str) -> tuple[list[str], list[str]]:
 
 def test_packages_to_rpmmd_solves(tmp_path: Path) -> None:
     pkgs = read_packages(TINY_PACKAGES)
-    assert len(pkgs) == 11
+    assert len(pkgs) == 12
     write_rpmmd(pkgs, tmp_path)
     installed, problems = _solve(tmp_path, "app")
     assert not problems
     assert installed == sorted([
         "app-1.0-1.x86_64", "app-data-1.0-1.noarch", "base-12.4-0.x86_64",
-        "libfoo-1:2.1-1.x86_64", "postfix-3.7.6-0+deb12u2.x86_64", "virt-new-1-0.x86_64",
+        "libbar-2.0-3.x86_64", "libfoo-1:2.1-1.x86_64", "postfix-3.7.6-0+deb12u2.x86_64", "virt-new-1-0.x86_64",
     ])
     _, problems = _solve(tmp_path, "broken")
     assert any("nothing provides not-there >= 1" in p for p in problems), problems

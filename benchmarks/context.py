@@ -1,0 +1,104 @@
+"""What every metric needs: the corpus, a btrfs to work on, the run policy, and shared trees."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.debcorpus import Corpus
+from benchmarks.measure import CacheState, run_timed
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def rpmimg_command() -> list[str]:
+    """The real rpmimg of this checkout (.venv/bin/rpmimg), else the one on PATH."""
+    venv = CHECKOUT / ".venv" / "bin" / "rpmimg"
+    if venv.exists():
+        return [os.fspath(venv)]
+    found = shutil.which("rpmimg")
+    return [found] if found else [sys.executable, "-m", "rpmimg"]
+
+
+@functools.cache
+def rpmimg_verbs() -> frozenset[str]:
+    """Verbs the installed rpmimg offers (`pkg`, `compose`, `deploy`, ...), read from its help."""
+    proc = subprocess.run([*rpmimg_command(), "--help"], capture_output=True, text=True)
+    words = proc.stdout.replace(",", " ").replace("{", " ").replace("}", " ").split()
+    return frozenset(words)
+
+
+def rpmimg_has(*verbs: str) -> str | None:
+    """None when rpmimg offers every verb, else the reason it can't be measured yet."""
+    missing = [v for v in verbs if v not in rpmimg_verbs()]
+    if missing:
+        return f"`rpmimg {' '.join(missing)}` not available in this checkout yet"
+    return None
+
+
+@dataclass
+class Context:
+    corpus: Corpus
+    work: Path  # a mounted btrfs with room for several copies of the image
+    runs: int = 3
+    cache: CacheState = field(default_factory=CacheState)
+    limit: int | None = None  # only the first N packages (quick runs)
+    _counter: int = 0
+
+    @property
+    def rpmimg(self) -> list[str]:
+        return rpmimg_command()
+
+    def base_rpms(self) -> list[Path]:
+        rpms = sorted((self.corpus.base).glob("*.rpm"))
+        return rpms[: self.limit] if self.limit else rpms
+
+    def update_rpms(self) -> list[Path]:
+        names = {p.name.split("-")[0] for p in self.base_rpms()} if self.limit else None
+        rpms = sorted(self.corpus.updates.glob("*.rpm"))
+        return [p for p in rpms if names is None or p.name.split("-")[0] in names]
+
+    def v2_rpms(self) -> list[Path]:
+        """The package set after the update: base with the updated packages replaced."""
+        updated = {u["old_rpm"]: u["rpm"] for u in self.corpus.info["update"]["packages"]}
+        out = []
+        for p in self.base_rpms():
+            new = updated.get(p.name)
+            out.append(self.corpus.updates / new if new else p)
+        return out
+
+    def scratch(self, name: str) -> Path:
+        """A new, empty directory on the work filesystem."""
+        self._counter += 1
+        path = self.work / f"{name}-{self._counter}"
+        path.mkdir(parents=True)
+        return path
+
+    @functools.cached_property
+    def rpm_root_v1(self) -> Path:
+        """rpm -i --root of the original RPMs: the reference tree the peers work on."""
+        return self._rpm_install("rpmroot-v1", self.base_rpms())
+
+    @functools.cached_property
+    def rpm_root_v2(self) -> Path:
+        return self._rpm_install("rpmroot-v2", self.v2_rpms())
+
+    def _rpm_install(self, name: str, rpms: list[Path]) -> Path:
+        root = self.scratch(name)
+        rpm_install(root, rpms)
+        return root
+
+
+def rpm_install(root: Path, rpms: list[Path]) -> None:
+    """`rpm -i --root --nodeps --noscripts` of the packages, as one transaction."""
+    run_timed([rpm_install_command(root, rpms)])
+
+
+def rpm_install_command(root: Path, rpms: list[Path]) -> list[str]:
+    return ["rpm", "-i", "--root", os.fspath(root), "--nodeps", "--noscripts", "--nosignature",
+            "--ignorearch", *map(os.fspath, rpms)]
