@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks.debcorpus import Corpus
 from benchmarks.measure import CacheState, run_timed
@@ -48,6 +49,7 @@ class Context:
     runs: int = 3
     cache: CacheState = field(default_factory=CacheState)
     limit: int | None = None  # only the first N packages (quick runs)
+    shared: dict[str, Any] = field(default_factory=dict)  # results several metrics reuse
     _counter: int = 0
 
     @property

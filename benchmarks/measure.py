@@ -97,8 +97,12 @@ class CacheState:
 
 
 def run_timed(cmds: Sequence[Sequence[str]], *, cwd: Path | None = None,
-              stdout: int | None = subprocess.DEVNULL, env: dict[str, str] | None = None) -> Timing:
-    """Run commands one after another; total wall time and the largest peak RSS among them."""
+              stdout: int | None = subprocess.DEVNULL, env: dict[str, str] | None = None,
+              ok: tuple[int, ...] = (0,)) -> Timing:
+    """Run commands one after another; total wall time and the largest peak RSS among them.
+
+    An exit status outside `ok` raises CalledProcessError with the command's stderr.
+    """
     max_rss = 0
     start = time.perf_counter()
     for cmd in cmds:
@@ -109,7 +113,7 @@ def run_timed(cmds: Sequence[Sequence[str]], *, cwd: Path | None = None,
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         max_rss = max(max_rss, usage.ru_maxrss * 1024)
-        if proc.returncode != 0:
+        if proc.returncode not in ok:
             raise subprocess.CalledProcessError(proc.returncode, list(cmd), stderr=err)
     return Timing(time.perf_counter() - start, max_rss)
 

@@ -1,0 +1,224 @@
+"""Deploy, update and verify metrics: rpmimg on the corpus image against rpm, cp, ostree, casync.
+
+The peers always run; when an rpmimg verb is missing or fails, its row says
+"not run: <reason>" and keeps the peer's figure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import zstandard
+
+from benchmarks.context import Context, rpm_install_command, rpmimg_has
+from benchmarks.image import (
+    SigningKey,
+    compose,
+    default_usr,
+    deploy,
+    make_signing_key,
+    new_packages_zstd_bytes,
+)
+from benchmarks.measure import (
+    Row,
+    Target,
+    Timing,
+    btrfs_data_used,
+    median_timing,
+    not_run,
+    row,
+    run_timed,
+    tree_bytes,
+)
+from benchmarks.metrics_format import _last_line
+
+MB = 1e6
+faster = lambda rpmimg, peer: peer / rpmimg  # noqa: E731 - "N x faster": peer time over ours
+
+
+class ImageFlow:
+    """compose v1 -> deploy v1 -> compose v2 -> deploy v2 with the real rpmimg, run once and shared."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.key: SigningKey = make_signing_key(ctx.scratch("keys"))
+        self.output = ctx.scratch("published")
+        self.sysroot = ctx.scratch("sysroot")
+        repos = {"base": ctx.corpus.base}
+        self.v1 = compose(ctx, self.key, self.output, repos, "v1")
+        self.deploy_v1 = deploy(ctx, self.key, self.sysroot, os.fspath(self.v1.manifest))
+        self.usr_v1 = default_usr(ctx, self.sysroot)
+        used = btrfs_data_used(ctx.work)
+        self.v2 = compose(ctx, self.key, self.output, {**repos, "updates": ctx.corpus.updates}, "v2")
+        before = btrfs_data_used(ctx.work)
+        self.deploy_v2 = deploy(ctx, self.key, self.sysroot, os.fspath(self.v2.manifest))
+        self.update_disk = btrfs_data_used(ctx.work) - before
+        self.compose_v2_disk = before - used
+
+
+def flow(ctx: Context) -> ImageFlow | str:
+    """The shared rpmimg run, or why it can't run (missing verb, or the step that failed)."""
+    if "flow" not in ctx.shared:
+        reason = rpmimg_has("compose", "deploy", "status")
+        if reason:
+            ctx.shared["flow"] = reason
+        else:
+            try:
+                ctx.shared["flow"] = ImageFlow(ctx)
+            except subprocess.CalledProcessError as e:
+                ctx.shared["flow"] = f"`{' '.join(map(str, e.cmd[1:3]))}` failed: {_last_line(e)}"
+            except (OSError, RuntimeError, KeyError, ValueError) as e:
+                ctx.shared["flow"] = f"{type(e).__name__}: {e}"
+    result: ImageFlow | str = ctx.shared["flow"]
+    return result
+
+
+def ostree_repo(ctx: Context) -> Path:
+    """A bare ostree repository on the work btrfs with the v1 tree committed (not timed)."""
+    if "ostree" not in ctx.shared:
+        repo = ctx.scratch("ostree")
+        subprocess.run(["ostree", f"--repo={repo}", "init", "--mode=bare"], check=True)
+        _ostree_commit(repo, ctx.rpm_root_v1 / "usr", "v1")
+        ctx.shared["ostree"] = repo
+    path: Path = ctx.shared["ostree"]
+    return path
+
+
+def _ostree_commit(repo: Path, tree: Path, subject: str) -> None:
+    subprocess.run(["ostree", f"--repo={repo}", "commit", "--branch=bench", f"--subject={subject}",
+                    f"--tree=dir={tree}"], check=True, capture_output=True)
+
+
+def deploy_metrics(ctx: Context) -> list[Row]:
+    """Deploy time from a warm store vs rpm -i, cp -a --reflink=always and ostree checkout."""
+    rpms = ctx.base_rpms()
+    note = f"{len(rpms)} packages; {ctx.cache.label}; median of {ctx.runs}"
+    rpm_t = median_timing(ctx.runs, ctx.cache, lambda: run_timed(
+        [rpm_install_command(ctx.scratch("rpm-i"), rpms)]))
+    repo = ostree_repo(ctx)
+    ostree_t = median_timing(ctx.runs, ctx.cache, lambda: run_timed([[
+        "ostree", f"--repo={repo}", "checkout", "-H", "bench",
+        os.fspath(ctx.scratch("ostree-co") / "usr")]]))
+    f = flow(ctx)
+    tree = f.usr_v1 if isinstance(f, ImageFlow) else ctx.rpm_root_v1 / "usr"
+    cp_t = median_timing(ctx.runs, ctx.cache, lambda: run_timed([[
+        "cp", "-a", "--reflink=always", os.fspath(tree), os.fspath(ctx.scratch("cp") / "usr")]]))
+    metric, unit = "deploy time, warm store", "s"
+    rows_peers = (("rpm -i --root --nodeps --noscripts", rpm_t.seconds, Target(">=", 10), faster),
+                  ("cp -a --reflink=always of the deployed tree", cp_t.seconds, Target("<=", 1.5), None),
+                  ("ostree checkout -H of the same tree", ostree_t.seconds, None, None))
+    if isinstance(f, str):
+        return [not_run(metric, peer, value, unit, f, target) for peer, value, target, _ in rows_peers]
+    deploy_t = median_timing(ctx.runs, ctx.cache, lambda: _fresh_deploy(ctx, f))
+    rows = [row(metric, deploy_t.seconds, peer, value, unit, ratio=ratio, target=target,
+                note=f"{note}; store filled from the published directory on the same btrfs")
+            for peer, value, target, ratio in rows_peers]
+    rows.append(row("peak memory: rpmimg deploy", deploy_t.max_rss / MB, "rpm -i", rpm_t.max_rss / MB, "MB"))
+    rows.append(row("peak memory: rpmimg compose", f.v1.timing.max_rss / MB, "", None, "MB",
+                    note=f"compose v1 took {f.v1.timing.seconds:.1f}s"))
+    return rows
+
+
+def _fresh_deploy(ctx: Context, f: ImageFlow) -> Timing:
+    return deploy(ctx, f.key, ctx.scratch("sysroot"), os.fspath(f.v1.manifest))
+
+
+def update_metrics(ctx: Context) -> list[Row]:
+    """Disk cost and bytes on the wire of the update, against the physical limit and the peers."""
+    info = ctx.corpus.info["update"]
+    limit = int(info["changed_bytes"])
+    note = (f"{len(info['packages'])} packages updated, {info['changed_files']} files changed "
+            f"({limit / MB:.1f} MB)")
+    repo = ostree_repo(ctx)
+    before = tree_bytes(repo / "objects")
+    _ostree_commit(repo, ctx.rpm_root_v2 / "usr", "v2")
+    ostree_growth = tree_bytes(repo / "objects") - before
+    casync = casync_new_bytes(ctx)
+    zstd_limit = changed_files_zstd19(ctx)
+    originals = int(info["rpm_bytes"])
+    f = flow(ctx)
+    rows = []
+    disk = ("update disk cost", "bytes of changed files (physical limit)", limit, Target("<=", 1.1))
+    wire_http = ("update bytes over HTTP", "original compressed RPMs of the changed packages",
+                 originals, Target("<=", 1.0))
+    if isinstance(f, str):
+        rows.append(not_run(*disk[:3], "MB", f, disk[3]))
+        rows.append(not_run(wire_http[0], wire_http[1], originals / MB, "MB", f, wire_http[3]))
+        rows.append(not_run("update bytes over rsync", wire_http[1], originals / MB, "MB",
+                            "needs rpmimg deploy over rsync://", Target("<=", 0.6)))
+    else:
+        rows.append(row(disk[0], f.update_disk / MB, disk[1], limit / MB, "MB", target=disk[3],
+                        note=f"btrfs data growth while deploying v2; {note}"))
+        count, zst = new_packages_zstd_bytes(f.v1.data, f.v2.data)
+        rows.append(row(wire_http[0], zst / MB, wire_http[1], originals / MB, "MB", target=wire_http[3],
+                        note=f"{count} new pool entries' .rpm.zst"))
+        rows.append(not_run("update bytes over rsync", wire_http[1], originals / MB, "MB",
+                            "the rsync transfer measurement is not written yet", Target("<=", 0.6)))
+    rpmimg_disk = f.update_disk / MB if isinstance(f, ImageFlow) else None
+    rows.append(row("update disk cost vs ostree", rpmimg_disk, "ostree repo growth", ostree_growth / MB,
+                    "MB", note="bare repository; informational"))
+    rows.append(row("update wire bytes: peers", None, "casync new chunks + index", casync / MB, "MB",
+                    note="casync make with its default chunk compression; informational"))
+    rows.append(row("update wire bytes: limit", None, "changed files, zstd -19 each", zstd_limit / MB,
+                    "MB", note=note))
+    return rows
+
+
+def casync_new_bytes(ctx: Context) -> int:
+    """Bytes a casync client fetches for v2 having v1: new chunks in the store plus the v2 index."""
+    work = ctx.scratch("casync")
+    store = work / "store"
+    subprocess.run(["casync", "make", f"--store={store}", os.fspath(work / "v1.caidx"),
+                    os.fspath(ctx.rpm_root_v1 / "usr")], check=True, capture_output=True)
+    before = tree_bytes(store)
+    subprocess.run(["casync", "make", f"--store={store}", os.fspath(work / "v2.caidx"),
+                    os.fspath(ctx.rpm_root_v2 / "usr")], check=True, capture_output=True)
+    return tree_bytes(store) - before + (work / "v2.caidx").stat().st_size
+
+
+def changed_files_zstd19(ctx: Context) -> int:
+    """The changed files' new content, each compressed with zstd -19: what no transport can beat."""
+    cctx = zstandard.ZstdCompressor(level=19)
+    total = 0
+    for pkg in ctx.corpus.info["update"]["packages"]:
+        for path in pkg["changed_files"]:
+            total += len(cctx.compress((ctx.rpm_root_v2 / path.lstrip("/")).read_bytes()))
+    return total
+
+
+def verify_metrics(ctx: Context) -> list[Row]:
+    """rpmimg verify of a deployment vs rpm -V --root of the same packages and sha256sum of the files."""
+    root = ctx.rpm_root_v1
+    rpm_v = median_timing(ctx.runs, ctx.cache, lambda: _rpm_verify(root))
+    files = [os.fspath(p) for p in (root / "usr").rglob("*") if p.is_file() and not p.is_symlink()]
+    sha_t = median_timing(ctx.runs, ctx.cache, lambda: _chunked(["sha256sum"], files))
+    metric, unit = "verify time", "s"
+    f = flow(ctx)
+    reason = f if isinstance(f, str) else rpmimg_has("verify")
+    if reason:
+        return [not_run(metric, "rpm -Va --root", rpm_v.seconds, unit, reason, Target(">=", 2)),
+                not_run(metric, "sha256sum of the same files", sha_t.seconds, unit, reason)]
+    assert isinstance(f, ImageFlow)
+    try:
+        t = median_timing(ctx.runs, ctx.cache, lambda: run_timed([[
+            *ctx.rpmimg, "verify", "--sysroot", os.fspath(f.sysroot)]]))
+    except subprocess.CalledProcessError as e:
+        return [not_run(metric, "rpm -Va --root", rpm_v.seconds, unit, f"rpmimg verify: {_last_line(e)}",
+                        Target(">=", 2))]
+    note = f"{len(files)} files; {ctx.cache.label}; median of {ctx.runs}"
+    return [row(metric, t.seconds, "rpm -Va --root", rpm_v.seconds, unit, ratio=faster,
+                target=Target(">=", 2), note=note),
+            row(metric, t.seconds, "sha256sum of the same files", sha_t.seconds, unit, note=note),
+            row("peak memory: rpmimg verify", t.max_rss / MB, "rpm -Va", rpm_v.max_rss / MB, "MB")]
+
+
+def _rpm_verify(root: Path) -> Timing:
+    # rpm -V exits 1 when it reports differences (owners it mapped to root): still a full run.
+    return run_timed([["rpm", "-Va", "--root", os.fspath(root), "--nodeps", "--noscripts"]],
+                     ok=(0, 1))
+
+
+def _chunked(cmd: list[str], args: list[str], size: int = 2000) -> Timing:
+    return run_timed([[*cmd, *args[i:i + size]] for i in range(0, len(args), size)])
