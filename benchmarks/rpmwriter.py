@@ -29,6 +29,7 @@ HEADER_MAGIC = b"\x8e\xad\xe8\x01\x00\x00\x00\x00"
 LEAD_MAGIC = b"\xed\xab\xee\xdb"
 RESERVED_SPACE = 4128  # what rpmbuild leaves in the signature header for rpmsign
 MAX_CPIO = 0xFFFFFFFF
+BIG_PAYLOAD = 64 << 20
 
 
 class RpmWriteError(Exception):
@@ -337,7 +338,9 @@ def write_package(spec: PackageSpec, directory: Path, *, level: int = 19) -> Wri
     if too_big:
         raise RpmWriteError(f"{spec.nevra}: {too_big[0]} is over 4 GiB (needs rpm's large-file format)")
     payload = _payload(files, _inode_numbers(files))
-    compressed = zstandard.ZstdCompressor(level=level).compress(payload)
+    # One big package (the kernel) would otherwise finish alone on one core at level 19.
+    threads = (os.cpu_count() or 1) if len(payload) > BIG_PAYLOAD else 0
+    compressed = zstandard.ZstdCompressor(level=level, threads=threads).compress(payload)
     header = build_header(spec, payload, compressed, level)
     dst = directory / spec.filename
     tmp = dst.with_name(f".{dst.name}.tmp")
