@@ -60,14 +60,14 @@ class Context:
         rpms = sorted((self.corpus.base).glob("*.rpm"))
         return rpms[: self.limit] if self.limit else rpms
 
-    def update_rpms(self) -> list[Path]:
-        names = {p.name.split("-")[0] for p in self.base_rpms()} if self.limit else None
-        rpms = sorted(self.corpus.updates.glob("*.rpm"))
-        return [p for p in rpms if names is None or p.name.split("-")[0] in names]
+    def update_packages(self) -> list[dict[str, Any]]:
+        """The update set's packages (as in corpus.json) whose old version is in base_rpms()."""
+        base = {p.name for p in self.base_rpms()}
+        return [u for u in self.corpus.info["update"]["packages"] if u["old_rpm"] in base]
 
     def v2_rpms(self) -> list[Path]:
         """The package set after the update: base with the updated packages replaced."""
-        updated = {u["old_rpm"]: u["rpm"] for u in self.corpus.info["update"]["packages"]}
+        updated = {u["old_rpm"]: u["rpm"] for u in self.update_packages()}
         out = []
         for p in self.base_rpms():
             new = updated.get(p.name)
@@ -93,6 +93,10 @@ class Context:
     def _rpm_install(self, name: str, rpms: list[Path]) -> Path:
         root = self.scratch(name)
         rpm_install(root, rpms)
+        # rpm leaves directories with the install time: zero them so two installs of the same
+        # packages are the same tree to the peers that store directory times (casync).
+        for dirpath, _, _ in os.walk(root):
+            os.utime(dirpath, (0, 0), follow_symlinks=False)
         return root
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+TIME = "/usr/bin/time"  # GNU time, Debian's "time" package
 
 
 @dataclass(frozen=True)
@@ -101,21 +102,27 @@ def run_timed(cmds: Sequence[Sequence[str]], *, cwd: Path | None = None,
               ok: tuple[int, ...] = (0,)) -> Timing:
     """Run commands one after another; total wall time and the largest peak RSS among them.
 
+    Peak RSS comes from GNU time, which forks the command itself: a child of this
+    (large) Python process would report our own RSS as its maximum after exec.
     An exit status outside `ok` raises CalledProcessError with the command's stderr.
     """
     max_rss = 0
-    start = time.perf_counter()
-    for cmd in cmds:
-        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=stdout, stderr=subprocess.PIPE,
-                                env=env)
-        assert proc.stderr is not None
-        err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        max_rss = max(max_rss, usage.ru_maxrss * 1024)
-        if proc.returncode not in ok:
-            raise subprocess.CalledProcessError(proc.returncode, list(cmd), stderr=err)
-    return Timing(time.perf_counter() - start, max_rss)
+    elapsed = 0.0
+    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-") as rss:
+        for cmd in cmds:
+            start = time.perf_counter()
+            proc = subprocess.run([TIME, "-f", "%M", "-o", rss.name, *cmd], cwd=cwd, stdout=stdout,
+                                  stderr=subprocess.PIPE, env=env)
+            elapsed += time.perf_counter() - start
+            if proc.returncode not in ok:
+                raise subprocess.CalledProcessError(proc.returncode, list(cmd), stderr=proc.stderr)
+            max_rss = max(max_rss, _kib(Path(rss.name).read_text()) * 1024)
+    return Timing(elapsed, max_rss)
+
+
+def _kib(text: str) -> int:
+    # GNU time prefixes "Command exited with non-zero status N" when the command failed.
+    return int(text.strip().splitlines()[-1]) if text.strip() else 0
 
 
 def median_timing(runs: int, cache: CacheState, once: Callable[[], Timing],
@@ -185,18 +192,18 @@ def fresh_dir(path: Path) -> Path:
 
 
 def run_pipeline(first: Sequence[str], second: Sequence[str], *, stdout: int) -> Timing:
-    """`first | second > stdout`, timed; peak RSS is the larger of the two."""
-    start = time.perf_counter()
-    a = subprocess.Popen(list(first), stdout=subprocess.PIPE)
-    b = subprocess.Popen(list(second), stdin=a.stdout, stdout=stdout, stderr=subprocess.PIPE)
-    assert a.stdout is not None and b.stderr is not None
-    a.stdout.close()  # so `first` sees SIGPIPE if `second` dies
-    err = b.stderr.read()
-    rss = 0
-    for proc, cmd in ((a, first), (b, second)):
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        rss = max(rss, usage.ru_maxrss * 1024)
-        if proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, list(cmd), stderr=err)
-    return Timing(time.perf_counter() - start, rss)
+    """`first | second > stdout`, timed; peak RSS is the second's (the consumer does the work)."""
+    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-") as rss:
+        start = time.perf_counter()
+        a = subprocess.Popen(list(first), stdout=subprocess.PIPE)
+        b = subprocess.Popen([TIME, "-f", "%M", "-o", rss.name, *second], stdin=a.stdout,
+                             stdout=stdout, stderr=subprocess.PIPE)
+        assert a.stdout is not None
+        a.stdout.close()  # so `first` sees SIGPIPE if `second` dies
+        _, err = b.communicate()
+        a.wait()
+        elapsed = time.perf_counter() - start
+        for proc, cmd in ((a, first), (b, second)):
+            if proc.returncode != 0:
+                raise subprocess.CalledProcessError(proc.returncode, list(cmd), stderr=err)
+        return Timing(elapsed, _kib(Path(rss.name).read_text()) * 1024)

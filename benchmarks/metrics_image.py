@@ -127,17 +127,17 @@ def _fresh_deploy(ctx: Context, f: ImageFlow) -> Timing:
 
 def update_metrics(ctx: Context) -> list[Row]:
     """Disk cost and bytes on the wire of the update, against the physical limit and the peers."""
-    info = ctx.corpus.info["update"]
-    limit = int(info["changed_bytes"])
-    note = (f"{len(info['packages'])} packages updated, {info['changed_files']} files changed "
-            f"({limit / MB:.1f} MB)")
+    updated = ctx.update_packages()
+    limit = sum(int(u["changed_bytes"]) for u in updated)
+    note = (f"{len(updated)} packages updated, {sum(len(u['changed_files']) for u in updated)} "
+            f"files changed ({limit / MB:.1f} MB)")
     repo = ostree_repo(ctx)
     before = tree_bytes(repo / "objects")
     _ostree_commit(repo, ctx.rpm_root_v2 / "usr", "v2")
     ostree_growth = tree_bytes(repo / "objects") - before
     casync = casync_new_bytes(ctx)
     zstd_limit = changed_files_zstd19(ctx)
-    originals = int(info["rpm_bytes"])
+    originals = sum(int(u["rpm_size"]) for u in updated)
     f = flow(ctx)
     rows = []
     disk = ("update disk cost", "bytes of changed files (physical limit)", limit, Target("<=", 1.1))
@@ -182,7 +182,7 @@ def changed_files_zstd19(ctx: Context) -> int:
     """The changed files' new content, each compressed with zstd -19: what no transport can beat."""
     cctx = zstandard.ZstdCompressor(level=19)
     total = 0
-    for pkg in ctx.corpus.info["update"]["packages"]:
+    for pkg in ctx.update_packages():
         for path in pkg["changed_files"]:
             total += len(cctx.compress((ctx.rpm_root_v2 / path.lstrip("/")).read_bytes()))
     return total
