@@ -47,14 +47,14 @@ def svg(rows: Sequence[Row], title: str) -> str:
     plotted = [r for r in rows if r.ratio is not None and r.ratio > 0 and r.target]
     pending = [r for r in rows if r.ratio is None and r.target]
     lo, hi = -2.0, 2.0  # log10 range: 0.01x .. 100x
-    left, width, bar_h, gap = 330, 420, 18, 10
+    left, width, bar_h, gap = 470, 420, 18, 10
     height = 60 + (len(plotted) + len(pending)) * (bar_h + gap) + 30
 
     def x(ratio: float) -> float:
         v = min(max(math.log10(ratio), lo), hi)
         return left + (v - lo) / (hi - lo) * width
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 40}" height="{height}" '
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 150}" height="{height}" '
            'font-family="sans-serif" font-size="12">',
            f'<text x="10" y="20" font-size="14" font-weight="bold">{escape(title)}</text>']
     for tick in (0.01, 0.1, 1, 10, 100):
@@ -67,7 +67,7 @@ def svg(rows: Sequence[Row], title: str) -> str:
         color = "#2a9d4a" if r.met else "#d1495b"
         x0, x1 = sorted((x(1.0), x(r.ratio)))
         label = f"{r.metric} vs {r.peer}"
-        out.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">{escape(label[:52])}</text>')
+        out.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">{escape(label[:76])}</text>')
         out.append(f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1):.1f}" height="{bar_h}" '
                    f'fill="{color}"/>')
         goal = float(r.target.split()[1])
@@ -78,7 +78,7 @@ def svg(rows: Sequence[Row], title: str) -> str:
     for r in pending:
         label = f"{r.metric} vs {r.peer}"
         out.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end" fill="#888">'
-                   f'{escape(label[:52])}</text>')
+                   f'{escape(label[:76])}</text>')
         out.append(f'<text x="{left + 4}" y="{y + 13}" fill="#888">not run (target {escape(r.target)})</text>')
         y += bar_h + gap
     out.append("</svg>")
