@@ -273,6 +273,7 @@ def test_builds_are_reproducible(packages: dict[str, Path], tmp_path: Path) -> N
         assert [p.name for p in (tmp_path / name).iterdir()] == [rebuilt.name]
 
 
+@pytest.mark.slow  # two cold builds of every fixture
 def test_cache_builds_once_then_hits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -285,10 +286,13 @@ def test_cache_builds_once_then_hits(
     stamps = {n: p.stat().st_mtime_ns for n, p in first.items()}
     assert {n: p.stat().st_mtime_ns for n, p in fixture_packages().items()} == stamps
 
-    # A damaged cache entry is rebuilt, not trusted.
+    # A damaged cache entry is rebuilt, not trusted; leftovers of a killed build go.
     first["sizes"].unlink()
+    stale = tmp_path / f".{directory.name}.killed-build"
+    stale.mkdir()
     again = fixture_packages()
     assert again["sizes"].is_file() and again == first
+    assert not stale.exists()
 
 
 @pytest.mark.parametrize(
