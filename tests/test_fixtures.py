@@ -18,16 +18,6 @@ from pathlib import Path
 import pytest
 import rpm
 import zstandard
-from oracle import (
-    SEED_MTIME_NS,
-    Node,
-    NodeType,
-    assert_same_tree,
-    diff_snapshots,
-    rpm_install,
-    rpm_unavailable_reason,
-    snapshot,
-)
 
 from fixtures.build import (
     CACHE_ENV,
@@ -56,6 +46,17 @@ from fixtures.catalog import (
 )
 from fixtures.rpmbuild import SOURCE_DATE_EPOCH
 from fixtures.spec import Config
+
+from oracle import (
+    SEED_MTIME_NS,
+    Node,
+    NodeType,
+    assert_same_tree,
+    diff_snapshots,
+    rpm_install,
+    rpm_unavailable_reason,
+    snapshot,
+)
 
 NAMES = [spec.name for spec in FIXTURES]
 _UNAVAILABLE = rpm_unavailable_reason()
