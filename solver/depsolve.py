@@ -74,6 +74,12 @@ def _in_primary(path: str) -> bool:
     return path.startswith("/etc/") or "bin/" in path or path == "/usr/lib/sendmail"
 
 
+# How a definition's package strings are matched: name, provides, name.arch, "name = evr".
+SELECT_FLAGS = (solv.Selection.SELECTION_NAME | solv.Selection.SELECTION_PROVIDES
+                | solv.Selection.SELECTION_CANON | solv.Selection.SELECTION_DOTARCH
+                | solv.Selection.SELECTION_REL)
+
+
 class _Pool:
     """A libsolv pool loaded from rpm-md repositories."""
 
@@ -82,6 +88,8 @@ class _Pool:
         self.pool = solv.Pool()
         self.pool.setdisttype(solv.Pool.DISTTYPE_RPM)
         self.pool.setarch(request.arch)
+        # As zypp and dnf do: x86_64 and i686 builds of one name may be installed together.
+        self.pool.set_flag(solv.Pool.POOL_FLAG_IMPLICITOBSOLETEUSESCOLORS, 1)
         if not self.pool.isknownarch(self.pool.str2id(request.arch)):
             raise DepsolveError(f"unknown architecture {request.arch!r}")
         self.repos: dict[int, Repository] = {}
@@ -124,12 +132,36 @@ class _Pool:
         return files
 
     def _needs_filelists(self, files: list[int]) -> bool:
-        wanted = [p for p in self.request.packages if p.startswith("/") and not _in_primary(p)]
-        for fileid in files:
-            path = self.pool.id2str(fileid)
-            if not _in_primary(path) and not self.pool.whatprovides(fileid):
-                wanted.append(path)
-        return bool(wanted)
+        """Whether a file dependency that primary cannot resolve may matter to this job.
+
+        Only file dependencies reachable from the job (over requires, and recommends
+        when they count) are considered, so a repository whose unrelated packages need
+        filelists does not make every solve load them.
+        """
+        if any(p.startswith("/") and not _in_primary(p) for p in self.request.packages):
+            return True
+        unresolved = {f for f in files
+                      if not _in_primary(self.pool.id2str(f)) and not self.pool.whatprovides(f)}
+        if not unresolved:
+            return False
+        keys = [solv.SOLVABLE_REQUIRES]
+        if not self.request.ignore_recommends:
+            keys.append(solv.SOLVABLE_RECOMMENDS)
+        stack = [s.id for spec in self.request.packages
+                 for s in self.pool.select(spec, SELECT_FLAGS).solvables()]
+        seen: set[int] = set()
+        while stack:
+            sid = stack.pop()
+            if sid in seen:
+                continue
+            seen.add(sid)
+            solvable = self.pool.solvables[sid]
+            for key in keys:
+                for dep in solvable.lookup_deparray(key):
+                    if dep.id in unresolved:
+                        return True
+                    stack.extend(p.id for p in self.pool.whatprovides(dep.id))
+        return False
 
     def consider_all_but(self, patterns: Iterable[str]) -> None:
         """Hide excluded packages from the solver, as if the repositories lacked them."""
@@ -142,9 +174,7 @@ class _Pool:
 
     def jobs(self) -> list[solv.Job]:
         jobs: list[solv.Job] = []
-        flags = (solv.Selection.SELECTION_NAME | solv.Selection.SELECTION_PROVIDES
-                 | solv.Selection.SELECTION_CANON | solv.Selection.SELECTION_DOTARCH
-                 | solv.Selection.SELECTION_REL)
+        flags = SELECT_FLAGS
         for spec in self.request.multiversion:
             selection = self.pool.select(spec, flags)
             jobs += selection.jobs(solv.Job.SOLVER_MULTIVERSION)
