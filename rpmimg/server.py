@@ -116,10 +116,10 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     store = ImageStore(args.output)
     if not store.images.is_dir():
         raise UsageError(f"{args.output}: not a compose output (no images directory)")
-    listing = []
+    listing: list[dict[str, Any]] = []
     for name in store.names():
         latest = store.latest(name)
-        versions = []
+        versions: list[dict[str, Any]] = []
         for version in store.versions(name):
             manifest = store.manifest(name, version)
             versions.append({

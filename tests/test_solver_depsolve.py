@@ -12,9 +12,9 @@ from fixtures.repos import (
     RepoPackage,
     build_repo,
     createrepo,
-    solver_universe,
-    solv_testcase,
     run_testsolv,
+    solv_testcase,
+    solver_universe,
     updates_universe,
 )
 from solver.definition import RepoSource
@@ -200,5 +200,5 @@ def test_corrupt_metadata_is_a_repo_error(tmp_path: Path, repos: Path) -> None:
 
 
 def test_missing_repository_is_a_repo_error(tmp_path: Path) -> None:
-    with pytest.raises(RepoError, match="repomd.xml"):
+    with pytest.raises(RepoError, match=r"repomd\.xml"):
         run(tmp_path, ["app"], repos=("nothere",))
