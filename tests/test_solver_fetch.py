@@ -113,7 +113,7 @@ def test_persistent_failure_gives_up(tmp_path: Path, site: Path) -> None:
 def test_refused_connection_gives_up(tmp_path: Path, site: Path) -> None:
     with serve(site) as web:
         url = web.url  # nobody listens on this port once the server has closed
-    with pytest.raises(FetchError, match="^a: download of .* failed after 4 attempts"):
+    with pytest.raises(FetchError, match=r"^a: download of .* failed after 4 attempts"):
         fetcher().fetch(FetchItem(url + "pkgs/a.rpm", tmp_path / "a", None, "a"))
 
 
