@@ -1,0 +1,547 @@
+"""Every raw kernel call rpmimg makes: reflink, dedupe, FIEMAP, btrfs subvolumes, file capabilities.
+
+One function per kernel interface, constants from the kernel headers (linux/fs.h, linux/fiemap.h,
+linux/btrfs.h, linux/btrfs_tree.h, linux/magic.h), structures packed with explicit ``struct``
+formats in native byte order, as the kernel reads them. Items read from the btrfs trees are the
+on-disk format and therefore little-endian.
+
+Every function raises ``OSError(errno, strerror, path)`` naming the file it acted on. What EXDEV,
+EOPNOTSUPP, EINVAL or ENOTTY mean (fall back to copying, refuse, ...) is decided by the callers.
+
+ioctl numbers use the generic encoding of asm-generic/ioctl.h (x86, arm, riscv, s390); the
+architectures with their own encoding (powerpc, mips, sparc, alpha) are not supported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import fcntl
+import functools
+import os
+import stat
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cffi  # type: ignore[import-untyped]  # no stubs; the surface used here is four calls
+
+StrPath = str | os.PathLike[str]
+
+# asm-generic/ioctl.h
+_IOC_NONE = 0
+_IOC_WRITE = 1
+_IOC_READ = 2
+
+
+def _IOC(direction: int, type_: int, nr: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (type_ << 8) | nr
+
+
+def _IO(type_: int, nr: int) -> int:
+    return _IOC(_IOC_NONE, type_, nr, 0)
+
+
+def _IOR(type_: int, nr: int, size: int) -> int:
+    return _IOC(_IOC_READ, type_, nr, size)
+
+
+def _IOW(type_: int, nr: int, size: int) -> int:
+    return _IOC(_IOC_WRITE, type_, nr, size)
+
+
+def _IOWR(type_: int, nr: int, size: int) -> int:
+    return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, size)
+
+
+# linux/fs.h
+FILE_CLONE_RANGE = struct.Struct("=qQQQ")  # src_fd, src_offset, src_length, dest_offset
+FILE_DEDUPE_RANGE = struct.Struct("=QQHHI")  # src_offset, src_length, dest_count, reserved1, reserved2
+FILE_DEDUPE_RANGE_INFO = struct.Struct("=qQQiI")  # dest_fd, dest_offset, bytes_deduped, status, reserved
+FILE_DEDUPE_RANGE_SAME = 0
+FILE_DEDUPE_RANGE_DIFFERS = 1
+FICLONE = _IOW(0x94, 9, struct.calcsize("=i"))
+FICLONERANGE = _IOW(0x94, 13, FILE_CLONE_RANGE.size)
+FIDEDUPERANGE = _IOWR(0x94, 54, FILE_DEDUPE_RANGE.size)
+
+# linux/fiemap.h
+FIEMAP = struct.Struct("=QQIIII")  # fm_start, fm_length, fm_flags, fm_mapped_extents, fm_extent_count, fm_reserved
+FIEMAP_EXTENT = struct.Struct("=QQQ16xI12x")  # fe_logical, fe_physical, fe_length, reserved, fe_flags, reserved
+FIEMAP_MAX_OFFSET = (1 << 64) - 1
+FIEMAP_FLAG_SYNC = 0x0001
+FS_IOC_FIEMAP = _IOWR(ord("f"), 11, FIEMAP.size)
+
+
+class FiemapFlag(enum.IntFlag):
+    """FIEMAP_EXTENT_* bits of one extent (linux/fiemap.h)."""
+
+    LAST = 0x0001
+    UNKNOWN = 0x0002
+    DELALLOC = 0x0004
+    ENCODED = 0x0008
+    DATA_ENCRYPTED = 0x0080
+    NOT_ALIGNED = 0x0100
+    DATA_INLINE = 0x0200
+    DATA_TAIL = 0x0400
+    UNWRITTEN = 0x0800
+    MERGED = 0x1000
+    SHARED = 0x2000
+
+
+# linux/btrfs.h
+BTRFS_IOCTL_MAGIC = 0x94
+BTRFS_VOL_NAME_MAX = 255
+BTRFS_PATH_NAME_MAX = 4087
+BTRFS_SUBVOL_NAME_MAX = 4039
+BTRFS_INO_LOOKUP_PATH_MAX = 4080
+BTRFS_SUBVOL_RDONLY = 1 << 1
+BTRFS_VOL_ARGS = struct.Struct(f"=q{BTRFS_PATH_NAME_MAX + 1}s")  # fd, name
+# fd, transid, flags, union {size, qgroup_inherit; unused[4]}, union {name, devid, subvolid}
+BTRFS_VOL_ARGS_V2 = struct.Struct(f"=qQQ32x{BTRFS_SUBVOL_NAME_MAX + 1}s")
+# tree_id, min/max objectid, min/max offset, min/max transid, min/max type, nr_items, unused, unused1-4
+BTRFS_SEARCH_KEY = struct.Struct("=QQQQQQQIIII32x")
+BTRFS_SEARCH_HEADER = struct.Struct("=QQQII")  # transid, objectid, offset, type, len
+BTRFS_SEARCH_ARGS_SIZE = 4096  # key + buf[4096 - sizeof(key)]
+BTRFS_INO_LOOKUP_ARGS = struct.Struct(f"=QQ{BTRFS_INO_LOOKUP_PATH_MAX}s")  # treeid, objectid, name
+U64 = struct.Struct("=Q")
+BTRFS_IOC_SUBVOL_CREATE = _IOW(BTRFS_IOCTL_MAGIC, 14, BTRFS_VOL_ARGS.size)
+BTRFS_IOC_SNAP_DESTROY = _IOW(BTRFS_IOCTL_MAGIC, 15, BTRFS_VOL_ARGS.size)
+BTRFS_IOC_TREE_SEARCH = _IOWR(BTRFS_IOCTL_MAGIC, 17, BTRFS_SEARCH_ARGS_SIZE)
+BTRFS_IOC_INO_LOOKUP = _IOWR(BTRFS_IOCTL_MAGIC, 18, BTRFS_INO_LOOKUP_ARGS.size)
+BTRFS_IOC_DEFAULT_SUBVOL = _IOW(BTRFS_IOCTL_MAGIC, 19, U64.size)
+BTRFS_IOC_SNAP_CREATE_V2 = _IOW(BTRFS_IOCTL_MAGIC, 23, BTRFS_VOL_ARGS_V2.size)
+BTRFS_IOC_SUBVOL_GETFLAGS = _IOR(BTRFS_IOCTL_MAGIC, 25, U64.size)
+BTRFS_IOC_SUBVOL_SETFLAGS = _IOW(BTRFS_IOCTL_MAGIC, 26, U64.size)
+# Requests only btrfs answers (FICLONE and friends began as btrfs ioctls but are generic now).
+_BTRFS_ONLY = frozenset({
+    BTRFS_IOC_SUBVOL_CREATE, BTRFS_IOC_SNAP_DESTROY, BTRFS_IOC_TREE_SEARCH, BTRFS_IOC_INO_LOOKUP,
+    BTRFS_IOC_DEFAULT_SUBVOL, BTRFS_IOC_SNAP_CREATE_V2, BTRFS_IOC_SUBVOL_GETFLAGS,
+    BTRFS_IOC_SUBVOL_SETFLAGS,
+})
+
+# linux/btrfs_tree.h
+BTRFS_ROOT_TREE_OBJECTID = 1
+BTRFS_FS_TREE_OBJECTID = 5
+BTRFS_ROOT_TREE_DIR_OBJECTID = 6
+BTRFS_FIRST_FREE_OBJECTID = 256
+BTRFS_DIR_ITEM_KEY = 84
+# struct btrfs_dir_item, packed, on-disk: location {objectid, type, offset}, transid, data_len,
+# name_len, type; the name and data_len bytes of data follow
+BTRFS_DIR_ITEM = struct.Struct("<QBQQHHB")
+
+# linux/magic.h
+BTRFS_SUPER_MAGIC = 0x9123683E
+
+
+class RangesDifferError(OSError):
+    """FIDEDUPERANGE refused because the two ranges do not hold the same bytes."""
+
+
+@dataclass(frozen=True)
+class FiemapExtent:
+    """One extent as FS_IOC_FIEMAP reports it: byte offsets in the file and on the device."""
+
+    logical: int
+    physical: int
+    length: int
+    flags: FiemapFlag
+
+
+def _fd_path(fd: int) -> str:
+    """The path behind fd for error messages."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return f"<fd {fd}>"
+
+
+# A file named in an error: a path, or an fd whose path is looked up only when the error happens
+# (a readlink per call would slow down reflinking thousands of files).
+FileRef = str | int
+
+
+def _name(ref: FileRef) -> str:
+    return _fd_path(ref) if isinstance(ref, int) else ref
+
+
+def _error(code: int | None, strerror: str | None, path: FileRef, path2: FileRef | None = None) -> OSError:
+    """OSError naming the file(s) involved; OSError() picks the subclass (FileNotFoundError...)."""
+    if path2 is None:
+        return OSError(code, strerror, _name(path))
+    return OSError(code, strerror, _name(path), None, _name(path2))
+
+
+def _ioctl(fd: int, request: int, arg: bytearray | int, path: FileRef | None = None,
+           path2: FileRef | None = None) -> int:
+    try:
+        if isinstance(arg, int):
+            return fcntl.ioctl(fd, request, arg)
+        # Mutable buffer: the kernel writes results into it in place, and it may exceed the
+        # 1024 bytes fcntl copies for immutable arguments.
+        return int(fcntl.ioctl(fd, request, arg, True))
+    except OSError as e:
+        strerror: str | None = e.strerror
+        if e.errno == errno.ENOTTY and request in _BTRFS_ONLY:
+            # The bare "Inappropriate ioctl for device" does not say what is wrong.
+            strerror = f"not on a btrfs filesystem ({e.strerror})"
+        raise _error(e.errno, strerror, fd if path is None else path, path2) from None
+
+
+@contextlib.contextmanager
+def _subvolume_expected(path: StrPath) -> Iterator[None]:
+    """Explain the kernel's EINVAL for a btrfs directory that is not a subvolume."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.EINVAL and os.path.isdir(path) and not is_subvolume(path):
+            raise OSError(e.errno, f"not a btrfs subvolume ({e.strerror})", os.fspath(path)) from None
+        raise
+
+
+@contextlib.contextmanager
+def _open(path: StrPath, flags: int = os.O_RDONLY | os.O_DIRECTORY) -> Iterator[int]:
+    # O_NONBLOCK so that opening a FIFO by mistake cannot hang.
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _parent_and_name(path: StrPath) -> tuple[str, bytes]:
+    """The directory holding path and path's last component, as the btrfs ioctls take them."""
+    parent, name = os.path.split(os.path.abspath(os.fspath(path)))
+    raw = os.fsencode(name)
+    if raw in (b"", b".", b".."):
+        raise OSError(errno.EINVAL, "not a subvolume name", os.fspath(path))
+    if len(raw) > BTRFS_VOL_NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), os.fspath(path))
+    return parent, raw
+
+
+# --- reflinks and dedupe ---------------------------------------------------------------------
+
+
+def clone_range(src_fd: int, src_offset: int, length: int, dst_fd: int, dst_offset: int) -> None:
+    """Make [dst_offset, +length) of dst share src's [src_offset, +length) (FICLONERANGE).
+
+    Offsets and length must be block-aligned, except a length reaching the end of src; a length
+    of 0 means up to the end of src.
+    """
+    arg = bytearray(FILE_CLONE_RANGE.pack(src_fd, src_offset, length, dst_offset))
+    _ioctl(dst_fd, FICLONERANGE, arg, src_fd, dst_fd)
+
+
+def clone_file(src_fd: int, dst_fd: int) -> None:
+    """Make dst share all of src's data (FICLONE); dst takes src's size."""
+    _ioctl(dst_fd, FICLONE, src_fd, src_fd, dst_fd)
+
+
+def dedupe_range(src_fd: int, src_offset: int, length: int, dst_fd: int, dst_offset: int) -> int:
+    """Share equal ranges of src and dst (FIDEDUPERANGE); returns the bytes deduplicated.
+
+    The kernel compares the ranges first; if they differ, nothing changes and RangesDifferError
+    (errno EBADE, as the kernel uses internally) is raised. Ranges reaching past the end of either
+    file are shortened by the kernel, so the result can be less than length.
+    """
+    done = 0
+    while done < length:
+        arg = bytearray(FILE_DEDUPE_RANGE.size + FILE_DEDUPE_RANGE_INFO.size)
+        FILE_DEDUPE_RANGE.pack_into(arg, 0, src_offset + done, length - done, 1, 0, 0)
+        FILE_DEDUPE_RANGE_INFO.pack_into(
+            arg, FILE_DEDUPE_RANGE.size, dst_fd, dst_offset + done, 0, 0, 0
+        )
+        _ioctl(src_fd, FIDEDUPERANGE, arg, src_fd, dst_fd)
+        _, _, deduped, status, _ = FILE_DEDUPE_RANGE_INFO.unpack_from(arg, FILE_DEDUPE_RANGE.size)
+        if status < 0:
+            raise _error(-status, os.strerror(-status), src_fd, dst_fd)
+        if status == FILE_DEDUPE_RANGE_DIFFERS:
+            raise RangesDifferError(
+                errno.EBADE,
+                f"ranges differ ({length - done} bytes at {src_offset + done} and {dst_offset + done})",
+                _name(src_fd), None, _name(dst_fd),
+            )
+        if deduped == 0:
+            break  # shortened to nothing at the end of a file
+        done += deduped
+    return done
+
+
+# --- FIEMAP ----------------------------------------------------------------------------------
+
+_FIEMAP_BATCH = 256
+
+
+def fiemap(fd: int) -> list[FiemapExtent]:
+    """The extents of the file open on fd (FS_IOC_FIEMAP), its dirty data written out first."""
+    extents: list[FiemapExtent] = []
+    start = 0
+    while True:
+        arg = bytearray(FIEMAP.size + _FIEMAP_BATCH * FIEMAP_EXTENT.size)
+        FIEMAP.pack_into(arg, 0, start, FIEMAP_MAX_OFFSET, FIEMAP_FLAG_SYNC, 0, _FIEMAP_BATCH, 0)
+        _ioctl(fd, FS_IOC_FIEMAP, arg)
+        mapped = FIEMAP.unpack_from(arg, 0)[3]
+        if mapped == 0:
+            return extents
+        for i in range(mapped):
+            logical, physical, length, flags = FIEMAP_EXTENT.unpack_from(
+                arg, FIEMAP.size + i * FIEMAP_EXTENT.size
+            )
+            extents.append(FiemapExtent(logical, physical, length, FiemapFlag(flags)))
+        last = extents[-1]
+        if last.flags & FiemapFlag.LAST:
+            return extents
+        start = last.logical + last.length
+
+
+# What `btrfs filesystem du` leaves out: inline data takes no data space, and the space of
+# delayed or unknown extents is not known yet.
+_DU_SKIP = FiemapFlag.UNKNOWN | FiemapFlag.DELALLOC | FiemapFlag.DATA_INLINE
+
+
+def _regular_files(path: StrPath) -> Iterator[tuple[str, os.stat_result]]:
+    """Regular files at or below path: path itself followed if a symlink, symlinks below not."""
+    top = os.fspath(path)
+    st = os.stat(top)
+    if stat.S_ISREG(st.st_mode):
+        yield top, st
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+
+    def fail(e: OSError) -> None:
+        raise e
+
+    for dirpath, _, filenames in os.walk(top, onerror=fail):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                yield p, st
+
+
+def exclusive_bytes(paths: Iterable[StrPath]) -> int:
+    """Bytes of the files at or below paths that no other file shares, per FIEMAP.
+
+    Counts like the Exclusive column of ``btrfs filesystem du -s``: extents not flagged
+    FIEMAP_EXTENT_SHARED, each inode (hardlinks) and each physical extent once, skipping inline,
+    delayed and unknown extents. Unlike btrfs du, dirty data is written out first, so fresh
+    writes count, and an inode reachable from two of the paths counts once.
+    """
+    seen_inodes: set[tuple[int, int]] = set()  # st_dev differs per btrfs subvolume
+    seen_extents: set[int] = set()
+    total = 0
+    for top in paths:
+        for path, st in _regular_files(top):
+            if (st.st_dev, st.st_ino) in seen_inodes:
+                continue
+            seen_inodes.add((st.st_dev, st.st_ino))
+            with _open(path, os.O_RDONLY | os.O_NOFOLLOW) as fd:
+                for extent in fiemap(fd):
+                    if extent.flags & (_DU_SKIP | FiemapFlag.SHARED) or extent.length == 0:
+                        continue
+                    if extent.physical in seen_extents:
+                        continue
+                    seen_extents.add(extent.physical)
+                    total += extent.length
+    return total
+
+
+# --- btrfs subvolumes ------------------------------------------------------------------------
+
+
+def subvolume_create(path: StrPath) -> None:
+    """Create an empty btrfs subvolume at path (BTRFS_IOC_SUBVOL_CREATE)."""
+    parent, name = _parent_and_name(path)
+    with _open(parent) as fd:
+        _ioctl(fd, BTRFS_IOC_SUBVOL_CREATE, bytearray(BTRFS_VOL_ARGS.pack(0, name)), os.fspath(path))
+
+
+def subvolume_snapshot(src: StrPath, dst: StrPath, readonly: bool = False) -> None:
+    """Snapshot subvolume src as dst, read-only if asked, in one step (BTRFS_IOC_SNAP_CREATE_V2)."""
+    parent, name = _parent_and_name(dst)
+    flags = BTRFS_SUBVOL_RDONLY if readonly else 0
+    with _subvolume_expected(src), _open(src) as src_fd, _open(parent) as parent_fd:
+        arg = bytearray(BTRFS_VOL_ARGS_V2.pack(src_fd, 0, flags, name))
+        _ioctl(parent_fd, BTRFS_IOC_SNAP_CREATE_V2, arg, os.fspath(src), os.fspath(dst))
+
+
+def subvolume_delete(path: StrPath) -> None:
+    """Delete the subvolume at path with everything in it, read-only or not (BTRFS_IOC_SNAP_DESTROY).
+
+    The kernel refuses (EPERM) the filesystem's default subvolume and (ENOTEMPTY) one that holds
+    other subvolumes.
+    """
+    parent, name = _parent_and_name(path)
+    with _subvolume_expected(path), _open(parent) as fd:
+        _ioctl(fd, BTRFS_IOC_SNAP_DESTROY, bytearray(BTRFS_VOL_ARGS.pack(0, name)), os.fspath(path))
+
+
+def _subvolume_flags(fd: int, path: StrPath) -> int:
+    arg = bytearray(U64.size)
+    _ioctl(fd, BTRFS_IOC_SUBVOL_GETFLAGS, arg, os.fspath(path))
+    flags: int = U64.unpack(arg)[0]
+    return flags
+
+
+def subvolume_is_readonly(path: StrPath) -> bool:
+    """Whether the subvolume at path is read-only (BTRFS_IOC_SUBVOL_GETFLAGS)."""
+    with _subvolume_expected(path), _open(path) as fd:
+        return bool(_subvolume_flags(fd, path) & BTRFS_SUBVOL_RDONLY)
+
+
+def subvolume_set_readonly(path: StrPath, ro: bool) -> None:
+    """Make the subvolume at path read-only or writable (BTRFS_IOC_SUBVOL_SETFLAGS)."""
+    with _subvolume_expected(path), _open(path) as fd:
+        flags = _subvolume_flags(fd, path)
+        flags = flags | BTRFS_SUBVOL_RDONLY if ro else flags & ~BTRFS_SUBVOL_RDONLY
+        _ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, bytearray(U64.pack(flags)), os.fspath(path))
+
+
+def subvolume_id(path: StrPath) -> int:
+    """The id of the subvolume holding path (BTRFS_IOC_INO_LOOKUP); 5 is the top level."""
+    with _open(path, os.O_RDONLY) as fd:
+        # treeid 0 asks for the tree of fd itself; objectid 256 (the subvolume's root directory)
+        # makes the kernel answer without resolving a path, and without CAP_SYS_ADMIN.
+        arg = bytearray(BTRFS_INO_LOOKUP_ARGS.pack(0, BTRFS_FIRST_FREE_OBJECTID, b""))
+        _ioctl(fd, BTRFS_IOC_INO_LOOKUP, arg, os.fspath(path))
+        treeid: int = BTRFS_INO_LOOKUP_ARGS.unpack(arg)[0]
+        return treeid
+
+
+def is_subvolume(path: StrPath) -> bool:
+    """Whether path (symlinks followed) is the root directory of a btrfs subvolume."""
+    st = os.stat(path)
+    # A subvolume's root directory is always inode 256 in its own tree.
+    return (stat.S_ISDIR(st.st_mode) and st.st_ino == BTRFS_FIRST_FREE_OBJECTID
+            and is_btrfs(path))
+
+
+def set_default_subvolume(fs_path: StrPath, subvol_id: int) -> None:
+    """Make subvolume subvol_id what the filesystem at fs_path mounts by default (BTRFS_IOC_DEFAULT_SUBVOL)."""
+    with _open(fs_path) as fd:
+        _ioctl(fd, BTRFS_IOC_DEFAULT_SUBVOL, bytearray(U64.pack(subvol_id)), os.fspath(fs_path))
+
+
+def get_default_subvolume(fs_path: StrPath) -> int:
+    """The id of the subvolume the filesystem at fs_path mounts by default (BTRFS_IOC_TREE_SEARCH).
+
+    Reads the "default" entry of the root tree directory, as the kernel does at mount time;
+    needs CAP_SYS_ADMIN.
+    """
+    with _open(fs_path) as fd:
+        min_offset = 0
+        while True:
+            arg = bytearray(BTRFS_SEARCH_ARGS_SIZE)
+            BTRFS_SEARCH_KEY.pack_into(
+                arg, 0, BTRFS_ROOT_TREE_OBJECTID,
+                BTRFS_ROOT_TREE_DIR_OBJECTID, BTRFS_ROOT_TREE_DIR_OBJECTID,
+                min_offset, (1 << 64) - 1, 0, (1 << 64) - 1,
+                BTRFS_DIR_ITEM_KEY, BTRFS_DIR_ITEM_KEY, 4096, 0,
+            )
+            _ioctl(fd, BTRFS_IOC_TREE_SEARCH, arg, os.fspath(fs_path))
+            nr_items = BTRFS_SEARCH_KEY.unpack_from(arg, 0)[9]
+            if nr_items == 0:
+                raise OSError(errno.ENOENT, "no default subvolume entry", os.fspath(fs_path))
+            pos = BTRFS_SEARCH_KEY.size
+            for _ in range(nr_items):
+                _, objectid, offset, type_, length = BTRFS_SEARCH_HEADER.unpack_from(arg, pos)
+                pos += BTRFS_SEARCH_HEADER.size
+                item = bytes(arg[pos:pos + length])
+                pos += length
+                if objectid == BTRFS_ROOT_TREE_DIR_OBJECTID and type_ == BTRFS_DIR_ITEM_KEY:
+                    found = _dir_item_location(item, b"default")
+                    if found is not None:
+                        return found
+                min_offset = offset + 1
+            if min_offset == 0:  # wrapped past the last possible offset
+                raise OSError(errno.ENOENT, "no default subvolume entry", os.fspath(fs_path))
+
+
+def _dir_item_location(item: bytes, name: bytes) -> int | None:
+    """The location objectid of the entry called name in a DIR_ITEM (entries whose hashes collide share one item)."""
+    pos = 0
+    while pos + BTRFS_DIR_ITEM.size <= len(item):
+        objectid, _, _, _, data_len, name_len, _ = BTRFS_DIR_ITEM.unpack_from(item, pos)
+        pos += BTRFS_DIR_ITEM.size
+        if item[pos:pos + name_len] == name:
+            location: int = objectid
+            return location
+        pos += name_len + data_len
+    return None
+
+
+# --- libc and libcap through cffi ------------------------------------------------------------
+
+_CDEF = """
+typedef struct _cap_struct *cap_t;
+cap_t cap_from_text(const char *text);
+int cap_set_fd(int fd, cap_t caps);
+int cap_free(void *obj);
+int statfs(const char *path, long *buf);
+int syncfs(int fd);
+"""
+
+
+@functools.cache
+def _ffi() -> Any:
+    ffi = cffi.FFI()
+    ffi.cdef(_CDEF)
+    return ffi
+
+
+@functools.cache
+def _libc() -> Any:
+    return _ffi().dlopen(None)
+
+
+@functools.cache
+def _libcap() -> Any:
+    try:
+        return _ffi().dlopen("libcap.so.2")
+    except OSError as e:
+        raise OSError(errno.ENOENT, f"cannot load libcap: {e}", "libcap.so.2") from None
+
+
+def _last_error(path: FileRef) -> OSError:
+    code = _ffi().errno
+    return _error(code, os.strerror(code), path)
+
+
+def is_btrfs(path: StrPath) -> bool:
+    """Whether path lies on a btrfs filesystem (statfs f_type)."""
+    # struct statfs is 120 bytes on 64-bit Linux, f_type (__fsword_t, a long everywhere but
+    # s390x) first; the buffer is larger than any variant.
+    buf = _ffi().new("long[64]")
+    if _libc().statfs(os.fsencode(path), buf) != 0:
+        raise _last_error(os.fspath(path))
+    return int(buf[0]) & 0xFFFFFFFF == BTRFS_SUPER_MAGIC
+
+
+def sync_filesystem(path: StrPath) -> None:
+    """Write out and commit everything pending on the filesystem holding path (syncfs)."""
+    with _open(path, os.O_RDONLY) as fd:
+        if _libc().syncfs(fd) != 0:
+            raise _last_error(os.fspath(path))
+
+
+def set_capabilities(fd: int, text: str) -> None:
+    """Set the file capabilities in libcap text form ("cap_net_raw=ep") on fd, as rpm does.
+
+    rpm stores FILECAPS in this form and applies them with cap_from_text() and cap_set_fd();
+    so does this. Set them after chown: changing the owner clears them.
+    """
+    ffi, lib = _ffi(), _libcap()
+    caps = lib.cap_from_text(text.encode())
+    if caps == ffi.NULL:
+        raise _error(errno.EINVAL, f"invalid capability text {text!r}", fd)
+    try:
+        if lib.cap_set_fd(fd, caps) != 0:
+            code = ffi.errno
+            # EINVAL here is mostly a set the kernel cannot store: a file has one effective bit,
+            # so "e" must cover all of the permitted and inheritable capabilities or none.
+            raise _error(code, f"cannot set capabilities {text!r}: {os.strerror(code)}", fd)
+    finally:
+        lib.cap_free(caps)
