@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import requests
+import urllib3
 
 from solver.errors import FetchError
 
@@ -142,7 +143,7 @@ class Fetcher:
             try:
                 resumed = self._transfer(item, part, counter, count_existing=attempt == 0)
             except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as e:
+                    requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError) as e:
                 last = e
                 continue
             except _Retryable as e:
@@ -168,7 +169,10 @@ class Fetcher:
                   *, count_existing: bool) -> bool:
         """Download into `part`, resuming when it exists; True if a Range request was honoured."""
         offset = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        # Identity encoding: a Range offset must count the bytes of the file itself.
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         with self._session().get(item.url, stream=True, timeout=self.timeout,
                                  headers=headers) as response:
             status = response.status_code
@@ -184,7 +188,9 @@ class Fetcher:
             if counter and resumed and count_existing:
                 counter(offset)
             with open(part, "ab" if resumed else "wb") as out:
-                for chunk in response.iter_content(CHUNK):
+                # read1 hands over what has arrived, so a cut connection loses no bytes
+                # that reached us and the next attempt resumes right after them.
+                while chunk := response.raw.read1(CHUNK):
                     out.write(chunk)
                     if counter:
                         counter(len(chunk))

@@ -61,7 +61,7 @@ def test_cut_download_resumes_with_range(tmp_path: Path, site: Path) -> None:
     assert ranges[0] is None
     assert len(ranges) == 2 and ranges[1] is not None
     resumed_at = int(ranges[1].removeprefix("bytes=").rstrip("-"))
-    assert 0 < resumed_at <= 100_000
+    assert resumed_at == 100_000  # nothing that arrived before the cut is fetched again
 
 
 def test_partial_file_from_an_earlier_run_resumes(tmp_path: Path, site: Path) -> None:
