@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.httpd import Faults, serve
+from fixtures.outputs import assert_consistent
 from fixtures.repos import (
     RepoPackage,
     SigningKey,
@@ -73,25 +74,6 @@ def repo_copy(world: World, tmp_path: Path) -> Path:
 
 def url_of(path: Path) -> str:
     return path.as_uri() + "/"
-
-
-def assert_consistent(output: Path) -> None:
-    """Every published version is complete and every location it names resolves and checks."""
-    store = ImageStore(output)
-    for name in store.names():
-        latest = os.readlink(output / "images" / name / "latest") if (
-            output / "images" / name / "latest").is_symlink() else None
-        versions = store.versions(name)
-        assert latest is None or latest in versions, f"latest -> {latest} is broken"
-        for v in versions:
-            directory = output / "images" / name / v
-            assert (directory / "manifest.json").is_file()
-            manifest = store.manifest(name, v)
-            for p in manifest.packages:
-                path = directory / p.location
-                assert hashlib.sha256(path.read_bytes()).hexdigest() == p.sha256
-                zst = directory / p.zstd.location
-                assert hashlib.sha256(zst.read_bytes()).hexdigest() == p.zstd.sha256
 
 
 def test_compose_publishes_a_signed_static_image(world: World, tmp_path: Path) -> None:
