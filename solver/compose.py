@@ -112,6 +112,7 @@ def compose(definition: ImageDefinition, output: Path, *, sign_key: Path | None 
             result = dataclasses.replace(result, pruned_versions=tuple(pruned),
                               pruned_pool=tuple(store.collect_pool()))
         shutil.rmtree(output / ".cache" / "packages", ignore_errors=True)
+        shutil.rmtree(store.pool.scratch, ignore_errors=True)
         return result
 
 
