@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from solver.definition import ImageDefinition
 from solver.depsolve import ResolvedPackage, SolveRequest, solve
 from solver.diff import PackageDiff, package_diff
-from solver.errors import FetchError, RepoError
+from solver.errors import FetchError, PublishError, RepoError
 from solver.fetch import Fetcher, FetchItem, local_path
 from solver.keys import RepoKeyring
 from solver.manifest import CurationReport, Manifest, ManifestPackage, ZstdCopy
@@ -95,6 +95,9 @@ def compose(definition: ImageDefinition, output: Path, *, sign_key: Path | None 
     """Compose `definition` into `output`; publishes a new version only when something changed."""
     report = reporter or _Silent()
     fetcher = fetcher or Fetcher()
+    if sign_key is not None and not sign_key.is_file():
+        # Found out now rather than after every package has been fetched and transcoded.
+        raise PublishError(f"signing key {os.fspath(sign_key)} does not exist")
     store = ImageStore(output)
     with store.locked():
         store.remove_leftovers()

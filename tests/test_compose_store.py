@@ -133,6 +133,12 @@ def test_sign_key_problems_are_clear(tmp_path: Path) -> None:
     assert (tmp_path / "sig").read_text().startswith("-----BEGIN PGP SIGNATURE-----")
 
 
+def test_missing_sign_key_fails_before_any_work(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(PublishError, match="signing key .* does not exist"):
+        compose(definition(repo, "bash"), tmp_path / "out", sign_key=tmp_path / "nope.asc")
+    assert not (tmp_path / "out").exists()
+
+
 def test_repo_key_file_must_hold_a_key(tmp_path: Path) -> None:
     junk = tmp_path / "junk.asc"
     junk.write_text("not a key\n")
