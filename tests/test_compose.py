@@ -106,6 +106,8 @@ def test_compose_publishes_a_signed_static_image(world: World, tmp_path: Path) -
         assert data[:len(pkg.header_bytes())] == source[:len(pkg.header_bytes())]
         zst = (version_dir / p["zstd"]["location"]).read_bytes()
         assert hashlib.sha256(zst).hexdigest() == p["zstd"]["sha256"]
+        # An HTTP client downloads no more than the original compressed RPM.
+        assert len(zst) == p["zstd"]["size"] <= p["source_size"]
         import zstandard
         assert zstandard.ZstdDecompressor().decompress(zst, max_output_size=len(data)) == data
     report = raw["report"]
