@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.repos import build_repo, make_signing_key, solver_universe
+from fixtures.repos import build_repo, createrepo, make_signing_key, solver_universe
 from rpmimg.cli import main
 from solver.compose import compose
 from solver.definition import ImageDefinition, RepoSource
 from solver.diff import compare_versions
-from solver.errors import PublishError, RepoError
+from solver.errors import FetchError, PublishError, RepoError
 from solver.keys import RepoKeyring
+from solver.pool import PackagePool
 from solver.publish import ImageStore
 from solver.signing import sign_detached
 
@@ -131,6 +132,35 @@ def test_sign_key_problems_are_clear(tmp_path: Path) -> None:
         sign_detached(key.public, data, tmp_path / "sig")
     sign_detached(key.secret, data, tmp_path / "sig")
     assert (tmp_path / "sig").read_text().startswith("-----BEGIN PGP SIGNATURE-----")
+
+
+def test_pool_entries_are_never_rewritten(repo: Path, tmp_path: Path) -> None:
+    pool = PackagePool(tmp_path / "out")
+    original = next((repo / "Packages").glob("bash-*.rpm"))
+    first = pool.add(original, "bash", block_size=4096)
+    path = tmp_path / "out" / first.relpath
+    before = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (path, Path(f"{path}.zst"))]
+    second = pool.add(original, "bash", block_size=4096)
+    assert second == first
+    after = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (path, Path(f"{path}.zst"))]
+    assert after == before
+    assert sorted(pool.entries()) == [first.relpath, first.zstd_relpath]
+    bigger = pool.add(original, "bash", block_size=8192)
+    assert bigger.sha256 != first.sha256 and bigger.block_size == 8192
+
+
+def test_corrupt_original_fails_naming_it(repo: Path, tmp_path: Path) -> None:
+    # The repository indexes the damaged file, so only the payload digests can tell.
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    victim = next((copy / "Packages").glob("glibc-*.rpm"))
+    data = bytearray(victim.read_bytes())
+    data[-40] ^= 0x55
+    victim.write_bytes(bytes(data))
+    createrepo(copy)
+    with pytest.raises(FetchError, match="^glibc-2.36-1.x86_64: cannot transcode"):
+        compose(definition(copy, "glibc"), tmp_path / "out")
+    assert ImageStore(tmp_path / "out").names() == []
 
 
 def test_missing_sign_key_fails_before_any_work(repo: Path, tmp_path: Path) -> None:
