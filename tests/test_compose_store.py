@@ -153,7 +153,7 @@ def test_corrupt_original_fails_naming_it(repo: Path, tmp_path: Path) -> None:
     # The repository indexes the damaged file, so only the payload digests can tell.
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy)
-    victim = next((copy / "Packages").glob("glibc-*.rpm"))
+    victim = copy / "Packages" / "glibc-2.36-1.x86_64.rpm"
     data = bytearray(victim.read_bytes())
     data[-40] ^= 0x55
     victim.write_bytes(bytes(data))
