@@ -231,8 +231,8 @@ def test_unsatisfiable_definition_publishes_nothing(world: World, tmp_path: Path
 
 def test_repository_key_mismatch_is_refused(world: World, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with pytest.raises(FetchError, match="signed with a key that is not"):
-        compose(definition(url_of(world.repo), gpgkey=world.other_key.public), out)
+    with serve(world.repo) as web, pytest.raises(FetchError, match="signed with a key that is not"):
+        compose(definition(web.url, gpgkey=world.other_key.public), out)
     assert ImageStore(out).names() == [] and list(ImageStore(out).pool.entries()) == []
 
 
