@@ -7,11 +7,11 @@ publish nothing, and neither does a new solution with the same packages.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,7 +113,7 @@ def compose(definition: ImageDefinition, output: Path, *, sign_key: Path | None 
         if keep is not None:
             pruned = store.prune(definition.name, keep)
             result = dataclasses.replace(result, pruned_versions=tuple(pruned),
-                              pruned_pool=tuple(store.collect_pool()))
+                                         pruned_pool=tuple(store.collect_pool()))
         shutil.rmtree(output / ".cache" / "packages", ignore_errors=True)
         shutil.rmtree(store.pool.scratch, ignore_errors=True)
         return result
@@ -143,13 +143,7 @@ def _compose_new(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
         report=_curation_report(store, [e for e, _ in entries]),
     )
     diff = package_diff(old, manifest)
-    sign: Callable[[Path, Path], None] | None = None
-    if sign_key is not None:
-        key = sign_key
-
-        def sign(data: Path, signature: Path) -> None:
-            sign_detached(key, data, signature)
-
+    sign = functools.partial(sign_detached, sign_key) if sign_key is not None else None
     path = store.publish(manifest, {"from": previous, "to": version, **diff.to_json()}, sign)
     return ComposeResult(definition.name, version, True, path, len(packages), diff, previous,
                          fetched, reused)
