@@ -12,16 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.build import SigningKey
 from fixtures.httpd import Faults, serve
 from fixtures.outputs import assert_consistent
-from fixtures.repos import (
-    RepoPackage,
-    SigningKey,
-    build_rpm,
-    createrepo,
-    make_signing_key,
-    solver_universe,
-)
+from fixtures.repos import add_package, createrepo, package, solver_universe
+from fixtures.signing import generate_key
 from rpmextents import ExtentsPackage
 from rpmimg.cli import main
 from solver.compose import compose
@@ -50,12 +45,12 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("compose-world")
-    repo_key = make_signing_key(root / "repo-key")
-    other = make_signing_key(root / "other-key", "someone else <other@rpmimg.invalid>")
-    manifest_key = make_signing_key(root / "manifest-key", "images <images@rpmimg.invalid>")
+    repo_key = generate_key(root / "repo-key")
+    other = generate_key(root / "other-key")
+    manifest_key = generate_key(root / "manifest-key")
     repo = root / "repo"
     for p in solver_universe():
-        build_rpm(p, repo / "Packages", repo_key)
+        add_package(p, repo, repo_key)
     createrepo(repo)
     return World(repo, repo_key, other, manifest_key)
 
@@ -154,9 +149,9 @@ def test_new_package_version_publishes_a_diff(world: World, tmp_path: Path,
     out = tmp_path / "out"
     d = definition(url_of(repo), gpgkey=world.repo_key.public)
     first = compose(d, out)
-    build_rpm(RepoPackage("libfoo", "1.1", arch="x86_64", requires=("libc.so.6()(64bit)",),
-                          provides=("libfoo.so.1()(64bit)",), files=("/usr/lib64/libfoo.so.2",)),
-              repo / "Packages", world.repo_key)
+    add_package(package("libfoo", "1.1", "x86_64", requires=("libc.so.6()(64bit)",),
+                        provides=("libfoo.so.1()(64bit)",), files=("/usr/lib64/libfoo.so.2",)),
+                repo, world.repo_key)
     (repo / "Packages" / "scripted-1.0-1.noarch.rpm").unlink()
     createrepo(repo)
     second = compose(definition(url_of(repo), gpgkey=world.repo_key.public,
@@ -238,7 +233,7 @@ def test_repository_key_mismatch_is_refused(world: World, tmp_path: Path) -> Non
 
 def test_unsigned_package_is_refused_when_the_repo_has_a_key(world: World, tmp_path: Path) -> None:
     repo = repo_copy(world, tmp_path)
-    build_rpm(RepoPackage("unsigned-tool", files=("/usr/bin/unsigned-tool",)), repo / "Packages")
+    add_package(package("unsigned-tool", files=("/usr/bin/unsigned-tool",)), repo)
     createrepo(repo)
     with pytest.raises(FetchError, match="^unsigned-tool-1.0-1.noarch: package is not signed"):
         compose(definition(url_of(repo), gpgkey=world.repo_key.public,

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from fixtures.outputs import assert_consistent
-from fixtures.repos import build_repo, make_signing_key, solver_universe
+from fixtures.repos import build_repo, solver_universe
+from fixtures.signing import generate_key
 from solver.publish import ImageStore
 
 pytestmark = pytest.mark.skipif(
@@ -46,7 +47,7 @@ def compose_cmd(definition: Path, output: Path, key: Path) -> list[str]:
 @pytest.mark.slow
 def test_kill_at_random_points(tmp_path: Path) -> None:
     build_repo(solver_universe(), tmp_path / "repo")
-    key = make_signing_key(tmp_path / "key")
+    key = generate_key(tmp_path / "key")
     definitions = write_definitions(tmp_path, tmp_path / "repo")
     output = tmp_path / "out"
     # How long one whole compose takes here sets the range the kills are spread over.

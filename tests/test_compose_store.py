@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.repos import build_repo, createrepo, make_signing_key, solver_universe
+from fixtures.repos import build_repo, createrepo, solver_universe
+from fixtures.signing import generate_key
 from rpmimg.cli import main
 from solver.compose import compose
 from solver.definition import ImageDefinition, RepoSource
@@ -127,7 +128,7 @@ def test_sign_key_problems_are_clear(tmp_path: Path) -> None:
     data.write_text("{}\n")
     with pytest.raises(PublishError, match="the key file does not exist"):
         sign_detached(tmp_path / "nope.asc", data, tmp_path / "sig")
-    key = make_signing_key(tmp_path / "k")
+    key = generate_key(tmp_path / "k")
     with pytest.raises(PublishError, match="holds no secret key"):
         sign_detached(key.public, data, tmp_path / "sig")
     sign_detached(key.secret, data, tmp_path / "sig")

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.build import PackageSpec
 from fixtures.repos import (
-    RepoPackage,
     build_repo,
     createrepo,
+    package,
     run_testsolv,
     solv_testcase,
     solver_universe,
@@ -54,7 +55,7 @@ def nevras(result: SolveResult) -> set[str]:
 
 def oracle(jobs: Sequence[str], *, arch: str = "x86_64", updates: bool = False,
            ignore_recommends: bool = True) -> set[str]:
-    universe: list[tuple[str, Sequence[RepoPackage]]] = [("main", solver_universe())]
+    universe: list[tuple[str, Sequence[PackageSpec]]] = [("main", solver_universe())]
     if updates:
         universe.append(("updates", updates_universe()))
     return run_testsolv(solv_testcase(universe, arch, jobs, ignore_recommends=ignore_recommends))
@@ -166,10 +167,10 @@ def test_newer_version_in_second_repo_wins(repos: Path) -> None:
 
 
 def test_newer_version_appearing_in_same_repo(tmp_path: Path) -> None:
-    old = RepoPackage("tool", "1.0", files=("/usr/bin/tool",))
+    old = package("tool", "1.0", files=("/usr/bin/tool",))
     build_repo([old], tmp_path / "r")
     assert nevras(run(tmp_path, ["tool"], repos=("r",))) == {"tool-1.0-1.noarch"}
-    build_repo([RepoPackage("tool", "1.10", files=("/usr/bin/tool",))], tmp_path / "r")
+    build_repo([package("tool", "1.10", files=("/usr/bin/tool",))], tmp_path / "r")
     assert nevras(run(tmp_path, ["tool"], repos=("r",))) == {"tool-1.10-1.noarch"}
 
 
