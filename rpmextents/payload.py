@@ -13,8 +13,6 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any, BinaryIO, cast
 
-import zstandard
-
 from rpmextents.errors import UnsupportedPackageError
 
 CHUNK = 1 << 20
@@ -90,6 +88,8 @@ def open_payload(raw: HashingReader, compressor: str) -> IO[bytes]:
     if compressor == "lzma":
         return cast(IO[bytes], lzma.LZMAFile(buffered, "rb", format=lzma.FORMAT_ALONE))
     if compressor == "zstd":
+        import zstandard  # only zstd payloads need it
+
         reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
             buffered, read_size=CHUNK, read_across_frames=True
         )
