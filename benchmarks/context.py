@@ -60,6 +60,11 @@ class Context:
         rpms = sorted((self.corpus.base).glob("*.rpm"))
         return rpms[: self.limit] if self.limit else rpms
 
+    def package_names(self) -> list[str]:
+        """Names of the packages in base_rpms()."""
+        base = {p.name for p in self.base_rpms()}
+        return [p["name"] for p in self.corpus.info["packages"] if p["rpm"] in base]
+
     def update_packages(self) -> list[dict[str, Any]]:
         """The update set's packages (as in corpus.json) whose old version is in base_rpms()."""
         base = {p.name for p in self.base_rpms()}

@@ -61,7 +61,7 @@ def compose(ctx: Context, key: SigningKey, output: Path, repos: dict[str, Path],
             tag: str) -> Composed:
     """`rpmimg compose` of the corpus into output; returns the new version's manifest."""
     defn = ctx.work / f"{tag}.toml"
-    defn.write_text(definition(ctx.corpus.package_names, repos))
+    defn.write_text(definition(ctx.package_names(), repos))
     t = run_timed([[*ctx.rpmimg, "compose", os.fspath(defn), "-o", os.fspath(output),
                     "--sign-key", os.fspath(key.secret)]])
     manifest = (output / "images" / IMAGE / "latest").resolve() / "manifest.json"

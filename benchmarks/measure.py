@@ -207,3 +207,10 @@ def run_pipeline(first: Sequence[str], second: Sequence[str], *, stdout: int) ->
             if proc.returncode != 0:
                 raise subprocess.CalledProcessError(proc.returncode, list(cmd), stderr=err)
         return Timing(elapsed, _kib(Path(rss.name).read_text()) * 1024)
+
+
+def stderr_tail(e: subprocess.CalledProcessError) -> str:
+    """The last line a failed command wrote to stderr (its error message), or its exit status."""
+    err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit {e.returncode}"

@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 
 from benchmarks.context import Context, rpmimg_has
-from benchmarks.measure import Row, Target, Timing, median_timing, not_run, row, run_timed
+from benchmarks.measure import (
+    Row,
+    Target,
+    Timing,
+    median_timing,
+    not_run,
+    row,
+    run_timed,
+    stderr_tail,
+)
 
 MB = 1e6
 
@@ -60,7 +69,7 @@ def transcode(ctx: Context) -> list[Row]:
             t = median_timing(ctx.runs, ctx.cache, fn)
         except subprocess.CalledProcessError as e:
             rows.append(not_run(metric, "rpm2cpio > /dev/null", peer_thr, unit,
-                                f"{label} failed: {_last_line(e)}", target))
+                                f"{label} failed: {stderr_tail(e)}", target))
             continue
         rows.append(row(f"{metric} ({label})", total / t.seconds, "rpm2cpio > /dev/null", peer_thr,
                         unit, target=target, note=f"{note}; peak RSS {t.max_rss / MB:.0f} MB"))
@@ -87,7 +96,7 @@ def extract(ctx: Context) -> list[Row]:
     try:
         store = extents_store(ctx)
     except subprocess.CalledProcessError as e:
-        return [not_run(metric, "cp -a --reflink=always", None, unit, f"transcode failed: {_last_line(e)}", target)]
+        return [not_run(metric, "cp -a --reflink=always", None, unit, f"transcode failed: {stderr_tail(e)}", target)]
     files = sorted(store.glob("*.rpm"))
     trees: list[Path] = []
 
@@ -106,7 +115,7 @@ def extract(ctx: Context) -> list[Row]:
         try:
             results.append((label, median_timing(ctx.runs, ctx.cache, fn)))
         except subprocess.CalledProcessError as e:
-            results.append((label, _last_line(e)))
+            results.append((label, stderr_tail(e)))
     if not trees:
         return [not_run(metric, "cp -a --reflink=always", None, unit, "no tree extracted")]
     source = trees[0]
@@ -121,9 +130,3 @@ def extract(ctx: Context) -> list[Row]:
             rows.append(row(f"{metric} ({label})", t.seconds, "cp -a --reflink=always", peer.seconds,
                             unit, target=target, note=f"{note}; peak RSS {t.max_rss / MB:.0f} MB"))
     return rows
-
-
-def _last_line(e: subprocess.CalledProcessError) -> str:
-    err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else f"exit {e.returncode}"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import zstandard
 
@@ -30,49 +32,66 @@ from benchmarks.measure import (
     not_run,
     row,
     run_timed,
+    stderr_tail,
     tree_bytes,
 )
-from benchmarks.metrics_format import _last_line
 
 MB = 1e6
+T = TypeVar("T")
 faster = lambda rpmimg, peer: peer / rpmimg  # noqa: E731 - "N x faster": peer time over ours
 
 
-class ImageFlow:
-    """compose v1 -> deploy v1 -> compose v2 -> deploy v2 with the real rpmimg, run once and shared."""
+class Published:
+    """compose v1 (base) then v2 (base + updates) into one output with the real rpmimg."""
 
     def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
         self.key: SigningKey = make_signing_key(ctx.scratch("keys"))
         self.output = ctx.scratch("published")
+        self.repos = {"base": ctx.corpus.base}
+        self.v1 = compose(ctx, self.key, self.output, self.repos, "v1")
+        self.v2 = compose(ctx, self.key, self.output,
+                          {**self.repos, "updates": ctx.corpus.updates}, "v2")
+
+
+class Deployed:
+    """deploy v1 into a fresh sysroot, then v2 over it, measuring the update's disk cost."""
+
+    def __init__(self, ctx: Context, pub: Published) -> None:
+        self.pub = pub
         self.sysroot = ctx.scratch("sysroot")
-        repos = {"base": ctx.corpus.base}
-        self.v1 = compose(ctx, self.key, self.output, repos, "v1")
-        self.deploy_v1 = deploy(ctx, self.key, self.sysroot, os.fspath(self.v1.manifest))
+        self.deploy_v1 = deploy(ctx, pub.key, self.sysroot, os.fspath(pub.v1.manifest))
         self.usr_v1 = default_usr(ctx, self.sysroot)
-        used = btrfs_data_used(ctx.work)
-        self.v2 = compose(ctx, self.key, self.output, {**repos, "updates": ctx.corpus.updates}, "v2")
         before = btrfs_data_used(ctx.work)
-        self.deploy_v2 = deploy(ctx, self.key, self.sysroot, os.fspath(self.v2.manifest))
+        self.deploy_v2 = deploy(ctx, pub.key, self.sysroot, os.fspath(pub.v2.manifest))
         self.update_disk = btrfs_data_used(ctx.work) - before
-        self.compose_v2_disk = before - used
 
 
-def flow(ctx: Context) -> ImageFlow | str:
-    """The shared rpmimg run, or why it can't run (missing verb, or the step that failed)."""
-    if "flow" not in ctx.shared:
-        reason = rpmimg_has("compose", "deploy", "status")
+def _once(ctx: Context, key: str, verbs: tuple[str, ...], make: Callable[[], T]) -> T | str:
+    """make() run once per benchmark run and shared, or why it can't run."""
+    if key not in ctx.shared:
+        reason = rpmimg_has(*verbs)
         if reason:
-            ctx.shared["flow"] = reason
+            ctx.shared[key] = reason
         else:
             try:
-                ctx.shared["flow"] = ImageFlow(ctx)
+                ctx.shared[key] = make()
             except subprocess.CalledProcessError as e:
-                ctx.shared["flow"] = f"`{' '.join(map(str, e.cmd[1:3]))}` failed: {_last_line(e)}"
+                ctx.shared[key] = f"`rpmimg {' '.join(map(str, e.cmd[1:2]))}` failed: {stderr_tail(e)}"
             except (OSError, RuntimeError, KeyError, ValueError) as e:
-                ctx.shared["flow"] = f"{type(e).__name__}: {e}"
-    result: ImageFlow | str = ctx.shared["flow"]
+                ctx.shared[key] = f"{type(e).__name__}: {e}"
+    result: T | str = ctx.shared[key]
     return result
+
+
+def published(ctx: Context) -> Published | str:
+    return _once(ctx, "published", ("compose",), lambda: Published(ctx))
+
+
+def deployed(ctx: Context) -> Deployed | str:
+    pub = published(ctx)
+    if isinstance(pub, str):
+        return pub
+    return _once(ctx, "deployed", ("deploy", "status"), lambda: Deployed(ctx, pub))
 
 
 def ostree_repo(ctx: Context) -> Path:
@@ -101,8 +120,8 @@ def deploy_metrics(ctx: Context) -> list[Row]:
     ostree_t = median_timing(ctx.runs, ctx.cache, lambda: run_timed([[
         "ostree", f"--repo={repo}", "checkout", "-H", "bench",
         os.fspath(ctx.scratch("ostree-co") / "usr")]]))
-    f = flow(ctx)
-    tree = f.usr_v1 if isinstance(f, ImageFlow) else ctx.rpm_root_v1 / "usr"
+    f = deployed(ctx)
+    tree = f.usr_v1 if isinstance(f, Deployed) else ctx.rpm_root_v1 / "usr"
     cp_t = median_timing(ctx.runs, ctx.cache, lambda: run_timed([[
         "cp", "-a", "--reflink=always", os.fspath(tree), os.fspath(ctx.scratch("cp") / "usr")]]))
     metric, unit = "deploy time, warm store", "s"
@@ -116,13 +135,24 @@ def deploy_metrics(ctx: Context) -> list[Row]:
                 note=f"{note}; store filled from the published directory on the same btrfs")
             for peer, value, target, ratio in rows_peers]
     rows.append(row("peak memory: rpmimg deploy", deploy_t.max_rss / MB, "rpm -i", rpm_t.max_rss / MB, "MB"))
-    rows.append(row("peak memory: rpmimg compose", f.v1.timing.max_rss / MB, "", None, "MB",
-                    note=f"compose v1 took {f.v1.timing.seconds:.1f}s"))
     return rows
 
 
-def _fresh_deploy(ctx: Context, f: ImageFlow) -> Timing:
-    return deploy(ctx, f.key, ctx.scratch("sysroot"), os.fspath(f.v1.manifest))
+def _fresh_deploy(ctx: Context, f: Deployed) -> Timing:
+    return deploy(ctx, f.pub.key, ctx.scratch("sysroot"), os.fspath(f.pub.v1.manifest))
+
+
+def compose_metrics(ctx: Context) -> list[Row]:
+    """Time and peak memory of composing the image (v1 from scratch, v2 with the update)."""
+    pub = published(ctx)
+    if isinstance(pub, str):
+        return [not_run("compose time", "", None, "s", pub)]
+    n = len(pub.v1.data["packages"])
+    return [row("compose time (v1, empty pool)", pub.v1.timing.seconds, "", None, "s",
+                note=f"{n} packages: solve, transcode, zstd copies, sign"),
+            row("compose time (v2, update)", pub.v2.timing.seconds, "", None, "s"),
+            row("peak memory: rpmimg compose", max(pub.v1.timing.max_rss, pub.v2.timing.max_rss) / MB,
+                "", None, "MB")]
 
 
 def update_metrics(ctx: Context) -> list[Row]:
@@ -138,25 +168,24 @@ def update_metrics(ctx: Context) -> list[Row]:
     casync = casync_new_bytes(ctx)
     zstd_limit = changed_files_zstd19(ctx)
     originals = sum(int(u["rpm_size"]) for u in updated)
-    f = flow(ctx)
+    pub, dep = published(ctx), deployed(ctx)
     rows = []
-    disk = ("update disk cost", "bytes of changed files (physical limit)", limit, Target("<=", 1.1))
-    wire_http = ("update bytes over HTTP", "original compressed RPMs of the changed packages",
-                 originals, Target("<=", 1.0))
-    if isinstance(f, str):
-        rows.append(not_run(*disk[:3], "MB", f, disk[3]))
-        rows.append(not_run(wire_http[0], wire_http[1], originals / MB, "MB", f, wire_http[3]))
-        rows.append(not_run("update bytes over rsync", wire_http[1], originals / MB, "MB",
-                            "needs rpmimg deploy over rsync://", Target("<=", 0.6)))
+    http_metric, http_peer = "update bytes over HTTP", "original compressed RPMs of the changed packages"
+    if isinstance(pub, str):
+        rows.append(not_run(http_metric, http_peer, originals / MB, "MB", pub, Target("<=", 1.0)))
     else:
-        rows.append(row(disk[0], f.update_disk / MB, disk[1], limit / MB, "MB", target=disk[3],
-                        note=f"btrfs data growth while deploying v2; {note}"))
-        count, zst = new_packages_zstd_bytes(f.v1.data, f.v2.data)
-        rows.append(row(wire_http[0], zst / MB, wire_http[1], originals / MB, "MB", target=wire_http[3],
+        count, zst = new_packages_zstd_bytes(pub.v1.data, pub.v2.data)
+        rows.append(row(http_metric, zst / MB, http_peer, originals / MB, "MB", target=Target("<=", 1.0),
                         note=f"{count} new pool entries' .rpm.zst"))
-        rows.append(not_run("update bytes over rsync", wire_http[1], originals / MB, "MB",
-                            "the rsync transfer measurement is not written yet", Target("<=", 0.6)))
-    rpmimg_disk = f.update_disk / MB if isinstance(f, ImageFlow) else None
+    rows.append(not_run("update bytes over rsync", http_peer, originals / MB, "MB",
+                        "the rsync transfer measurement is not written yet", Target("<=", 0.6)))
+    disk_metric, disk_peer = "update disk cost", "bytes of changed files (physical limit)"
+    if isinstance(dep, str):
+        rows.append(not_run(disk_metric, disk_peer, limit / MB, "MB", dep, Target("<=", 1.1)))
+    else:
+        rows.append(row(disk_metric, dep.update_disk / MB, disk_peer, limit / MB, "MB",
+                        target=Target("<=", 1.1), note=f"btrfs data growth while deploying v2; {note}"))
+    rpmimg_disk = dep.update_disk / MB if isinstance(dep, Deployed) else None
     rows.append(row("update disk cost vs ostree", rpmimg_disk, "ostree repo growth", ostree_growth / MB,
                     "MB", note="bare repository; informational"))
     rows.append(row("update wire bytes: peers", None, "casync new chunks + index", casync / MB, "MB",
@@ -195,17 +224,17 @@ def verify_metrics(ctx: Context) -> list[Row]:
     files = [os.fspath(p) for p in (root / "usr").rglob("*") if p.is_file() and not p.is_symlink()]
     sha_t = median_timing(ctx.runs, ctx.cache, lambda: _chunked(["sha256sum"], files))
     metric, unit = "verify time", "s"
-    f = flow(ctx)
+    f = deployed(ctx)
     reason = f if isinstance(f, str) else rpmimg_has("verify")
     if reason:
         return [not_run(metric, "rpm -Va --root", rpm_v.seconds, unit, reason, Target(">=", 2)),
                 not_run(metric, "sha256sum of the same files", sha_t.seconds, unit, reason)]
-    assert isinstance(f, ImageFlow)
+    assert isinstance(f, Deployed)
     try:
         t = median_timing(ctx.runs, ctx.cache, lambda: run_timed([[
             *ctx.rpmimg, "verify", "--sysroot", os.fspath(f.sysroot)]]))
     except subprocess.CalledProcessError as e:
-        return [not_run(metric, "rpm -Va --root", rpm_v.seconds, unit, f"rpmimg verify: {_last_line(e)}",
+        return [not_run(metric, "rpm -Va --root", rpm_v.seconds, unit, f"rpmimg verify: {stderr_tail(e)}",
                         Target(">=", 2))]
     note = f"{len(files)} files; {ctx.cache.label}; median of {ctx.runs}"
     return [row(metric, t.seconds, "rpm -Va --root", rpm_v.seconds, unit, ratio=faster,

@@ -29,6 +29,7 @@ Metric = Callable[[Context], list[Row]]
 GROUPS: dict[str, list[tuple[str, Metric]]] = {
     "format": [("transcode throughput", metrics_format.transcode),
                ("extract time", metrics_format.extract)],
+    "compose": [("compose", metrics_image.compose_metrics)],
     "deploy": [("deploy time", metrics_image.deploy_metrics)],
     "update": [("update cost", metrics_image.update_metrics)],
     "verify": [("verify time", metrics_image.verify_metrics)],
