@@ -1,0 +1,61 @@
+"""The benchmark harness's measuring and reporting: ratios, targets, peak memory, the table and plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from benchmarks.measure import Target, not_run, row, run_timed, stderr_tail
+from benchmarks.report import markdown, write_results
+
+
+def test_ratio_and_target() -> None:
+    r = row("deploy", 2.0, "rpm -i", 30.0, "s", ratio=lambda ours, peer: peer / ours,
+            target=Target(">=", 10))
+    assert r.ratio == 15.0 and r.met is True
+    r = row("extract", 3.0, "cp", 1.0, "s", target=Target("<=", 1.5))
+    assert r.ratio == 3.0 and r.met is False
+    assert row("x", None, "peer", 1.0, "s", target=Target("<=", 1)).met is None
+
+
+def test_not_run_keeps_the_peer_figure() -> None:
+    r = not_run("verify", "rpm -Va", 4.2, "s", "rpmimg verify not available", Target(">=", 2))
+    assert r.rpmimg is None and r.ratio is None and r.met is None
+    assert r.peer_value == 4.2 and r.note == "not run: rpmimg verify not available"
+
+
+def test_peak_rss_is_the_commands_own() -> None:
+    # 200 MB held by the child; the parent test process is far from that.
+    t = run_timed([[sys.executable, "-c", "b = bytearray(200_000_000); b[::4096] = b'x' * len(b[::4096])"]])
+    assert 190e6 < t.max_rss < 400e6
+    small = run_timed([["true"]])
+    assert small.max_rss < 50e6
+
+
+def test_failure_names_the_error() -> None:
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        run_timed([["sh", "-c", "echo first >&2; echo 'disk full' >&2; exit 3"]])
+    assert stderr_tail(e.value) == "disk full"
+
+
+def test_results_files(tmp_path: Path) -> None:
+    rows = [
+        row("transcode throughput", 50.0, "rpm2cpio", 100.0, "MB/s", target=Target(">=", 1)),
+        row("solve time", 1.0, "testsolv", 1.0, "s", target=Target("<=", 1.2)),
+        not_run("verify time", "rpm -Va", 3.0, "s", "not yet", Target(">=", 2)),
+    ]
+    written = write_results(rows, {"date": "2026-11-22", "machine": "2 cores"}, tmp_path)
+    data = json.loads(written["latest.json"].read_text())
+    assert [d["metric"] for d in data] == ["transcode throughput", "solve time", "verify time"]
+    assert set(data[0]) >= {"metric", "rpmimg", "peer", "peer_value", "ratio", "target", "met", "unit"}
+    table = written["latest.md"].read_text()
+    assert "no (off by 2.00x)" in table and "| yes |" in table and "not run: not yet" in table
+    svg = ET.parse(written["latest.svg"]).getroot()
+    texts = [t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert any("0.50x" in t for t in texts) and any("not run" in t for t in texts)
+    assert markdown(rows, {}).count("\n| ") == 4  # header + three rows
