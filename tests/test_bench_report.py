@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -12,6 +14,7 @@ import pytest
 
 from benchmarks.measure import Target, not_run, row, run_timed, stderr_tail
 from benchmarks.report import markdown, write_results
+from benchmarks.rsyncd import rsync_daemon, url_of
 
 
 def test_ratio_and_target() -> None:
@@ -59,3 +62,21 @@ def test_results_files(tmp_path: Path) -> None:
     texts = [t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}text")]
     assert any("0.50x" in t for t in texts) and any("not run" in t for t in texts)
     assert markdown(rows, {}).count("\n| ") == 4  # header + three rows
+
+
+def test_rsync_daemon_counts_bytes_sent(tmp_path: Path) -> None:
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync not installed")
+    served, work, dest = tmp_path / "served", tmp_path / "work", tmp_path / "dest"
+    for d in (served, work, dest):
+        d.mkdir()
+    (served / "a.bin").write_bytes(os.urandom(300_000))
+    with rsync_daemon(served, work) as daemon:
+        subprocess.run(["rsync", url_of(daemon, served, served / "a.bin"), os.fspath(dest)], check=True)
+        first = daemon.bytes_sent()
+        assert 300_000 <= first < 320_000
+        # unchanged file again: rsync's delta transfer sends almost nothing
+        subprocess.run(["rsync", "--no-whole-file", "-I", url_of(daemon, served, served / "a.bin"),
+                        os.fspath(dest)], check=True)
+        assert daemon.bytes_sent() - first < 20_000
+    assert (dest / "a.bin").read_bytes() == (served / "a.bin").read_bytes()
