@@ -1,0 +1,199 @@
+"""`rpmimg verify`: every file of a deployment against its package headers, like `rpm -V`.
+
+`--repair` rewrites damaged entries from the store (refetching a package the store
+no longer has, from the manifest the deployment came from) and verifies again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.errors import DeploymentError, PackageError
+from deploy.headers import DIGEST_ALGOS, InstalledPackage, installed_packages
+from deploy.lock import DEFAULT_WAIT
+from deploy.owners import Owners
+from deploy.state import DeploymentRecord
+from deploy.store import Store
+from deploy.system import System
+from deploy.tree import TreeBuilder, relocate
+from rpmextents import EntryType, ExtentsPackage, kernel
+
+RPMFILE_GHOST = 1 << 6
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One file that differs from its header; `what` lists rpm -V's attributes."""
+
+    package: str
+    path: str  # the path rpm knows ("/usr/bin/foo", "/etc/foo")
+    location: str  # where it is in the deployment tree
+    what: tuple[str, ...]  # "missing", "type", "mode", "owner", "group", "size", "digest", "link", "mtime", "rdev", "caps"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    deployment: str
+    files: int
+    mismatches: tuple[Mismatch, ...]
+    repaired: tuple[str, ...] = ()
+
+
+def _digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_file(f: object, algo: str, tree: Path, owners: Owners) -> tuple[str, list[str]]:
+    name: str = f.name  # type: ignore[attr-defined]
+    rel, _ = relocate(name)
+    path = tree / rel if rel else tree
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return rel, ["missing"]
+    mode: int = f.mode  # type: ignore[attr-defined]
+    if stat.S_IFMT(st.st_mode) != stat.S_IFMT(mode):
+        return rel, ["type"]
+    what = []
+    if not stat.S_ISLNK(mode) and stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode):
+        what.append("mode")
+    if st.st_uid != owners.uid(f.user):  # type: ignore[attr-defined]
+        what.append("owner")
+    if st.st_gid != owners.gid(f.group):  # type: ignore[attr-defined]
+        what.append("group")
+    if stat.S_ISREG(mode):
+        if st.st_size != f.size:  # type: ignore[attr-defined]
+            what.append("size")
+        digest: str = f.digest  # type: ignore[attr-defined]
+        if digest and _digest(path, algo) != digest:
+            what.append("digest")
+        has_caps = _has_caps(path)
+        if bool(f.caps) != has_caps:  # type: ignore[attr-defined]
+            what.append("caps")
+    if stat.S_ISLNK(mode) and os.readlink(path) != f.linkto:  # type: ignore[attr-defined]
+        what.append("link")
+    if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and st.st_rdev != f.rdev:  # type: ignore[attr-defined]
+        what.append("rdev")
+    if not stat.S_ISDIR(mode) and int(st.st_mtime) != f.mtime:  # type: ignore[attr-defined]
+        what.append("mtime")
+    return rel, what
+
+
+def _has_caps(path: Path) -> bool:
+    try:
+        os.getxattr(path, "security.capability", follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def check_package(pkg: InstalledPackage, tree: Path, owners: Owners) -> tuple[int, list[Mismatch]]:
+    """Compare one package's files in tree with its header; returns (files checked, mismatches)."""
+    import rpm
+
+    algo = DIGEST_ALGOS.get(pkg.header[rpm.RPMTAG_FILEDIGESTALGO] or 1, "md5")
+    checked, out = 0, []
+    for f in rpm.files(pkg.header):
+        if f.fflags & RPMFILE_GHOST:
+            continue
+        checked += 1
+        rel, what = _check_file(f, algo, tree, owners)
+        if what:
+            out.append(Mismatch(pkg.nvra, f.name, rel, tuple(what)))
+    return checked, out
+
+
+def verify(system: System, deployment_id: str | None = None) -> VerifyResult:
+    """Verify a deployment (default: the default one) against its own header files."""
+    current = system.load_state()
+    deployment_id = deployment_id or current.default
+    if deployment_id is None:
+        raise DeploymentError("nothing is deployed")
+    current.get(deployment_id)
+    tree = system.layout.deployment(deployment_id)
+    owners = Owners(system.sysroot)
+    files, mismatches = 0, []
+    for pkg in installed_packages(tree):
+        n, bad = check_package(pkg, tree, owners)
+        files += n
+        mismatches.extend(bad)
+    return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
+
+
+Refetch = Callable[[DeploymentRecord, str], Path]
+
+
+def _ensure_stored(system: System, record: DeploymentRecord, nvra: str, refetch: Refetch) -> Path:
+    store = Store(system.layout.store)
+    package = next((p for p in record.packages if p.nvra == nvra), None)
+    if package is None:
+        raise DeploymentError(f"deployment {record.id}: {nvra} is not one of its packages")
+    if not store.has(package.sha256):
+        refetch(record, nvra)
+    if not store.has(package.sha256):
+        raise PackageError(f"{nvra}: could not be brought back into the store")
+    return store.path(package.sha256)
+
+
+def _restore_dirs(tree: Path, touched: set[str], owners: Owners) -> None:
+    import rpm
+
+    for pkg in installed_packages(tree):
+        for f in rpm.files(pkg.header):
+            rel = relocate(f.name)[0]
+            if stat.S_ISDIR(f.mode) and rel in touched:
+                path = tree / rel if rel else tree
+                os.chown(path, owners.uid(f.user), owners.gid(f.group))
+                os.chmod(path, stat.S_IMODE(f.mode))
+                os.utime(path, (f.mtime, f.mtime))
+
+
+def repair(
+    system: System, deployment_id: str | None, refetch: Refetch, lock_wait: float = DEFAULT_WAIT
+) -> VerifyResult:
+    """Rewrite every mismatching entry from the store, then verify again."""
+    from deploy.lifecycle import mutating
+
+    with mutating(system, lock_wait) as current:
+        before = verify(system, deployment_id)
+        if not before.mismatches:
+            return before
+        record = current.get(before.deployment)
+        tree = system.layout.deployment(record.id)
+        by_package: dict[str, set[str]] = {}
+        for m in before.mismatches:
+            by_package.setdefault(m.package, set()).add(m.path)
+        kernel.subvolume_set_readonly(tree, False)
+        try:
+            builder = TreeBuilder(tree, Owners(system.sysroot))
+            for nvra, paths in sorted(by_package.items()):
+                with ExtentsPackage.open(_ensure_stored(system, record, nvra, refetch)) as pkg:
+                    entries = pkg.entries()
+                    # A damaged hardlink breaks its whole group: rewrite every member.
+                    keys = {e.hardlink_key for e in entries if e.path in paths} - {None}
+                    links: dict[int, Path] = {}
+                    for e in entries:
+                        if e.path in paths or e.hardlink_key in keys:
+                            if e.type is EntryType.DIR:
+                                builder.set_dir_meta(relocate(e.path)[0], e)
+                            else:
+                                builder.write_entry(pkg, e, links)
+            # Rewriting entries changed their directories' mtimes: put them back.
+            touched = {os.path.dirname(relocate(p)[0]) for ps in by_package.values() for p in ps}
+            _restore_dirs(tree, touched, builder.owners)
+            kernel.sync_filesystem(tree)
+        finally:
+            kernel.subvolume_set_readonly(tree, True)
+        after = verify(system, record.id)
+        fixed = {m.path for m in before.mismatches} - {m.path for m in after.mismatches}
+        return dataclasses.replace(after, repaired=tuple(sorted(fixed)))
