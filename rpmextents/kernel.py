@@ -157,15 +157,24 @@ def _fd_path(fd: int) -> str:
         return f"<fd {fd}>"
 
 
-def _error(e: OSError, path: str, path2: str | None = None) -> OSError:
-    """e, again, naming the file(s) involved; OSError() picks the subclass (FileNotFoundError...)."""
+# A file named in an error: a path, or an fd whose path is looked up only when the error happens
+# (a readlink per call would slow down reflinking thousands of files).
+FileRef = str | int
+
+
+def _name(ref: FileRef) -> str:
+    return _fd_path(ref) if isinstance(ref, int) else ref
+
+
+def _error(code: int | None, strerror: str | None, path: FileRef, path2: FileRef | None = None) -> OSError:
+    """OSError naming the file(s) involved; OSError() picks the subclass (FileNotFoundError...)."""
     if path2 is None:
-        return OSError(e.errno, e.strerror, path)
-    return OSError(e.errno, e.strerror, path, None, path2)
+        return OSError(code, strerror, _name(path))
+    return OSError(code, strerror, _name(path), None, _name(path2))
 
 
-def _ioctl(fd: int, request: int, arg: bytearray | int, path: str | None = None,
-           path2: str | None = None) -> int:
+def _ioctl(fd: int, request: int, arg: bytearray | int, path: FileRef | None = None,
+           path2: FileRef | None = None) -> int:
     try:
         if isinstance(arg, int):
             return fcntl.ioctl(fd, request, arg)
@@ -173,10 +182,11 @@ def _ioctl(fd: int, request: int, arg: bytearray | int, path: str | None = None,
         # 1024 bytes fcntl copies for immutable arguments.
         return int(fcntl.ioctl(fd, request, arg, True))
     except OSError as e:
+        strerror: str | None = e.strerror
         if e.errno == errno.ENOTTY and request in _BTRFS_ONLY:
             # The bare "Inappropriate ioctl for device" does not say what is wrong.
-            e = OSError(e.errno, f"not on a btrfs filesystem ({e.strerror})")
-        raise _error(e, path if path is not None else _fd_path(fd), path2) from None
+            strerror = f"not on a btrfs filesystem ({e.strerror})"
+        raise _error(e.errno, strerror, fd if path is None else path, path2) from None
 
 
 @contextlib.contextmanager
@@ -221,12 +231,12 @@ def clone_range(src_fd: int, src_offset: int, length: int, dst_fd: int, dst_offs
     of 0 means up to the end of src.
     """
     arg = bytearray(FILE_CLONE_RANGE.pack(src_fd, src_offset, length, dst_offset))
-    _ioctl(dst_fd, FICLONERANGE, arg, _fd_path(src_fd), _fd_path(dst_fd))
+    _ioctl(dst_fd, FICLONERANGE, arg, src_fd, dst_fd)
 
 
 def clone_file(src_fd: int, dst_fd: int) -> None:
     """Make dst share all of src's data (FICLONE); dst takes src's size."""
-    _ioctl(dst_fd, FICLONE, src_fd, _fd_path(src_fd), _fd_path(dst_fd))
+    _ioctl(dst_fd, FICLONE, src_fd, src_fd, dst_fd)
 
 
 def dedupe_range(src_fd: int, src_offset: int, length: int, dst_fd: int, dst_offset: int) -> int:
@@ -243,15 +253,15 @@ def dedupe_range(src_fd: int, src_offset: int, length: int, dst_fd: int, dst_off
         FILE_DEDUPE_RANGE_INFO.pack_into(
             arg, FILE_DEDUPE_RANGE.size, dst_fd, dst_offset + done, 0, 0, 0
         )
-        _ioctl(src_fd, FIDEDUPERANGE, arg, _fd_path(src_fd), _fd_path(dst_fd))
+        _ioctl(src_fd, FIDEDUPERANGE, arg, src_fd, dst_fd)
         _, _, deduped, status, _ = FILE_DEDUPE_RANGE_INFO.unpack_from(arg, FILE_DEDUPE_RANGE.size)
         if status < 0:
-            raise OSError(-status, os.strerror(-status), _fd_path(src_fd), None, _fd_path(dst_fd))
+            raise _error(-status, os.strerror(-status), src_fd, dst_fd)
         if status == FILE_DEDUPE_RANGE_DIFFERS:
             raise RangesDifferError(
                 errno.EBADE,
                 f"ranges differ ({length - done} bytes at {src_offset + done} and {dst_offset + done})",
-                _fd_path(src_fd), None, _fd_path(dst_fd),
+                _name(src_fd), None, _name(dst_fd),
             )
         if deduped == 0:
             break  # shortened to nothing at the end of a file
@@ -495,9 +505,9 @@ def _libcap() -> Any:
         raise OSError(errno.ENOENT, f"cannot load libcap: {e}", "libcap.so.2") from None
 
 
-def _last_error(path: str) -> OSError:
+def _last_error(path: FileRef) -> OSError:
     code = _ffi().errno
-    return OSError(code, os.strerror(code), path)
+    return _error(code, os.strerror(code), path)
 
 
 def is_btrfs(path: StrPath) -> bool:
@@ -526,9 +536,12 @@ def set_capabilities(fd: int, text: str) -> None:
     ffi, lib = _ffi(), _libcap()
     caps = lib.cap_from_text(text.encode())
     if caps == ffi.NULL:
-        raise OSError(errno.EINVAL, f"invalid capability text {text!r}", _fd_path(fd))
+        raise _error(errno.EINVAL, f"invalid capability text {text!r}", fd)
     try:
         if lib.cap_set_fd(fd, caps) != 0:
-            raise _last_error(_fd_path(fd))
+            code = ffi.errno
+            # EINVAL here is mostly a set the kernel cannot store: a file has one effective bit,
+            # so "e" must cover all of the permitted and inheritable capabilities or none.
+            raise _error(code, f"cannot set capabilities {text!r}: {os.strerror(code)}", fd)
     finally:
         lib.cap_free(caps)
