@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from deploy import manifest as manifest_mod
 from deploy.errors import SignatureError
+from deploy.manifest import ImageManifest
 from deploy.run import run
+from deploy.sources import Source
 
 KEY_DIRS = ("etc/rpmimg/keys.d", "usr/lib/rpmimg/keys.d")
 
@@ -90,3 +94,16 @@ def verify_detached(data: bytes, signature: bytes, key_files: Sequence[Path], wh
         raise SignatureError(f"{what}: signature is not a valid OpenPGP signature")
     detail = proc.stderr.decode(errors="replace").strip().splitlines()
     raise SignatureError(f"{what}: signature does not verify" + (f": {detail[-1]}" if detail else ""))
+
+
+def fetch_verified_manifest(source: Source, key_files: Sequence[Path]) -> tuple[ImageManifest, str, str]:
+    """The manifest from source, refused unless signed by a trusted key.
+
+    Returns the manifest, its sha256 and the signing key's fingerprint.
+    """
+    data, signature = source.fetch_manifest()
+    where = source.manifest_location
+    if signature is None:
+        raise SignatureError(f"{where}: manifest is not signed (no manifest.json.asc beside it)")
+    fingerprint = verify_detached(data, signature, key_files, where)
+    return manifest_mod.parse(data, where), hashlib.sha256(data).hexdigest(), fingerprint

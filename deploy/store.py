@@ -108,8 +108,10 @@ class Store:
                     raise
         return deduped
 
-    def add(self, ref: PackageRef, fetched: Path, keyring: Keyring) -> int:
+    def add(self, ref: PackageRef, fetched: Path, keyring: Keyring | None) -> int:
         """Verify a fetched package against ref and the keyring, dedupe it, move it in.
+
+        Without a keyring the header signature is not required (digests are still checked).
 
         Returns the bytes deduplicated. A package that fails is deleted, not stored.
         """
