@@ -20,12 +20,28 @@ from rpmextents.errors import (
     UnsupportedPackageError,
     VerifyError,
 )
+from rpmextents.extract import ExtractReport, Owners, extract
+from rpmextents.files import Entry, EntryType, Extent
+from rpmextents.keyring import Keyring
+from rpmextents.package import ExtentsPackage, VerifyReport
+from rpmextents.transcode import TranscodeResult, transcode
 
 __all__ = [
     "CorruptPackageError",
+    "Entry",
+    "EntryType",
     "Error",
+    "Extent",
+    "ExtentsPackage",
+    "ExtractReport",
     "FormatError",
+    "Keyring",
+    "Owners",
+    "TranscodeResult",
     "UnsafePathError",
     "UnsupportedPackageError",
     "VerifyError",
+    "VerifyReport",
+    "extract",
+    "transcode",
 ]

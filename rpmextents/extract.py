@@ -1,0 +1,281 @@
+"""Extracting an extents RPM into a directory, the way ``rpm -i --root`` would."""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rpmextents import kernel
+from rpmextents.errors import Error, UnsafePathError
+from rpmextents.files import Entry, EntryType, Extent
+from rpmextents.layout import align_up
+from rpmextents.package import ExtentsPackage
+
+# Errors that mean "this pair of files cannot share extents", so copying is the answer.
+NO_REFLINK = (errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY, errno.ENOSYS, errno.EPERM)
+MAX_SYMLINK_HOPS = 40
+
+
+class ExtractError(Error):
+    """A package that cannot be extracted into the destination."""
+
+
+@dataclass(frozen=True)
+class ExtractReport:
+    entries: int
+    files: int
+    reflinked: int
+    copied: int
+    bytes: int
+
+    @property
+    def method(self) -> str:
+        if self.reflinked and self.copied:
+            return "mixed"
+        return "reflink" if self.reflinked else "copy" if self.copied else "none"
+
+
+class Owners:
+    """User and group names resolved through a root's etc/passwd and etc/group, as rpm does."""
+
+    def __init__(self, users: dict[str, int], groups: dict[str, int]) -> None:
+        self.users = users
+        self.groups = groups
+
+    @staticmethod
+    def _table(path: Path, id_field: int) -> dict[str, int]:
+        table = {"root": 0}
+        try:
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            return table
+        for line in text.splitlines():
+            fields = line.split(":")
+            if len(fields) > id_field and fields[0] and fields[id_field].isdigit():
+                table.setdefault(fields[0], int(fields[id_field]))
+        return table
+
+    @classmethod
+    def from_root(cls, root: str | os.PathLike[str]) -> Owners:
+        base = Path(root)
+        return cls(cls._table(base / "etc/passwd", 2), cls._table(base / "etc/group", 2))
+
+    def uid(self, name: str) -> int:
+        return self.users.get(name, 0)  # rpm falls back to root for unknown names
+
+    def gid(self, name: str) -> int:
+        return self.groups.get(name, 0)
+
+
+class Tree:
+    """A destination directory; every path is resolved inside it as if chrooted.
+
+    Directory symlinks are followed the way rpm follows them under --root, but a
+    symlink whose target climbs out of the tree is refused rather than clamped.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._dirs: dict[str, str] = {"": ""}  # logical dir -> resolved relative dir
+
+    def _resolve_dir(self, rel: str, hops: int = 0) -> str:
+        known = self._dirs.get(rel)
+        if known is not None:
+            return known
+        parent, name = posixpath.split(rel)
+        base = self._resolve_dir(parent, hops)
+        candidate = posixpath.join(base, name) if base else name
+        real = self.root / candidate
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            os.mkdir(real, 0o755)  # rpm creates missing parents as root:root 0755
+            self._dirs[rel] = candidate
+            return candidate
+        if stat.S_ISLNK(st.st_mode):
+            if hops >= MAX_SYMLINK_HOPS:
+                raise UnsafePathError(f"too many levels of symlinks at /{rel}")
+            target = os.readlink(real)
+            joined = target if target.startswith("/") else "/" + posixpath.join(base, target)
+            normal = posixpath.normpath(joined)
+            if _climbs_out(joined):
+                raise UnsafePathError(f"/{rel} is a symlink to {target!r}, outside the destination")
+            resolved = self._resolve_dir(normal.lstrip("/"), hops + 1)
+            self._dirs[rel] = resolved
+            return resolved
+        if not stat.S_ISDIR(st.st_mode):
+            raise ExtractError(f"/{rel} is in the way: not a directory")
+        self._dirs[rel] = candidate
+        return candidate
+
+    def place(self, path: str) -> Path:
+        """The real location of a package path, its parents created."""
+        rel = path.lstrip("/")
+        parent, name = posixpath.split(rel)
+        return self.root / self._resolve_dir(parent) / name
+
+    def note_dir(self, path: str, real: Path) -> None:
+        self._dirs[path.lstrip("/")] = os.fspath(real.relative_to(self.root))
+
+
+def _climbs_out(path: str) -> bool:
+    depth = 0
+    for part in path.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part and part != ".":
+            depth += 1
+    return False
+
+
+class DataWriter:
+    """Puts an extent's data into a new file: a reflink where possible, else a copy."""
+
+    def __init__(self, pkg: ExtentsPackage, method: str) -> None:
+        if method not in ("auto", "reflink", "copy"):
+            raise ValueError(f"unknown extract method {method!r}")
+        self.pkg = pkg
+        self.method = method
+        self.reflinked = 0
+        self.copied = 0
+
+    def write(self, extent: Extent, fd: int) -> None:
+        if self.method != "copy":
+            try:
+                length = align_up(extent.length, self.pkg.block_size)
+                kernel.clone_range(self.pkg.fileno(), extent.offset, length, fd, 0)
+                os.ftruncate(fd, extent.length)
+                self.reflinked += 1
+                return
+            except OSError as e:
+                if self.method == "reflink" or e.errno not in NO_REFLINK:
+                    raise
+                self.method = "copy"  # one failure means the pair can't share extents
+        self._copy(extent, fd)
+        self.copied += 1
+
+    def _copy(self, extent: Extent, fd: int) -> None:
+        src = self.pkg.fileno()
+        done = 0
+        try:
+            while done < extent.length:
+                n = os.copy_file_range(src, fd, extent.length - done, extent.offset + done, done)
+                if n == 0:
+                    break
+                done += n
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+        for chunk in self.pkg.read_extent(Extent(extent.offset + done, extent.length - done)):
+            done += os.pwrite(fd, chunk, done)
+
+
+def _apply_meta(path: Path, entry: Entry, owners: Owners, fd: int | None = None) -> None:
+    uid, gid = owners.uid(entry.user), owners.gid(entry.group)
+    mode = stat.S_IMODE(entry.mode)
+    if fd is not None:
+        os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
+        os.fchmod(fd, mode)
+        if entry.caps:
+            kernel.set_capabilities(fd, entry.caps)
+        os.utime(fd, (entry.mtime, entry.mtime))
+    elif entry.type is EntryType.SYMLINK:
+        os.chown(path, uid, gid, follow_symlinks=False)
+        os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
+    else:
+        os.chown(path, uid, gid, follow_symlinks=False)
+        os.chmod(path, mode)
+        os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
+
+
+def _remove_existing(path: Path, entry: Entry) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        if entry.type is EntryType.DIR:
+            return
+        raise ExtractError(f"{entry.path}: a directory is in the way")
+    os.unlink(path)  # rpm replaces what is there
+
+
+Relocate = Callable[[str], str]
+
+
+def extract(
+    pkg: ExtentsPackage,
+    dest: str | os.PathLike[str],
+    *,
+    method: str = "auto",
+    owners: Owners | None = None,
+    relocate: Relocate | None = None,
+) -> ExtractReport:
+    """Extract ``pkg`` into ``dest`` as ``rpm -i --root DEST --nodeps --noscripts`` would.
+
+    ``relocate`` maps a package path to the path to create (deploy puts files
+    outside /usr under /usr/share/factory); ``owners`` defaults to DEST's own
+    etc/passwd and etc/group.
+    """
+    root = Path(dest)
+    root.mkdir(parents=True, exist_ok=True)
+    tree = Tree(root)
+    owners = owners if owners is not None else Owners.from_root(root)
+    writer = DataWriter(pkg, method)
+    links: dict[int, Path] = {}
+    dirs: list[tuple[Path, Entry]] = []
+    files = 0
+    written = 0
+    entries = pkg.entries()
+    for entry in entries:
+        if entry.ghost:
+            continue  # rpm records %ghost files but does not create them
+        target = relocate(entry.path) if relocate is not None else entry.path
+        try:
+            real = tree.place(target)
+            _remove_existing(real, entry)
+            if entry.type is EntryType.DIR:
+                if not real.is_dir():
+                    os.mkdir(real, 0o700)
+                tree.note_dir(target, real)
+                dirs.append((real, entry))
+            elif entry.type is EntryType.FILE:
+                key = entry.hardlink_key
+                if key is not None and key in links:
+                    os.link(links[key], real)
+                    continue
+                fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    if entry.extent is not None:
+                        writer.write(entry.extent, fd)
+                        written += entry.extent.length
+                    _apply_meta(real, entry, owners, fd)
+                finally:
+                    os.close(fd)
+                files += 1
+                if key is not None:
+                    links[key] = real
+            elif entry.type is EntryType.SYMLINK:
+                os.symlink(entry.linkto, real)
+                _apply_meta(real, entry, owners)
+            else:
+                os.mknod(real, entry.mode, entry.rdev)
+                _apply_meta(real, entry, owners)
+        except OSError as e:
+            raise ExtractError(f"{entry.path}: {e.strerror or e}") from e
+    # Directory metadata last and deepest first, so adding entries doesn't change their mtimes.
+    for real, entry in reversed(dirs):
+        try:
+            _apply_meta(real, entry, owners)
+        except OSError as e:
+            raise ExtractError(f"{entry.path}: {e.strerror or e}") from e
+    return ExtractReport(
+        entries=len(entries), files=files, reflinked=writer.reflinked, copied=writer.copied, bytes=written
+    )

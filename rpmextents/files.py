@@ -1,0 +1,213 @@
+"""A package's file list, as its signed header describes it."""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+import stat
+from dataclasses import dataclass
+
+from rpmextents.errors import FormatError
+from rpmextents.header import HASH_ALGOS, Header, Tag
+
+
+class EntryType(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    CHR = "chr"
+    BLK = "blk"
+    FIFO = "fifo"
+    SOCK = "sock"
+
+
+_TYPES = {
+    stat.S_IFREG: EntryType.FILE,
+    stat.S_IFDIR: EntryType.DIR,
+    stat.S_IFLNK: EntryType.SYMLINK,
+    stat.S_IFCHR: EntryType.CHR,
+    stat.S_IFBLK: EntryType.BLK,
+    stat.S_IFIFO: EntryType.FIFO,
+    stat.S_IFSOCK: EntryType.SOCK,
+}
+
+
+class FileFlag(enum.IntFlag):
+    """RPMFILE_* attributes (rpmfiles.h)."""
+
+    CONFIG = 1 << 0
+    DOC = 1 << 1
+    ICON = 1 << 2
+    MISSINGOK = 1 << 3
+    NOREPLACE = 1 << 4
+    SPECFILE = 1 << 5
+    GHOST = 1 << 6
+    LICENSE = 1 << 7
+    README = 1 << 8
+    PUBKEY = 1 << 11
+    ARTIFACT = 1 << 12
+
+
+@dataclass(frozen=True)
+class Extent:
+    """File data at [offset, offset + length) of an extents RPM.
+
+    ``offset`` is block-aligned and the stored region is zero-padded to the next
+    block, so the whole aligned range can be cloned and the copy truncated.
+    """
+
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a package, with its metadata from the signed header."""
+
+    index: int
+    path: str
+    type: EntryType
+    mode: int
+    user: str
+    group: str
+    mtime: int
+    size: int
+    linkto: str
+    caps: str | None
+    rdev: int
+    digest: str
+    digest_algo: str
+    flags: int
+    hardlink_key: int | None
+    extent: Extent | None = None
+
+    @property
+    def ghost(self) -> bool:
+        return bool(self.flags & FileFlag.GHOST)
+
+    @property
+    def config(self) -> bool:
+        return bool(self.flags & FileFlag.CONFIG)
+
+
+def _column(values: list[int] | list[str], count: int, what: str, fill: int | str) -> list[int] | list[str]:
+    if not values:
+        return [fill] * count  # type: ignore[return-value]
+    if len(values) != count:
+        raise FormatError(f"header: {what} has {len(values)} entries for {count} files")
+    return values
+
+
+def file_paths(header: Header) -> list[str]:
+    """Absolute paths of the header's files, in header order."""
+    basenames = header.strings(Tag.BASENAMES)
+    if not basenames:
+        return header.strings(Tag.OLDFILENAMES)
+    dirnames = header.strings(Tag.DIRNAMES)
+    dirindexes = header.ints(Tag.DIRINDEXES)
+    if len(dirindexes) != len(basenames):
+        raise FormatError("header: DIRINDEXES and BASENAMES differ in length")
+    try:
+        return [dirnames[d] + b for d, b in zip(dirindexes, basenames, strict=True)]
+    except IndexError:
+        raise FormatError("header: a DIRINDEXES entry points past DIRNAMES") from None
+
+
+def check_path(path: str) -> None:
+    """Refuse a path that is not absolute, not normalised, or climbs with '..'."""
+    if not path.startswith("/") or path == "/":
+        raise FormatError(f"unsafe file name {path!r}: not an absolute path below /")
+    parts = path.split("/")[1:]
+    if any(p in ("", ".", "..") for p in parts) or "\0" in path:
+        raise FormatError(f"unsafe file name {path!r}: empty, '.' or '..' component")
+    if posixpath.normpath(path) != path:
+        raise FormatError(f"unsafe file name {path!r}: not normalised")
+
+
+def header_files(header: Header) -> list[Entry]:
+    """The header's file list, without data extents."""
+    paths = file_paths(header)
+    n = len(paths)
+    if n == 0:
+        return []
+    sizes = header.ints(Tag.LONGFILESIZES) or header.ints(Tag.FILESIZES)
+    modes = header.ints(Tag.FILEMODES)
+    if len(sizes) != n or len(modes) != n:
+        raise FormatError("header: file sizes or modes do not match the file count")
+    rdevs = _column(header.ints(Tag.FILERDEVS), n, "FILERDEVS", 0)
+    mtimes = _column(header.ints(Tag.FILEMTIMES), n, "FILEMTIMES", 0)
+    digests = _column(header.strings(Tag.FILEDIGESTS), n, "FILEDIGESTS", "")
+    linktos = _column(header.strings(Tag.FILELINKTOS), n, "FILELINKTOS", "")
+    flags = _column(header.ints(Tag.FILEFLAGS), n, "FILEFLAGS", 0)
+    users = _column(header.strings(Tag.FILEUSERNAME), n, "FILEUSERNAME", "root")
+    groups = _column(header.strings(Tag.FILEGROUPNAME), n, "FILEGROUPNAME", "root")
+    caps = _column(header.strings(Tag.FILECAPS), n, "FILECAPS", "")
+    inodes = _column(header.ints(Tag.FILEINODES), n, "FILEINODES", 0)
+    devices = _column(header.ints(Tag.FILEDEVICES), n, "FILEDEVICES", 0)
+    algo_number = header.number(Tag.FILEDIGESTALGO) or 1
+    digest_algo = HASH_ALGOS.get(algo_number)
+    if digest_algo is None:
+        raise FormatError(f"header: unknown file digest algorithm {algo_number}")
+
+    # Regular, non-ghost files sharing (device, inode) are hardlinks, as rpm groups them.
+    groups_by_inode: dict[tuple[int, int], list[int]] = {}
+    for i in range(n):
+        if stat.S_ISREG(int(modes[i])) and not int(flags[i]) & FileFlag.GHOST and int(inodes[i]) > 0:
+            groups_by_inode.setdefault((int(devices[i]), int(inodes[i])), []).append(i)
+    hardlink_key: dict[int, int] = {}
+    for members in groups_by_inode.values():
+        if len(members) > 1:
+            for i in members:
+                hardlink_key[i] = members[0]
+
+    entries = []
+    for i, path in enumerate(paths):
+        check_path(path)
+        mode = int(modes[i])
+        etype = _TYPES.get(stat.S_IFMT(mode))
+        if etype is None:
+            raise FormatError(f"header: {path} has an unknown file type in mode {mode:o}")
+        entries.append(
+            Entry(
+                index=i,
+                path=path,
+                type=etype,
+                mode=mode,
+                user=str(users[i]),
+                group=str(groups[i]),
+                mtime=int(mtimes[i]),
+                size=int(sizes[i]),
+                linkto=str(linktos[i]) if etype is EntryType.SYMLINK else "",
+                caps=str(caps[i]) or None,
+                rdev=int(rdevs[i]),
+                digest=str(digests[i]),
+                digest_algo=digest_algo,
+                flags=int(flags[i]),
+                hardlink_key=hardlink_key.get(i),
+            )
+        )
+    return entries
+
+
+def payload_sizes(entries: list[Entry]) -> list[int]:
+    """How many data bytes rpm writes after each entry's cpio header.
+
+    Symlinks carry their target; of a hardlink set only the last member carries
+    the content (rpm's rpmfiArchiveWriteHeader).
+    """
+    last_link: dict[int, int] = {}
+    for e in entries:
+        if e.hardlink_key is not None:
+            last_link[e.hardlink_key] = e.index
+    sizes = []
+    for e in entries:
+        if e.type is EntryType.FILE:
+            if e.hardlink_key is not None and last_link[e.hardlink_key] != e.index:
+                sizes.append(0)
+            else:
+                sizes.append(e.size)
+        elif e.type is EntryType.SYMLINK:
+            sizes.append(e.size)
+        else:
+            sizes.append(0)
+    return sizes

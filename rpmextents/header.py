@@ -1,0 +1,270 @@
+"""Reading the lead, signature header and header of an RPM package.
+
+The layout (rpm's lib/header.c, lib/rpmlead.c): a 96-byte lead, the signature
+header padded to 8 bytes, then the main header. A header is a magic, an index of
+16-byte entries (tag, type, offset, count; big-endian) and a data store.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from rpmextents.errors import FormatError, UnsupportedPackageError
+
+LEAD_SIZE = 96
+LEAD_MAGIC = b"\xed\xab\xee\xdb"
+HEADER_MAGIC = b"\x8e\xad\xe8\x01\x00\x00\x00\x00"
+# rpm refuses headers beyond these (lib/header_internal.h: hdrchkTags, hdrchkData).
+MAX_TAGS = 0x10000
+MAX_DATA = 256 << 20
+
+
+class Tag(enum.IntEnum):
+    """Main header tags used here (rpmtag.h)."""
+
+    HEADERIMMUTABLE = 63
+    NAME = 1000
+    VERSION = 1001
+    RELEASE = 1002
+    EPOCH = 1003
+    ARCH = 1022
+    PREIN = 1023
+    POSTIN = 1024
+    PREUN = 1025
+    POSTUN = 1026
+    OLDFILENAMES = 1027
+    FILESIZES = 1028
+    FILEMODES = 1030
+    FILERDEVS = 1033
+    FILEMTIMES = 1034
+    FILEDIGESTS = 1035
+    FILELINKTOS = 1036
+    FILEFLAGS = 1037
+    FILEUSERNAME = 1039
+    FILEGROUPNAME = 1040
+    TRIGGERSCRIPTS = 1065
+    PREINPROG = 1085
+    POSTINPROG = 1086
+    PREUNPROG = 1087
+    POSTUNPROG = 1088
+    FILEDEVICES = 1095
+    FILEINODES = 1096
+    DIRINDEXES = 1116
+    BASENAMES = 1117
+    DIRNAMES = 1118
+    PAYLOADFORMAT = 1124
+    PAYLOADCOMPRESSOR = 1125
+    PAYLOADFLAGS = 1126
+    PRETRANS = 1151
+    POSTTRANS = 1152
+    PRETRANSPROG = 1153
+    POSTTRANSPROG = 1154
+    LONGFILESIZES = 5008
+    LONGSIZE = 5009
+    FILECAPS = 5010
+    FILEDIGESTALGO = 5011
+    FILETRIGGERSCRIPTS = 5066
+    TRANSFILETRIGGERSCRIPTS = 5076
+    PAYLOADDIGEST = 5092
+    PAYLOADDIGESTALGO = 5093
+    PAYLOADDIGESTALT = 5097
+
+
+class SigTag(enum.IntEnum):
+    """Signature header tags (rpmtag.h, RPMSIGTAG_*)."""
+
+    SIZE = 1000
+    MD5 = 1004
+    PGP = 1002
+    GPG = 1005
+    PAYLOADSIZE = 1007
+    DSA = 267
+    RSA = 268
+    SHA1 = 269
+    LONGSIZE = 270
+    LONGARCHIVESIZE = 271
+    SHA256 = 273
+    OPENPGP = 278
+
+
+class TagType(enum.IntEnum):
+    NULL = 0
+    CHAR = 1
+    INT8 = 2
+    INT16 = 3
+    INT32 = 4
+    INT64 = 5
+    STRING = 6
+    BIN = 7
+    STRING_ARRAY = 8
+    I18NSTRING = 9
+
+
+# OpenPGP hash algorithm numbers (RFC 4880) as rpm stores them, by hashlib name.
+HASH_ALGOS = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224"}
+
+_INT_FORMATS = {TagType.CHAR: "B", TagType.INT8: "B", TagType.INT16: "H", TagType.INT32: "I", TagType.INT64: "Q"}
+_INT_SIZES = {TagType.CHAR: 1, TagType.INT8: 1, TagType.INT16: 2, TagType.INT32: 4, TagType.INT64: 8}
+
+TagValue = list[int] | str | list[str] | bytes
+
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    tag: int
+    type: TagType
+    offset: int
+    count: int
+
+
+class Header:
+    """One parsed header structure: an index of entries over a data store."""
+
+    def __init__(self, blob: bytes, what: str = "header") -> None:
+        self.blob = blob
+        self.what = what
+        if blob[:8] != HEADER_MAGIC:
+            raise FormatError(f"bad {what} magic {blob[:8].hex()}")
+        il, dl = struct.unpack_from(">II", blob, 8)
+        self.entries: dict[int, HeaderEntry] = {}
+        store = 16 + 16 * il
+        self._store = store
+        self._dl = dl
+        for i in range(il):
+            tag, typ, offset, count = struct.unpack_from(">IIiI", blob, 16 + 16 * i)
+            try:
+                ttype = TagType(typ)
+            except ValueError:
+                raise FormatError(f"{what}: tag {tag} has unknown type {typ}") from None
+            if offset < 0 or offset > dl or count > dl + 1:
+                raise FormatError(f"{what}: tag {tag} points outside the data store")
+            self.entries[tag] = HeaderEntry(tag, ttype, offset, count)
+
+    def __contains__(self, tag: int) -> bool:
+        return tag in self.entries
+
+    def get(self, tag: int) -> TagValue | None:
+        """The value of a tag, or None when the header lacks it."""
+        entry = self.entries.get(tag)
+        if entry is None:
+            return None
+        start = self._store + entry.offset
+        end = self._store + self._dl
+        if entry.type in _INT_FORMATS:
+            size = _INT_SIZES[entry.type] * entry.count
+            if start + size > end:
+                raise FormatError(f"{self.what}: tag {entry.tag} runs past the data store")
+            return list(struct.unpack_from(f">{entry.count}{_INT_FORMATS[entry.type]}", self.blob, start))
+        if entry.type == TagType.BIN:
+            if start + entry.count > end:
+                raise FormatError(f"{self.what}: tag {entry.tag} runs past the data store")
+            return self.blob[start : start + entry.count]
+        strings: list[str] = []
+        pos = start
+        for _ in range(entry.count):
+            nul = self.blob.find(b"\0", pos, end)
+            if nul < 0:
+                raise FormatError(f"{self.what}: string of tag {entry.tag} is not terminated")
+            strings.append(self.blob[pos:nul].decode("utf-8", "surrogateescape"))
+            pos = nul + 1
+        if entry.type == TagType.STRING:
+            return strings[0] if strings else ""
+        return strings
+
+    def string(self, tag: int, default: str = "") -> str:
+        value = self.get(tag)
+        if value is None:
+            return default
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            return str(value[0])  # an I18NSTRING is read as an array
+        if not isinstance(value, str):
+            raise FormatError(f"{self.what}: tag {tag} is not a string")
+        return value
+
+    def strings(self, tag: int) -> list[str]:
+        value = self.get(tag)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or (value and not isinstance(value[0], str)):
+            raise FormatError(f"{self.what}: tag {tag} is not a string array")
+        return [str(v) for v in value]
+
+    def ints(self, tag: int) -> list[int]:
+        value = self.get(tag)
+        if value is None:
+            return []
+        if not isinstance(value, list) or (value and not isinstance(value[0], int)):
+            raise FormatError(f"{self.what}: tag {tag} is not an integer array")
+        return [int(v) for v in value]
+
+    def number(self, tag: int) -> int | None:
+        values = self.ints(tag)
+        return values[0] if values else None
+
+    def binary(self, tag: int) -> bytes | None:
+        value = self.get(tag)
+        if value is None:
+            return None
+        if not isinstance(value, bytes):
+            raise FormatError(f"{self.what}: tag {tag} is not binary")
+        return value
+
+
+def _read_exact(f: BinaryIO, n: int, what: str, offset: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise FormatError(f"truncated {what}: wanted {n} bytes at offset {offset}, got {len(data)}")
+    return data
+
+
+def _read_header(f: BinaryIO, offset: int, what: str) -> bytes:
+    intro = _read_exact(f, 16, what, offset)
+    if intro[:8] != HEADER_MAGIC:
+        raise FormatError(f"bad {what} magic {intro[:8].hex()} at offset {offset}")
+    il, dl = struct.unpack_from(">II", intro, 8)
+    if il < 1 or il > MAX_TAGS or dl > MAX_DATA:
+        raise FormatError(f"{what} at offset {offset} has an absurd size ({il} tags, {dl} bytes)")
+    return intro + _read_exact(f, 16 * il + dl, what, offset + 16)
+
+
+@dataclass(frozen=True)
+class PackagePrefix:
+    """Lead, signature header and header of a package, with their offsets."""
+
+    raw: bytes  # bytes [0, header_end): everything before the payload, as read
+    signature: Header
+    header: Header
+    header_start: int
+    header_end: int
+
+
+def read_prefix(f: BinaryIO) -> PackagePrefix:
+    """Read lead, signature header and header from the start of ``f``."""
+    lead = _read_exact(f, LEAD_SIZE, "lead", 0)
+    if lead[:4] != LEAD_MAGIC:
+        raise FormatError(f"not an RPM package: bad lead magic {lead[:4].hex()}")
+    # rpm writes lead version 3.0 for v4 packages too; the header tells v3 from v4.
+    major = lead[4]
+    if major not in (3, 4):
+        raise UnsupportedPackageError(f"unknown RPM lead version {major}")
+    sig_type = struct.unpack_from(">H", lead, 78)[0]
+    if sig_type != 5:
+        raise UnsupportedPackageError(f"unsupported signature type {sig_type} in the lead")
+    sig_blob = _read_header(f, LEAD_SIZE, "signature header")
+    pad = (8 - len(sig_blob) % 8) % 8
+    sig_pad = _read_exact(f, pad, "signature padding", LEAD_SIZE + len(sig_blob))
+    header_start = LEAD_SIZE + len(sig_blob) + pad
+    header_blob = _read_header(f, header_start, "header")
+    signature = Header(sig_blob, "signature header")
+    header = Header(header_blob, "header")
+    if Tag.HEADERIMMUTABLE not in header:
+        raise UnsupportedPackageError(
+            "RPM v3 package format is not supported (the header has no immutable region)"
+        )
+    raw = lead + sig_blob + sig_pad + header_blob
+    return PackagePrefix(raw, signature, header, header_start, len(raw))

@@ -1,0 +1,178 @@
+"""The extents index: a versioned, little-endian table between header and data.
+
+Layout of an extents RPM::
+
+    [0, index_start)            lead, signature header, header (byte-identical)
+    [index_start, data_offset)  index: head, records, literal bytes, zero fill,
+                                sha256 of all of it but the last 32 bytes
+    [data_offset, file size)    file data, each file block-aligned and zero-padded
+
+Records rebuild the uncompressed cpio payload in order: a LITERAL record is a
+run of ``literals`` (cpio headers, names, padding, symlink targets, trailer), a
+DATA record is a regular file's content stored at an aligned offset. Nothing
+here is trusted by itself: verification rebuilds the payload and compares it
+with the signed header's digest. Parsing is strict so that any changed byte is
+either refused here or changes the rebuilt payload.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rpmextents.errors import FormatError
+
+MAGIC = b"RPMEXTS\0"
+VERSION = 1
+DEFAULT_BLOCK_SIZE = 4096
+MIN_BLOCK_SIZE = 4096
+MAX_BLOCK_SIZE = 1 << 20
+# magic, version, flags, block size, index start, index size, data offset,
+# data size, stream size, literal size, record count, reserved
+HEAD = struct.Struct("<8sHHIQQQQQQII")
+RECORD = struct.Struct("<IiQQ")  # kind, file index, a, b
+DIGEST_SIZE = 32
+# An index larger than this is refused as absurd (about 10 million files).
+MAX_INDEX_SIZE = 2 << 30
+
+
+class RecordKind(enum.IntEnum):
+    LITERAL = 1  # a = offset into the literal bytes, b = length
+    DATA = 2  # a = offset in the file, b = length
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: RecordKind
+    fx: int  # header file index of DATA records, -1 for literals
+    a: int
+    b: int
+
+
+def align_up(n: int, block: int) -> int:
+    return (n + block - 1) // block * block
+
+
+def check_block_size(block_size: int) -> None:
+    if block_size < MIN_BLOCK_SIZE or block_size > MAX_BLOCK_SIZE or block_size & (block_size - 1):
+        raise FormatError(
+            f"block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"
+        )
+
+
+@dataclass(frozen=True)
+class Index:
+    block_size: int
+    index_start: int
+    data_offset: int
+    data_size: int
+    stream_size: int
+    records: tuple[Record, ...]
+    literals: bytes
+
+    @property
+    def index_size(self) -> int:
+        return self.data_offset - self.index_start
+
+    @property
+    def file_size(self) -> int:
+        return self.data_offset + self.data_size
+
+    @staticmethod
+    def needed_size(record_count: int, literal_size: int) -> int:
+        """Bytes the index needs before zero fill."""
+        return HEAD.size + RECORD.size * record_count + literal_size + DIGEST_SIZE
+
+    def pack(self) -> bytes:
+        """The index region [index_start, data_offset), digest included."""
+        head = HEAD.pack(
+            MAGIC, VERSION, 0, self.block_size, self.index_start, self.index_size,
+            self.data_offset, self.data_size, self.stream_size, len(self.literals),
+            len(self.records), 0,
+        )
+        body = b"".join(RECORD.pack(r.kind, r.fx, r.a, r.b) for r in self.records)
+        used = len(head) + len(body) + len(self.literals)
+        fill = self.index_size - used - DIGEST_SIZE
+        if fill < 0:
+            raise ValueError("index does not fit before the data offset")
+        region = head + body + self.literals + b"\0" * fill
+        return region + hashlib.sha256(region).digest()
+
+    def data_records(self) -> Iterator[Record]:
+        return (r for r in self.records if r.kind is RecordKind.DATA)
+
+
+def parse_head(buf: bytes, index_start: int, file_size: int) -> tuple[int, int, int, int, int, int]:
+    """Check the fixed head against the file; return (block size, index size,
+    data size, stream size, record count, literal size)."""
+    if len(buf) < HEAD.size:
+        raise FormatError(f"truncated extents index at offset {index_start}")
+    (magic, version, flags, block_size, start, index_size, data_offset, data_size,
+     stream_size, literal_size, count, reserved) = HEAD.unpack_from(buf)
+    if magic != MAGIC:
+        raise FormatError(f"not an extents RPM: bad index magic {magic!r} at offset {index_start}")
+    if version != VERSION:
+        raise FormatError(f"unknown extents format version {version} (this rpmimg reads {VERSION})")
+    if flags or reserved:
+        raise FormatError("extents index has unknown flags or non-zero reserved fields")
+    check_block_size(block_size)
+    if start != index_start:
+        raise FormatError(f"extents index says it starts at {start}, but the header ends at {index_start}")
+    if data_offset % block_size or data_offset != index_start + index_size:
+        raise FormatError(f"extents data offset {data_offset} is not the aligned end of the index")
+    if index_size > MAX_INDEX_SIZE or index_size < Index.needed_size(count, literal_size):
+        raise FormatError(f"absurd extents index size {index_size} for {count} records")
+    if data_size % block_size:
+        raise FormatError(f"extents data size {data_size} is not a multiple of the block size")
+    if data_offset + data_size != file_size:
+        raise FormatError(
+            f"file is {file_size} bytes but the index describes {data_offset + data_size} (truncated or extended)"
+        )
+    return block_size, index_size, data_size, stream_size, count, literal_size
+
+
+def parse(region: bytes, index_start: int, file_size: int) -> Index:
+    """Parse and strictly check the index region [index_start, data_offset)."""
+    block_size, index_size, data_size, stream_size, count, literal_size = parse_head(
+        region, index_start, file_size
+    )
+    if len(region) != index_size:
+        raise FormatError(f"truncated extents index: {len(region)} of {index_size} bytes")
+    body, digest = region[:-DIGEST_SIZE], region[-DIGEST_SIZE:]
+    if hashlib.sha256(body).digest() != digest:
+        raise FormatError("extents index digest mismatch (the index was changed or damaged)")
+    rec_end = HEAD.size + RECORD.size * count
+    literals = region[rec_end : rec_end + literal_size]
+    if any(region[rec_end + literal_size : index_size - DIGEST_SIZE]):
+        raise FormatError("extents index fill is not zero")
+    data_offset = index_start + index_size
+    records = []
+    lit_pos = 0
+    next_data = data_offset
+    total = 0
+    for kind, fx, a, b in RECORD.iter_unpack(region[HEAD.size : rec_end]):
+        if b <= 0:
+            raise FormatError("extents index has an empty record")
+        if kind == RecordKind.LITERAL:
+            if fx != -1 or a != lit_pos or a + b > literal_size:
+                raise FormatError(f"extents index literal record at {a} is out of place")
+            lit_pos += b
+            records.append(Record(RecordKind.LITERAL, -1, a, b))
+        elif kind == RecordKind.DATA:
+            if fx < 0 or a != next_data:
+                raise FormatError(f"extents index data record at offset {a} is out of place (expected {next_data})")
+            next_data = align_up(a + b, block_size)
+            records.append(Record(RecordKind.DATA, fx, a, b))
+        else:
+            raise FormatError(f"extents index has a record of unknown kind {kind}")
+        total += b
+    if lit_pos != literal_size:
+        raise FormatError("extents index literal records do not cover the literal bytes")
+    if next_data != data_offset + data_size:
+        raise FormatError("extents data area size does not match its records")
+    if total != stream_size:
+        raise FormatError(f"extents index records add up to {total} bytes, not {stream_size}")
+    return Index(block_size, index_start, data_offset, data_size, stream_size, tuple(records), literals)

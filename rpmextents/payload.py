@@ -1,0 +1,94 @@
+"""Reading an original package's compressed payload, with its digests."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+from collections.abc import Callable
+from typing import IO, Any, BinaryIO, cast
+
+import zstandard
+
+from rpmextents.errors import UnsupportedPackageError
+
+CHUNK = 1 << 20
+
+
+class HashingReader(io.RawIOBase):
+    """Reads a file to its end, feeding every byte to the given hashes."""
+
+    def __init__(
+        self, f: BinaryIO, hashes: list[Any], total: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self._f = f
+        self._hashes = hashes
+        self._total = total
+        self._progress = progress
+        self.done = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._f.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            view = memoryview(buffer)[:n]
+            for h in self._hashes:
+                h.update(view)
+            self.done += n
+            if self._progress is not None:
+                self._progress(self.done, self._total)
+        return n
+
+    def drain(self) -> None:
+        """Read (and hash) whatever the decompressor left unread."""
+        buf = bytearray(CHUNK)
+        while self.readinto(buf):
+            pass
+
+
+def sniff(magic: bytes) -> str:
+    """The payload compressor from its first bytes (rpm itself reads unknown
+    "gzip" payloads that are not compressed at all, so the tag is not enough)."""
+    if magic.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if magic.startswith(b"BZh"):
+        return "bzip2"
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if magic.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    if magic.startswith(b"0707"):
+        return "none"
+    if magic[:1] == b"\x5d" and magic[1:3] == b"\x00\x00":
+        return "lzma"
+    raise UnsupportedPackageError(f"unknown payload compression (payload starts with {magic[:6].hex()})")
+
+
+def open_payload(raw: HashingReader, compressor: str) -> IO[bytes]:
+    """A reader of the uncompressed payload over the raw (compressed) one."""
+    buffered = io.BufferedReader(raw, CHUNK)
+    if compressor == "gzip":
+        return cast(IO[bytes], gzip.GzipFile(fileobj=buffered, mode="rb"))
+    if compressor == "bzip2":
+        return cast(IO[bytes], bz2.BZ2File(buffered, "rb"))
+    if compressor == "xz":
+        return cast(IO[bytes], lzma.LZMAFile(buffered, "rb", format=lzma.FORMAT_XZ))
+    if compressor == "lzma":
+        return cast(IO[bytes], lzma.LZMAFile(buffered, "rb", format=lzma.FORMAT_ALONE))
+    if compressor == "zstd":
+        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
+            buffered, read_size=CHUNK, read_across_frames=True
+        )
+        return reader
+    if compressor == "none":
+        return buffered
+    raise UnsupportedPackageError(f"unsupported payload compressor {compressor!r}")
+
+
+def new_hash(algo: str) -> Any:
+    return hashlib.new(algo)

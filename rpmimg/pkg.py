@@ -1,0 +1,146 @@
+"""`rpmimg pkg`: transcode, verify, extract and describe single extents RPMs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rpmimg.ui import Progress, UsageError, human_bytes, print_json
+
+
+def register(sub: Any) -> None:
+    pkg = sub.add_parser("pkg", help="work with single extents RPMs")
+    verbs = pkg.add_subparsers(dest="pkg_verb", metavar="VERB", required=True)
+
+    p = verbs.add_parser("transcode", help="transcode an RPM into an extents RPM")
+    p.add_argument("input", type=Path, metavar="IN.rpm")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.rpm",
+                   help="output file, or an existing directory to write IN's name into")
+    p.add_argument("--block-size", type=int, default=4096, metavar="N",
+                   help="alignment of file data in bytes (power of two, default 4096)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_transcode)
+
+    p = verbs.add_parser("verify", help="verify extents RPMs against their signed headers")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    p.add_argument("--keyring", type=Path, action="append", default=[], metavar="FILE",
+                   help="armoured OpenPGP public key; the header signature must verify against one")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_verify)
+
+    p = verbs.add_parser("extract", help="extract an extents RPM into a directory")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("dest", type=Path, metavar="DEST")
+    p.add_argument("--method", choices=("auto", "reflink", "copy"), default="auto",
+                   help="reflink file data (auto falls back to copying across filesystems)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_extract)
+
+    p = verbs.add_parser("info", help="describe an extents RPM")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_transcode(args: argparse.Namespace) -> int:
+    from rpmextents.transcode import transcode
+
+    output: Path = args.output
+    if output.is_dir():
+        output = output / args.input.name
+    if output.resolve() == args.input.resolve():
+        raise UsageError(f"{output}: refusing to overwrite the input")
+    progress = Progress(f"transcode {args.input.name}")
+    try:
+        result = transcode(args.input, output, block_size=args.block_size, progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        print_json(dataclasses.asdict(result))
+    else:
+        print(f"{output}: {result.nevra}, {result.files} files, {human_bytes(result.data_bytes)} of data, "
+              f"block size {result.block_size}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from rpmextents import Error
+    from rpmextents.keyring import Keyring
+    from rpmextents.package import ExtentsPackage
+
+    keyring = Keyring.from_files(args.keyring) if args.keyring else None
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for path in args.files:
+        try:
+            with ExtentsPackage.open(path) as pkg:
+                report = pkg.verify(keyring)
+            results.append({"path": os.fspath(path), "ok": True, **dataclasses.asdict(report)})
+            if not args.json:
+                note = " (no PAYLOADDIGESTALT: checked every file against FILEDIGESTS)" \
+                    if report.method == "file-digests" else ""
+                sig = ", signature verified" if report.signature == "verified" else ""
+                print(f"{path}: OK {report.nevra}{sig}{note}")
+        except (Error, OSError) as e:
+            failed += 1
+            reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
+            results.append({"path": os.fspath(path), "ok": False, "error": reason})
+            if not args.json:
+                print(f"{path}: FAILED {reason.removeprefix(os.fspath(path) + ': ')}", file=sys.stderr)
+    if args.json:
+        print_json(results)
+    return 1 if failed else 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from rpmextents.extract import extract
+    from rpmextents.package import ExtentsPackage
+
+    with ExtentsPackage.open(args.file) as pkg:
+        report = extract(pkg, args.dest, method=args.method)
+    if args.json:
+        print_json({**dataclasses.asdict(report), "method": report.method})
+    else:
+        print(f"{args.dest}: {report.entries} entries, {report.files} files, "
+              f"{human_bytes(report.bytes)} ({report.method}: {report.reflinked} reflinked, {report.copied} copied)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from rpmextents import layout
+    from rpmextents.header import Tag
+    from rpmextents.keyring import signature_kind
+    from rpmextents.package import ExtentsPackage
+
+    with ExtentsPackage.open(args.file) as pkg:
+        entries = pkg.entries()
+        has_alt = bool(pkg.header.strings(Tag.PAYLOADDIGESTALT))
+        info = {
+            "path": os.fspath(args.file),
+            "format": f"extents v{layout.VERSION}",
+            "nevra": pkg.nevra,
+            "block_size": pkg.block_size,
+            "header_size": pkg.header_end,
+            "header_sha256": pkg.header_sha256,
+            "index_size": pkg.index.index_size,
+            "data_offset": pkg.index.data_offset,
+            "size": pkg.size,
+            "digest": "payload digest (PAYLOADDIGESTALT)" if has_alt else "file digests only (no PAYLOADDIGESTALT)",
+            "signature": signature_kind(pkg.prefix.signature) or "none",
+            "files": len(entries),
+            "regular_files": sum(1 for e in entries if e.extent is not None),
+            "data_bytes": pkg.data_bytes,
+            "scriptlets": pkg.has_scriptlets,
+            "triggers": pkg.has_triggers,
+        }
+    if args.json:
+        print_json(info)
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key.replace('_', ' '):<{width}}  {value}")
+    return 0
