@@ -24,7 +24,6 @@ from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
 from deploy.manifest import ImageManifest, PackageRef
-from deploy.owners import Owners
 from deploy.signature import fetch_verified_manifest, trusted_key_files
 from deploy.sources import FetchJob, Source, open_source
 from deploy.state import DeploymentRecord, PackageRecord, State
@@ -32,6 +31,7 @@ from deploy.store import Store
 from deploy.system import System
 from deploy.tree import TreeBuilder
 from rpmextents import ExtentsPackage, Keyring, kernel
+from rpmextents.errors import Error as FormatFamilyError
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +141,15 @@ def _build(system: System, m: ImageManifest, store: Store, new_id: str, progress
     build = layout.staging / f"build-{new_id}"
     kernel.subvolume_create(build)
     checkpoint("subvolume created")
-    builder = TreeBuilder(build, Owners(system.sysroot))
+    builder = TreeBuilder(build, system.sysroot)
     # About ten crash points spread over the build, whatever the image's size.
     step = max(1, len(m.packages) // 10)
     for i, ref in enumerate(m.packages):
         with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
             builder.add_package(pkg)
-            builder.write_header(pkg)
         progress(i + 1, len(m.packages))
         if i % step == 0:
             checkpoint("package built")
-    builder.finish()
     checkpoint("tree complete")
     kernel.sync_filesystem(build)
     kernel.subvolume_set_readonly(build, True)
@@ -164,8 +162,17 @@ def _build(system: System, m: ImageManifest, store: Store, new_id: str, progress
         reflinked=builder.stats.reflinked,
         copied=builder.stats.copied,
         outside_usr=builder.stats.outside_usr,
-        unknown_owners=tuple(sorted(builder.owners.unknown)),
+        unknown_owners=tuple(sorted(builder.stats.unknown_owners)),
     )
+
+
+def _out_of_space(e: BaseException | None) -> bool:
+    # extract() wraps the OSError in its own error: look along the cause chain.
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        e = e.__cause__
+    return False
 
 
 def _now() -> str:
@@ -224,8 +231,8 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
                 deduped += store.add(job.ref, job.dest, keyring)
                 verify_progress(i + 1, len(jobs))
             built = _build(system, m, store, new_id, progress("build", "packages"))
-        except OSError as e:
-            if e.errno != errno.ENOSPC:
+        except (OSError, FormatFamilyError) as e:
+            if not _out_of_space(e):
                 raise
             from deploy.lifecycle import recover
 
