@@ -151,12 +151,15 @@ def _build(system: System, m: ImageManifest, store: Store, new_id: str, progress
         if i % step == 0:
             checkpoint("package built")
     checkpoint("tree complete")
-    kernel.sync_filesystem(build)
-    kernel.subvolume_set_readonly(build, True)
-    checkpoint("subvolume read-only")
-    subvol_id = kernel.subvolume_id(build)
-    os.rename(build, layout.deployment(new_id))
+    # Renaming a read-only subvolume fails (its ".." would change), so move it first;
+    # until the state file names it, recover() treats it as a leftover.
+    final = layout.deployment(new_id)
+    os.rename(build, final)
     checkpoint("deployment in place")
+    kernel.subvolume_set_readonly(final, True)
+    kernel.sync_filesystem(final)
+    checkpoint("subvolume read-only")
+    subvol_id = kernel.subvolume_id(final)
     return _Built(
         subvol_id=subvol_id,
         reflinked=builder.stats.reflinked,
