@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rpmextents import ExtentsPackage, Owners, extract
+from rpmextents import ExtentsPackage, Owners, extract, kernel
+from rpmextents.extract import NO_REFLINK
 
 FACTORY = "share/factory"
 HEADER_DIR = "lib/sysimage/packages"
@@ -71,9 +72,23 @@ class TreeBuilder:
         self.write_header(pkg)
 
     def write_header(self, pkg: ExtentsPackage) -> None:
-        """Store pkg's lead, signature and header as lib/sysimage/packages/N-V-R.A.rpm."""
+        """Store pkg's lead, signature and header as lib/sysimage/packages/N-V-R.A.rpm.
+
+        The bytes are reflinked from the package (they are its first header_end bytes), so
+        a header file costs one block of its own at most: the one cut at header_end.
+        """
         path = self.root / HEADER_DIR / header_file_name(pkg)
         os.makedirs(path.parent, mode=0o755, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as f:
-            f.write(pkg.header_bytes())
+            end = pkg.header_end
+            length = (end + pkg.block_size - 1) // pkg.block_size * pkg.block_size
+            try:
+                # Length 0 clones to the end of the package, when that is before the block's end.
+                kernel.clone_range(pkg.fileno(), 0, 0 if length >= pkg.size else length, f.fileno(), 0)
+                os.ftruncate(f.fileno(), end)
+            except OSError as e:
+                if e.errno not in NO_REFLINK:
+                    raise
+                os.ftruncate(f.fileno(), 0)
+                f.write(pkg.header_bytes())

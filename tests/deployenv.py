@@ -20,11 +20,16 @@ from fixtures.spec import FileSpec
 from conftest import btrfs_unavailable_reason, loop_btrfs
 from oracle import seed_accounts
 
+BULK = catalog.PackageSpec(
+    name="bulk",
+    files=tuple(FileSpec(f"/usr/lib/bulk/part-{i}", size=(1 << 20) + i * 4096) for i in range(24)),
+)
+
 
 def _updated_specs() -> list[catalog.PackageSpec]:
     sizes = catalog.fixture("sizes")
     files = tuple(
-        FileSpec(f.path, content=NEW_CONTENT, mtime=f.mtime) if f.path.endswith("size-1048577") else f
+        FileSpec(f.path, content=NEW_CONTENT, mtime=f.mtime) if f.path.endswith("size-4097") else f
         for f in sizes.files
     )
     zstd = catalog.fixture("payload-zstd")
@@ -51,6 +56,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     v1 = []
     for _, path in sorted(fixture_packages().items()):
         v1.append(Path(shutil.copy(path, v1_dir / path.name)))
+    # Real images are large next to their per-package metadata; so is this one, with "bulk".
+    v1.append(build_package(BULK, v1_dir))
     updates = [build_package(s, v2_dir) for s in _updated_specs()]
     # "signed" already carries a signature; rpmsign would add a second one.
     sign_all([p for p in v1 if not p.name.startswith("signed-")] + updates, key)

@@ -15,8 +15,8 @@ from fixtures.command import clean_env, run
 from fixtures.signing import SigningKey, gnupg_home
 
 V1, V2 = "20261122.1", "20261123.1"
-# 1 MiB of new content: the one file that changes in "sizes" 1.1.
-NEW_CONTENT = bytes(range(256)) * 4096
+# New content of one small file in "sizes" 1.1; its 1 MiB file stays the same.
+NEW_CONTENT = bytes(range(256)) * 16 + b"x"
 ZSTD_DATA = b"changed\n" * 9000
 # Data of the files whose content changes from V1 to V2, in whole blocks.
 CHANGED_BYTES = sum((n + 4095) // 4096 * 4096 for n in (len(NEW_CONTENT), len(ZSTD_DATA), 4))

@@ -33,7 +33,8 @@ from deploy.sources.base import (
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 16
+# Small enough that a dropped connection loses little of what was already received.
+CHUNK = 1 << 14
 WORKERS = 4
 RETRIES = 4
 TIMEOUT = 30.0
@@ -74,7 +75,8 @@ class HttpSource:
         for attempt in range(self.retries + 1):
             try:
                 return attempt_fn()
-            except (requests.ConnectionError, requests.Timeout, _Transient) as e:
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError, _Transient) as e:
                 if attempt == self.retries:
                     raise FetchError(f"{what}: failed after {attempt + 1} attempts: {e}") from e
                 log.debug("%s: %s; retrying in %.1f s", what, e, delay)
