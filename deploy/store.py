@@ -119,12 +119,12 @@ class Store:
             size = fetched.stat().st_size
             if size != ref.size:
                 raise PackageError(
-                    f"{ref.nvra}: size {size} differs from the manifest's {ref.size}"
+                    f"{ref.nevra}: size {size} differs from the manifest's {ref.size}"
                     " (corrupted in transit?)"
                 )
             if _sha256(fetched) != ref.sha256:
                 raise PackageError(
-                    f"{ref.nvra}: sha256 differs from the manifest's (corrupted in transit?)"
+                    f"{ref.nevra}: sha256 differs from the manifest's (corrupted in transit?)"
                 )
             fd = os.open(fetched, os.O_RDWR)
             try:
@@ -139,7 +139,7 @@ class Store:
                 os.close(fd)
         except FormatFamilyError as e:
             fetched.unlink(missing_ok=True)
-            raise PackageError(f"{ref.nvra}: refused: {e}") from e
+            raise PackageError(f"{ref.nevra}: refused: {e}") from e
         except PackageError:
             fetched.unlink(missing_ok=True)
             raise
@@ -154,8 +154,8 @@ def _check_identity(ref: PackageRef, pkg: ExtentsPackage) -> None:
     if (pkg.name, pkg.version, pkg.release, pkg.arch) != (
         ref.name, ref.version, ref.release, ref.arch,
     ) or pkg.epoch != ref.epoch:
-        raise PackageError(f"{ref.nvra}: the file holds {pkg.nevra}, not what the manifest names")
+        raise PackageError(f"{ref.nevra}: the file holds {pkg.nevra}, not what the manifest names")
     if pkg.block_size != ref.block_size:
-        raise PackageError(f"{ref.nvra}: block size {pkg.block_size}, manifest says {ref.block_size}")
+        raise PackageError(f"{ref.nevra}: block size {pkg.block_size}, manifest says {ref.block_size}")
     if hashlib.sha256(pkg.header_bytes()).hexdigest() != ref.header_sha256:
-        raise PackageError(f"{ref.nvra}: header differs from the manifest's header_sha256")
+        raise PackageError(f"{ref.nevra}: header differs from the manifest's header_sha256")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploytools import NEW_CONTENT, V1, V2, ZSTD_DATA, Images, sign_all
+from deploytools import NEW_CONTENT, V0, V1, V2, ZSTD_DATA, Images, sign_all
 from imagepub import publish
 
 from fixtures import catalog
@@ -64,9 +64,13 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     replaced = {"sizes", "payload-zstd", "empty"}
     v2 = [p for p in v1 if _name(p) not in replaced] + updates
     output = work / "output"
+    m0 = publish(output, "demo", V0, [p for p in v1 if _name(p) == "empty"], key)
     m1 = publish(output, "demo", V1, v1, key)
-    m2 = publish(output, "demo", V2, v2, key)
-    return Images(output, m1, m2, tuple(v1), tuple(v2), key, ("sizes", "payload-zstd", "newcomer"))
+    m2 = publish(output, "demo", V2, v2, key)  # last: "latest" points here
+    unsigned = publish(work / "unsigned", "demo", "20261124.1", [fixture_packages()["epoch"]], key)
+    return Images(
+        output, m1, m2, tuple(v1), tuple(v2), key, ("sizes", "payload-zstd", "newcomer"), m0, unsigned,
+    )
 
 
 def _name(rpm: Path) -> str:

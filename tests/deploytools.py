@@ -14,7 +14,7 @@ from pathlib import Path
 from fixtures.command import clean_env, run
 from fixtures.signing import SigningKey, gnupg_home
 
-V1, V2 = "20261122.1", "20261123.1"
+V0, V1, V2 = "20261121.1", "20261122.1", "20261123.1"
 # New content of one small file in "sizes" 1.1; its 1 MiB file stays the same.
 NEW_CONTENT = bytes(range(256)) * 16 + b"x"
 ZSTD_DATA = b"changed\n" * 9000
@@ -44,6 +44,8 @@ class Images:
     v2_rpms: tuple[Path, ...]
     key: SigningKey
     changed: tuple[str, ...]  # names of packages that differ between v1 and v2
+    v0: Path  # an older, one-package version
+    unsigned: Path  # a signed manifest listing a package without a header signature
 
 
 @dataclass(frozen=True)

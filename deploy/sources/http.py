@@ -158,7 +158,7 @@ class HttpSource:
                 h.update(chunk)
         if h.hexdigest() != digest or part.stat().st_size != size:
             part.unlink()
-            raise FetchError(f"{ref.nvra}: {url}: download does not match the manifest's sha256")
+            raise FetchError(f"{ref.nevra}: {url}: download does not match the manifest's sha256")
         if ref.zstd is not None:
             decompress_zstd(part, job.dest, ref.nvra)
             part.unlink()
