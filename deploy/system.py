@@ -37,9 +37,14 @@ class System:
         return self.layout.deployment(deployment_id)
 
     def fs_uuid(self) -> str | None:
+        """The btrfs filesystem UUID, from sysfs (blkid's cache can be stale for loop devices)."""
         source = mounts.mount_of(self.layout.top).source
+        device = os.path.basename(os.path.realpath(source))
+        for devices in Path("/sys/fs/btrfs").glob("*/devices"):
+            if (devices / device).exists():
+                return devices.parent.name
         try:
-            out = run(["blkid", "-o", "value", "-s", "UUID", source]).stdout.decode().strip()
+            out = run(["blkid", "-p", "-o", "value", "-s", "UUID", source]).stdout.decode().strip()
         except CommandError as e:
             log.debug("no filesystem UUID for %s: %s", source, e)
             return None

@@ -59,7 +59,11 @@ def test_deploy_equals_rpm_install(sysroot: Path, images: Images, tmp_path: Path
     assert st["default"] == result["deployment"]
     boot = (sysroot / "@rpmimg/usr-default.conf").read_text()
     assert f"mount.usrflags=subvol=/@rpmimg/deployments/{result['deployment']},ro" in boot
-    assert "mount.usr=UUID=" in boot
+    device = subprocess.run(["findmnt", "-no", "SOURCE", sysroot], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    uuid = subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", device], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert f"mount.usr=UUID={uuid} " in boot
 
     status = rpmimg("status", "--sysroot", sysroot, "--json").json()["deployments"]
     assert len(status) == 1  # type: ignore[arg-type]
