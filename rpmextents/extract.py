@@ -65,11 +65,21 @@ class Owners:
         base = Path(root)
         return cls(cls._table(base / "etc/passwd", 2), cls._table(base / "etc/group", 2))
 
-    def uid(self, name: str) -> int:
-        return self.users.get(name, 0)  # rpm falls back to root for unknown names
+    def mode_and_ids(self, entry: Entry) -> tuple[int, int, int]:
+        """Permission bits, uid and gid as rpm applies them.
 
-    def gid(self, name: str) -> int:
-        return self.groups.get(name, 0)
+        rpm maps an unknown user or group to root and then drops the set-user-ID
+        or set-group-ID bit, so that a name it could not resolve never yields a
+        set-id root file.
+        """
+        mode = stat.S_IMODE(entry.mode)
+        uid = self.users.get(entry.user)
+        gid = self.groups.get(entry.group)
+        if uid is None:
+            uid, mode = 0, mode & ~stat.S_ISUID
+        if gid is None:
+            gid, mode = 0, mode & ~stat.S_ISGID
+        return mode, uid, gid
 
 
 class Tree:
@@ -178,8 +188,7 @@ class DataWriter:
 
 
 def _apply_meta(path: Path, entry: Entry, owners: Owners, fd: int | None = None) -> None:
-    uid, gid = owners.uid(entry.user), owners.gid(entry.group)
-    mode = stat.S_IMODE(entry.mode)
+    mode, uid, gid = owners.mode_and_ids(entry)
     if fd is not None:
         os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
         os.fchmod(fd, mode)

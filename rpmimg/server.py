@@ -1,0 +1,154 @@
+"""Server verbs: `compose`, `image list`, `image diff`.
+
+The solver package (and with it libsolv) is imported inside the handlers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rpmimg.ui import Progress, UsageError, print_json
+
+if TYPE_CHECKING:
+    from solver.compose import ComposeResult
+    from solver.diff import PackageDiff
+
+
+def register(subparsers: Any) -> None:
+    """Add the server verbs to the `rpmimg` parser."""
+    p = subparsers.add_parser("compose", help="solve an image definition and publish a version")
+    p.add_argument("definition", type=Path, help="image definition (TOML)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    p.add_argument("--sign-key", type=Path, help="armoured OpenPGP secret key to sign with")
+    p.add_argument("--keep", type=int, metavar="N", help="keep the N newest versions, prune the rest")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_compose)
+
+    image = subparsers.add_parser("image", help="inspect published images")
+    verbs = image.add_subparsers(dest="image_verb", metavar="VERB", required=True)
+    ls = verbs.add_parser("list", help="list images and their versions")
+    ls.add_argument("output", type=Path)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_image_list)
+    diff = verbs.add_parser("diff", help="package differences between two versions")
+    diff.add_argument("output", type=Path)
+    diff.add_argument("name")
+    diff.add_argument("v1")
+    diff.add_argument("v2")
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(func=cmd_image_diff)
+
+
+class _Bar:
+    """A thread-safe running total over ui.Progress (fetch threads advance it together)."""
+
+    def __init__(self, label: str, total: int, unit: str) -> None:
+        self.progress = Progress(label, unit=unit)
+        self.total = total
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def advance(self, n: int) -> None:
+        with self.lock:
+            self.done = min(self.done + n, self.total)
+            self.progress(self.done, self.total)
+
+    def close(self, summary: str | None = None) -> None:
+        self.progress.close(summary)
+
+
+class _Reporter:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def step(self, message: str) -> None:
+        if not self.quiet:
+            print(f"{message}", file=sys.stderr)
+
+    def bar(self, label: str, total: int, unit: str) -> _Bar:
+        return _Bar(label, total, unit)
+
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    from solver.compose import compose
+    from solver.definition import load_definition
+
+    if args.keep is not None and args.keep < 1:
+        raise UsageError(f"--keep must be at least 1, not {args.keep}")
+    definition = load_definition(args.definition)
+    result = compose(definition, args.output, sign_key=args.sign_key, keep=args.keep,
+                     reporter=_Reporter(quiet=args.json))
+    if args.json:
+        print_json(result.to_json())
+    else:
+        _print_compose(result)
+    return 0
+
+
+def _print_compose(result: ComposeResult) -> None:
+    if not result.changed:
+        print(f"{result.name}: no change (latest is {result.version})")
+    else:
+        since = f" (from {result.previous})" if result.previous else ""
+        print(f"{result.name}: published {result.version}{since}: {result.packages} packages, "
+              f"{result.fetched} fetched, {result.reused} reused")
+        if result.diff is not None:
+            _print_diff(result.diff)
+        print(f"manifest: {result.manifest}")
+    if result.pruned_versions:
+        print(f"pruned versions: {', '.join(result.pruned_versions)}")
+    if result.pruned_pool:
+        print(f"pruned {len(result.pruned_pool)} pool files")
+
+
+def _print_diff(diff: PackageDiff) -> None:
+    lines = diff.lines()
+    print("\n".join(lines) if lines else "  (no package changes)")
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    from solver.publish import ImageStore
+
+    store = ImageStore(args.output)
+    if not store.images.is_dir():
+        raise UsageError(f"{args.output}: not a compose output (no images directory)")
+    listing: list[dict[str, Any]] = []
+    for name in store.names():
+        latest = store.latest(name)
+        versions: list[dict[str, Any]] = []
+        for version in store.versions(name):
+            manifest = store.manifest(name, version)
+            versions.append({
+                "version": version, "created": manifest.created,
+                "packages": len(manifest.packages), "latest": version == latest,
+                "signed": (store.manifest_path(name, version).parent / "manifest.json.asc").exists(),
+            })
+        listing.append({"name": name, "latest": latest, "versions": versions})
+    if args.json:
+        print_json(listing)
+        return 0
+    for image in listing:
+        print(f"{image['name']} (latest {image['latest']})")
+        for v in image["versions"]:
+            mark = "*" if v["latest"] else " "
+            signed = "signed" if v["signed"] else "unsigned"
+            print(f" {mark} {v['version']}  {v['created']}  {v['packages']} packages  {signed}")
+    return 0
+
+
+def cmd_image_diff(args: argparse.Namespace) -> int:
+    from solver.diff import package_diff
+    from solver.publish import ImageStore
+
+    store = ImageStore(args.output)
+    diff = package_diff(store.manifest(args.name, args.v1), store.manifest(args.name, args.v2))
+    if args.json:
+        print_json(diff.to_json())
+    else:
+        print(f"{args.name}: {args.v1} -> {args.v2}")
+        _print_diff(diff)
+    return 0

@@ -1,0 +1,275 @@
+"""Compose: definition → solve → fetch, check, transcode → publish a signed image version.
+
+The job is idempotent: unchanged inputs (definition, repository metadata, keys)
+publish nothing, and neither does a new solution with the same packages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from solver.definition import ImageDefinition
+from solver.depsolve import ResolvedPackage, SolveRequest, solve
+from solver.diff import PackageDiff, package_diff
+from solver.errors import FetchError, PublishError, RepoError
+from solver.fetch import Fetcher, FetchItem, local_path
+from solver.keys import RepoKeyring
+from solver.manifest import CurationReport, Manifest, ManifestPackage, ZstdCopy
+from solver.pool import PoolEntry
+from solver.publish import ImageStore, location_of
+from solver.repodata import Repository
+from solver.signing import sign_detached
+
+
+class ProgressBar(Protocol):
+    def advance(self, n: int) -> None: ...
+    def close(self, summary: str | None = None) -> None: ...
+
+
+class Reporter(Protocol):
+    """Where compose tells its progress; the CLI draws bars, tests stay silent."""
+
+    def step(self, message: str) -> None: ...
+    def bar(self, label: str, total: int, unit: str) -> ProgressBar: ...
+
+
+class _Silent:
+    def step(self, message: str) -> None:
+        pass
+
+    def bar(self, label: str, total: int, unit: str) -> ProgressBar:
+        return self
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def close(self, summary: str | None = None) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ComposeResult:
+    name: str
+    version: str | None  # the newest published version after this run
+    changed: bool
+    manifest: Path | None
+    packages: int
+    diff: PackageDiff | None = None
+    previous: str | None = None
+    fetched: int = 0
+    reused: int = 0
+    pruned_versions: tuple[str, ...] = ()
+    pruned_pool: tuple[str, ...] = field(default=(), repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "version": self.version, "changed": self.changed,
+            "previous": self.previous,
+            "manifest": os.fspath(self.manifest) if self.manifest else None,
+            "packages": self.packages, "fetched": self.fetched, "reused": self.reused,
+            "diff": self.diff.to_json() if self.diff else None,
+            "pruned_versions": list(self.pruned_versions),
+            "pruned_pool_files": len(self.pruned_pool),
+        }
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    repos: tuple[Repository, ...]
+    keyrings: dict[str, RepoKeyring]
+    digest: str
+
+
+def compose(definition: ImageDefinition, output: Path, *, sign_key: Path | None = None,
+            keep: int | None = None, fetcher: Fetcher | None = None,
+            reporter: Reporter | None = None, now: datetime | None = None) -> ComposeResult:
+    """Compose `definition` into `output`; publishes a new version only when something changed."""
+    report = reporter or _Silent()
+    fetcher = fetcher or Fetcher()
+    if sign_key is not None and not sign_key.is_file():
+        # Found out now rather than after every package has been fetched and transcoded.
+        raise PublishError(f"signing key {os.fspath(sign_key)} does not exist")
+    store = ImageStore(output)
+    with store.locked():
+        store.remove_leftovers()
+        inputs = _open_inputs(definition, store, fetcher)
+        previous = store.latest(definition.name)
+        old = store.manifest(definition.name, previous) if previous else None
+        result = ComposeResult(definition.name, previous, False,
+                               store.manifest_path(definition.name, previous) if previous else None,
+                               len(old.packages) if old else 0, previous=previous)
+        if old is None or old.inputs_sha256 != inputs.digest:
+            result = _compose_new(definition, store, inputs, old, previous, fetcher, report,
+                                  sign_key, now or datetime.now(UTC)) or result
+        if keep is not None:
+            pruned = store.prune(definition.name, keep)
+            result = dataclasses.replace(result, pruned_versions=tuple(pruned),
+                                         pruned_pool=tuple(store.collect_pool()))
+        shutil.rmtree(output / ".cache" / "packages", ignore_errors=True)
+        shutil.rmtree(store.pool.scratch, ignore_errors=True)
+        return result
+
+
+def _compose_new(definition: ImageDefinition, store: ImageStore, inputs: _Inputs,
+                 old: Manifest | None, previous: str | None, fetcher: Fetcher,
+                 report: Reporter, sign_key: Path | None, now: datetime) -> ComposeResult | None:
+    report.step(f"solving {definition.name} for {definition.arch} over "
+                f"{len(inputs.repos)} repositories")
+    solution = solve(SolveRequest(
+        arch=definition.arch, packages=definition.packages, repos=inputs.repos,
+        exclude=definition.exclude, ignore_recommends=definition.ignore_recommends,
+        multiversion=definition.multiversion,
+    ))
+    if old is not None and _same_sources(old, solution.packages, definition.block_size):
+        return None
+    entries, fetched, reused = _materialize(definition, store, inputs, solution.packages,
+                                            fetcher, report)
+    version = store.next_version(definition.name, now)
+    packages = tuple(_manifest_package(e, p, src) for p, (e, src) in
+                     zip(solution.packages, entries, strict=True))
+    manifest = Manifest(
+        name=definition.name, version=version, arch=definition.arch,
+        created=now.strftime("%Y-%m-%dT%H:%M:%SZ"), inputs_sha256=inputs.digest,
+        block_size=definition.block_size, packages=packages,
+        report=_curation_report(store, [e for e, _ in entries]),
+    )
+    diff = package_diff(old, manifest)
+    sign = functools.partial(sign_detached, sign_key) if sign_key is not None else None
+    path = store.publish(manifest, {"from": previous, "to": version, **diff.to_json()}, sign)
+    return ComposeResult(definition.name, version, True, path, len(packages), diff, previous,
+                         fetched, reused)
+
+
+def _open_inputs(definition: ImageDefinition, store: ImageStore, fetcher: Fetcher) -> _Inputs:
+    cache = store.output / ".cache"
+    repos: list[Repository] = []
+    keyrings: dict[str, RepoKeyring] = {}
+    key_digests: dict[str, str] = {}
+    for source in definition.repos:
+        repos.append(Repository.open(source, fetcher=fetcher, cache=cache / "repos" / source.name))
+        if source.gpgkey is None:
+            continue
+        label = f"repository {source.name!r} key {source.gpgkey}"
+        url = source.gpgkey if "://" in source.gpgkey else Path(source.gpgkey).as_uri()
+        path = local_path(url)
+        if path is None:
+            path = cache / "keys" / f"{source.name}.asc"
+            path.unlink(missing_ok=True)
+            try:
+                fetcher.fetch(FetchItem(url, path, None, label))
+            except FetchError as e:
+                raise RepoError(str(e)) from e
+        keyring = RepoKeyring.from_file(path, label)
+        keyrings[source.name] = keyring
+        key_digests[source.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256(json.dumps({
+        "format": 1,
+        "definition": definition.canonical(),
+        "repomd": {r.name: r.repomd_sha256 for r in repos},
+        "keys": key_digests,
+    }, sort_keys=True).encode()).hexdigest()
+    return _Inputs(tuple(repos), keyrings, digest)
+
+
+def _same_sources(old: Manifest, packages: tuple[ResolvedPackage, ...], block_size: int) -> bool:
+    return old.block_size == block_size and (
+        sorted(p.source_checksum for p in old.packages)
+        == sorted(str(p.checksum) for p in packages)
+    )
+
+
+def _known_entries(store: ImageStore, block_size: int) -> dict[str, ManifestPackage]:
+    """Pool entries already made from an original, by its checksum, so it is not fetched again."""
+    known: dict[str, ManifestPackage] = {}
+    for name in store.names():
+        for version in store.versions(name):
+            for p in store.manifest(name, version).packages:
+                if p.block_size == block_size:
+                    known[p.source_checksum] = p
+    return known
+
+
+def _materialize(definition: ImageDefinition, store: ImageStore, inputs: _Inputs,
+                 packages: tuple[ResolvedPackage, ...], fetcher: Fetcher,
+                 report: Reporter) -> tuple[list[tuple[PoolEntry, int]], int, int]:
+    """Pool entries (with original sizes) for every package, fetching only what is new."""
+    known = _known_entries(store, definition.block_size)
+    entries: dict[str, tuple[PoolEntry, int]] = {}
+    for p in packages:
+        record = known.get(str(p.checksum))
+        if record is None:
+            continue
+        rel = os.path.normpath(os.path.join("images/x/y", record.location))
+        if store.pool.has(rel):
+            keyring = inputs.keyrings.get(p.repo)
+            if keyring is not None:
+                # The stored header is the original's, byte for byte: its signature still checks.
+                keyring.check(store.output / rel, p.nevra)
+            entries[p.nevra] = (_entry_from_record(record, rel), record.source_size)
+    todo = [p for p in packages if p.nevra not in entries]
+    cache = store.output / ".cache" / "packages"
+    items = [FetchItem(p.url, cache / f"{p.checksum.hex}-{Path(p.url).name}", p.checksum,
+                       p.nevra, p.size) for p in todo]
+    if items:
+        report.step(f"fetching {len(items)} of {len(packages)} packages")
+        bar = report.bar("fetch", sum(p.size or 0 for p in todo), "bytes")
+        paths = fetcher.fetch_all(items, bar.advance)
+        bar.close(f"{len(items)} packages")
+        bar = report.bar("transcode", len(todo), "packages")
+        for p, path in zip(todo, paths, strict=True):
+            keyring = inputs.keyrings.get(p.repo)
+            if keyring is not None:
+                keyring.check(path, p.nevra)
+            entry = store.pool.add(path, p.nevra, block_size=definition.block_size)
+            if (entry.name, entry.version, entry.release, entry.arch) != (
+                    p.name, p.version, p.release, p.arch):
+                raise FetchError(f"{p.nevra}: the repository's file {p.url} holds "
+                                 f"{entry.name}-{entry.version}-{entry.release}.{entry.arch}")
+            entries[p.nevra] = (entry, path.stat().st_size)
+            bar.advance(1)
+        bar.close(f"{len(todo)} packages into the pool")
+    return [entries[p.nevra] for p in packages], len(todo), len(packages) - len(todo)
+
+
+def _entry_from_record(p: ManifestPackage, rel: str) -> PoolEntry:
+    return PoolEntry(
+        name=p.name, epoch=p.epoch, version=p.version, release=p.release, arch=p.arch,
+        relpath=rel, sha256=p.sha256, size=p.size, header_sha256=p.header_sha256,
+        block_size=p.block_size, zstd_relpath=rel + ".zst", zstd_sha256=p.zstd.sha256,
+        zstd_size=p.zstd.size,
+    )
+
+
+def _manifest_package(entry: PoolEntry, p: ResolvedPackage, source_size: int) -> ManifestPackage:
+    return ManifestPackage(
+        name=entry.name, epoch=entry.epoch, version=entry.version, release=entry.release,
+        arch=entry.arch, sha256=entry.sha256, size=entry.size, header_sha256=entry.header_sha256,
+        block_size=entry.block_size, source_checksum=str(p.checksum), source_size=source_size,
+        location=location_of(entry.relpath),
+        zstd=ZstdCopy(location_of(entry.zstd_relpath), entry.zstd_sha256, entry.zstd_size),
+    )
+
+
+def _curation_report(store: ImageStore, entries: list[PoolEntry]) -> CurationReport:
+    scriptlets: list[str] = []
+    triggers: list[str] = []
+    outside: dict[str, tuple[str, ...]] = {}
+    for e in entries:
+        notes = store.pool.notes(e.relpath)
+        nevra = f"{e.name}-{f'{e.epoch}:' if e.epoch else ''}{e.version}-{e.release}.{e.arch}"
+        if notes.scriptlets:
+            scriptlets.append(nevra)
+        if notes.triggers:
+            triggers.append(nevra)
+        if notes.outside_usr:
+            outside[nevra] = notes.outside_usr
+    return CurationReport(tuple(sorted(scriptlets)), tuple(sorted(triggers)), outside)

@@ -1,0 +1,125 @@
+"""The content-addressed pool of extents RPMs shared by every image version in an output.
+
+An entry is named by the sha256 of its own bytes, so it is written once and never
+rewritten: a second transcode of the same original finds the entry in place. Each
+entry has a zstd copy beside it (`….rpm.zst`) for HTTP clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from rpmextents import ExtentsPackage, transcode
+from rpmextents.errors import Error as FormatCoreError
+from solver.errors import FetchError, PublishError
+
+ZSTD_LEVEL = 19
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """An extents RPM in the pool and its zstd copy; paths are relative to the output root."""
+
+    name: str
+    epoch: int | None
+    version: str
+    release: str
+    arch: str
+    relpath: str
+    sha256: str
+    size: int
+    header_sha256: str
+    block_size: int
+    zstd_relpath: str
+    zstd_sha256: str
+    zstd_size: int
+
+
+@dataclass(frozen=True)
+class PackageNotes:
+    """What the curation report needs from one extents RPM."""
+
+    scriptlets: bool
+    triggers: bool
+    outside_usr: tuple[str, ...]
+
+
+class PackagePool:
+    """OUTPUT/pool: `<sha[:2]>/<sha256>-<name>-<version>-<release>.<arch>.rpm` (+ `.zst`)."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.root = output / "pool"
+        self.scratch = self.root / ".tmp"
+
+    def relpath(self, sha256: str, name: str, version: str, release: str, arch: str) -> str:
+        return f"pool/{sha256[:2]}/{sha256}-{name}-{version}-{release}.{arch}.rpm"
+
+    def add(self, original: Path, label: str, *, block_size: int,
+            progress: Callable[[int, int], None] | None = None) -> PoolEntry:
+        """Transcode an original RPM into the pool (a no-op for bytes already there)."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
+            staged = Path(tmp) / "package.rpm"
+            try:
+                result = transcode(original, staged, block_size=block_size, progress=progress)
+            except FormatCoreError as e:
+                raise FetchError(f"{label}: cannot transcode: {e}") from e
+            rel = self.relpath(result.sha256, result.name, result.version, result.release,
+                               result.arch)
+            final = self.output / rel
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if not final.exists():
+                os.replace(staged, final)
+            zstd_sha256, zstd_size = self._zstd_copy(final, Path(tmp))
+        return PoolEntry(
+            name=result.name, epoch=result.epoch, version=result.version,
+            release=result.release, arch=result.arch, relpath=rel, sha256=result.sha256,
+            size=result.size, header_sha256=result.header_sha256, block_size=result.block_size,
+            zstd_relpath=rel + ".zst", zstd_sha256=zstd_sha256, zstd_size=zstd_size,
+        )
+
+    def _zstd_copy(self, entry: Path, tmp: Path) -> tuple[str, int]:
+        target = entry.with_name(entry.name + ".zst")
+        if not target.exists():
+            staged = tmp / "package.rpm.zst"
+            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+            with open(entry, "rb") as src, open(staged, "wb") as dst:
+                compressor.copy_stream(src, dst, size=os.fstat(src.fileno()).st_size)
+            os.replace(staged, target)
+        h = hashlib.sha256()
+        with open(target, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest(), target.stat().st_size
+
+    def has(self, relpath: str) -> bool:
+        return (self.output / relpath).is_file() and (self.output / (relpath + ".zst")).is_file()
+
+    def notes(self, relpath: str) -> PackageNotes:
+        """Scriptlets, triggers and files outside /usr of a pool entry."""
+        path = self.output / relpath
+        try:
+            with ExtentsPackage.open(path) as pkg:
+                outside = tuple(e.path for e in pkg.entries()
+                                if e.path != "/usr" and not e.path.startswith("/usr/"))
+                return PackageNotes(pkg.has_scriptlets, pkg.has_triggers, outside)
+        except FormatCoreError as e:
+            raise PublishError(f"{os.fspath(path)}: unreadable pool entry: {e}") from e
+
+    def entries(self) -> Iterator[str]:
+        """Relative paths of every file in the pool, `.zst` copies included."""
+        if not self.root.is_dir():
+            return
+        for sub in sorted(self.root.iterdir()):
+            if sub.name.startswith(".") or not sub.is_dir():
+                continue
+            for f in sorted(sub.iterdir()):
+                yield f"pool/{sub.name}/{f.name}"

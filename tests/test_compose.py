@@ -1,0 +1,281 @@
+"""Compose end to end: fixture repositories in, a signed static image directory out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fixtures.build import SigningKey
+from fixtures.httpd import Faults, serve
+from fixtures.outputs import assert_consistent
+from fixtures.repos import add_package, createrepo, package, solver_universe
+from fixtures.signing import generate_key
+from rpmextents import ExtentsPackage
+from rpmimg.cli import main
+from solver.compose import compose
+from solver.definition import ImageDefinition, RepoSource
+from solver.errors import DepsolveError, FetchError
+from solver.fetch import Fetcher
+from solver.publish import ImageStore
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("rpmbuild") is None or shutil.which("createrepo_c") is None
+    or shutil.which("gpg") is None,
+    reason="needs rpmbuild, createrepo_c and gpg",
+)
+
+PACKAGES = ("app", "scripted")
+
+
+@dataclass(frozen=True)
+class World:
+    repo: Path  # a signed repository (never modified; tests copy it)
+    repo_key: SigningKey
+    other_key: SigningKey
+    manifest_key: SigningKey
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("compose-world")
+    repo_key = generate_key(root / "repo-key")
+    other = generate_key(root / "other-key")
+    manifest_key = generate_key(root / "manifest-key")
+    repo = root / "repo"
+    for p in solver_universe():
+        add_package(p, repo, repo_key)
+    createrepo(repo)
+    return World(repo, repo_key, other, manifest_key)
+
+
+def definition(url: str, *, gpgkey: Path | None = None, packages: tuple[str, ...] = PACKAGES,
+               name: str = "demo") -> ImageDefinition:
+    return ImageDefinition(name=name, arch="x86_64", packages=packages,
+                           repos=(RepoSource("main", url, os.fspath(gpgkey) if gpgkey else None),))
+
+
+def repo_copy(world: World, tmp_path: Path) -> Path:
+    target = tmp_path / "repo"
+    shutil.copytree(world.repo, target)
+    return target
+
+
+def url_of(path: Path) -> str:
+    return path.as_uri() + "/"
+
+
+def test_compose_publishes_a_signed_static_image(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = compose(definition(url_of(world.repo), gpgkey=world.repo_key.public), out,
+                     sign_key=world.manifest_key.secret)
+    assert result.changed and result.version and result.manifest
+    version_dir = out / "images" / "demo" / result.version
+    assert os.readlink(out / "images" / "demo" / "latest") == result.version
+    raw = json.loads((version_dir / "manifest.json").read_bytes())
+    assert raw["format"] == 1 and raw["name"] == "demo" and raw["arch"] == "x86_64"
+    assert raw["block_size"] == 4096 and len(raw["inputs_sha256"]) == 64
+    names = {p["name"] for p in raw["packages"]}
+    assert {"app", "libfoo", "glibc", "bash", "filesystem", "app-data", "scripted"} <= names
+    originals = {p.name: p for p in (world.repo / "Packages").iterdir()}
+    for p in raw["packages"]:
+        pool_file = (version_dir / p["location"]).resolve()
+        assert pool_file.parent.parent == (out / "pool").resolve()
+        assert pool_file.name.startswith(p["sha256"])
+        data = pool_file.read_bytes()
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == (p["sha256"], p["size"])
+        with ExtentsPackage.open(pool_file) as pkg:
+            assert pkg.name == p["name"] and pkg.version == p["version"]
+            assert hashlib.sha256(pkg.header_bytes()).hexdigest() == p["header_sha256"]
+        original = originals[f"{p['name']}-{p['version']}-{p['release']}.{p['arch']}.rpm"]
+        source = original.read_bytes()
+        assert p["source_checksum"] == "sha256:" + hashlib.sha256(source).hexdigest()
+        assert p["source_size"] == len(source)
+        # The header region is the original's, byte for byte.
+        assert data[:len(pkg.header_bytes())] == source[:len(pkg.header_bytes())]
+        zst = (version_dir / p["zstd"]["location"]).read_bytes()
+        assert hashlib.sha256(zst).hexdigest() == p["zstd"]["sha256"]
+        # An HTTP client downloads no more than the original compressed RPM.
+        assert len(zst) == p["zstd"]["size"] <= p["source_size"]
+        import zstandard
+        assert zstandard.ZstdDecompressor().decompress(zst, max_output_size=len(data)) == data
+    report = raw["report"]
+    assert report["scriptlets"] == ["scripted-1.0-1.noarch"]
+    assert report["triggers"] == []
+    assert report["outside_usr"] == {"bash-5.2-1.x86_64": ["/bin/sh"],
+                                     "scripted-1.0-1.noarch": ["/etc/scripted.conf"]}
+    # The detached signature verifies with the public key, and fails on a changed manifest.
+    keyring = tmp_path / "pub.gpg"
+    keyring.write_bytes(subprocess.run(["gpg", "--dearmor"], input=world.manifest_key.public.read_bytes(),
+                                       capture_output=True, check=True).stdout)
+    gpgv = ["gpgv", "--keyring", os.fspath(keyring), os.fspath(version_dir / "manifest.json.asc")]
+    subprocess.run([*gpgv, os.fspath(version_dir / "manifest.json")], check=True, capture_output=True)
+    tampered = tmp_path / "tampered.json"
+    tampered.write_bytes((version_dir / "manifest.json").read_bytes().replace(b'"demo"', b'"dem0"'))
+    assert subprocess.run([*gpgv, os.fspath(tampered)], capture_output=True).returncode != 0
+    assert not (out / ".cache" / "packages").exists()  # originals are not kept
+    assert_consistent(out)
+
+
+def test_unchanged_inputs_publish_nothing(world: World, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    d = definition(url_of(world.repo))
+    first = compose(d, out)
+    second = compose(d, out)
+    assert not second.changed and second.version == first.version
+    assert ImageStore(out).versions("demo") == [first.version]
+    toml = tmp_path / "demo.toml"
+    toml.write_text(f'name = "demo"\narch = "x86_64"\npackages = {json.dumps(list(PACKAGES))}\n'
+                    f'[[repo]]\nname = "main"\nurl = "{url_of(world.repo)}"\n')
+    capsys.readouterr()
+    assert main(["compose", os.fspath(toml), "-o", os.fspath(out)]) == 0
+    assert capsys.readouterr().out == f"demo: no change (latest is {first.version})\n"
+    assert main(["compose", os.fspath(toml), "-o", os.fspath(out), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["changed"] is False and answer["version"] == first.version
+    assert ImageStore(out).versions("demo") == [first.version]
+
+
+def test_new_package_version_publishes_a_diff(world: World, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    repo = repo_copy(world, tmp_path)
+    out = tmp_path / "out"
+    d = definition(url_of(repo), gpgkey=world.repo_key.public)
+    first = compose(d, out)
+    add_package(package("libfoo", "1.1", "x86_64", requires=("libc.so.6()(64bit)",),
+                        provides=("libfoo.so.1()(64bit)",), files=("/usr/lib64/libfoo.so.2",)),
+                repo, world.repo_key)
+    (repo / "Packages" / "scripted-1.0-1.noarch.rpm").unlink()
+    createrepo(repo)
+    second = compose(definition(url_of(repo), gpgkey=world.repo_key.public,
+                                packages=("app", "oldnet")), out)
+    assert second.changed and second.previous == first.version
+    assert second.version == first.version.replace(".1", ".2")
+    assert second.fetched == 2 and second.reused == second.packages - 2  # libfoo and oldnet only
+    diff = second.diff
+    assert diff is not None
+    assert diff.added == ("oldnet-1.0-1.noarch",)
+    assert diff.removed == ("scripted-1.0-1.noarch",)
+    assert [(c.name, c.old, c.new) for c in diff.upgraded] == [("libfoo", "1.0-1", "1.1-1")]
+    changes = json.loads((out / "images/demo" / second.version / "changes.json").read_text())
+    assert changes["from"] == first.version and changes["upgraded"][0]["to"] == "1.1-1"
+    capsys.readouterr()
+    assert main(["image", "diff", os.fspath(out), "demo", first.version, second.version]) == 0
+    text = capsys.readouterr().out
+    assert "upgraded   libfoo.x86_64 1.0-1 -> 1.1-1" in text
+    assert "removed    scripted-1.0-1.noarch" in text and "added      oldnet-1.0-1.noarch" in text
+    assert main(["image", "diff", os.fspath(out), "demo", second.version, first.version,
+                 "--json"]) == 0
+    back = json.loads(capsys.readouterr().out)
+    assert back["downgraded"] == [{"name": "libfoo", "arch": "x86_64", "from": "1.1-1",
+                                   "to": "1.0-1"}]
+    assert main(["image", "list", os.fspath(out), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in listing[0]["versions"]] == [first.version, second.version]
+    assert listing[0]["latest"] == second.version
+    assert_consistent(out)
+
+
+def test_keep_prunes_versions_and_unreferenced_pool_entries(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    url = url_of(world.repo)
+    v1 = compose(definition(url, packages=("app",)), out)
+    other = compose(definition(url, packages=("sendmail",), name="other"), out)
+    v2 = compose(definition(url, packages=("app", "scripted")), out)
+    v3 = compose(definition(url, packages=("bash",)), out, keep=2)
+    assert v3.pruned_versions == (v1.version,)
+    store = ImageStore(out)
+    assert store.versions("demo") == [v2.version, v3.version]
+    assert store.versions("other") == [other.version]  # another image is never touched
+    referenced = store.referenced()
+    on_disk = set(store.pool.entries())
+    assert on_disk == referenced
+    # sendmail is referenced only by the other image, glibc by every one: both stay.
+    assert any("sendmail" in r for r in on_disk) and any("glibc" in r for r in on_disk)
+    # app was in v1 and v2 (kept), postfix only in v1 (pruned) — unless v2 also needed it.
+    v2_names = {p.name for p in store.manifest("demo", v2.version).packages}
+    assert any("/" + f"{p}" in r or f"-{p}-" in r for r in on_disk for p in v2_names)
+    assert set(v3.pruned_pool) == set(v3.pruned_pool) - referenced
+    compose(definition(url, packages=("bash",)), out, keep=1)
+    assert store.versions("demo") == [v3.version]
+    assert_consistent(out)
+
+
+def test_unsatisfiable_definition_publishes_nothing(world: World, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(DepsolveError, match="nothing provides libmissing"):
+        compose(definition(url_of(world.repo), packages=("app", "broken")), out)
+    assert ImageStore(out).names() == []
+    toml = tmp_path / "broken.toml"
+    toml.write_text(f'name = "demo"\narch = "x86_64"\npackages = ["broken"]\n'
+                    f'[[repo]]\nname = "main"\nurl = "{url_of(world.repo)}"\n')
+    assert main(["compose", os.fspath(toml), "-o", os.fspath(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ("rpmimg: error: cannot solve: nothing provides libmissing.so.2()(64bit) "
+                       "needed by broken-1.0-1.x86_64")
+    assert not any(line.startswith("rpmimg: error") for line in err[:-1])
+
+
+def test_repository_key_mismatch_is_refused(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with serve(world.repo) as web, pytest.raises(FetchError, match="signed with a key that is not"):
+        compose(definition(web.url, gpgkey=world.other_key.public), out)
+    assert ImageStore(out).names() == [] and list(ImageStore(out).pool.entries()) == []
+
+
+def test_unsigned_package_is_refused_when_the_repo_has_a_key(world: World, tmp_path: Path) -> None:
+    repo = repo_copy(world, tmp_path)
+    add_package(package("unsigned-tool", files=("/usr/bin/unsigned-tool",)), repo)
+    createrepo(repo)
+    with pytest.raises(FetchError, match="^unsigned-tool-1.0-1.noarch: package is not signed"):
+        compose(definition(url_of(repo), gpgkey=world.repo_key.public,
+                           packages=("unsigned-tool",)), tmp_path / "out")
+
+
+def test_http_checksum_mismatch_names_package_and_publishes_nothing(world: World,
+                                                                   tmp_path: Path) -> None:
+    repo = repo_copy(world, tmp_path)
+    out = tmp_path / "out"
+    victim = repo / "Packages" / "libfoo-1.0-1.x86_64.rpm"
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with serve(repo) as web, pytest.raises(FetchError) as e:
+        compose(definition(web.url, gpgkey=world.repo_key.public), out,
+                fetcher=Fetcher(backoff=0.01))
+    assert str(e.value).startswith("libfoo-1.0-1.x86_64: checksum mismatch")
+    assert ImageStore(out).names() == [] and list(ImageStore(out).pool.entries()) == []
+
+
+def test_http_download_cut_midway_resumes(world: World, tmp_path: Path) -> None:
+    repo = repo_copy(world, tmp_path)
+    path = "/Packages/glibc-2.36-1.x86_64.rpm"
+    faults = Faults(drop_after={path: 2000})
+    with serve(repo, faults) as web:
+        result = compose(definition(web.url, gpgkey=world.repo_key.public), tmp_path / "out",
+                         fetcher=Fetcher(backoff=0.01))
+    assert result.changed
+    ranges = [r for p, r in web.requests if p == path]
+    assert ranges == [None, "bytes=2000-"]
+    assert_consistent(tmp_path / "out")
+
+
+def test_http_remote_key_and_metadata(world: World, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(world.repo, site / "repo")
+    shutil.copy(world.repo_key.public, site / "key.asc")
+    with serve(site) as web:
+        d = ImageDefinition("demo", "x86_64", PACKAGES,
+                            (RepoSource("main", web.url + "repo/", web.url + "key.asc"),))
+        first = compose(d, tmp_path / "out")
+        again = compose(d, tmp_path / "out")
+    assert first.changed and not again.changed
+    assert any(p == "/key.asc" for p, _ in web.requests)
