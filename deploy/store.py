@@ -19,6 +19,7 @@ from pathlib import Path
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
 from deploy.manifest import PackageRef
+from deploy.sources.base import sha256_file
 from rpmextents import ExtentsPackage, Keyring, kernel
 from rpmextents.errors import Error as FormatFamilyError
 
@@ -30,14 +31,6 @@ class StoredExtent:
     path: Path
     offset: int
     length: int
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Store:
@@ -122,7 +115,7 @@ class Store:
                     f"{ref.nevra}: size {size} differs from the manifest's {ref.size}"
                     " (corrupted in transit?)"
                 )
-            if _sha256(fetched) != ref.sha256:
+            if sha256_file(fetched) != ref.sha256:
                 raise PackageError(
                     f"{ref.nevra}: sha256 differs from the manifest's (corrupted in transit?)"
                 )

@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deploy.errors import DeploymentError, PackageError
 from deploy.headers import DIGEST_ALGOS, InstalledPackage, installed_packages
@@ -52,38 +53,37 @@ def _digest(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
-def _check_file(f: object, algo: str, tree: Path, owners: Owners) -> tuple[str, list[str]]:
-    name: str = f.name  # type: ignore[attr-defined]
-    rel, _ = relocate(name)
+def _check_file(f: Any, algo: str, tree: Path, owners: Owners) -> tuple[str, list[str]]:
+    """Compare one rpm.file of a header with what the tree holds; returns (location, what)."""
+    rel, _ = relocate(f.name)
     path = tree / rel if rel else tree
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return rel, ["missing"]
-    mode: int = f.mode  # type: ignore[attr-defined]
-    if stat.S_IFMT(st.st_mode) != stat.S_IFMT(mode):
+    if stat.S_IFMT(st.st_mode) != stat.S_IFMT(f.mode):
         return rel, ["type"]
+    # rpm.file has the mode, user and group an Entry has: resolve them exactly as extract did.
+    mode, uid, gid = owners.mode_and_ids(f)
     what = []
-    if not stat.S_ISLNK(mode) and stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode):
+    if not stat.S_ISLNK(f.mode) and stat.S_IMODE(st.st_mode) != mode:
         what.append("mode")
-    if st.st_uid != owners.uid(f.user):  # type: ignore[attr-defined]
+    if st.st_uid != uid:
         what.append("owner")
-    if st.st_gid != owners.gid(f.group):  # type: ignore[attr-defined]
+    if st.st_gid != gid:
         what.append("group")
-    if stat.S_ISREG(mode):
-        if st.st_size != f.size:  # type: ignore[attr-defined]
+    if stat.S_ISREG(f.mode):
+        if st.st_size != f.size:
             what.append("size")
-        digest: str = f.digest  # type: ignore[attr-defined]
-        if digest and _digest(path, algo) != digest:
+        if f.digest and _digest(path, algo) != f.digest:
             what.append("digest")
-        has_caps = _has_caps(path)
-        if bool(f.caps) != has_caps:  # type: ignore[attr-defined]
+        if bool(f.caps) != _has_caps(path):
             what.append("caps")
-    if stat.S_ISLNK(mode) and os.readlink(path) != f.linkto:  # type: ignore[attr-defined]
+    if stat.S_ISLNK(f.mode) and os.readlink(path) != f.linkto:
         what.append("link")
-    if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and st.st_rdev != f.rdev:  # type: ignore[attr-defined]
+    if (stat.S_ISCHR(f.mode) or stat.S_ISBLK(f.mode)) and st.st_rdev != f.rdev:
         what.append("rdev")
-    if not stat.S_ISDIR(mode) and int(st.st_mtime) != f.mtime:  # type: ignore[attr-defined]
+    if not stat.S_ISDIR(f.mode) and int(st.st_mtime) != f.mtime:
         what.append("mtime")
     return rel, what
 

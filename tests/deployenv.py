@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from fixtures.build import fixture_packages, signing_key
 from fixtures.rpmbuild import build_package
 from fixtures.spec import FileSpec
 
-from conftest import btrfs_unavailable_reason, loop_btrfs
 from oracle import seed_accounts
 
 BULK = catalog.PackageSpec(
@@ -78,13 +76,9 @@ def _name(rpm: Path) -> str:
 
 
 @pytest.fixture
-def sysroot() -> Iterator[Path]:
+def sysroot(btrfs: Path) -> Path:
     """A fresh 1 GiB btrfs top level as the target system, with the fixtures' accounts."""
-    reason = btrfs_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with loop_btrfs() as mnt:
-        seed_accounts(mnt, catalog.PASSWD, catalog.GROUP)
-        yield mnt
+    seed_accounts(btrfs, catalog.PASSWD, catalog.GROUP)
+    return btrfs
 
 

@@ -17,15 +17,8 @@ from pathlib import Path
 
 import zstandard
 
+from deploy.sources.base import sha256_file
 from fixtures.signing import SigningKey, gnupg_home
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sign_file(path: Path, key: SigningKey) -> Path:
@@ -73,7 +66,7 @@ def publish(
             "release": result.release, "arch": result.arch, "sha256": result.sha256,
             "size": result.size, "header_sha256": result.header_sha256,
             "block_size": result.block_size,
-            "source_checksum": "sha256:" + _sha256(rpm), "source_size": rpm.stat().st_size,
+            "source_checksum": "sha256:" + sha256_file(rpm), "source_size": rpm.stat().st_size,
             "location": os.path.relpath(dest, version_dir),
         }
         if zstd:
@@ -82,7 +75,7 @@ def publish(
                 zstandard.ZstdCompressor(level=3).copy_stream(fin, fout)
             record["zstd"] = {
                 "location": os.path.relpath(zdest, version_dir),
-                "sha256": _sha256(zdest), "size": zdest.stat().st_size,
+                "sha256": sha256_file(zdest), "size": zdest.stat().st_size,
             }
         packages.append(record)
     manifest = {

@@ -6,7 +6,6 @@ downloads about as many bytes as the original compressed RPMs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -29,6 +28,7 @@ from deploy.sources.base import (
     FetchStats,
     ProgressFn,
     decompress_zstd,
+    sha256_file,
 )
 
 log = logging.getLogger(__name__)
@@ -152,11 +152,7 @@ class HttpSource:
         part = job.dest.with_name(job.dest.name + (".zst.part" if ref.zstd else ".part"))
         self._download(url, part, size, counter)
         checkpoint("downloaded package")
-        h = hashlib.sha256()
-        with open(part, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        if h.hexdigest() != digest or part.stat().st_size != size:
+        if part.stat().st_size != size or sha256_file(part) != digest:
             part.unlink()
             raise FetchError(f"{ref.nevra}: {url}: download does not match the manifest's sha256")
         if ref.zstd is not None:
