@@ -7,6 +7,9 @@ import gzip
 import hashlib
 import io
 import lzma
+import os
+import queue
+import threading
 from collections.abc import Callable
 from typing import IO, Any, BinaryIO, cast
 
@@ -23,9 +26,11 @@ class HashingReader(io.RawIOBase):
     def __init__(
         self, f: BinaryIO, hashes: list[Any], total: int = 0,
         progress: Callable[[int, int], None] | None = None,
+        background: Background | None = None,
     ) -> None:
         self._f = f
         self._hashes = hashes
+        self._background = background
         self._total = total
         self._progress = progress
         self.done = 0
@@ -34,11 +39,15 @@ class HashingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        n: int = self._f.readinto(buffer)  # type: ignore[attr-defined]
+        data = self._f.read(len(buffer))
+        n = len(data)
         if n:
-            view = memoryview(buffer)[:n]
+            memoryview(buffer)[:n] = data
             for h in self._hashes:
-                h.update(view)
+                if self._background is not None:
+                    self._background.submit(h.update, data)
+                else:
+                    h.update(data)
             self.done += n
             if self._progress is not None:
                 self._progress(self.done, self._total)
@@ -92,3 +101,47 @@ def open_payload(raw: HashingReader, compressor: str) -> IO[bytes]:
 
 def new_hash(algo: str) -> Any:
     return hashlib.new(algo)
+
+
+class Background:
+    """One worker thread running submitted calls in order.
+
+    hashlib and pwrite release the GIL on large buffers, so hashing and writing
+    here overlap decompression in the caller's thread. Only immutable buffers may
+    be submitted. The first error is raised again by submit() or close().
+    """
+
+    def __init__(self, depth: int = 32) -> None:
+        self._queue: queue.Queue[tuple[Callable[..., object], tuple[object, ...]] | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rpmextents-io", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                fn, args = item
+                try:
+                    fn(*args)
+                except BaseException as e:
+                    self._error = e
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((fn, args))
+
+    def close(self) -> None:
+        """Wait for every submitted call; raise the first error."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

@@ -16,7 +16,15 @@ from rpmextents.files import Entry, EntryType, header_files, payload_sizes
 from rpmextents.header import HASH_ALGOS, Header, PackagePrefix, SigTag, Tag, read_prefix
 from rpmextents.keyring import check_header
 from rpmextents.layout import Index, Record, RecordKind, align_up
-from rpmextents.payload import CHUNK, HashingReader, new_hash, open_payload, sniff
+from rpmextents.payload import (
+    CHUNK,
+    Background,
+    HashingReader,
+    new_hash,
+    open_payload,
+    pwrite_all,
+    sniff,
+)
 
 NEWC_MAGICS = (b"070701", b"070702")
 STRIPPED_MAGIC = b"07070X"
@@ -59,9 +67,10 @@ def nevra_of(header: Header) -> tuple[str, int | None, str, str, str, str]:
 class _Stream:
     """The uncompressed payload, read forward, hashed as it goes."""
 
-    def __init__(self, reader: IO[bytes], hashes: list[Any], what: str) -> None:
+    def __init__(self, reader: IO[bytes], hashes: list[Any], what: str, background: Background) -> None:
         self._reader = reader
         self._hashes = hashes
+        self._background = background
         self._buf = memoryview(b"")
         self.pos = 0
         self.what = what
@@ -82,7 +91,7 @@ class _Stream:
         data, self._buf = self._buf[:limit], self._buf[limit:]
         self.pos += len(data)
         for h in self._hashes:
-            h.update(data)
+            self._background.submit(h.update, data)
         return data
 
     def read(self, n: int) -> bytes:
@@ -100,11 +109,9 @@ class _Stream:
         while n:
             data = self._take(min(n, CHUNK))
             if extra is not None:
-                extra.update(data)
+                self._background.submit(extra.update, data)
             if data != _ZEROS[: len(data)]:
-                written = 0
-                while written < len(data):
-                    written += os.pwrite(fd, data[written:], offset + written)
+                self._background.submit(pwrite_all, fd, data, offset)
             offset += len(data)
             n -= len(data)
 
@@ -115,10 +122,11 @@ class _Stream:
             tail += chunk
             if len(tail) > MAX_TAIL:
                 raise CorruptPackageError(f"{self.what}: more than {MAX_TAIL} bytes after the cpio trailer")
-        self.pos += len(tail)
+        rest = bytes(tail)
+        self.pos += len(rest)
         for h in self._hashes:
-            h.update(tail)
-        return bytes(tail)
+            self._background.submit(h.update, rest)
+        return rest
 
 
 class _IndexTooSmall(Exception):
@@ -156,7 +164,9 @@ def _digest_expectations(prefix: PackagePrefix) -> tuple[list[tuple[str, Any, st
     if payload_digest:
         compressed.append(("payload digest", new_hash(algo), payload_digest[0]))
     alt = header.strings(Tag.PAYLOADDIGESTALT)
-    if alt:
+    # A matching compressed digest already proves the payload; the uncompressed
+    # one is then checked by verify() on the extents file instead.
+    if alt and not payload_digest:
         uncompressed.append(("uncompressed payload digest", new_hash(algo), alt[0]))
     md5 = prefix.signature.binary(SigTag.MD5)
     if not payload_digest and md5 is not None:
@@ -174,7 +184,6 @@ def _transcode_into(
     header_end = prefix.header_end
     f.seek(header_end)
     compressed_checks, uncompressed_checks = _digest_expectations(prefix)
-    check_files = not compressed_checks and not uncompressed_checks
     magic = f.read(6)
     f.seek(header_end)
     if not magic:
@@ -182,8 +191,30 @@ def _transcode_into(
     compressor = sniff(magic)
     total = os.fstat(f.fileno()).st_size - header_end
 
-    raw = HashingReader(f, [h for _, h, _ in compressed_checks], total, progress)
-    stream = _Stream(open_payload(raw, compressor), [h for _, h, _ in uncompressed_checks], what)
+    background = Background()
+    try:
+        return _parse_payload(
+            what, f, out_fd, prefix, entries, block_size, data_offset, progress, background,
+            compressor, compressed_checks, uncompressed_checks, total,
+        )
+    finally:
+        try:
+            background.close()
+        except Exception:
+            pass  # the error that stopped parsing is the one to report
+
+
+def _parse_payload(
+    what: str, f: Any, out_fd: int, prefix: PackagePrefix, entries: list[Entry], block_size: int,
+    data_offset: int, progress: Progress | None, background: Background, compressor: str,
+    compressed_checks: list[tuple[str, Any, str]], uncompressed_checks: list[tuple[str, Any, str]],
+    total: int,
+) -> tuple[Index, int]:
+    header_end = prefix.header_end
+    check_files = not compressed_checks and not uncompressed_checks
+    raw = HashingReader(f, [h for _, h, _ in compressed_checks], total, progress, background)
+    stream = _Stream(open_payload(raw, compressor), [h for _, h, _ in uncompressed_checks], what, background)
+    file_checks: list[tuple[Entry, Any]] = []
 
     by_path = {e.path: e for e in entries}
     expected = payload_sizes(entries)
@@ -254,8 +285,8 @@ def _transcode_into(
             flush_literal()
             file_hash = new_hash(entry.digest_algo) if check_files and entry.digest else None
             stream.copy_to(out_fd, next_data, size, file_hash)
-            if file_hash is not None and file_hash.hexdigest() != entry.digest:
-                raise CorruptPackageError(f"{what}: {entry.path} does not match its digest")
+            if file_hash is not None:
+                file_checks.append((entry, file_hash))
             records.append(Record(RecordKind.DATA, fx, next_data, size))
             next_data = align_up(next_data + size, block_size)
             data_bytes += size
@@ -267,9 +298,13 @@ def _transcode_into(
     if missing:
         raise CorruptPackageError(f"{what}: {missing[0]} is in the header but not in the payload")
     raw.drain()
+    background.close()  # every hash update and write is done after this
     for label, h, want in compressed_checks + uncompressed_checks:
         if h.hexdigest() != want:
             raise CorruptPackageError(f"{what}: {label} mismatch (the package is corrupt)")
+    for entry, h in file_checks:
+        if h.hexdigest() != entry.digest:
+            raise CorruptPackageError(f"{what}: {entry.path} does not match its digest")
 
     needed = Index.needed_size(len(records), len(literals))
     if header_end + needed > data_offset:
@@ -292,11 +327,15 @@ def transcode(
     *,
     block_size: int = layout.DEFAULT_BLOCK_SIZE,
     progress: Progress | None = None,
+    checksum: bool = True,
+    fsync: bool = True,
 ) -> TranscodeResult:
     """Transcode the RPM ``src`` into the extents RPM ``dst``.
 
     The original is checked first (header digests, payload digests); ``dst``
-    appears only when complete, and nothing is left behind on failure.
+    appears only when complete (written, fsynced unless ``fsync=False``, renamed),
+    and nothing is left behind on failure. With ``checksum=False`` the output is
+    not read back and the result's ``sha256`` is empty.
     """
 
     src_path, dst_path = Path(src), Path(dst)
@@ -338,12 +377,14 @@ def transcode(
                 os.pwrite(fd, index.pack(), index.index_start)
                 os.ftruncate(fd, index.file_size)
                 os.fchmod(fd, 0o644)
-                os.fsync(fd)
+                if fsync:
+                    os.fsync(fd)
                 digest = hashlib.sha256()
-                with open(fd, "rb", closefd=False) as out:
-                    out.seek(0)
-                    while chunk := out.read(CHUNK):
-                        digest.update(chunk)
+                if checksum:
+                    with open(fd, "rb", closefd=False) as out:
+                        out.seek(0)
+                        while chunk := out.read(CHUNK):
+                            digest.update(chunk)
                 os.rename(tmp_name, dst_path)
                 tmp_name = ""
             finally:
@@ -358,5 +399,5 @@ def transcode(
     return TranscodeResult(
         nevra=nevra, name=name, epoch=epoch, version=version, release=release, arch=arch,
         block_size=block_size, files=len(entries), data_bytes=data_bytes, size=index.file_size,
-        header_sha256=hashlib.sha256(prefix.raw).hexdigest(), sha256=digest.hexdigest(),
+        header_sha256=hashlib.sha256(prefix.raw).hexdigest(), sha256=digest.hexdigest() if checksum else "",
     )

@@ -22,6 +22,8 @@ def register(sub: Any) -> None:
                    help="output file, or an existing directory to write IN's name into")
     p.add_argument("--block-size", type=int, default=4096, metavar="N",
                    help="alignment of file data in bytes (power of two, default 4096)")
+    p.add_argument("--sync", action="store_true",
+                   help="fsync the output before renaming it into place (like cp, the default does not)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_transcode)
 
@@ -56,7 +58,8 @@ def cmd_transcode(args: argparse.Namespace) -> int:
         raise UsageError(f"{output}: refusing to overwrite the input")
     progress = Progress(f"transcode {args.input.name}")
     try:
-        result = transcode(args.input, output, block_size=args.block_size, progress=progress)
+        result = transcode(args.input, output, block_size=args.block_size, progress=progress,
+                            checksum=False, fsync=args.sync)
     finally:
         progress.close()
     if args.json:
