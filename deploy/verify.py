@@ -112,7 +112,10 @@ def check_package(pkg: InstalledPackage, tree: Path, owners: Owners) -> tuple[in
     return checked, out
 
 
-def verify(system: System, deployment_id: str | None = None) -> VerifyResult:
+def verify(
+    system: System, deployment_id: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyResult:
     """Verify a deployment (default: the default one) against its own header files."""
     current = system.load_state()
     deployment_id = deployment_id or current.default
@@ -122,10 +125,13 @@ def verify(system: System, deployment_id: str | None = None) -> VerifyResult:
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
     files, mismatches = 0, []
-    for pkg in installed_packages(tree):
+    packages = list(installed_packages(tree))
+    for i, pkg in enumerate(packages):
         n, bad = check_package(pkg, tree, owners)
         files += n
         mismatches.extend(bad)
+        if progress is not None:
+            progress(i + 1, len(packages))
     return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
 
 

@@ -217,7 +217,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             result = repair(system, args.deployment, refetcher(system, tuple(args.keyring)),
                             args.lock_wait)
         else:
-            result = verify(system, args.deployment)
+            bar = Progress("verify", unit="packages")
+            try:
+                result = verify(system, args.deployment, bar)
+            finally:
+                bar.close()
     if args.json:
         print_json(_jsonable(result))
     else:
