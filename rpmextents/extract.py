@@ -9,10 +9,11 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rpmextents import kernel
 from rpmextents.errors import Error, UnsafePathError
-from rpmextents.files import Entry, EntryType, Extent
+from rpmextents.files import Entry, EntryType, Extent, FileFlag
 from rpmextents.layout import align_up
 from rpmextents.package import ExtentsPackage
 
@@ -87,20 +88,32 @@ class Tree:
 
     Directory symlinks are followed the way rpm follows them under --root, but a
     symlink whose target climbs out of the tree is refused rather than clamped.
+    Entries are created relative to an open descriptor of their parent, which
+    saves a path lookup per file.
     """
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.root = os.fspath(root)
         self._dirs: dict[str, str] = {"": ""}  # logical dir -> resolved relative dir
+        self._fd_rel: str | None = None
+        self._fd = -1
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd, self._fd_rel = -1, None
+
+    def real(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
 
     def _resolve_dir(self, rel: str, hops: int = 0) -> str:
         known = self._dirs.get(rel)
         if known is not None:
             return known
-        parent, name = posixpath.split(rel)
+        parent, _, name = rel.rpartition("/")
         base = self._resolve_dir(parent, hops)
-        candidate = posixpath.join(base, name) if base else name
-        real = self.root / candidate
+        candidate = f"{base}/{name}" if base else name
+        real = self.real(candidate)
         try:
             st = os.lstat(real)
         except FileNotFoundError:
@@ -112,10 +125,9 @@ class Tree:
                 raise UnsafePathError(f"too many levels of symlinks at /{rel}")
             target = os.readlink(real)
             joined = target if target.startswith("/") else "/" + posixpath.join(base, target)
-            normal = posixpath.normpath(joined)
             if _climbs_out(joined):
                 raise UnsafePathError(f"/{rel} is a symlink to {target!r}, outside the destination")
-            resolved = self._resolve_dir(normal.lstrip("/"), hops + 1)
+            resolved = self._resolve_dir(posixpath.normpath(joined).lstrip("/"), hops + 1)
             self._dirs[rel] = resolved
             return resolved
         if not stat.S_ISDIR(st.st_mode):
@@ -123,14 +135,21 @@ class Tree:
         self._dirs[rel] = candidate
         return candidate
 
-    def place(self, path: str) -> Path:
-        """The real location of a package path, its parents created."""
-        rel = path.lstrip("/")
-        parent, name = posixpath.split(rel)
-        return self.root / self._resolve_dir(parent) / name
+    def place(self, path: str) -> tuple[int, str, str]:
+        """(parent directory fd, name, resolved relative path) of a package path.
 
-    def note_dir(self, path: str, real: Path) -> None:
-        self._dirs[path.lstrip("/")] = os.fspath(real.relative_to(self.root))
+        Missing parents are created; the fd stays valid until the next call.
+        """
+        parent, _, name = path.lstrip("/").rpartition("/")
+        real_parent = self._resolve_dir(parent)
+        if real_parent != self._fd_rel:
+            self.close()
+            self._fd = os.open(self.real(real_parent), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._fd_rel = real_parent
+        return self._fd, name, f"{real_parent}/{name}" if real_parent else name
+
+    def note_dir(self, path: str, real_rel: str) -> None:
+        self._dirs[path.lstrip("/")] = real_rel
 
 
 def _climbs_out(path: str) -> bool:
@@ -187,7 +206,7 @@ class DataWriter:
             done += os.pwrite(fd, chunk, done)
 
 
-def _apply_meta(path: Path, entry: Entry, owners: Owners, fd: int | None = None) -> None:
+def _apply_meta(entry: Entry, owners: Owners, fd: int | None, name: str, dir_fd: int | None) -> None:
     mode, uid, gid = owners.mode_and_ids(entry)
     if fd is not None:
         os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
@@ -195,25 +214,46 @@ def _apply_meta(path: Path, entry: Entry, owners: Owners, fd: int | None = None)
         if entry.caps:
             kernel.set_capabilities(fd, entry.caps)
         os.utime(fd, (entry.mtime, entry.mtime))
-    elif entry.type is EntryType.SYMLINK:
-        os.chown(path, uid, gid, follow_symlinks=False)
-        os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
-    else:
-        os.chown(path, uid, gid, follow_symlinks=False)
-        os.chmod(path, mode)
-        os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
-
-
-def _remove_existing(path: Path, entry: Entry) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        if entry.type is EntryType.DIR:
-            return
-        raise ExtractError(f"{entry.path}: a directory is in the way")
-    os.unlink(path)  # rpm replaces what is there
+    os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    if entry.type is not EntryType.SYMLINK:
+        os.chmod(name, mode, dir_fd=dir_fd)
+    os.utime(name, (entry.mtime, entry.mtime), dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _replacing(
+    entry: Entry, at_fd: int, at_name: str, create: Callable[..., Any], /, *args: Any, **kw: Any
+) -> Any:
+    """Create an entry; what is in the way is replaced, as rpm does, unless it is a directory."""
+    try:
+        return create(*args, **kw)
+    except FileExistsError:
+        if stat.S_ISDIR(os.lstat(at_name, dir_fd=at_fd).st_mode):
+            raise ExtractError(f"{entry.path}: a directory is in the way") from None
+        os.unlink(at_name, dir_fd=at_fd)
+    return create(*args, **kw)
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _new_file(entry: Entry, dir_fd: int, name: str) -> int:
+    fd: int = _replacing(entry, dir_fd, name, os.open, name, _NEW_FILE, 0o600, dir_fd=dir_fd)
+    return fd
+
+
+def _make_dir(entry: Entry, dir_fd: int, name: str) -> bool:
+    """Create a directory; False when a symlink to one already stands there (rpm keeps it)."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+        return True
+    except FileExistsError:
+        st = os.lstat(name, dir_fd=dir_fd)
+        if stat.S_ISDIR(st.st_mode):
+            return True
+        if stat.S_ISLNK(st.st_mode) and stat.S_ISDIR(os.stat(name, dir_fd=dir_fd).st_mode):
+            return False
+        raise ExtractError(f"{entry.path}: something that is not a directory is in the way") from None
 
 
 Relocate = Callable[[str], str]
@@ -238,53 +278,55 @@ def extract(
     tree = Tree(root)
     owners = owners if owners is not None else Owners.from_root(root)
     writer = DataWriter(pkg, method)
-    links: dict[int, Path] = {}
-    dirs: list[tuple[Path, Entry]] = []
+    links: dict[int, str] = {}
+    dirs: list[tuple[str, Entry]] = []
     files = 0
     written = 0
     entries = pkg.entries()
-    for entry in entries:
-        if entry.ghost:
-            continue  # rpm records %ghost files but does not create them
-        target = relocate(entry.path) if relocate is not None else entry.path
-        try:
-            real = tree.place(target)
-            _remove_existing(real, entry)
-            if entry.type is EntryType.DIR:
-                if not real.is_dir():
-                    os.mkdir(real, 0o700)
-                tree.note_dir(target, real)
-                dirs.append((real, entry))
-            elif entry.type is EntryType.FILE:
-                key = entry.hardlink_key
-                if key is not None and key in links:
-                    os.link(links[key], real)
-                    continue
-                fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                try:
-                    if entry.extent is not None:
-                        writer.write(entry.extent, fd)
-                        written += entry.extent.length
-                    _apply_meta(real, entry, owners, fd)
-                finally:
-                    os.close(fd)
-                files += 1
-                if key is not None:
-                    links[key] = real
-            elif entry.type is EntryType.SYMLINK:
-                os.symlink(entry.linkto, real)
-                _apply_meta(real, entry, owners)
-            else:
-                os.mknod(real, entry.mode, entry.rdev)
-                _apply_meta(real, entry, owners)
-        except OSError as e:
-            raise ExtractError(f"{entry.path}: {e.strerror or e}") from e
-    # Directory metadata last and deepest first, so adding entries doesn't change their mtimes.
-    for real, entry in reversed(dirs):
-        try:
-            _apply_meta(real, entry, owners)
-        except OSError as e:
-            raise ExtractError(f"{entry.path}: {e.strerror or e}") from e
+    try:
+        for entry in entries:
+            if entry.flags & FileFlag.GHOST:
+                continue  # rpm records %ghost files but does not create them
+            target = relocate(entry.path) if relocate is not None else entry.path
+            try:
+                dir_fd, name, real = tree.place(target)
+                etype = entry.type
+                if etype is EntryType.FILE:
+                    key = entry.hardlink_key
+                    if key is not None and key in links:
+                        _replacing(entry, dir_fd, name, os.link, links[key], name, dst_dir_fd=dir_fd)
+                        continue
+                    fd = _new_file(entry, dir_fd, name)
+                    try:
+                        if entry.extent is not None:
+                            writer.write(entry.extent, fd)
+                            written += entry.extent.length
+                        _apply_meta(entry, owners, fd, name, dir_fd)
+                    finally:
+                        os.close(fd)
+                    files += 1
+                    if key is not None:
+                        links[key] = tree.real(real)
+                elif etype is EntryType.DIR:
+                    if _make_dir(entry, dir_fd, name):
+                        tree.note_dir(target, real)
+                        dirs.append((tree.real(real), entry))
+                elif etype is EntryType.SYMLINK:
+                    _replacing(entry, dir_fd, name, os.symlink, entry.linkto, name, dir_fd=dir_fd)
+                    _apply_meta(entry, owners, None, name, dir_fd)
+                else:
+                    _replacing(entry, dir_fd, name, os.mknod, name, entry.mode, entry.rdev, dir_fd=dir_fd)
+                    _apply_meta(entry, owners, None, name, dir_fd)
+            except OSError as e:
+                raise ExtractError(f"{entry.path}: {e.strerror or e}") from e
+        # Directory metadata last and deepest first, so adding entries doesn't change their mtimes.
+        for real_path, entry in reversed(dirs):
+            try:
+                _apply_meta(entry, owners, None, real_path, None)
+            except OSError as e:
+                raise ExtractError(f"{entry.path}: {e.strerror or e}") from e
+    finally:
+        tree.close()
     return ExtractReport(
         entries=len(entries), files=files, reflinked=writer.reflinked, copied=writer.copied, bytes=written
     )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import rpm
 
 from rpmextents.errors import Error, VerifyError
 from rpmextents.header import Header, SigTag
@@ -16,7 +15,15 @@ from rpmextents.header import Header, SigTag
 # Header-only signature tags that rpm 4.18 can check without the payload.
 HEADER_SIGNATURE_TAGS = (SigTag.RSA, SigTag.DSA)
 
-rpm.setVerbosity(rpm.RPMLOG_CRIT)  # rpm's warnings go to stderr; we report in our own words
+
+
+@functools.cache
+def _rpm() -> Any:
+    """rpm's bindings, loaded on first use: importing them costs about 0.1 s."""
+    import rpm
+
+    rpm.setVerbosity(rpm.RPMLOG_CRIT)  # rpm's warnings go to stderr; we report in our own words
+    return rpm
 
 
 class KeyFileError(Error):
@@ -46,6 +53,7 @@ class Keyring:
         return cls.from_files(files)
 
     def rpm_keyring(self) -> Any:
+        rpm = _rpm()
         keyring = rpm.keyring()
         for path in self.files:
             try:
@@ -90,6 +98,7 @@ def check_header(path: str | os.PathLike[str], signature: Header, keyring: Keyri
     Returns "verified" or "not checked". rpm reads only the lead and the headers
     here, so this works on original and extents RPMs alike.
     """
+    rpm = _rpm()
     ts = rpm.TransactionSet()
     if keyring is None:
         ts.setVSFlags(rpm.RPMVSF_MASK_NOSIGNATURES)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import bz2
-import gzip
 import hashlib
 import io
 import lzma
 import os
 import queue
 import threading
+import zlib
 from collections.abc import Callable
 from typing import IO, Any, BinaryIO, cast
-
-import zstandard
 
 from rpmextents.errors import UnsupportedPackageError
 
@@ -60,6 +58,39 @@ class HashingReader(io.RawIOBase):
             pass
 
 
+class GzipReader:
+    """gzip members decompressed by zlib, which also checks each member's CRC and size.
+
+    Python's GzipFile computes the CRC again in a separate pass; this does not.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._z = zlib.decompressobj(wbits=31)
+        self._in = b""
+        self._eof = False
+
+    def read(self, n: int = CHUNK) -> bytes:
+        while not self._eof:
+            if self._z.eof:
+                rest = self._z.unused_data or self._raw.read(CHUNK)
+                if not rest.strip(b"\0"):
+                    self._eof = True  # what follows is left for the caller's digest
+                    break
+                self._z = zlib.decompressobj(wbits=31)  # another gzip member follows
+                self._in = rest
+                continue
+            if not self._in:
+                self._in = self._raw.read(CHUNK)
+                if not self._in:
+                    raise EOFError("the compressed payload ends inside its gzip stream")
+            data = self._z.decompress(self._in, n)
+            self._in = self._z.unconsumed_tail
+            if data:
+                return data
+        return b""
+
+
 def sniff(magic: bytes) -> str:
     """The payload compressor from its first bytes (rpm itself reads unknown
     "gzip" payloads that are not compressed at all, so the tag is not enough)."""
@@ -82,7 +113,7 @@ def open_payload(raw: HashingReader, compressor: str) -> IO[bytes]:
     """A reader of the uncompressed payload over the raw (compressed) one."""
     buffered = io.BufferedReader(raw, CHUNK)
     if compressor == "gzip":
-        return cast(IO[bytes], gzip.GzipFile(fileobj=buffered, mode="rb"))
+        return cast(IO[bytes], GzipReader(buffered))
     if compressor == "bzip2":
         return cast(IO[bytes], bz2.BZ2File(buffered, "rb"))
     if compressor == "xz":
@@ -90,6 +121,8 @@ def open_payload(raw: HashingReader, compressor: str) -> IO[bytes]:
     if compressor == "lzma":
         return cast(IO[bytes], lzma.LZMAFile(buffered, "rb", format=lzma.FORMAT_ALONE))
     if compressor == "zstd":
+        import zstandard  # only zstd payloads need it
+
         reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
             buffered, read_size=CHUNK, read_across_frames=True
         )
@@ -145,3 +178,58 @@ def pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+
+
+class Prefetch:
+    """Reads a decompressing reader ahead on its own thread.
+
+    Decompressors release the GIL, so the payload is decompressed while the
+    caller parses what came before. read() returns the next chunk whatever its
+    size; errors from the reader are raised again there.
+    """
+
+    _END = object()
+
+    def __init__(self, reader: IO[bytes], chunk: int = CHUNK, depth: int = 8) -> None:
+        self._reader = reader
+        self._chunk = chunk
+        self._queue: queue.Queue[object] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="rpmextents-decompress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._reader.read(self._chunk)
+                self._put(data if data else self._END)
+                if not data:
+                    return
+        except BaseException as e:
+            self._put(e)
+
+    def _put(self, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, n: int = -1) -> bytes:
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if item is self._END:
+            self._done = True
+            return b""
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        assert isinstance(item, bytes)
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

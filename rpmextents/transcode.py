@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rpmextents import layout
 from rpmextents.errors import CorruptPackageError, Error, FormatError, UnsupportedPackageError
@@ -20,6 +20,7 @@ from rpmextents.payload import (
     CHUNK,
     Background,
     HashingReader,
+    Prefetch,
     new_hash,
     open_payload,
     pwrite_all,
@@ -67,7 +68,7 @@ def nevra_of(header: Header) -> tuple[str, int | None, str, str, str, str]:
 class _Stream:
     """The uncompressed payload, read forward, hashed as it goes."""
 
-    def __init__(self, reader: IO[bytes], hashes: list[Any], what: str, background: Background) -> None:
+    def __init__(self, reader: Prefetch, hashes: list[Any], what: str, background: Background) -> None:
         self._reader = reader
         self._hashes = hashes
         self._background = background
@@ -213,7 +214,23 @@ def _parse_payload(
     header_end = prefix.header_end
     check_files = not compressed_checks and not uncompressed_checks
     raw = HashingReader(f, [h for _, h, _ in compressed_checks], total, progress, background)
-    stream = _Stream(open_payload(raw, compressor), [h for _, h, _ in uncompressed_checks], what, background)
+    prefetch = Prefetch(open_payload(raw, compressor))
+    try:
+        return _parse_stream(
+            what, prefetch, raw, out_fd, prefix, entries, block_size, data_offset, background,
+            compressed_checks, uncompressed_checks, check_files, header_end,
+        )
+    finally:
+        prefetch.close()
+
+
+def _parse_stream(
+    what: str, prefetch: Prefetch, raw: HashingReader, out_fd: int, prefix: PackagePrefix,
+    entries: list[Entry], block_size: int, data_offset: int, background: Background,
+    compressed_checks: list[tuple[str, Any, str]], uncompressed_checks: list[tuple[str, Any, str]],
+    check_files: bool, header_end: int,
+) -> tuple[Index, int]:
+    stream = _Stream(prefetch, [h for _, h, _ in uncompressed_checks], what, background)
     file_checks: list[tuple[Entry, Any]] = []
 
     by_path = {e.path: e for e in entries}
@@ -297,6 +314,7 @@ def _parse_payload(
     missing = [e.path for e in entries if not e.ghost and e.index not in seen]
     if missing:
         raise CorruptPackageError(f"{what}: {missing[0]} is in the header but not in the payload")
+    prefetch.close()
     raw.drain()
     background.close()  # every hash update and write is done after this
     for label, h, want in compressed_checks + uncompressed_checks:

@@ -308,3 +308,20 @@ def test_struct_sizes_are_pinned() -> None:
     assert layout.HEAD.size == 72
     assert layout.RECORD.size == 24
     assert struct.calcsize("<IiQQ") == 24
+
+
+def test_gzip_reader_members_padding_and_truncation() -> None:
+    import gzip
+    import io
+
+    from rpmextents.payload import GzipReader
+
+    first, second = os.urandom(300_000), b"second member " * 1000
+    stream = gzip.compress(first) + gzip.compress(second) + b"\0" * 512
+    reader = GzipReader(io.BytesIO(stream))
+    out = b"".join(iter(lambda: reader.read(65536), b""))
+    assert out == first + second
+    truncated = GzipReader(io.BytesIO(gzip.compress(first)[:-100]))
+    with pytest.raises(EOFError):
+        while truncated.read(65536):
+            pass
