@@ -257,6 +257,7 @@ def _make_dir(entry: Entry, dir_fd: int, name: str) -> bool:
 
 
 Relocate = Callable[[str], str]
+_GHOST = int(FileFlag.GHOST)
 
 
 def extract(
@@ -285,7 +286,7 @@ def extract(
     entries = pkg.entries()
     try:
         for entry in entries:
-            if entry.flags & FileFlag.GHOST:
+            if entry.flags & _GHOST:
                 continue  # rpm records %ghost files but does not create them
             target = relocate(entry.path) if relocate is not None else entry.path
             try:

@@ -48,6 +48,10 @@ class FileFlag(enum.IntFlag):
     ARTIFACT = 1 << 12
 
 
+_GHOST = int(FileFlag.GHOST)
+_CONFIG = int(FileFlag.CONFIG)
+
+
 @dataclass(frozen=True)
 class Extent:
     """File data at [offset, offset + length) of an extents RPM.
@@ -83,11 +87,11 @@ class Entry:
 
     @property
     def ghost(self) -> bool:
-        return bool(self.flags & FileFlag.GHOST)
+        return bool(self.flags & _GHOST)
 
     @property
     def config(self) -> bool:
-        return bool(self.flags & FileFlag.CONFIG)
+        return bool(self.flags & _CONFIG)
 
 
 def _column(values: list[int] | list[str], count: int, what: str, fill: int | str) -> list[int] | list[str]:
@@ -124,8 +128,9 @@ def check_path(path: str) -> None:
         raise FormatError(f"unsafe file name {path!r}: not normalised")
 
 
-def header_files(header: Header) -> list[Entry]:
-    """The header's file list, without data extents."""
+def header_files(header: Header, data: dict[int, Extent] | None = None) -> list[Entry]:
+    """The header's file list; with ``data`` (file index -> extent of the stored
+    content), every regular file gets its extent, hardlinks sharing one."""
     paths = file_paths(header)
     n = len(paths)
     if n == 0:
@@ -152,13 +157,24 @@ def header_files(header: Header) -> list[Entry]:
     # Regular, non-ghost files sharing (device, inode) are hardlinks, as rpm groups them.
     groups_by_inode: dict[tuple[int, int], list[int]] = {}
     for i in range(n):
-        if stat.S_ISREG(int(modes[i])) and not int(flags[i]) & FileFlag.GHOST and int(inodes[i]) > 0:
+        if stat.S_ISREG(int(modes[i])) and not int(flags[i]) & _GHOST and int(inodes[i]) > 0:
             groups_by_inode.setdefault((int(devices[i]), int(inodes[i])), []).append(i)
     hardlink_key: dict[int, int] = {}
     for members in groups_by_inode.values():
         if len(members) > 1:
             for i in members:
                 hardlink_key[i] = members[0]
+
+    group_extent: dict[int, Extent] = {}
+    for fx, stored in (data or {}).items():
+        if fx >= n:
+            raise FormatError(f"extents index refers to file {fx}, the header has {n}")
+        if not stat.S_ISREG(int(modes[fx])) or int(flags[fx]) & _GHOST or int(sizes[fx]) != stored.length:
+            raise FormatError(f"extents index data for {paths[fx]} does not fit its header entry")
+        key = hardlink_key.get(fx, -1 - fx)
+        if key in group_extent:
+            raise FormatError(f"extents index stores {paths[fx]} twice")
+        group_extent[key] = stored
 
     entries = []
     for i, path in enumerate(paths):
@@ -167,6 +183,11 @@ def header_files(header: Header) -> list[Entry]:
         etype = _TYPES.get(stat.S_IFMT(mode))
         if etype is None:
             raise FormatError(f"header: {path} has an unknown file type in mode {mode:o}")
+        extent = None
+        if data is not None and etype is EntryType.FILE and int(sizes[i]) > 0 and not int(flags[i]) & _GHOST:
+            extent = group_extent.get(hardlink_key.get(i, -1 - i))
+            if extent is None:
+                raise FormatError(f"extents index has no data for {path}")
         entries.append(
             Entry(
                 index=i,
@@ -184,6 +205,7 @@ def header_files(header: Header) -> list[Entry]:
                 digest_algo=digest_algo,
                 flags=int(flags[i]),
                 hardlink_key=hardlink_key.get(i),
+                extent=extent,
             )
         )
     return entries

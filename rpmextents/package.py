@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 from rpmextents import layout
 from rpmextents.errors import Error, FormatError, VerifyError
-from rpmextents.files import Entry, EntryType, Extent, header_files
+from rpmextents.files import Entry, Extent, header_files
 from rpmextents.header import HASH_ALGOS, Tag, TagValue, read_prefix
 from rpmextents.keyring import Keyring, check_header
 from rpmextents.layout import Index, RecordKind, align_up
@@ -65,7 +64,10 @@ class ExtentsPackage:
         _, index_size, *_ = layout.parse_head(head, start, self.size)
         region = os.pread(fd, index_size, start)
         self.index: Index = layout.parse(region, start, self.size)
-        self._entries = self._attach_extents(header_files(self.header))
+        data = {r.fx: Extent(r.a, r.b) for r in self.index.data_records()}
+        if len(data) != sum(1 for _ in self.index.data_records()):
+            raise FormatError("extents index stores a file twice")
+        self._entries = header_files(self.header, data)
         nevra, self.epoch, self.name, self.version, self.release, self.arch = nevra_of(self.header)
         self.nevra = nevra
 
@@ -98,30 +100,6 @@ class ExtentsPackage:
 
     def fileno(self) -> int:
         return self._fd
-
-    def _attach_extents(self, entries: list[Entry]) -> list[Entry]:
-        extents: dict[int, Extent] = {}
-        for record in self.index.data_records():
-            fx = record.fx
-            if fx >= len(entries):
-                raise FormatError(f"extents index refers to file {fx}, the header has {len(entries)}")
-            entry = entries[fx]
-            if entry.type is not EntryType.FILE or entry.ghost or entry.size != record.b:
-                raise FormatError(f"extents index data for {entry.path} does not fit its header entry")
-            key = entry.hardlink_key if entry.hardlink_key is not None else -1 - fx
-            if key in extents:
-                raise FormatError(f"extents index stores {entry.path} twice")
-            extents[key] = Extent(record.a, record.b)
-        result = []
-        for entry in entries:
-            if entry.type is EntryType.FILE and entry.size > 0 and not entry.ghost:
-                key = entry.hardlink_key if entry.hardlink_key is not None else -1 - entry.index
-                extent = extents.get(key)
-                if extent is None:
-                    raise FormatError(f"extents index has no data for {entry.path}")
-                entry = dataclasses.replace(entry, extent=extent)
-            result.append(entry)
-        return result
 
     @property
     def block_size(self) -> int:

@@ -1,0 +1,74 @@
+"""Where rpmimg keeps its data on the sysroot's filesystem.
+
+    TOP/@rpmimg/                      a directory in the btrfs top level (subvolid=5)
+      state.json                      deployments, default, pinned, known bad (replaced atomically)
+      lock                            flock()ed by the one mutating rpmimg; holds its pid
+      usr-default.conf                kernel arguments selecting the default deployment's /usr
+      store/<sha[:2]>/<sha256>.rpm    verified extents RPMs, content-addressed, read-only
+      deployments/<ID>/               one read-only subvolume per deployment: its /usr tree
+      staging/                        partial downloads and deployments being built
+
+TOP is the sysroot itself when it is the top level; otherwise rpmimg mounts the top
+level privately (see deploy.mounts). A deployment subvolume is the /usr tree itself,
+so `mount.usr=UUID=<fs> mount.usrflags=subvol=/@rpmimg/deployments/<ID>,ro` selects it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DIRNAME = "@rpmimg"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of rpmimg's data under a mounted btrfs top level."""
+
+    top: Path  # where the top level is mounted (in this process)
+    sysroot: Path
+
+    @property
+    def root(self) -> Path:
+        return self.top / DIRNAME
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "lock"
+
+    @property
+    def boot_file(self) -> Path:
+        return self.root / "usr-default.conf"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def deployments(self) -> Path:
+        return self.root / "deployments"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def downloads(self) -> Path:
+        return self.staging / "downloads"
+
+    def deployment(self, deployment_id: str) -> Path:
+        return self.deployments / deployment_id
+
+    def subvol_path(self, deployment_id: str) -> str:
+        """The deployment's path inside the filesystem, as mount's subvol= option wants it."""
+        return f"/{DIRNAME}/deployments/{deployment_id}"
+
+    def create(self) -> None:
+        """Make the directories (idempotent)."""
+        for d in (self.root, self.store, self.deployments, self.staging, self.downloads):
+            os.makedirs(d, exist_ok=True)

@@ -1,0 +1,160 @@
+"""Changing which deployments exist and which is default: rollback, pin, cleanup, recovery."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.errors import DeploymentError
+from deploy.lock import DEFAULT_WAIT, sysroot_lock
+from deploy.state import DeploymentRecord, State
+from deploy.store import Store
+from deploy.system import System
+from rpmextents import kernel
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def mutating(system: System, lock_wait: float = DEFAULT_WAIT) -> Iterator[State]:
+    """Hold the sysroot lock, remove what a killed run left behind, yield the current state."""
+    system.layout.create()
+    with sysroot_lock(system.layout.lock_file, lock_wait):
+        current = system.load_state()
+        recover(system, current)
+        yield current
+
+
+def _delete_subvolume_or_tree(path: Path) -> None:
+    if kernel.is_subvolume(path):
+        kernel.subvolume_delete(path)
+    elif path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def recover(system: System, current: State) -> list[str]:
+    """Delete half-built deployments and unrecorded ones; make the boot file match the state.
+
+    Partial downloads are kept so that the next fetch resumes them.
+    """
+    layout = system.layout
+    removed = []
+    for entry in sorted(layout.staging.iterdir()):
+        if entry == layout.downloads:
+            continue
+        _delete_subvolume_or_tree(entry)
+        removed.append(os.fspath(entry))
+    known = {d.id for d in current.deployments}
+    for entry in sorted(layout.deployments.iterdir()):
+        if entry.name not in known:
+            _delete_subvolume_or_tree(entry)
+            removed.append(os.fspath(entry))
+    for tmp in layout.root.glob(".*.tmp-*"):
+        tmp.unlink()
+    for d in layout.store.glob("*/*"):
+        if not d.name.endswith(".rpm"):
+            d.unlink()
+            removed.append(os.fspath(d))
+    if removed:
+        log.info("removed leftovers of an interrupted run: %s", ", ".join(removed))
+    system.write_boot_file(current)
+    return removed
+
+
+def previous_of(current: State, deployment_id: str) -> DeploymentRecord | None:
+    """The newest deployment created before deployment_id that is not known bad."""
+    ids = [d.id for d in current.deployments]
+    at = ids.index(deployment_id)
+    for d in reversed(current.deployments[:at]):
+        if d.id not in current.bad:
+            return d
+    return None
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    previous: str
+    default: str
+
+
+def rollback(system: System, lock_wait: float = DEFAULT_WAIT) -> RollbackResult:
+    """Make the deployment before the default the new default; mark the old one bad."""
+    with mutating(system, lock_wait) as current:
+        if current.default is None:
+            raise DeploymentError("nothing is deployed, so there is nothing to roll back")
+        target = previous_of(current, current.default)
+        if target is None:
+            raise DeploymentError(
+                f"deployment {current.default} is the oldest one; there is nothing to roll back to"
+            )
+        new = dataclasses.replace(
+            current, default=target.id, bad=(*current.bad, current.default)
+        )
+        system.save_state(new)
+        system.write_boot_file(new)
+        return RollbackResult(previous=current.default, default=target.id)
+
+
+def pin(system: System, deployment_id: str, pinned: bool, lock_wait: float = DEFAULT_WAIT) -> None:
+    """Protect a deployment from cleanup (or remove that protection)."""
+    with mutating(system, lock_wait) as current:
+        record = current.get(deployment_id)
+        system.save_state(current.replace_deployment(dataclasses.replace(record, pinned=pinned)))
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    removed_deployments: tuple[str, ...]
+    removed_packages: int
+    freed_store_bytes: int
+    leftovers: tuple[str, ...]
+
+
+def cleanup(system: System, keep: int, lock_wait: float = DEFAULT_WAIT) -> CleanupResult:
+    """Keep the newest `keep` deployments plus the booted, default and pinned ones; remove the
+    rest, then store entries no kept deployment needs, and partial downloads."""
+    if keep < 1:
+        raise DeploymentError(f"--keep {keep}: must keep at least one deployment")
+    with mutating(system, lock_wait) as current:
+        leftovers = tuple(recover(system, current))
+        protected = {current.default, system.booted()}
+        newest = [d.id for d in current.deployments][-keep:]
+        keepers = [
+            d for d in current.deployments
+            if d.id in protected or d.pinned or d.id in newest
+        ]
+        drop = [d for d in current.deployments if d not in keepers]
+        new = dataclasses.replace(
+            current,
+            deployments=tuple(keepers),
+            bad=tuple(b for b in current.bad if any(k.id == b for k in keepers)),
+        )
+        # Record first: a crash then leaves unrecorded subvolumes, which recover() removes.
+        system.save_state(new)
+        for d in drop:
+            path = system.layout.deployment(d.id)
+            if path.exists():
+                kernel.subvolume_delete(path)
+        needed = {p.sha256 for d in keepers for p in d.packages}
+        store = Store(system.layout.store)
+        removed, freed = 0, 0
+        for sha in list(store):
+            if sha not in needed:
+                freed += store.remove(sha)
+                removed += 1
+        shutil.rmtree(system.layout.downloads, ignore_errors=True)
+        system.layout.downloads.mkdir()
+        return CleanupResult(
+            removed_deployments=tuple(d.id for d in drop),
+            removed_packages=removed,
+            freed_store_bytes=freed,
+            leftovers=leftovers,
+        )

@@ -1,0 +1,140 @@
+"""Read-only views of a sysroot: status of its deployments, package diffs between them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from deploy.errors import DeploymentError
+from deploy.headers import InstalledPackage, installed_packages
+from deploy.lifecycle import previous_of
+from deploy.state import State
+from deploy.system import System
+from rpmextents import kernel
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    id: str
+    image: str
+    version: str
+    packages: int
+    created: str
+    default: bool
+    booted: bool
+    pinned: bool
+    bad: bool
+    path: str | None  # the /usr tree, when reachable outside rpmimg's private mount
+    subvol: str
+    exclusive_bytes: int | None
+
+
+def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
+    """Every recorded deployment, oldest first."""
+    current = system.load_state()
+    booted = system.booted()
+    out = []
+    for d in current.deployments:
+        path = system.layout.deployment(d.id)
+        if system.visible:
+            shown: str | None = os.fspath(path)
+        elif d.id == booted:
+            shown = os.fspath(system.sysroot / "usr")
+        else:
+            shown = None
+        out.append(
+            DeploymentStatus(
+                id=d.id, image=d.image, version=d.version, packages=len(d.packages),
+                created=d.created, default=d.id == current.default, booted=d.id == booted,
+                pinned=d.pinned, bad=d.id in current.bad, path=shown,
+                subvol=system.layout.subvol_path(d.id),
+                exclusive_bytes=kernel.exclusive_bytes([path]) if measure else None,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class PackageChange:
+    kind: str  # "added", "removed", "upgraded", "downgraded"
+    name: str
+    arch: str
+    old: str | None
+    new: str | None
+
+
+@dataclass(frozen=True)
+class Diff:
+    old: str
+    new: str
+    changes: tuple[PackageChange, ...]
+
+
+def _evr_cmp(a: InstalledPackage, b: InstalledPackage) -> int:
+    import rpm
+
+    def evr(p: InstalledPackage) -> tuple[str, str, str]:
+        return (str(p.epoch or 0), p.version, p.release)
+
+    result: int = rpm.labelCompare(evr(a), evr(b))
+    return result
+
+
+def diff_packages(old: Iterable[InstalledPackage], new: Iterable[InstalledPackage]) -> list[PackageChange]:
+    """Package-level differences between two package sets."""
+    def group(pkgs: Iterable[InstalledPackage]) -> dict[tuple[str, str], dict[str, InstalledPackage]]:
+        groups: dict[tuple[str, str], dict[str, InstalledPackage]] = {}
+        for p in pkgs:
+            groups.setdefault((p.name, p.arch), {})[p.evr] = p
+        return groups
+
+    a, b = group(old), group(new)
+    changes = []
+    for key in sorted(a.keys() | b.keys()):
+        name, arch = key
+        olds, news = a.get(key, {}), b.get(key, {})
+        if len(olds) == 1 and len(news) == 1:
+            (o,), (n,) = olds.values(), news.values()
+            c = _evr_cmp(o, n)
+            if c:
+                kind = "upgraded" if c < 0 else "downgraded"
+                changes.append(PackageChange(kind, name, arch, o.evr, n.evr))
+            continue
+        # Multiversion packages (kernels): each version is added or removed by itself.
+        for evr in sorted(olds.keys() - news.keys()):
+            changes.append(PackageChange("removed", name, arch, evr, None))
+        for evr in sorted(news.keys() - olds.keys()):
+            changes.append(PackageChange("added", name, arch, None, evr))
+    return changes
+
+
+def default_pair(current: State, booted: str | None) -> tuple[str, str]:
+    """What `diff` compares without arguments: what the next boot changes, or the last update."""
+    if current.default is None:
+        raise DeploymentError("nothing is deployed")
+    if booted is not None and booted != current.default and current.find(booted):
+        return booted, current.default
+    previous = previous_of(current, current.default)
+    if previous is None:
+        raise DeploymentError(f"deployment {current.default} has no earlier deployment to compare with")
+    return previous.id, current.default
+
+
+def diff(system: System, old: str | None = None, new: str | None = None) -> Diff:
+    """Compare two deployments' header files (defaults: see default_pair; one id: it vs default)."""
+    current = system.load_state()
+    if old is None:
+        old, new = default_pair(current, system.booted())
+    elif new is None:
+        if current.default is None:
+            raise DeploymentError("nothing is deployed")
+        new = current.default
+    for d in (old, new):
+        current.get(d)
+    assert new is not None
+    changes = diff_packages(
+        installed_packages(system.layout.deployment(old)),
+        installed_packages(system.layout.deployment(new)),
+    )
+    return Diff(old=old, new=new, changes=tuple(changes))

@@ -1,0 +1,94 @@
+"""Build a deployment's /usr tree from extents RPMs with rpmextents' extraction.
+
+A deployment is only a /usr, so paths are relocated: /usr/X becomes X in the tree,
+and a path outside /usr goes under share/factory/ with its original path (systemd's
+place for vendor defaults). Owner names resolve against the sysroot's /etc, the
+system the deployment is for, like rpm resolves them against its --root.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rpmextents import ExtentsPackage, Owners, extract, kernel
+from rpmextents.extract import NO_REFLINK
+
+FACTORY = "share/factory"
+HEADER_DIR = "lib/sysimage/packages"
+
+
+def relocate(path: str) -> tuple[str, bool]:
+    """The entry's path relative to the tree, and whether it lies outside /usr."""
+    if path == "/usr":
+        return "", False
+    if path.startswith("/usr/"):
+        return path[len("/usr/") :], False
+    return f"{FACTORY}{path.rstrip('/')}", True
+
+
+def _extract_path(path: str) -> str:
+    # extract() creates its relocated paths below the destination, as absolute paths.
+    return "/" + relocate(path)[0]
+
+
+def header_file_name(pkg: ExtentsPackage) -> str:
+    return f"{pkg.name}-{pkg.version}-{pkg.release}.{pkg.arch}.rpm"
+
+
+@dataclass
+class TreeStats:
+    files: int = 0
+    reflinked: int = 0
+    copied: int = 0
+    bytes: int = 0
+    outside_usr: dict[str, list[str]] = field(default_factory=dict)
+    unknown_owners: set[str] = field(default_factory=set)
+
+
+class TreeBuilder:
+    """Extracts packages, relocated, into a directory (a new subvolume) that becomes /usr."""
+
+    def __init__(self, root: Path, sysroot: Path) -> None:
+        self.root = root
+        self.owners = Owners.from_root(sysroot)
+        self.stats = TreeStats()
+
+    def add_package(self, pkg: ExtentsPackage) -> None:
+        """Write every entry of pkg (ghosts excepted, as with rpm) and its header file."""
+        report = extract(pkg, self.root, method="auto", owners=self.owners, relocate=_extract_path)
+        self.stats.files += report.files
+        self.stats.reflinked += report.reflinked
+        self.stats.copied += report.copied
+        self.stats.bytes += report.bytes
+        entries = [e for e in pkg.entries() if not e.ghost]
+        outside = [e.path for e in entries if relocate(e.path)[1]]
+        if outside:
+            self.stats.outside_usr[pkg.nevra] = outside
+        self.stats.unknown_owners |= {
+            f"user {e.user}" for e in entries if e.user not in self.owners.users
+        } | {f"group {e.group}" for e in entries if e.group not in self.owners.groups}
+        self.write_header(pkg)
+
+    def write_header(self, pkg: ExtentsPackage) -> None:
+        """Store pkg's lead, signature and header as lib/sysimage/packages/N-V-R.A.rpm.
+
+        The bytes are reflinked from the package (they are its first header_end bytes), so
+        a header file costs one block of its own at most: the one cut at header_end.
+        """
+        path = self.root / HEADER_DIR / header_file_name(pkg)
+        os.makedirs(path.parent, mode=0o755, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            end = pkg.header_end
+            length = (end + pkg.block_size - 1) // pkg.block_size * pkg.block_size
+            try:
+                # Length 0 clones to the end of the package, when that is before the block's end.
+                kernel.clone_range(pkg.fileno(), 0, 0 if length >= pkg.size else length, f.fileno(), 0)
+                os.ftruncate(f.fileno(), end)
+            except OSError as e:
+                if e.errno not in NO_REFLINK:
+                    raise
+                os.ftruncate(f.fileno(), 0)
+                f.write(pkg.header_bytes())

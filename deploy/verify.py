@@ -1,0 +1,182 @@
+"""`rpmimg verify`: every file of a deployment against its package headers, like `rpm -V`.
+
+`--repair` rewrites damaged entries from the store (refetching a package the store
+no longer has, from the manifest the deployment came from) and verifies again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import DeploymentError, PackageError
+from deploy.headers import DIGEST_ALGOS, InstalledPackage, installed_packages
+from deploy.lock import DEFAULT_WAIT
+from deploy.state import DeploymentRecord
+from deploy.store import Store
+from deploy.system import System
+from deploy.tree import TreeBuilder, relocate
+from rpmextents import ExtentsPackage, Owners, kernel
+
+RPMFILE_GHOST = 1 << 6
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One file that differs from its header; `what` lists rpm -V's attributes."""
+
+    package: str
+    path: str  # the path rpm knows ("/usr/bin/foo", "/etc/foo")
+    location: str  # where it is in the deployment tree
+    what: tuple[str, ...]  # "missing", "type", "mode", "owner", "group", "size", "digest", "link", "mtime", "rdev", "caps"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    deployment: str
+    files: int
+    mismatches: tuple[Mismatch, ...]
+    repaired: tuple[str, ...] = ()
+
+
+def _digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_file(f: Any, algo: str, tree: Path, owners: Owners) -> tuple[str, list[str]]:
+    """Compare one rpm.file of a header with what the tree holds; returns (location, what)."""
+    rel, _ = relocate(f.name)
+    path = tree / rel if rel else tree
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return rel, ["missing"]
+    if stat.S_IFMT(st.st_mode) != stat.S_IFMT(f.mode):
+        return rel, ["type"]
+    # rpm.file has the mode, user and group an Entry has: resolve them exactly as extract did.
+    mode, uid, gid = owners.mode_and_ids(f)
+    what = []
+    if not stat.S_ISLNK(f.mode) and stat.S_IMODE(st.st_mode) != mode:
+        what.append("mode")
+    if st.st_uid != uid:
+        what.append("owner")
+    if st.st_gid != gid:
+        what.append("group")
+    if stat.S_ISREG(f.mode):
+        if st.st_size != f.size:
+            what.append("size")
+        if f.digest and _digest(path, algo) != f.digest:
+            what.append("digest")
+        if bool(f.caps) != _has_caps(path):
+            what.append("caps")
+    if stat.S_ISLNK(f.mode) and os.readlink(path) != f.linkto:
+        what.append("link")
+    if (stat.S_ISCHR(f.mode) or stat.S_ISBLK(f.mode)) and st.st_rdev != f.rdev:
+        what.append("rdev")
+    if not stat.S_ISDIR(f.mode) and int(st.st_mtime) != f.mtime:
+        what.append("mtime")
+    return rel, what
+
+
+def _has_caps(path: Path) -> bool:
+    try:
+        os.getxattr(path, "security.capability", follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def check_package(pkg: InstalledPackage, tree: Path, owners: Owners) -> tuple[int, list[Mismatch]]:
+    """Compare one package's files in tree with its header; returns (files checked, mismatches)."""
+    import rpm
+
+    algo = DIGEST_ALGOS.get(pkg.header[rpm.RPMTAG_FILEDIGESTALGO] or 1, "md5")
+    checked, out = 0, []
+    for f in rpm.files(pkg.header):
+        if f.fflags & RPMFILE_GHOST:
+            continue
+        checked += 1
+        rel, what = _check_file(f, algo, tree, owners)
+        if what:
+            out.append(Mismatch(pkg.nvra, f.name, rel, tuple(what)))
+    return checked, out
+
+
+def verify(
+    system: System, deployment_id: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyResult:
+    """Verify a deployment (default: the default one) against its own header files."""
+    current = system.load_state()
+    deployment_id = deployment_id or current.default
+    if deployment_id is None:
+        raise DeploymentError("nothing is deployed")
+    current.get(deployment_id)
+    tree = system.layout.deployment(deployment_id)
+    owners = Owners.from_root(system.sysroot)
+    files, mismatches = 0, []
+    packages = list(installed_packages(tree))
+    for i, pkg in enumerate(packages):
+        n, bad = check_package(pkg, tree, owners)
+        files += n
+        mismatches.extend(bad)
+        if progress is not None:
+            progress(i + 1, len(packages))
+    return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
+
+
+Refetch = Callable[[DeploymentRecord, str], Path]
+
+
+def _ensure_stored(system: System, record: DeploymentRecord, nvra: str, refetch: Refetch) -> Path:
+    store = Store(system.layout.store)
+    package = next((p for p in record.packages if p.nvra == nvra), None)
+    if package is None:
+        raise DeploymentError(f"deployment {record.id}: {nvra} is not one of its packages")
+    if not store.has(package.sha256):
+        refetch(record, nvra)
+    if not store.has(package.sha256):
+        raise PackageError(f"{nvra}: could not be brought back into the store")
+    return store.path(package.sha256)
+
+
+def repair(
+    system: System, deployment_id: str | None, refetch: Refetch, lock_wait: float = DEFAULT_WAIT
+) -> VerifyResult:
+    """Re-extract every package with a mismatching file from the store, then verify again.
+
+    Extraction reflinks, so rewriting a whole package costs no data copies; it also
+    restores hardlink groups and directory metadata that a single file would not.
+    """
+    from deploy.lifecycle import mutating
+
+    with mutating(system, lock_wait) as current:
+        before = verify(system, deployment_id)
+        if not before.mismatches:
+            return before
+        record = current.get(before.deployment)
+        tree = system.layout.deployment(record.id)
+        damaged = sorted({m.package for m in before.mismatches})
+        stored = [_ensure_stored(system, record, nvra, refetch) for nvra in damaged]
+        kernel.subvolume_set_readonly(tree, False)
+        try:
+            builder = TreeBuilder(tree, system.sysroot)
+            for path in stored:
+                with ExtentsPackage.open(path) as pkg:
+                    builder.add_package(pkg)
+            kernel.sync_filesystem(tree)
+        finally:
+            kernel.subvolume_set_readonly(tree, True)
+        after = verify(system, record.id)
+        fixed = {m.path for m in before.mismatches} - {m.path for m in after.mismatches}
+        return dataclasses.replace(after, repaired=tuple(sorted(fixed)))

@@ -1,0 +1,273 @@
+"""Client verbs: deploy, status, diff, verify, rollback, pin, cleanup.
+
+Handlers import the deploy library lazily so that `rpmimg --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import enum
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rpmimg.ui import Progress, human_bytes, print_json
+
+if TYPE_CHECKING:
+    from deploy.system import System
+
+
+def _common(parser: argparse.ArgumentParser, mutating: bool) -> None:
+    parser.add_argument(
+        "--sysroot", type=Path, default=Path("/"), metavar="DIR",
+        help="root of the target system as mounted (default: /); its filesystem is btrfs",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    if mutating:
+        parser.add_argument(
+            "--lock-wait", type=float, default=5.0, metavar="SECONDS",
+            help="how long to wait for another rpmimg on this system (default: 5)",
+        )
+
+
+def _keyring_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keyring", type=Path, action="append", default=[], metavar="FILE",
+        help="trusted OpenPGP public key file (repeatable; added to SYSROOT/etc/rpmimg/keys.d"
+        " and SYSROOT/usr/lib/rpmimg/keys.d)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "deploy", help="deploy a signed image version as a new read-only /usr",
+        description="Fetch and verify an image version, build it as a new read-only /usr"
+        " subvolume, and make it the default for the next boot.",
+    )
+    p.add_argument("manifest", metavar="MANIFEST",
+                   help="manifest path or directory, or a file://, http(s):// or rsync:// URL")
+    _keyring_option(p)
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="deploy even if the version is older than one already deployed")
+    p.add_argument("--allow-unsigned-packages", action="store_true",
+                   help="do not require header signatures on the packages (the signed manifest"
+                   " still pins each package's sha256)")
+    _common(p, mutating=True)
+    p.set_defaults(func=cmd_deploy)
+
+    p = subparsers.add_parser("status", help="list deployments")
+    p.add_argument("--no-size", action="store_true", help="skip measuring exclusive disk use")
+    _common(p, mutating=False)
+    p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser("diff", help="package differences between two deployments")
+    p.add_argument("old", nargs="?", metavar="A", help="deployment id (default: see README)")
+    p.add_argument("new", nargs="?", metavar="B", help="deployment id (default: the default)")
+    _common(p, mutating=False)
+    p.set_defaults(func=cmd_diff)
+
+    p = subparsers.add_parser("verify", help="check a deployment's files against its headers")
+    p.add_argument("deployment", nargs="?", metavar="ID", help="deployment id (default: the default)")
+    p.add_argument("--repair", action="store_true",
+                   help="rewrite damaged files from the store (refetching a missing package)")
+    _keyring_option(p)
+    _common(p, mutating=True)
+    p.set_defaults(func=cmd_verify)
+
+    p = subparsers.add_parser("rollback", help="make the previous deployment the default")
+    _common(p, mutating=True)
+    p.set_defaults(func=cmd_rollback)
+
+    p = subparsers.add_parser("pin", help="protect a deployment from cleanup")
+    p.add_argument("deployment", metavar="ID")
+    p.add_argument("--unpin", action="store_true", help="remove the protection instead")
+    _common(p, mutating=True)
+    p.set_defaults(func=cmd_pin)
+
+    p = subparsers.add_parser("cleanup", help="remove old deployments and unneeded packages")
+    p.add_argument("--keep", type=int, default=2, metavar="N",
+                   help="keep the N newest deployments (default: 2), besides the booted,"
+                   " default and pinned ones")
+    _common(p, mutating=True)
+    p.set_defaults(func=cmd_cleanup)
+
+
+@contextlib.contextmanager
+def _system(args: argparse.Namespace) -> Iterator[System]:
+    from deploy.system import open_system
+
+    with open_system(args.sysroot, private_namespace=True) as system:
+        yield system
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class _Bars:
+    """Progress bars for the deploy phases, closed when the command ends."""
+
+    def __init__(self) -> None:
+        self.bars: list[Progress] = []
+
+    def __call__(self, label: str, unit: str) -> Callable[[int, int], None]:
+        for bar in self.bars:
+            bar.close()
+        bar = Progress(label, unit=unit)
+        self.bars.append(bar)
+        return bar
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from deploy.transaction import DeployOptions, Outcome, deploy
+
+    options = DeployOptions(
+        source=args.manifest, keyrings=tuple(args.keyring), allow_downgrade=args.allow_downgrade,
+        allow_unsigned_packages=args.allow_unsigned_packages, lock_wait=args.lock_wait,
+    )
+    bars = _Bars()
+    with _system(args) as system:
+        try:
+            result = deploy(system, options, bars)
+        finally:
+            bars.close()
+    if args.json:
+        print_json(_jsonable(result))
+        return 0
+    if result.outcome is Outcome.UNCHANGED:
+        print(f"no change: {result.image} {result.version} is already the default"
+              f" (deployment {result.deployment})")
+        return 0
+    if result.outcome is Outcome.REACTIVATED:
+        print(f"{result.image} {result.version}: deployment {result.deployment} is the default again")
+        return 0
+    print(
+        f"deployed {result.image} {result.version} as deployment {result.deployment}"
+        f" ({result.packages} packages, {result.fetched} fetched,"
+        f" {human_bytes(result.transferred_bytes)} transferred,"
+        f" {human_bytes(result.deduplicated_bytes)} deduplicated)"
+    )
+    for nevra, paths in sorted(result.outside_usr.items()):
+        print(f"  {nevra}: files outside /usr placed under /usr/share/factory: {', '.join(paths)}")
+    for nevra in result.scriptlets_not_run:
+        print(f"  {nevra}: has scriptlets, which were not run")
+    for owner in result.unknown_owners:
+        print(f"  {owner} does not exist on this system: files owned by root instead")
+    print(f"default for next boot: {result.kernel_arguments}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from deploy.overview import status
+
+    with _system(args) as system:
+        rows = status(system, measure=not args.no_size)
+    if args.json:
+        print_json({"deployments": _jsonable(rows)})
+        return 0
+    if not rows:
+        print("no deployments")
+        return 0
+    for r in rows:
+        flags = [f for f, on in (("default", r.default), ("booted", r.booted),
+                                 ("pinned", r.pinned), ("rolled back", r.bad)) if on]
+        size = human_bytes(r.exclusive_bytes) if r.exclusive_bytes is not None else "-"
+        mark = "*" if r.default else " "
+        print(f"{mark} {r.id:>4}  {r.image} {r.version}  {r.packages} packages  {r.created}"
+              f"  {size} exclusive  {r.path or r.subvol}"
+              + (f"  ({', '.join(flags)})" if flags else ""))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from deploy.overview import diff
+
+    with _system(args) as system:
+        result = diff(system, args.old, args.new)
+    if args.json:
+        print_json(_jsonable(result))
+        return 0
+    print(f"deployment {result.old} -> {result.new}: {len(result.changes)} changed packages")
+    for c in result.changes:
+        arrow = {"added": f"{c.new}", "removed": f"{c.old}"}.get(c.kind, f"{c.old} -> {c.new}")
+        print(f"  {c.kind:<10} {c.name}.{c.arch} {arrow}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from deploy.transaction import refetcher
+    from deploy.verify import repair, verify
+
+    with _system(args) as system:
+        if args.repair:
+            result = repair(system, args.deployment, refetcher(system, tuple(args.keyring)),
+                            args.lock_wait)
+        else:
+            bar = Progress("verify", unit="packages")
+            try:
+                result = verify(system, args.deployment, bar)
+            finally:
+                bar.close()
+    if args.json:
+        print_json(_jsonable(result))
+    else:
+        for path in result.repaired:
+            print(f"repaired  {path}")
+        for m in result.mismatches:
+            print(f"{','.join(m.what):<20} {m.path}  ({m.package})")
+        state = "ok" if not result.mismatches else f"{len(result.mismatches)} mismatches"
+        print(f"deployment {result.deployment}: {result.files} files checked, {state}")
+    return 1 if result.mismatches else 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from deploy.lifecycle import rollback
+
+    with _system(args) as system:
+        result = rollback(system, args.lock_wait)
+    if args.json:
+        print_json(_jsonable(result))
+    else:
+        print(f"rolled back: deployment {result.default} is the default for next boot"
+              f" (was {result.previous})")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from deploy.lifecycle import pin
+
+    with _system(args) as system:
+        pin(system, args.deployment, not args.unpin, args.lock_wait)
+    if args.json:
+        print_json({"deployment": args.deployment, "pinned": not args.unpin})
+    else:
+        print(f"deployment {args.deployment} {'unpinned' if args.unpin else 'pinned'}")
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from deploy.lifecycle import cleanup
+
+    with _system(args) as system:
+        result = cleanup(system, args.keep, args.lock_wait)
+    if args.json:
+        print_json(_jsonable(result))
+    else:
+        removed = ", ".join(result.removed_deployments) or "none"
+        print(f"removed deployments: {removed}; {result.removed_packages} packages"
+              f" ({human_bytes(result.freed_store_bytes)}) from the store")
+    return 0

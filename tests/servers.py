@@ -1,0 +1,134 @@
+"""Real servers on 127.0.0.1 for transport tests: an HTTP server with Range support and
+fault injection, and an rsync daemon with its configuration in a temporary directory."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Faults:
+    """What the HTTP server does wrong, per request path suffix."""
+
+    cut_after: dict[str, int] = field(default_factory=dict)  # close after N bytes, once
+    corrupt: set[str] = field(default_factory=set)  # flip a byte in every response
+    fail_first: dict[str, int] = field(default_factory=dict)  # answer 503 N times
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
+
+
+def _handler(root: Path, faults: Faults) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            rng = self.headers.get("Range")
+            faults.requests.append((self.path, rng))
+            path = root / self.path.lstrip("/")
+            for suffix, n in list(faults.fail_first.items()):
+                if self.path.endswith(suffix) and n > 0:
+                    faults.fail_first[suffix] = n - 1
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            if not path.is_file():
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            data = path.read_bytes()
+            if any(self.path.endswith(s) for s in faults.corrupt):
+                data = data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:]
+            start = 0
+            if rng and rng.startswith("bytes="):
+                start = int(rng[6:].split("-")[0])
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for suffix, n in list(faults.cut_after.items()):
+                if self.path.endswith(suffix):
+                    del faults.cut_after[suffix]
+                    self.wfile.write(body[:n])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+            self.wfile.write(body)
+
+    return Handler
+
+
+@contextlib.contextmanager
+def http_server(root: Path, faults: Faults | None = None) -> Iterator[str]:
+    """Serve root on an ephemeral port of 127.0.0.1; yields the base URL."""
+    faults = faults if faults is not None else Faults()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(root, faults))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def rsync_daemon(root: Path, workdir: Path, module: str = "images") -> Iterator[str]:
+    """Run `rsync --daemon` serving root as `module`; yields rsync://127.0.0.1:PORT/module."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "rsyncd.conf"
+    conf.write_text(
+        f"pid file = {workdir / 'rsyncd.pid'}\n"
+        "use chroot = no\n"
+        f"log file = {workdir / 'rsyncd.log'}\n"
+        f"[{module}]\n"
+        f"  path = {root}\n"
+        "  read only = yes\n"
+        "  uid = root\n"
+        "  gid = root\n"
+    )
+    for _ in range(5):
+        port = _free_port()
+        proc = subprocess.Popen(
+            ["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
+             "--address=127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.05)
+        if proc.poll() is None:
+            break
+    else:
+        raise RuntimeError("rsync daemon did not start")
+    try:
+        yield f"rsync://127.0.0.1:{port}/{module}"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(workdir / "rsyncd.pid")
