@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.debcorpus import Corpus
-from benchmarks.measure import CacheState, run_timed
+from benchmarks.measure import CacheState, loop_btrfs, run_timed
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,20 @@ class Context:
     cache: CacheState = field(default_factory=CacheState)
     limit: int | None = None  # only the first N packages (quick runs)
     shared: dict[str, Any] = field(default_factory=dict)  # results several metrics reuse
+    host: Path | None = None  # where further loop filesystems' images go
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _counter: int = 0
+
+    def new_btrfs(self, size: int = 16 << 30) -> Path:
+        """Another empty loop-mounted btrfs, unmounted when the run ends (ctx.stack)."""
+        return self.stack.enter_context(loop_btrfs(self.host or self.work.parent, size))
+
+    def new_sysroot(self) -> Path:
+        """A fresh btrfs whose top level is a bare system root (/usr to deploy into, an empty /etc)."""
+        root = self.new_btrfs()
+        for d in ("usr", "etc"):
+            (root / d).mkdir()
+        return root
 
     @property
     def rpmimg(self) -> list[str]:

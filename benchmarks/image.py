@@ -70,8 +70,24 @@ def compose(ctx: Context, key: SigningKey, output: Path, repos: dict[str, Path],
 
 def deploy(ctx: Context, key: SigningKey, sysroot: Path, manifest: str) -> Timing:
     """`rpmimg deploy MANIFEST --sysroot S --keyring K` (manifest: a path or URL)."""
+    # The corpus RPMs carry no header signatures (Debian signs its archive, not each .deb);
+    # the signed manifest still pins every package's sha256.
     return run_timed([[*ctx.rpmimg, "deploy", manifest, "--sysroot", os.fspath(sysroot),
-                       "--keyring", os.fspath(key.public)]])
+                       "--keyring", os.fspath(key.public), "--allow-unsigned-packages"]])
+
+
+def forget_deployments(sysroot: Path) -> None:
+    """Delete a top-level sysroot's deployments and state, keeping rpmimg's package store.
+
+    The next deploy then builds from a warm store: the layout is rpmimg's documented one
+    (TOP/@rpmimg/{state.json,usr-default.conf,deployments/,store/}).
+    """
+    root = sysroot / "@rpmimg"
+    for sub in sorted((root / "deployments").glob("*")):
+        subprocess.run(["btrfs", "subvolume", "delete", os.fspath(sub)], check=True,
+                       capture_output=True)
+    for name in ("state.json", "usr-default.conf"):
+        (root / name).unlink(missing_ok=True)
 
 
 def deployments(ctx: Context, sysroot: Path) -> list[dict[str, Any]]:

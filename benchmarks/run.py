@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     cache = CacheState(cold=args.cold)
     with loop_btrfs(args.work, args.fs_size << 30) as mnt:
-        ctx = Context(corpus, mnt, runs=args.runs, cache=cache, limit=args.limit)
-        for group in groups:
-            for name, fn in GROUPS[group]:
-                rows.extend(run_metric(name, fn, ctx))
+        ctx = Context(corpus, mnt, runs=args.runs, cache=cache, limit=args.limit, host=args.work)
+        with ctx.stack:
+            for group in groups:
+                for name, fn in GROUPS[group]:
+                    rows.extend(run_metric(name, fn, ctx))
     header = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, {os.uname().release}",
