@@ -156,11 +156,8 @@ def _deb_name(pkg: DebPackage) -> str:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch_debs(pkgs: list[DebPackage], dest: Path) -> list[Path]:

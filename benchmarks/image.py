@@ -41,10 +41,10 @@ def make_signing_key(where: Path) -> SigningKey:
     return SigningKey(secret, public)
 
 
-def definition(names: list[str], repos: dict[str, Path]) -> str:
+def definition(names: list[str], repos: dict[str, Path], image: str = IMAGE) -> str:
     """An image definition (TOML) installing every corpus package from the given repositories."""
     pkgs = ",\n  ".join(json.dumps(n) for n in names)
-    text = f'name = "{IMAGE}"\narch = "x86_64"\npackages = [\n  {pkgs},\n]\n'
+    text = f'name = "{image}"\narch = "x86_64"\npackages = [\n  {pkgs},\n]\n'
     for name, path in repos.items():
         text += f'\n[[repo]]\nname = "{name}"\nurl = "file://{path}"\n'
     return text
@@ -58,13 +58,13 @@ class Composed:
 
 
 def compose(ctx: Context, key: SigningKey, output: Path, repos: dict[str, Path],
-            tag: str) -> Composed:
+            tag: str, image: str = IMAGE) -> Composed:
     """`rpmimg compose` of the corpus into output; returns the new version's manifest."""
     defn = ctx.work / f"{tag}.toml"
-    defn.write_text(definition(ctx.package_names(), repos))
+    defn.write_text(definition(ctx.package_names(), repos, image))
     t = run_timed([[*ctx.rpmimg, "compose", os.fspath(defn), "-o", os.fspath(output),
                     "--sign-key", os.fspath(key.secret)]])
-    manifest = (output / "images" / IMAGE / "latest").resolve() / "manifest.json"
+    manifest = (output / "images" / image / "latest").resolve() / "manifest.json"
     return Composed(manifest, json.loads(manifest.read_text()), t)
 
 
@@ -74,20 +74,6 @@ def deploy(ctx: Context, key: SigningKey, sysroot: Path, manifest: str) -> Timin
     # the signed manifest still pins every package's sha256.
     return run_timed([[*ctx.rpmimg, "deploy", manifest, "--sysroot", os.fspath(sysroot),
                        "--keyring", os.fspath(key.public), "--allow-unsigned-packages"]])
-
-
-def forget_deployments(sysroot: Path) -> None:
-    """Delete a top-level sysroot's deployments and state, keeping rpmimg's package store.
-
-    The next deploy then builds from a warm store: the layout is rpmimg's documented one
-    (TOP/@rpmimg/{state.json,usr-default.conf,deployments/,store/}).
-    """
-    root = sysroot / "@rpmimg"
-    for sub in sorted((root / "deployments").glob("*")):
-        subprocess.run(["btrfs", "subvolume", "delete", os.fspath(sub)], check=True,
-                       capture_output=True)
-    for name in ("state.json", "usr-default.conf"):
-        (root / name).unlink(missing_ok=True)
 
 
 def deployments(ctx: Context, sysroot: Path) -> list[dict[str, Any]]:
