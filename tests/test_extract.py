@@ -166,3 +166,24 @@ def test_large_file_package_roundtrip(btrfs: Path, tmp_path: Path) -> None:
     expected = tmp_path / "expected"
     rpm_install([original], expected)
     assert snapshot(expected) == snapshot(btrfs / "tree")
+
+
+def test_cli_many_packages_into_one_tree_like_rpm(tmp_path: Path) -> None:
+    """`rpmimg pkg transcode A B C -o DIR` and `pkg extract DIR/* DEST` equal one `rpm -i A B C`."""
+    import json
+    import sys
+
+    names = ["hardlinks", "symlinks", "sizes", "modes"]
+    originals = [fixture_packages()[n] for n in names]
+    rpmimg = [sys.executable, "-m", "rpmimg"]
+    out = tmp_path / "extents"
+    r = subprocess.run([*rpmimg, "pkg", "transcode", *map(os.fspath, originals), "-o", os.fspath(out), "--json"],
+                       check=True, capture_output=True, text=True)
+    assert [Path(x["output"]).name for x in json.loads(r.stdout)] == [p.name for p in originals]
+    actual = tmp_path / "actual"
+    seed_accounts(actual, PASSWD, GROUP)
+    subprocess.run([*rpmimg, "pkg", "extract", *(os.fspath(out / p.name) for p in originals), os.fspath(actual)],
+                   check=True, capture_output=True)
+    expected = tmp_path / "expected"
+    rpm_install(originals, expected, passwd=PASSWD, group=GROUP)
+    assert_same_tree(expected, actual)
