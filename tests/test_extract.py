@@ -187,3 +187,19 @@ def test_cli_many_packages_into_one_tree_like_rpm(tmp_path: Path) -> None:
     expected = tmp_path / "expected"
     rpm_install(originals, expected, passwd=PASSWD, group=GROUP)
     assert_same_tree(expected, actual)
+
+
+def test_package_owning_the_root_directory(tmp_path: Path) -> None:
+    """Fedora's filesystem package owns "/" itself; rpm applies its metadata to the root."""
+    from fixtures.build import build_package
+    from fixtures.spec import FileKind, FileSpec, PackageSpec
+
+    spec = PackageSpec(name="rootowner", files=(
+        FileSpec("/", kind=FileKind.DIR, mode=0o555),
+        FileSpec("/usr", kind=FileKind.DIR, mode=0o755),
+        FileSpec("/usr/lib/marker", content=b"m"),
+    ))
+    original = build_package(spec, tmp_path / "rpms")
+    expected, actual = roundtrip(original, tmp_path, accounts=False)
+    assert_same_tree(expected, actual)
+    assert oct(os.stat(actual).st_mode & 0o7777) == oct(os.stat(expected).st_mode & 0o7777) == oct(0o555)
