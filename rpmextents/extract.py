@@ -289,6 +289,13 @@ def extract(
             if entry.flags & _GHOST:
                 continue  # rpm records %ghost files but does not create them
             target = relocate(entry.path) if relocate is not None else entry.path
+            if not target.strip("/"):
+                # The destination itself (a package owning "/", or "/usr" relocated to a
+                # /usr tree): rpm applies the directory's metadata to it.
+                if entry.type is not EntryType.DIR:
+                    raise ExtractError(f"{entry.path}: only a directory can stand at the top of the tree")
+                dirs.append((tree.real(""), entry))
+                continue
             try:
                 dir_fd, name, real = tree.place(target)
                 etype = entry.type

@@ -118,9 +118,14 @@ def file_paths(header: Header) -> list[str]:
 
 
 def check_path(path: str) -> None:
-    """Refuse a path that is not absolute, not normalised, or climbs with '..'."""
-    if not path.startswith("/") or path == "/":
-        raise FormatError(f"unsafe file name {path!r}: not an absolute path below /")
+    """Refuse a path that is not absolute, not normalised, or climbs with '..'.
+
+    "/" itself is allowed: distributions' filesystem packages own it.
+    """
+    if path == "/":
+        return
+    if not path.startswith("/"):
+        raise FormatError(f"unsafe file name {path!r}: not an absolute path")
     parts = path.split("/")[1:]
     if any(p in ("", ".", "..") for p in parts) or "\0" in path:
         raise FormatError(f"unsafe file name {path!r}: empty, '.' or '..' component")

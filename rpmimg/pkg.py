@@ -16,10 +16,11 @@ def register(sub: Any) -> None:
     pkg = sub.add_parser("pkg", help="work with single extents RPMs")
     verbs = pkg.add_subparsers(dest="pkg_verb", metavar="VERB", required=True)
 
-    p = verbs.add_parser("transcode", help="transcode an RPM into an extents RPM")
-    p.add_argument("input", type=Path, metavar="IN.rpm")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.rpm",
-                   help="output file, or an existing directory to write IN's name into")
+    p = verbs.add_parser("transcode", help="transcode RPMs into extents RPMs")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="IN.rpm")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                   help="output file, or a directory to write each input's name into "
+                        "(required, and created, with several inputs)")
     p.add_argument("--block-size", type=int, default=4096, metavar="N",
                    help="alignment of file data in bytes (power of two, default 4096)")
     p.add_argument("--sync", action="store_true",
@@ -34,8 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_verify)
 
-    p = verbs.add_parser("extract", help="extract an extents RPM into a directory")
-    p.add_argument("file", type=Path, metavar="FILE")
+    p = verbs.add_parser("extract", help="extract extents RPMs into a directory")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE")
     p.add_argument("dest", type=Path, metavar="DEST")
     p.add_argument("--method", choices=("auto", "reflink", "copy"), default="auto",
                    help="reflink file data (auto falls back to copying across filesystems)")
@@ -52,21 +53,25 @@ def cmd_transcode(args: argparse.Namespace) -> int:
     from rpmextents.transcode import transcode
 
     output: Path = args.output
-    if output.is_dir():
-        output = output / args.input.name
-    if output.resolve() == args.input.resolve():
-        raise UsageError(f"{output}: refusing to overwrite the input")
-    progress = Progress(f"transcode {args.input.name}")
-    try:
-        result = transcode(args.input, output, block_size=args.block_size, progress=progress,
-                            checksum=False, fsync=args.sync)
-    finally:
-        progress.close()
+    if len(args.inputs) > 1:
+        output.mkdir(parents=True, exist_ok=True)
+    results = []
+    for source in args.inputs:
+        target = output / source.name if output.is_dir() else output
+        if target.resolve() == source.resolve():
+            raise UsageError(f"{target}: refusing to overwrite the input")
+        progress = Progress(f"transcode {source.name}")
+        try:
+            result = transcode(source, target, block_size=args.block_size, progress=progress,
+                               checksum=False, fsync=args.sync)
+        finally:
+            progress.close()
+        results.append({"output": os.fspath(target), **dataclasses.asdict(result)})
+        if not args.json:
+            print(f"{target}: {result.nevra}, {result.files} files, {human_bytes(result.data_bytes)} of data, "
+                  f"block size {result.block_size}")
     if args.json:
-        print_json(dataclasses.asdict(result))
-    else:
-        print(f"{output}: {result.nevra}, {result.files} files, {human_bytes(result.data_bytes)} of data, "
-              f"block size {result.block_size}")
+        print_json(results if len(results) > 1 else results[0])
     return 0
 
 
@@ -103,13 +108,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from rpmextents.extract import extract
     from rpmextents.package import ExtentsPackage
 
-    with ExtentsPackage.open(args.file) as pkg:
-        report = extract(pkg, args.dest, method=args.method)
+    reports = []
+    for path in args.files:
+        with ExtentsPackage.open(path) as pkg:
+            report = extract(pkg, args.dest, method=args.method)
+        reports.append({"file": os.fspath(path), **dataclasses.asdict(report), "method": report.method})
+        if not args.json:
+            print(f"{path} -> {args.dest}: {report.entries} entries, {report.files} files, "
+                  f"{human_bytes(report.bytes)} ({report.method}: {report.reflinked} reflinked, "
+                  f"{report.copied} copied)")
     if args.json:
-        print_json({**dataclasses.asdict(report), "method": report.method})
-    else:
-        print(f"{args.dest}: {report.entries} entries, {report.files} files, "
-              f"{human_bytes(report.bytes)} ({report.method}: {report.reflinked} reflinked, {report.copied} copied)")
+        print_json(reports if len(reports) > 1 else reports[0])
     return 0
 
 

@@ -166,3 +166,40 @@ def test_large_file_package_roundtrip(btrfs: Path, tmp_path: Path) -> None:
     expected = tmp_path / "expected"
     rpm_install([original], expected)
     assert snapshot(expected) == snapshot(btrfs / "tree")
+
+
+def test_cli_many_packages_into_one_tree_like_rpm(tmp_path: Path) -> None:
+    """`rpmimg pkg transcode A B C -o DIR` and `pkg extract DIR/* DEST` equal one `rpm -i A B C`."""
+    import json
+    import sys
+
+    names = ["hardlinks", "symlinks", "sizes", "modes"]
+    originals = [fixture_packages()[n] for n in names]
+    rpmimg = [sys.executable, "-m", "rpmimg"]
+    out = tmp_path / "extents"
+    r = subprocess.run([*rpmimg, "pkg", "transcode", *map(os.fspath, originals), "-o", os.fspath(out), "--json"],
+                       check=True, capture_output=True, text=True)
+    assert [Path(x["output"]).name for x in json.loads(r.stdout)] == [p.name for p in originals]
+    actual = tmp_path / "actual"
+    seed_accounts(actual, PASSWD, GROUP)
+    subprocess.run([*rpmimg, "pkg", "extract", *(os.fspath(out / p.name) for p in originals), os.fspath(actual)],
+                   check=True, capture_output=True)
+    expected = tmp_path / "expected"
+    rpm_install(originals, expected, passwd=PASSWD, group=GROUP)
+    assert_same_tree(expected, actual)
+
+
+def test_package_owning_the_root_directory(tmp_path: Path) -> None:
+    """Fedora's filesystem package owns "/" itself; rpm applies its metadata to the root."""
+    from fixtures.build import build_package
+    from fixtures.spec import FileKind, FileSpec, PackageSpec
+
+    spec = PackageSpec(name="rootowner", files=(
+        FileSpec("/", kind=FileKind.DIR, mode=0o555),
+        FileSpec("/usr", kind=FileKind.DIR, mode=0o755),
+        FileSpec("/usr/lib/marker", content=b"m"),
+    ))
+    original = build_package(spec, tmp_path / "rpms")
+    expected, actual = roundtrip(original, tmp_path, accounts=False)
+    assert_same_tree(expected, actual)
+    assert oct(os.stat(actual).st_mode & 0o7777) == oct(os.stat(expected).st_mode & 0o7777) == oct(0o555)
