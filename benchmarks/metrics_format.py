@@ -56,15 +56,15 @@ def transcode(ctx: Context) -> list[Row]:
 
     def cli() -> Timing:
         out = ctx.scratch("transcode")
-        return run_timed([[*ctx.rpmimg, "pkg", "transcode", os.fspath(p), "-o",
-                           os.fspath(out / p.name)] for p in rpms])
+        return run_timed([[*ctx.rpmimg, "pkg", "transcode", *map(os.fspath, rpms), "-o",
+                           os.fspath(out)]])
 
     def library() -> Timing:
         out = ctx.scratch("transcode-lib")
         return run_timed([[sys.executable, "-c", _TRANSCODE_IN_PROCESS, os.fspath(out),
                            *map(os.fspath, rpms)]])
 
-    for label, fn in (("CLI, a process per package", cli), ("library, one process", library)):
+    for label, fn in (("rpmimg pkg CLI, all packages in one call", cli), ("library, one process", library)):
         try:
             t = median_timing(ctx.runs, ctx.cache, fn)
         except subprocess.CalledProcessError as e:
@@ -103,7 +103,7 @@ def extract(ctx: Context) -> list[Row]:
     def cli() -> Timing:
         dest = ctx.scratch("extract")
         trees.append(dest)
-        return run_timed([[*ctx.rpmimg, "pkg", "extract", os.fspath(f), os.fspath(dest)] for f in files])
+        return run_timed([[*ctx.rpmimg, "pkg", "extract", *map(os.fspath, files), os.fspath(dest)]])
 
     def library() -> Timing:
         dest = ctx.scratch("extract-lib")
@@ -111,7 +111,7 @@ def extract(ctx: Context) -> list[Row]:
                            *map(os.fspath, files)]])
 
     results: list[tuple[str, Timing | str]] = []
-    for label, fn in (("CLI, a process per package", cli), ("library, one process", library)):
+    for label, fn in (("rpmimg pkg CLI, all packages in one call", cli), ("library, one process", library)):
         try:
             results.append((label, median_timing(ctx.runs, ctx.cache, fn)))
         except subprocess.CalledProcessError as e:
