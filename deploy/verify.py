@@ -6,6 +6,7 @@ no longer has, from the manifest the deployment came from) and verifies again.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import os
@@ -53,19 +54,32 @@ def _digest(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
-def _check_file(f: Any, algo: str, tree: Path, owners: Owners) -> tuple[str, list[str]]:
-    """Compare one rpm.file of a header with what the tree holds; returns (location, what)."""
+@dataclass(frozen=True)
+class _DigestJob:
+    """A file's content still to hash; hashing runs on a thread pool afterwards."""
+
+    path: Path
+    algo: str
+    expected: str
+
+
+def _check_file(f: Any, algo: str, tree: Path, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
+    """Compare one rpm.file of a header with what the tree holds.
+
+    Returns (location, what differs, the digest check still to run).
+    """
     rel, _ = relocate(f.name)
     path = tree / rel if rel else tree
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return rel, ["missing"]
+        return rel, ["missing"], None
     if stat.S_IFMT(st.st_mode) != stat.S_IFMT(f.mode):
-        return rel, ["type"]
+        return rel, ["type"], None
     # rpm.file has the mode, user and group an Entry has: resolve them exactly as extract did.
     mode, uid, gid = owners.mode_and_ids(f)
     what = []
+    job = None
     if not stat.S_ISLNK(f.mode) and stat.S_IMODE(st.st_mode) != mode:
         what.append("mode")
     if st.st_uid != uid:
@@ -75,8 +89,8 @@ def _check_file(f: Any, algo: str, tree: Path, owners: Owners) -> tuple[str, lis
     if stat.S_ISREG(f.mode):
         if st.st_size != f.size:
             what.append("size")
-        if f.digest and _digest(path, algo) != f.digest:
-            what.append("digest")
+        if f.digest:
+            job = _DigestJob(path, algo, f.digest)
         if bool(f.caps) != _has_caps(path):
             what.append("caps")
     if stat.S_ISLNK(f.mode) and os.readlink(path) != f.linkto:
@@ -85,7 +99,7 @@ def _check_file(f: Any, algo: str, tree: Path, owners: Owners) -> tuple[str, lis
         what.append("rdev")
     if not stat.S_ISDIR(f.mode) and int(st.st_mtime) != f.mtime:
         what.append("mtime")
-    return rel, what
+    return rel, what, job
 
 
 def _has_caps(path: Path) -> bool:
@@ -96,8 +110,10 @@ def _has_caps(path: Path) -> bool:
     return True
 
 
-def check_package(pkg: InstalledPackage, tree: Path, owners: Owners) -> tuple[int, list[Mismatch]]:
-    """Compare one package's files in tree with its header; returns (files checked, mismatches)."""
+_Finding = tuple[str, str, str, list[str], "_DigestJob | None"]  # nvra, name, location, what, job
+
+
+def _package_findings(pkg: InstalledPackage, tree: Path, owners: Owners) -> tuple[int, list[_Finding]]:
     import rpm
 
     algo = DIGEST_ALGOS.get(pkg.header[rpm.RPMTAG_FILEDIGESTALGO] or 1, "md5")
@@ -106,10 +122,36 @@ def check_package(pkg: InstalledPackage, tree: Path, owners: Owners) -> tuple[in
         if f.fflags & RPMFILE_GHOST:
             continue
         checked += 1
-        rel, what = _check_file(f, algo, tree, owners)
-        if what:
-            out.append(Mismatch(pkg.nvra, f.name, rel, tuple(what)))
+        rel, what, job = _check_file(f, algo, tree, owners)
+        if what or job is not None:
+            out.append((pkg.nvra, f.name, rel, what, job))
     return checked, out
+
+
+def _settle(findings: list[_Finding]) -> list[Mismatch]:
+    """Run the pending digest checks on a few threads (hashlib releases the GIL); keep the order."""
+    jobs = [job for *_, job in findings if job is not None]
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        differs = iter(list(pool.map(lambda j: _digest(j.path, j.algo) != j.expected, jobs)))
+    out = []
+    for nvra, name, rel, what, job in findings:
+        if job is not None and next(differs):
+            what = [*what[:_digest_position(what)], "digest", *what[_digest_position(what):]]
+        if what:
+            out.append(Mismatch(nvra, name, rel, tuple(what)))
+    return out
+
+
+def _digest_position(what: list[str]) -> int:
+    # "digest" is reported after "size", as the serial check did.
+    return what.index("size") + 1 if "size" in what else sum(1 for w in what if w in ("mode", "owner", "group"))
+
+
+def check_package(pkg: InstalledPackage, tree: Path, owners: Owners) -> tuple[int, list[Mismatch]]:
+    """Compare one package's files in tree with its header; returns (files checked, mismatches)."""
+    checked, findings = _package_findings(pkg, tree, owners)
+    return checked, _settle(findings)
 
 
 def verify(
@@ -124,15 +166,15 @@ def verify(
     current.get(deployment_id)
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
-    files, mismatches = 0, []
+    files, findings = 0, []
     packages = list(installed_packages(tree))
     for i, pkg in enumerate(packages):
-        n, bad = check_package(pkg, tree, owners)
+        n, found = _package_findings(pkg, tree, owners)
         files += n
-        mismatches.extend(bad)
+        findings.extend(found)
         if progress is not None:
             progress(i + 1, len(packages))
-    return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
+    return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(_settle(findings)))
 
 
 Refetch = Callable[[DeploymentRecord, str], Path]
