@@ -128,12 +128,17 @@ def _package_findings(pkg: InstalledPackage, tree: Path, owners: Owners) -> tupl
     return checked, out
 
 
-def _settle(findings: list[_Finding]) -> list[Mismatch]:
+def _settle(findings: list[_Finding], progress: Callable[[int, int], None] | None = None) -> list[Mismatch]:
     """Run the pending digest checks on a few threads (hashlib releases the GIL); keep the order."""
     jobs = [job for *_, job in findings if job is not None]
     workers = max(1, min(4, os.cpu_count() or 1))
+    results: list[bool] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        differs = iter(list(pool.map(lambda j: _digest(j.path, j.algo) != j.expected, jobs)))
+        for differ in pool.map(lambda j: _digest(j.path, j.algo) != j.expected, jobs):
+            results.append(differ)
+            if progress is not None:
+                progress(len(results), len(jobs))
+    differs = iter(results)
     out = []
     for nvra, name, rel, what, job in findings:
         if job is not None and next(differs):
@@ -167,14 +172,13 @@ def verify(
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
     files, findings = 0, []
-    packages = list(installed_packages(tree))
-    for i, pkg in enumerate(packages):
+    for pkg in installed_packages(tree):
         n, found = _package_findings(pkg, tree, owners)
         files += n
         findings.extend(found)
-        if progress is not None:
-            progress(i + 1, len(packages))
-    return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(_settle(findings)))
+    # Hashing is the slow part, so it is what the progress display follows.
+    mismatches = _settle(findings, progress)
+    return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
 
 
 Refetch = Callable[[DeploymentRecord, str], Path]

@@ -217,7 +217,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             result = repair(system, args.deployment, refetcher(system, tuple(args.keyring)),
                             args.lock_wait)
         else:
-            bar = Progress("verify", unit="packages")
+            bar = Progress("verify", unit="files")
             try:
                 result = verify(system, args.deployment, bar)
             finally:
