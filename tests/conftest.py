@@ -37,7 +37,7 @@ def btrfs_unavailable_reason() -> str | None:
 
 
 @contextlib.contextmanager
-def loop_btrfs(size: int = 1 << 30, label: str = "rpmimg-test") -> Iterator[Path]:
+def loop_btrfs(size: int = 1 << 30, label: str = "rpmimg-test", options: str | None = None) -> Iterator[Path]:
     """A fresh btrfs in a sparse file, loop-mounted on a temporary directory."""
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rpmimg-btrfs-")))
@@ -51,7 +51,7 @@ def loop_btrfs(size: int = 1 << 30, label: str = "rpmimg-test") -> Iterator[Path
             check=True, capture_output=True,
         )
         subprocess.run(
-            ["mount", "-o", "loop", os.fspath(image), os.fspath(mnt)],
+            ["mount", "-o", f"loop,{options}" if options else "loop", os.fspath(image), os.fspath(mnt)],
             check=True, capture_output=True, text=True,
         )
         stack.callback(
