@@ -35,7 +35,7 @@ from benchmarks.measure import (
     stderr_tail,
     tree_bytes,
 )
-from benchmarks.rsyncd import rsync_daemon, url_of
+from fixtures.rsyncd import rsync_daemon, url_of
 
 MB = 1e6
 T = TypeVar("T")
@@ -232,7 +232,7 @@ def update_metrics(ctx: Context) -> list[Row]:
 
 def _rsync_update_bytes(ctx: Context, pub: Published) -> int:
     """Deploy v1 then v2 over rsync:// from a real daemon; bytes it sent for v2."""
-    with rsync_daemon(pub.output, ctx.scratch("rsyncd")) as daemon:
+    with rsync_daemon(pub.output, ctx.scratch("rsyncd"), "bench") as daemon:
         sysroot = ctx.new_sysroot()
         deploy(ctx, pub.key, sysroot, url_of(daemon, pub.output, pub.v1.manifest))
         before = daemon.bytes_sent()

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import os
-import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import fixtures.rsyncd
 
 
 @dataclass
@@ -87,48 +85,8 @@ def http_server(root: Path, faults: Faults | None = None) -> Iterator[str]:
         server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def rsync_daemon(root: Path, workdir: Path, module: str = "images") -> Iterator[str]:
     """Run `rsync --daemon` serving root as `module`; yields rsync://127.0.0.1:PORT/module."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "rsyncd.conf"
-    conf.write_text(
-        f"pid file = {workdir / 'rsyncd.pid'}\n"
-        "use chroot = no\n"
-        f"log file = {workdir / 'rsyncd.log'}\n"
-        f"[{module}]\n"
-        f"  path = {root}\n"
-        "  read only = yes\n"
-        "  uid = root\n"
-        "  gid = root\n"
-    )
-    for _ in range(5):
-        port = _free_port()
-        proc = subprocess.Popen(
-            ["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
-             "--address=127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
-        if proc.poll() is None:
-            break
-    else:
-        raise RuntimeError("rsync daemon did not start")
-    try:
-        yield f"rsync://127.0.0.1:{port}/{module}"
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(workdir / "rsyncd.pid")
+    with fixtures.rsyncd.rsync_daemon(root, workdir, module) as daemon:
+        yield daemon.url

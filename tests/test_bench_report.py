@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.measure import Target, not_run, row, run_timed, stderr_tail
 from benchmarks.report import markdown, write_results
-from benchmarks.rsyncd import rsync_daemon, url_of
+from fixtures.rsyncd import rsync_daemon, url_of
 
 
 def test_ratio_and_target() -> None:
