@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -85,7 +86,7 @@ class _Stream:
     def _take(self, limit: int) -> memoryview:
         """Up to ``limit`` (at least 1) next bytes, hashed."""
         if not self._buf:
-            chunk = self._raw_read(max(limit, CHUNK) if limit < CHUNK else CHUNK)
+            chunk = self._raw_read(CHUNK)
             if not chunk:
                 raise CorruptPackageError(f"{self.what}: payload is truncated at byte {self.pos}")
             self._buf = memoryview(chunk)
@@ -192,45 +193,33 @@ def _transcode_into(
     compressor = sniff(magic)
     total = os.fstat(f.fileno()).st_size - header_end
 
-    background = Background()
-    try:
-        return _parse_payload(
-            what, f, out_fd, prefix, entries, block_size, data_offset, progress, background,
-            compressor, compressed_checks, uncompressed_checks, total,
-        )
-    finally:
-        try:
-            background.close()
-        except Exception:
-            pass  # the error that stopped parsing is the one to report
+    with contextlib.ExitStack() as stack:
+        background = Background()
 
+        def close_background() -> None:
+            # On an error the one that stopped parsing is reported, not a later one from the worker.
+            with contextlib.suppress(Exception):
+                background.close()
 
-def _parse_payload(
-    what: str, f: Any, out_fd: int, prefix: PackagePrefix, entries: list[Entry], block_size: int,
-    data_offset: int, progress: Progress | None, background: Background, compressor: str,
-    compressed_checks: list[tuple[str, Any, str]], uncompressed_checks: list[tuple[str, Any, str]],
-    total: int,
-) -> tuple[Index, int]:
-    header_end = prefix.header_end
-    check_files = not compressed_checks and not uncompressed_checks
-    raw = HashingReader(f, [h for _, h, _ in compressed_checks], total, progress, background)
-    prefetch = Prefetch(open_payload(raw, compressor))
-    try:
+        stack.callback(close_background)
+        raw = HashingReader(f, [h for _, h, _ in compressed_checks], total, progress, background)
+        prefetch = Prefetch(open_payload(raw, compressor))
+        stack.callback(prefetch.close)
+        stream = _Stream(prefetch, [h for _, h, _ in uncompressed_checks], what, background)
         return _parse_stream(
-            what, prefetch, raw, out_fd, prefix, entries, block_size, data_offset, background,
-            compressed_checks, uncompressed_checks, check_files, header_end,
+            what, stream, prefetch, raw, background, out_fd, entries, block_size, data_offset,
+            compressed_checks, uncompressed_checks, header_end,
         )
-    finally:
-        prefetch.close()
 
 
 def _parse_stream(
-    what: str, prefetch: Prefetch, raw: HashingReader, out_fd: int, prefix: PackagePrefix,
-    entries: list[Entry], block_size: int, data_offset: int, background: Background,
+    what: str, stream: _Stream, prefetch: Prefetch, raw: HashingReader, background: Background,
+    out_fd: int, entries: list[Entry], block_size: int, data_offset: int,
     compressed_checks: list[tuple[str, Any, str]], uncompressed_checks: list[tuple[str, Any, str]],
-    check_files: bool, header_end: int,
+    header_end: int,
 ) -> tuple[Index, int]:
-    stream = _Stream(prefetch, [h for _, h, _ in uncompressed_checks], what, background)
+    """Split the payload into literal and data records, writing data at aligned offsets."""
+    check_files = not compressed_checks and not uncompressed_checks
     file_checks: list[tuple[Entry, Any]] = []
 
     by_path = {e.path: e for e in entries}
