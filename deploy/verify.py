@@ -54,6 +54,10 @@ def _digest(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
+# The order _check_file reports differences in (as rpm -V lists them, roughly).
+CHECK_ORDER = ("missing", "type", "mode", "owner", "group", "size", "digest", "caps", "link", "rdev", "mtime")
+
+
 @dataclass(frozen=True)
 class _DigestJob:
     """A file's content still to hash; hashing runs on a thread pool afterwards."""
@@ -142,15 +146,10 @@ def _settle(findings: list[_Finding], progress: Callable[[int, int], None] | Non
     out = []
     for nvra, name, rel, what, job in findings:
         if job is not None and next(differs):
-            what = [*what[:_digest_position(what)], "digest", *what[_digest_position(what):]]
+            what = sorted([*what, "digest"], key=CHECK_ORDER.index)
         if what:
             out.append(Mismatch(nvra, name, rel, tuple(what)))
     return out
-
-
-def _digest_position(what: list[str]) -> int:
-    # "digest" is reported after "size", as the serial check did.
-    return what.index("size") + 1 if "size" in what else sum(1 for w in what if w in ("mode", "owner", "group"))
 
 
 def check_package(pkg: InstalledPackage, tree: Path, owners: Owners) -> tuple[int, list[Mismatch]]:
