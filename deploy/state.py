@@ -52,6 +52,10 @@ class DeploymentRecord:
     subvol_id: int
     packages: tuple[PackageRecord, ...]
     pinned: bool = False
+    # The ids the deployment's owner names resolved to when it was built (None: unknown
+    # name, so root); an update may start from this deployment only while they still do.
+    # Absent in deployments made before updates were built that way.
+    owner_ids: Mapping[str, Mapping[str, int | None]] | None = None
 
 
 @dataclass(frozen=True)

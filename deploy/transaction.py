@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import manifest as manifest_mod
+from deploy.build import build
 from deploy.errors import DowngradeError, PackageError, SpaceError
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
@@ -29,8 +30,7 @@ from deploy.sources import FetchJob, Source, open_source
 from deploy.state import DeploymentRecord, PackageRecord, State
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import TreeBuilder
-from rpmextents import ExtentsPackage, Keyring, kernel
+from rpmextents import Keyring
 from rpmextents.errors import Error as FormatFamilyError
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class DeployOptions:
     # own header signatures are not required.
     allow_unsigned_packages: bool = False
     lock_wait: float = DEFAULT_WAIT
+    # Build from nothing even when the previous deployment could be updated.
+    full: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,10 @@ class DeployResult:
     outside_usr: dict[str, list[str]] = field(default_factory=dict)
     scriptlets_not_run: tuple[str, ...] = ()
     unknown_owners: tuple[str, ...] = ()
+    build: str = ""  # "update" (from the previous deployment) or "full"
+    full_reason: str = ""
+    written_paths: int = 0
+    kept_paths: int = 0
 
 
 def _noop_progress(label: str, unit: str) -> ProgressFn:
@@ -124,48 +130,6 @@ def _record(ref: PackageRef, source: Source) -> PackageRecord:
         name=ref.name, epoch=ref.epoch, version=ref.version, release=ref.release, arch=ref.arch,
         sha256=ref.sha256, header_sha256=ref.header_sha256, size=ref.size,
         url=source.package_url(ref),
-    )
-
-
-@dataclass(frozen=True)
-class _Built:
-    subvol_id: int
-    reflinked: int
-    copied: int
-    outside_usr: dict[str, list[str]]
-    unknown_owners: tuple[str, ...]
-
-
-def _build(system: System, m: ImageManifest, store: Store, new_id: str, progress: ProgressFn) -> _Built:
-    layout = system.layout
-    build = layout.staging / f"build-{new_id}"
-    kernel.subvolume_create(build)
-    checkpoint("subvolume created")
-    builder = TreeBuilder(build, system.sysroot)
-    # About ten crash points spread over the build, whatever the image's size.
-    step = max(1, len(m.packages) // 10)
-    for i, ref in enumerate(m.packages):
-        with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
-            builder.add_package(pkg)
-        progress(i + 1, len(m.packages))
-        if i % step == 0:
-            checkpoint("package built")
-    checkpoint("tree complete")
-    # Renaming a read-only subvolume fails (its ".." would change), so move it first;
-    # until the state file names it, recover() treats it as a leftover.
-    final = layout.deployment(new_id)
-    os.rename(build, final)
-    checkpoint("deployment in place")
-    kernel.subvolume_set_readonly(final, True)
-    kernel.sync_filesystem(final)
-    checkpoint("subvolume read-only")
-    subvol_id = kernel.subvolume_id(final)
-    return _Built(
-        subvol_id=subvol_id,
-        reflinked=builder.stats.reflinked,
-        copied=builder.stats.copied,
-        outside_usr=builder.stats.outside_usr,
-        unknown_owners=tuple(sorted(builder.stats.unknown_owners)),
     )
 
 
@@ -233,7 +197,10 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             for i, job in enumerate(jobs):
                 deduped += store.add(job.ref, job.dest, keyring)
                 verify_progress(i + 1, len(jobs))
-            built = _build(system, m, store, new_id, progress("build", "packages"))
+            built = build(
+                system, m, store, new_id, progress("build", "packages"),
+                current.find(current.default), full=options.full,
+            )
         except (OSError, FormatFamilyError) as e:
             if not _out_of_space(e):
                 raise
@@ -248,6 +215,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             id=new_id, image=m.name, version=m.version, arch=m.arch, created=_now(),
             manifest_sha256=manifest_sha, source=source.manifest_location,
             subvol_id=built.subvol_id, packages=tuple(_record(r, source) for r in m.packages),
+            owner_ids=built.owner_ids,
         )
         newest = dict(current.newest)
         if m.name not in newest or manifest_mod.compare_versions(m.version, newest[m.name]) > 0:
@@ -265,6 +233,8 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             deduplicated_bytes=deduped, reflinked_files=built.reflinked, copied_files=built.copied,
             kernel_arguments=system.kernel_arguments(new_id), outside_usr=built.outside_usr,
             scriptlets_not_run=m.report.scriptlets, unknown_owners=built.unknown_owners,
+            build=built.method, full_reason=built.full_reason, written_paths=built.written,
+            kept_paths=built.kept,
         )
 
 

@@ -9,10 +9,11 @@ system the deployment is for, like rpm resolves them against its --root.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rpmextents import ExtentsPackage, Owners, extract, kernel
+from rpmextents import Entry, ExtentsPackage, Owners, extract, kernel
 from rpmextents.extract import NO_REFLINK
 
 FACTORY = "share/factory"
@@ -39,12 +40,14 @@ def header_file_name(pkg: ExtentsPackage) -> str:
 
 @dataclass
 class TreeStats:
+    entries: int = 0
     files: int = 0
     reflinked: int = 0
     copied: int = 0
     bytes: int = 0
     outside_usr: dict[str, list[str]] = field(default_factory=dict)
-    unknown_owners: set[str] = field(default_factory=set)
+    users: set[str] = field(default_factory=lambda: {"root"})
+    groups: set[str] = field(default_factory=lambda: {"root"})
 
 
 class TreeBuilder:
@@ -55,27 +58,51 @@ class TreeBuilder:
         self.owners = Owners.from_root(sysroot)
         self.stats = TreeStats()
 
-    def add_package(self, pkg: ExtentsPackage) -> None:
-        """Write every entry of pkg (ghosts excepted, as with rpm) and its header file."""
-        report = extract(pkg, self.root, method="auto", owners=self.owners, relocate=_extract_path)
+    def add_package(self, pkg: ExtentsPackage, only: Collection[int] | None = None) -> None:
+        """Write every entry of pkg (ghosts excepted, as with rpm), or those `only` names."""
+        report = extract(pkg, self.root, method="auto", owners=self.owners, relocate=_extract_path, only=only)
+        self.stats.entries += report.placed
         self.stats.files += report.files
         self.stats.reflinked += report.reflinked
         self.stats.copied += report.copied
         self.stats.bytes += report.bytes
-        entries = [e for e in pkg.entries() if not e.ghost]
-        outside = [e.path for e in entries if relocate(e.path)[1]]
+
+    def account(self, nevra: str, entries: Iterable[Entry]) -> None:
+        """Note what a package of the image puts outside /usr and which owners it names."""
+        outside = []
+        for e in entries:
+            if e.ghost:
+                continue
+            if relocate(e.path)[1]:
+                outside.append(e.path)
+            self.stats.users.add(e.user)
+            self.stats.groups.add(e.group)
         if outside:
-            self.stats.outside_usr[pkg.nevra] = outside
-        self.stats.unknown_owners |= {
-            f"user {e.user}" for e in entries if e.user not in self.owners.users
-        } | {f"group {e.group}" for e in entries if e.group not in self.owners.groups}
-        self.write_header(pkg)
+            self.stats.outside_usr[nevra] = outside
+
+    @property
+    def unknown_owners(self) -> tuple[str, ...]:
+        return tuple(sorted(
+            [f"user {u}" for u in self.stats.users if u not in self.owners.users]
+            + [f"group {g}" for g in self.stats.groups if g not in self.owners.groups]
+        ))
+
+    def owner_ids(self) -> dict[str, dict[str, int | None]]:
+        """The ids the image's owner names resolved to (None: unknown, so root)."""
+        return {
+            "users": {u: self.owners.users.get(u) for u in sorted(self.stats.users)},
+            "groups": {g: self.owners.groups.get(g) for g in sorted(self.stats.groups)},
+        }
+
+    def remove_header(self, file_name: str) -> None:
+        (self.root / HEADER_DIR / file_name).unlink(missing_ok=True)
 
     def write_header(self, pkg: ExtentsPackage) -> None:
         """Store pkg's lead, signature and header as lib/sysimage/packages/N-V-R.A.rpm.
 
         The bytes are reflinked from the package (they are its first header_end bytes), so
-        a header file costs one block of its own at most: the one cut at header_end.
+        a header file costs one block of its own at most: the one cut at header_end. Its
+        mtime is the package's build time, so the same packages make the same directory.
         """
         path = self.root / HEADER_DIR / header_file_name(pkg)
         os.makedirs(path.parent, mode=0o755, exist_ok=True)
@@ -92,3 +119,7 @@ class TreeBuilder:
                     raise
                 os.ftruncate(f.fileno(), 0)
                 f.write(pkg.header_bytes())
+                f.flush()
+            built = pkg.build_time
+            if built is not None:
+                os.utime(f.fileno(), (built, built))

@@ -219,6 +219,7 @@ def repair(
             for path in stored:
                 with ExtentsPackage.open(path) as pkg:
                     builder.add_package(pkg)
+                    builder.write_header(pkg)
             kernel.sync_filesystem(tree)
         finally:
             kernel.subvolume_set_readonly(tree, True)

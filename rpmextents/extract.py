@@ -6,7 +6,7 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ class ExtractError(Error):
 @dataclass(frozen=True)
 class ExtractReport:
     entries: int
+    placed: int  # entries written (ghosts and entries not selected are not)
     files: int
     reflinked: int
     copied: int
@@ -106,17 +107,19 @@ class Tree:
     def real(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
-    def _resolve_dir(self, rel: str, hops: int = 0) -> str:
+    def _resolve_dir(self, rel: str, hops: int = 0, create: bool = True) -> str:
         known = self._dirs.get(rel)
         if known is not None:
             return known
         parent, _, name = rel.rpartition("/")
-        base = self._resolve_dir(parent, hops)
+        base = self._resolve_dir(parent, hops, create)
         candidate = f"{base}/{name}" if base else name
         real = self.real(candidate)
         try:
             st = os.lstat(real)
         except FileNotFoundError:
+            if not create:
+                raise
             os.mkdir(real, 0o755)  # rpm creates missing parents as root:root 0755
             self._dirs[rel] = candidate
             return candidate
@@ -127,7 +130,7 @@ class Tree:
             joined = target if target.startswith("/") else "/" + posixpath.join(base, target)
             if _climbs_out(joined):
                 raise UnsafePathError(f"/{rel} is a symlink to {target!r}, outside the destination")
-            resolved = self._resolve_dir(posixpath.normpath(joined).lstrip("/"), hops + 1)
+            resolved = self._resolve_dir(posixpath.normpath(joined).lstrip("/"), hops + 1, create)
             self._dirs[rel] = resolved
             return resolved
         if not stat.S_ISDIR(st.st_mode):
@@ -142,11 +145,20 @@ class Tree:
         """
         parent, _, name = path.lstrip("/").rpartition("/")
         real_parent = self._resolve_dir(parent)
+        return self._enter(real_parent), name, f"{real_parent}/{name}" if real_parent else name
+
+    def find(self, path: str) -> tuple[int, str]:
+        """(parent directory fd, name) of an existing path's parent, resolved like place();
+        FileNotFoundError when a parent is missing, which find() does not create."""
+        parent, _, name = path.lstrip("/").rpartition("/")
+        return self._enter(self._resolve_dir(parent, create=False)), name
+
+    def _enter(self, real_parent: str) -> int:
         if real_parent != self._fd_rel:
             self.close()
             self._fd = os.open(self.real(real_parent), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self._fd_rel = real_parent
-        return self._fd, name, f"{real_parent}/{name}" if real_parent else name
+        return self._fd
 
     def note_dir(self, path: str, real_rel: str) -> None:
         self._dirs[path.lstrip("/")] = real_rel
@@ -267,12 +279,15 @@ def extract(
     method: str = "auto",
     owners: Owners | None = None,
     relocate: Relocate | None = None,
+    only: Collection[int] | None = None,
 ) -> ExtractReport:
     """Extract ``pkg`` into ``dest`` as ``rpm -i --root DEST --nodeps --noscripts`` would.
 
     ``relocate`` maps a package path to the path to create (deploy puts files
     outside /usr under /usr/share/factory); ``owners`` defaults to DEST's own
-    etc/passwd and etc/group.
+    etc/passwd and etc/group. ``only`` limits the work to the entries with these
+    indices (an update rewriting part of a tree); a hardlinked file is linked only
+    to the members of its group that are selected too.
     """
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
@@ -282,12 +297,16 @@ def extract(
     links: dict[int, str] = {}
     dirs: list[tuple[str, Entry]] = []
     files = 0
+    placed = 0
     written = 0
     entries = pkg.entries()
     try:
         for entry in entries:
             if entry.flags & _GHOST:
                 continue  # rpm records %ghost files but does not create them
+            if only is not None and entry.index not in only:
+                continue
+            placed += 1
             target = relocate(entry.path) if relocate is not None else entry.path
             if not target.strip("/"):
                 # The destination itself (a package owning "/", or "/usr" relocated to a
@@ -336,5 +355,5 @@ def extract(
     finally:
         tree.close()
     return ExtractReport(
-        entries=len(entries), files=files, reflinked=writer.reflinked, copied=writer.copied, bytes=written
+        entries=len(entries), placed=placed, files=files, reflinked=writer.reflinked, copied=writer.copied, bytes=written
     )

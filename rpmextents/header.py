@@ -30,6 +30,7 @@ class Tag(enum.IntEnum):
     VERSION = 1001
     RELEASE = 1002
     EPOCH = 1003
+    BUILDTIME = 1006
     ARCH = 1022
     PREIN = 1023
     POSTIN = 1024

@@ -121,6 +121,11 @@ class ExtentsPackage:
         return self.header.get(tag)
 
     @property
+    def build_time(self) -> int | None:
+        """The package's BUILDTIME (seconds since the epoch), when it has one."""
+        return self.header.number(Tag.BUILDTIME)
+
+    @property
     def has_scriptlets(self) -> bool:
         return any(t in self.header for t in SCRIPTLET_TAGS)
 

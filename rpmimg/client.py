@@ -54,6 +54,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allow-unsigned-packages", action="store_true",
                    help="do not require header signatures on the packages (the signed manifest"
                    " still pins each package's sha256)")
+    p.add_argument("--full", action="store_true",
+                   help="build the new /usr from the stored packages alone, not as an update of"
+                   " the current default deployment")
     _common(p, mutating=True)
     p.set_defaults(func=cmd_deploy)
 
@@ -138,6 +141,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     options = DeployOptions(
         source=args.manifest, keyrings=tuple(args.keyring), allow_downgrade=args.allow_downgrade,
         allow_unsigned_packages=args.allow_unsigned_packages, lock_wait=args.lock_wait,
+        full=args.full,
     )
     bars = _Bars()
     with _system(args) as system:
@@ -161,6 +165,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         f" {human_bytes(result.transferred_bytes)} transferred,"
         f" {human_bytes(result.deduplicated_bytes)} deduplicated)"
     )
+    if result.build == "update":
+        print(f"  built from deployment {result.previous_default}: {result.written_paths} paths written,"
+              f" {result.kept_paths} kept")
+    elif result.full_reason:
+        print(f"  built in full: {result.full_reason}")
     for nevra, paths in sorted(result.outside_usr.items()):
         print(f"  {nevra}: files outside /usr placed under /usr/share/factory: {', '.join(paths)}")
     for nevra in result.scriptlets_not_run:

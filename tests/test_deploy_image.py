@@ -81,7 +81,7 @@ def test_deploy_equals_rpm_install(sysroot: Path, images: Images, tmp_path: Path
 def test_update_costs_only_changed_files_and_diffs(sysroot: Path, images: Images) -> None:
     first = deploy(sysroot, images.v1.parent, images.key).json()
     second = deploy(sysroot, images.output, images.key).json()  # "latest" is V2
-    assert (second["version"], second["fetched"]) == (V2, 3)
+    assert (second["version"], second["fetched"], second["build"]) == (V2, 3, "update")
     tree1, tree2 = _tree(sysroot, str(first["deployment"])), _tree(sysroot, str(second["deployment"]))
 
     # Disk: the new deployment plus its new store entries cost at most the changed files'

@@ -1,0 +1,156 @@
+"""Building a deployment's subvolume: from the previous deployment where it can, else from nothing.
+
+Either way the tree is made under staging/, moved into deployments/ and made read-only;
+the caller records it. An update starts from a writable snapshot of the current default
+and rewrites only what changed (deploy.delta); a first deployment, `--full`, or an
+update the snapshot can't express exactly is extracted package by package.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy import delta
+from deploy.faults import checkpoint
+from deploy.manifest import ImageManifest
+from deploy.state import DeploymentRecord
+from deploy.store import Store
+from deploy.system import System
+from deploy.tree import TreeBuilder
+from rpmextents import Entry, ExtentsPackage, kernel
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Built:
+    subvol_id: int
+    method: str  # "update" (from the previous deployment) or "full"
+    full_reason: str  # why a full build, when it is one
+    written: int  # paths written (all of them in a full build)
+    kept: int  # paths carried over from the previous deployment untouched
+    reflinked: int
+    copied: int
+    outside_usr: dict[str, list[str]]
+    unknown_owners: tuple[str, ...]
+    owner_ids: Mapping[str, Mapping[str, int | None]]
+
+
+def build(
+    system: System, m: ImageManifest, store: Store, new_id: str, progress: ProgressFn,
+    base: DeploymentRecord | None, full: bool = False,
+) -> Built:
+    """Build image m as deployment new_id; base is the deployment to update from."""
+    path = system.layout.staging / f"build-{new_id}"
+    reason = "asked for" if full else "no previous deployment" if base is None else ""
+    if base is not None and not full:
+        try:
+            builder, written, kept = _update(system, m, store, path, base, progress)
+            return _finish(system, path, new_id, builder, ("update", "", written, kept))
+        except delta.NoDelta as e:
+            reason = str(e)
+            log.info("building %s %s from scratch: %s", m.name, m.version, reason)
+            if os.path.lexists(path):
+                kernel.subvolume_delete(path)
+    builder = _full(system, m, store, path, progress)
+    return _finish(system, path, new_id, builder, ("full", reason, builder.stats.entries, 0))
+
+
+def _full(system: System, m: ImageManifest, store: Store, path: Path, progress: ProgressFn) -> TreeBuilder:
+    kernel.subvolume_create(path)
+    checkpoint("subvolume created")
+    builder = TreeBuilder(path, system.sysroot)
+    # About ten crash points spread over the build, whatever the image's size.
+    step = max(1, len(m.packages) // 10)
+    for i, ref in enumerate(m.packages):
+        with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
+            builder.add_package(pkg)
+            builder.account(pkg.nevra, pkg.entries())
+            builder.write_header(pkg)
+        progress(i + 1, len(m.packages))
+        if i % step == 0:
+            checkpoint("package built")
+    return builder
+
+
+def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple[str, list[Entry]]]:
+    """sha256 -> (N-V-R.A, entries) of stored packages."""
+    found: dict[str, tuple[str, list[Entry]]] = {}
+    for sha in sha256s:
+        if sha in found:
+            continue
+        if not store.has(sha):
+            raise delta.NoDelta(f"a package of {what} is no longer in the store ({sha[:12]})")
+        with ExtentsPackage.open(store.path(sha)) as pkg:
+            found[sha] = (pkg.nevra, pkg.entries())
+    return found
+
+
+def _update(
+    system: System, m: ImageManifest, store: Store, path: Path, base: DeploymentRecord,
+    progress: ProgressFn,
+) -> tuple[TreeBuilder, int, int]:
+    """The update as a snapshot of base changed where m differs; (builder, paths written, paths kept)."""
+    base_path = system.layout.deployment(base.id)
+    if base.owner_ids is None:
+        raise delta.NoDelta(f"deployment {base.id} predates updates built from a previous deployment")
+    if not kernel.is_subvolume(base_path) or not kernel.subvolume_is_readonly(base_path):
+        raise delta.NoDelta(f"deployment {base.id} is not a read-only subvolume")
+    builder = TreeBuilder(path, system.sysroot)
+    delta.check_owners(base.owner_ids, builder.owners)
+    old_keys = [p.sha256 for p in base.packages]
+    new_keys = [r.sha256 for r in m.packages]
+    entries = _entries(store, old_keys, f"deployment {base.id}")
+    entries.update(_entries(store, new_keys, f"{m.name} {m.version}"))
+    plan = delta.plan(
+        delta.Layout.of((k, entries[k][1]) for k in old_keys),
+        delta.Layout.of((k, entries[k][1]) for k in new_keys),
+    )
+    for key in new_keys:
+        builder.account(*entries[key])
+
+    kernel.subvolume_snapshot(base_path, path, readonly=False)
+    checkpoint("subvolume created")
+    delta.remove(os.fspath(path), plan)
+    old_set, new_set = set(old_keys), set(new_keys)
+    for p in base.packages:
+        if p.sha256 not in new_set:
+            builder.remove_header(f"{p.nvra}.rpm")
+    todo = [r for r in m.packages if r.sha256 in plan.write or r.sha256 not in old_set]
+    for i, ref in enumerate(todo):
+        with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
+            if ref.sha256 in plan.write:
+                builder.add_package(pkg, only=plan.write[ref.sha256])
+            if ref.sha256 not in old_set:
+                builder.write_header(pkg)
+        progress(i + 1, len(todo))
+        checkpoint("package built")
+    return builder, sum(len(v) for v in plan.write.values()), plan.kept
+
+
+def _finish(
+    system: System, path: Path, new_id: str, builder: TreeBuilder, how: tuple[str, str, int, int]
+) -> Built:
+    checkpoint("tree complete")
+    # Renaming a read-only subvolume fails (its ".." would change), so move it first;
+    # until the state file names it, recover() treats it as a leftover.
+    final = system.layout.deployment(new_id)
+    os.rename(path, final)
+    checkpoint("deployment in place")
+    kernel.subvolume_set_readonly(final, True)
+    kernel.sync_filesystem(final)
+    checkpoint("subvolume read-only")
+    method, reason, written, kept = how
+    return Built(
+        subvol_id=kernel.subvolume_id(final), method=method, full_reason=reason,
+        written=written, kept=kept,
+        reflinked=builder.stats.reflinked, copied=builder.stats.copied,
+        outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
+        owner_ids=builder.owner_ids(),
+    )

@@ -1,0 +1,233 @@
+"""An update built from the previous deployment instead of from nothing.
+
+The new deployment starts as a writable snapshot of the current default, and only
+the paths where the new image differs are touched: entries of removed packages are
+deleted, entries that changed are written, entries an updated package carries over
+unchanged (same type, owner, mode, mtime and content digest) are left as they are.
+The update then costs the changed files and their metadata, not a new copy of
+every inode of the image.
+
+The result must equal a fresh build of the new image, in which packages are
+extracted in manifest order and the last one to write a path wins. So both images
+are laid out that way (path -> winning entry) and compared; wherever a shortcut
+could differ from a fresh build (a directory symlink that changes, a path whose
+entries disagree on its type, owner names that now resolve to other ids, a base
+tree that isn't as recorded), planning or applying raises `NoDelta` and the caller
+builds from scratch.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.tree import HEADER_DIR, relocate
+from rpmextents import Entry, Owners
+from rpmextents.extract import Tree
+from rpmextents.files import EntryType
+
+# Digests strong enough to stand for the content they name.
+STRONG_DIGESTS = frozenset({"sha256", "sha384", "sha512", "sha224", "sha3_256", "sha3_512"})
+
+
+class NoDelta(Exception):
+    """The update can't be built from the previous deployment; str() says why."""
+
+
+@dataclass(frozen=True)
+class Placed:
+    """The entry a fresh build leaves at a path: the last package's to write it."""
+
+    key: str  # the package's sha256
+    entry: Entry
+
+
+@dataclass
+class Layout:
+    """A whole image as a fresh build lays it out, by tree-relative path ("" is the top)."""
+
+    placed: dict[str, Placed] = field(default_factory=dict)
+    mixed: set[str] = field(default_factory=set)  # paths whose entries disagree on their type
+    _parents: set[str] | None = None
+
+    @classmethod
+    def of(cls, packages: Iterable[tuple[str, Sequence[Entry]]]) -> Layout:
+        layout = cls()
+        placed = layout.placed
+        for key, entries in packages:
+            for e in entries:
+                if e.ghost:
+                    continue
+                path = relocate(e.path)[0]
+                before = placed.get(path)
+                if before is not None and before.entry.type is not e.type:
+                    layout.mixed.add(path)
+                placed[path] = Placed(key, e)
+        return layout
+
+    @property
+    def parents(self) -> set[str]:
+        """Every directory some path lies below: the tree-relative ancestors of all paths."""
+        if self._parents is None:
+            # The header files' directory stands in every deployment.
+            found = {"", *_ancestors(f"{HEADER_DIR}/-")}
+            for path in self.placed:
+                while path:
+                    path = path.rpartition("/")[0]
+                    if path in found:
+                        break
+                    found.add(path)
+            self._parents = found
+        return self._parents
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def same_result(a: Entry, b: Entry) -> bool:
+    """Whether writing b where a stands would leave the tree as it is (owner ids aside,
+    which the caller checks for the whole image)."""
+    if a.type is not b.type or a.mode != b.mode or a.user != b.user or a.group != b.group:
+        return False
+    if a.type is EntryType.DIR:
+        return True  # a directory's mtime is whatever its last change made it, as with rpm
+    if a.mtime != b.mtime:
+        return False
+    if a.type is EntryType.SYMLINK:
+        return a.linkto == b.linkto
+    if a.type is EntryType.FILE:
+        return (
+            a.hardlink_key is None and b.hardlink_key is None  # links are rewritten as groups
+            and a.size == b.size and a.caps == b.caps
+            and a.digest_algo == b.digest_algo and a.digest_algo in STRONG_DIGESTS
+            and bool(a.digest) and a.digest == b.digest
+        )
+    return a.rdev == b.rdev
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What turns a tree of the old image into one of the new."""
+
+    delete: tuple[str, ...]  # non-directories, then directories deepest first
+    reset_dirs: tuple[str, ...]  # directories no package owns any more, kept as parents
+    write: Mapping[str, frozenset[int]]  # package sha256 -> indices of the entries to write
+    kept: int  # paths left untouched
+
+
+def _is_dir(at: Placed | None) -> bool:
+    return at is not None and at.entry.type is EntryType.DIR
+
+
+def _depth_first(paths: Iterable[str]) -> list[str]:
+    return sorted(paths, key=lambda p: (-p.count("/"), p))
+
+
+def plan(old: Layout, new: Layout) -> Plan:
+    """The smallest set of changes that makes a tree laid out as `old` equal one laid out as `new`."""
+    write: set[str] = set()
+    for path, placed in new.placed.items():
+        before = old.placed.get(path)
+        if before is None or (
+            (before.key, before.entry.index) != (placed.key, placed.entry.index)
+            and not same_result(before.entry, placed.entry)
+        ):
+            write.add(path)
+    gone = {
+        path for path, placed in old.placed.items()
+        if path not in new.placed or new.placed[path].entry.type is not placed.entry.type
+    }
+    # A hardlinked file is written with every other winning member of its group.
+    groups: dict[tuple[str, int], list[str]] = {}
+    for path, placed in new.placed.items():
+        if placed.entry.hardlink_key is not None:
+            groups.setdefault((placed.key, placed.entry.hardlink_key), []).append(path)
+    for path in list(write):
+        placed = new.placed[path]
+        if placed.entry.hardlink_key is not None:
+            write.update(groups[(placed.key, placed.entry.hardlink_key)])
+
+    changed = write | gone
+    parents = old.parents | new.parents
+    for path in sorted(changed):
+        if path in old.mixed or path in new.mixed:
+            raise NoDelta(f"/{path}: packages disagree on what it is")
+        before, after = old.placed.get(path), new.placed.get(path)
+        if path in parents and EntryType.SYMLINK in {p.entry.type for p in (before, after) if p is not None}:
+            raise NoDelta(f"/{path}: a symlink that other paths lie below changes")
+        for layout, at in ((old, before), (new, after)):
+            if at is not None and at.entry.type is not EntryType.DIR and path in layout.parents:
+                raise NoDelta(f"/{path}: other paths lie below a {at.entry.type.value}")
+
+    files = sorted(p for p in gone if old.placed[p].entry.type is not EntryType.DIR)
+    dirs = {p for p in gone if old.placed[p].entry.type is EntryType.DIR and p not in new.parents}
+    # Directories rpm made only as parents, that nothing lies below any more.
+    dirs |= {p for p in old.parents - new.parents if not _is_dir(new.placed.get(p))}
+    reset = sorted(
+        p for p, placed in old.placed.items()
+        if placed.entry.type is EntryType.DIR and p not in new.placed and p in new.parents
+    )
+    by_package: dict[str, set[int]] = {}
+    for path in write:
+        placed = new.placed[path]
+        by_package.setdefault(placed.key, set()).add(placed.entry.index)
+    return Plan(
+        delete=(*files, *_depth_first(dirs)),
+        reset_dirs=tuple(reset),
+        write={k: frozenset(v) for k, v in by_package.items()},
+        kept=len(new.placed) - len(write),
+    )
+
+
+def check_owners(recorded: Mapping[str, Mapping[str, int | None]], owners: Owners) -> None:
+    """Raise NoDelta when a name the base deployment used now resolves to another id."""
+    for kind, table in (("users", owners.users), ("groups", owners.groups)):
+        for name, was in recorded.get(kind, {}).items():
+            now = table.get(name)
+            if now != was:
+                raise NoDelta(f"{kind[:-1]} {name} is {now} now, {was} in the previous deployment")
+
+
+def remove(root: str, plan: Plan) -> None:
+    """Delete what the new image no longer has and reset directories that lost their owner.
+
+    Paths resolve inside the tree as extraction resolves them (a directory symlink is
+    followed within the tree, never out of it).
+    """
+    tree = Tree(Path(root))
+    try:
+        for path in plan.delete:
+            try:
+                dir_fd, name = tree.find(path)
+                if stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
+                    os.rmdir(name, dir_fd=dir_fd)
+                else:
+                    os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass  # already gone with a directory symlink's other name
+            except OSError as e:
+                if e.errno == errno.ENOTEMPTY:
+                    raise NoDelta(f"/{path} holds files no package of the new image owns") from e
+                raise
+        mask = os.umask(0)
+        os.umask(mask)
+        for path in plan.reset_dirs:
+            # As a fresh build makes a directory only needed as a parent: root's, 0755 less the umask.
+            if not path:
+                fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            else:
+                dir_fd, name = tree.find(path)
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                os.fchown(fd, 0, 0)
+                os.fchmod(fd, 0o755 & ~mask)
+            finally:
+                os.close(fd)
+    finally:
+        tree.close()

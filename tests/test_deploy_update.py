@@ -1,0 +1,248 @@
+"""Updates built from the previous deployment: the same tree as a full build, at the cost
+of what changed.
+
+Two images of a few packages made to exercise every kind of change an update can bring:
+content, mode, owner, mtime, type changes in both directions, hardlinks, directories that
+lose their owner or everything below them, a path two packages write (the later wins),
+files outside /usr. Each update is checked against a full build of the same packages and
+against rpm -i of them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from deploytools import deploy, rpmimg, sign_all
+from imagepub import publish
+
+from fixtures import catalog
+from fixtures.build import signing_key
+from fixtures.rpmbuild import build_package
+from fixtures.signing import SigningKey
+from fixtures.spec import FileKind, FileSpec
+from rpmextents import kernel
+
+from oracle import assert_same_tree, rpm_install, seed_accounts, snapshot
+
+pytest_plugins = ("deployenv",)
+
+A = "/usr/share/alpha"
+T1, T2 = 1_600_000_000, 1_650_000_000
+BIG = 256 << 10  # "same" is big enough that rewriting it would show in the disk cost
+
+
+def _f(path: str, content: bytes | None = None, **kw: object) -> FileSpec:
+    return FileSpec(path, content=content if content is not None else path.encode() + b"\n", **kw)  # type: ignore[arg-type]
+
+
+def _d(path: str, **kw: object) -> FileSpec:
+    return FileSpec(path, kind=FileKind.DIR, **kw)  # type: ignore[arg-type]
+
+
+def _alpha(version: str) -> catalog.PackageSpec:
+    one = version == "1"
+    files = [
+        _d(A),
+        FileSpec(f"{A}/same", size=BIG),
+        _f(f"{A}/changes", b"one\n" if one else b"two, longer\n"),
+        _f(f"{A}/mtime", mtime=T1 if one else T2),
+        _f(f"{A}/owner", user="root" if one else "rpmimg-user", group="root" if one else "rpmimg-group"),
+        _f(f"{A}/mode", mode=0o644 if one else 0o600),
+        _d(f"{A}/mode-dir", mode=0o755 if one else 0o700),
+        _f(f"{A}/mode-dir/inside"),
+        _f(f"{A}/h1", b"linked\n"),
+        FileSpec(f"{A}/h2", kind=FileKind.HARDLINK, target=f"{A}/h1"),
+    ]
+    if one:
+        files += [
+            _f(f"{A}/dropped"),
+            _d(f"{A}/olddir"),
+            _f(f"{A}/olddir/file"),
+            _f(f"{A}/implicit/deep/file"),  # parents no package owns
+            _f(f"{A}/to-link"),
+            FileSpec(f"{A}/to-file", kind=FileKind.SYMLINK, target="same"),
+            _f(f"{A}/becomes-dir"),
+        ]
+    else:
+        files += [
+            FileSpec(f"{A}/to-link", kind=FileKind.SYMLINK, target="same"),
+            _f(f"{A}/to-file", b"a file now\n"),
+            _d(f"{A}/becomes-dir"),
+            _f(f"{A}/becomes-dir/inner"),
+            _f(f"{A}/added"),
+            _f(f"{A}/implicit", b"a file where rpm made a directory\n"),
+        ]
+    return catalog.PackageSpec(name="alpha", version=version, files=tuple(files))
+
+
+BETA = catalog.PackageSpec(name="beta", files=(
+    _f("/usr/share/shared/conflict", b"beta's\n"),
+    _f("/usr/share/owned-by-gamma/beta-file"),
+    _f("/usr/share/beta/file"),
+))
+GAMMA = catalog.PackageSpec(name="gamma", files=(
+    _f("/usr/share/shared/conflict", b"gamma's, which wins while gamma is installed\n"),
+    _d("/usr/share/owned-by-gamma", mode=0o750, group="rpmimg-group"),
+    _f("/usr/share/gamma/file"),
+    _f("/etc/gamma.conf"),
+))
+NEWPKG = catalog.PackageSpec(name="newpkg", files=(_f("/usr/share/newpkg/file"), _f("/etc/newpkg.conf")))
+# A directory symlink that becomes a directory, with a file of another package below it.
+LINKS_V1 = catalog.PackageSpec(name="links", files=(
+    _d("/usr/share/real"), FileSpec("/usr/share/via", kind=FileKind.SYMLINK, target="real"),
+))
+LINKS_V2 = catalog.PackageSpec(name="links", version="2", files=(_d("/usr/share/real"), _d("/usr/share/via")))
+UNDER = catalog.PackageSpec(name="under", files=(_f("/usr/share/via/file"),))
+
+
+@dataclass(frozen=True)
+class UpdateImages:
+    key: SigningKey
+    v1: Path
+    v2: Path
+    v2_again: Path  # v2's packages under a later version, to build in full
+    v2_rpms: tuple[Path, ...]
+    links_v1: Path
+    links_v2: Path
+
+
+def _publish(out: Path, version: str, rpms: Sequence[Path], key: SigningKey) -> Path:
+    return publish(out, "upd", version, rpms, key)
+
+
+@pytest.fixture(scope="module")
+def update_images(tmp_path_factory: pytest.TempPathFactory) -> UpdateImages:
+    key = signing_key()
+    work = tmp_path_factory.mktemp("update-images")
+    built = {}
+    for label, spec in (("alpha1", _alpha("1")), ("alpha2", _alpha("2")), ("beta", BETA), ("gamma", GAMMA),
+                        ("newpkg", NEWPKG), ("links1", LINKS_V1), ("links2", LINKS_V2), ("under", UNDER)):
+        built[label] = build_package(spec, work / "rpms" / label)
+    sign_all(list(built.values()), key)
+    v1 = [built["alpha1"], built["beta"], built["gamma"]]  # gamma after beta: its conflict file wins
+    v2 = [built["alpha2"], built["beta"], built["newpkg"]]
+    out = work / "out"
+    return UpdateImages(
+        key=key,
+        v1=_publish(out, "1", v1, key),
+        v2=_publish(out, "2", v2, key),
+        v2_again=_publish(out, "3", v2, key),
+        v2_rpms=tuple(v2),
+        links_v1=_publish(work / "links", "1", [built["links1"], built["under"]], key),
+        links_v2=_publish(work / "links", "2", [built["links2"], built["under"]], key),
+    )
+
+
+def _tree(sysroot: Path, result: dict[str, object]) -> Path:
+    return sysroot / "@rpmimg/deployments" / str(result["deployment"])
+
+
+def _inode(path: Path) -> int:
+    return os.lstat(path).st_ino
+
+
+def test_update_equals_full_build_and_rpm(sysroot: Path, update_images: UpdateImages, tmp_path: Path) -> None:
+    imgs = update_images
+    first = deploy(sysroot, imgs.v1, imgs.key).json()
+    assert (first["build"], first["full_reason"]) == ("full", "no previous deployment")
+    second = deploy(sysroot, imgs.v2, imgs.key).json()
+    assert second["build"] == "update", second["full_reason"]
+    old, new = _tree(sysroot, first), _tree(sysroot, second)
+    assert kernel.subvolume_is_readonly(new)
+
+    # Only what changed was touched: unchanged files keep their inode, changed ones don't.
+    for same in ("share/alpha/same", "share/beta/file", "share/owned-by-gamma/beta-file"):
+        assert _inode(old / same) == _inode(new / same), same
+    for changed in ("share/alpha/changes", "share/alpha/mtime", "share/alpha/owner", "share/alpha/mode",
+                    "share/shared/conflict"):
+        assert _inode(old / changed) != _inode(new / changed), changed
+    assert (new / "share/shared/conflict").read_bytes() == b"beta's\n"
+    assert second["kept_paths"] > 0 and second["written_paths"] < 30  # type: ignore[operator]
+    # The update's own disk cost is a few blocks per changed path, nothing like a new tree.
+    assert kernel.exclusive_bytes([new]) < 64 << 10
+
+    # A full build of the same packages is the same tree, every path and attribute.
+    again = deploy(sysroot, imgs.v2_again, imgs.key, "--full").json()
+    assert (again["build"], again["full_reason"]) == ("full", "asked for")
+    assert_same_tree(_tree(sysroot, again), new, exclude=())
+    # ... and so is rpm's install of them.
+    expected = tmp_path / "rpm-root"
+    rpm_install(imgs.v2_rpms, expected, passwd=catalog.PASSWD, group=catalog.GROUP)
+    assert_same_tree(expected / "usr", new, exclude=("/lib/sysimage/packages", "/share/factory"))
+    assert sorted(os.listdir(new / "share/factory/etc")) == ["newpkg.conf"]
+    assert sorted(os.listdir(new / "lib/sysimage/packages")) == [
+        "alpha-2-1.x86_64.rpm", "beta-1.0-1.x86_64.rpm", "newpkg-1.0-1.x86_64.rpm"
+    ]
+    # Nothing of the old image is left, down to directories only its files needed.
+    gone = ("share/gamma", "share/alpha/olddir", "share/alpha/dropped")
+    assert [p for p in gone if os.path.lexists(new / p)] == []
+    assert (new / "share/alpha/implicit").read_bytes().startswith(b"a file")
+    reset = os.lstat(new / "share/owned-by-gamma")
+    assert (reset.st_mode & 0o7777, reset.st_uid, reset.st_gid) == (0o755 & ~_umask(), 0, 0)
+    # The previous deployment is as it was.
+    assert (old / "share/shared/conflict").read_bytes().startswith(b"gamma's")
+    assert rpmimg("verify", "--sysroot", sysroot).code == 0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_update_falls_back_to_full_when_it_cannot_be_exact(sysroot: Path, update_images: UpdateImages) -> None:
+    imgs = update_images
+    deploy(sysroot, imgs.links_v1, imgs.key)
+    # A directory symlink with another package's file below it turns into a directory.
+    second = deploy(sysroot, imgs.links_v2, imgs.key).json()
+    assert second["build"] == "full"
+    assert second["full_reason"] == "/share/via: a symlink that other paths lie below changes"
+    tree = _tree(sysroot, second)
+    assert (tree / "share/via").is_dir() and not (tree / "share/via").is_symlink()
+    assert (tree / "share/via/file").is_file()
+
+
+def test_update_falls_back_to_full_when_owner_ids_changed(sysroot: Path, update_images: UpdateImages) -> None:
+    imgs = update_images
+    deploy(sysroot, imgs.v1, imgs.key)
+    # Since the first deployment, rpmimg-group (which it used) got another gid on this
+    # system, and rpmimg-user (which it didn't) another uid.
+    seed_accounts(sysroot, catalog.PASSWD.replace(f":{catalog.USER_ID}:", ":4321:"),
+                  catalog.GROUP.replace(f":{catalog.GROUP_ID}:", ":5432:"))
+    second = deploy(sysroot, imgs.v2, imgs.key).json()
+    assert second["build"] == "full"
+    assert second["full_reason"] == "group rpmimg-group is 5432 now, 2345 in the previous deployment"
+    st = os.lstat(_tree(sysroot, second) / "share/alpha/owner")
+    assert (st.st_uid, st.st_gid) == (4321, 5432)
+
+
+def test_update_plain_output_says_how_it_was_built(sysroot: Path, update_images: UpdateImages) -> None:
+    imgs = update_images
+    rpmimg("deploy", "--sysroot", sysroot, "--keyring", imgs.key.public, imgs.v1)
+    out = rpmimg("deploy", "--sysroot", sysroot, "--keyring", imgs.key.public, imgs.v2).out
+    assert "built from deployment 1:" in out and "paths written" in out, out
+    snap = snapshot(sysroot / "@rpmimg/deployments/2")
+    assert "/share/alpha/added" in snap
+
+
+def test_update_survives_a_missing_store_entry_of_the_base(sysroot: Path, update_images: UpdateImages) -> None:
+    imgs = update_images
+    first = deploy(sysroot, imgs.v1, imgs.key).json()
+    # A package only the first deployment used has gone from the store (damage, or by hand).
+    store = sysroot / "@rpmimg/store"
+    gamma = next(p for p in store.glob("*/*.rpm") if _names(p) == "gamma")
+    gamma.unlink()
+    second = deploy(sysroot, imgs.v2, imgs.key).json()
+    assert second["build"] == "full" and "no longer in the store" in str(second["full_reason"])
+    assert (_tree(sysroot, second) / "share/shared/conflict").read_bytes() == b"beta's\n"
+    assert first["deployment"] != second["deployment"]
+
+
+def _names(stored: Path) -> str:
+    return subprocess.run(["rpm", "-qp", "--nosignature", "--qf", "%{NAME}", stored],
+                          capture_output=True, text=True, check=True).stdout
