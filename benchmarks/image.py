@@ -68,12 +68,12 @@ def compose(ctx: Context, key: SigningKey, output: Path, repos: dict[str, Path],
     return Composed(manifest, json.loads(manifest.read_text()), t)
 
 
-def deploy(ctx: Context, key: SigningKey, sysroot: Path, manifest: str) -> Timing:
-    """`rpmimg deploy MANIFEST --sysroot S --keyring K` (manifest: a path or URL)."""
+def deploy(ctx: Context, key: SigningKey, sysroot: Path, manifest: str, *extra: str) -> Timing:
+    """`rpmimg deploy MANIFEST --sysroot S --keyring K [EXTRA...]` (manifest: a path or URL)."""
     # The corpus RPMs carry no header signatures (Debian signs its archive, not each .deb);
     # the signed manifest still pins every package's sha256.
     return run_timed([[*ctx.rpmimg, "deploy", manifest, "--sysroot", os.fspath(sysroot),
-                       "--keyring", os.fspath(key.public), "--allow-unsigned-packages"]])
+                       "--keyring", os.fspath(key.public), "--allow-unsigned-packages", *extra]])
 
 
 def deployments(ctx: Context, sysroot: Path) -> list[dict[str, Any]]:

@@ -139,8 +139,8 @@ def deploy_metrics(ctx: Context) -> list[Row]:
         return [not_run(metric, peer, value, unit, f, target) for peer, value, target, _ in rows_peers]
     deploy_t = _warm_deploys(ctx, f.pub)
     rows = [row(metric, deploy_t.seconds, peer, value, unit, ratio=ratio, target=target,
-                note=f"{note}; every package already in rpmimg's store (the same packages "
-                     "published under another image name)")
+                note=f"{note}; a full build (--full) with every package already in rpmimg's "
+                     "store (the same packages published under another image name)")
             for peer, value, target, ratio in rows_peers]
     rows.append(row("deploy time, empty store", f.deploy_v1.seconds, "rpm -i --root --nodeps --noscripts",
                     rpm_t.seconds, unit, ratio=faster,
@@ -154,7 +154,8 @@ def _warm_deploys(ctx: Context, pub: Published) -> Timing:
     """Median time of deploying the corpus with every package already in the store.
 
     After v1 is deployed (not timed), each run deploys the same packages published
-    under a new image name, so rpmimg builds a new deployment without fetching.
+    under a new image name with --full, so rpmimg builds a whole new deployment
+    without fetching (as an update of the previous one it would have nothing to do).
     """
     sysroot = ctx.new_sysroot()
     deploy(ctx, pub.key, sysroot, os.fspath(pub.v1.manifest))
@@ -166,7 +167,7 @@ def _warm_deploys(ctx: Context, pub: Published) -> Timing:
                                  image=f"bench-warm{n}").manifest)
 
     return median_timing(ctx.runs, ctx.cache,
-                         lambda: deploy(ctx, pub.key, sysroot, os.fspath(manifests[-1])),
+                         lambda: deploy(ctx, pub.key, sysroot, os.fspath(manifests[-1]), "--full"),
                          setup=publish_next)
 
 
@@ -220,6 +221,7 @@ def update_metrics(ctx: Context) -> list[Row]:
     else:
         rows.append(row(disk_metric, dep.update_disk / MB, disk_peer, limit / MB, "MB",
                         target=Target("<=", 1.1), note=f"btrfs data growth while deploying v2; {note}"))
+    rows.append(_update_time(ctx, dep, note))
     rpmimg_disk = dep.update_disk / MB if isinstance(dep, Deployed) else None
     rows.append(row("update disk cost vs ostree", rpmimg_disk, "ostree repo growth", ostree_growth / MB,
                     "MB", note="bare repository; informational"))
@@ -228,6 +230,28 @@ def update_metrics(ctx: Context) -> list[Row]:
     rows.append(row("update wire bytes: limit", None, "changed files, zstd -19 each", zstd_limit / MB,
                     "MB", note=note))
     return rows
+
+
+def _update_time(ctx: Context, dep: Deployed | str, note: str) -> Row:
+    """Deploying v2 onto v1 against rpm -U of the changed packages onto rpm's v1 root."""
+    updated = [ctx.corpus.updates / u["rpm"] for u in ctx.update_packages()]
+    roots = iter(range(1_000_000))
+    root: list[Path] = []
+
+    def fresh_v1() -> None:
+        root[:] = [ctx.work / f"rpm-U-{next(roots)}"]
+        subprocess.run(["cp", "-a", "--reflink=auto", os.fspath(ctx.rpm_root_v1), os.fspath(root[0])],
+                       check=True)
+
+    rpm_u = median_timing(ctx.runs, ctx.cache, lambda: run_timed([[
+        "rpm", "-U", "--root", os.fspath(root[0]), "--nodeps", "--noscripts", "--nosignature",
+        "--ignorearch", *map(os.fspath, updated)]]), setup=fresh_v1)
+    metric, peer = "update deploy time (v2 onto v1)", "rpm -U --root of the changed packages onto v1"
+    if isinstance(dep, str):
+        return not_run(metric, peer, rpm_u.seconds, "s", dep)
+    return row(metric, dep.deploy_v2.seconds, peer, rpm_u.seconds, "s", ratio=faster,
+               note=f"{note}; rpmimg: one run, fetching the packages from the published directory, "
+                    f"verifying them and building from the previous deployment; rpm: median of {ctx.runs}")
 
 
 def _rsync_update_bytes(ctx: Context, pub: Published) -> int:

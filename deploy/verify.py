@@ -9,9 +9,10 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import multiprocessing
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,67 +47,138 @@ class VerifyResult:
     repaired: tuple[str, ...] = ()
 
 
-def _digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # The order _check_file reports differences in (as rpm -V lists them, roughly).
 CHECK_ORDER = ("missing", "type", "mode", "owner", "group", "size", "digest", "caps", "link", "rdev", "mtime")
+BATCH_BYTES = 16 << 20
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class _DigestJob:
-    """A file's content still to hash; hashing runs on a thread pool afterwards."""
+    """A file's content still to hash, after the metadata checks."""
 
-    path: Path
+    path: str
     algo: str
     expected: str
+    size: int
 
 
-def _check_file(f: Any, algo: str, tree: Path, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
+def _digest(path: str, algo: str, buf: bytearray) -> str:
+    h = hashlib.new(algo)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while n := os.readv(fd, [buf]):
+            h.update(view[:n])
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def _differing(jobs: list[_DigestJob]) -> list[bool]:
+    """For each job, whether the file's digest differs from the expected one."""
+    buf = bytearray(CHUNK)
+    out = []
+    for j in jobs:
+        try:
+            out.append(_digest(j.path, j.algo, buf) != j.expected)
+        except OSError:
+            out.append(True)  # unreadable content is not the packaged content
+    return out
+
+
+class _Hashing:
+    """Digest checks that run while the metadata checks go on.
+
+    Jobs are cut into batches of about BATCH_BYTES; once there is more than one batch,
+    they go to one process per core (hashlib holds the GIL between chunks, so threads
+    would contend with the metadata pass). A small deployment is hashed in this process.
+    """
+
+    def __init__(self, batch_bytes: int = BATCH_BYTES) -> None:
+        self._batch_bytes = batch_bytes
+        self._batch: list[_DigestJob] = []
+        self._bytes = 0
+        self._futures: list[concurrent.futures.Future[list[bool]]] = []
+        self._queued = 0
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._workers = os.cpu_count() or 1
+
+    def __enter__(self) -> _Hashing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def add(self, job: _DigestJob) -> None:
+        self._batch.append(job)
+        self._bytes += job.size
+        if self._bytes >= self._batch_bytes and self._workers > 1:
+            if self._pool is None:
+                ctx = multiprocessing.get_context("fork")
+                self._pool = concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=ctx)
+            self._futures.append(self._pool.submit(_differing, self._batch))
+            self._queued += len(self._batch)
+            self._batch, self._bytes = [], 0
+
+    def results(self, progress: Callable[[int, int], None] | None) -> list[bool]:
+        """Whether each job's file differs, in the order the jobs were added."""
+        total = self._queued + len(self._batch)
+        last = _differing(self._batch)
+        out: list[bool] = []
+        for future in self._futures:
+            out.extend(future.result())
+            if progress is not None:
+                progress(len(out), total)
+        out.extend(last)
+        if progress is not None:
+            progress(len(out), total)
+        return out
+
+
+def _check_file(f: Any, algo: str, tree: str, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
     """Compare one rpm.file of a header with what the tree holds.
 
     Returns (location, what differs, the digest check still to run).
     """
     rel, _ = relocate(f.name)
-    path = tree / rel if rel else tree
+    path = f"{tree}/{rel}" if rel else tree
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return rel, ["missing"], None
-    if stat.S_IFMT(st.st_mode) != stat.S_IFMT(f.mode):
+    fmode = f.mode
+    if stat.S_IFMT(st.st_mode) != stat.S_IFMT(fmode):
         return rel, ["type"], None
     # rpm.file has the mode, user and group an Entry has: resolve them exactly as extract did.
     mode, uid, gid = owners.mode_and_ids(f)
     what = []
     job = None
-    if not stat.S_ISLNK(f.mode) and stat.S_IMODE(st.st_mode) != mode:
+    if not stat.S_ISLNK(fmode) and stat.S_IMODE(st.st_mode) != mode:
         what.append("mode")
     if st.st_uid != uid:
         what.append("owner")
     if st.st_gid != gid:
         what.append("group")
-    if stat.S_ISREG(f.mode):
+    if stat.S_ISREG(fmode):
         if st.st_size != f.size:
             what.append("size")
         if f.digest:
-            job = _DigestJob(path, algo, f.digest)
+            job = _DigestJob(path, algo, f.digest, st.st_size)
         if bool(f.caps) != _has_caps(path):
             what.append("caps")
-    if stat.S_ISLNK(f.mode) and os.readlink(path) != f.linkto:
-        what.append("link")
-    if (stat.S_ISCHR(f.mode) or stat.S_ISBLK(f.mode)) and st.st_rdev != f.rdev:
+    elif stat.S_ISLNK(fmode):
+        if os.readlink(path) != f.linkto:
+            what.append("link")
+    elif (stat.S_ISCHR(fmode) or stat.S_ISBLK(fmode)) and st.st_rdev != f.rdev:
         what.append("rdev")
-    if not stat.S_ISDIR(f.mode) and int(st.st_mtime) != f.mtime:
+    if not stat.S_ISDIR(fmode) and int(st.st_mtime) != f.mtime:
         what.append("mtime")
     return rel, what, job
 
 
-def _has_caps(path: Path) -> bool:
+def _has_caps(path: str) -> bool:
     try:
         os.getxattr(path, "security.capability", follow_symlinks=False)
     except OSError:
@@ -121,41 +193,27 @@ def _package_findings(pkg: InstalledPackage, tree: Path, owners: Owners) -> tupl
     import rpm
 
     algo = DIGEST_ALGOS.get(pkg.header[rpm.RPMTAG_FILEDIGESTALGO] or 1, "md5")
+    top = os.fspath(tree)
     checked, out = 0, []
     for f in rpm.files(pkg.header):
         if f.fflags & RPMFILE_GHOST:
             continue
         checked += 1
-        rel, what, job = _check_file(f, algo, tree, owners)
+        rel, what, job = _check_file(f, algo, top, owners)
         if what or job is not None:
             out.append((pkg.nvra, f.name, rel, what, job))
     return checked, out
 
 
-def _settle(findings: list[_Finding], progress: Callable[[int, int], None] | None = None) -> list[Mismatch]:
-    """Run the pending digest checks on a few threads (hashlib releases the GIL); keep the order."""
-    jobs = [job for *_, job in findings if job is not None]
-    workers = max(1, min(4, os.cpu_count() or 1))
-    results: list[bool] = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for differ in pool.map(lambda j: _digest(j.path, j.algo) != j.expected, jobs):
-            results.append(differ)
-            if progress is not None:
-                progress(len(results), len(jobs))
-    differs = iter(results)
+def _settle(findings: list[_Finding], hashed: Iterator[bool]) -> list[Mismatch]:
+    """The mismatches, in the packages' order, with the digest checks' outcomes."""
     out = []
     for nvra, name, rel, what, job in findings:
-        if job is not None and next(differs):
+        if job is not None and next(hashed):
             what = sorted([*what, "digest"], key=CHECK_ORDER.index)
         if what:
             out.append(Mismatch(nvra, name, rel, tuple(what)))
     return out
-
-
-def check_package(pkg: InstalledPackage, tree: Path, owners: Owners) -> tuple[int, list[Mismatch]]:
-    """Compare one package's files in tree with its header; returns (files checked, mismatches)."""
-    checked, findings = _package_findings(pkg, tree, owners)
-    return checked, _settle(findings)
 
 
 def verify(
@@ -171,12 +229,16 @@ def verify(
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
     files, findings = 0, []
-    for pkg in installed_packages(tree):
-        n, found = _package_findings(pkg, tree, owners)
-        files += n
-        findings.extend(found)
-    # Hashing is the slow part, so it is what the progress display follows.
-    mismatches = _settle(findings, progress)
+    with _Hashing() as hashing:
+        for pkg in installed_packages(tree):
+            n, found = _package_findings(pkg, tree, owners)
+            files += n
+            findings.extend(found)
+            for *_, job in found:
+                if job is not None:
+                    hashing.add(job)
+        # Hashing is the slow part, so it is what the progress display follows.
+        mismatches = _settle(findings, iter(hashing.results(progress)))
     return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
 
 

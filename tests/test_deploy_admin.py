@@ -135,3 +135,28 @@ def test_sysroot_below_the_top_level_is_reached_privately(sysroot: Path, images:
     state = json.loads((sysroot / "@rpmimg/state.json").read_text())
     assert [d["version"] for d in state["deployments"]] == [V0, V1]
     assert V2 not in state["newest"].values()
+
+
+def test_digest_checks_in_worker_processes_keep_their_order(tmp_path: Path) -> None:
+    import hashlib
+
+    from deploy.verify import _DigestJob, _Hashing
+
+    jobs, expected = [], []
+    for i in range(40):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(os.urandom(1000 + i))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        wrong = i % 7 == 3
+        jobs.append(_DigestJob(os.fspath(path), "sha256", "0" * 64 if wrong else digest, 1000 + i))
+        expected.append(wrong)
+    jobs.append(_DigestJob(os.fspath(tmp_path / "gone"), "sha256", "0" * 64, 1))  # unreadable: differs
+    expected.append(True)
+    seen: list[tuple[int, int]] = []
+    # Batches of one job or so: every batch but the last runs in a worker process.
+    with _Hashing(batch_bytes=2000) as hashing:
+        for job in jobs:
+            hashing.add(job)
+        assert hashing.results(lambda done, total: seen.append((done, total))) == expected
+    assert seen[-1] == (len(jobs), len(jobs))
+    assert len(seen) > 10 or os.cpu_count() == 1  # progress moves batch by batch
