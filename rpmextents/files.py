@@ -124,6 +124,8 @@ def check_path(path: str) -> None:
     """
     if path == "/":
         return
+    if path[:1] == "/" and "//" not in path and "/." not in path and path[-1] != "/" and "\0" not in path:
+        return  # the common case, cheaply: no empty, "." or ".." component, nothing to normalise
     if not path.startswith("/"):
         raise FormatError(f"unsafe file name {path!r}: not an absolute path")
     parts = path.split("/")[1:]

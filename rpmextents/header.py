@@ -163,14 +163,20 @@ class Header:
             if start + entry.count > end:
                 raise FormatError(f"{self.what}: tag {entry.tag} runs past the data store")
             return self.blob[start : start + entry.count]
-        strings: list[str] = []
-        pos = start
-        for _ in range(entry.count):
-            nul = self.blob.find(b"\0", pos, end)
+        if entry.count == 1:
+            nul = self.blob.find(b"\0", start, end)
             if nul < 0:
                 raise FormatError(f"{self.what}: string of tag {entry.tag} is not terminated")
-            strings.append(self.blob[pos:nul].decode("utf-8", "surrogateescape"))
-            pos = nul + 1
+            strings = [self.blob[start:nul].decode("utf-8", "surrogateescape")]
+        elif entry.count:
+            # count NUL-terminated strings: split off count pieces, the rest is what follows.
+            pieces = self.blob[start:end].split(b"\0", entry.count)
+            if len(pieces) <= entry.count:
+                raise FormatError(f"{self.what}: string of tag {entry.tag} is not terminated")
+            # A NUL is never part of a UTF-8 sequence: decoding them at once is decoding each.
+            strings = b"\0".join(pieces[:-1]).decode("utf-8", "surrogateescape").split("\0")
+        else:
+            strings = []
         if entry.type == TagType.STRING:
             return strings[0] if strings else ""
         return strings
