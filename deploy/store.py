@@ -20,7 +20,7 @@ from deploy.errors import PackageError
 from deploy.faults import checkpoint
 from deploy.manifest import PackageRef
 from deploy.sources.base import sha256_file
-from rpmextents import ExtentsPackage, Keyring, kernel
+from rpmextents import Entry, ExtentsPackage, Keyring, kernel
 from rpmextents.errors import Error as FormatFamilyError
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._index: dict[tuple[str, str], StoredExtent] | None = None
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.rpm"
@@ -58,24 +59,29 @@ class Store:
         path = self.path(sha256)
         size = path.stat().st_size
         path.unlink()
+        self._index = None  # it may point into the removed entry
         return size
 
     def _content_index(self) -> dict[tuple[str, str], StoredExtent]:
-        """Every stored file's data by (digest algorithm, digest)."""
-        index: dict[tuple[str, str], StoredExtent] = {}
-        for sha in self:
-            path = self.path(sha)
-            try:
-                with ExtentsPackage.open(path) as pkg:
-                    for e in pkg.entries():
-                        if e.extent is not None and e.digest:
-                            index.setdefault(
-                                (e.digest_algo, e.digest),
-                                StoredExtent(path, e.extent.offset, e.extent.length),
-                            )
-            except FormatFamilyError as e:
-                log.warning("%s: skipped for deduplication: %s", path, e)
-        return index
+        """Every stored file's data by (digest algorithm, digest); read once, then kept up to date."""
+        if self._index is None:
+            self._index = {}
+            for sha in self:
+                path = self.path(sha)
+                try:
+                    with ExtentsPackage.open(path) as pkg:
+                        self._index_entries(path, pkg.entries())
+                except FormatFamilyError as e:
+                    log.warning("%s: skipped for deduplication: %s", path, e)
+        return self._index
+
+    def _index_entries(self, path: Path, entries: list[Entry]) -> None:
+        assert self._index is not None
+        for e in entries:
+            if e.extent is not None and e.digest:
+                self._index.setdefault(
+                    (e.digest_algo, e.digest), StoredExtent(path, e.extent.offset, e.extent.length)
+                )
 
     def _dedupe(self, pkg: ExtentsPackage, fd: int) -> int:
         index = self._content_index()
@@ -126,6 +132,7 @@ class Store:
                     pkg.verify(keyring)
                     checkpoint("package verified")
                     deduped = self._dedupe(pkg, fd)
+                    entries = pkg.entries()
                 os.fchmod(fd, 0o444)
                 os.fsync(fd)
             finally:
@@ -139,6 +146,8 @@ class Store:
         dest = self.path(ref.sha256)
         dest.parent.mkdir(exist_ok=True)
         os.rename(fetched, dest)
+        if self._index is not None:
+            self._index_entries(dest, entries)
         checkpoint("package stored")
         return deduped
 

@@ -80,7 +80,10 @@ def _alpha(version: str) -> catalog.PackageSpec:
     return catalog.PackageSpec(name="alpha", version=version, files=tuple(files))
 
 
+# The same content in two packages of one image: the second is deduplicated against the first.
+TWICE = bytes(range(256)) * 256
 BETA = catalog.PackageSpec(name="beta", files=(
+    _f("/usr/share/beta/twice", TWICE),
     _f("/usr/share/shared/conflict", b"beta's\n"),
     _f("/usr/share/owned-by-gamma/beta-file"),
     _f("/usr/share/beta/file"),
@@ -89,6 +92,7 @@ GAMMA = catalog.PackageSpec(name="gamma", files=(
     _f("/usr/share/shared/conflict", b"gamma's, which wins while gamma is installed\n"),
     _d("/usr/share/owned-by-gamma", mode=0o750, group="rpmimg-group"),
     _f("/usr/share/gamma/file"),
+    _f("/usr/share/gamma/twice", TWICE),
     _f("/etc/gamma.conf"),
 ))
 NEWPKG = catalog.PackageSpec(name="newpkg", files=(_f("/usr/share/newpkg/file"), _f("/etc/newpkg.conf")))
@@ -150,6 +154,8 @@ def test_update_equals_full_build_and_rpm(sysroot: Path, update_images: UpdateIm
     imgs = update_images
     first = deploy(sysroot, imgs.v1, imgs.key).json()
     assert (first["build"], first["full_reason"]) == ("full", "no previous deployment")
+    # gamma's copy of beta's file was deduplicated while the packages entered the empty store.
+    assert first["deduplicated_bytes"] == len(TWICE)
     second = deploy(sysroot, imgs.v2, imgs.key).json()
     assert second["build"] == "update", second["full_reason"]
     old, new = _tree(sysroot, first), _tree(sysroot, second)
