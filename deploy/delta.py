@@ -25,13 +25,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.store import STRONG_DIGESTS
 from deploy.tree import HEADER_DIR, relocate
 from rpmextents import Entry, Owners
 from rpmextents.extract import Tree
 from rpmextents.files import EntryType
-
-# Digests strong enough to stand for the content they name.
-STRONG_DIGESTS = frozenset({"sha256", "sha384", "sha512", "sha224", "sha3_256", "sha3_512"})
 
 
 class NoDelta(Exception):

@@ -59,6 +59,9 @@ def recover(system: System, current: State) -> list[str]:
             removed.append(os.fspath(entry))
     for tmp in layout.root.glob(".*.tmp-*"):
         tmp.unlink()
+    for tmp in layout.downloads.glob("*.share"):  # a package being rewritten by the store
+        tmp.unlink()
+        removed.append(os.fspath(tmp))
     for d in layout.store.glob("*/*"):
         if not d.name.endswith(".rpm"):
             d.unlink()

@@ -1,8 +1,10 @@
 """The package store: verified extents RPMs on the deployments' filesystem, by sha256.
 
 A package enters the store only after it matched its manifest entry and verified
-against the trusted keys; its files whose content is already in the store are then
-deduplicated against it (FIDEDUPERANGE), so an update stores only changed files.
+against the trusted keys; its files whose content is already in the store then share
+the stored data, so an update stores only changed files: a package that is mostly
+known data (an update) is rewritten as clones of the stored data plus its new bytes,
+one that is mostly new has its few known files deduplicated in place (FIDEDUPERANGE).
 Entries are read-only and never rewritten; a new entry appears by rename.
 """
 
@@ -22,8 +24,12 @@ from deploy.manifest import PackageRef
 from deploy.sources.base import sha256_file
 from rpmextents import Entry, ExtentsPackage, Keyring, kernel
 from rpmextents.errors import Error as FormatFamilyError
+from rpmextents.extract import NO_REFLINK
 
 log = logging.getLogger(__name__)
+
+# File digests strong enough to stand for the content they name.
+STRONG_DIGESTS = frozenset({"sha224", "sha256", "sha384", "sha512", "sha3_256", "sha3_512"})
 
 
 @dataclass(frozen=True)
@@ -83,29 +89,80 @@ class Store:
                     (e.digest_algo, e.digest), StoredExtent(path, e.extent.offset, e.extent.length)
                 )
 
-    def _dedupe(self, pkg: ExtentsPackage, fd: int) -> int:
+    def _matches(self, pkg: ExtentsPackage, strong: bool) -> list[tuple[int, int, StoredExtent]]:
+        """(offset, block-aligned length, stored copy) of pkg's file data the store already
+        holds; with `strong`, only data named by a digest strong enough to stand for it."""
         index = self._content_index()
-        deduped = 0
-        seen: set[int] = set()
+        found: dict[int, tuple[int, int, StoredExtent]] = {}
         for e in pkg.entries():
-            if e.extent is None or not e.digest or e.extent.offset in seen:
+            if e.extent is None or not e.digest or e.extent.offset in found:
                 continue
-            seen.add(e.extent.offset)
-            found = index.get((e.digest_algo, e.digest))
-            if found is None or found.length != e.extent.length:
+            if strong and e.digest_algo not in STRONG_DIGESTS:
                 continue
-            length = (e.extent.length + pkg.block_size - 1) // pkg.block_size * pkg.block_size
+            stored = index.get((e.digest_algo, e.digest))
+            if stored is not None and stored.length == e.extent.length:
+                length = (e.extent.length + pkg.block_size - 1) // pkg.block_size * pkg.block_size
+                found[e.extent.offset] = (e.extent.offset, length, stored)
+        return sorted(found.values(), key=lambda m: m[0])
+
+    def _dedupe(self, matches: list[tuple[int, int, StoredExtent]], fd: int) -> int:
+        """Share matching data in place: FIDEDUPERANGE compares the bytes first."""
+        deduped = 0
+        for offset, length, found in matches:
             try:
                 with open(found.path, "rb") as src:
-                    deduped += kernel.dedupe_range(
-                        src.fileno(), found.offset, length, fd, e.extent.offset
-                    )
+                    deduped += kernel.dedupe_range(src.fileno(), found.offset, length, fd, offset)
             except OSError as err:
                 # Differing bytes (a digest collision or damaged padding) or no dedupe
                 # support: keep the package's own copy.
                 if err.errno not in (errno.EBADE, errno.EOPNOTSUPP, errno.EINVAL, errno.EXDEV):
                     raise
         return deduped
+
+    def _rebuild(self, ref: PackageRef, fetched: Path, matches: list[tuple[int, int, StoredExtent]]) -> int:
+        """Replace fetched by a copy that clones the matching data from the store and
+        writes only the rest; returns the bytes cloned.
+
+        Deduplicating in place frees a downloaded extent only when none of it is still
+        used, and a package's data arrives in large extents that its changed files keep
+        alive; a fresh copy holds nothing but the new data. Matches are by the file
+        digests of two verified packages (strong algorithms only), and the copy must
+        hash to the manifest's sha256 before it replaces the download.
+        """
+        tmp = fetched.with_name(fetched.name + ".share")
+        cloned = 0
+        sources: dict[Path, int] = {}
+        src = os.open(fetched, os.O_RDONLY | os.O_CLOEXEC)
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(src).st_size
+            pos = 0
+            for offset, length, found in matches:
+                _copy_bytes(src, out, pos, offset - pos)
+                if found.path not in sources:
+                    sources[found.path] = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    kernel.clone_range(sources[found.path], found.offset, length, out, offset)
+                    cloned += length
+                except OSError as e:
+                    if e.errno not in NO_REFLINK:
+                        raise
+                    _copy_bytes(src, out, offset, length)
+                pos = offset + length
+            _copy_bytes(src, out, pos, size - pos)
+            os.ftruncate(out, size)
+            os.fsync(out)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        finally:
+            for fd in (src, out, *sources.values()):
+                os.close(fd)
+        if sha256_file(tmp) != ref.sha256:
+            tmp.unlink()
+            raise PackageError(f"{ref.nevra}: sharing data with the store changed its content")
+        os.rename(tmp, fetched)
+        return cloned
 
     def add(self, ref: PackageRef, fetched: Path, keyring: Keyring | None) -> int:
         """Verify a fetched package against ref and the keyring, dedupe it, move it in.
@@ -125,14 +182,22 @@ class Store:
                 raise PackageError(
                     f"{ref.nevra}: sha256 differs from the manifest's (corrupted in transit?)"
                 )
+            with ExtentsPackage.open(fetched) as pkg:
+                _check_identity(ref, pkg)
+                pkg.verify(keyring)
+                checkpoint("package verified")
+                entries = pkg.entries()
+                strong = self._matches(pkg, strong=True)
+                # Mostly known data (an updated package): a fresh copy sharing it. Mostly new
+                # data: rewriting it would cost more than the few shared files save.
+                rebuild = sum(length for _, length, _ in strong) * 2 > pkg.data_bytes
+                matches = strong if rebuild else self._matches(pkg, strong=False)
+            if rebuild:
+                deduped = self._rebuild(ref, fetched, matches)
             fd = os.open(fetched, os.O_RDWR)
             try:
-                with ExtentsPackage.open(fetched) as pkg:
-                    _check_identity(ref, pkg)
-                    pkg.verify(keyring)
-                    checkpoint("package verified")
-                    deduped = self._dedupe(pkg, fd)
-                    entries = pkg.entries()
+                if not rebuild:
+                    deduped = self._dedupe(matches, fd)
                 os.fchmod(fd, 0o444)
                 os.fsync(fd)
             finally:
@@ -150,6 +215,16 @@ class Store:
             self._index_entries(dest, entries)
         checkpoint("package stored")
         return deduped
+
+
+def _copy_bytes(src: int, dst: int, offset: int, length: int) -> None:
+    """Copy a range into the same offset of dst as new data (copy_file_range would reflink)."""
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(src, min(1 << 20, end - offset), offset)
+        if not chunk:
+            raise OSError(errno.EIO, "file shorter than expected")
+        offset += os.pwrite(dst, chunk, offset)
 
 
 def _check_identity(ref: PackageRef, pkg: ExtentsPackage) -> None:
