@@ -9,8 +9,6 @@ is invisible to the rest of the system and vanishes with the process even on SIG
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import tempfile
@@ -20,8 +18,7 @@ from pathlib import Path
 
 from deploy.errors import LayoutError
 from deploy.run import run
-
-CLONE_NEWNS = 0x00020000
+from rpmextents import kernel
 
 
 @dataclass(frozen=True)
@@ -103,10 +100,7 @@ def visible_toplevel(sysroot: Path) -> Path | None:
 
 def enter_private_namespace() -> None:
     """Move this process into its own mount namespace with private propagation."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), "unshare(CLONE_NEWNS)")
+    kernel.unshare_mount_namespace()
     # Without this, mounts made here would propagate back to the host's namespace.
     run(["mount", "--make-rprivate", "/"])
 

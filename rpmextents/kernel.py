@@ -482,6 +482,7 @@ int cap_set_fd(int fd, cap_t caps);
 int cap_free(void *obj);
 int statfs(const char *path, long *buf);
 int syncfs(int fd);
+int unshare(int flags);
 """
 
 
@@ -525,6 +526,15 @@ def sync_filesystem(path: StrPath) -> None:
     with _open(path, os.O_RDONLY) as fd:
         if _libc().syncfs(fd) != 0:
             raise _last_error(os.fspath(path))
+
+
+CLONE_NEWNS = 0x00020000
+
+
+def unshare_mount_namespace() -> None:
+    """Move this process into a mount namespace of its own (unshare(CLONE_NEWNS))."""
+    if _libc().unshare(CLONE_NEWNS) != 0:
+        raise _last_error("unshare(CLONE_NEWNS)")
 
 
 def set_capabilities(fd: int, text: str) -> None:
