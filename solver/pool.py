@@ -93,6 +93,8 @@ class PackagePool:
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
             with open(entry, "rb") as src, open(staged, "wb") as dst:
                 compressor.copy_stream(src, dst, size=os.fstat(src.fileno()).st_size)
+                dst.flush()
+                os.fsync(dst.fileno())  # as transcode does: a renamed pool file is complete
             os.replace(staged, target)
         h = hashlib.sha256()
         with open(target, "rb") as f:
