@@ -87,8 +87,7 @@ def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple
             continue
         if not store.has(sha):
             raise delta.NoDelta(f"a package of {what} is no longer in the store ({sha[:12]})")
-        with ExtentsPackage.open(store.path(sha)) as pkg:
-            found[sha] = (pkg.nevra, pkg.entries())
+        found[sha] = store.file_list(sha)
     return found
 
 

@@ -45,6 +45,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._index: dict[tuple[str, str], StoredExtent] | None = None
+        self._parsed: dict[str, tuple[str, list[Entry]]] = {}
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.rpm"
@@ -66,6 +67,7 @@ class Store:
         size = path.stat().st_size
         path.unlink()
         self._index = None  # it may point into the removed entry
+        self._parsed.pop(sha256, None)
         return size
 
     def _content_index(self) -> dict[tuple[str, str], StoredExtent]:
@@ -73,13 +75,19 @@ class Store:
         if self._index is None:
             self._index = {}
             for sha in self:
-                path = self.path(sha)
                 try:
-                    with ExtentsPackage.open(path) as pkg:
-                        self._index_entries(path, pkg.entries())
+                    self._index_entries(self.path(sha), self.file_list(sha)[1])
                 except FormatFamilyError as e:
-                    log.warning("%s: skipped for deduplication: %s", path, e)
+                    log.warning("%s: skipped for deduplication: %s", self.path(sha), e)
         return self._index
+
+    def file_list(self, sha256: str) -> tuple[str, list[Entry]]:
+        """(N-V-R.A, entries) of a stored package, parsed once per Store."""
+        known = self._parsed.get(sha256)
+        if known is None:
+            with ExtentsPackage.open(self.path(sha256)) as pkg:
+                known = self._parsed[sha256] = (pkg.nevra, pkg.entries())
+        return known
 
     def _index_entries(self, path: Path, entries: list[Entry]) -> None:
         assert self._index is not None
@@ -187,6 +195,7 @@ class Store:
                 pkg.verify(keyring)
                 checkpoint("package verified")
                 entries = pkg.entries()
+                nevra = pkg.nevra
                 strong = self._matches(pkg, strong=True)
                 # Mostly known data (an updated package): a fresh copy sharing it. Mostly new
                 # data: rewriting it would cost more than the few shared files save.
@@ -211,6 +220,7 @@ class Store:
         dest = self.path(ref.sha256)
         dest.parent.mkdir(exist_ok=True)
         os.rename(fetched, dest)
+        self._parsed[ref.sha256] = (nevra, entries)
         if self._index is not None:
             self._index_entries(dest, entries)
         checkpoint("package stored")
