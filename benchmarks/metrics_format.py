@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.context import Context, rpmimg_has
@@ -54,17 +55,24 @@ def transcode(ctx: Context) -> list[Row]:
         return [not_run(metric, "rpm2cpio > /dev/null", peer_thr, unit, reason, target)]
     rows = []
 
-    def cli() -> Timing:
-        out = ctx.scratch("transcode")
-        return run_timed([[*ctx.rpmimg, "pkg", "transcode", *map(os.fspath, rpms), "-o",
-                           os.fspath(out)]])
+    def cli(*options: str) -> Callable[[], Timing]:
+        def once() -> Timing:
+            out = ctx.scratch("transcode")
+            return run_timed([[*ctx.rpmimg, "pkg", "transcode", *options, *map(os.fspath, rpms), "-o",
+                               os.fspath(out)]])
+        return once
 
     def library() -> Timing:
         out = ctx.scratch("transcode-lib")
         return run_timed([[sys.executable, "-c", _TRANSCODE_IN_PROCESS, os.fspath(out),
                            *map(os.fspath, rpms)]])
 
-    for label, fn in (("rpmimg pkg CLI, all packages in one call", cli), ("library, one process", library)):
+    runs = (
+        (f"rpmimg pkg CLI, all packages in one call, a process per core ({os.cpu_count()})", cli()),
+        ("rpmimg pkg CLI -j 1, one package at a time like the peer", cli("-j", "1")),
+        ("library, one process", library),
+    )
+    for label, fn in runs:
         try:
             t = median_timing(ctx.runs, ctx.cache, fn)
         except subprocess.CalledProcessError as e:

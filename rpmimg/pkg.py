@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,9 @@ def register(sub: Any) -> None:
                    help="alignment of file data in bytes (power of two, default 4096)")
     p.add_argument("--sync", action="store_true",
                    help="fsync the output before renaming it into place (like cp, the default does not)")
+    p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
+                   help="packages transcoded at once, each in a process of its own (default: one per"
+                        " core)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_transcode)
 
@@ -49,27 +55,58 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_info)
 
 
-def cmd_transcode(args: argparse.Namespace) -> int:
+def _transcode_one(source: Path, target: Path, block_size: int, sync: bool,
+                   progress: Progress | None = None) -> dict[str, Any]:
     from rpmextents.transcode import transcode
 
+    result = transcode(source, target, block_size=block_size, progress=progress, checksum=False, fsync=sync)
+    return {"output": os.fspath(target), **dataclasses.asdict(result)}
+
+
+def _transcode_all(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Each job's result, in order; the first failure in order is raised (after the jobs
+    already running have finished: every output that appears is complete)."""
+    workers = min(args.jobs or os.cpu_count() or 1, len(jobs))
+    if workers <= 1:
+        for source, target in jobs:
+            progress = Progress(f"transcode {source.name}")
+            try:
+                yield _transcode_one(source, target, args.block_size, args.sync, progress)
+            finally:
+                progress.close()
+        return
+    progress = Progress("transcode", unit="packages")
+    ctx = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_transcode_one, s, t, args.block_size, args.sync) for s, t in jobs]
+        try:
+            for i, future in enumerate(futures):
+                yield future.result()
+                progress(i + 1, len(futures))
+        finally:
+            progress.close()
+            for future in futures:
+                future.cancel()
+
+
+def cmd_transcode(args: argparse.Namespace) -> int:
     output: Path = args.output
+    if args.jobs < 0:
+        raise UsageError(f"--jobs {args.jobs}: must be 0 (one per core) or more")
     if len(args.inputs) > 1:
         output.mkdir(parents=True, exist_ok=True)
-    results = []
+    jobs = []
     for source in args.inputs:
         target = output / source.name if output.is_dir() else output
         if target.resolve() == source.resolve():
             raise UsageError(f"{target}: refusing to overwrite the input")
-        progress = Progress(f"transcode {source.name}")
-        try:
-            result = transcode(source, target, block_size=args.block_size, progress=progress,
-                               checksum=False, fsync=args.sync)
-        finally:
-            progress.close()
-        results.append({"output": os.fspath(target), **dataclasses.asdict(result)})
+        jobs.append((source, target))
+    results = []
+    for result in _transcode_all(jobs, args):
+        results.append(result)
         if not args.json:
-            print(f"{target}: {result.nevra}, {result.files} files, {human_bytes(result.data_bytes)} of data, "
-                  f"block size {result.block_size}")
+            print(f"{result['output']}: {result['nevra']}, {result['files']} files,"
+                  f" {human_bytes(result['data_bytes'])} of data, block size {result['block_size']}")
     if args.json:
         print_json(results if len(results) > 1 else results[0])
     return 0

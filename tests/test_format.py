@@ -304,6 +304,33 @@ def test_cli_one_line_errors(tmp_path: Path, shared_corpus: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_transcodes_in_parallel_like_one_at_a_time(tmp_path: Path, shared_corpus: Path) -> None:
+    import sys
+
+    from fixtures.build import fixture_packages
+
+    rpmimg = [sys.executable, "-m", "rpmimg", "pkg", "transcode"]
+    good = [fixture_packages()[n] for n in ("hardlinks", "sizes", "modes", "symlinks", "caps")]
+    outputs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"j{jobs}"
+        subprocess.run([*rpmimg, "-j", jobs, *map(os.fspath, good), "-o", os.fspath(out)], check=True,
+                       capture_output=True)
+        outputs[jobs] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+    assert outputs["1"] == outputs["2"] and len(outputs["1"]) == len(good)
+
+    # A bad package among good ones: one line naming it, exit 1, and only complete outputs.
+    corrupted = corpus_package(shared_corpus, "hello-2.0-1.x86_64-corrupted.rpm")
+    out = tmp_path / "mixed"
+    r = subprocess.run([*rpmimg, "-j", "2", *map(os.fspath, good[:2]), os.fspath(corrupted),
+                        *map(os.fspath, good[2:]), "-o", os.fspath(out)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "corrupted" in r.stderr and "Traceback" not in r.stderr
+    for p in out.iterdir():
+        assert outputs["1"][p.name] == hashlib.sha256(p.read_bytes()).hexdigest(), p
+    assert r.stdout.count("\n") == 2  # the two packages before the bad one were reported
+
+
 def test_struct_sizes_are_pinned() -> None:
     assert layout.HEAD.size == 72
     assert layout.RECORD.size == 24
