@@ -25,6 +25,7 @@ from deploy.sources.base import sha256_file
 from rpmextents import Entry, ExtentsPackage, Keyring, kernel
 from rpmextents.errors import Error as FormatFamilyError
 from rpmextents.extract import NO_REFLINK
+from rpmextents.layout import align_up
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class StoredExtent:
     path: Path
     offset: int
     length: int
+    digest_algo: str
 
 
 class Store:
@@ -94,23 +96,20 @@ class Store:
         for e in entries:
             if e.extent is not None and e.digest:
                 self._index.setdefault(
-                    (e.digest_algo, e.digest), StoredExtent(path, e.extent.offset, e.extent.length)
+                    (e.digest_algo, e.digest),
+                    StoredExtent(path, e.extent.offset, e.extent.length, e.digest_algo),
                 )
 
-    def _matches(self, pkg: ExtentsPackage, strong: bool) -> list[tuple[int, int, StoredExtent]]:
-        """(offset, block-aligned length, stored copy) of pkg's file data the store already
-        holds; with `strong`, only data named by a digest strong enough to stand for it."""
+    def _matches(self, pkg: ExtentsPackage) -> list[tuple[int, int, StoredExtent]]:
+        """(offset, block-aligned length, stored copy) of pkg's file data the store already holds."""
         index = self._content_index()
         found: dict[int, tuple[int, int, StoredExtent]] = {}
         for e in pkg.entries():
             if e.extent is None or not e.digest or e.extent.offset in found:
                 continue
-            if strong and e.digest_algo not in STRONG_DIGESTS:
-                continue
             stored = index.get((e.digest_algo, e.digest))
             if stored is not None and stored.length == e.extent.length:
-                length = (e.extent.length + pkg.block_size - 1) // pkg.block_size * pkg.block_size
-                found[e.extent.offset] = (e.extent.offset, length, stored)
+                found[e.extent.offset] = (e.extent.offset, align_up(e.extent.length, pkg.block_size), stored)
         return sorted(found.values(), key=lambda m: m[0])
 
     def _dedupe(self, matches: list[tuple[int, int, StoredExtent]], fd: int) -> int:
@@ -196,11 +195,14 @@ class Store:
                 checkpoint("package verified")
                 entries = pkg.entries()
                 nevra = pkg.nevra
-                strong = self._matches(pkg, strong=True)
+                matches = self._matches(pkg)
+                # Only a digest strong enough to stand for the content may replace the bytes.
+                strong = [m for m in matches if m[2].digest_algo in STRONG_DIGESTS]
                 # Mostly known data (an updated package): a fresh copy sharing it. Mostly new
                 # data: rewriting it would cost more than the few shared files save.
                 rebuild = sum(length for _, length, _ in strong) * 2 > pkg.data_bytes
-                matches = strong if rebuild else self._matches(pkg, strong=False)
+                if rebuild:
+                    matches = strong
             if rebuild:
                 deduped = self._rebuild(ref, fetched, matches)
             fd = os.open(fetched, os.O_RDWR)

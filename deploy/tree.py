@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rpmextents import Entry, ExtentsPackage, Owners, extract, kernel
 from rpmextents.extract import NO_REFLINK
+from rpmextents.layout import align_up
 
 FACTORY = "share/factory"
 HEADER_DIR = "lib/sysimage/packages"
@@ -109,7 +110,7 @@ class TreeBuilder:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as f:
             end = pkg.header_end
-            length = (end + pkg.block_size - 1) // pkg.block_size * pkg.block_size
+            length = align_up(end, pkg.block_size)
             try:
                 # Length 0 clones to the end of the package, when that is before the block's end.
                 kernel.clone_range(pkg.fileno(), 0, 0 if length >= pkg.size else length, f.fileno(), 0)
