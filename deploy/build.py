@@ -48,18 +48,26 @@ def build(
 ) -> Built:
     """Build image m as deployment new_id; base is the deployment to update from."""
     path = system.layout.staging / f"build-{new_id}"
-    reason = "asked for" if full else "no previous deployment" if base is None else ""
+    method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
     if base is not None and not full:
         try:
             builder, written, kept = _update(system, m, store, path, base, progress)
-            return _finish(system, path, new_id, builder, ("update", "", written, kept))
+            method = "update"
         except delta.NoDelta as e:
             reason = str(e)
             log.info("building %s %s from scratch: %s", m.name, m.version, reason)
             if os.path.lexists(path):
                 kernel.subvolume_delete(path)
-    builder = _full(system, m, store, path, progress)
-    return _finish(system, path, new_id, builder, ("full", reason, builder.stats.entries, 0))
+    if method == "full":
+        builder = _full(system, m, store, path, progress)
+        written, kept = builder.stats.entries, 0
+    return Built(
+        subvol_id=_finish(system, path, new_id), method=method, full_reason=reason,
+        written=written, kept=kept,
+        reflinked=builder.stats.reflinked, copied=builder.stats.copied,
+        outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
+        owner_ids=builder.owner_ids(),
+    )
 
 
 def _full(system: System, m: ImageManifest, store: Store, path: Path, progress: ProgressFn) -> TreeBuilder:
@@ -133,9 +141,8 @@ def _update(
     return builder, sum(len(v) for v in plan.write.values()), plan.kept
 
 
-def _finish(
-    system: System, path: Path, new_id: str, builder: TreeBuilder, how: tuple[str, str, int, int]
-) -> Built:
+def _finish(system: System, path: Path, new_id: str) -> int:
+    """Move the built tree into place and make it read-only; its subvolume id."""
     checkpoint("tree complete")
     # Renaming a read-only subvolume fails (its ".." would change), so move it first;
     # until the state file names it, recover() treats it as a leftover.
@@ -145,11 +152,4 @@ def _finish(
     kernel.subvolume_set_readonly(final, True)
     kernel.sync_filesystem(final)
     checkpoint("subvolume read-only")
-    method, reason, written, kept = how
-    return Built(
-        subvol_id=kernel.subvolume_id(final), method=method, full_reason=reason,
-        written=written, kept=kept,
-        reflinked=builder.stats.reflinked, copied=builder.stats.copied,
-        outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
-        owner_ids=builder.owner_ids(),
-    )
+    return kernel.subvolume_id(final)
