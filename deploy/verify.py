@@ -50,7 +50,6 @@ class VerifyResult:
 # The order _check_file reports differences in (as rpm -V lists them, roughly).
 CHECK_ORDER = ("missing", "type", "mode", "owner", "group", "size", "digest", "caps", "link", "rdev", "mtime")
 BATCH_BYTES = 16 << 20
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -63,25 +62,13 @@ class _DigestJob:
     size: int
 
 
-def _digest(path: str, algo: str, buf: bytearray) -> str:
-    h = hashlib.new(algo)
-    view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        while n := os.readv(fd, [buf]):
-            h.update(view[:n])
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
-
 def _differing(jobs: list[_DigestJob]) -> list[bool]:
     """For each job, whether the file's digest differs from the expected one."""
-    buf = bytearray(CHUNK)
     out = []
     for j in jobs:
         try:
-            out.append(_digest(j.path, j.algo, buf) != j.expected)
+            with open(j.path, "rb", buffering=0) as f:
+                out.append(hashlib.file_digest(f, j.algo).hexdigest() != j.expected)
         except OSError:
             out.append(True)  # unreadable content is not the packaged content
     return out
