@@ -9,6 +9,7 @@ from pathlib import Path
 
 from deploytools import CHANGED_BYTES, V1, V2, Images, deploy, rpmimg, state_of
 
+from benchmarks.measure import btrfs_data_used
 from fixtures import catalog
 from rpmextents import kernel
 
@@ -78,23 +79,14 @@ def test_deploy_equals_rpm_install(sysroot: Path, images: Images, tmp_path: Path
     assert state_of(sysroot) == st
 
 
-def _data_used(mount: Path) -> int:
-    """Bytes btrfs has allocated to file data (after a sync)."""
-    subprocess.run(["btrfs", "filesystem", "sync", mount], check=True, capture_output=True)
-    out = subprocess.run(["btrfs", "filesystem", "usage", "-b", mount], check=True, capture_output=True,
-                         text=True).stdout
-    line = next(x for x in out.splitlines() if x.startswith("Data,"))
-    return int(line.split("Used:")[1].split()[0].rstrip(","))
-
-
 def test_update_costs_only_changed_files_and_diffs(sysroot: Path, images: Images) -> None:
     first = deploy(sysroot, images.v1.parent, images.key).json()
-    before = _data_used(sysroot)
+    before = btrfs_data_used(sysroot)
     second = deploy(sysroot, images.output, images.key).json()  # "latest" is V2
     # What btrfs really allocated: the changed files, the new packages' headers and the
     # header files' last blocks; not the downloaded copy of an updated package's unchanged
     # 1 MiB file (deduplicating a download in place would leave its extent allocated).
-    grown = _data_used(sysroot) - before
+    grown = btrfs_data_used(sysroot) - before
     assert grown <= CHANGED_BYTES + 3 * 64 * 1024, (grown, CHANGED_BYTES)
     assert (second["version"], second["fetched"], second["build"]) == (V2, 3, "update")
     tree1, tree2 = _tree(sysroot, str(first["deployment"])), _tree(sysroot, str(second["deployment"]))
