@@ -19,6 +19,7 @@ builds from scratch.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,7 +51,6 @@ class Layout:
 
     placed: dict[str, Placed] = field(default_factory=dict)
     mixed: set[str] = field(default_factory=set)  # paths whose entries disagree on their type
-    _parents: set[str] | None = None
 
     @classmethod
     def of(cls, packages: Iterable[tuple[str, Sequence[Entry]]]) -> Layout:
@@ -67,20 +67,18 @@ class Layout:
                 placed[path] = Placed(key, e)
         return layout
 
-    @property
+    @functools.cached_property
     def parents(self) -> set[str]:
         """Every directory some path lies below: the tree-relative ancestors of all paths."""
-        if self._parents is None:
-            # The header files' directory stands in every deployment.
-            found = {"", *_ancestors(f"{HEADER_DIR}/-")}
-            for path in self.placed:
-                while path:
-                    path = path.rpartition("/")[0]
-                    if path in found:
-                        break
-                    found.add(path)
-            self._parents = found
-        return self._parents
+        # The header files' directory stands in every deployment.
+        found = {"", *_ancestors(f"{HEADER_DIR}/-")}
+        for path in self.placed:
+            while path:
+                path = path.rpartition("/")[0]
+                if path in found:
+                    break
+                found.add(path)
+        return found
 
 
 def _ancestors(path: str) -> list[str]:
