@@ -85,8 +85,7 @@ def _transcode_all(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> I
                 progress(i + 1, len(futures))
         finally:
             progress.close()
-            for future in futures:
-                future.cancel()
+            pool.shutdown(cancel_futures=True)
 
 
 def cmd_transcode(args: argparse.Namespace) -> int:
