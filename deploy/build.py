@@ -21,7 +21,8 @@ from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
 from deploy.tree import TreeBuilder
-from rpmextents import Entry, ExtentsPackage, kernel
+from host import kernel
+from rpmextents import Entry, ExtentsPackage
 
 log = logging.getLogger(__name__)
 

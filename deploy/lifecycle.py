@@ -16,7 +16,7 @@ from deploy.lock import DEFAULT_WAIT, sysroot_lock
 from deploy.state import DeploymentRecord, State
 from deploy.store import Store
 from deploy.system import System
-from rpmextents import kernel
+from host import kernel
 
 log = logging.getLogger(__name__)
 

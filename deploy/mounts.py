@@ -18,7 +18,7 @@ from pathlib import Path
 
 from deploy.errors import LayoutError
 from deploy.run import run
-from rpmextents import kernel
+from host import kernel
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from deploy.headers import InstalledPackage, installed_packages
 from deploy.lifecycle import previous_of
 from deploy.state import State
 from deploy.system import System
-from rpmextents import kernel
+from host import kernel
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from deploy.errors import PackageError
 from deploy.faults import checkpoint
 from deploy.manifest import PackageRef
 from deploy.sources.base import sha256_file
-from rpmextents import Entry, ExtentsPackage, Keyring, kernel
+from host import kernel
+from rpmextents import Entry, ExtentsPackage, Keyring
 from rpmextents.errors import Error as FormatFamilyError
 from rpmextents.extract import NO_REFLINK
 from rpmextents.layout import align_up

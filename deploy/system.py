@@ -14,7 +14,7 @@ from deploy.errors import CommandError, LayoutError
 from deploy.layout import Layout
 from deploy.run import run
 from deploy.state import State
-from rpmextents import kernel
+from host import kernel
 
 log = logging.getLogger(__name__)
 

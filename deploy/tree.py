@@ -13,7 +13,8 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rpmextents import Entry, ExtentsPackage, Owners, extract, kernel
+from host import kernel
+from rpmextents import Entry, ExtentsPackage, Owners, extract
 from rpmextents.extract import NO_REFLINK
 from rpmextents.layout import align_up
 

@@ -24,7 +24,8 @@ from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
 from deploy.tree import TreeBuilder, relocate
-from rpmextents import ExtentsPackage, Owners, kernel
+from host import kernel
+from rpmextents import ExtentsPackage, Owners
 
 RPMFILE_GHOST = 1 << 6
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rpmextents import kernel
+from host import kernel
 from rpmextents.errors import Error, UnsafePathError
 from rpmextents.files import Entry, EntryType, Extent, FileFlag
 from rpmextents.layout import align_up

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from deploytools import V0, V1, V2, Images, deploy, rpmimg, state_of
 
-from rpmextents import kernel
+from host import kernel
 
 pytest_plugins = ("deployenv",)
 

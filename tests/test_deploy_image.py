@@ -11,7 +11,7 @@ from deploytools import CHANGED_BYTES, V1, V2, Images, deploy, rpmimg, state_of
 
 from benchmarks.measure import btrfs_data_used
 from fixtures import catalog
-from rpmextents import kernel
+from host import kernel
 
 from oracle import DEFAULT_EXCLUDE, assert_same_tree, rpm_install
 

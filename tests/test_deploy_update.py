@@ -25,7 +25,7 @@ from fixtures.build import signing_key
 from fixtures.rpmbuild import build_package
 from fixtures.signing import SigningKey
 from fixtures.spec import FileKind, FileSpec
-from rpmextents import kernel
+from host import kernel
 
 from oracle import assert_same_tree, rpm_install, seed_accounts, snapshot
 

@@ -10,7 +10,8 @@ import pytest
 
 from fixtures.build import fixture_packages, large_file_package
 from fixtures.catalog import GROUP, PASSWD
-from rpmextents import ExtentsPackage, UnsafePathError, extract, kernel, transcode
+from host import kernel
+from rpmextents import ExtentsPackage, UnsafePathError, extract, transcode
 from rpmextents.extract import ExtractError
 
 from conftest import SHARED_CORPUS, btrfs_unavailable_reason, loop_btrfs

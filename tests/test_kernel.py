@@ -1,4 +1,4 @@
-"""rpmextents.kernel against a real loop-mounted btrfs, btrfs-progs and libcap's setcap as oracles."""
+"""host.kernel against a real loop-mounted btrfs, btrfs-progs and libcap's setcap as oracles."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rpmextents import kernel
+from host import kernel
 
 BLOCK = 4096
 
@@ -457,3 +458,37 @@ def test_set_capabilities_refuses_what_a_file_cannot_hold(tmp_path: Path) -> Non
     if shutil.which("setcap"):
         refused = subprocess.run(["setcap", text, os.fspath(path)], capture_output=True)
         assert refused.returncode != 0
+
+
+def test_open_how_matches_kernel_header() -> None:
+    # struct open_how { __u64 flags, mode, resolve; } (linux/openat2.h, OPEN_HOW_SIZE_VER0)
+    assert kernel.OPEN_HOW.size == 24
+    assert kernel.Resolve.IN_ROOT == 0x10 and kernel.Resolve.BENEATH == 0x08
+
+
+def test_openat2_in_root_treats_absolute_links_as_the_tree(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/share/foo").mkdir(parents=True)
+    (root / "usr/lib").mkdir()
+    (root / "etc").mkdir()
+    (root / "usr/lib/foo").symlink_to("/usr/share/foo")
+    (root / "usr/lib/shadow").symlink_to("../../../../../../etc/shadow")
+    outside = tmp_path / "etc"
+    outside.mkdir()
+    rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        os.close(kernel.openat2(rfd, "usr/lib/foo/bar", flags, kernel.Resolve.IN_ROOT, 0o640))
+        assert stat.S_IMODE((root / "usr/share/foo/bar").stat().st_mode) == 0o640
+        # ".." stops at the root, as in a chroot: the host's tmp_path/etc is never reached.
+        os.close(kernel.openat2(rfd, "usr/lib/shadow", os.O_WRONLY | os.O_CREAT, kernel.Resolve.IN_ROOT, 0o600))
+        assert (root / "etc/shadow").is_file()
+        with pytest.raises(OSError) as beneath:
+            kernel.openat2(rfd, "usr/lib/foo/baz", flags, kernel.Resolve.BENEATH, 0o600)
+        assert beneath.value.errno == errno.EXDEV and beneath.value.filename == "usr/lib/foo/baz"
+        with pytest.raises(OSError) as nosym:
+            kernel.openat2(rfd, "usr/lib/foo/baz", flags, kernel.Resolve.NO_SYMLINKS, 0o600)
+        assert nosym.value.errno == errno.ELOOP
+    finally:
+        os.close(rfd)
+    assert list(outside.iterdir()) == []
