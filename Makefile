@@ -31,10 +31,10 @@ fixtures: venv
 	$(PY) -m fixtures.build
 
 lint: venv
-	$(VENV)/bin/ruff check host rpmimg rpmextents solver deploy tests fixtures benchmarks
+	$(VENV)/bin/ruff check host rpmextents imagespec rpmimg solver deploy tests fixtures benchmarks
 
 typecheck: venv
-	$(VENV)/bin/mypy host rpmimg rpmextents solver deploy
+	$(VENV)/bin/mypy host rpmextents imagespec rpmimg solver deploy
 
 pytest: venv fixtures
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

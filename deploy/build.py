@@ -16,12 +16,12 @@ from pathlib import Path
 
 from deploy import delta
 from deploy.faults import checkpoint
-from deploy.manifest import ImageManifest
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
 from deploy.tree import TreeBuilder
 from host import kernel
+from imagespec.manifest import ImageManifest
 from rpmextents import Entry, ExtentsPackage
 
 log = logging.getLogger(__name__)

@@ -19,14 +19,6 @@ class LockError(Error):
     """Another rpmimg holds the sysroot lock."""
 
 
-class ManifestError(Error):
-    """A manifest is malformed or cannot be fetched."""
-
-
-class SignatureError(ManifestError):
-    """A manifest signature is missing, invalid, or made by an untrusted key."""
-
-
 class DowngradeError(Error):
     """The manifest is older than what is already deployed."""
 
@@ -45,7 +37,3 @@ class SpaceError(Error):
 
 class DeploymentError(Error):
     """A deployment id is unknown, or an operation on it is refused."""
-
-
-class CommandError(Error):
-    """An external command was not found, was killed, or failed."""

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
-from deploy.manifest import PackageRef
 from deploy.sources.base import sha256_file
 from host import kernel
+from imagespec.manifest import ManifestPackage
 from rpmextents import Entry, ExtentsPackage, Keyring
 from rpmextents.errors import Error as FormatFamilyError
 from rpmextents.extract import NO_REFLINK
@@ -127,7 +127,7 @@ class Store:
                     raise
         return deduped
 
-    def _rebuild(self, ref: PackageRef, fetched: Path, matches: list[tuple[int, int, StoredExtent]]) -> int:
+    def _rebuild(self, ref: ManifestPackage, fetched: Path, matches: list[tuple[int, int, StoredExtent]]) -> int:
         """Replace fetched by a copy that clones the matching data from the store and
         writes only the rest; returns the bytes cloned.
 
@@ -172,7 +172,7 @@ class Store:
         os.rename(tmp, fetched)
         return cloned
 
-    def add(self, ref: PackageRef, fetched: Path, keyring: Keyring | None) -> int:
+    def add(self, ref: ManifestPackage, fetched: Path, keyring: Keyring | None) -> int:
         """Verify a fetched package against ref and the keyring, dedupe it, move it in.
 
         Without a keyring the header signature is not required (digests are still checked).
@@ -240,7 +240,7 @@ def _copy_bytes(src: int, dst: int, offset: int, length: int) -> None:
         offset += os.pwrite(dst, chunk, offset)
 
 
-def _check_identity(ref: PackageRef, pkg: ExtentsPackage) -> None:
+def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage) -> None:
     if (pkg.name, pkg.version, pkg.release, pkg.arch) != (
         ref.name, ref.version, ref.release, ref.arch,
     ) or pkg.epoch != ref.epoch:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import mounts, state
-from deploy.errors import CommandError, LayoutError
+from deploy.errors import LayoutError
 from deploy.layout import Layout
-from deploy.run import run
 from deploy.state import State
 from host import kernel
+from host.run import CommandError, run
 
 log = logging.getLogger(__name__)
 

@@ -18,20 +18,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import manifest as manifest_mod
 from deploy.build import build
 from deploy.errors import DowngradeError, PackageError, SpaceError
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
-from deploy.manifest import ImageManifest, PackageRef
 from deploy.signature import fetch_verified_manifest, trusted_key_files
 from deploy.sources import FetchJob, Source, open_source
 from deploy.state import DeploymentRecord, PackageRecord, State
 from deploy.store import Store
 from deploy.system import System
+from imagespec.manifest import ImageManifest, ManifestPackage
 from rpmextents import Keyring
 from rpmextents.errors import Error as FormatFamilyError
+from rpmextents.nevra import vercmp
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,14 @@ def _noop_progress(label: str, unit: str) -> ProgressFn:
 
 def _check_downgrade(current: State, m: ImageManifest, allow: bool) -> None:
     newest = current.newest.get(m.name)
-    if newest is not None and manifest_mod.compare_versions(m.version, newest) < 0 and not allow:
+    if newest is not None and vercmp(m.version, newest) < 0 and not allow:
         raise DowngradeError(
             f"{m.name} {m.version} is older than {newest}, which was already deployed"
             " (use --allow-downgrade to deploy it anyway)"
         )
 
 
-def _check_space(system: System, m: ImageManifest, fetch: Sequence[PackageRef]) -> None:
+def _check_space(system: System, m: ImageManifest, fetch: Sequence[ManifestPackage]) -> None:
     st = os.statvfs(system.layout.root)
     free = st.f_bavail * st.f_frsize
     image = sum(p.size for p in m.packages)
@@ -116,7 +116,7 @@ def _check_space(system: System, m: ImageManifest, fetch: Sequence[PackageRef]) 
         )
 
 
-def _basis(current: State, store: Store, ref: PackageRef) -> Path | None:
+def _basis(current: State, store: Store, ref: ManifestPackage) -> Path | None:
     """The newest stored version of the same package: the delta base for rsync."""
     for d in reversed(current.deployments):
         for p in d.packages:
@@ -125,7 +125,7 @@ def _basis(current: State, store: Store, ref: PackageRef) -> Path | None:
     return None
 
 
-def _record(ref: PackageRef, source: Source) -> PackageRecord:
+def _record(ref: ManifestPackage, source: Source) -> PackageRecord:
     return PackageRecord(
         name=ref.name, epoch=ref.epoch, version=ref.version, release=ref.release, arch=ref.arch,
         sha256=ref.sha256, header_sha256=ref.header_sha256, size=ref.size,
@@ -176,7 +176,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             )
 
         store = Store(system.layout.store)
-        wanted: dict[str, PackageRef] = {}
+        wanted: dict[str, ManifestPackage] = {}
         for ref in m.packages:
             if not store.has(ref.sha256):
                 wanted.setdefault(ref.sha256, ref)
@@ -218,7 +218,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             owner_ids=built.owner_ids,
         )
         newest = dict(current.newest)
-        if m.name not in newest or manifest_mod.compare_versions(m.version, newest[m.name]) > 0:
+        if m.name not in newest or vercmp(m.version, newest[m.name]) > 0:
             newest[m.name] = m.version
         new_state = dataclasses.replace(
             current, deployments=(*current.deployments, record), default=new_id,

@@ -20,6 +20,8 @@ VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client")
 # Library exception families whose message is meant for the user, by module.
 USER_ERRORS = (
     ("rpmextents.errors", "Error"),
+    ("imagespec.errors", "ImageSpecError"),
+    ("host.run", "CommandError"),
     ("solver.errors", "Error"),
     ("deploy.errors", "Error"),
 )

@@ -208,12 +208,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     with _system(args) as system:
         result = diff(system, args.old, args.new)
     if args.json:
-        print_json(_jsonable(result))
+        print_json(result.to_json())
         return 0
     print(f"deployment {result.old} -> {result.new}: {len(result.changes)} changed packages")
-    for c in result.changes:
-        arrow = {"added": f"{c.new}", "removed": f"{c.old}"}.get(c.kind, f"{c.old} -> {c.new}")
-        print(f"  {c.kind:<10} {c.name}.{c.arch} {arrow}")
+    for line in result.lines():
+        print(line)
     return 0
 
 

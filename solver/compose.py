@@ -17,15 +17,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from imagespec.diff import PackageDiff, manifest_diff
+from imagespec.manifest import CurationReport, ImageManifest, ManifestPackage, ZstdCopy
+from imagespec.published import location_of, zstd_path
+from rpmextents.nevra import Nevra
 from solver.definition import ImageDefinition
 from solver.depsolve import ResolvedPackage, SolveRequest, solve
-from solver.diff import PackageDiff, package_diff
 from solver.errors import FetchError, PublishError, RepoError
 from solver.fetch import Fetcher, FetchItem, local_path
 from solver.keys import RepoKeyring
-from solver.manifest import CurationReport, Manifest, ManifestPackage, ZstdCopy
 from solver.pool import PoolEntry
-from solver.publish import ImageStore, location_of
+from solver.publish import ImageStore
 from solver.repodata import Repository
 from solver.signing import sign_detached
 
@@ -120,7 +122,7 @@ def compose(definition: ImageDefinition, output: Path, *, sign_key: Path | None 
 
 
 def _compose_new(definition: ImageDefinition, store: ImageStore, inputs: _Inputs,
-                 old: Manifest | None, previous: str | None, fetcher: Fetcher,
+                 old: ImageManifest | None, previous: str | None, fetcher: Fetcher,
                  report: Reporter, sign_key: Path | None, now: datetime) -> ComposeResult | None:
     report.step(f"solving {definition.name} for {definition.arch} over "
                 f"{len(inputs.repos)} repositories")
@@ -136,15 +138,15 @@ def _compose_new(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
     version = store.next_version(definition.name, now)
     packages = tuple(_manifest_package(e, p, src) for p, (e, src) in
                      zip(solution.packages, entries, strict=True))
-    manifest = Manifest(
+    manifest = ImageManifest(
         name=definition.name, version=version, arch=definition.arch,
         created=now.strftime("%Y-%m-%dT%H:%M:%SZ"), inputs_sha256=inputs.digest,
         block_size=definition.block_size, packages=packages,
         report=_curation_report(store, [e for e, _ in entries]),
     )
-    diff = package_diff(old, manifest)
+    diff = manifest_diff(old, manifest)
     sign = functools.partial(sign_detached, sign_key) if sign_key is not None else None
-    path = store.publish(manifest, {"from": previous, "to": version, **diff.to_json()}, sign)
+    path = store.publish(manifest, diff.to_json(), sign)
     return ComposeResult(definition.name, version, True, path, len(packages), diff, previous,
                          fetched, reused)
 
@@ -180,7 +182,7 @@ def _open_inputs(definition: ImageDefinition, store: ImageStore, fetcher: Fetche
     return _Inputs(tuple(repos), keyrings, digest)
 
 
-def _same_sources(old: Manifest, packages: tuple[ResolvedPackage, ...], block_size: int) -> bool:
+def _same_sources(old: ImageManifest, packages: tuple[ResolvedPackage, ...], block_size: int) -> bool:
     return old.block_size == block_size and (
         sorted(p.source_checksum for p in old.packages)
         == sorted(str(p.checksum) for p in packages)
@@ -193,7 +195,7 @@ def _known_entries(store: ImageStore, block_size: int) -> dict[str, ManifestPack
     for name in store.names():
         for version in store.versions(name):
             for p in store.manifest(name, version).packages:
-                if p.block_size == block_size:
+                if p.block_size == block_size and p.zstd is not None:
                     known[p.source_checksum] = p
     return known
 
@@ -241,10 +243,12 @@ def _materialize(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
 
 
 def _entry_from_record(p: ManifestPackage, rel: str) -> PoolEntry:
+    if p.zstd is None:  # _known_entries keeps only records with a zstd copy
+        raise PublishError(f"{p.nevra}: pool entry {rel} has no zstd copy")
     return PoolEntry(
         name=p.name, epoch=p.epoch, version=p.version, release=p.release, arch=p.arch,
         relpath=rel, sha256=p.sha256, size=p.size, header_sha256=p.header_sha256,
-        block_size=p.block_size, zstd_relpath=rel + ".zst", zstd_sha256=p.zstd.sha256,
+        block_size=p.block_size, zstd_relpath=zstd_path(rel), zstd_sha256=p.zstd.sha256,
         zstd_size=p.zstd.size,
     )
 
@@ -265,7 +269,7 @@ def _curation_report(store: ImageStore, entries: list[PoolEntry]) -> CurationRep
     outside: dict[str, tuple[str, ...]] = {}
     for e in entries:
         notes = store.pool.notes(e.relpath)
-        nevra = f"{e.name}-{f'{e.epoch}:' if e.epoch else ''}{e.version}-{e.release}.{e.arch}"
+        nevra = str(Nevra(e.name, e.epoch, e.version, e.release, e.arch))
         if notes.scriptlets:
             scriptlets.append(nevra)
         if notes.triggers:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import solv
 
+from rpmextents.nevra import Nevra
 from solver.errors import DepsolveError, RepoError
 from solver.fetch import Checksum
 from solver.repodata import Repository, open_uncompressed
@@ -47,8 +48,8 @@ class ResolvedPackage:
 
     @property
     def nevra(self) -> str:
-        epoch = f"{self.epoch}:" if self.epoch else ""
-        return f"{self.name}-{epoch}{self.version}-{self.release}.{self.arch}"
+        # rpm-md writes epoch="0" for a package without one; libsolv then drops it.
+        return str(Nevra(self.name, self.epoch, self.version, self.release, self.arch))
 
 
 @dataclass(frozen=True)

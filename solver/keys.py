@@ -1,50 +1,29 @@
 """Repository keys: check that each original RPM's header signature was made by the repo's key.
 
 rpm's own bindings do the OpenPGP work, with a private keyring holding only the
-repository's keys (never the host's rpmdb keys).
+repository's keys (never the host's rpmdb keys). Keys are read as everywhere else
+(rpmextents.keyring): armoured or binary, one or several per file.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import rpm
-
+from rpmextents.errors import Error as FormatCoreError
+from rpmextents.keyring import Keyring, rpm_bindings
 from solver.errors import FetchError, RepoError
-
-_BLOCK = re.compile(
-    rb"-----BEGIN PGP PUBLIC KEY BLOCK-----.*?-----END PGP PUBLIC KEY BLOCK-----", re.DOTALL
-)
-
-
-@contextmanager
-def _quiet_rpm() -> Iterator[None]:
-    # rpm logs NOKEY and digest warnings to stderr itself; we raise with our own message.
-    rpm.setVerbosity(rpm.RPMLOG_EMERG)
-    try:
-        yield
-    finally:
-        rpm.setVerbosity(rpm.RPMLOG_WARNING)
 
 
 class RepoKeyring:
-    """The armoured public keys of one repository, for checking package header signatures."""
+    """The public keys of one repository, for checking package header signatures."""
 
-    def __init__(self, armoured: bytes, label: str) -> None:
+    def __init__(self, data: bytes, label: str) -> None:
         self.label = label
-        self.keyring = rpm.keyring()
-        blocks = _BLOCK.findall(armoured)
-        if not blocks:
-            raise RepoError(f"{label}: no armoured OpenPGP public key found")
-        for block in blocks:
-            try:
-                self.keyring.addKey(rpm.pubkey(block))
-            except (ValueError, rpm.error) as e:
-                raise RepoError(f"{label}: not a usable OpenPGP public key: {e}") from e
+        try:
+            self.keyring = Keyring.from_bytes(data, label).rpm_keyring()
+        except FormatCoreError as e:
+            raise RepoError(str(e)) from e
 
     @classmethod
     def from_file(cls, path: Path, label: str) -> RepoKeyring:
@@ -55,10 +34,11 @@ class RepoKeyring:
 
     def check(self, path: Path, label: str) -> None:
         """Raise FetchError unless the package carries a header signature by one of our keys."""
+        rpm = rpm_bindings()
         ts = rpm.TransactionSet()
         ts.setKeyring(self.keyring)
         ts.setVSFlags(0)  # check every digest and signature the package carries
-        with _quiet_rpm(), open(path, "rb") as f:
+        with open(path, "rb") as f:
             try:
                 header = ts.hdrFromFdno(f.fileno())
             except rpm.error as e:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import zstandard
 
+from imagespec.published import POOL, pool_path, zstd_path
 from rpmextents import ExtentsPackage, transcode
 from rpmextents.errors import Error as FormatCoreError
 from solver.errors import FetchError, PublishError
@@ -56,11 +57,8 @@ class PackagePool:
 
     def __init__(self, output: Path) -> None:
         self.output = output
-        self.root = output / "pool"
+        self.root = output / POOL
         self.scratch = self.root / ".tmp"
-
-    def relpath(self, sha256: str, name: str, version: str, release: str, arch: str) -> str:
-        return f"pool/{sha256[:2]}/{sha256}-{name}-{version}-{release}.{arch}.rpm"
 
     def add(self, original: Path, label: str, *, block_size: int,
             progress: Callable[[int, int], None] | None = None) -> PoolEntry:
@@ -72,8 +70,8 @@ class PackagePool:
                 result = transcode(original, staged, block_size=block_size, progress=progress)
             except FormatCoreError as e:
                 raise FetchError(f"{label}: cannot transcode: {e}") from e
-            rel = self.relpath(result.sha256, result.name, result.version, result.release,
-                               result.arch)
+            rel = pool_path(result.sha256, f"{result.name}-{result.version}-{result.release}"
+                                           f".{result.arch}")
             final = self.output / rel
             final.parent.mkdir(parents=True, exist_ok=True)
             if not final.exists():
@@ -83,11 +81,11 @@ class PackagePool:
             name=result.name, epoch=result.epoch, version=result.version,
             release=result.release, arch=result.arch, relpath=rel, sha256=result.sha256,
             size=result.size, header_sha256=result.header_sha256, block_size=result.block_size,
-            zstd_relpath=rel + ".zst", zstd_sha256=zstd_sha256, zstd_size=zstd_size,
+            zstd_relpath=zstd_path(rel), zstd_sha256=zstd_sha256, zstd_size=zstd_size,
         )
 
     def _zstd_copy(self, entry: Path, tmp: Path) -> tuple[str, int]:
-        target = entry.with_name(entry.name + ".zst")
+        target = entry.with_name(zstd_path(entry.name))
         if not target.exists():
             staged = tmp / "package.rpm.zst"
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
@@ -103,7 +101,7 @@ class PackagePool:
         return h.hexdigest(), target.stat().st_size
 
     def has(self, relpath: str) -> bool:
-        return (self.output / relpath).is_file() and (self.output / (relpath + ".zst")).is_file()
+        return (self.output / relpath).is_file() and (self.output / zstd_path(relpath)).is_file()
 
     def notes(self, relpath: str) -> PackageNotes:
         """Scriptlets, triggers and files outside /usr of a pool entry."""
@@ -124,4 +122,4 @@ class PackagePool:
             if sub.name.startswith(".") or not sub.is_dir():
                 continue
             for f in sorted(sub.iterdir()):
-                yield f"pool/{sub.name}/{f.name}"
+                yield f"{POOL}/{sub.name}/{f.name}"

@@ -25,18 +25,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from solver.diff import compare_versions
+from imagespec.manifest import ImageManifest, parse
+from imagespec.published import CHANGES, IMAGES, LATEST, MANIFEST, SIGNATURE
+from rpmextents.nevra import vercmp
 from solver.errors import PublishError
-from solver.manifest import Manifest
 from solver.pool import PackagePool
 
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.json.asc"
-CHANGES = "changes.json"
-LATEST = "latest"
 _VERSION = re.compile(r"^(\d{8})\.(\d+)$")
-# From images/NAME/VERSION/manifest.json back up to OUTPUT.
-TO_OUTPUT = "../../../"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -60,7 +55,7 @@ class ImageStore:
 
     def __init__(self, output: Path) -> None:
         self.output = output
-        self.images = output / "images"
+        self.images = output / IMAGES
         self.pool = PackagePool(output)
 
     @contextlib.contextmanager
@@ -119,14 +114,14 @@ class ImageStore:
     def manifest_path(self, name: str, version: str) -> Path:
         return self.images / name / version / MANIFEST
 
-    def manifest(self, name: str, version: str) -> Manifest:
+    def manifest(self, name: str, version: str) -> ImageManifest:
         path = self.manifest_path(name, version)
         try:
             data = path.read_bytes()
         except FileNotFoundError as e:
             raise PublishError(f"image {name!r} has no version {version!r} in "
                                f"{os.fspath(self.output)}") from e
-        return Manifest.loads(data, os.fspath(path))
+        return parse(data, os.fspath(path))
 
     def next_version(self, name: str, now: datetime) -> str:
         """YYYYMMDD.N: N counts from 1 each UTC day, above any version already there."""
@@ -135,12 +130,12 @@ class ImageStore:
                  if (m := _VERSION.match(v)) and m.group(1) == day]
         latest = self.latest(name)
         candidate = f"{day}.{max(taken, default=0) + 1}"
-        if latest and compare_versions(candidate, latest) <= 0:
+        if latest and vercmp(candidate, latest) <= 0:
             raise PublishError(f"image {name!r}: latest version {latest} is newer than today's "
                                f"{candidate}; is the clock right?")
         return candidate
 
-    def publish(self, manifest: Manifest, changes: dict[str, Any],
+    def publish(self, manifest: ImageManifest, changes: dict[str, Any],
                 sign: Callable[[Path, Path], None] | None) -> Path:
         """Make a new version visible in one rename, then point `latest` at it."""
         image = self.images / manifest.name
@@ -186,9 +181,9 @@ class ImageStore:
         for name in self.names():
             for version in self.versions(name):
                 for p in self.manifest(name, version).packages:
-                    for location in (p.location, p.zstd.location):
+                    for location in (p.location, *((p.zstd.location,) if p.zstd else ())):
                         used.add(os.path.normpath(
-                            os.path.join("images", name, version, location)))
+                            os.path.join(IMAGES, name, version, location)))
         return used
 
     def collect_pool(self) -> list[str]:
@@ -210,9 +205,5 @@ def _remove(path: Path) -> None:
 
 
 def _sorted_versions(versions: list[str]) -> list[str]:
-    return sorted(versions, key=functools.cmp_to_key(compare_versions))
+    return sorted(versions, key=functools.cmp_to_key(vercmp))
 
-
-def location_of(relpath: str) -> str:
-    """The manifest-relative location of an output-relative pool path."""
-    return TO_OUTPUT + relpath

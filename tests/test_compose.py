@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from fixtures.httpd import Faults, serve
 from fixtures.outputs import assert_consistent
 from fixtures.repos import add_package, createrepo, package, solver_universe
 from fixtures.signing import generate_key
+from imagespec.manifest import ImageManifest, parse
 from rpmextents import ExtentsPackage
 from rpmimg.cli import main
 from solver.compose import compose
@@ -161,21 +163,26 @@ def test_new_package_version_publishes_a_diff(world: World, tmp_path: Path,
     assert second.fetched == 2 and second.reused == second.packages - 2  # libfoo and oldnet only
     diff = second.diff
     assert diff is not None
-    assert diff.added == ("oldnet-1.0-1.noarch",)
-    assert diff.removed == ("scripted-1.0-1.noarch",)
-    assert [(c.name, c.old, c.new) for c in diff.upgraded] == [("libfoo", "1.0-1", "1.1-1")]
+    assert [(c.kind, c.name, c.old, c.new) for c in diff.changes] == [
+        ("upgraded", "libfoo", "1.0-1", "1.1-1"),
+        ("added", "oldnet", None, "1.0-1"),
+        ("removed", "scripted", "1.0-1", None),
+    ]
     changes = json.loads((out / "images/demo" / second.version / "changes.json").read_text())
-    assert changes["from"] == first.version and changes["upgraded"][0]["to"] == "1.1-1"
+    assert (changes["old"], changes["new"]) == (first.version, second.version)
+    assert changes["changes"][0] == {"kind": "upgraded", "name": "libfoo", "arch": "x86_64",
+                                     "old": "1.0-1", "new": "1.1-1"}
     capsys.readouterr()
     assert main(["image", "diff", os.fspath(out), "demo", first.version, second.version]) == 0
     text = capsys.readouterr().out
     assert "upgraded   libfoo.x86_64 1.0-1 -> 1.1-1" in text
-    assert "removed    scripted-1.0-1.noarch" in text and "added      oldnet-1.0-1.noarch" in text
+    assert "removed    scripted.noarch 1.0-1" in text and "added      oldnet.noarch 1.0-1" in text
     assert main(["image", "diff", os.fspath(out), "demo", second.version, first.version,
                  "--json"]) == 0
     back = json.loads(capsys.readouterr().out)
-    assert back["downgraded"] == [{"name": "libfoo", "arch": "x86_64", "from": "1.1-1",
-                                   "to": "1.0-1"}]
+    assert (back["old"], back["new"]) == (second.version, first.version)
+    assert back["changes"][0] == {"kind": "downgraded", "name": "libfoo", "arch": "x86_64",
+                                  "old": "1.1-1", "new": "1.0-1"}
     assert main(["image", "list", os.fspath(out), "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in listing[0]["versions"]] == [first.version, second.version]
@@ -279,3 +286,25 @@ def test_http_remote_key_and_metadata(world: World, tmp_path: Path) -> None:
         again = compose(d, tmp_path / "out")
     assert first.changed and not again.changed
     assert any(p == "/key.asc" for p, _ in web.requests)
+
+
+def test_the_manifest_compose_writes_parses_into_the_same_value(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract's round trip: what compose publishes is what the client's parser reads."""
+    written: list[ImageManifest] = []
+    publish = ImageStore.publish
+
+    def recording(self: ImageStore, manifest: ImageManifest, *args: Any) -> Path:
+        written.append(manifest)
+        return publish(self, manifest, *args)
+
+    monkeypatch.setattr(ImageStore, "publish", recording)
+    result = compose(definition(url_of(world.repo), gpgkey=world.repo_key.public), tmp_path / "out",
+                     sign_key=world.manifest_key.secret)
+    assert result.manifest is not None and len(written) == 1
+    data = result.manifest.read_bytes()
+    parsed = parse(data, "manifest.json")
+    assert parsed == written[0]
+    assert parsed.dumps() == data  # and writing the parsed value gives the same bytes
+    assert {p.nevra for p in parsed.packages} >= {"app-1.0-1.x86_64"}
+    assert all(p.zstd is not None for p in parsed.packages)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from deploy.errors import FetchError
-from deploy.manifest import PackageRef
+from imagespec.manifest import ManifestPackage
 
 ProgressFn = Callable[[int, int], None]
 MANIFEST = "manifest.json"
@@ -22,7 +22,7 @@ SIGNATURE = "manifest.json.asc"
 class FetchJob:
     """Fetch ref's extents RPM into dest; basis, if set, is an older version for delta transfer."""
 
-    ref: PackageRef
+    ref: ManifestPackage
     dest: Path
     basis: Path | None = None
 
@@ -45,7 +45,7 @@ class Source(Protocol):
         """The manifest bytes and its detached signature (None when there is none)."""
         ...
 
-    def package_url(self, ref: PackageRef) -> str:
+    def package_url(self, ref: ManifestPackage) -> str:
         """Absolute location of ref's extents RPM."""
         ...
 

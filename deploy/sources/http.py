@@ -18,9 +18,8 @@ from typing import Any
 
 import requests
 
-from deploy.errors import FetchError, ManifestError
+from deploy.errors import FetchError
 from deploy.faults import checkpoint
-from deploy.manifest import PackageRef
 from deploy.sources.base import (
     SIGNATURE,
     ByteCounter,
@@ -30,6 +29,8 @@ from deploy.sources.base import (
     decompress_zstd,
     sha256_file,
 )
+from imagespec.errors import ManifestError
+from imagespec.manifest import ManifestPackage
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class HttpSource:
         sig = self._get_small(urllib.parse.urljoin(self.url, SIGNATURE), missing_ok=True)
         return data, sig
 
-    def package_url(self, ref: PackageRef) -> str:
+    def package_url(self, ref: ManifestPackage) -> str:
         return urllib.parse.urljoin(self.url, ref.location)
 
     def _download(self, url: str, part: Path, size: int, counter: ByteCounter) -> None:

@@ -6,9 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploy.errors import FetchError, ManifestError
+from deploy.errors import FetchError
 from deploy.faults import checkpoint
-from deploy.manifest import PackageRef
 from deploy.sources.base import (
     MANIFEST,
     SIGNATURE,
@@ -19,6 +18,8 @@ from deploy.sources.base import (
     copy_file,
     decompress_zstd,
 )
+from imagespec.errors import ManifestError
+from imagespec.manifest import ManifestPackage
 
 
 def find_manifest(path: Path) -> Path:
@@ -63,7 +64,7 @@ class LocalSource:
     def _resolve(self, location: str) -> Path:
         return Path(os.path.normpath(self.manifest_path.parent / location))
 
-    def package_url(self, ref: PackageRef) -> str:
+    def package_url(self, ref: ManifestPackage) -> str:
         return os.fspath(self._resolve(ref.location))
 
     def fetch(self, jobs: Sequence[FetchJob], progress: ProgressFn | None) -> FetchStats:

@@ -18,10 +18,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from deploy.errors import CommandError, FetchError, ManifestError
+from deploy.errors import FetchError
 from deploy.faults import checkpoint
-from deploy.manifest import PackageRef
-from deploy.run import run
 from deploy.sources.base import (
     MANIFEST,
     SIGNATURE,
@@ -31,6 +29,9 @@ from deploy.sources.base import (
     ProgressFn,
     copy_file,
 )
+from host.run import CommandError, run
+from imagespec.errors import ManifestError
+from imagespec.manifest import ManifestPackage
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class RsyncSource:
                 return data, None
             return data, Path(tmp, SIGNATURE).read_bytes()
 
-    def package_url(self, ref: PackageRef) -> str:
+    def package_url(self, ref: ManifestPackage) -> str:
         return join_url(self.url, ref.location)
 
     def _fetch_one(self, job: FetchJob, counter: ByteCounter) -> int:
