@@ -14,6 +14,7 @@ from deploy.errors import LayoutError
 from deploy.layout import Layout
 from deploy.state import State
 from host import kernel
+from host.files import write_atomically
 from host.run import CommandError, run
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class System:
                 return
         except FileNotFoundError:
             pass
-        state.write_atomically(path, text.encode())
+        write_atomically(path, text.encode())
 
     def booted(self) -> str | None:
         """The id of the deployment mounted on the sysroot's /usr, if any."""

@@ -13,8 +13,6 @@ next one, under the output's lock.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import functools
 import json
 import os
@@ -25,6 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from host.files import fsync_dir, write_new
+from host.lock import LockHeld, file_lock
 from imagespec.manifest import ImageManifest, parse
 from imagespec.published import CHANGES, IMAGES, LATEST, MANIFEST, SIGNATURE
 from rpmextents.nevra import vercmp
@@ -32,22 +32,6 @@ from solver.errors import PublishError
 from solver.pool import PackagePool
 
 _VERSION = re.compile(r"^(\d{8})\.(\d+)$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """Write and fsync a new file (callers rename it into place)."""
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class ImageStore:
@@ -62,15 +46,12 @@ class ImageStore:
     def locked(self) -> Iterator[None]:
         """Hold the output's lock; a second compose into the same output fails at once."""
         self.output.mkdir(parents=True, exist_ok=True)
-        with open(self.output / ".lock", "a+") as f:
+        with contextlib.ExitStack() as stack:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise PublishError(
-                        f"{os.fspath(self.output)}: another compose is writing to this output"
-                    ) from e
-                raise
+                stack.enter_context(file_lock(self.output / ".lock"))
+            except LockHeld as e:
+                raise PublishError(f"{os.fspath(self.output)}: another compose is writing to "
+                                   f"this output ({e.holder})") from None
             yield
 
     def remove_leftovers(self) -> list[str]:
@@ -145,11 +126,11 @@ class ImageStore:
             raise PublishError(f"{os.fspath(final)} already exists")
         staging = image / f".tmp-{manifest.version}-{os.getpid()}"
         staging.mkdir()
-        write_file(staging / MANIFEST, manifest.dumps())
-        write_file(staging / CHANGES, (json.dumps(changes, indent=2) + "\n").encode())
+        write_new(staging / MANIFEST, manifest.dumps())
+        write_new(staging / CHANGES, (json.dumps(changes, indent=2) + "\n").encode())
         if sign is not None:
             sign(staging / MANIFEST, staging / SIGNATURE)
-        _fsync_dir(staging)
+        fsync_dir(staging)
         os.rename(staging, final)
         self._point_latest(image, manifest.version)
         return final / MANIFEST
@@ -159,7 +140,7 @@ class ImageStore:
         staged.unlink(missing_ok=True)
         os.symlink(version, staged)
         os.replace(staged, image / LATEST)
-        _fsync_dir(image)
+        fsync_dir(image)
 
     def prune(self, name: str, keep: int) -> list[str]:
         """Remove all but the `keep` newest versions (never `latest`'s target); returns them."""
