@@ -117,8 +117,8 @@ def _update(
     entries = _entries(store, old_keys, f"deployment {base.id}")
     entries.update(_entries(store, new_keys, f"{m.name} {m.version}"))
     plan = delta.plan(
-        delta.Layout.of((k, entries[k][1]) for k in old_keys),
-        delta.Layout.of((k, entries[k][1]) for k in new_keys),
+        delta.Placement.of((k, entries[k][1]) for k in old_keys),
+        delta.Placement.of((k, entries[k][1]) for k in new_keys),
     )
     for key in new_keys:
         builder.account(*entries[key])

@@ -24,14 +24,13 @@ from deploy.sources.base import sha256_file
 from host import kernel
 from imagespec.manifest import ManifestPackage
 from rpmextents import Entry, ExtentsPackage, Keyring
-from rpmextents.errors import Error as FormatFamilyError
+from rpmextents.errors import ExtentsError
 from rpmextents.extract import NO_REFLINK
-from rpmextents.layout import align_up
+from rpmextents.header import STRONG_HASH_ALGOS
+from rpmextents.index import align_up
 
 log = logging.getLogger(__name__)
 
-# File digests strong enough to stand for the content they name.
-STRONG_DIGESTS = frozenset({"sha224", "sha256", "sha384", "sha512", "sha3_256", "sha3_512"})
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class Store:
             for sha in self:
                 try:
                     self._index_entries(self.path(sha), self.file_list(sha)[1])
-                except FormatFamilyError as e:
+                except ExtentsError as e:
                     log.warning("%s: skipped for deduplication: %s", self.path(sha), e)
         return self._index
 
@@ -198,7 +197,7 @@ class Store:
                 nevra = pkg.nevra
                 matches = self._matches(pkg)
                 # Only a digest strong enough to stand for the content may replace the bytes.
-                strong = [m for m in matches if m[2].digest_algo in STRONG_DIGESTS]
+                strong = [m for m in matches if m[2].digest_algo in STRONG_HASH_ALGOS]
                 # Mostly known data (an updated package): a fresh copy sharing it. Mostly new
                 # data: rewriting it would cost more than the few shared files save.
                 rebuild = sum(length for _, length, _ in strong) * 2 > pkg.data_bytes
@@ -214,7 +213,7 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except FormatFamilyError as e:
+        except ExtentsError as e:
             fetched.unlink(missing_ok=True)
             raise PackageError(f"{ref.nevra}: refused: {e}") from e
         except PackageError:

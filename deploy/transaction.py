@@ -30,7 +30,7 @@ from deploy.store import Store
 from deploy.system import System
 from imagespec.manifest import ImageManifest, ManifestPackage
 from rpmextents import Keyring
-from rpmextents.errors import Error as FormatFamilyError
+from rpmextents.errors import ExtentsError
 from rpmextents.nevra import vercmp
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
                 system, m, store, new_id, progress("build", "packages"),
                 current.find(current.default), full=options.full,
             )
-        except (OSError, FormatFamilyError) as e:
+        except (OSError, ExtentsError) as e:
             if not _out_of_space(e):
                 raise
             from deploy.lifecycle import recover

@@ -14,21 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host import kernel
+from imagespec.relocation import relocate
 from rpmextents import Entry, ExtentsPackage, Owners, extract
 from rpmextents.extract import NO_REFLINK
-from rpmextents.layout import align_up
+from rpmextents.index import align_up
 
-FACTORY = "share/factory"
 HEADER_DIR = "lib/sysimage/packages"
-
-
-def relocate(path: str) -> tuple[str, bool]:
-    """The entry's path relative to the tree, and whether it lies outside /usr."""
-    if path == "/usr":
-        return "", False
-    if path.startswith("/usr/"):
-        return path[len("/usr/") :], False
-    return f"{FACTORY}{path.rstrip('/')}", True
 
 
 def _extract_path(path: str) -> str:

@@ -23,8 +23,9 @@ from deploy.lock import DEFAULT_WAIT
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import TreeBuilder, relocate
+from deploy.tree import TreeBuilder
 from host import kernel
+from imagespec.relocation import relocate
 from rpmextents import ExtentsPackage, Owners
 
 RPMFILE_GHOST = 1 << 6

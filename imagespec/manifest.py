@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagespec.errors import ManifestError
+from rpmextents.index import block_size_problem
 from rpmextents.nevra import Nevra
 
 FORMAT = 1
@@ -208,8 +209,9 @@ def _report(obj: Any) -> CurationReport:
 
 def _block_size(obj: Mapping[str, Any], where: str) -> int:
     block_size = _size(obj, "block_size", where)
-    if block_size == 0 or block_size & (block_size - 1):
-        raise ManifestError(f"{where}: block size {block_size} is not a power of two")
+    problem = block_size_problem(block_size)
+    if problem is not None:
+        raise ManifestError(f"{where}: block size {block_size} {problem}")
     return block_size
 
 

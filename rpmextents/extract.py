@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from host import kernel
-from rpmextents.errors import Error, UnsafePathError
+from rpmextents.errors import ExtentsError, UnsafePathError
 from rpmextents.files import Entry, EntryType, Extent, FileFlag
-from rpmextents.layout import align_up
+from rpmextents.index import align_up
 from rpmextents.package import ExtentsPackage
 
 # Errors that mean "this pair of files cannot share extents", so copying is the answer.
@@ -22,7 +22,7 @@ NO_REFLINK = (errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY, errno.E
 MAX_SYMLINK_HOPS = 40
 
 
-class ExtractError(Error):
+class ExtractError(ExtentsError):
     """A package that cannot be extracted into the destination."""
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from rpmextents.errors import Error, VerifyError
+from rpmextents.errors import ExtentsError, VerifyError
 from rpmextents.header import Header, SigTag
 
 # Header-only signature tags that rpm 4.18 can check without the payload.
@@ -46,7 +46,7 @@ def rpm_bindings() -> Any:
     return rpm
 
 
-class KeyFileError(Error):
+class KeyFileError(ExtentsError):
     """A key file that holds no usable OpenPGP public key."""
 
 

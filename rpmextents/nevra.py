@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rpmextents.header import Header, Tag
+
 # A segment is a run of digits or a run of ASCII letters; `~` and `^` are separators
 # with a meaning of their own; every other character only separates segments.
 _SEGMENT = re.compile(r"[0-9]+|[A-Za-z]+|~|\^")
@@ -94,3 +96,10 @@ def compare_evr(a: tuple[int | None, str, str], b: tuple[int | None, str, str]) 
     if ea != eb:
         return 1 if ea > eb else -1
     return vercmp(a[1], b[1]) or vercmp(a[2], b[2])
+
+
+def nevra_of(header: Header) -> Nevra:
+    """The identity a package header gives."""
+    # Source packages have no ARCH tag worth trusting; binary ones always do.
+    return Nevra(header.string(Tag.NAME), header.number(Tag.EPOCH), header.string(Tag.VERSION),
+                 header.string(Tag.RELEASE), header.string(Tag.ARCH, "noarch"))

@@ -19,11 +19,11 @@ VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client")
 
 # Library exception families whose message is meant for the user, by module.
 USER_ERRORS = (
-    ("rpmextents.errors", "Error"),
+    ("rpmextents.errors", "ExtentsError"),
     ("imagespec.errors", "ImageSpecError"),
     ("host.run", "CommandError"),
-    ("solver.errors", "Error"),
-    ("deploy.errors", "Error"),
+    ("solver.errors", "ComposeError"),
+    ("deploy.errors", "DeployError"),
 )
 
 

@@ -23,7 +23,7 @@ from imagespec.published import location_of, zstd_path
 from rpmextents.nevra import Nevra
 from solver.definition import ImageDefinition
 from solver.depsolve import ResolvedPackage, SolveRequest, solve
-from solver.errors import FetchError, PublishError, RepoError
+from solver.errors import ComposeFetchError, PublishError, RepoError
 from solver.fetch import Fetcher, FetchItem, local_path
 from solver.keys import RepoKeyring
 from solver.pool import PoolEntry
@@ -168,7 +168,7 @@ def _open_inputs(definition: ImageDefinition, store: ImageStore, fetcher: Fetche
             path.unlink(missing_ok=True)
             try:
                 fetcher.fetch(FetchItem(url, path, None, label))
-            except FetchError as e:
+            except ComposeFetchError as e:
                 raise RepoError(str(e)) from e
         keyring = RepoKeyring.from_file(path, label)
         keyrings[source.name] = keyring
@@ -234,7 +234,7 @@ def _materialize(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
             entry = store.pool.add(path, p.nevra, block_size=definition.block_size)
             if (entry.name, entry.version, entry.release, entry.arch) != (
                     p.name, p.version, p.release, p.arch):
-                raise FetchError(f"{p.nevra}: the repository's file {p.url} holds "
+                raise ComposeFetchError(f"{p.nevra}: the repository's file {p.url} holds "
                                  f"{entry.name}-{entry.version}-{entry.release}.{entry.arch}")
             entries[p.nevra] = (entry, path.stat().st_size)
             bar.advance(1)

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 import urllib3
 
-from solver.errors import FetchError
+from solver.errors import ComposeFetchError
 
 CHUNK = 1 << 16
 # Status codes worth another attempt; any other 4xx/5xx is final.
@@ -99,7 +99,7 @@ class Fetcher:
         path = local_path(item.url)
         if path is not None:
             if not path.is_file():
-                raise FetchError(f"{item.label}: {item.url} does not exist")
+                raise ComposeFetchError(f"{item.label}: {item.url} does not exist")
             self._check(item, path, counter)
             return path
         if item.dest.is_file() and item.checksum is not None:
@@ -126,9 +126,9 @@ class Fetcher:
         try:
             digest = file_digest(path, item.checksum.algo, counter)
         except OSError as e:
-            raise FetchError(f"{item.label}: cannot read {path}: {e.strerror}") from e
+            raise ComposeFetchError(f"{item.label}: cannot read {path}: {e.strerror}") from e
         if digest != item.checksum.hex:
-            raise FetchError(
+            raise ComposeFetchError(
                 f"{item.label}: checksum mismatch for {item.url}: expected {item.checksum}, "
                 f"got {item.checksum.algo}:{digest}"
             )
@@ -151,7 +151,7 @@ class Fetcher:
                 continue
             try:
                 self._check(item, part, None)
-            except FetchError:
+            except ComposeFetchError:
                 part.unlink(missing_ok=True)
                 # A resumed file may have been spliced from two different versions on the
                 # server; start over once before calling the checksum wrong.
@@ -161,7 +161,7 @@ class Fetcher:
                 raise
             os.replace(part, item.dest)
             return item.dest
-        raise FetchError(
+        raise ComposeFetchError(
             f"{item.label}: download of {item.url} failed after {self.attempts} attempts: {last}"
         )
 
@@ -183,7 +183,7 @@ class Fetcher:
             if status in RETRY_STATUS:
                 raise _Retryable(f"{item.url}: HTTP {status}")
             if status not in (200, 206):
-                raise FetchError(f"{item.label}: {item.url}: HTTP {status} {response.reason}")
+                raise ComposeFetchError(f"{item.label}: {item.url}: HTTP {status} {response.reason}")
             resumed = status == 206 and offset > 0
             if counter and resumed and count_existing:
                 counter(offset)
@@ -196,7 +196,7 @@ class Fetcher:
                         counter(len(chunk))
                     if item.size is not None and out.tell() > item.size:
                         part.unlink()
-                        raise FetchError(
+                        raise ComposeFetchError(
                             f"{item.label}: {item.url} is larger than the {item.size} bytes "
                             f"the repository lists"
                         )

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rpmextents.errors import Error as FormatCoreError
+from rpmextents.errors import ExtentsError
 from rpmextents.keyring import Keyring, rpm_bindings
-from solver.errors import FetchError, RepoError
+from solver.errors import ComposeFetchError, RepoError
 
 
 class RepoKeyring:
@@ -22,7 +22,7 @@ class RepoKeyring:
         self.label = label
         try:
             self.keyring = Keyring.from_bytes(data, label).rpm_keyring()
-        except FormatCoreError as e:
+        except ExtentsError as e:
             raise RepoError(str(e)) from e
 
     @classmethod
@@ -33,7 +33,7 @@ class RepoKeyring:
             raise RepoError(f"{label}: cannot read key {os.fspath(path)}: {e.strerror}") from e
 
     def check(self, path: Path, label: str) -> None:
-        """Raise FetchError unless the package carries a header signature by one of our keys."""
+        """Raise ComposeFetchError unless the package carries a header signature by one of our keys."""
         rpm = rpm_bindings()
         ts = rpm.TransactionSet()
         ts.setKeyring(self.keyring)
@@ -45,6 +45,6 @@ class RepoKeyring:
                 reason = str(e)
                 if "public key not available" in reason:
                     reason = f"signed with a key that is not {self.label}"
-                raise FetchError(f"{label}: signature check failed: {reason}") from e
+                raise ComposeFetchError(f"{label}: signature check failed: {reason}") from e
         if header[rpm.RPMTAG_RSAHEADER] is None and header[rpm.RPMTAG_DSAHEADER] is None:
-            raise FetchError(f"{label}: package is not signed, but {self.label} requires signatures")
+            raise ComposeFetchError(f"{label}: package is not signed, but {self.label} requires signatures")

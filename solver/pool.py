@@ -17,9 +17,10 @@ from pathlib import Path
 import zstandard
 
 from imagespec.published import POOL, pool_path, zstd_path
+from imagespec.relocation import outside_usr
 from rpmextents import ExtentsPackage, transcode
-from rpmextents.errors import Error as FormatCoreError
-from solver.errors import FetchError, PublishError
+from rpmextents.errors import ExtentsError
+from solver.errors import ComposeFetchError, PublishError
 
 ZSTD_LEVEL = 19
 
@@ -68,8 +69,8 @@ class PackagePool:
             staged = Path(tmp) / "package.rpm"
             try:
                 result = transcode(original, staged, block_size=block_size, progress=progress)
-            except FormatCoreError as e:
-                raise FetchError(f"{label}: cannot transcode: {e}") from e
+            except ExtentsError as e:
+                raise ComposeFetchError(f"{label}: cannot transcode: {e}") from e
             rel = pool_path(result.sha256, f"{result.name}-{result.version}-{result.release}"
                                            f".{result.arch}")
             final = self.output / rel
@@ -108,10 +109,9 @@ class PackagePool:
         path = self.output / relpath
         try:
             with ExtentsPackage.open(path) as pkg:
-                outside = tuple(e.path for e in pkg.entries()
-                                if e.path != "/usr" and not e.path.startswith("/usr/"))
+                outside = tuple(e.path for e in pkg.entries() if outside_usr(e.path))
                 return PackageNotes(pkg.has_scriptlets, pkg.has_triggers, outside)
-        except FormatCoreError as e:
+        except ExtentsError as e:
             raise PublishError(f"{os.fspath(path)}: unreadable pool entry: {e}") from e
 
     def entries(self) -> Iterator[str]:

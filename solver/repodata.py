@@ -24,7 +24,7 @@ from urllib.parse import quote, urljoin
 import zstandard
 
 from solver.definition import RepoSource
-from solver.errors import FetchError, RepoError
+from solver.errors import ComposeFetchError, RepoError
 from solver.fetch import Checksum, Fetcher, FetchItem, local_path
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
@@ -69,7 +69,7 @@ class Repository:
                 target.unlink(missing_ok=True)
                 fetcher.fetch(FetchItem(url, target, None, f"repository {source.name!r}"))
                 repomd = target.read_bytes()
-        except FetchError as e:
+        except ComposeFetchError as e:
             raise RepoError(f"repository {source.name!r}: cannot fetch repomd.xml: {e}") from e
         except OSError as e:
             raise RepoError(f"repository {source.name!r}: cannot read {url}: {e.strerror}") from e
@@ -94,7 +94,7 @@ class Repository:
                 self.url_of(entry.location), dest, entry.checksum,
                 f"repository {self.name!r} {kind} metadata", entry.size,
             ))
-        except FetchError as e:
+        except ComposeFetchError as e:
             raise RepoError(str(e)) from e
 
 

@@ -21,6 +21,7 @@ from deploy.sources.base import sha256_file
 from fixtures.signing import SigningKey, gnupg_home
 from imagespec.manifest import CurationReport, ImageManifest, ManifestPackage, ZstdCopy
 from imagespec.published import IMAGES, LATEST, MANIFEST, POOL, pool_path, zstd_path
+from imagespec.relocation import outside_usr
 from rpmextents.nevra import Nevra
 
 
@@ -102,7 +103,7 @@ def _report(output: Path, version_dir: Path, packages: Sequence[ManifestPackage]
                 scriptlets.append(pkg.nevra)
             if pkg.has_triggers:
                 triggers.append(pkg.nevra)
-            out = tuple(e.path for e in pkg.entries() if not e.path.startswith("/usr/") and e.path != "/usr")
+            out = tuple(e.path for e in pkg.entries() if outside_usr(e.path))
             if out:
                 outside[pkg.nevra] = out
     return CurationReport(tuple(scriptlets), tuple(triggers), outside)

@@ -15,7 +15,7 @@ from rpmextents.nevra import vercmp
 from rpmimg.cli import main
 from solver.compose import compose
 from solver.definition import ImageDefinition, RepoSource
-from solver.errors import FetchError, PublishError, RepoError
+from solver.errors import ComposeFetchError, PublishError, RepoError
 from solver.keys import RepoKeyring
 from solver.pool import PackagePool
 from solver.publish import ImageStore
@@ -159,7 +159,7 @@ def test_corrupt_original_fails_naming_it(repo: Path, tmp_path: Path) -> None:
     data[-40] ^= 0x55
     victim.write_bytes(bytes(data))
     createrepo(copy)
-    with pytest.raises(FetchError, match="^glibc-2.36-1.x86_64: cannot transcode"):
+    with pytest.raises(ComposeFetchError, match="^glibc-2.36-1.x86_64: cannot transcode"):
         compose(definition(copy, "glibc"), tmp_path / "out")
     assert ImageStore(tmp_path / "out").names() == []
 

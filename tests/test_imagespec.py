@@ -154,7 +154,8 @@ def _sample() -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda m: m.update(block_size=3 * 4096), "block size 12288 is not a power of two"),
+        (lambda m: m.update(block_size=3 * 4096), "block size 12288 must be a power of two"),
+        (lambda m: m.update(block_size=2 << 20), "block size 2097152 must be a power of two between"),
         (lambda m: m.update(inputs_sha256="x"), "field 'inputs_sha256' has an invalid value"),
         (lambda m: m.pop("report"), "report: should be an object"),
         (lambda m: m["report"].update(scriptlets=[1]), "field 'scriptlets' should be a list of strings"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.httpd import Faults, serve
-from solver.errors import FetchError
+from solver.errors import ComposeFetchError
 from solver.fetch import Checksum, Fetcher, FetchItem
 
 PAYLOAD = os.urandom(300_000)
@@ -45,7 +45,7 @@ def test_download_checked(tmp_path: Path, site: Path) -> None:
 
 def test_checksum_mismatch_names_the_package(tmp_path: Path, site: Path) -> None:
     dest = tmp_path / "a.rpm"
-    with serve(site) as web, pytest.raises(FetchError) as e:
+    with serve(site) as web, pytest.raises(ComposeFetchError) as e:
         fetcher().fetch(FetchItem(web.url + "pkgs/a.rpm", dest, sha(b"other"), "a-1.0-1.x86_64"))
     assert str(e.value).startswith("a-1.0-1.x86_64: checksum mismatch")
     assert not dest.exists() and not dest.with_name("a.rpm.part").exists()
@@ -99,21 +99,21 @@ def test_transient_errors_are_retried(tmp_path: Path, site: Path) -> None:
 
 
 def test_not_found_is_final(tmp_path: Path, site: Path) -> None:
-    with serve(site) as web, pytest.raises(FetchError, match=r"^gone-1: .*HTTP 404"):
+    with serve(site) as web, pytest.raises(ComposeFetchError, match=r"^gone-1: .*HTTP 404"):
         fetcher().fetch(FetchItem(web.url + "pkgs/gone.rpm", tmp_path / "g", None, "gone-1"))
     assert len(web.requests) == 1
 
 
 def test_persistent_failure_gives_up(tmp_path: Path, site: Path) -> None:
     faults = Faults(status={"/pkgs/a.rpm": [503] * 10})
-    with serve(site, faults) as web, pytest.raises(FetchError, match="failed after 4 attempts"):
+    with serve(site, faults) as web, pytest.raises(ComposeFetchError, match="failed after 4 attempts"):
         fetcher().fetch(FetchItem(web.url + "pkgs/a.rpm", tmp_path / "a", None, "a"))
 
 
 def test_refused_connection_gives_up(tmp_path: Path, site: Path) -> None:
     with serve(site) as web:
         url = web.url  # nobody listens on this port once the server has closed
-    with pytest.raises(FetchError, match=r"^a: download of .* failed after 4 attempts"):
+    with pytest.raises(ComposeFetchError, match=r"^a: download of .* failed after 4 attempts"):
         fetcher().fetch(FetchItem(url + "pkgs/a.rpm", tmp_path / "a", None, "a"))
 
 
@@ -124,7 +124,7 @@ def test_fetch_all_in_parallel(tmp_path: Path, site: Path) -> None:
         paths = fetcher().fetch_all(items)
         assert [p.read_bytes() for p in paths] == [PAYLOAD, PAYLOAD[::-1]]
         bad = [items[0], FetchItem(web.url + "pkgs/b.rpm", tmp_path / "b2", sha(b""), "b-bad")]
-        with pytest.raises(FetchError, match="b-bad"):
+        with pytest.raises(ComposeFetchError, match="b-bad"):
             fetcher().fetch_all(bad)
 
 
@@ -133,9 +133,9 @@ def test_file_url_is_used_in_place(tmp_path: Path, site: Path) -> None:
     dest = tmp_path / "never-written"
     got = fetcher().fetch(FetchItem(source.as_uri(), dest, sha(PAYLOAD), "a"))
     assert got == source and not dest.exists()
-    with pytest.raises(FetchError, match="checksum mismatch"):
+    with pytest.raises(ComposeFetchError, match="checksum mismatch"):
         fetcher().fetch(FetchItem(source.as_uri(), dest, sha(b"x"), "a"))
-    with pytest.raises(FetchError, match="does not exist"):
+    with pytest.raises(ComposeFetchError, match="does not exist"):
         fetcher().fetch(FetchItem((site / "nope").as_uri(), dest, None, "nope"))
 
 

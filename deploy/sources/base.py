@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from deploy.errors import FetchError
+from deploy.errors import DeployFetchError
 from imagespec.manifest import ManifestPackage
 
 ProgressFn = Callable[[int, int], None]
@@ -85,7 +85,7 @@ def decompress_zstd(src: Path, dst: Path, what: str) -> None:
             zstandard.ZstdDecompressor().copy_stream(fin, fout)
     except zstandard.ZstdError as e:
         tmp.unlink(missing_ok=True)
-        raise FetchError(f"{what}: cannot decompress {src.name}: {e}") from e
+        raise DeployFetchError(f"{what}: cannot decompress {src.name}: {e}") from e
     os.rename(tmp, dst)
 
 

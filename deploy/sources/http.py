@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from deploy.errors import FetchError
+from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
 from deploy.sources.base import (
     SIGNATURE,
@@ -79,7 +79,7 @@ class HttpSource:
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError, _Transient) as e:
                 if attempt == self.retries:
-                    raise FetchError(f"{what}: failed after {attempt + 1} attempts: {e}") from e
+                    raise DeployFetchError(f"{what}: failed after {attempt + 1} attempts: {e}") from e
                 log.debug("%s: %s; retrying in %.1f s", what, e, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -128,7 +128,7 @@ class HttpSource:
                 elif r.status_code == 206 and have:
                     mode = "ab"
                 else:
-                    raise FetchError(f"{url}: HTTP {r.status_code} {r.reason}")
+                    raise DeployFetchError(f"{url}: HTTP {r.status_code} {r.reason}")
                 with open(part, mode) as f:
                     for chunk in r.iter_content(CHUNK):
                         f.write(chunk)
@@ -155,7 +155,7 @@ class HttpSource:
         checkpoint("downloaded package")
         if part.stat().st_size != size or sha256_file(part) != digest:
             part.unlink()
-            raise FetchError(f"{ref.nevra}: {url}: download does not match the manifest's sha256")
+            raise DeployFetchError(f"{ref.nevra}: {url}: download does not match the manifest's sha256")
         if ref.zstd is not None:
             decompress_zstd(part, job.dest, ref.nvra)
             part.unlink()

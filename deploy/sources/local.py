@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploy.errors import FetchError
+from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
 from deploy.sources.base import (
     MANIFEST,
@@ -77,9 +77,9 @@ class LocalSource:
                 elif job.ref.zstd is not None and self._resolve(job.ref.zstd.location).is_file():
                     decompress_zstd(self._resolve(job.ref.zstd.location), job.dest, job.ref.nvra)
                 else:
-                    raise FetchError(f"{job.ref.nvra}: {src}: no such file")
+                    raise DeployFetchError(f"{job.ref.nvra}: {src}: no such file")
             except OSError as e:
-                raise FetchError(f"{job.ref.nvra}: cannot copy {src}: {e.strerror}") from e
+                raise DeployFetchError(f"{job.ref.nvra}: cannot copy {src}: {e.strerror}") from e
             counter.add(job.ref.size)
             checkpoint("fetched package")
         return FetchStats(packages=len(jobs), transferred=counter.done)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from deploy.errors import FetchError
+from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
 from deploy.sources.base import (
     MANIFEST,
@@ -98,7 +98,7 @@ class RsyncSource:
         try:
             output = self._rsync([*args, url, os.fspath(out_dir) + "/"])
         except CommandError as e:
-            raise FetchError(f"{job.ref.nvra}: {url}: {e}") from e
+            raise DeployFetchError(f"{job.ref.nvra}: {url}: {e}") from e
         checkpoint("rsynced package")
         os.rename(out_dir / name, job.dest)
         shutil.rmtree(work, ignore_errors=True)
