@@ -34,9 +34,6 @@ class System:
     def save_state(self, new: State) -> None:
         state.save(self.layout.state_file, new)
 
-    def usr_path(self, deployment_id: str) -> Path:
-        return self.layout.deployment(deployment_id)
-
     def fs_uuid(self) -> str | None:
         """The btrfs filesystem UUID, from sysfs (blkid's cache can be stale for loop devices)."""
         source = mounts.mount_of(self.layout.top).source
