@@ -14,8 +14,6 @@ from deploy.errors import DeployFetchError
 from imagespec.manifest import ManifestPackage
 
 ProgressFn = Callable[[int, int], None]
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.json.asc"
 
 
 @dataclass(frozen=True)

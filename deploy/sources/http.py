@@ -21,7 +21,6 @@ import requests
 from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
 from deploy.sources.base import (
-    SIGNATURE,
     ByteCounter,
     FetchJob,
     FetchStats,
@@ -31,6 +30,7 @@ from deploy.sources.base import (
 )
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
+from imagespec.published import MANIFEST, SIGNATURE
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class HttpSource:
 
     def __init__(self, url: str, *, workers: int = WORKERS, retries: int = RETRIES) -> None:
         if url.endswith("/"):
-            url += "manifest.json"
+            url += MANIFEST
         self.url = url
         self.workers = workers
         self.retries = retries

@@ -9,8 +9,6 @@ from pathlib import Path
 from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
 from deploy.sources.base import (
-    MANIFEST,
-    SIGNATURE,
     ByteCounter,
     FetchJob,
     FetchStats,
@@ -20,6 +18,7 @@ from deploy.sources.base import (
 )
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
+from imagespec.published import IMAGES, LATEST, MANIFEST, SIGNATURE
 
 
 def find_manifest(path: Path) -> Path:
@@ -29,14 +28,14 @@ def find_manifest(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise ManifestError(f"{path}: no such file or directory")
-    for candidate in (path / MANIFEST, path / "latest" / MANIFEST):
+    for candidate in (path / MANIFEST, path / LATEST / MANIFEST):
         if candidate.is_file():
             return candidate
-    images = path / "images"
+    images = path / IMAGES
     if images.is_dir():
-        found = sorted(p for p in images.iterdir() if (p / "latest" / MANIFEST).is_file())
+        found = sorted(p for p in images.iterdir() if (p / LATEST / MANIFEST).is_file())
         if len(found) == 1:
-            return found[0] / "latest" / MANIFEST
+            return found[0] / LATEST / MANIFEST
         if found:
             names = ", ".join(p.name for p in found)
             raise ManifestError(f"{path}: holds several images ({names}); name one of them")

@@ -21,8 +21,6 @@ from pathlib import Path
 from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
 from deploy.sources.base import (
-    MANIFEST,
-    SIGNATURE,
     ByteCounter,
     FetchJob,
     FetchStats,
@@ -32,6 +30,7 @@ from deploy.sources.base import (
 from host.run import CommandError, run
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
+from imagespec.published import MANIFEST, SIGNATURE
 
 log = logging.getLogger(__name__)
 
