@@ -88,7 +88,7 @@ class ImageStore:
         for rel in ("pool", ".cache", ".state"):
             out.refuse_symlinks(rel)
         # images/NAME/latest, and a staged one a killed run left (removed next).
-        out.refuse_symlinks("images", allowed=_OUR_LINK.match)
+        out.refuse_symlinks("images", allowed=lambda path: _OUR_LINK.match(path) is not None)
         for link in (f"images/{n}/{LATEST}" for n in self.names()):
             if (self.output / link).is_symlink() and not _VERSION.match(os.readlink(self.output / link)):
                 raise PublishError(f"{os.fspath(self.output / link)}: does not name a version")

@@ -32,6 +32,7 @@ REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 # Decompressed metadata at most (and exactly repomd's open-size, when it gives one); the
 # largest real file, Tumbleweed's filelists, is well below it.
 MAX_METADATA = 1 << 30
+MAX_TEXT = 16 << 20  # bytes of one XML text (a description, a changelog) at most
 CHUNK = 1 << 20
 
 
@@ -220,11 +221,18 @@ def open_uncompressed(path: Path, *, limit: int = MAX_METADATA, expect: Checksum
             raw.seek(0)
             opener = next((o for magic, o in _MAGIC if head.startswith(magic)), None)
             with (opener(raw) if opener is not None else contextlib.nullcontext(raw)) as stream:
-                total = 0
+                total = text = 0
                 while chunk := stream.read(CHUNK):
                     total += len(chunk)
                     if total > limit:
                         raise RepoError(f"{label}: decompresses to more than {limit} bytes")
+                    # A run without markup (one huge description) is parsed into memory
+                    # whole by libsolv: no real metadata has one anywhere near this long.
+                    last = chunk.rfind(b"<")
+                    text = text + len(chunk) if last < 0 else len(chunk) - last - 1
+                    if text > MAX_TEXT:
+                        raise RepoError(f"{label}: holds a text of more than {MAX_TEXT} bytes "
+                                        "without markup")
                     out.write(chunk)
                     if digest is not None:
                         digest.update(chunk)

@@ -6,13 +6,15 @@ import gzip
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fixtures.signing import SigningKey, sign_detached
+from fixtures.repos import add_package, createrepo, package
+from fixtures.signing import SigningKey, generate_key, sign_detached
 from solver.publish import ImageStore
 
 REPOMD = Path("repodata/repomd.xml")
@@ -153,3 +155,96 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert len(errors) == 1 and errors[0].startswith("rpmimg: error: "), result.stderr
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
     return errors[0].removeprefix("rpmimg: error: ")
+
+
+
+@dataclass(frozen=True)
+class World:
+    rpms: Path  # every fixture package, signed by repo_key
+    repo_key: SigningKey
+    thief_key: SigningKey  # what an attacker signs with
+    sign_key: SigningKey  # signs manifests
+
+
+def make_world(root: Path) -> World:
+    """The fixture packages (libz, tool 1.0 and 2.0 needing libz, fakessl) and the keys."""
+    repo_key = generate_key(root / "repo-key")
+    thief = generate_key(root / "thief-key")
+    specs = [
+        package("libz", "1.0", files=("/usr/lib/libz.txt",)),
+        package("tool", "1.0", requires=("libz",), files=("/usr/bin/tool",)),
+        package("tool", "2.0", requires=("libz",), files=("/usr/bin/tool",)),
+        package("fakessl", "1.0", files=("/usr/lib/fakessl.txt",)),
+    ]
+    for spec in specs:
+        add_package(spec, root / "all", repo_key)
+    return World(root / "all" / "Packages", repo_key, thief, generate_key(root / "sign-key"))
+
+
+def make_repo(world: World, where: Path, files: Sequence[str], *,
+              key: SigningKey | None = None) -> Path:
+    """A repository of some fixture packages (by file name prefix), signed by `key`."""
+    shutil.rmtree(where, ignore_errors=True)
+    (where / "Packages").mkdir(parents=True)
+    for rpm in world.rpms.iterdir():
+        if any(rpm.name.startswith(f) for f in files):
+            shutil.copy(rpm, where / "Packages")
+    createrepo(where, key=key)
+    return where
+
+
+def write_definition(path: Path, url: str, packages: Sequence[str], *, gpgkey: str | None = None,
+                     extra: str = "", top: str = "") -> Path:
+    text = (f'name = "demo"\narch = "x86_64"\npackages = {list(packages)!r}\n{top}'
+            f'[[repo]]\nname = "main"\nurl = "{url}"\n').replace("'", '"')
+    if gpgkey is not None:
+        text += f'gpgkey = "{gpgkey}"\n'
+    path.write_text(text + extra)
+    return path
+
+
+@dataclass
+class Scene:
+    """An output with one published version, a definition and a decoy to watch."""
+
+    world: World
+    tmp: Path
+    repo: Path
+    out: Path
+    decoy: Path
+    decoy_before: dict[str, str]
+
+    def definition(self, url: str, packages: Sequence[str] = ("tool",), *,
+                   gpgkey: str | None = "repo", extra: str = "", top: str = "") -> Path:
+        """A definition file; gpgkey "repo" (the default) is the repository key's file."""
+        key = os.fspath(self.world.repo_key.public) if gpgkey == "repo" else gpgkey
+        return write_definition(self.tmp / "demo.toml", url, packages, gpgkey=key, extra=extra,
+                                top=top)
+
+    def compose(self, definition: Path, *args: str) -> str:
+        """Run a compose that must fail; returns its one error line after checking the rules."""
+        before = Published.of(self.out)
+        result = run_rpmimg("compose", definition, "-o", self.out, "--sign-key",
+                            self.world.sign_key.secret, *args)
+        line = one_error_line(result)
+        assert_unchanged(self.out, before)
+        assert tree_digest(self.decoy) == self.decoy_before, "the decoy outside OUTPUT changed"
+        return line
+
+    def publish(self, definition: Path, *args: str) -> str:
+        result = run_rpmimg("compose", definition, "-o", self.out, "--sign-key",
+                            self.world.sign_key.secret, *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+def make_scene(world: World, tmp_path: Path) -> Scene:
+    """A signed repository of libz and tool 2.0, an output to come and a decoy beside it."""
+    decoy = tmp_path / "decoy"
+    (decoy / "ssh").mkdir(parents=True)
+    (decoy / "ssh" / "sshd_config").write_text("PermitRootLogin no\n")
+    (decoy / "shadow").write_text("root:secret-hash:19000::::::\n")
+    repo = make_repo(world, tmp_path / "repo", ["libz", "tool-2.0"], key=world.repo_key)
+    return Scene(world, tmp_path, repo, tmp_path / "out", decoy, tree_digest(decoy))
+
+

@@ -11,29 +11,28 @@ leaving a planted decoy directory outside OUTPUT byte for byte as it was.
 
 from __future__ import annotations
 
-import os
+import hashlib
+import re
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from fixtures.httpd import serve
-from fixtures.repos import add_package, createrepo, package
-from fixtures.signing import SigningKey, generate_key
 from hostile import (
     Published,
-    assert_unchanged,
+    Scene,
+    World,
     edit_package,
     edit_primary,
-    one_error_line,
+    make_repo,
+    make_scene,
+    make_world,
     resign,
-    run_rpmimg,
     set_timestamp,
-    tree_digest,
 )
+
+from fixtures.httpd import serve
+from fixtures.repos import createrepo
 
 pytestmark = pytest.mark.skipif(
     shutil.which("rpmbuild") is None or shutil.which("createrepo_c") is None
@@ -44,93 +43,14 @@ pytestmark = pytest.mark.skipif(
 DAY = 86400
 
 
-@dataclass(frozen=True)
-class World:
-    rpms: Path  # every fixture package, signed by repo_key
-    repo_key: SigningKey
-    thief_key: SigningKey  # what an attacker signs with
-    sign_key: SigningKey  # signs manifests
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    root = tmp_path_factory.mktemp("hostile")
-    repo_key = generate_key(root / "repo-key")
-    thief = generate_key(root / "thief-key")
-    specs = [
-        package("libz", "1.0", files=("/usr/lib/libz.txt",)),
-        package("tool", "1.0", requires=("libz",), files=("/usr/bin/tool",)),
-        package("tool", "2.0", requires=("libz",), files=("/usr/bin/tool",)),
-        package("fakessl", "1.0", files=("/usr/lib/fakessl.txt",)),
-    ]
-    for spec in specs:
-        add_package(spec, root / "all", repo_key)
-    return World(root / "all" / "Packages", repo_key, thief, generate_key(root / "sign-key"))
-
-
-def make_repo(world: World, where: Path, files: Sequence[str], *,
-              key: SigningKey | None = None) -> Path:
-    """A repository of some fixture packages (by file name prefix), signed by `key`."""
-    shutil.rmtree(where, ignore_errors=True)
-    (where / "Packages").mkdir(parents=True)
-    for rpm in world.rpms.iterdir():
-        if any(rpm.name.startswith(f) for f in files):
-            shutil.copy(rpm, where / "Packages")
-    createrepo(where, key=key)
-    return where
-
-
-def write_definition(path: Path, url: str, packages: Sequence[str], *, gpgkey: str | None = None,
-                     extra: str = "", top: str = "") -> Path:
-    text = (f'name = "demo"\narch = "x86_64"\npackages = {list(packages)!r}\n{top}'
-            f'[[repo]]\nname = "main"\nurl = "{url}"\n').replace("'", '"')
-    if gpgkey is not None:
-        text += f'gpgkey = "{gpgkey}"\n'
-    path.write_text(text + extra)
-    return path
-
-
-@dataclass
-class Scene:
-    """An output with one published version, a definition and a decoy to watch."""
-
-    world: World
-    tmp: Path
-    repo: Path
-    out: Path
-    decoy: Path
-    decoy_before: dict[str, str]
-
-    def definition(self, url: str, packages: Sequence[str] = ("tool",), **kw: str) -> Path:
-        return write_definition(self.tmp / "demo.toml", url, packages,
-                                gpgkey=kw.pop("gpgkey", os.fspath(self.world.repo_key.public)),
-                                **kw)
-
-    def compose(self, definition: Path, *args: str) -> str:
-        """Run a compose that must fail; returns its one error line after checking the rules."""
-        before = Published.of(self.out)
-        result = run_rpmimg("compose", definition, "-o", self.out, "--sign-key",
-                            self.world.sign_key.secret, *args)
-        line = one_error_line(result)
-        assert_unchanged(self.out, before)
-        assert tree_digest(self.decoy) == self.decoy_before, "the decoy outside OUTPUT changed"
-        return line
-
-    def publish(self, definition: Path, *args: str) -> str:
-        result = run_rpmimg("compose", definition, "-o", self.out, "--sign-key",
-                            self.world.sign_key.secret, *args)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+    return make_world(tmp_path_factory.mktemp("hostile"))
 
 
 @pytest.fixture
 def scene(world: World, tmp_path: Path) -> Scene:
-    decoy = tmp_path / "decoy"
-    (decoy / "ssh").mkdir(parents=True)
-    (decoy / "ssh" / "sshd_config").write_text("PermitRootLogin no\n")
-    (decoy / "shadow").write_text("root:secret-hash:19000::::::\n")
-    repo = make_repo(world, tmp_path / "repo", ["libz", "tool-2.0"], key=world.repo_key)
-    return Scene(world, tmp_path, repo, tmp_path / "out", decoy, tree_digest(decoy))
+    return make_scene(world, tmp_path)
 
 
 # --- Repository metadata is never authenticated -------------------------------------------
@@ -246,12 +166,10 @@ def test_nevra_lie_leaves_nothing_in_the_pool(scene: Scene) -> None:
     w = scene.world
     repo = make_repo(w, scene.tmp / "swap", ["libz", "tool-2.0"])
     shutil.copy(w.rpms / "tool-1.0-1.noarch.rpm", repo / "Packages" / "tool-2.0-1.noarch.rpm")
-    import hashlib
     data = (repo / "Packages" / "tool-2.0-1.noarch.rpm").read_bytes()
     new_digest = hashlib.sha256(data).hexdigest()
 
     def fix(block: str) -> str:
-        import re
         block = re.sub(r'<checksum type="sha256" pkgid="YES">\w+</checksum>',
                        f'<checksum type="sha256" pkgid="YES">{new_digest}</checksum>', block)
         return re.sub(r'<size package="\d+"', f'<size package="{len(data)}"', block)
