@@ -85,13 +85,14 @@ def cmd_compose(args: argparse.Namespace) -> int:
     definition = load_definition(args.definition)
     # systemd stops a unit with SIGTERM: unwind like SIGINT, so the temporary GNUPGHOME
     # and the lock are released and nothing half-made stays behind.
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    previous = {s: signal.signal(s, _terminated) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         result = compose(definition, args.output, sign_key=args.sign_key, keep=args.keep,
                          reporter=_Reporter(quiet=args.json),
                          allow_downgrade=tuple(args.allow_downgrade))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if args.json:
         print_json(result.to_json())
     else:
@@ -100,6 +101,10 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 
 def _terminated(signum: int, frame: object) -> None:
+    from solver.signing import close_all
+
+    # The secret key goes first: unwinding may wait for fetch threads to finish.
+    close_all()
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -96,6 +97,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_OPEN: set[Signer] = set()  # live signers, for close_all
+_OPEN_LOCK = threading.Lock()
+
+
+def close_all() -> None:
+    """Close every open Signer now (for a signal handler: threads may hold up the unwinding)."""
+    with _OPEN_LOCK:
+        signers = list(_OPEN)
+    for signer in signers:
+        signer.close()
+
+
 class Signer:
     """A secret key imported into a private GNUPGHOME, checked, ready to sign manifests."""
 
@@ -106,6 +119,8 @@ class Signer:
         root = homes_root()
         remove_stale_homes(root)
         self.home = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
+        with _OPEN_LOCK:
+            _OPEN.add(self)
         try:
             keyfile = self.home / "key.asc"
             keyfile.write_bytes(armoured)
@@ -153,6 +168,10 @@ class Signer:
             raise
 
     def close(self) -> None:
+        with _OPEN_LOCK:
+            if self not in _OPEN:
+                return
+            _OPEN.discard(self)
         stop_agent(self.home)
         shutil.rmtree(self.home, ignore_errors=True)
 
