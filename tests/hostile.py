@@ -167,7 +167,8 @@ class World:
 
 
 def make_world(root: Path) -> World:
-    """The fixture packages (libz, tool 1.0 and 2.0 needing libz, fakessl) and the keys."""
+    """The fixture packages (libz, tool 1.0 and 2.0 needing libz, fakessl, richapp needing
+    libz or fakessl) and the keys."""
     repo_key = generate_key(root / "repo-key")
     thief = generate_key(root / "thief-key")
     specs = [
@@ -175,6 +176,7 @@ def make_world(root: Path) -> World:
         package("tool", "1.0", requires=("libz",), files=("/usr/bin/tool",)),
         package("tool", "2.0", requires=("libz",), files=("/usr/bin/tool",)),
         package("fakessl", "1.0", files=("/usr/lib/fakessl.txt",)),
+        package("richapp", "1.0", requires=("(libz or fakessl)",), files=("/usr/bin/richapp",)),
     ]
     for spec in specs:
         add_package(spec, root / "all", repo_key)

@@ -133,6 +133,21 @@ def test_dependency_lie_is_refused(scene: Scene) -> None:
     assert not Published.of(scene.out).pool
 
 
+def test_rich_dependency_lie_is_refused(scene: Scene) -> None:
+    """primary.xml drops richapp's `(libz or fakessl)`: libsolv checks it from the headers."""
+    w = scene.world
+    repo = make_repo(w, scene.tmp / "rich", ["richapp"])
+    edit_primary(repo, lambda text: edit_package(
+        text, "richapp", "1.0", lambda block: block.replace(
+            '<rpm:entry name="(libz or fakessl)"/>', "")))
+    resign(repo, w.repo_key)
+    with serve(repo) as web:
+        line = scene.compose(scene.definition(web.url, ("richapp",)))
+    assert line.startswith("the signed headers disagree with the repository metadata: ")
+    assert "nothing provides (libz or fakessl) needed by richapp-1.0-1.noarch" in line
+    assert line.endswith("(the metadata left out a dependency)")
+
+
 def test_fake_provides_is_refused(scene: Scene) -> None:
     """primary.xml says fakessl provides openssl: a job answered by the wrong package."""
     w = scene.world
