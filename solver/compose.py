@@ -199,7 +199,7 @@ def _open_inputs(definition: ImageDefinition, store: ImageStore, fetcher: Fetche
             key_digests[source.name] = hashlib.sha256(key).hexdigest()
         repo = Repository.open(source, fetcher=fetcher, cache=cache / "repos" / source.name,
                                key=key)
-        seen[source.name] = freshness.check(repo, seen.get(source.name), now)
+        seen[freshness.key(source)] = freshness.check(repo, seen.get(freshness.key(source)), now)
         repos.append(repo)
     freshness.save(store.out, seen)
     digest = hashlib.sha256(json.dumps({

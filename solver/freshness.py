@@ -1,6 +1,6 @@
 """Repository freshness: signed metadata may not go back in time, nor stand still too long.
 
-Compose remembers, per repository, the newest repomd.xml it has accepted (revision,
+Compose remembers, per repository (name and URL), the newest repomd.xml it has accepted (revision,
 newest timestamp, digest and when it was first seen) in OUTPUT/.state/repos.json.
 A mirror that serves older metadata than that (a replay of an old, correctly signed
 repomd) is refused; one whose metadata is older than the definition's
@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from solver.confine import Output
+from solver.definition import RepoSource
 from solver.errors import RepoError
 from solver.repodata import Repository
 
@@ -64,6 +65,11 @@ def save(out: Output, seen: dict[str, Seen]) -> None:
     body = json.dumps({n: s.to_json() for n, s in sorted(seen.items())}, indent=2) + "\n"
     out.write(staged, body.encode())
     out.replace(staged, STATE)
+
+
+def key(source: RepoSource) -> str:
+    """Where a repository's record is kept: by name and URL (images may share an output)."""
+    return f"{source.name} {source.url}"
 
 
 def _revision_key(revision: str) -> tuple[int, int | str]:

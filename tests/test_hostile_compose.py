@@ -64,9 +64,12 @@ def test_replayed_old_metadata_is_refused(scene: Scene) -> None:
     resign(old, w.repo_key)  # what the vendor signed a month ago
     set_timestamp(scene.repo, int(time.time()))
     resign(scene.repo, w.repo_key)
-    with serve(scene.repo) as web:
+    site = scene.tmp / "mirror"
+    shutil.copytree(scene.repo, site)
+    with serve(site) as web:
         scene.publish(scene.definition(web.url))
-    with serve(old) as web:
+        shutil.rmtree(site)
+        shutil.copytree(old, site)  # the same URL now serves the old metadata
         line = scene.compose(scene.definition(web.url))
     assert line.startswith("repository 'main': metadata is older than already seen")
 
