@@ -113,10 +113,10 @@ def compose(definition: ImageDefinition, output: Path, *, sign_key: Path | None 
         signer = stack.enter_context(Signer(sign_key)) if sign_key is not None else None
         store = ImageStore(output)
         stack.enter_context(store.locked())
-        return _compose_locked(definition, store, signer, keep, fetcher, report,
-                               now or datetime.now(UTC),
-                               frozenset(definition.allow_downgrade) | frozenset(allow_downgrade))
-    raise AssertionError("unreachable")
+        result = _compose_locked(definition, store, signer, keep, fetcher, report,
+                                 now or datetime.now(UTC),
+                                 frozenset(definition.allow_downgrade) | frozenset(allow_downgrade))
+    return result
 
 
 def _compose_locked(definition: ImageDefinition, store: ImageStore, signer: Signer | None,
