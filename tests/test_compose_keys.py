@@ -40,13 +40,18 @@ def scene(world: World, tmp_path: Path) -> Scene:
     return make_scene(world, tmp_path)
 
 
-def _protected_key(directory: Path) -> Path:
-    """A secret key that needs a passphrase, exported armoured."""
+def _special_key(directory: Path, kind: str) -> Path:
+    """A secret key that needs a passphrase, or one that expired in 2020, exported armoured."""
     with tempfile.TemporaryDirectory(prefix="rpmimg-gnupg-") as home:
         env = clean_env(Path(home), {"GNUPGHOME": home})
-        gpg = ["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "sesame"]
-        params = ("Key-Type: RSA\nKey-Length: 2048\nKey-Usage: sign\nName-Real: locked\n"
-                  "Expire-Date: 0\nPassphrase: sesame\n%commit\n")
+        if kind == "passphrase":
+            gpg = ["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "sesame"]
+            params = ("Key-Type: RSA\nKey-Length: 2048\nKey-Usage: sign\nName-Real: locked\n"
+                      "Expire-Date: 0\nPassphrase: sesame\n%commit\n")
+        else:
+            gpg = ["gpg", "--batch", "--faked-system-time", "20200101T000000!"]
+            params = ("%no-protection\nKey-Type: RSA\nKey-Length: 2048\nKey-Usage: sign\n"
+                      "Name-Real: expired\nExpire-Date: 1d\n%commit\n")
         try:
             subprocess.run([*gpg, "--gen-key"], input=params.encode(), env=env, check=True,
                            capture_output=True)
@@ -55,23 +60,25 @@ def _protected_key(directory: Path) -> Path:
         finally:
             subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], env=env,
                            check=False, capture_output=True)
-    path = directory / "locked.asc"
+    path = directory / f"{kind}.asc"
     path.write_bytes(secret)
     return path
 
 
-@pytest.mark.parametrize("kind", ["public", "junk", "passphrase"])
+@pytest.mark.parametrize("kind", ["public", "junk", "passphrase", "expired"])
 def test_unusable_sign_key_fails_before_any_fetch(scene: Scene, kind: str) -> None:
     key = {"public": lambda: scene.world.sign_key.public,
            "junk": lambda: _junk(scene.tmp),
-           "passphrase": lambda: _protected_key(scene.tmp)}[kind]()
+           "passphrase": lambda: _special_key(scene.tmp, "passphrase"),
+           "expired": lambda: _special_key(scene.tmp, "expired")}[kind]()
     with serve(scene.repo) as web:
         result = run_rpmimg("compose", scene.definition(web.url), "-o", scene.out,
                             "--sign-key", key)
     line = one_error_line(result)
     expected = {"public": "the file holds no secret key",
                 "junk": "gpg failed: ",
-                "passphrase": "the secret key needs a passphrase"}[kind]
+                "passphrase": "the secret key needs a passphrase",
+                "expired": "the secret key has expired"}[kind]
     assert line.startswith(f"signing key {key}: {expected}"), line
     assert web.requests == []  # nothing fetched
     assert not (scene.out / "images").exists() and not (scene.out / "pool").exists()
