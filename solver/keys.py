@@ -7,12 +7,13 @@ repository's keys (never the host's rpmdb keys). Keys are read as everywhere els
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
 from rpmextents.errors import ExtentsError
 from rpmextents.keyring import Keyring, rpm_bindings
 from solver.errors import ComposeFetchError, RepoError
+from solver.trust import MAX_KEY, read_capped
 
 
 class RepoKeyring:
@@ -21,19 +22,17 @@ class RepoKeyring:
     def __init__(self, data: bytes, label: str) -> None:
         self.label = label
         try:
-            self.keyring = Keyring.from_bytes(data, label).rpm_keyring()
+            self.keys = Keyring.from_bytes(data, label)
         except ExtentsError as e:
             raise RepoError(str(e)) from e
+        self.keyring = self.keys.rpm_keyring()
 
     @classmethod
     def from_file(cls, path: Path, label: str) -> RepoKeyring:
-        try:
-            return cls(path.read_bytes(), label)
-        except OSError as e:
-            raise RepoError(f"{label}: cannot read key {os.fspath(path)}: {e.strerror}") from e
+        return cls(read_capped(path, MAX_KEY, label), label)
 
-    def check(self, path: Path, label: str) -> None:
-        """Raise ComposeFetchError unless the package carries a header signature by one of our keys."""
+    def check(self, path: Path, label: str) -> Any:
+        """The package's header (an rpm.hdr); ComposeFetchError unless one of our keys signed it."""
         rpm = rpm_bindings()
         ts = rpm.TransactionSet()
         ts.setKeyring(self.keyring)
@@ -48,3 +47,4 @@ class RepoKeyring:
                 raise ComposeFetchError(f"{label}: signature check failed: {reason}") from e
         if header[rpm.RPMTAG_RSAHEADER] is None and header[rpm.RPMTAG_DSAHEADER] is None:
             raise ComposeFetchError(f"{label}: package is not signed, but {self.label} requires signatures")
+        return header
