@@ -44,6 +44,10 @@ def verify_detached(data: bytes, signature: bytes, keyring: Keyring, what: str) 
         return codes["VALIDSIG"][0]
     if "BADSIG" in codes:
         raise SignatureError(f"{what}: BAD signature (the content was altered after signing)")
+    for code, reason in (("EXPKEYSIG", "made by an expired key"), ("REVKEYSIG", "made by a revoked key"),
+                         ("EXPSIG", "expired")):
+        if code in codes:
+            raise SignatureError(f"{what}: signature {reason}")
     if "NO_PUBKEY" in codes:
         key = codes["NO_PUBKEY"][0]
         raise SignatureError(f"{what}: signed by key {key}, which is not a trusted key")
