@@ -21,7 +21,7 @@ from solver.definition import ImageDefinition
 from solver.depsolve import ResolvedPackage, SolveRequest, solve
 from solver.diff import PackageDiff, package_diff
 from solver.errors import FetchError, PublishError, RepoError
-from solver.fetch import Fetcher, FetchItem, local_path
+from solver.fetch import KEY_LIMIT, Fetcher, FetchItem, local_path
 from solver.keys import RepoKeyring
 from solver.manifest import CurationReport, Manifest, ManifestPackage, ZstdCopy
 from solver.pool import PoolEntry
@@ -165,7 +165,7 @@ def _open_inputs(definition: ImageDefinition, store: ImageStore, fetcher: Fetche
             path = cache / "keys" / f"{source.name}.asc"
             path.unlink(missing_ok=True)
             try:
-                fetcher.fetch(FetchItem(url, path, None, label))
+                fetcher.fetch(FetchItem(url, path, None, label, limit=KEY_LIMIT))
             except FetchError as e:
                 raise RepoError(str(e)) from e
         keyring = RepoKeyring.from_file(path, label)

@@ -25,7 +25,7 @@ import zstandard
 
 from solver.definition import RepoSource
 from solver.errors import FetchError, RepoError
-from solver.fetch import Checksum, Fetcher, FetchItem, local_path
+from solver.fetch import METADATA_LIMIT, Checksum, Fetcher, FetchItem, local_path
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 
@@ -92,7 +92,7 @@ class Repository:
         try:
             return self.fetcher.fetch(FetchItem(
                 self.url_of(entry.location), dest, entry.checksum,
-                f"repository {self.name!r} {kind} metadata", entry.size,
+                f"repository {self.name!r} {kind} metadata", entry.size, limit=METADATA_LIMIT,
             ))
         except FetchError as e:
             raise RepoError(str(e)) from e
