@@ -264,3 +264,39 @@ def serve(root: Path, rules: dict[str, Rule] | None = None) -> Iterator[HostileS
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextlib.contextmanager
+def trickle_tcp(greeting: bytes, interval: float) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that sends `greeting` one byte every `interval` seconds to
+    each client (a stand-in for any slow-talking daemon, e.g. rsync's); yields its port."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+
+    def talk(conn: socket.socket) -> None:
+        started = time.monotonic()
+        with conn, contextlib.suppress(OSError):
+            for byte in greeting:
+                if stop.is_set() or time.monotonic() - started > MAX_SECONDS:
+                    return
+                conn.sendall(bytes([byte]))
+                stop.wait(interval)
+            stop.wait(MAX_SECONDS - (time.monotonic() - started))
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=talk, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()

@@ -46,14 +46,14 @@ def test_default_deadline_grows_with_the_size() -> None:
     assert (limits.connect_timeout, limits.idle_timeout, limits.max_redirects) == (15, 30, 5)
     assert limits.deadline(0) == 60
     assert limits.deadline(1 << 30) == 60 + (1 << 30) / 16384  # 1 GiB: 18 h 12 min at 16 KiB/s
-    env = {"RPMIMG_HTTP_IDLE_TIMEOUT": "0.5", "RPMIMG_HTTP_ATTEMPTS": "2",
-           "RPMIMG_HTTP_MIN_RATE": "1000", "RPMIMG_HTTP_DEADLINE_BASE": "1"}
+    env = {"RPMIMG_FETCH_IDLE_TIMEOUT": "0.5", "RPMIMG_FETCH_ATTEMPTS": "2",
+           "RPMIMG_FETCH_MIN_RATE": "1000", "RPMIMG_FETCH_DEADLINE_BASE": "1"}
     configured = Limits.from_environment(env)
     assert (configured.idle_timeout, configured.attempts) == (0.5, 2)
     assert configured.deadline(5000) == 6
     assert Limits.from_environment({}) == limits
-    for bad in ({"RPMIMG_HTTP_ATTEMPTS": "many"}, {"RPMIMG_HTTP_ATTEMPTS": "0"},
-                {"RPMIMG_HTTP_MIN_RATE": "nan"}, {"RPMIMG_HTTP_IDLE_TIMEOUT": "-1"}):
+    for bad in ({"RPMIMG_FETCH_ATTEMPTS": "many"}, {"RPMIMG_FETCH_ATTEMPTS": "0"},
+                {"RPMIMG_FETCH_MIN_RATE": "nan"}, {"RPMIMG_FETCH_IDLE_TIMEOUT": "-1"}):
         with pytest.raises(DownloadError, match=f"^{next(iter(bad))}="):
             Limits.from_environment(bad)
 

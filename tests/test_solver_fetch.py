@@ -185,9 +185,9 @@ def test_trickling_mirror_is_given_up_at_the_deadline(tmp_path: Path, site: Path
 
 
 def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPMIMG_HTTP_IDLE_TIMEOUT", "7")
+    monkeypatch.setenv("RPMIMG_FETCH_IDLE_TIMEOUT", "7")
     assert Fetcher().limits.idle_timeout == 7
     assert Fetcher(timeout=3, attempts=2).limits == Limits(idle_timeout=3, attempts=2)
-    monkeypatch.setenv("RPMIMG_HTTP_IDLE_TIMEOUT", "soon")
-    with pytest.raises(FetchError, match="RPMIMG_HTTP_IDLE_TIMEOUT='soon': not a number"):
+    monkeypatch.setenv("RPMIMG_FETCH_IDLE_TIMEOUT", "soon")
+    with pytest.raises(FetchError, match="RPMIMG_FETCH_IDLE_TIMEOUT='soon': not a number"):
         Fetcher()
