@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import os
 import re
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -249,12 +252,31 @@ class _Server(ThreadingHTTPServer):
         pass  # a client leaving mid-body is what most rules expect
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with openssl."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", os.fspath(key), "-out", os.fspath(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 @contextlib.contextmanager
-def serve(root: Path, rules: dict[str, Rule] | None = None) -> Iterator[HostileServer]:
-    """Serve root on an ephemeral port of 127.0.0.1 with `rules` while the context is open."""
+def serve(root: Path, rules: dict[str, Rule] | None = None,
+          tls: tuple[Path, Path] | None = None) -> Iterator[HostileServer]:
+    """Serve root on an ephemeral port of 127.0.0.1 with `rules` while the context is open;
+    over HTTPS with `tls` (certificate, key)."""
     hostile = HostileServer("", root.resolve(), dict(rules or {}))
     server = _Server(hostile)
-    hostile.url = f"http://127.0.0.1:{server.server_address[1]}/"
+    scheme = "http"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True,
+                                            do_handshake_on_connect=False)
+        scheme = "https"
+    hostile.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:

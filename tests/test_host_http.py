@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostile_httpd import Mode, Rule, gzip_bomb, serve
+from hostile_httpd import Mode, Rule, gzip_bomb, self_signed, serve
 
 from host.http import DownloadError, Limits, TooLarge, download, download_bytes, download_file
+from host.httpconn import _tls_context
 
 DATA = os.urandom(200_000)
 # Quick tests: short waits, a deadline of a few seconds whatever the size.
@@ -52,8 +55,11 @@ def test_default_deadline_grows_with_the_size() -> None:
     assert (configured.idle_timeout, configured.attempts) == (0.5, 2)
     assert configured.deadline(5000) == 6
     assert Limits.from_environment({}) == limits
+    assert Limits.from_environment({"RPMIMG_FETCH_MAX_REDIRECTS": "0"}).max_redirects == 0
     for bad in ({"RPMIMG_FETCH_ATTEMPTS": "many"}, {"RPMIMG_FETCH_ATTEMPTS": "0"},
-                {"RPMIMG_FETCH_MIN_RATE": "nan"}, {"RPMIMG_FETCH_IDLE_TIMEOUT": "-1"}):
+                {"RPMIMG_FETCH_MIN_RATE": "nan"}, {"RPMIMG_FETCH_IDLE_TIMEOUT": "-1"},
+                {"RPMIMG_FETCH_CONNECT_TIMEOUT": "0"}, {"RPMIMG_FETCH_DEADLINE_BASE": "inf"},
+                {"RPMIMG_FETCH_MAX_REDIRECTS": "1.5"}):
         with pytest.raises(DownloadError, match=f"^{next(iter(bad))}="):
             Limits.from_environment(bad)
 
@@ -236,3 +242,32 @@ def test_proxy_from_the_environment(tmp_path: Path, site: Path,
         got = download_bytes("http://mirror.invalid/small", 1000, limits=FAST)
     assert got == b"x" * 1000
     assert [r.path for r in proxy.requests] == ["/small"]
+
+
+@pytest.fixture
+def certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a certificate")
+    pair = self_signed(tmp_path)
+    yield pair
+    _tls_context.cache_clear()  # forget the test's CA for the next user
+
+
+def test_https_checks_the_certificate_and_keeps_the_bounds(
+        tmp_path: Path, site: Path, certificate: tuple[Path, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve(site, {"/slow": Rule(Mode.TRICKLE_HEADERS, interval=0.2)}, tls=certificate) as web:
+        assert web.url.startswith("https://")
+        _tls_context.cache_clear()
+        with pytest.raises(DownloadError, match=r"small: certificate verify failed"):
+            fetch(web.url + "small", tmp_path / "a", size=1000)
+        monkeypatch.setenv("SSL_CERT_FILE", os.fspath(certificate[0]))
+        _tls_context.cache_clear()
+        fetch(web.url + "small", tmp_path / "b", size=1000)
+        assert (tmp_path / "b").read_bytes() == b"x" * 1000
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match=r"slow: gave up after 3\.\d s"):
+            fetch(web.url + "slow", tmp_path / "c", size=1000)
+        assert time.monotonic() - started < 3.6
+    # A certificate that does not verify is final: one request, no retries.
+    assert [r.path for r in web.requests] == ["/small", "/slow"]
