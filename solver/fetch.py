@@ -82,7 +82,7 @@ def file_digest(path: Path, algo: str, counter: ByteCounter | None = None) -> st
 class Fetcher:
     """Fetches files over HTTP(S) or from file:// URLs; safe to use from several threads.
 
-    `limits` defaults to host.http's, as the RPMIMG_HTTP_* environment sets them;
+    `limits` defaults to host.http's, as the RPMIMG_FETCH_* environment sets them;
     `attempts`, `timeout` (the idle timeout) and `backoff` override single fields.
     """
 
