@@ -145,11 +145,14 @@ def _size(obj: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
-def _strings(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    values: list[Any] = _field(obj, key, list, where)
-    if not all(isinstance(v, str) for v in values):
-        raise ManifestError(f"{where}: field {key!r} should be a list of strings")
-    return tuple(values)
+def _strings(obj: Mapping[str, Any], key: str, where: str, what: str = "field") -> tuple[str, ...]:
+    """obj[key], a list of strings; `where` and `what` name it ("report field 'x'")."""
+    if key not in obj:
+        raise ManifestError(f"{where}: missing {what} {key!r}")
+    value = obj[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ManifestError(f"{where} {what} {key!r} should be a list of strings")
+    return tuple(value)
 
 
 def _zstd(obj: Mapping[str, Any], where: str) -> ZstdCopy | None:
@@ -195,16 +198,42 @@ def _package(obj: Any, index: int, manifest_block_size: int) -> ManifestPackage:
     )
 
 
-def _report(obj: Any) -> CurationReport:
-    where = "report"
-    if not isinstance(obj, dict):
-        raise ManifestError(f"{where}: should be an object")
-    outside: dict[str, Any] = _field(obj, "outside_usr", dict, where)
+def _report(obj: Mapping[str, Any], where: str) -> CurationReport:
+    report: dict[str, Any] = _field(obj, "report", dict, where)
+    where += ": report"
+    outside: dict[str, Any] = _field(report, "outside_usr", dict, where)
     return CurationReport(
-        scriptlets=_strings(obj, "scriptlets", where),
-        triggers=_strings(obj, "triggers", where),
-        outside_usr={k: _strings(outside, k, f"{where} outside_usr") for k in outside},
+        scriptlets=_strings(report, "scriptlets", where),
+        triggers=_strings(report, "triggers", where),
+        outside_usr={k: _strings(outside, k, f"{where} field 'outside_usr'", "of") for k in outside},
     )
+
+
+# A manifest nests four levels deep; anything far deeper is hostile, and Python's JSON
+# parser would recurse once per level.
+MAX_DEPTH = 16
+
+
+def check_depth(data: bytes, where: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON whose arrays and objects nest deeper than limit, before parsing it."""
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                raise ManifestError(f"{where}: JSON nested deeper than {limit} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
 
 
 def _block_size(obj: Mapping[str, Any], where: str) -> int:
@@ -217,6 +246,7 @@ def _block_size(obj: Mapping[str, Any], where: str) -> int:
 
 def parse(data: bytes, where: str = "manifest") -> ImageManifest:
     """Parse and check manifest bytes; every problem is a ManifestError naming `where`."""
+    check_depth(data, where)
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as e:
@@ -242,5 +272,5 @@ def parse(data: bytes, where: str = "manifest") -> ImageManifest:
         inputs_sha256=_matching(obj, "inputs_sha256", _HEX64, where),
         block_size=block_size,
         packages=packages,
-        report=_report(obj.get("report")),
+        report=_report(obj, where),
     )

@@ -157,9 +157,12 @@ def _sample() -> dict[str, Any]:
         (lambda m: m.update(block_size=3 * 4096), "block size 12288 must be a power of two"),
         (lambda m: m.update(block_size=2 << 20), "block size 2097152 must be a power of two between"),
         (lambda m: m.update(inputs_sha256="x"), "field 'inputs_sha256' has an invalid value"),
-        (lambda m: m.pop("report"), "report: should be an object"),
-        (lambda m: m["report"].update(scriptlets=[1]), "field 'scriptlets' should be a list of strings"),
-        (lambda m: m["report"].update(outside_usr={"a": "b"}), "field 'a' should be list"),
+        (lambda m: m.pop("report"), "missing field 'report'"),
+        (lambda m: m.update(report=[1]), "field 'report' should be dict"),
+        (lambda m: m["report"].update(scriptlets=[1]), "report field 'scriptlets' should be a list of strings"),
+        (lambda m: m["report"].update(outside_usr={"a": "b"}),
+         "report field 'outside_usr' of 'a' should be a list of strings"),
+        (lambda m: m.update(report="DEEP"), "nested deeper than 16 levels"),
         (lambda m: m["packages"][0].update(source_checksum="nope"), "field 'source_checksum'"),
         (lambda m: m["packages"][0].update(zstd=[]), "field 'zstd' should be an object"),
         (lambda m: m["packages"][0].update(zstd={"location": "x", "sha256": "ab" * 32, "size": -1}),
@@ -170,5 +173,6 @@ def _sample() -> dict[str, Any]:
 def test_manifest_parser_names_what_is_wrong(change: Any, message: str) -> None:
     data = _sample()
     change(data)
+    text = json.dumps(data).replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
     with pytest.raises(ManifestError, match=message):
-        parse(json.dumps(data).encode(), "m.json")
+        parse(text.encode(), "m.json")
