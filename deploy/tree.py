@@ -28,7 +28,7 @@ def _extract_path(path: str) -> str:
 
 
 def header_file_name(pkg: ExtentsPackage) -> str:
-    return f"{pkg.name}-{pkg.version}-{pkg.release}.{pkg.arch}.rpm"
+    return f"{pkg.ident.nvra}.rpm"
 
 
 @dataclass
