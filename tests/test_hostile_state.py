@@ -1,0 +1,395 @@
+"""Hostile state, store and manifests: a lost, truncated or older state file never deletes a
+booted, mounted or default deployment; verify is anchored to what was signed; a damaged
+store entry is refetched, not reused; an old signed manifest can't roll a machine back;
+every refusal is one line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploytools import V0, V1, V2, Images, Result, deploy, rpmimg, state_of
+from imagepub import sign_file
+
+from host import kernel
+
+pytest_plugins = ("deployenv",)
+
+STATE = "@rpmimg/state.json"
+SIZES_FILE = "share/sizes/size-4097"
+
+
+def _one_line_error(r: Result, *needles: str) -> None:
+    """A refusal: exit 1, exactly one stderr line, naming what it should, no traceback."""
+    assert r.code == 1, (r.code, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rpmimg: error: "), r.err
+    assert "Traceback" not in r.err and "internal error" not in r.err
+    for needle in needles:
+        assert needle in r.err, (needle, r.err)
+
+
+def _subvolumes(sysroot: Path) -> dict[str, int]:
+    """Deployment subvolumes on disk, by id, with their subvolume ids."""
+    root = sysroot / "@rpmimg/deployments"
+    return {p.name: kernel.subvolume_id(p) for p in sorted(root.iterdir())}
+
+
+def _device(sysroot: Path) -> str:
+    return subprocess.run(["findmnt", "-no", "SOURCE", sysroot], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def _booted(sysroot: Path, deployment: str) -> Iterator[Path]:
+    """Mount a deployment on SYSROOT/usr read-only, as a boot entry would."""
+    usr = sysroot / "usr"
+    usr.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", f"ro,subvol=/@rpmimg/deployments/{deployment}",
+                    _device(sysroot), usr], check=True)
+    try:
+        yield usr
+    finally:
+        subprocess.run(["umount", usr], check=True)
+
+
+def _ids(sysroot: Path, *manifests: Path, key: Any) -> list[str]:
+    return [str(deploy(sysroot, m, key).json()["deployment"]) for m in manifests]
+
+
+# --- the state file lost, damaged or older ---------------------------------------------------
+
+def test_cleanup_without_state_refuses_and_rebuild_restores_it(sysroot: Path, images: Images) -> None:
+    ids = _ids(sysroot, images.v0, images.v1, images.v2, key=images.key)
+    lost = state_of(sysroot)
+    on_disk = _subvolumes(sysroot)
+    (sysroot / STATE).unlink()
+
+    for verb in (["cleanup", "--keep", "1"], ["pin", ids[0]], ["rollback"]):
+        _one_line_error(rpmimg(*verb, "--sysroot", sysroot, check=False),
+                        "state.json", "rpmimg state rebuild", "nothing was deleted")
+        assert _subvolumes(sysroot) == on_disk
+    # A read-only command still works, and warns.
+    status = rpmimg("status", "--sysroot", sysroot, "--json", "--no-size")
+    assert status.json()["deployments"] == [] and "state rebuild" in status.err
+
+    rebuilt = rpmimg("state", "rebuild", "--sysroot", sysroot, "--json").json()
+    assert rebuilt == {"deployments": ids, "default": ids[2], "skipped": []}
+    assert state_of(sysroot) == lost
+    assert rpmimg("verify", "--sysroot", sysroot).code == 0
+
+
+def test_older_state_never_deletes_the_booted_usr(sysroot: Path, images: Images) -> None:
+    first = _ids(sysroot, images.v1, key=images.key)[0]
+    rpmimg("pin", "--sysroot", sysroot, first)
+    older = (sysroot / STATE).read_text()
+    second = _ids(sysroot, images.v2, key=images.key)[0]
+    with _booted(sysroot, second) as usr:
+        header = usr / "lib/sysimage/packages/newcomer-1.0-1.x86_64.rpm"
+        assert header.exists()
+        (sysroot / STATE).write_text(older)  # restored from an old backup
+        on_disk = _subvolumes(sysroot)
+        for verb in (["pin", first], ["cleanup", "--keep", "1"], ["rollback"]):
+            _one_line_error(rpmimg(*verb, "--sysroot", sysroot, check=False),
+                            f"deployment {second} not in it", "rpmimg state rebuild")
+            assert _subvolumes(sysroot) == on_disk and header.exists()
+        assert (sysroot / STATE).read_text() == older
+        rpmimg("state", "rebuild", "--sysroot", sysroot)
+        st = state_of(sysroot)
+        assert [d["id"] for d in st["deployments"]] == [first, second]  # type: ignore[union-attr]
+        assert st["default"] == second
+        # The pin comes back from the old file, which still parses.
+        assert [d["pinned"] for d in st["deployments"]] == [True, False]  # type: ignore[union-attr]
+        removed = rpmimg("cleanup", "--sysroot", sysroot, "--keep", "1", "--json").json()
+        assert removed["removed_deployments"] == []  # one pinned, one booted and default
+        assert header.exists()
+
+
+BROKEN_STATES: dict[str, Callable[[str], str]] = {
+    "truncated": lambda text: text[: len(text) // 2],
+    "a list": lambda text: "[]",
+    "deployments a string": lambda text: json.dumps({**json.loads(text), "deployments": "1"}),
+    "id a number": lambda text: text.replace('"id": "1"', '"id": 1'),
+    "package sha256 not hex": lambda text: text.replace('"sha256": "', '"sha256": "zz', 1),
+    "default unknown": lambda text: json.dumps({**json.loads(text), "default": "7"}),
+    "newest a list": lambda text: json.dumps({**json.loads(text), "newest": []}),
+    "nested deeply": lambda text: "[" * 5000 + "]" * 5000,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(BROKEN_STATES))
+def test_damaged_state_is_one_line_and_deletes_nothing(sysroot: Path, images: Images, damage: str) -> None:
+    _ids(sysroot, images.v0, images.v1, key=images.key)
+    path = sysroot / STATE
+    text = path.read_text()
+    path.write_text(BROKEN_STATES[damage](text))
+    on_disk = _subvolumes(sysroot)
+    for verb in (["status"], ["cleanup"], ["pin", "1"], ["verify"]):
+        _one_line_error(rpmimg(*verb, "--sysroot", sysroot, check=False), "state.json",
+                        "state rebuild")
+    assert _subvolumes(sysroot) == on_disk
+    rpmimg("state", "rebuild", "--sysroot", sysroot)
+    assert json.loads(path.read_text()) == json.loads(text)
+
+
+# --- kill -9 at every checkpoint, then the state lost ---------------------------------------
+
+def _lose_state(sysroot: Path, how: str, older: str) -> None:
+    path = sysroot / STATE
+    if how == "deleted":
+        path.unlink()
+    elif how == "truncated":
+        path.write_text(path.read_text()[:100])
+    else:
+        path.write_text(older)
+
+
+@pytest.mark.slow
+def test_kill9_at_every_checkpoint_then_state_lost(sysroot: Path, images: Images, tmp_path: Path) -> None:
+    first = _ids(sysroot, images.v0, key=images.key)[0]
+    older = (sysroot / STATE).read_text()
+    default = _ids(sysroot, images.v1, key=images.key)[0]
+    log = tmp_path / "checkpoints"
+    labels = []
+    with _booted(sysroot, default) as usr:
+        marker = usr / "lib/sysimage/packages/sizes-1.0-1.x86_64.rpm"
+        for n in range(1, 200):
+            log.unlink(missing_ok=True)
+            run = deploy(sysroot, images.v2, images.key, "--full", check=False,
+                         env={"RPMIMG_KILL_AT": str(n), "RPMIMG_CHECKPOINT_LOG": os.fspath(log)})
+            if run.code == 0:
+                break
+            assert run.code == -9, run.err
+            label = log.read_text().splitlines()[-1].split(" ", 1)[1]
+            labels.append(label)
+            truth = (sysroot / STATE).read_text()
+            true_state = json.loads(truth)
+            for how in ("deleted", "truncated", "older"):
+                _lose_state(sysroot, how, older)
+                on_disk = _subvolumes(sysroot)
+                _one_line_error(rpmimg("cleanup", "--sysroot", sysroot, "--keep", "1", check=False),
+                                "rpmimg state rebuild")
+                assert _subvolumes(sysroot) == on_disk, (label, how)
+                rpmimg("state", "rebuild", "--sysroot", sysroot)
+                rebuilt = state_of(sysroot)
+                assert {first, default} <= {d["id"] for d in rebuilt["deployments"]}  # type: ignore[union-attr]
+                if label not in ("subvolume read-only", "state saved"):
+                    assert rebuilt == true_state, (label, how)
+                else:  # the new deployment is complete; the boot selection still names the old
+                    assert rebuilt["default"] == default, (label, how)
+                assert marker.exists()
+                (sysroot / STATE).write_text(truth)
+        else:
+            raise AssertionError("deploy never completed")
+        assert len(labels) >= 10 and {"subvolume read-only", "state saved"} <= set(labels), labels
+        st = state_of(sysroot)
+        assert [d["version"] for d in st["deployments"]] == [V0, V1, V2]  # type: ignore[union-attr]
+        assert sorted(_subvolumes(sysroot)) == sorted(d["id"] for d in st["deployments"])  # type: ignore[union-attr]
+        assert rpmimg("verify", "--sysroot", sysroot, default).code == 0
+
+
+def test_killed_between_state_and_boot_selection_status_settles_it(
+    sysroot: Path, images: Images, tmp_path: Path
+) -> None:
+    _ids(sysroot, images.v1, key=images.key)
+    # Two more versions of v1's packages, all in the store: their full builds pass the
+    # same checkpoints, the last of which is "state saved".
+    a, b = (_variant(images, tmp_path, f"v{n}", lambda m, n=n: m.update(version=f"20300101.{n}"))
+            for n in (1, 2))
+    log = tmp_path / "checkpoints"
+    first = deploy(sysroot, a, images.key, "--full", env={"RPMIMG_CHECKPOINT_LOG": os.fspath(log)})
+    count = len(log.read_text().splitlines())
+    assert log.read_text().splitlines()[-1].endswith(" state saved")
+    log.unlink()
+    killed = deploy(sysroot, b, images.key, "--full", check=False,
+                    env={"RPMIMG_KILL_AT": str(count), "RPMIMG_CHECKPOINT_LOG": os.fspath(log)})
+    assert killed.code == -9 and log.read_text().splitlines()[-1].endswith(" state saved")
+    boot = sysroot / "@rpmimg/usr-default.conf"
+    assert f"/deployments/{first.json()['deployment']}," in boot.read_text()  # the two disagree
+    new_default = str(state_of(sysroot)["default"])
+    assert new_default != str(first.json()["deployment"])
+    # A read-only command brings them together again.
+    rows = rpmimg("status", "--sysroot", sysroot, "--json", "--no-size").json()["deployments"]
+    assert [row["id"] for row in rows if row["default"]] == [new_default]  # type: ignore[union-attr]
+    assert f"/deployments/{new_default}," in boot.read_text()
+
+
+# --- verify anchored to what was signed ------------------------------------------------------
+
+@contextlib.contextmanager
+def _writable(tree: Path) -> Iterator[Path]:
+    kernel.subvolume_set_readonly(tree, False)
+    try:
+        yield tree
+    finally:
+        kernel.subvolume_set_readonly(tree, True)
+
+
+def _flip(path: Path, offset: int) -> None:
+    mode = path.stat().st_mode
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    path.chmod(mode)
+
+
+def test_verify_takes_packages_from_the_record_not_the_tree(sysroot: Path, images: Images) -> None:
+    d = _ids(sysroot, images.v1, key=images.key)[0]
+    tree = sysroot / "@rpmimg/deployments" / d
+    headers = tree / "lib/sysimage/packages"
+    with _writable(tree):
+        # Hide the tampering of a file by deleting its package's header file...
+        (headers / "sizes-1.0-1.x86_64.rpm").unlink()
+        _flip(tree / SIZES_FILE, 10)
+        os.utime(tree / SIZES_FILE, (1_600_004_097, 1_600_004_097))
+        # ...alter another header, and add one for a package the deployment does not have.
+        _flip(headers / "modes-1.0-1.x86_64.rpm", 200)
+        shutil.copy(headers / "bulk-1.0-1.x86_64.rpm", headers / "evil-1.0-1.x86_64.rpm")
+    r = rpmimg("verify", "--sysroot", sysroot, "--json", check=False)
+    assert r.code == 1
+    found = {m["path"]: m["what"] for m in r.json()["mismatches"]}  # type: ignore[union-attr]
+    assert found == {
+        "/usr/share/sizes/size-4097": ["digest"],
+        "/usr/lib/sysimage/packages/sizes-1.0-1.x86_64.rpm": ["missing"],
+        "/usr/lib/sysimage/packages/modes-1.0-1.x86_64.rpm": ["digest"],
+        "/usr/lib/sysimage/packages/evil-1.0-1.x86_64.rpm": ["extra"],
+    }
+    fixed = rpmimg("verify", "--sysroot", sysroot, "--repair", "--keyring", images.key.public,
+                   "--json").json()
+    assert fixed["mismatches"] == [] and sorted(fixed["repaired"]) == sorted(found)  # type: ignore[arg-type]
+    assert not (headers / "evil-1.0-1.x86_64.rpm").exists()
+    assert kernel.subvolume_is_readonly(tree)
+
+
+def _store_entry(sysroot: Path, name: str) -> Path:
+    d = state_of(sysroot)["deployments"][-1]  # type: ignore[index]
+    sha = next(p["sha256"] for p in d["packages"] if p["name"] == name)
+    return sysroot / "@rpmimg/store" / sha[:2] / f"{sha}.rpm"
+
+
+def test_damaged_store_entry_is_found_and_refetched(sysroot: Path, images: Images) -> None:
+    _ids(sysroot, images.v1, key=images.key)
+    entry = _store_entry(sysroot, "bulk")
+    clean = entry.read_bytes()
+    _flip(entry, entry.stat().st_size // 2)  # inside a file's data
+    r = rpmimg("verify", "--sysroot", sysroot, "--store", check=False)
+    assert r.code == 1 and f"damaged  {entry}" in r.out and "1 damaged" in r.out
+    # A full build does not build the damage in: the entry is fetched again first.
+    new = deploy(sysroot, images.v2, images.key, "--full").json()
+    assert new["fetched"] >= 1 and entry.read_bytes() == clean
+    assert rpmimg("verify", "--sysroot", sysroot, "--store").code == 0
+    assert rpmimg("verify", "--sysroot", sysroot).code == 0
+
+    # --repair does not re-extract damage either.
+    tree = sysroot / "@rpmimg/deployments" / str(new["deployment"])
+    entry = _store_entry(sysroot, "sizes")
+    _flip(entry, entry.stat().st_size - 4096 - 10)
+    with _writable(tree):
+        _flip(tree / SIZES_FILE, 10)
+    fixed = rpmimg("verify", "--sysroot", sysroot, "--repair", "--keyring", images.key.public,
+                   "--json").json()
+    assert fixed["mismatches"] == [] and fixed["repaired"] == ["/usr/share/sizes/size-4097"]
+    assert rpmimg("verify", "--sysroot", sysroot, "--store").code == 0
+
+
+def _variant(images: Images, tmp_path: Path, name: str, change: Callable[[dict[str, Any]], Any],
+             raw: Callable[[str], str] | None = None) -> Path:
+    """A manifest made from v1's by change(), signed by the vendor key, beside the pool."""
+    out = tmp_path / name
+    (out / "images/demo/9").mkdir(parents=True)
+    (out / "pool").symlink_to(images.output / "pool")
+    manifest = json.loads(images.v1.read_text())
+    change(manifest)
+    text = json.dumps(manifest)
+    path = out / "images/demo/9/manifest.json"
+    path.write_text(raw(text) if raw else text)
+    sign_file(path, images.key)
+    return path
+
+
+def test_stored_package_is_checked_against_its_manifest_entry(
+    sysroot: Path, images: Images, tmp_path: Path
+) -> None:
+    _ids(sysroot, images.v1, key=images.key)
+    before = (sysroot / STATE).read_text()
+
+    def rename(m: dict[str, Any]) -> None:
+        m["version"] = "20300101.1"
+        p = next(p for p in m["packages"] if p["name"] == "sizes")
+        p["name"], p["version"] = "openssl", "9.9"
+
+    r = deploy(sysroot, _variant(images, tmp_path, "renamed", rename), images.key, check=False)
+    _one_line_error(r, "openssl-9.9-1.x86_64", "sizes-1.0-1.x86_64", "does not match the manifest")
+    assert (sysroot / STATE).read_text() == before
+
+
+# --- replay, manifests of the wrong shape, keys.d, closed stdout -----------------------------
+
+def test_replaying_an_old_signed_manifest_is_a_downgrade(sysroot: Path, images: Images) -> None:
+    first, second = _ids(sysroot, images.v1, images.v2, key=images.key)
+    r = deploy(sysroot, images.v1, images.key, check=False)
+    _one_line_error(r, f"{V1} is older than {V2}", "--allow-downgrade")
+    assert state_of(sysroot)["default"] == second
+    again = deploy(sysroot, images.v1, images.key, "--allow-downgrade").json()
+    assert (again["outcome"], again["deployment"]) == ("reactivated", first)
+    # rollback stays the way back without any flag.
+    rpmimg("deploy", "--sysroot", sysroot, "--keyring", images.key.public, images.v2)
+    assert state_of(sysroot)["default"] == second
+    assert rpmimg("rollback", "--sysroot", sysroot, "--json").json()["default"] == first
+
+
+MANIFEST_DAMAGE: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[str], str] | None, str]] = {
+    "scriptlets a number": (lambda m: m["report"].update(scriptlets=5), None, "'scriptlets'"),
+    "outside_usr lists numbers": (
+        lambda m: m["report"].update(outside_usr={"x": [1]}), None, "'outside_usr' of 'x'"),
+    "report a list": (lambda m: m.update(report=[1]), None, "field 'report'"),
+    "nested 1000 deep": (
+        lambda m: m.update(report="DEEP"), lambda t: t.replace('"DEEP"', "[" * 1000 + "]" * 1000),
+        "nested deeper than"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(MANIFEST_DAMAGE))
+def test_signed_manifest_of_the_wrong_shape_is_one_line(
+    sysroot: Path, images: Images, tmp_path: Path, damage: str
+) -> None:
+    change, raw, needle = MANIFEST_DAMAGE[damage]
+    path = _variant(images, tmp_path, "bad", change, raw)
+    _one_line_error(deploy(sysroot, path, images.key, check=False), "manifest.json", needle)
+    assert not (sysroot / STATE).exists()
+    assert os.listdir(sysroot / "@rpmimg/deployments") == []
+
+
+def test_stray_file_in_keys_d_is_skipped_with_a_warning(sysroot: Path, images: Images) -> None:
+    keys = sysroot / "etc/rpmimg/keys.d"
+    keys.mkdir(parents=True)
+    shutil.copy(images.key.public, keys / "vendor.asc")
+    (keys / "README").write_text("Put vendor keys here.\n")
+    (keys / "vendor.asc~").write_bytes(b"\x00not a key")
+    r = rpmimg("deploy", "--sysroot", sysroot, "--json", images.v0)
+    assert r.json()["outcome"] == "deployed"
+    assert f"{keys / 'README'}: skipped: not an OpenPGP public key" in r.err
+    assert f"{keys / 'vendor.asc~'}: skipped" in r.err
+
+
+def test_closed_stdout_exits_quietly(sysroot: Path, images: Images) -> None:
+    for m in (images.v0, images.v1, images.v2):
+        deploy(sysroot, m, images.key)
+    proc = subprocess.run(
+        f"{sys.executable} -m rpmimg status --json --no-size --sysroot {sysroot} | head -c 10",
+        shell=True, capture_output=True, text=True, check=False, executable="/bin/bash",
+        env={**os.environ, "PYTHONUNBUFFERED": "0"},
+    )
+    assert len(proc.stdout) == 10
+    assert proc.stderr == ""
