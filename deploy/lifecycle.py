@@ -75,7 +75,8 @@ def recover(system: System, current: State, *, delete: bool = True) -> list[str]
             removed.append(os.fspath(entry))
         for tmp in layout.root.glob(".*.tmp-*"):
             tmp.unlink()
-        for tmp in layout.downloads.glob("*.share"):  # a package being rewritten by the store
+        # A package being rewritten by the store, or half decompressed: never resumable.
+        for tmp in [*layout.downloads.glob("*.share"), *layout.downloads.glob("*.unzst")]:
             tmp.unlink()
             removed.append(os.fspath(tmp))
         for d in layout.store.glob("*/*"):

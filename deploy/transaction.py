@@ -296,10 +296,10 @@ def _out_of_space(e: BaseException | None) -> OSError | None:
 
 @contextlib.contextmanager
 def _phase(
-    system: System, current: State, name: str, m: ImageManifest, undo: bool = True
+    system: System, current: State, name: str, m: ImageManifest, path: Path, undo: bool = True
 ) -> Iterator[None]:
-    """Turn a full filesystem during a phase into one line naming the phase and the path,
-    after removing what the phase left (with undo)."""
+    """Turn a full filesystem during a phase into one line naming the phase and the path
+    (the failing file's, else the phase's own), after removing what the phase left (with undo)."""
     try:
         yield
     except (OSError, FormatFamilyError) as e:
@@ -310,7 +310,7 @@ def _phase(
             from deploy.lifecycle import recover
 
             recover(system, current)
-        where = full.filename if full.filename is not None else system.layout.top
+        where = full.filename if full.filename is not None else path
         raise SpaceError(
             f"{where}: no space left on the device while {name} {m.name} {m.version}"
             + ("; nothing was changed" if undo else "")
@@ -337,11 +337,12 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             _reactivate(system, current, existing)
             return base(outcome=Outcome.REACTIVATED, deployment=existing.id,
                         kernel_arguments=bootselect.kernel_arguments(system, existing.id))
-        with _phase(system, current, "fetching the packages of", m):
+        layout = system.layout
+        with _phase(system, current, "fetching the packages of", m, layout.downloads):
             stored = fetch_into_store(system, signed, current, options, progress)
-        with _phase(system, current, "building", m):
+        with _phase(system, current, "building", m, layout.staging / f"build-{current.next_id}"):
             tree = build_tree(system, signed, current, options, progress)
-        with _phase(system, current, "recording", m, undo=False):
+        with _phase(system, current, "recording", m, layout.state_file, undo=False):
             commit(system, signed, current, tree)
         built = tree.built
         return base(

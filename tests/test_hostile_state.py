@@ -17,9 +17,16 @@ from typing import Any
 
 import pytest
 from deploytools import V0, V1, V2, Images, Result, deploy, rpmimg, state_of
-from imagepub import sign_file
+from imagepub import publish, sign_file
+from servers import http_server
 
+from fixtures import catalog
+from fixtures.build import build_package
+from fixtures.spec import FileSpec, Fill
 from host import kernel
+
+from conftest import btrfs_unavailable_reason, loop_btrfs
+from oracle import seed_accounts
 
 pytest_plugins = ("deployenv",)
 
@@ -332,6 +339,43 @@ def test_stored_package_is_checked_against_its_manifest_entry(
     r = deploy(sysroot, _variant(images, tmp_path, "renamed", rename), images.key, check=False)
     _one_line_error(r, "openssl-9.9-1.x86_64", "sizes-1.0-1.x86_64", "does not match the manifest")
     assert (sysroot / STATE).read_text() == before
+
+
+@pytest.fixture(scope="module")
+def noisy_image(tmp_path_factory: pytest.TempPathFactory, images: Images) -> Path:
+    """An image of one package holding 40 MiB of random bytes: its zstd copy is as large as
+    the package, so fetching it over HTTP needs twice the room the space check counts."""
+    work = tmp_path_factory.mktemp("noisy")
+    spec = catalog.PackageSpec(
+        name="noisy", files=(FileSpec("/usr/share/noisy/data", size=40 << 20, fill=Fill.RANDOM),)
+    )
+    return publish(work / "out", "noisy", V1, [build_package(spec, work / "rpms")], images.key)
+
+
+@pytest.mark.slow
+def test_full_filesystem_names_the_phase_and_the_path(images: Images, noisy_image: Path) -> None:
+    reason = btrfs_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with loop_btrfs(size=200 << 20) as small:
+        seed_accounts(small, catalog.PASSWD, catalog.GROUP)
+        deploy(small, images.v0, images.key)
+        before = ((small / STATE).read_text(), _subvolumes(small))
+        st = os.statvfs(small)
+        filler = small / "filler"
+        with open(filler, "wb") as f:  # leave about 64 MiB: the check wants 58
+            os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize - (64 << 20))
+        os.sync()
+        out = noisy_image.parents[3]
+        with http_server(out) as base:
+            url = f"{base}/{noisy_image.relative_to(out)}"
+            r = deploy(small, url, images.key, "--allow-unsigned-packages", check=False)
+        _one_line_error(r, f"{small}/@rpmimg/staging/downloads",
+                        "no space left on the device while fetching the packages"
+                        f" of noisy {V1}", "nothing was changed")
+        assert ((small / STATE).read_text(), _subvolumes(small)) == before
+        assert not list((small / "@rpmimg/staging/downloads").glob("*.unzst"))
+        assert rpmimg("verify", "--sysroot", small).code == 0
 
 
 # --- replay, manifests of the wrong shape, keys.d, closed stdout -----------------------------
