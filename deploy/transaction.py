@@ -199,11 +199,12 @@ def _missing(store: Store, signed: SignedManifest, current: State, full: bool) -
 
 def fetch_into_store(
     system: System, signed: SignedManifest, current: State, options: DeployOptions,
-    progress: ProgressFactory,
+    progress: ProgressFactory, check_all: bool = False,
 ) -> Stored:
-    """Phase 2: bring every package of the manifest into the store, verified."""
+    """Phase 2: bring every package of the manifest into the store, verified (with check_all,
+    every stored entry re-hashed, as a full build needs)."""
     store = Store(system.layout.store)
-    fetch = _missing(store, signed, current, _builds_in_full(current, options))
+    fetch = _missing(store, signed, current, check_all or _builds_in_full(current, options))
     _check_space(system, signed.manifest, fetch)
     jobs = [
         FetchJob(ref, system.layout.downloads / f"{ref.sha256}.rpm", _basis(current, store, ref))
@@ -317,6 +318,32 @@ def _phase(
         ) from e
 
 
+def _fetch_and_build(
+    system: System, signed: SignedManifest, current: State, options: DeployOptions,
+    progress: ProgressFactory,
+) -> tuple[Stored, Tree]:
+    """Phases 2 and 3. An update that had to fall back to a full build read store entries
+    the fetch phase did not re-hash: if one of them is damaged, the uncommitted tree is
+    discarded and both phases run again with every entry checked (and refetched)."""
+    m, layout = signed.manifest, system.layout
+    check_all = False
+    while True:
+        with _phase(system, current, "fetching the packages of", m, layout.downloads):
+            stored = fetch_into_store(system, signed, current, options, progress, check_all)
+        with _phase(system, current, "building", m, layout.staging / f"build-{current.next_id}"):
+            tree = build_tree(system, signed, current, options, progress)
+        if check_all or tree.built.method != "full" or _builds_in_full(current, options):
+            return stored, tree
+        store = Store(layout.store)
+        if not any(store.damaged(sha) for sha in {r.sha256 for r in m.packages}):
+            return stored, tree
+        log.warning("a store entry the full build read is damaged; building again from refetched packages")
+        from deploy.lifecycle import recover
+
+        recover(system, current)  # the tree is marked and not in the state: it goes
+        check_all = True
+
+
 def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _noop_progress) -> DeployResult:
     """Deploy the image version options.source names and make it the default for next boot."""
     with mutating(system, options.lock_wait) as current:
@@ -337,12 +364,8 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             _reactivate(system, current, existing)
             return base(outcome=Outcome.REACTIVATED, deployment=existing.id,
                         kernel_arguments=bootselect.kernel_arguments(system, existing.id))
-        layout = system.layout
-        with _phase(system, current, "fetching the packages of", m, layout.downloads):
-            stored = fetch_into_store(system, signed, current, options, progress)
-        with _phase(system, current, "building", m, layout.staging / f"build-{current.next_id}"):
-            tree = build_tree(system, signed, current, options, progress)
-        with _phase(system, current, "recording", m, layout.state_file, undo=False):
+        stored, tree = _fetch_and_build(system, signed, current, options, progress)
+        with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
             commit(system, signed, current, tree)
         built = tree.built
         return base(

@@ -310,6 +310,21 @@ def test_damaged_store_entry_is_found_and_refetched(sysroot: Path, images: Image
     assert rpmimg("verify", "--sysroot", sysroot, "--store").code == 0
 
 
+def test_update_falling_back_to_a_full_build_does_not_build_store_damage_in(
+    sysroot: Path, images: Images
+) -> None:
+    _ids(sysroot, images.v1, key=images.key)
+    _store_entry(sysroot, "empty").unlink()  # v2 drops "empty": the update can't be a delta
+    entry = _store_entry(sysroot, "bulk")  # kept by v2, so not re-hashed before an update
+    clean = entry.read_bytes()
+    _flip(entry, entry.stat().st_size // 2)
+    new = deploy(sysroot, images.v2, images.key).json()
+    assert new["build"] == "full" and "no longer in the store" in str(new["full_reason"])
+    assert entry.read_bytes() == clean
+    assert rpmimg("verify", "--sysroot", sysroot).code == 0
+    assert sorted(os.listdir(sysroot / "@rpmimg/deployments")) == ["1", str(new["deployment"])]
+
+
 def _variant(images: Images, tmp_path: Path, name: str, change: Callable[[dict[str, Any]], Any],
              raw: Callable[[str], str] | None = None) -> Path:
     """A manifest made from v1's by change(), signed by the vendor key, beside the pool."""
