@@ -1,10 +1,12 @@
 """Boot selection: the kernel arguments that mount the default deployment as /usr.
 
-`usr-default.conf` is derived from the state file's default and written after it, so a
-kill in between leaves the file naming the previous default. Every command that reads the
-state settles that (deploy.lifecycle.settle): the file is rewritten from the state,
-unless another rpmimg holds the lock or the state does not explain the deployments on
-disk (then the file is the better witness, and `rpmimg state rebuild` reads it).
+`usr-default.conf` is derived from the state file's default and written after it, with
+the state's serial, so a kill in between leaves the file naming the previous default and
+an older serial. Every command that reads the state settles that (deploy.lifecycle.settle
+for read-only ones, recover for the others): the file is rewritten from the state, unless
+another rpmimg holds the lock or the state is older than the disk (a deployment it does
+not name, or a file written from a higher serial: a state restored from a backup). Then
+the file is the better witness, and `rpmimg state rebuild` reads it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from deploy.system import System
 
 log = logging.getLogger(__name__)
 
+_SERIAL = re.compile(r"^# state serial ([0-9]+)$", re.MULTILINE)
 _SELECTED = re.compile(rf"mount\.usrflags=subvol=/{re.escape(DIRNAME)}/deployments/([0-9]+),ro\b")
 
 
@@ -48,14 +51,23 @@ def kernel_arguments(system: System, deployment_id: str) -> str:
     return f"mount.usr={device} mount.usrflags=subvol={system.layout.subvol_path(deployment_id)},ro"
 
 
+def _text(system: System) -> str:
+    try:
+        return system.layout.boot_file.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def selected(system: System) -> str | None:
     """The deployment id usr-default.conf selects, if it exists and names one."""
-    try:
-        text = system.layout.boot_file.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
-    found = _SELECTED.search(text)
+    found = _SELECTED.search(_text(system))
     return found.group(1) if found else None
+
+
+def serial(system: System) -> int | None:
+    """The serial of the state usr-default.conf was written from, if it says."""
+    found = _SERIAL.search(_text(system))
+    return int(found.group(1)) if found else None
 
 
 def write(system: System, current: State) -> None:
@@ -66,6 +78,7 @@ def write(system: System, current: State) -> None:
         return
     text = (
         "# Written by rpmimg: kernel arguments that mount the default deployment as /usr.\n"
+        f"# state serial {current.serial}\n"
         f"{kernel_arguments(system, current.default)}\n"
     )
     try:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import bootselect, records
+from deploy import bootselect, records, state
 from deploy.errors import DeploymentError, LockError
 from deploy.layout import Layout
 from deploy.lock import DEFAULT_WAIT, sysroot_lock
@@ -62,9 +62,9 @@ def recover(system: System, current: State, *, delete: bool = True) -> list[str]
     disk. Partial downloads are kept so that the next fetch resumes them.
     """
     layout = system.layout
-    stray = records.unexplained(system, current)
-    if stray:
-        raise records.refusal(system, stray)
+    why = records.stale(system, current)
+    if why:
+        raise records.refusal(system, why)
     known = {d.id for d in current.deployments}
     marked = records.discardable(layout)
     removed = []
@@ -105,9 +105,9 @@ def settle(system: System) -> State:
         return current
     try:
         with sysroot_lock(layout.lock_file, 0):
-            stray = records.unexplained(system, current)
-            if stray:
-                log.warning("%s", records.refusal(system, stray, refused=False))
+            why = records.stale(system, current)
+            if why:
+                log.warning("%s", records.refusal(system, why, refused=False))
             else:
                 bootselect.write(system, current)
     except LockError:
@@ -120,7 +120,8 @@ def rebuild_state(system: System, lock_wait: float = DEFAULT_WAIT) -> tuple[Stat
     system.layout.create()
     with sysroot_lock(system.layout.lock_file, lock_wait):
         new, skipped = records.rebuild(system)
-        system.save_state(new)
+        # Saved as rebuilt, serial included: it continues the one the boot selection names.
+        state.save(system.layout.state_file, new)
         bootselect.write(system, new)
         return new, skipped
 
@@ -154,8 +155,7 @@ def rollback(system: System, lock_wait: float = DEFAULT_WAIT) -> RollbackResult:
         new = dataclasses.replace(
             current, default=target.id, bad=(*current.bad, current.default)
         )
-        system.save_state(new)
-        bootselect.write(system, new)
+        bootselect.write(system, system.save_state(new))
         return RollbackResult(previous=current.default, default=target.id)
 
 

@@ -153,13 +153,25 @@ def unexplained(system: System, current: State) -> list[str]:
     ]
 
 
-def refusal(system: System, ids: list[str], refused: bool = True) -> StateError:
-    """The one line saying the state does not explain these deployments."""
-    what = "deployment" if len(ids) == 1 else "deployments"
+def stale(system: System, current: State) -> str | None:
+    """Why the state is missing or older than the disk, or None when it explains it: a
+    deployment it does not name, or a boot selection written from a newer state."""
+    ids = unexplained(system, current)
+    if ids:
+        what = "deployment" if len(ids) == 1 else "deployments"
+        return f"{what} {', '.join(ids)} not in it"
+    written = bootselect.serial(system)
+    if written is not None and written > current.serial:
+        return f"usr-default.conf was written from a newer one (serial {written} > {current.serial})"
+    return None
+
+
+def refusal(system: System, why: str, refused: bool = True) -> StateError:
+    """The one line saying the state is missing or older than the disk."""
     done = "nothing was deleted: " if refused else ""
     return StateError(
-        f"{system.layout.state_file}: missing or older than the deployments on disk ({what}"
-        f" {', '.join(ids)} not in it); {done}run `rpmimg state rebuild`"
+        f"{system.layout.state_file}: missing or older than the deployments on disk ({why});"
+        f" {done}run `rpmimg state rebuild`"
     )
 
 
@@ -203,6 +215,7 @@ def rebuild(system: System) -> tuple[State, list[str]]:
         deployments=tuple(dataclasses.replace(r, pinned=r.id in pinned) for r in records),
         default=default, bad=tuple(b for b in old.bad if b in ids and b != default),
         next_id=max([old.next_id, *(int(i) + 1 for i in ids)]), newest=newest,
+        serial=max(old.serial, bootselect.serial(system) or 0),
     )
     return new, sorted(skipped, key=lambda s: (len(s), s))
 

@@ -73,6 +73,9 @@ class State:
     # Highest version ever deployed per image, so an old signed manifest can't be replayed
     # after its deployment was cleaned up.
     newest: Mapping[str, str] = field(default_factory=dict)
+    # Raised by one at every save and written into usr-default.conf with it, so that a
+    # state file older than the boot selection (restored from a backup) is recognised.
+    serial: int = 0
 
     def get(self, deployment_id: str) -> DeploymentRecord:
         for d in self.deployments:
@@ -180,6 +183,7 @@ def to_json(state: State) -> dict[str, Any]:
         "bad": list(state.bad),
         "next_id": state.next_id,
         "newest": dict(state.newest),
+        "serial": state.serial,
     }
 
 
@@ -202,8 +206,9 @@ def from_json(value: Any, where: str = "state") -> State:
     next_id = _get(data, "next_id", int, where)
     if next_id < 1:
         raise StateError(f"{where}: field 'next_id' should be positive")
+    serial = _get(data, "serial", int, where) if "serial" in data else 0
     return State(
-        deployments=deployments, default=default,
+        serial=serial, deployments=deployments, default=default,
         bad=_strings(_list(data, "bad", where), f"{where}: bad"), next_id=next_id,
         newest=dict(zip(newest, _strings(list(newest.values()), f"{where}: newest"), strict=True)),
     )

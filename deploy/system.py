@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +27,11 @@ class System:
     def load_state(self) -> State:
         return state.load(self.layout.state_file)
 
-    def save_state(self, new: State) -> None:
-        state.save(self.layout.state_file, new)
+    def save_state(self, new: State) -> State:
+        """Save new atomically with its serial raised by one; returns what was saved."""
+        saved = dataclasses.replace(new, serial=new.serial + 1)
+        state.save(self.layout.state_file, saved)
+        return saved
 
     def booted(self) -> str | None:
         """The id of the deployment mounted on the sysroot's /usr, if any."""

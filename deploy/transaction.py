@@ -141,8 +141,7 @@ def _reactivate(system: System, current: State, existing: DeploymentRecord) -> N
     new = dataclasses.replace(
         current, default=existing.id, bad=tuple(b for b in current.bad if b != existing.id)
     )
-    system.save_state(new)
-    bootselect.write(system, new)
+    bootselect.write(system, system.save_state(new))
 
 
 # --- phase 2: every package of the manifest in the store, checked ---------------------------
@@ -279,11 +278,11 @@ def commit(system: System, signed: SignedManifest, current: State, tree: Tree) -
         current, deployments=(*current.deployments, tree.record), default=tree.record.id,
         next_id=current.next_id + 1, newest=newest,
     )
-    system.save_state(new_state)
+    saved = system.save_state(new_state)
     checkpoint("state saved")
     records.unmark(system.layout, tree.record.id)
-    bootselect.write(system, new_state)
-    return new_state
+    bootselect.write(system, saved)
+    return saved
 
 
 def _out_of_space(e: BaseException | None) -> OSError | None:

@@ -120,6 +120,25 @@ def test_older_state_never_deletes_the_booted_usr(sysroot: Path, images: Images)
         assert header.exists()
 
 
+def test_older_state_naming_every_deployment_is_still_recognised(sysroot: Path, images: Images) -> None:
+    first, second = _ids(sysroot, images.v1, images.v2, key=images.key)
+    older = (sysroot / STATE).read_text()  # default: the second
+    rpmimg("rollback", "--sysroot", sysroot)
+    boot = (sysroot / "@rpmimg/usr-default.conf").read_text()
+    assert f"/deployments/{first}," in boot
+    (sysroot / STATE).write_text(older)
+    # Saving it back, or rewriting the boot selection from it, would undo the rollback.
+    _one_line_error(rpmimg("pin", "--sysroot", sysroot, second, check=False),
+                    "usr-default.conf was written from a newer one", "rpmimg state rebuild")
+    status = rpmimg("status", "--sysroot", sysroot, "--json", "--no-size")
+    assert "state rebuild" in status.err
+    assert (sysroot / "@rpmimg/usr-default.conf").read_text() == boot
+    assert (sysroot / STATE).read_text() == older
+    rpmimg("state", "rebuild", "--sysroot", sysroot)
+    assert state_of(sysroot)["default"] == first
+    assert (sysroot / "@rpmimg/usr-default.conf").read_text() == boot
+
+
 BROKEN_STATES: dict[str, Callable[[str], str]] = {
     "truncated": lambda text: text[: len(text) // 2],
     "a list": lambda text: "[]",
