@@ -29,6 +29,12 @@ RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 ByteCounter = Callable[[int], None]
 
 
+# Checksum types a repository may use: collision-resistant ones, and weak ones that a
+# definition must allow per repository (they would otherwise become the pool's reuse key).
+STRONG_CHECKSUMS = frozenset({"sha224", "sha256", "sha384", "sha512"})
+WEAK_CHECKSUMS = frozenset({"md5", "sha1"})
+
+
 @dataclass(frozen=True)
 class Checksum:
     """A repository checksum: hashlib algorithm name and hex digest."""
@@ -39,12 +45,21 @@ class Checksum:
     def __str__(self) -> str:
         return f"{self.algo}:{self.hex}"
 
+    @property
+    def weak(self) -> bool:
+        return self.algo in WEAK_CHECKSUMS
+
     @classmethod
     def parse(cls, text: str) -> Checksum:
         algo, sep, digest = text.partition(":")
-        if not sep or algo not in hashlib.algorithms_available:
-            raise ValueError(f"not an ALGO:HEX checksum: {text!r}")
-        return cls(algo, digest.lower())
+        if not sep or not digest:
+            raise ValueError(f"not an ALGO:HEX checksum: {text[:80]!r}")
+        if algo not in STRONG_CHECKSUMS | WEAK_CHECKSUMS:
+            raise ValueError(f"unsupported checksum type {algo[:40]!r}")
+        digest = digest.lower()
+        if len(digest) != hashlib.new(algo).digest_size * 2 or digest.strip("0123456789abcdef"):
+            raise ValueError(f"not a {algo} digest: {digest[:80]!r}")
+        return cls(algo, digest)
 
 
 @dataclass(frozen=True)
