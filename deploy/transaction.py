@@ -286,8 +286,7 @@ def commit(system: System, signed: SignedManifest, current: State, tree: Tree) -
 
 
 def _out_of_space(e: BaseException | None) -> OSError | None:
-    # extract() wraps the OSError in its own error: look along the cause chain.
-    while e is not None:
+    while e is not None:  # extract() wraps the OSError in its own error: follow the causes
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return e
         e = e.__cause__

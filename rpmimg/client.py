@@ -93,6 +93,16 @@ def register(subparsers: Any) -> None:
     _common(p, mutating=True)
     p.set_defaults(func=cmd_pin)
 
+    _register_state(subparsers)
+    p = subparsers.add_parser("cleanup", help="remove old deployments and unneeded packages")
+    p.add_argument("--keep", type=int, default=2, metavar="N",
+                   help="keep the N newest deployments (default: 2), besides the booted,"
+                   " default and pinned ones")
+    _common(p, mutating=True)
+    p.set_defaults(func=cmd_cleanup)
+
+
+def _register_state(subparsers: Any) -> None:
     p = subparsers.add_parser("state", help="manage the state file")
     state_verbs = p.add_subparsers(dest="state_verb", metavar="VERB", required=True)
     p = state_verbs.add_parser(
@@ -102,13 +112,6 @@ def register(subparsers: Any) -> None:
     )
     _common(p, mutating=True)
     p.set_defaults(func=cmd_state_rebuild)
-
-    p = subparsers.add_parser("cleanup", help="remove old deployments and unneeded packages")
-    p.add_argument("--keep", type=int, default=2, metavar="N",
-                   help="keep the N newest deployments (default: 2), besides the booted,"
-                   " default and pinned ones")
-    _common(p, mutating=True)
-    p.set_defaults(func=cmd_cleanup)
 
 
 @contextlib.contextmanager
