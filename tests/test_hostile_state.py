@@ -178,48 +178,65 @@ def _lose_state(sysroot: Path, how: str, older: str) -> None:
         path.write_text(older)
 
 
+def _sweep(sysroot: Path, manifest: Path, images: Images, older: str, log: Path,
+           *extra: str) -> list[str]:
+    """Deploy manifest, killed at checkpoint 1, 2, 3, ... until a run completes; after each
+    kill, lose the state three ways: every changing command refuses, deleting nothing,
+    and state rebuild gives back the lost state (or, with the new deployment complete but
+    not yet selected for boot, the old default). Returns the labels of the kill points."""
+    labels = []
+    for n in range(1, 200):
+        before = state_of(sysroot)
+        log.unlink(missing_ok=True)
+        run = deploy(sysroot, manifest, images.key, *extra, check=False,
+                     env={"RPMIMG_KILL_AT": str(n), "RPMIMG_CHECKPOINT_LOG": os.fspath(log)})
+        if run.code == 0:
+            return labels
+        assert run.code == -9, run.err
+        label = log.read_text().splitlines()[-1].split(" ", 1)[1]
+        labels.append(label)
+        truth = (sysroot / STATE).read_text()
+        for how in ("deleted", "truncated", "older"):
+            _lose_state(sysroot, how, older)
+            on_disk = _subvolumes(sysroot)
+            _one_line_error(rpmimg("cleanup", "--sysroot", sysroot, "--keep", "1", check=False),
+                            "rpmimg state rebuild")
+            assert _subvolumes(sysroot) == on_disk, (label, how)
+            rpmimg("state", "rebuild", "--sysroot", sysroot)
+            rebuilt = state_of(sysroot)
+            kept = {d["id"] for d in before["deployments"]}  # type: ignore[union-attr]
+            assert kept <= {d["id"] for d in rebuilt["deployments"]}, (label, how)  # type: ignore[union-attr]
+            if label in ("subvolume read-only", "state saved"):  # complete, not yet selected
+                assert rebuilt["default"] == before["default"], (label, how)
+            else:
+                assert rebuilt == json.loads(truth), (label, how)
+            (sysroot / STATE).write_text(truth)
+    raise AssertionError("deploy never completed")
+
+
 @pytest.mark.slow
 def test_kill9_at_every_checkpoint_then_state_lost(sysroot: Path, images: Images, tmp_path: Path) -> None:
-    first = _ids(sysroot, images.v0, key=images.key)[0]
+    _ids(sysroot, images.v0, key=images.key)
     older = (sysroot / STATE).read_text()
-    default = _ids(sysroot, images.v1, key=images.key)[0]
+    booted = _ids(sysroot, images.v1, key=images.key)[0]
     log = tmp_path / "checkpoints"
-    labels = []
-    with _booted(sysroot, default) as usr:
+    # v1's packages again, all in the store: a sweep of it reaches every build checkpoint.
+    again = _variant(images, tmp_path, "again", lambda m: m.update(version="20300101.1"))
+    with _booted(sysroot, booted) as usr:
         marker = usr / "lib/sysimage/packages/sizes-1.0-1.x86_64.rpm"
-        for n in range(1, 200):
-            log.unlink(missing_ok=True)
-            run = deploy(sysroot, images.v2, images.key, "--full", check=False,
-                         env={"RPMIMG_KILL_AT": str(n), "RPMIMG_CHECKPOINT_LOG": os.fspath(log)})
-            if run.code == 0:
-                break
-            assert run.code == -9, run.err
-            label = log.read_text().splitlines()[-1].split(" ", 1)[1]
-            labels.append(label)
-            truth = (sysroot / STATE).read_text()
-            true_state = json.loads(truth)
-            for how in ("deleted", "truncated", "older"):
-                _lose_state(sysroot, how, older)
-                on_disk = _subvolumes(sysroot)
-                _one_line_error(rpmimg("cleanup", "--sysroot", sysroot, "--keep", "1", check=False),
-                                "rpmimg state rebuild")
-                assert _subvolumes(sysroot) == on_disk, (label, how)
-                rpmimg("state", "rebuild", "--sysroot", sysroot)
-                rebuilt = state_of(sysroot)
-                assert {first, default} <= {d["id"] for d in rebuilt["deployments"]}  # type: ignore[union-attr]
-                if label not in ("subvolume read-only", "state saved"):
-                    assert rebuilt == true_state, (label, how)
-                else:  # the new deployment is complete; the boot selection still names the old
-                    assert rebuilt["default"] == default, (label, how)
-                assert marker.exists()
-                (sysroot / STATE).write_text(truth)
-        else:
-            raise AssertionError("deploy never completed")
-        assert len(labels) >= 10 and {"subvolume read-only", "state saved"} <= set(labels), labels
+        fetch_heavy = _sweep(sysroot, images.v2, images, older, log)  # an update
+        build_heavy = _sweep(sysroot, again, images, older, log, "--full")
+        labels = set(fetch_heavy + build_heavy)
+        assert {"fetched package", "package verified", "package stored", "subvolume created",
+                "package built", "tree complete", "deployment in place", "subvolume read-only",
+                "state saved"} <= labels, labels
+        assert marker.exists()
         st = state_of(sysroot)
-        assert [d["version"] for d in st["deployments"]] == [V0, V1, V2]  # type: ignore[union-attr]
+        assert [d["version"] for d in st["deployments"]] == [  # type: ignore[union-attr]
+            V0, V1, V2, "20300101.1"]
         assert sorted(_subvolumes(sysroot)) == sorted(d["id"] for d in st["deployments"])  # type: ignore[union-attr]
-        assert rpmimg("verify", "--sysroot", sysroot, default).code == 0
+        for d in st["deployments"]:  # type: ignore[union-attr]
+            assert rpmimg("verify", "--sysroot", sysroot, d["id"]).code == 0
 
 
 def test_killed_between_state_and_boot_selection_status_settles_it(
