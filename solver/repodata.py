@@ -25,7 +25,7 @@ import zstandard
 
 from solver.definition import RepoSource
 from solver.errors import FetchError, RepoError
-from solver.fetch import Checksum, Fetcher, FetchItem, local_path
+from solver.fetch import METADATA_LIMIT, Checksum, Fetcher, FetchItem, local_path
 from solver.trust import MAX_REPOMD, MAX_SIGNATURE, fetch_small, verify_detached
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
@@ -129,7 +129,8 @@ class Repository:
         label = f"repository {self.name!r} {kind} metadata"
         try:
             path = self.fetcher.fetch(FetchItem(self.url_of(entry.location), dest,
-                                                entry.checksum, label, entry.size))
+                                                entry.checksum, label, entry.size,
+                                                limit=METADATA_LIMIT))
         except FetchError as e:
             raise RepoError(str(e)) from e
         if entry.size is not None and path.stat().st_size != entry.size:

@@ -45,7 +45,7 @@ def fetch_small(fetcher: Fetcher, url: str, dest: Path, limit: int, label: str) 
     if path is None:
         dest.unlink(missing_ok=True)
         try:
-            path = fetcher.fetch(FetchItem(url, dest, None, label, limit))
+            path = fetcher.fetch(FetchItem(url, dest, None, label, limit=limit))
         except FetchError as e:
             raise RepoError(str(e)) from e
     return read_capped(path, limit, label)
