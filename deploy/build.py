@@ -43,11 +43,17 @@ class Built:
     owner_ids: Mapping[str, Mapping[str, int | None]]
 
 
+OwnerIds = Mapping[str, Mapping[str, int | None]]
+# Writes the deployment's own record into the finished tree: (tree, subvolume id, owner ids).
+Seal = Callable[[Path, int, OwnerIds], None]
+
+
 def build(
     system: System, m: ImageManifest, store: Store, new_id: str, progress: ProgressFn,
-    base: DeploymentRecord | None, full: bool = False,
+    base: DeploymentRecord | None, full: bool = False, seal: Seal | None = None,
 ) -> Built:
-    """Build image m as deployment new_id; base is the deployment to update from."""
+    """Build image m as deployment new_id; base is the deployment to update from. seal
+    writes the deployment's record into the tree before it is made read-only."""
     path = system.layout.staging / f"build-{new_id}"
     method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
     if base is not None and not full:
@@ -62,12 +68,15 @@ def build(
     if method == "full":
         builder = _full(system, m, store, path, progress)
         written, kept = builder.stats.entries, 0
+    owner_ids = builder.owner_ids()
+    if seal is not None:
+        seal(path, kernel.subvolume_id(path), owner_ids)
     return Built(
         subvol_id=_finish(system, path, new_id), method=method, full_reason=reason,
         written=written, kept=kept,
         reflinked=builder.stats.reflinked, copied=builder.stats.copied,
         outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
-        owner_ids=builder.owner_ids(),
+        owner_ids=owner_ids,
     )
 
 

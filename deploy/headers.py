@@ -1,7 +1,8 @@
-"""Read the package headers a deployment keeps in /usr/lib/sysimage/packages.
+"""Read package headers (lead, signature header, header) through rpmextents.
 
-These files are the deployment's package database: lead, signature header and header
-of each package, as `rpm -qp` reads them. Diff and verify use only them.
+A deployment keeps them as /usr/lib/sysimage/packages/N-V-R.A.rpm; the store holds them
+at the start of each extents RPM. `diff` reads the former; `verify` anchors on the
+latter (see deploy.verify).
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO, cast
 
 from deploy.errors import DeploymentError
 from deploy.tree import HEADER_DIR
-
-# rpm's FILEDIGESTALGO numbers (rpmpgp.h) to hashlib names.
-DIGEST_ALGOS = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224"}
+from rpmextents.errors import ExtentsError
+from rpmextents.header import PackagePrefix, read_prefix
+from rpmextents.nevra import Nevra, nevra_of
 
 
 @dataclass(frozen=True)
 class InstalledPackage:
-    """One header file: the package's identity and the rpm header object."""
+    """One package header: its identity and the parsed lead, signature and header."""
 
     file: Path
     name: str
@@ -29,42 +30,37 @@ class InstalledPackage:
     version: str
     release: str
     arch: str
-    header: Any  # rpm.hdr
+    prefix: PackagePrefix
+
+    @property
+    def ident(self) -> Nevra:
+        return Nevra(self.name, self.epoch, self.version, self.release, self.arch)
 
     @property
     def nvra(self) -> str:
-        return f"{self.name}-{self.version}-{self.release}.{self.arch}"
+        return self.ident.nvra
 
     @property
     def evr(self) -> str:
-        epoch = f"{self.epoch}:" if self.epoch is not None else ""
-        return f"{epoch}{self.version}-{self.release}"
+        return self.ident.evr
+
+
+def read_prefix_at(path: Path) -> PackagePrefix:
+    """Lead, signature header and header at the start of path (not followed if a symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return read_prefix(cast(BinaryIO, f))
 
 
 def read_header(path: Path) -> InstalledPackage:
-    """Parse one header file; digests are checked, signatures are not (the store did that)."""
-    import rpm
-
-    ts = rpm.TransactionSet()
-    ts.setVSFlags(rpm.RPMVSF_MASK_NOSIGNATURES)
-    fd = os.open(path, os.O_RDONLY)
+    """Parse one header file; its signatures are not checked (the store did that)."""
     try:
-        hdr = ts.hdrFromFdno(fd)
-    except rpm.error as e:
+        prefix = read_prefix_at(path)
+        ident = nevra_of(prefix.header)
+    except (OSError, ExtentsError) as e:
         raise DeploymentError(f"{path}: unreadable package header: {e}") from e
-    finally:
-        os.close(fd)
-
-    def text(tag: int) -> str:
-        value = hdr[tag]
-        return value.decode() if isinstance(value, bytes) else str(value)
-
-    epoch = hdr[rpm.RPMTAG_EPOCH]
-    return InstalledPackage(
-        file=path, name=text(rpm.RPMTAG_NAME), epoch=epoch,
-        version=text(rpm.RPMTAG_VERSION), release=text(rpm.RPMTAG_RELEASE),
-        arch=text(rpm.RPMTAG_ARCH), header=hdr,
-    )
+    return InstalledPackage(path, ident.name, ident.epoch, ident.version, ident.release, ident.arch,
+                            prefix)
 
 
 def installed_packages(usr: Path) -> Iterator[InstalledPackage]:

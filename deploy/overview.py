@@ -58,7 +58,7 @@ def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
 
 
 def _idents(packages: Iterable[InstalledPackage]) -> list[Nevra]:
-    return [Nevra(p.name, p.epoch, p.version, p.release, p.arch) for p in packages]
+    return [p.ident for p in packages]
 
 
 def default_pair(current: State, booted: str | None) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,18 +12,42 @@ from imagespec.errors import SignatureError
 from imagespec.manifest import ImageManifest, parse
 from imagespec.published import SIGNATURE
 from imagespec.signature import verify_detached
+from rpmextents.errors import ExtentsError
 from rpmextents.keyring import Keyring
+
+log = logging.getLogger(__name__)
 
 KEY_DIRS = ("etc/rpmimg/keys.d", "usr/lib/rpmimg/keys.d")
 
 
+def _not_a_key(path: Path) -> str | None:
+    """Why a keys.d file is not a usable public key file, or None when it is one."""
+    try:
+        Keyring.from_files([path])
+    except ExtentsError as e:
+        return str(e).removeprefix(f"{path}: ")
+    return None
+
+
 def trusted_key_files(sysroot: Path, keyrings: Sequence[Path] = ()) -> list[Path]:
-    """Key files given on the command line, then those in the sysroot's keys.d directories."""
+    """Key files given on the command line, then those in the sysroot's keys.d directories.
+
+    A file in keys.d that is not a public key (a README, an editor's backup) is skipped
+    with a warning naming it; --keyring files are taken as given.
+    """
     files = list(keyrings)
     for name in KEY_DIRS:
         d = sysroot / name
-        if d.is_dir():
-            files.extend(sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")))
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            if not p.is_file() or p.name.startswith("."):
+                continue
+            reason = _not_a_key(p)
+            if reason is None:
+                files.append(p)
+            else:
+                log.warning("%s: skipped: %s", p, reason)
     return files
 
 
