@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -23,9 +24,10 @@ from deploy.lock import DEFAULT_WAIT
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import TreeBuilder, relocate
+from deploy.tree import USR_TREE, TreeBuilder, relocate
 from host import kernel
-from rpmextents import ExtentsPackage, Owners
+from rpmextents import Error, ExtentsPackage, Owners
+from rpmextents.tree import Tree
 
 RPMFILE_GHOST = 1 << 6
 
@@ -57,21 +59,36 @@ BATCH_BYTES = 16 << 20
 class _DigestJob:
     """A file's content still to hash, after the metadata checks."""
 
-    path: str
+    root: str  # the deployment tree
+    rel: str  # the file, resolved inside it: a path with no symlink in it
     algo: str
     expected: str
     size: int
 
 
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
 def _differing(jobs: list[_DigestJob]) -> list[bool]:
-    """For each job, whether the file's digest differs from the expected one."""
+    """For each job, whether the file's digest differs from the expected one.
+
+    Each file is opened below its tree's fd following no symlink at all, so a tree changed
+    since its metadata was checked can't make this read anything outside it.
+    """
     out = []
-    for j in jobs:
-        try:
-            with open(j.path, "rb", buffering=0) as f:
-                out.append(hashlib.file_digest(f, j.algo).hexdigest() != j.expected)
-        except OSError:
-            out.append(True)  # unreadable content is not the packaged content
+    roots: dict[str, int] = {}
+    try:
+        for j in jobs:
+            try:
+                if j.root not in roots:
+                    roots[j.root] = os.open(j.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                with open(kernel.open_beneath(roots[j.root], j.rel, _READ), "rb", buffering=0) as f:
+                    out.append(hashlib.file_digest(f, j.algo).hexdigest() != j.expected)
+            except OSError:
+                out.append(True)  # unreadable content is not the packaged content
+    finally:
+        for fd in roots.values():
+            os.close(fd)
     return out
 
 
@@ -125,17 +142,23 @@ class _Hashing:
         return out
 
 
-def _check_file(f: Any, algo: str, tree: str, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
+def _check_file(f: Any, algo: str, tree: Tree, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
     """Compare one rpm.file of a header with what the tree holds.
 
-    Returns (location, what differs, the digest check still to run).
+    The path is resolved inside the tree as extraction placed it (rpmextents.tree); the
+    file itself is looked at, never followed. Returns (location, what differs, the digest
+    check still to run).
     """
     rel, _ = relocate(f.name)
-    path = f"{tree}/{rel}" if rel else tree
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+        dir_fd, name, real = tree.find(f.name)
+        st = os.lstat(name, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
         return rel, ["missing"], None
+    except (OSError, Error) as e:
+        if isinstance(e, OSError) and e.errno not in (errno.ELOOP, errno.ENAMETOOLONG):
+            raise
+        return rel, ["missing"], None  # its path does not resolve inside the tree
     fmode = f.mode
     if stat.S_IFMT(st.st_mode) != stat.S_IFMT(fmode):
         return rel, ["type"], None
@@ -153,11 +176,11 @@ def _check_file(f: Any, algo: str, tree: str, owners: Owners) -> tuple[str, list
         if st.st_size != f.size:
             what.append("size")
         if f.digest:
-            job = _DigestJob(path, algo, f.digest, st.st_size)
-        if bool(f.caps) != _has_caps(path):
+            job = _DigestJob(tree.root, real, algo, f.digest, st.st_size)
+        if bool(f.caps) != _has_caps(dir_fd, name):
             what.append("caps")
     elif stat.S_ISLNK(fmode):
-        if os.readlink(path) != f.linkto:
+        if os.readlink(name, dir_fd=dir_fd) != f.linkto:
             what.append("link")
     elif (stat.S_ISCHR(fmode) or stat.S_ISBLK(fmode)) and st.st_rdev != f.rdev:
         what.append("rdev")
@@ -166,28 +189,34 @@ def _check_file(f: Any, algo: str, tree: str, owners: Owners) -> tuple[str, list
     return rel, what, job
 
 
-def _has_caps(path: str) -> bool:
+def _has_caps(dir_fd: int, name: str) -> bool:
+    """Whether the regular file name in dir_fd carries file capabilities."""
     try:
-        os.getxattr(path, "security.capability", follow_symlinks=False)
+        fd = os.open(name, _READ | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return False
+    try:
+        os.getxattr(fd, "security.capability")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return True
 
 
 _Finding = tuple[str, str, str, list[str], "_DigestJob | None"]  # nvra, name, location, what, job
 
 
-def _package_findings(pkg: InstalledPackage, tree: Path, owners: Owners) -> tuple[int, list[_Finding]]:
+def _package_findings(pkg: InstalledPackage, tree: Tree, owners: Owners) -> tuple[int, list[_Finding]]:
     import rpm
 
     algo = DIGEST_ALGOS.get(pkg.header[rpm.RPMTAG_FILEDIGESTALGO] or 1, "md5")
-    top = os.fspath(tree)
     checked, out = 0, []
     for f in rpm.files(pkg.header):
         if f.fflags & RPMFILE_GHOST:
             continue
         checked += 1
-        rel, what, job = _check_file(f, algo, top, owners)
+        rel, what, job = _check_file(f, algo, tree, owners)
         if what or job is not None:
             out.append((pkg.nvra, f.name, rel, what, job))
     return checked, out
@@ -217,9 +246,9 @@ def verify(
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
     files, findings = 0, []
-    with _Hashing() as hashing:
+    with _Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
         for pkg in installed_packages(tree):
-            n, found = _package_findings(pkg, tree, owners)
+            n, found = _package_findings(pkg, resolver, owners)
             files += n
             findings.extend(found)
             for *_, job in found:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 import posixpath
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rpmextents.errors import FormatError
+from rpmextents.errors import FormatError, UnsafePathError
 from rpmextents.header import HASH_ALGOS, Header, Tag
 
 
@@ -240,3 +241,29 @@ def payload_sizes(entries: list[Entry]) -> list[int]:
         else:
             sizes.append(0)
     return sizes
+
+
+# Where rpmimg keeps each deployed package's header: its package database, no package's.
+PACKAGE_DB = "/usr/lib/sysimage/packages"
+
+
+def package_db_path(entries: Iterable[Entry]) -> str | None:
+    """The first path of entries that claims rpmimg's package database, or None.
+
+    That is PACKAGE_DB itself or anything below it (%ghost too), or one of its parents as
+    anything but a directory (a symlink there would move the database elsewhere).
+    """
+    for e in entries:
+        p = e.path
+        if p == PACKAGE_DB or p.startswith(PACKAGE_DB + "/"):
+            return p
+        if e.type is not EntryType.DIR and PACKAGE_DB.startswith(p.rstrip("/") + "/"):
+            return p
+    return None
+
+
+def refuse_package_db(nevra: str, entries: Iterable[Entry]) -> None:
+    """Raise UnsafePathError naming the package and path if it claims the package database."""
+    path = package_db_path(entries)
+    if path is not None:
+        raise UnsafePathError(f"{nevra}: owns {path}, but {PACKAGE_DB} is rpmimg's package database")
