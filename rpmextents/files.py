@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
+import os
 import posixpath
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rpmextents.errors import FormatError, UnsafePathError
-from rpmextents.header import HASH_ALGOS, Header, Tag
+from rpmextents.header import HASH_ALGOS, Header, Tag, read_prefix
 
 
 class EntryType(enum.Enum):
@@ -260,6 +261,12 @@ def package_db_path(entries: Iterable[Entry]) -> str | None:
         if e.type is not EntryType.DIR and PACKAGE_DB.startswith(p.rstrip("/") + "/"):
             return p
     return None
+
+
+def package_entries(path: str | os.PathLike[str]) -> list[Entry]:
+    """The file list of any RPM, original or extents, from its header alone."""
+    with open(path, "rb") as f:
+        return header_files(read_prefix(f).header)
 
 
 def refuse_package_db(nevra: str, entries: Iterable[Entry]) -> None:

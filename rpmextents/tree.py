@@ -130,7 +130,7 @@ class Tree:
             if key != self.relocation.top:
                 del self._dirs[key]
 
-    def _known(self, path: str) -> tuple[tuple[str, str], list[str]]:
+    def _known(self, path: str, create: bool) -> tuple[tuple[str, str], list[str]]:
         """The nearest remembered ancestor of path (or path) and the names below it."""
         rest: list[str] = []
         while True:
@@ -139,14 +139,14 @@ class Tree:
                 rest.reverse()
                 return hit, rest
             if path == "/":
-                hit = self._outside_root()
+                hit = self._outside_root(create)
                 rest.reverse()
                 return hit, rest
             path, _, name = path.rpartition("/")
             path = path or "/"
             rest.append(name)
 
-    def _outside_root(self) -> tuple[str, str]:
+    def _outside_root(self, create: bool) -> tuple[str, str]:
         """The image root, in a tree holding less than the whole image: its relocation."""
         outside = self.relocation.outside
         if outside is None:
@@ -155,7 +155,7 @@ class Tree:
             raise UnsafePathError(f"{outside} is a symlink leading outside {self.relocation.top}")
         self._outside_pending = True
         try:
-            rel = self.resolve_dir(outside)[1]
+            rel = self.resolve_dir(outside, create)[1]
         finally:
             self._outside_pending = False
         self._dirs["/"] = ("/", rel)
@@ -169,7 +169,7 @@ class Tree:
         """
         want, hops = path, 0
         while True:
-            (canon, rel), rest = self._known(path)
+            (canon, rel), rest = self._known(path, create)
             for i, name in enumerate(rest):
                 cand = f"{canon}/{name}" if canon != "/" else f"/{name}"
                 hit = self._dirs.get(cand)
