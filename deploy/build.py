@@ -24,6 +24,7 @@ from deploy.system import System
 from deploy.tree import TreeBuilder
 from host import kernel
 from rpmextents import Entry, ExtentsPackage, refuse_package_db
+from rpmextents.files import package_files
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def build(
     build that fails leaves no subvolume behind.
     """
     for ref in m.packages:
-        refuse_package_db(*store.file_list(ref.sha256))
+        refuse_package_db(ref.nevra, package_files(store.path(ref.sha256)))
     path = system.layout.staging / f"build-{new_id}"
     method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
     try:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from rpmextents.files import package_entries, refuse_package_db
+from rpmextents.files import package_files, refuse_package_db
 from solver.definition import ImageDefinition
 from solver.depsolve import ResolvedPackage, SolveRequest, solve
 from solver.diff import PackageDiff, package_diff
@@ -230,7 +230,7 @@ def _materialize(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
             keyring = inputs.keyrings.get(p.repo)
             if keyring is not None:
                 keyring.check(path, p.nevra)
-            refuse_package_db(p.nevra, package_entries(path))
+            refuse_package_db(p.nevra, package_files(path))
             entry = store.pool.add(path, p.nevra, block_size=definition.block_size)
             if (entry.name, entry.version, entry.release, entry.arch) != (
                     p.name, p.version, p.release, p.arch):

@@ -352,3 +352,35 @@ def test_path_of_4094_bytes_extracts(tmp_path: Path) -> None:
             os.close(dir_fd)
     finally:
         os.close(root)
+
+
+@pytest.mark.parametrize(("path", "mode", "claims"), [
+    ("/usr/lib/sysimage/packages/x.rpm", 0o100644, True),
+    ("/usr/lib/sysimage/packages", 0o40755, True),
+    ("/usr/lib/sysimage/packages", 0o120777, True),
+    ("/usr/lib/sysimage", 0o120777, True),
+    ("/usr/lib", 0o100644, True),
+    ("/usr/lib/sysimage", 0o40755, False),
+    ("/usr/lib/sysimage/packagesx", 0o100644, False),
+    ("/usr/lib/sysimage/rpm/Packages", 0o100644, False),
+    ("/lib/sysimage/packages/x.rpm", 0o100644, False),
+    ("/", 0o40755, False),
+])
+def test_package_database_predicate(path: str, mode: int, claims: bool) -> None:
+    from rpmextents import refuse_package_db
+    from rpmextents.files import package_db_path
+
+    assert (package_db_path([("/usr/bin/x", 0o100755), (path, mode)]) == path) is claims
+    if claims:
+        with pytest.raises(UnsafePathError, match=f"^pkg-1-1.noarch: owns {path}, "):
+            refuse_package_db("pkg-1-1.noarch", [(path, mode)])
+
+
+def test_package_files_reads_paths_and_modes_of_original_and_extents(tmp_path: Path) -> None:
+    from rpmextents.files import package_files
+
+    original = fixture_packages()["symlinks"]
+    transcode(original, tmp_path / "s.ext")
+    with ExtentsPackage.open(tmp_path / "s.ext") as pkg:
+        want = [(e.path, e.mode) for e in pkg.entries()]
+    assert package_files(original) == package_files(tmp_path / "s.ext") == want
