@@ -226,6 +226,16 @@ def test_directory_symlinks_resolve_like_rpm_and_verify(sysroot: Path, host: Hos
     verified = rpmimg("verify", "--sysroot", sysroot, "--json")
     assert json.loads(verified.out)["mismatches"] == []
 
+    # Damage files reached through the links; --repair rewrites them through the same links.
+    kernel.subvolume_set_readonly(tree, False)
+    (tree / "share/foo/bar").write_bytes(b"damaged\n")
+    (tree / "share/factory" / host_dir.lstrip("/") / "climbed").unlink()
+    kernel.subvolume_set_readonly(tree, True)
+    repaired = rpmimg("verify", "--repair", "--sysroot", sysroot, "--json", check=False)
+    assert repaired.code == 0, repaired.err
+    assert set(json.loads(repaired.out)["repaired"]) == {"/usr/lib/foo/bar", "/usr/lib/climb/climbed"}
+    assert (tree / "share/foo/bar").read_bytes() == b"through an absolute link\n"
+
 
 def test_verify_does_not_follow_a_symlink_out_of_the_deployment(sysroot: Path, host: Host, tmp_path: Path) -> None:
     """A directory of a deployment swapped for a symlink to a host copy of it: verify reports the
