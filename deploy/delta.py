@@ -200,11 +200,13 @@ def remove(root: str, plan: Plan) -> None:
             image = USR_TREE.image_path(path)
             try:
                 dir_fd, name, _ = tree.find(image)
-                if stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
+                mode = os.lstat(name, dir_fd=dir_fd).st_mode
+                if stat.S_ISDIR(mode):
                     os.rmdir(name, dir_fd=dir_fd)
                 else:
                     os.unlink(name, dir_fd=dir_fd)
-                tree.forget(image)
+                if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+                    tree.forget(image)  # what was resolved through it is gone
             except FileNotFoundError:
                 pass  # already gone with a directory symlink's other name
             except OSError as e:

@@ -230,7 +230,6 @@ def test_symlinks_in_a_usr_tree_resolve_in_the_image_like_rpm(tmp_path: Path) ->
     """A tree holding only /usr: an absolute target /usr/share/x is share/x in it (not usr/share/x),
     and a target outside /usr goes where its relocation puts it, as rpm -i --root lays them out."""
     from fixtures.spec import FileKind, FileSpec, PackageSpec
-
     from rpmextents import Relocation
 
     links = PackageSpec(name="links", files=(
@@ -259,7 +258,6 @@ def test_symlinks_in_a_usr_tree_resolve_in_the_image_like_rpm(tmp_path: Path) ->
 
 def test_paths_outside_a_tree_without_relocation_are_refused(tmp_path: Path) -> None:
     from fixtures.spec import FileSpec, PackageSpec
-
     from rpmextents import Relocation
 
     ((_, ext),) = _build_and_transcode([PackageSpec(name="etc", files=(FileSpec("/etc/x", content=b"x"),))], tmp_path)
