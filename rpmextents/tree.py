@@ -23,6 +23,7 @@ from host import kernel
 from rpmextents.errors import Error, UnsafePathError
 
 MAX_SYMLINK_HOPS = 40  # as the kernel allows
+_STEP = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class ExtractError(Error):
@@ -85,7 +86,7 @@ class Tree:
         top = self.relocation.top
         # image path -> (canonical image path, tree-relative path) of a directory
         self._dirs: dict[str, tuple[str, str]] = {top: (top, "")}
-        self._fd_rel: str | None = ""
+        self._fd_rel = ""
         self._cur = self.fd
         self._outside_pending = False
 
@@ -109,10 +110,14 @@ class Tree:
     def _enter(self, rel: str) -> int:
         """An fd of the resolved directory rel, valid until the next call."""
         if rel != self._fd_rel:
+            parent, _, name = rel.rpartition("/")
+            if rel and parent == self._fd_rel:
+                # One level down (a directory just made or looked at): one name, not followed.
+                fd = os.open(name, _STEP, dir_fd=self._cur)
+            else:
+                fd = kernel.open_beneath(self.fd, rel, os.O_PATH | os.O_DIRECTORY) if rel else self.fd
             self._leave()
-            if rel:
-                self._cur = kernel.open_beneath(self.fd, rel, os.O_PATH | os.O_DIRECTORY)
-            self._fd_rel = rel
+            self._cur, self._fd_rel = fd, rel
         return self._cur
 
     def open_dir(self, rel: str, flags: int = os.O_RDONLY) -> int:
@@ -207,7 +212,8 @@ class Tree:
             rel = self.resolve_dir(path, create)[1]
             return self._enter(rel), ".", rel
         parent, _, name = path.rpartition("/")
-        rel = self.resolve_dir(parent or "/", create)[1]
+        known = self._dirs.get(parent)  # the common case: a sibling of the last entry
+        rel = known[1] if known is not None else self.resolve_dir(parent or "/", create)[1]
         return self._enter(rel), name, f"{rel}/{name}" if rel else name
 
     def place(self, path: str) -> tuple[int, str, str]:
