@@ -295,3 +295,27 @@ def test_path_of_4094_bytes_deploys_verifies_and_shows(sysroot: Path, host: Host
     verified = json.loads(rpmimg("verify", "--sysroot", sysroot, "--json").out)
     assert verified["mismatches"] == [] and verified["files"] >= 4
 
+
+
+def test_update_from_a_tampered_deployment_stays_inside_it(sysroot: Path, host: Host, tmp_path: Path) -> None:
+    """A previous deployment whose directory was swapped for a symlink to a host directory: the
+    update built from its snapshot writes through that link inside the new tree, never onto the host."""
+    base = build_package(BASE, host.rpms)
+    newer = build_package(PackageSpec(name="base", version="1.1", arch="noarch", files=(
+        *(f for f in BASE.files if f.path != "/usr/share/base/data"),
+        FileSpec("/usr/share/base/data", content=b"base data 1.1\n"),
+        FileSpec("/usr/share/base/inside", content=b"would overwrite the host's\n"),
+    )), host.rpms / "v2")
+    out = tmp_path / "output"
+    v1, v2 = publish(out, "demo", V1, [base], host.key), publish(out, "demo", V2, [newer], host.key)
+    _deploy(sysroot, host, v1)
+    tree = _tree(sysroot, "1")
+    kernel.subvolume_set_readonly(tree, False)
+    shutil.rmtree(tree / "share/base")
+    (tree / "share/base").symlink_to(host.dir)
+    kernel.subvolume_set_readonly(tree, True)
+    result = _deploy(sysroot, host, v2).json()
+    assert result["build"] == "update"
+    landed = _tree(sysroot, str(result["deployment"])) / "share/factory" / os.fspath(host.dir).lstrip("/")
+    assert (landed / "inside").read_bytes() == b"would overwrite the host's\n"
+    assert (landed / "data").read_bytes() == b"base data 1.1\n"
