@@ -600,7 +600,9 @@ def openat2(dir_fd: int, path: StrPath, flags: int, resolve: Resolve, mode: int 
     only passed along with O_CREAT or O_TMPFILE, as the kernel requires.
     """
     flags |= os.O_CLOEXEC
-    if not flags & (os.O_CREAT | getattr(os, "O_TMPFILE", 0)):
+    # O_TMPFILE includes the O_DIRECTORY bit: test for all of its bits, not any.
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if not flags & os.O_CREAT and (not tmpfile or flags & tmpfile != tmpfile):
         mode = 0
     ffi = _ffi()
     how = ffi.new("char[]", OPEN_HOW.pack(flags, mode, int(resolve)))

@@ -6,6 +6,7 @@ The solver package (and with it libsolv) is imported inside the handlers only.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -25,6 +26,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     p.add_argument("--sign-key", type=Path, help="armoured OpenPGP secret key to sign with")
     p.add_argument("--keep", type=int, metavar="N", help="keep the N newest versions, prune the rest")
+    p.add_argument("--allow-downgrade", action="append", default=[], metavar="NAME",
+                   help="let package NAME go back to an older version (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_compose)
 
@@ -80,13 +83,29 @@ def cmd_compose(args: argparse.Namespace) -> int:
     if args.keep is not None and args.keep < 1:
         raise UsageError(f"--keep must be at least 1, not {args.keep}")
     definition = load_definition(args.definition)
-    result = compose(definition, args.output, sign_key=args.sign_key, keep=args.keep,
-                     reporter=_Reporter(quiet=args.json))
+    # systemd stops a unit with SIGTERM: unwind like SIGINT, so the temporary GNUPGHOME
+    # and the lock are released and nothing half-made stays behind.
+    previous = {s: signal.signal(s, _terminated) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = compose(definition, args.output, sign_key=args.sign_key, keep=args.keep,
+                         reporter=_Reporter(quiet=args.json),
+                         allow_downgrade=tuple(args.allow_downgrade))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if args.json:
         print_json(result.to_json())
     else:
         _print_compose(result)
     return 0
+
+
+def _terminated(signum: int, frame: object) -> None:
+    from solver.signing import close_all
+
+    # The secret key goes first: unwinding may wait for fetch threads to finish.
+    close_all()
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _print_compose(result: ComposeResult) -> None:

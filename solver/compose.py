@@ -6,8 +6,8 @@ publish nothing, and neither does a new solution with the same packages.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -17,18 +17,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import rpm
+
 from rpmextents.files import package_files, refuse_package_db
+from solver import freshness
 from solver.definition import ImageDefinition
 from solver.depsolve import ResolvedPackage, SolveRequest, solve
 from solver.diff import PackageDiff, package_diff
-from solver.errors import FetchError, PublishError, RepoError
-from solver.fetch import Fetcher, FetchItem, local_path
+from solver.errors import DepsolveError, PublishError
+from solver.fetch import Fetcher, FetchItem
+from solver.headers import Signed, check_closure, check_nevra, read_header
 from solver.keys import RepoKeyring
 from solver.manifest import CurationReport, Manifest, ManifestPackage, ZstdCopy
 from solver.pool import PoolEntry
 from solver.publish import ImageStore, location_of
 from solver.repodata import Repository
-from solver.signing import sign_detached
+from solver.signing import Signer
+from solver.trust import load_repo_key
 
 
 class ProgressBar(Protocol):
@@ -92,17 +97,36 @@ class _Inputs:
 
 def compose(definition: ImageDefinition, output: Path, *, sign_key: Path | None = None,
             keep: int | None = None, fetcher: Fetcher | None = None,
-            reporter: Reporter | None = None, now: datetime | None = None) -> ComposeResult:
-    """Compose `definition` into `output`; publishes a new version only when something changed."""
+            reporter: Reporter | None = None, now: datetime | None = None,
+            allow_downgrade: tuple[str, ...] = ()) -> ComposeResult:
+    """Compose `definition` into `output`; publishes a new version only when something changed.
+
+    `allow_downgrade` names packages that may go back to an older EVR than the image's
+    previous version (the definition may name more).
+    """
     report = reporter or _Silent()
     fetcher = fetcher or Fetcher()
     if sign_key is not None and not sign_key.is_file():
         # Found out now rather than after every package has been fetched and transcoded.
         raise PublishError(f"signing key {os.fspath(sign_key)} does not exist")
-    store = ImageStore(output)
-    with store.locked():
-        store.remove_leftovers()
-        inputs = _open_inputs(definition, store, fetcher)
+    with contextlib.ExitStack() as stack:
+        # The key is checked (and held in a private GNUPGHOME) before anything is fetched.
+        signer = stack.enter_context(Signer(sign_key)) if sign_key is not None else None
+        store = ImageStore(output)
+        stack.enter_context(store.locked())
+        result = _compose_locked(definition, store, signer, keep, fetcher, report,
+                                 now or datetime.now(UTC),
+                                 frozenset(definition.allow_downgrade) | frozenset(allow_downgrade))
+    return result
+
+
+def _compose_locked(definition: ImageDefinition, store: ImageStore, signer: Signer | None,
+                    keep: int | None, fetcher: Fetcher, report: Reporter, now: datetime,
+                    allow_downgrade: frozenset[str]) -> ComposeResult:
+    output = store.output
+    store.remove_leftovers()
+    try:
+        inputs = _open_inputs(definition, store, fetcher, now)
         previous = store.latest(definition.name)
         old = store.manifest(definition.name, previous) if previous else None
         result = ComposeResult(definition.name, previous, False,
@@ -110,19 +134,26 @@ def compose(definition: ImageDefinition, output: Path, *, sign_key: Path | None 
                                len(old.packages) if old else 0, previous=previous)
         if old is None or old.inputs_sha256 != inputs.digest:
             result = _compose_new(definition, store, inputs, old, previous, fetcher, report,
-                                  sign_key, now or datetime.now(UTC)) or result
-        if keep is not None:
-            pruned = store.prune(definition.name, keep)
-            result = dataclasses.replace(result, pruned_versions=tuple(pruned),
-                                         pruned_pool=tuple(store.collect_pool()))
+                                  signer, now, allow_downgrade) or result
+    except BaseException:
+        # Nothing this run put into the pool may stay unless a published version uses it.
+        used = store.referenced()
+        store.remove_pool_files([rel for rel in store.pool.created if rel not in used])
+        raise
+    finally:
         shutil.rmtree(output / ".cache" / "packages", ignore_errors=True)
         shutil.rmtree(store.pool.scratch, ignore_errors=True)
-        return result
+    if keep is not None:
+        pruned = store.prune(definition.name, keep)
+        result = dataclasses.replace(result, pruned_versions=tuple(pruned),
+                                     pruned_pool=tuple(store.collect_pool()))
+    return result
 
 
 def _compose_new(definition: ImageDefinition, store: ImageStore, inputs: _Inputs,
                  old: Manifest | None, previous: str | None, fetcher: Fetcher,
-                 report: Reporter, sign_key: Path | None, now: datetime) -> ComposeResult | None:
+                 report: Reporter, signer: Signer | None, now: datetime,
+                 allow_downgrade: frozenset[str]) -> ComposeResult | None:
     report.step(f"solving {definition.name} for {definition.arch} over "
                 f"{len(inputs.repos)} repositories")
     solution = solve(SolveRequest(
@@ -132,6 +163,8 @@ def _compose_new(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
     ))
     if old is not None and _same_sources(old, solution.packages, definition.block_size):
         return None
+    if old is not None:
+        refuse_downgrades(old, solution.packages, allow_downgrade)
     entries, fetched, reused = _materialize(definition, store, inputs, solution.packages,
                                             fetcher, report)
     version = store.next_version(definition.name, now)
@@ -144,34 +177,32 @@ def _compose_new(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
         report=_curation_report(store, [e for e, _ in entries]),
     )
     diff = package_diff(old, manifest)
-    sign = functools.partial(sign_detached, sign_key) if sign_key is not None else None
+    sign = signer.sign if signer is not None else None
     path = store.publish(manifest, {"from": previous, "to": version, **diff.to_json()}, sign)
     return ComposeResult(definition.name, version, True, path, len(packages), diff, previous,
                          fetched, reused)
 
 
-def _open_inputs(definition: ImageDefinition, store: ImageStore, fetcher: Fetcher) -> _Inputs:
+def _open_inputs(definition: ImageDefinition, store: ImageStore, fetcher: Fetcher,
+                 now: datetime) -> _Inputs:
     cache = store.output / ".cache"
     repos: list[Repository] = []
     keyrings: dict[str, RepoKeyring] = {}
     key_digests: dict[str, str] = {}
+    seen = freshness.load(store.out)
     for source in definition.repos:
-        repos.append(Repository.open(source, fetcher=fetcher, cache=cache / "repos" / source.name))
-        if source.gpgkey is None:
-            continue
-        label = f"repository {source.name!r} key {source.gpgkey}"
-        url = source.gpgkey if "://" in source.gpgkey else Path(source.gpgkey).as_uri()
-        path = local_path(url)
-        if path is None:
-            path = cache / "keys" / f"{source.name}.asc"
-            path.unlink(missing_ok=True)
-            try:
-                fetcher.fetch(FetchItem(url, path, None, label))
-            except FetchError as e:
-                raise RepoError(str(e)) from e
-        keyring = RepoKeyring.from_file(path, label)
-        keyrings[source.name] = keyring
-        key_digests[source.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        store.out.makedirs(f".cache/repos/{source.name}")
+        key = None
+        if source.gpgkey is not None:
+            store.out.makedirs(".cache/keys")
+            key = load_repo_key(source, fetcher, cache / "keys")
+            keyrings[source.name] = RepoKeyring(key, f"repository {source.name!r} key {source.gpgkey}")
+            key_digests[source.name] = hashlib.sha256(key).hexdigest()
+        repo = Repository.open(source, fetcher=fetcher, cache=cache / "repos" / source.name,
+                               key=key)
+        seen[freshness.key(source)] = freshness.check(repo, seen.get(freshness.key(source)), now)
+        repos.append(repo)
+    freshness.save(store.out, seen)
     digest = hashlib.sha256(json.dumps({
         "format": 1,
         "definition": definition.canonical(),
@@ -179,6 +210,35 @@ def _open_inputs(definition: ImageDefinition, store: ImageStore, fetcher: Fetche
         "keys": key_digests,
     }, sort_keys=True).encode()).hexdigest()
     return _Inputs(tuple(repos), keyrings, digest)
+
+
+def refuse_downgrades(old: Manifest, packages: tuple[ResolvedPackage, ...],
+                      allowed: frozenset[str]) -> None:
+    """Refuse a solution whose newest EVR of a name.arch is older than the previous image's."""
+    def newest(items: list[tuple[str, str, tuple[str, str, str]]]) -> dict[tuple[str, str], tuple[str, str, str]]:
+        best: dict[tuple[str, str], tuple[str, str, str]] = {}
+        for name, arch, evr in items:
+            current = best.get((name, arch))
+            if current is None or rpm.labelCompare(evr, current) > 0:
+                best[(name, arch)] = evr
+        return best
+
+    before = newest([(p.name, p.arch, (str(p.epoch or 0), p.version, p.release))
+                     for p in old.packages])
+    after = newest([(p.name, p.arch, (str(p.epoch or 0), p.version, p.release))
+                    for p in packages])
+    for (name, arch), evr in sorted(after.items()):
+        was = before.get((name, arch))
+        if was is not None and rpm.labelCompare(evr, was) < 0 and name not in allowed:
+            raise DepsolveError(
+                f"{name}.{arch}: the solution downgrades it from {_evr(was)} to {_evr(evr)}; "
+                f"refusing (allow it with allow_downgrade = [\"{name}\"] or "
+                f"--allow-downgrade {name})")
+
+
+def _evr(evr: tuple[str, str, str]) -> str:
+    epoch, version, release = evr
+    return f"{f'{epoch}:' if epoch != '0' else ''}{version}-{release}"
 
 
 def _same_sources(old: Manifest, packages: tuple[ResolvedPackage, ...], block_size: int) -> bool:
@@ -202,40 +262,46 @@ def _known_entries(store: ImageStore, block_size: int) -> dict[str, ManifestPack
 def _materialize(definition: ImageDefinition, store: ImageStore, inputs: _Inputs,
                  packages: tuple[ResolvedPackage, ...], fetcher: Fetcher,
                  report: Reporter) -> tuple[list[tuple[PoolEntry, int]], int, int]:
-    """Pool entries (with original sizes) for every package, fetching only what is new."""
+    """Pool entries (with original sizes) for every package, fetching only what is new.
+
+    Before anything enters the pool, every package's signed header must agree with
+    what the solver was told (see solver.headers).
+    """
     known = _known_entries(store, definition.block_size)
     entries: dict[str, tuple[PoolEntry, int]] = {}
+    signed: list[Signed] = []
     for p in packages:
         record = known.get(str(p.checksum))
         if record is None:
             continue
         rel = os.path.normpath(os.path.join("images/x/y", record.location))
         if store.pool.has(rel):
-            keyring = inputs.keyrings.get(p.repo)
-            if keyring is not None:
-                # The stored header is the original's, byte for byte: its signature still checks.
-                keyring.check(store.output / rel, p.nevra)
+            # The stored header is the original's, byte for byte: its signature still checks.
+            header = read_header(store.output / rel, inputs.keyrings.get(p.repo), p.nevra)
+            signed.append(Signed(p, header))
             entries[p.nevra] = (_entry_from_record(record, rel), record.source_size)
     todo = [p for p in packages if p.nevra not in entries]
     cache = store.output / ".cache" / "packages"
+    if todo:
+        store.out.makedirs(".cache/packages")
     items = [FetchItem(p.url, cache / f"{p.checksum.hex}-{Path(p.url).name}", p.checksum,
                        p.nevra, p.size) for p in todo]
+    paths: list[Path] = []
     if items:
         report.step(f"fetching {len(items)} of {len(packages)} packages")
         bar = report.bar("fetch", sum(p.size or 0 for p in todo), "bytes")
         paths = fetcher.fetch_all(items, bar.advance)
         bar.close(f"{len(items)} packages")
+    for p, path in zip(todo, paths, strict=True):
+        signed.append(Signed(p, read_header(path, inputs.keyrings.get(p.repo), p.nevra)))
+    for item in signed:
+        check_nevra(item)
+    check_closure(definition.arch, definition.packages, signed)
+    if todo:
         bar = report.bar("transcode", len(todo), "packages")
         for p, path in zip(todo, paths, strict=True):
-            keyring = inputs.keyrings.get(p.repo)
-            if keyring is not None:
-                keyring.check(path, p.nevra)
             refuse_package_db(p.nevra, package_files(path))
             entry = store.pool.add(path, p.nevra, block_size=definition.block_size)
-            if (entry.name, entry.version, entry.release, entry.arch) != (
-                    p.name, p.version, p.release, p.arch):
-                raise FetchError(f"{p.nevra}: the repository's file {p.url} holds "
-                                 f"{entry.name}-{entry.version}-{entry.release}.{entry.arch}")
             entries[p.nevra] = (entry, path.stat().st_size)
             bar.advance(1)
         bar.close(f"{len(todo)} packages into the pool")

@@ -20,6 +20,7 @@ from solver.errors import DefinitionError
 # zypp marks packages that may be installed in several versions side by side this way.
 DEFAULT_MULTIVERSION = ("multiversion(kernel)",)
 DEFAULT_BLOCK_SIZE = 4096
+MAX_DEFINITION = 1 << 20  # bytes; a definition is a page of TOML
 REPO_SCHEMES = ("http", "https", "file")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _ARCH = re.compile(r"^[A-Za-z0-9_]+$")
@@ -35,6 +36,16 @@ class RepoSource:
     url: str
     gpgkey: str | None = None  # a URL, or an absolute path (relative ones resolved on load)
     priority: int = 0  # higher wins, as in libsolv
+    # Fingerprints a key fetched from a URL must have (upper-case hex, no spaces).
+    gpgkey_fingerprint: tuple[str, ...] = ()
+    max_metadata_age: int | None = None  # seconds; older signed metadata fails the compose
+    allow_weak_checksums: bool = False  # accept md5/sha1 checksums from this repository
+
+    def canonical(self) -> dict[str, Any]:
+        return {"name": self.name, "url": self.url, "gpgkey": self.gpgkey,
+                "priority": self.priority, "gpgkey_fingerprint": list(self.gpgkey_fingerprint),
+                "max_metadata_age": self.max_metadata_age,
+                "allow_weak_checksums": self.allow_weak_checksums}
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class ImageDefinition:
     ignore_recommends: bool = True
     multiversion: tuple[str, ...] = DEFAULT_MULTIVERSION
     block_size: int = DEFAULT_BLOCK_SIZE
+    allow_downgrade: tuple[str, ...] = ()  # package names that may go back to an older EVR
 
     def canonical(self) -> dict[str, Any]:
         """A JSON-able form that hashes the same for the same job (used for inputs_sha256)."""
@@ -60,10 +72,8 @@ class ImageDefinition:
             "ignore_recommends": self.ignore_recommends,
             "multiversion": list(self.multiversion),
             "block_size": self.block_size,
-            "repos": [
-                {"name": r.name, "url": r.url, "gpgkey": r.gpgkey, "priority": r.priority}
-                for r in self.repos
-            ],
+            "allow_downgrade": list(self.allow_downgrade),
+            "repos": [r.canonical() for r in self.repos],
         }
 
 
@@ -201,8 +211,42 @@ def _resolve_key(value: str, base: Path) -> str:
 
 
 TOP_KEYS = ("name", "arch", "packages", "exclude", "ignore_recommends", "multiversion",
-            "block_size", "repo")
-REPO_KEYS = ("name", "url", "gpgkey", "priority")
+            "block_size", "allow_downgrade", "repo")
+REPO_KEYS = ("name", "url", "gpgkey", "gpgkey_fingerprint", "priority", "max_metadata_age",
+             "allow_weak_checksums")
+_FINGERPRINT = re.compile(r"^(?:[0-9A-F]{40}|[0-9A-F]{64})$")
+_DURATION = re.compile(r"^(\d+)\s*([smhdw]?)$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _check_duration(value: str) -> str | None:
+    match = _DURATION.match(value.strip())
+    if not match or int(match.group(1)) == 0:
+        return "must be a positive duration such as \"36h\" or \"7d\" (units s, m, h, d, w)"
+    return None
+
+
+def _seconds(value: str) -> int:
+    match = _DURATION.match(value.strip())
+    assert match is not None
+    return int(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def _fingerprints(v: _Validator, table: Mapping[str, Any]) -> tuple[str, ...]:
+    """gpgkey_fingerprint: one fingerprint or a list; spaces allowed, case ignored."""
+    value = table.get("gpgkey_fingerprint", [])
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise v.fail("gpgkey_fingerprint", "'gpgkey_fingerprint' must be a string or an array "
+                     f"of strings, not {_toml_type(value)}")
+    found: list[str] = []
+    for item in items:
+        text = item.replace(" ", "").upper() if isinstance(item, str) else ""
+        if not _FINGERPRINT.match(text):
+            raise v.fail("gpgkey_fingerprint", f"'gpgkey_fingerprint' {item!r} is not a full "
+                         "OpenPGP fingerprint (40 or 64 hex digits)")
+        found.append(text)
+    return tuple(found)
 
 
 def parse_definition(source: str, path: Path) -> ImageDefinition:
@@ -211,6 +255,8 @@ def parse_definition(source: str, path: Path) -> ImageDefinition:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as e:
         raise DefinitionError(f"{os.fspath(path)}: invalid TOML: {e}") from e
+    except RecursionError as e:
+        raise DefinitionError(f"{os.fspath(path)}: invalid TOML: nested too deeply") from e
     lines = _KeyLines(source)
     top = _Validator(path, lines)
     top.reject_unknown(data, TOP_KEYS)
@@ -236,15 +282,23 @@ def parse_definition(source: str, path: Path) -> ImageDefinition:
         if any(r.name == repo_name for r in repos):
             raise v.fail("name", f"repository name {repo_name!r} is used twice")
         gpgkey = v.get(table, "gpgkey", str, "")
+        fingerprints = _fingerprints(v, table)
+        if fingerprints and not gpgkey:
+            raise v.fail("gpgkey_fingerprint", "'gpgkey_fingerprint' needs a 'gpgkey'")
+        age = v.get(table, "max_metadata_age", str, "", check=_check_duration)
         repos.append(RepoSource(
             name=repo_name,
             url=v.get(table, "url", str, check=_check_url).rstrip("/") + "/",
             gpgkey=_resolve_key(gpgkey, path.parent) if gpgkey else None,
             priority=v.get(table, "priority", int, 0),
+            gpgkey_fingerprint=fingerprints,
+            max_metadata_age=_seconds(age) if age else None,
+            allow_weak_checksums=v.get(table, "allow_weak_checksums", bool, False),
         ))
     return ImageDefinition(
         name=name, arch=arch, packages=packages, repos=tuple(repos), exclude=exclude,
         ignore_recommends=ignore_recommends, multiversion=multiversion, block_size=block_size,
+        allow_downgrade=top.strings(data, "allow_downgrade", ()),
     )
 
 
@@ -252,7 +306,11 @@ def load_definition(path: str | os.PathLike[str]) -> ImageDefinition:
     """Read and validate an image definition file."""
     p = Path(path)
     try:
-        source = p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:
+            raw = f.read(MAX_DEFINITION + 1)
+        if len(raw) > MAX_DEFINITION:
+            raise DefinitionError(f"{os.fspath(p)}: larger than {MAX_DEFINITION} bytes")
+        source = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DefinitionError(f"{os.fspath(p)}: not UTF-8 text: {e}") from e
     except OSError as e:

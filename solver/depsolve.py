@@ -16,7 +16,7 @@ import solv
 
 from solver.errors import DepsolveError, RepoError
 from solver.fetch import Checksum
-from solver.repodata import Repository, open_uncompressed
+from solver.repodata import Repository
 
 
 @dataclass(frozen=True)
@@ -107,12 +107,12 @@ class _Pool:
             self._index()
 
     def _add(self, repo: solv.Repo, repository: Repository, kind: str, flags: int) -> None:
-        path = repository.metadata(kind)
-        if path is None:
+        plain = repository.open_metadata(kind)
+        if plain is None:
             if kind == "filelists":
                 return  # a repository without filelists simply provides no more files
             raise RepoError(f"repository {repository.name!r} has no {kind} metadata")
-        with open_uncompressed(path) as plain:
+        with plain:
             # libsolv closes the descriptor it is given.
             f = solv.xfopen_fd("", os.dup(plain.fileno()))
             try:
@@ -121,7 +121,7 @@ class _Pool:
                 f.close()
         if not ok:
             raise RepoError(
-                f"repository {repository.name!r}: cannot parse {kind} metadata {path}: "
+                f"repository {repository.name!r}: cannot parse {kind} metadata: "
                 f"{self.pool.errstr}"
             )
 
@@ -223,9 +223,13 @@ def _resolved(loaded: _Pool, s: solv.XSolvable) -> ResolvedPackage:
     location, _ = s.lookup_location()
     epoch, version, release = parse_evr(s.evr)
     size = s.lookup_num(solv.SOLVABLE_DOWNLOADSIZE)
+    try:
+        checksum = Checksum.parse(f"{ {'sha': 'sha1'}.get(chk.typestr(), chk.typestr())}:{chk.hex()}")
+    except ValueError as e:
+        raise RepoError(f"repository {repository.name!r}: {s}: {e}") from e
+    repository.check_strength(checksum, str(s))
     return ResolvedPackage(
         name=s.name, epoch=epoch, version=version, release=release, arch=s.arch,
-        repo=repository.name, url=repository.url_of(location),
-        checksum=Checksum({"sha": "sha1"}.get(chk.typestr(), chk.typestr()), chk.hex()),
+        repo=repository.name, url=repository.url_of(location), checksum=checksum,
         size=size or None,
     )

@@ -6,7 +6,6 @@ repository's keys (never the host's rpmdb keys).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from pathlib import Path
 import rpm
 
 from solver.errors import FetchError, RepoError
+from solver.trust import MAX_KEY, read_capped
 
 _BLOCK = re.compile(
     rb"-----BEGIN PGP PUBLIC KEY BLOCK-----.*?-----END PGP PUBLIC KEY BLOCK-----", re.DOTALL
@@ -22,7 +22,7 @@ _BLOCK = re.compile(
 
 
 @contextmanager
-def _quiet_rpm() -> Iterator[None]:
+def quiet_rpm() -> Iterator[None]:
     # rpm logs NOKEY and digest warnings to stderr itself; we raise with our own message.
     rpm.setVerbosity(rpm.RPMLOG_EMERG)
     try:
@@ -48,17 +48,14 @@ class RepoKeyring:
 
     @classmethod
     def from_file(cls, path: Path, label: str) -> RepoKeyring:
-        try:
-            return cls(path.read_bytes(), label)
-        except OSError as e:
-            raise RepoError(f"{label}: cannot read key {os.fspath(path)}: {e.strerror}") from e
+        return cls(read_capped(path, MAX_KEY, label), label)
 
-    def check(self, path: Path, label: str) -> None:
+    def check(self, path: Path, label: str) -> rpm.hdr:
         """Raise FetchError unless the package carries a header signature by one of our keys."""
         ts = rpm.TransactionSet()
         ts.setKeyring(self.keyring)
         ts.setVSFlags(0)  # check every digest and signature the package carries
-        with _quiet_rpm(), open(path, "rb") as f:
+        with quiet_rpm(), open(path, "rb") as f:
             try:
                 header = ts.hdrFromFdno(f.fileno())
             except rpm.error as e:
@@ -68,3 +65,4 @@ class RepoKeyring:
                 raise FetchError(f"{label}: signature check failed: {reason}") from e
         if header[rpm.RPMTAG_RSAHEADER] is None and header[rpm.RPMTAG_DSAHEADER] is None:
             raise FetchError(f"{label}: package is not signed, but {self.label} requires signatures")
+        return header

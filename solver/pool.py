@@ -18,6 +18,7 @@ import zstandard
 
 from rpmextents import ExtentsPackage, transcode
 from rpmextents.errors import Error as FormatCoreError
+from solver.confine import FILE_MODE, Output
 from solver.errors import FetchError, PublishError
 
 ZSTD_LEVEL = 19
@@ -58,6 +59,22 @@ class PackagePool:
         self.output = output
         self.root = output / "pool"
         self.scratch = self.root / ".tmp"
+        self.out: Output | None = None  # the confined output, set by ImageStore.locked
+        self.created: list[str] = []  # pool files this process renamed into place
+
+    def _confined(self) -> Output:
+        assert self.out is not None, "PackagePool written outside ImageStore.locked()"
+        return self.out
+
+    def _install(self, staged: Path, rel: str) -> None:
+        """Rename a staged file to `rel` (0644, its directory made 0755) unless it is there."""
+        out = self._confined()
+        out.makedirs(os.path.dirname(rel))
+        if out.exists(rel):
+            return
+        os.chmod(staged, FILE_MODE)
+        out.replace(os.path.relpath(staged, self.output), rel)
+        self.created.append(rel)
 
     def relpath(self, sha256: str, name: str, version: str, release: str, arch: str) -> str:
         return f"pool/{sha256[:2]}/{sha256}-{name}-{version}-{release}.{arch}.rpm"
@@ -65,7 +82,7 @@ class PackagePool:
     def add(self, original: Path, label: str, *, block_size: int,
             progress: Callable[[int, int], None] | None = None) -> PoolEntry:
         """Transcode an original RPM into the pool (a no-op for bytes already there)."""
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        self._confined().makedirs("pool/.tmp")
         with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
             staged = Path(tmp) / "package.rpm"
             try:
@@ -74,11 +91,8 @@ class PackagePool:
                 raise FetchError(f"{label}: cannot transcode: {e}") from e
             rel = self.relpath(result.sha256, result.name, result.version, result.release,
                                result.arch)
-            final = self.output / rel
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if not final.exists():
-                os.replace(staged, final)
-            zstd_sha256, zstd_size = self._zstd_copy(final, Path(tmp))
+            self._install(staged, rel)
+            zstd_sha256, zstd_size = self._zstd_copy(rel, Path(tmp))
         return PoolEntry(
             name=result.name, epoch=result.epoch, version=result.version,
             release=result.release, arch=result.arch, relpath=rel, sha256=result.sha256,
@@ -86,21 +100,22 @@ class PackagePool:
             zstd_relpath=rel + ".zst", zstd_sha256=zstd_sha256, zstd_size=zstd_size,
         )
 
-    def _zstd_copy(self, entry: Path, tmp: Path) -> tuple[str, int]:
-        target = entry.with_name(entry.name + ".zst")
-        if not target.exists():
+    def _zstd_copy(self, rel: str, tmp: Path) -> tuple[str, int]:
+        out = self._confined()
+        if not out.exists(rel + ".zst"):
             staged = tmp / "package.rpm.zst"
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
-            with open(entry, "rb") as src, open(staged, "wb") as dst:
+            with os.fdopen(out.open(rel, os.O_RDONLY), "rb") as src, open(staged, "wb") as dst:
                 compressor.copy_stream(src, dst, size=os.fstat(src.fileno()).st_size)
                 dst.flush()
                 os.fsync(dst.fileno())  # as transcode does: a renamed pool file is complete
-            os.replace(staged, target)
+            self._install(staged, rel + ".zst")
         h = hashlib.sha256()
-        with open(target, "rb") as f:
+        with os.fdopen(out.open(rel + ".zst", os.O_RDONLY), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             while chunk := f.read(1 << 20):
                 h.update(chunk)
-        return h.hexdigest(), target.stat().st_size
+        return h.hexdigest(), size
 
     def has(self, relpath: str) -> bool:
         return (self.output / relpath).is_file() and (self.output / (relpath + ".zst")).is_file()

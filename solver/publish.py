@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from solver.confine import FILE_MODE, Output
 from solver.diff import compare_versions
 from solver.errors import PublishError
 from solver.manifest import Manifest
@@ -35,24 +36,11 @@ SIGNATURE = "manifest.json.asc"
 CHANGES = "changes.json"
 LATEST = "latest"
 _VERSION = re.compile(r"^(\d{8})\.(\d+)$")
+_OUR_LINK = re.compile(r"^images/[^/]+/(latest|\.tmp-latest-\d+)$")
+# What compose names in the pool: `<sha256>-<nevra>.rpm` and its `.zst` copy.
+_POOL_FILE = re.compile(r"^[0-9a-f]{64}-[^/]+\.rpm(\.zst)?$")
 # From images/NAME/VERSION/manifest.json back up to OUTPUT.
 TO_OUTPUT = "../../../"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """Write and fsync a new file (callers rename it into place)."""
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class ImageStore:
@@ -62,21 +50,48 @@ class ImageStore:
         self.output = output
         self.images = output / "images"
         self.pool = PackagePool(output)
+        self._out: Output | None = None
+
+    @property
+    def out(self) -> Output:
+        """The confined output; only while `locked`."""
+        assert self._out is not None, "ImageStore.out outside locked()"
+        return self._out
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the output's lock; a second compose into the same output fails at once."""
-        self.output.mkdir(parents=True, exist_ok=True)
-        with open(self.output / ".lock", "a+") as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise PublishError(
-                        f"{os.fspath(self.output)}: another compose is writing to this output"
-                    ) from e
-                raise
-            yield
+        """Hold the output's lock; a second compose into the same output fails at once.
+
+        Under the lock, any symlink where compose keeps its own files is refused.
+        """
+        out = Output(self.output)
+        try:
+            with os.fdopen(out.open(".lock", os.O_RDWR | os.O_CREAT, 0o644), "r+") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    if e.errno in (errno.EAGAIN, errno.EACCES):
+                        raise PublishError(
+                            f"{os.fspath(self.output)}: another compose is writing to this output"
+                        ) from e
+                    raise
+                self._check_tree(out)
+                self._out = self.pool.out = out
+                try:
+                    yield
+                finally:
+                    self._out = self.pool.out = None
+        finally:
+            out.close()
+
+    def _check_tree(self, out: Output) -> None:
+        for rel in ("pool", ".cache", ".state"):
+            out.refuse_symlinks(rel)
+        # images/NAME/latest, and a staged one a killed run left (removed next).
+        out.refuse_symlinks("images", allowed=lambda path: _OUR_LINK.match(path) is not None)
+        for link in (f"images/{n}/{LATEST}" for n in self.names()):
+            if (self.output / link).is_symlink() and not _VERSION.match(os.readlink(self.output / link)):
+                raise PublishError(f"{os.fspath(self.output / link)}: does not name a version")
 
     def remove_leftovers(self) -> list[str]:
         """Remove what a killed run left: dot-named version dirs, symlinks and pool scratch."""
@@ -89,7 +104,7 @@ class ImageStore:
                     if item.name.startswith(".tmp-"):
                         _remove(item)
                         removed.append(os.fspath(item.relative_to(self.output)))
-        if self.pool.scratch.exists():
+        if self.out.exists("pool/.tmp"):
             shutil.rmtree(self.pool.scratch)
         return removed
 
@@ -112,7 +127,9 @@ class ImageStore:
         link = self.images / name / LATEST
         try:
             target = os.readlink(link)
-        except FileNotFoundError:
+        except (FileNotFoundError, OSError):
+            return None
+        if not _VERSION.match(target):
             return None
         return target if (self.images / name / target / MANIFEST).is_file() else None
 
@@ -143,28 +160,34 @@ class ImageStore:
     def publish(self, manifest: Manifest, changes: dict[str, Any],
                 sign: Callable[[Path, Path], None] | None) -> Path:
         """Make a new version visible in one rename, then point `latest` at it."""
-        image = self.images / manifest.name
-        image.mkdir(parents=True, exist_ok=True)
-        final = image / manifest.version
-        if final.exists():
-            raise PublishError(f"{os.fspath(final)} already exists")
-        staging = image / f".tmp-{manifest.version}-{os.getpid()}"
-        staging.mkdir()
-        write_file(staging / MANIFEST, manifest.dumps())
-        write_file(staging / CHANGES, (json.dumps(changes, indent=2) + "\n").encode())
+        image = f"images/{manifest.name}"
+        out = self.out
+        out.makedirs(image)
+        final = f"{image}/{manifest.version}"
+        if out.exists(final):
+            raise PublishError(f"{os.fspath(self.output / final)} already exists")
+        staging = f"{image}/.tmp-{manifest.version}-{os.getpid()}"
+        out.makedirs(staging)
+        out.write(f"{staging}/{MANIFEST}", manifest.dumps())
+        out.write(f"{staging}/{CHANGES}", (json.dumps(changes, indent=2) + "\n").encode())
         if sign is not None:
-            sign(staging / MANIFEST, staging / SIGNATURE)
-        _fsync_dir(staging)
-        os.rename(staging, final)
+            signature = self.output / staging / SIGNATURE
+            sign(self.output / staging / MANIFEST, signature)
+            os.chmod(signature, FILE_MODE, follow_symlinks=False)
+        with out.directory(staging, create=False) as fd:
+            os.fsync(fd)
+        out.replace(staging, final)
         self._point_latest(image, manifest.version)
-        return final / MANIFEST
+        return self.output / final / MANIFEST
 
-    def _point_latest(self, image: Path, version: str) -> None:
-        staged = image / f".tmp-latest-{os.getpid()}"
-        staged.unlink(missing_ok=True)
-        os.symlink(version, staged)
-        os.replace(staged, image / LATEST)
-        _fsync_dir(image)
+    def _point_latest(self, image: str, version: str) -> None:
+        staged = f".tmp-latest-{os.getpid()}"
+        with self.out.directory(image, create=False) as fd:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged, dir_fd=fd)
+            os.symlink(version, staged, dir_fd=fd)
+            os.replace(staged, LATEST, src_dir_fd=fd, dst_dir_fd=fd)
+            os.fsync(fd)
 
     def prune(self, name: str, keep: int) -> list[str]:
         """Remove all but the `keep` newest versions (never `latest`'s target); returns them."""
@@ -175,9 +198,9 @@ class ImageStore:
         doomed = [v for v in versions[:-keep] if v != latest]
         for version in doomed:
             # Renamed first so that no reader ever sees a half-removed version.
-            gone = self.images / name / f".tmp-prune-{version}-{os.getpid()}"
-            os.rename(self.images / name / version, gone)
-            _remove(gone)
+            gone = f"images/{name}/.tmp-prune-{version}-{os.getpid()}"
+            self.out.replace(f"images/{name}/{version}", gone)
+            _remove(self.output / gone)
         return doomed
 
     def referenced(self) -> set[str]:
@@ -194,10 +217,14 @@ class ImageStore:
     def collect_pool(self) -> list[str]:
         """Remove pool entries no published version references; returns what was removed."""
         used = self.referenced()
+        return self.remove_pool_files([rel for rel in self.pool.entries() if rel not in used])
+
+    def remove_pool_files(self, candidates: list[str]) -> list[str]:
+        """Remove pool files, but only regular files named as compose names them."""
         removed: list[str] = []
-        for rel in self.pool.entries():
-            if rel not in used:
-                (self.output / rel).unlink()
+        for rel in candidates:
+            if _POOL_FILE.match(rel.rsplit("/", 1)[-1]) and self.out.is_regular(rel):
+                self.out.unlink(rel)
                 removed.append(rel)
         return removed
 

@@ -1,33 +1,48 @@
 """Detached, armoured OpenPGP signatures of manifests, made by gpg in a private GNUPGHOME.
 
-The secret key comes from an armoured key file; it is imported into a temporary
-home that is removed afterwards, so the host's keyrings are never read or changed.
+The secret key comes from an armoured key file. `Signer` imports it into a temporary
+home under a private per-user directory and checks it can sign (a secret key,
+usable for signing, not expired, no passphrase) before compose fetches anything.
+The home is removed, and its gpg-agent stopped, when the Signer closes, which
+happens on success, failure, SIGINT and SIGTERM alike (the CLI turns SIGTERM into an
+exception); a home left by a run that was killed outright is removed by the next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import stat
 import subprocess
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 
 from solver.errors import PublishError
+from solver.trust import MAX_KEY, read_capped
 
 log = logging.getLogger(__name__)
+
+
+def _env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
 
 
 def run_gpg(args: Sequence[str], home: Path, what: str) -> str:
     """Run gpg in `home` with a scrubbed environment; PublishError names `what` failed and why."""
     cmd = ["gpg", "--batch", "--no-tty", "--homedir", os.fspath(home), *args]
     log.debug("running %s", " ".join(cmd))
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
     try:
-        result = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
-                                stdin=subprocess.DEVNULL)
+        result = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_env(),
+                                stdin=subprocess.DEVNULL, timeout=120)
     except FileNotFoundError as e:
         raise PublishError(f"{what}: gpg not found") from e
+    except subprocess.TimeoutExpired as e:
+        raise PublishError(f"{what}: gpg did not finish") from e
     except subprocess.CalledProcessError as e:
         detail = (e.stderr or "").strip().splitlines()
         reason = detail[-1] if detail else (
@@ -36,25 +51,142 @@ def run_gpg(args: Sequence[str], home: Path, what: str) -> str:
     return result.stdout
 
 
+def homes_root() -> Path:
+    """The private per-user directory the temporary GNUPGHOMEs live in (made 0700)."""
+    root = Path(tempfile.gettempdir()) / f"rpmimg-gnupg-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o700)
+    info = os.lstat(root)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PublishError(f"{os.fspath(root)}: not a directory of ours; refusing to keep "
+                           "secret keys there")
+    os.chmod(root, 0o700)
+    return root
+
+
+def stop_agent(home: Path) -> None:
+    """Stop whatever gpg started for `home` (its agent); never fails."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["gpgconf", "--homedir", os.fspath(home), "--kill", "all"], check=False,
+                       capture_output=True, env=_env(), timeout=30)
+
+
+def remove_stale_homes(root: Path) -> list[str]:
+    """Remove homes whose run (named by its pid) is gone; returns their names."""
+    removed: list[str] = []
+    for entry in root.iterdir():
+        pid = entry.name.split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            stop_agent(entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_OPEN: set[Signer] = set()  # live signers, for close_all
+_OPEN_LOCK = threading.Lock()
+
+
+def close_all() -> None:
+    """Close every open Signer now (for a signal handler: threads may hold up the unwinding)."""
+    with _OPEN_LOCK:
+        signers = list(_OPEN)
+    for signer in signers:
+        signer.close()
+
+
+class Signer:
+    """A secret key imported into a private GNUPGHOME, checked, ready to sign manifests."""
+
+    def __init__(self, secret_key: Path) -> None:
+        self.key = secret_key
+        self.what = f"signing key {os.fspath(secret_key)}"
+        armoured = read_capped(secret_key, MAX_KEY, self.what)
+        root = homes_root()
+        remove_stale_homes(root)
+        self.home = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
+        with _OPEN_LOCK:
+            _OPEN.add(self)
+        try:
+            keyfile = self.home / "key.asc"
+            keyfile.write_bytes(armoured)
+            run_gpg(["--import", os.fspath(keyfile)], self.home, self.what)
+            keyfile.unlink()
+            self.fingerprint = self._usable_key()
+            probe = self.home / "probe"
+            probe.write_bytes(b"rpmimg signing key check\n")
+            self.sign(probe, self.home / "probe.asc")
+        except BaseException:
+            self.close()
+            raise
+
+    def _usable_key(self) -> str:
+        listing = run_gpg(["--with-colons", "--list-secret-keys"], self.home, self.what)
+        keys: list[tuple[str, str]] = []  # (validity, capabilities) of each primary key
+        fingerprints: list[str] = []
+        for line in listing.splitlines():
+            fields = line.split(":")
+            if fields[0] == "sec" and len(fields) > 11:
+                keys.append((fields[1], fields[11]))
+            elif fields[0] == "fpr" and len(fingerprints) < len(keys):
+                fingerprints.append(fields[9])
+        if not keys:
+            raise PublishError(f"{self.what}: the file holds no secret key")
+        for (validity, caps), fpr in zip(keys, fingerprints, strict=False):
+            if validity not in ("e", "r", "d") and "S" in caps:
+                return fpr
+        validity = keys[0][0]
+        reason = {"e": "has expired", "r": "is revoked", "d": "is disabled"}.get(
+            validity, "cannot sign")
+        raise PublishError(f"{self.what}: the secret key {reason}")
+
+    def sign(self, data: Path, signature: Path) -> None:
+        """Write an armoured detached signature of `data` to `signature`."""
+        what = f"signing {os.fspath(data)} with {os.fspath(self.key)}"
+        try:
+            run_gpg(["--pinentry-mode", "loopback", "--passphrase", "", "--local-user",
+                     self.fingerprint, "--armor", "--detach-sign", "--output",
+                     os.fspath(signature), os.fspath(data)], self.home, what)
+        except PublishError as e:
+            if "passphrase" in str(e).lower() or "bad" in str(e).lower():
+                raise PublishError(f"{self.what}: the secret key needs a passphrase; "
+                                   "compose signs unattended with keys that have none") from e
+            raise
+
+    def close(self) -> None:
+        with _OPEN_LOCK:
+            if self not in _OPEN:
+                return
+            _OPEN.discard(self)
+        stop_agent(self.home)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def __enter__(self) -> Signer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
 def sign_detached(secret_key: Path, data: Path, signature: Path) -> None:
     """Write an armoured detached signature of `data` to `signature` with `secret_key`."""
-    what = f"signing {os.fspath(data)} with {os.fspath(secret_key)}"
     if not secret_key.is_file():
-        raise PublishError(f"{what}: the key file does not exist")
-    with tempfile.TemporaryDirectory(prefix="rpmimg-gnupg-") as tmp:
-        home = Path(tmp)
-        os.chmod(home, 0o700)
-        try:
-            run_gpg(["--import", os.fspath(secret_key)], home, what)
-            listing = run_gpg(["--with-colons", "--list-secret-keys"], home, what)
-            fingerprints = [line.split(":")[9] for line in listing.splitlines()
-                            if line.startswith("fpr:")]
-            if not fingerprints:
-                raise PublishError(f"{what}: the file holds no secret key")
-            run_gpg(["--pinentry-mode", "loopback", "--passphrase", "", "--local-user",
-                     fingerprints[0], "--armor", "--detach-sign", "--output",
-                     os.fspath(signature), os.fspath(data)], home, what)
-        finally:
-            # The agent gpg started for this home would otherwise outlive it.
-            subprocess.run(["gpgconf", "--kill", "gpg-agent"], check=False, capture_output=True,
-                           env={**os.environ, "GNUPGHOME": os.fspath(home)})
+        raise PublishError(f"signing {os.fspath(data)} with {os.fspath(secret_key)}: "
+                           "the key file does not exist")
+    with Signer(secret_key) as signer:
+        signer.sign(data, signature)

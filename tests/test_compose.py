@@ -21,7 +21,7 @@ from rpmextents import ExtentsPackage
 from rpmimg.cli import main
 from solver.compose import compose
 from solver.definition import ImageDefinition, RepoSource
-from solver.errors import DepsolveError, FetchError
+from solver.errors import DepsolveError, FetchError, RepoError
 from solver.fetch import Fetcher
 from solver.publish import ImageStore
 
@@ -51,7 +51,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     repo = root / "repo"
     for p in solver_universe():
         add_package(p, repo, repo_key)
-    createrepo(repo)
+    createrepo(repo, key=repo_key)
     return World(repo, repo_key, other, manifest_key)
 
 
@@ -153,7 +153,7 @@ def test_new_package_version_publishes_a_diff(world: World, tmp_path: Path,
                         provides=("libfoo.so.1()(64bit)",), files=("/usr/lib64/libfoo.so.2",)),
                 repo, world.repo_key)
     (repo / "Packages" / "scripted-1.0-1.noarch.rpm").unlink()
-    createrepo(repo)
+    createrepo(repo, key=world.repo_key)
     second = compose(definition(url_of(repo), gpgkey=world.repo_key.public,
                                 packages=("app", "oldnet")), out)
     assert second.changed and second.previous == first.version
@@ -226,7 +226,13 @@ def test_unsatisfiable_definition_publishes_nothing(world: World, tmp_path: Path
 
 def test_repository_key_mismatch_is_refused(world: World, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with serve(world.repo) as web, pytest.raises(FetchError, match="signed with a key that is not"):
+    # Metadata signed by another key than the definition's is refused before any package.
+    with serve(world.repo) as web, pytest.raises(RepoError, match="repomd.xml: signature is not"):
+        compose(definition(web.url, gpgkey=world.other_key.public), out)
+    # Metadata signed by the right key does not vouch for packages signed by another.
+    repo = repo_copy(world, tmp_path)
+    createrepo(repo, key=world.other_key)
+    with serve(repo) as web, pytest.raises(FetchError, match="signed with a key that is not"):
         compose(definition(web.url, gpgkey=world.other_key.public), out)
     assert ImageStore(out).names() == [] and list(ImageStore(out).pool.entries()) == []
 
@@ -234,7 +240,7 @@ def test_repository_key_mismatch_is_refused(world: World, tmp_path: Path) -> Non
 def test_unsigned_package_is_refused_when_the_repo_has_a_key(world: World, tmp_path: Path) -> None:
     repo = repo_copy(world, tmp_path)
     add_package(package("unsigned-tool", files=("/usr/bin/unsigned-tool",)), repo)
-    createrepo(repo)
+    createrepo(repo, key=world.repo_key)
     with pytest.raises(FetchError, match="^unsigned-tool-1.0-1.noarch: package is not signed"):
         compose(definition(url_of(repo), gpgkey=world.repo_key.public,
                            packages=("unsigned-tool",)), tmp_path / "out")
@@ -274,7 +280,8 @@ def test_http_remote_key_and_metadata(world: World, tmp_path: Path) -> None:
     shutil.copy(world.repo_key.public, site / "key.asc")
     with serve(site) as web:
         d = ImageDefinition("demo", "x86_64", PACKAGES,
-                            (RepoSource("main", web.url + "repo/", web.url + "key.asc"),))
+                            (RepoSource("main", web.url + "repo/", web.url + "key.asc",
+                                        gpgkey_fingerprint=(world.repo_key.fingerprint,)),))
         first = compose(d, tmp_path / "out")
         again = compose(d, tmp_path / "out")
     assert first.changed and not again.changed

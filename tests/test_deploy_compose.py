@@ -28,7 +28,7 @@ def test_composed_image_deploys_like_rpm_install(sysroot: Path, images: Images, 
     assert len(rpms) == len(NAMES)
     for p in rpms:
         shutil.copy(p, repo / "Packages")
-    createrepo(repo)
+    createrepo(repo, key=images.key)
     definition = tmp_path / "demo.toml"
     definition.write_text(
         'name = "composed"\narch = "x86_64"\n'

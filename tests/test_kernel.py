@@ -489,6 +489,8 @@ def test_openat2_in_root_treats_absolute_links_as_the_tree(tmp_path: Path) -> No
         with pytest.raises(OSError) as nosym:
             kernel.openat2(rfd, "usr/lib/foo/baz", flags, kernel.Resolve.NO_SYMLINKS, 0o600)
         assert nosym.value.errno == errno.ELOOP
+        # A directory opened with a mode given: the mode is dropped, not passed to the kernel.
+        os.close(kernel.openat2(rfd, "usr", os.O_RDONLY | os.O_DIRECTORY, kernel.Resolve.BENEATH, 0o755))
     finally:
         os.close(rfd)
     assert list(outside.iterdir()) == []

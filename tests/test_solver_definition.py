@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from solver.definition import DEFAULT_MULTIVERSION, load_definition, parse_definition
+from solver.definition import (
+    DEFAULT_MULTIVERSION,
+    ImageDefinition,
+    load_definition,
+    parse_definition,
+)
 from solver.errors import DefinitionError
 
 GOOD = textwrap.dedent("""\
@@ -117,3 +122,63 @@ def test_key_lines_follow_the_right_table() -> None:
     text = GOOD.replace('url = "file:///srv/repo/"', 'url = "gopher://x/"')
     with pytest.raises(DefinitionError, match=r":14: in \[\[repo\]\] #2: 'url'"):
         parse_definition(text, Path("/defs/demo.toml"))
+
+
+TRUST = """\
+    name = "demo"
+    arch = "x86_64"
+    packages = ["bash"]
+    allow_downgrade = ["bash"]
+    [[repo]]
+    name = "oss"
+    url = "https://example.org/oss"
+    gpgkey = "https://example.org/oss/key.asc"
+    gpgkey_fingerprint = "22c0 7ba5 3417 8cd0 2efe  22aa b88b 2fd4 3dbd c284"
+    max_metadata_age = "36h"
+    allow_weak_checksums = true
+    """
+
+
+def test_trust_keys_load() -> None:
+    d = parse(TRUST)
+    assert isinstance(d, ImageDefinition)
+    repo = d.repos[0]
+    assert repo.gpgkey_fingerprint == ("22C07BA534178CD02EFE22AAB88B2FD43DBDC284",)
+    assert repo.max_metadata_age == 36 * 3600 and repo.allow_weak_checksums
+    assert d.allow_downgrade == ("bash",)
+    # Each of them changes what the inputs digest covers.
+    assert d.canonical()["repos"][0]["gpgkey_fingerprint"] == list(repo.gpgkey_fingerprint)
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('gpgkey_fingerprint = "22c0 7ba5 3417 8cd0 2efe  22aa b88b 2fd4 3dbd c284"',
+     'gpgkey_fingerprint = "3DBDC284"',
+     "/defs/demo.toml:9: in [[repo]] #1: 'gpgkey_fingerprint' '3DBDC284' is not a full OpenPGP "
+     "fingerprint (40 or 64 hex digits)"),
+    ('gpgkey = "https://example.org/oss/key.asc"', "",
+     "/defs/demo.toml:9: in [[repo]] #1: 'gpgkey_fingerprint' needs a 'gpgkey'"),
+    ('max_metadata_age = "36h"', 'max_metadata_age = "soon"',
+     "/defs/demo.toml:10: in [[repo]] #1: 'max_metadata_age' must be a positive duration such "
+     'as "36h" or "7d" (units s, m, h, d, w)'),
+    ("allow_weak_checksums = true", 'allow_weak_checksums = "yes"',
+     "/defs/demo.toml:11: in [[repo]] #1: 'allow_weak_checksums' must be a boolean (true or "
+     "false), not string"),
+    ('allow_downgrade = ["bash"]', "allow_downgrade = [1]",
+     "/defs/demo.toml:4: 'allow_downgrade'[0] must be a string, not integer"),
+])
+def test_trust_keys_are_checked(old: str, new: str, message: str) -> None:
+    assert old in TRUST
+    with pytest.raises(DefinitionError) as e:
+        parse(TRUST.replace(old, new))
+    assert str(e.value) == message
+
+
+def test_deep_nesting_and_huge_files_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(DefinitionError) as e:
+        parse('name = "demo"\nx = ' + "[" * 100000 + "]" * 100000 + "\n")
+    assert str(e.value) == "/defs/demo.toml: invalid TOML: nested too deeply"
+    huge = tmp_path / "huge.toml"
+    with open(huge, "wb") as f:
+        f.truncate(2 << 20)
+    with pytest.raises(DefinitionError, match=r"huge.toml: larger than 1048576 bytes$"):
+        load_definition(huge)

@@ -1,16 +1,21 @@
-"""Fetching over real HTTP on 127.0.0.1: checksums, resume after a cut, retries, file://."""
+"""Fetching over real HTTP on 127.0.0.1: checksums, resume after a cut, retries, file://, and
+the bounds on what a repository's server may send."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
+import hostile_httpd
 import pytest
+from hostile_httpd import Mode, Rule
 
 from fixtures.httpd import Faults, serve
+from host.http import Limits
 from solver.errors import FetchError
-from solver.fetch import Checksum, Fetcher, FetchItem
+from solver.fetch import DEFAULT_LIMIT, Checksum, Fetcher, FetchItem
 
 PAYLOAD = os.urandom(300_000)
 
@@ -113,7 +118,7 @@ def test_persistent_failure_gives_up(tmp_path: Path, site: Path) -> None:
 def test_refused_connection_gives_up(tmp_path: Path, site: Path) -> None:
     with serve(site) as web:
         url = web.url  # nobody listens on this port once the server has closed
-    with pytest.raises(FetchError, match=r"^a: download of .* failed after 4 attempts"):
+    with pytest.raises(FetchError, match=r"^a: http://127\.0\.0\.1:\d+/pkgs/a\.rpm: failed after 4 attempts: Connection refused$"):
         fetcher().fetch(FetchItem(url + "pkgs/a.rpm", tmp_path / "a", None, "a"))
 
 
@@ -145,3 +150,44 @@ def test_verified_file_from_earlier_run_is_not_fetched_again(tmp_path: Path, sit
     with serve(site) as web:
         fetcher().fetch(FetchItem(web.url + "pkgs/a.rpm", dest, sha(PAYLOAD), "a"))
     assert web.requests == []
+
+
+def test_listed_size_caps_the_download(tmp_path: Path, site: Path) -> None:
+    dest = tmp_path / "a.rpm"
+    rule = Rule(Mode.ENDLESS, size=3 << 30)
+    with hostile_httpd.serve(site, {"/pkgs/a.rpm": rule}) as web, pytest.raises(FetchError) as e:
+        fetcher().fetch(FetchItem(web.url + "pkgs/a.rpm", dest, sha(PAYLOAD), "a-1.0-1.x86_64",
+                                  len(PAYLOAD)))
+    assert str(e.value) == (f"a-1.0-1.x86_64: {web.url}pkgs/a.rpm: the server sent more than the "
+                            f"{len(PAYLOAD)} bytes expected")
+    assert not dest.exists() and not dest.with_name("a.rpm.part").exists()
+
+
+def test_unlisted_size_gets_a_fixed_cap(tmp_path: Path, site: Path) -> None:
+    # repomd.xml, keys, and a package listed with size 0 (None): DEFAULT_LIMIT unless told.
+    rule = Rule(Mode.HUGE, size=1 << 30)
+    with hostile_httpd.serve(site, {"/repomd.xml": rule}) as web:
+        with pytest.raises(FetchError, match=rf"repomd.xml: Content-Length 1073741824 from byte 0 is more than the {DEFAULT_LIMIT}-byte maximum"):
+            fetcher().fetch(FetchItem(web.url + "repodata/repomd.xml", tmp_path / "r", None, "repo"))
+        with pytest.raises(FetchError, match="more than the 1000-byte maximum"):
+            fetcher().fetch(FetchItem(web.url + "pkgs/a.rpm", tmp_path / "a", None, "a", limit=1000))
+    assert not (tmp_path / "r.part").exists()
+
+
+def test_trickling_mirror_is_given_up_at_the_deadline(tmp_path: Path, site: Path) -> None:
+    limits = Limits(deadline_base=2, min_rate=1e12, idle_timeout=5)
+    started = time.monotonic()
+    with hostile_httpd.serve(site, {"/pkgs/a.rpm": Rule(Mode.TRICKLE, interval=0.1)}) as web, \
+            pytest.raises(FetchError, match=r"^a: .*a\.rpm: gave up after 2\.\d s, past the deadline"):
+        Fetcher(limits=limits).fetch(FetchItem(web.url + "pkgs/a.rpm", tmp_path / "a",
+                                               sha(PAYLOAD), "a", len(PAYLOAD)))
+    assert time.monotonic() - started < 3
+
+
+def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RPMIMG_FETCH_IDLE_TIMEOUT", "7")
+    assert Fetcher().limits.idle_timeout == 7
+    assert Fetcher(timeout=3, attempts=2).limits == Limits(idle_timeout=3, attempts=2)
+    monkeypatch.setenv("RPMIMG_FETCH_IDLE_TIMEOUT", "soon")
+    with pytest.raises(FetchError, match="RPMIMG_FETCH_IDLE_TIMEOUT='soon': not a number"):
+        Fetcher()

@@ -8,14 +8,19 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
-from deploy.errors import FetchError
+from deploy.errors import FetchError, ManifestError
 from deploy.manifest import PackageRef
 
 ProgressFn = Callable[[int, int], None]
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.asc"
+# Read at most this much of a manifest and of its signature, whatever the transport: they
+# are fetched before anything is verified. 16 MiB holds some 25,000 package entries; an
+# armoured detached signature is about 1 KiB.
+MANIFEST_LIMIT = 16 << 20
+SIGNATURE_LIMIT = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -75,25 +80,54 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def decompress_zstd(src: Path, dst: Path, what: str) -> None:
-    """Decompress src into dst (via a temp name, so dst is complete or absent)."""
+def read_limited(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the file at path, refused (ManifestError) when it holds more than limit."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e.strerror}") from e
+    if len(data) > limit:
+        raise ManifestError(f"{path}: {what} larger than the {limit}-byte maximum")
+    return data
+
+
+def decompress_zstd(fin: BinaryIO, dst: Path, what: str, size: int) -> None:
+    """Decompress the zstd stream fin into dst (via a temp name, so dst is complete or
+    absent); the result must be exactly `size` bytes, and no more is ever written."""
     import zstandard
 
     tmp = dst.with_name(dst.name + ".unzst")
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            zstandard.ZstdDecompressor().copy_stream(fin, fout)
+        with zstandard.ZstdDecompressor().stream_reader(fin, closefd=False) as reader, \
+                open(tmp, "wb") as fout:
+            left = size + 1
+            while left and (chunk := reader.read(min(1 << 20, left))):
+                fout.write(chunk)
+                left -= len(chunk)
+            written = fout.tell()
     except zstandard.ZstdError as e:
         tmp.unlink(missing_ok=True)
-        raise FetchError(f"{what}: cannot decompress {src.name}: {e}") from e
+        raise FetchError(f"{what}: cannot decompress its zstd copy: {e}") from e
+    if written != size:
+        tmp.unlink()
+        got = "more than" if written > size else f"{written} bytes, not"
+        raise FetchError(f"{what}: its zstd copy decompresses to {got} the {size} bytes "
+                         "the manifest states")
     os.rename(tmp, dst)
 
 
 def copy_file(src: Path, dst: Path) -> None:
     """Copy src to dst, sharing extents when the kernel can (same btrfs: a reflink)."""
+    with open(src, "rb") as fin:
+        copy_open_file(fin, dst, os.fstat(fin.fileno()).st_size)
+
+
+def copy_open_file(fin: BinaryIO, dst: Path, size: int) -> None:
+    """Copy the first `size` bytes of fin to dst (via a temp name), reflinked when it can."""
     tmp = dst.with_name(dst.name + ".copy")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        remaining = os.fstat(fin.fileno()).st_size
+    with open(tmp, "wb") as fout:
+        remaining = size
         try:
             while remaining > 0:
                 n = os.copy_file_range(fin.fileno(), fout.fileno(), remaining)
@@ -105,6 +139,8 @@ def copy_file(src: Path, dst: Path) -> None:
             fin.seek(0)
             fout.seek(0)
             fout.truncate()
-            while chunk := fin.read(1 << 20):
+            remaining = size
+            while remaining > 0 and (chunk := fin.read(min(1 << 20, remaining))):
                 fout.write(chunk)
+                remaining -= len(chunk)
     os.rename(tmp, dst)

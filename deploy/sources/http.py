@@ -1,28 +1,26 @@
-"""HTTP(S) with requests: parallel, resumable (Range), retried with backoff.
+"""HTTP(S): parallel, resumable (Range), retried with backoff, bounded (host.http).
 
 Packages are fetched as their zstd copy when the manifest lists one, so a client
-downloads about as many bytes as the original compressed RPMs.
+downloads about as many bytes as the original compressed RPMs. No file is read past
+the size the signed manifest states; the manifest and its signature, fetched before
+anything is verified, past MANIFEST_LIMIT and SIGNATURE_LIMIT.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
-import time
 import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
-
-import requests
 
 from deploy.errors import FetchError, ManifestError
 from deploy.faults import checkpoint
 from deploy.manifest import PackageRef
 from deploy.sources.base import (
+    MANIFEST,
+    MANIFEST_LIMIT,
     SIGNATURE,
+    SIGNATURE_LIMIT,
     ByteCounter,
     FetchJob,
     FetchStats,
@@ -30,117 +28,45 @@ from deploy.sources.base import (
     decompress_zstd,
     sha256_file,
 )
+from host.http import DownloadError, Limits, download_bytes, download_file
 
-log = logging.getLogger(__name__)
-
-# Small enough that a dropped connection loses little of what was already received.
-CHUNK = 1 << 14
 WORKERS = 4
-RETRIES = 4
-TIMEOUT = 30.0
-# Statuses worth retrying: the server or a proxy had a moment.
-_TRANSIENT = {408, 425, 429, 500, 502, 503, 504}
-
-
-class _Transient(Exception):
-    pass
 
 
 class HttpSource:
     """An image published on a web server."""
 
-    def __init__(self, url: str, *, workers: int = WORKERS, retries: int = RETRIES) -> None:
+    def __init__(self, url: str, *, workers: int = WORKERS, limits: Limits | None = None) -> None:
         if url.endswith("/"):
-            url += "manifest.json"
+            url += MANIFEST
         self.url = url
         self.workers = workers
-        self.retries = retries
-        self._local = threading.local()
+        if limits is None:
+            try:
+                limits = Limits.from_environment()
+            except DownloadError as e:
+                raise FetchError(str(e)) from e
+        self.limits = limits
 
     @property
     def manifest_location(self) -> str:
         return self.url
 
-    def _session(self) -> requests.Session:
-        # A Session is not safe to share between threads; keep one per worker.
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.headers["User-Agent"] = "rpmimg"
-            self._local.session = session
-        return session
-
-    def _retrying(self, what: str, attempt_fn: Any) -> Any:
-        delay = 0.2
-        for attempt in range(self.retries + 1):
-            try:
-                return attempt_fn()
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError, _Transient) as e:
-                if attempt == self.retries:
-                    raise FetchError(f"{what}: failed after {attempt + 1} attempts: {e}") from e
-                log.debug("%s: %s; retrying in %.1f s", what, e, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
-
-    def _get_small(self, url: str, missing_ok: bool = False) -> bytes | None:
-        def attempt() -> bytes | None:
-            r = self._session().get(url, timeout=TIMEOUT)
-            if r.status_code == 404 and missing_ok:
-                return None
-            if r.status_code in _TRANSIENT:
-                raise _Transient(f"HTTP {r.status_code}")
-            if r.status_code != 200:
-                raise ManifestError(f"{url}: HTTP {r.status_code} {r.reason}")
-            return r.content
-
-        result: bytes | None = self._retrying(url, attempt)
-        return result
-
     def fetch_manifest(self) -> tuple[bytes, bytes | None]:
-        data = self._get_small(self.url)
-        assert data is not None
-        sig = self._get_small(urllib.parse.urljoin(self.url, SIGNATURE), missing_ok=True)
-        return data, sig
+        try:
+            data = download_bytes(self.url, MANIFEST_LIMIT, limits=self.limits)
+        except DownloadError as e:
+            raise ManifestError(str(e)) from e
+        sig_url = urllib.parse.urljoin(self.url, SIGNATURE)
+        try:
+            return data, download_bytes(sig_url, SIGNATURE_LIMIT, limits=self.limits)
+        except DownloadError as e:
+            if e.status == 404:
+                return data, None
+            raise ManifestError(str(e)) from e
 
     def package_url(self, ref: PackageRef) -> str:
         return urllib.parse.urljoin(self.url, ref.location)
-
-    def _download(self, url: str, part: Path, size: int, counter: ByteCounter) -> None:
-        """Bring part up to size bytes from url, resuming what a previous attempt left."""
-
-        def attempt() -> None:
-            have = part.stat().st_size if part.exists() else 0
-            if have > size:
-                part.unlink()
-                have = 0
-            if have == size:
-                return
-            headers = {"Range": f"bytes={have}-"} if have else {}
-            with self._session().get(url, headers=headers, stream=True, timeout=TIMEOUT) as r:
-                if r.status_code in _TRANSIENT:
-                    raise _Transient(f"HTTP {r.status_code}")
-                if r.status_code == 200:
-                    mode = "wb"  # server ignored the range: start over
-                    counter.add(-have)
-                elif r.status_code == 206 and have:
-                    mode = "ab"
-                else:
-                    raise FetchError(f"{url}: HTTP {r.status_code} {r.reason}")
-                with open(part, mode) as f:
-                    for chunk in r.iter_content(CHUNK):
-                        f.write(chunk)
-                        counter.add(len(chunk))
-                    f.flush()
-                    os.fsync(f.fileno())
-            got = part.stat().st_size
-            if got < size:
-                raise _Transient(f"connection closed after {got} of {size} bytes")
-
-        if part.exists():
-            counter.add(min(part.stat().st_size, size))
-        self._retrying(url, attempt)
 
     def _fetch_one(self, job: FetchJob, counter: ByteCounter) -> None:
         ref = job.ref
@@ -150,13 +76,17 @@ class HttpSource:
         else:
             url, size, digest = self.package_url(ref), ref.size, ref.sha256
         part = job.dest.with_name(job.dest.name + (".zst.part" if ref.zstd else ".part"))
-        self._download(url, part, size, counter)
+        try:
+            download_file(url, part, size=size, limits=self.limits, progress=counter.add)
+        except DownloadError as e:
+            raise FetchError(f"{ref.nevra}: {e}") from e
         checkpoint("downloaded package")
         if part.stat().st_size != size or sha256_file(part) != digest:
             part.unlink()
             raise FetchError(f"{ref.nevra}: {url}: download does not match the manifest's sha256")
         if ref.zstd is not None:
-            decompress_zstd(part, job.dest, ref.nvra)
+            with open(part, "rb") as f:
+                decompress_zstd(f, job.dest, ref.nvra, ref.size)
             part.unlink()
         else:
             os.rename(part, job.dest)

@@ -1,24 +1,38 @@
-"""A published output directory reached through the filesystem (a path, file://, a USB stick)."""
+"""A published output directory reached through the filesystem (a path, file://, a USB stick).
+
+Whoever wrote the directory is not trusted more than a web server: the manifest and its
+signature are read up to MANIFEST_LIMIT and SIGNATURE_LIMIT; a package is opened beneath
+the published directory its location climbs to, following no symlink out of it, and
+refused unless it is a regular file of the size the manifest states, before any copy.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import posixpath
+import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from deploy.errors import FetchError, ManifestError
 from deploy.faults import checkpoint
 from deploy.manifest import PackageRef
 from deploy.sources.base import (
     MANIFEST,
+    MANIFEST_LIMIT,
     SIGNATURE,
+    SIGNATURE_LIMIT,
     ByteCounter,
     FetchJob,
     FetchStats,
     ProgressFn,
-    copy_file,
+    copy_open_file,
     decompress_zstd,
+    read_limited,
 )
+from host.kernel import Resolve, openat2
 
 
 def find_manifest(path: Path) -> Path:
@@ -53,12 +67,9 @@ class LocalSource:
         return os.fspath(self.manifest_path)
 
     def fetch_manifest(self) -> tuple[bytes, bytes | None]:
-        try:
-            data = self.manifest_path.read_bytes()
-        except OSError as e:
-            raise ManifestError(f"{self.manifest_path}: cannot read: {e.strerror}") from e
+        data = read_limited(self.manifest_path, MANIFEST_LIMIT, "manifest")
         sig = self.manifest_path.with_name(SIGNATURE)
-        return data, sig.read_bytes() if sig.is_file() else None
+        return data, read_limited(sig, SIGNATURE_LIMIT, "signature") if sig.is_file() else None
 
     def _resolve(self, location: str) -> Path:
         return Path(os.path.normpath(self.manifest_path.parent / location))
@@ -66,19 +77,61 @@ class LocalSource:
     def package_url(self, ref: PackageRef) -> str:
         return os.fspath(self._resolve(ref.location))
 
+    def _open(self, location: str, size: int, what: str) -> BinaryIO | None:
+        """The file at location, opened beneath the directory the location climbs to
+        (its `..` steps, taken from the manifest's directory); None if it does not exist."""
+        rel = posixpath.normpath(location)
+        ups = 0
+        while rel == ".." or rel.startswith("../"):
+            ups, rel = ups + 1, rel[3:]
+        root = self.manifest_path.parent
+        if posixpath.isabs(rel) or ups >= len(root.parts):
+            raise FetchError(f"{what}: location {location!r} leaves the published directory")
+        for _ in range(ups):
+            root = root.parent
+        try:
+            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fd = openat2(dir_fd, rel, os.O_RDONLY, Resolve.BENEATH | Resolve.NO_MAGICLINKS)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            if e.errno in (errno.EXDEV, errno.ELOOP):
+                raise FetchError(f"{what}: {root / rel}: leads outside {root}") from e
+            raise FetchError(f"{what}: cannot open {root / rel}: {e.strerror}") from e
+        f = os.fdopen(fd, "rb")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            f.close()
+            kind = f"{st.st_size} bytes" if stat.S_ISREG(st.st_mode) else "not a regular file"
+            raise FetchError(f"{what}: {root / rel}: {kind}, the manifest states {size} bytes")
+        return f
+
+    def _fetch_one(self, job: FetchJob) -> None:
+        ref = job.ref
+        f = self._open(ref.location, ref.size, ref.nvra)
+        if f is not None:
+            with f:
+                copy_open_file(f, job.dest, ref.size)
+            return
+        if ref.zstd is not None:
+            z = self._open(ref.zstd.location, ref.zstd.size, ref.nvra)
+            if z is not None:
+                with z:
+                    decompress_zstd(z, job.dest, ref.nvra, ref.size)
+                return
+        raise FetchError(f"{ref.nvra}: {self._resolve(ref.location)}: no such file")
+
     def fetch(self, jobs: Sequence[FetchJob], progress: ProgressFn | None) -> FetchStats:
         counter = ByteCounter(sum(j.ref.size for j in jobs), progress)
         for job in jobs:
-            src = self._resolve(job.ref.location)
             try:
-                if src.is_file():
-                    copy_file(src, job.dest)
-                elif job.ref.zstd is not None and self._resolve(job.ref.zstd.location).is_file():
-                    decompress_zstd(self._resolve(job.ref.zstd.location), job.dest, job.ref.nvra)
-                else:
-                    raise FetchError(f"{job.ref.nvra}: {src}: no such file")
+                self._fetch_one(job)
             except OSError as e:
-                raise FetchError(f"{job.ref.nvra}: cannot copy {src}: {e.strerror}") from e
+                raise FetchError(f"{job.ref.nvra}: cannot copy {self._resolve(job.ref.location)}: "
+                                 f"{e.strerror}") from e
             counter.add(job.ref.size)
             checkpoint("fetched package")
         return FetchStats(packages=len(jobs), transferred=counter.done)

@@ -1,0 +1,222 @@
+"""One bounded HTTP(S) download, for the client and the server alike.
+
+Servers choose lengths, encodings, redirects and speed; this module chooses how much it
+reads and for how long:
+
+- Size: every download has a cap, the exact size the caller expects (from a signed
+  manifest or repository metadata) or a fixed maximum when no size is known. Reading
+  stops and fails at cap + 1 byte; a Content-Length above the cap is refused before the
+  body. Nothing beyond the cap is ever written.
+- Encoding: `Accept-Encoding: identity` is asked and Content-Encoding is never decoded:
+  the bytes on the wire are the bytes stored, so a gzip "bomb" stays its compressed size.
+- Time: a connect timeout, an idle timeout on every wait for data, and an overall
+  deadline for the whole download (attempts and backoff included) of
+  `deadline_base + cap / min_rate` seconds. Every socket wait is bounded by what is left
+  of the deadline, so it holds against a server that trickles its headers too.
+- Redirects: at most `max_redirects`, to http(s) only, never from https down to http;
+  an error names the URL asked for and where it was redirected.
+- Resume: a cut download resumes with `Range`; the `Content-Range` must start where the
+  partial data ends; a server that ignores Range restarts the file from its first byte.
+- Retries: connection errors, cuts and RETRY_STATUS answers, with doubling backoff.
+
+The wire (bounded sockets, proxies from http_proxy, https_proxy and no_proxy, redirects)
+is host.httpconn.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import logging
+import os
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from host.httpconn import Clock, DownloadError, Limits, Restart, Retry, exchange
+
+__all__ = ["RETRY_STATUS", "DownloadError", "Limits", "TooLarge", "download", "download_bytes",
+           "download_file"]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 16
+# Answers worth another attempt: the server or a proxy had a moment. Any other is final.
+RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+Progress = Callable[[int], None]  # bytes added to (or, on a restart, taken from) the file
+
+
+class TooLarge(DownloadError):
+    """The server sent, or announced, more bytes than the download's cap."""
+
+
+@dataclass
+class _Want:
+    url: str
+    size: int | None  # the exact size expected, when known
+    cap: int  # never more bytes than this
+    progress: Progress
+
+    def too_large(self, final: str, detail: str) -> TooLarge:
+        what = (f"the {self.cap} bytes expected" if self.size is not None
+                else f"the {self.cap}-byte maximum for a file of unknown size")
+        return TooLarge(f"{self.url}{_via(self.url, final)}: {detail} more than {what}", self.url)
+
+
+def _via(url: str, final: str) -> str:
+    return f" (redirected to {final})" if final != url else ""
+
+
+def _resume_offset(response: http.client.HTTPResponse, have: int) -> int:
+    """Where the body goes in the file: 0 for a whole file, `have` for a valid partial one."""
+    if response.status == 200:
+        return 0
+    value = (response.getheader("Content-Range") or "").strip()
+    m = _CONTENT_RANGE.fullmatch(value)
+    if m is None or int(m[1]) != have or int(m[2]) < have:
+        raise Restart(f"asked for bytes {have}-, got HTTP 206 with Content-Range {value!r}")
+    if response.length is not None and response.length != int(m[2]) - have + 1:
+        raise Restart(f"Content-Range {value!r} disagrees with Content-Length {response.length}")
+    return have
+
+
+def _truncate(sink: BinaryIO, want: _Want, at: int) -> None:
+    have = sink.seek(0, io.SEEK_END)
+    if have > at:
+        sink.truncate(at)
+        want.progress(at - have)
+
+
+def _body(response: http.client.HTTPResponse, sink: BinaryIO, want: _Want, start: int,
+          final: str) -> int:
+    """Write the body at `start`, never past the cap; returns the file's new length."""
+    if response.length is not None and start + response.length > want.cap:
+        raise want.too_large(final, f"Content-Length {response.length} from byte {start} is")
+    _truncate(sink, want, start)
+    pos = sink.seek(start)
+    while chunk := response.read1(min(CHUNK, want.cap - pos + 1)):
+        if pos + len(chunk) > want.cap:
+            raise want.too_large(final, "the server sent")
+        sink.write(chunk)
+        pos += len(chunk)
+        want.progress(len(chunk))
+    if response.length:  # http.client counts it down; what is left never arrived
+        raise Retry(f"connection closed after {pos} bytes, {response.length} short")
+    return pos
+
+
+def _attempt(sink: BinaryIO, want: _Want, clock: Clock) -> str:
+    """One request: resume or restart, read the body; returns the final URL."""
+    have = sink.seek(0, io.SEEK_END)
+    if want.size is not None and have == want.size:
+        return want.url
+    headers = {"User-Agent": "rpmimg", "Accept-Encoding": "identity", "Connection": "close"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    conn, response, final = exchange(want.url, headers, clock)
+    try:
+        status = response.status
+        if status == 416 and have:
+            _truncate(sink, want, 0)  # what we have is no prefix of the server's file
+            raise Retry("range not satisfiable, restarting")
+        if status in RETRY_STATUS:
+            raise Retry(f"HTTP {status} {response.reason}")
+        if status not in (200, 206):
+            raise DownloadError(f"{want.url}{_via(want.url, final)}: HTTP {status} {response.reason}",
+                                want.url, status)
+        if response.length is not None:
+            clock.tighten(clock.limits.deadline(response.length + have))
+        end = _body(response, sink, want, _resume_offset(response, have), final)
+    finally:
+        response.close()
+        conn.close()
+    if want.size is not None and end < want.size:
+        raise Retry(f"connection closed after {end} of {want.size} bytes")
+    return final
+
+
+def _describe(e: BaseException, limits: Limits) -> str:
+    if isinstance(e, TimeoutError):
+        return f"no data for {limits.idle_timeout:g} s"
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve host: {e.strerror}"
+    if isinstance(e, http.client.IncompleteRead):
+        return "connection closed in the middle of the body"
+    if isinstance(e, http.client.RemoteDisconnected):
+        return "connection closed without a response"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def download(url: str, sink: BinaryIO, *, size: int | None = None, limit: int | None = None,
+             limits: Limits | None = None, progress: Progress | None = None) -> str:
+    """Bring sink, resuming from its current length, to the whole file at url; return the
+    final URL. With `size` the file must be exactly that long, else at most `limit` bytes."""
+    limits = limits or Limits()
+    cap = size if size is not None else limit
+    if cap is None or cap < 0:
+        raise ValueError("download needs a size or a limit")
+    want = _Want(url, size, cap, progress or (lambda n: None))
+    clock = Clock(limits.deadline(cap), limits)
+    if sink.seek(0, io.SEEK_END) > cap:
+        sink.truncate(0)
+    want.progress(sink.seek(0, io.SEEK_END))
+    last = ""
+    for attempt in range(limits.attempts):
+        if attempt:
+            clock.sleep(min(limits.backoff * 2 ** (attempt - 1), 8.0))
+        try:
+            if clock.left() <= 0:
+                raise TimeoutError("deadline passed")
+            return _attempt(sink, want, clock)
+        except Restart as e:
+            _truncate(sink, want, 0)
+            last = str(e)
+        except Retry as e:
+            last = str(e)
+        except (OSError, http.client.HTTPException) as e:
+            if clock.left() <= 0:
+                got = sink.seek(0, io.SEEK_END)
+                raise DownloadError(
+                    f"{url}: gave up after {time.monotonic() - clock.start:.1f} s, past the deadline "
+                    f"for {cap} bytes ({got} received)", url) from e
+            if isinstance(e, ssl.SSLCertVerificationError):
+                raise DownloadError(f"{url}: certificate verify failed: {e.verify_message}", url) from e
+            last = _describe(e, limits)
+        log.debug("%s: attempt %d: %s", url, attempt + 1, last)
+    raise DownloadError(f"{url}: failed after {limits.attempts} attempts: {last}", url)
+
+
+def download_file(url: str, part: Path, *, size: int | None = None, limit: int | None = None,
+                  limits: Limits | None = None, progress: Progress | None = None) -> str:
+    """download() into the file `part`, resuming what it holds; return the final URL.
+
+    The file never grows past the cap; refused as too large, it is removed (its bytes came
+    from a server that lies about the file). Whatever else happens it is synced, so that
+    a later run resumes from it.
+    """
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with open(fd, "r+b") as sink:
+        try:
+            return download(url, sink, size=size, limit=limit, limits=limits, progress=progress)
+        except TooLarge:
+            part.unlink(missing_ok=True)
+            raise
+        finally:
+            sink.flush()
+            os.fsync(sink.fileno())
+
+
+def download_bytes(url: str, limit: int, *, limits: Limits | None = None) -> bytes:
+    """The whole file at url, at most `limit` bytes, in memory."""
+    sink = io.BytesIO()
+    download(url, sink, limit=limit, limits=limits)
+    return sink.getvalue()

@@ -1,0 +1,135 @@
+"""Repository keys and signed repomd.xml: which key a repository is trusted with, checked by gpg.
+
+A repository key is a local file, or a URL pinned by fingerprint in the definition:
+a key fetched from where the packages come from proves nothing unless the definition
+says which key it must be. OpenPGP work runs in a throw-away GNUPGHOME (gpg for key
+listing, gpgv for signatures), never in the host's keyrings.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from solver.definition import RepoSource
+from solver.errors import FetchError, RepoError
+from solver.fetch import Fetcher, FetchItem, local_path
+
+MAX_KEY = 1 << 20  # an armoured key file; real ones are a few KiB
+MAX_SIGNATURE = 64 << 10  # repomd.xml.asc
+MAX_REPOMD = 16 << 20  # repomd.xml; openSUSE's is a few KiB
+
+
+def read_capped(path: Path, limit: int, label: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (RepoError otherwise)."""
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise RepoError(f"{label}: {os.fspath(path)} is not a regular file")
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise RepoError(f"{label}: cannot read {os.fspath(path)}: {e.strerror}") from e
+    if len(data) > limit:
+        raise RepoError(f"{label}: {os.fspath(path)} is larger than {limit} bytes")
+    return data
+
+
+def fetch_small(fetcher: Fetcher, url: str, dest: Path, limit: int, label: str) -> bytes:
+    """A small file by URL: read in place (file://) or downloaded to `dest`, at most `limit` bytes."""
+    path = local_path(url)
+    if path is None:
+        dest.unlink(missing_ok=True)
+        try:
+            path = fetcher.fetch(FetchItem(url, dest, None, label, limit=limit))
+        except FetchError as e:
+            raise RepoError(str(e)) from e
+    return read_capped(path, limit, label)
+
+
+@contextmanager
+def _scratch_home() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="rpmimg-trust-") as tmp:
+        os.chmod(tmp, 0o700)
+        yield Path(tmp)
+
+
+def _run(cmd: Sequence[str], label: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+    try:
+        return subprocess.run(list(cmd), input=data, capture_output=True, env=env, check=False,
+                              timeout=60)
+    except FileNotFoundError as e:
+        raise RepoError(f"{label}: {cmd[0]} not found") from e
+    except subprocess.TimeoutExpired as e:
+        raise RepoError(f"{label}: {cmd[0]} did not finish") from e
+
+
+def key_fingerprints(armoured: bytes, label: str) -> list[str]:
+    """Fingerprints of the primary keys in an armoured key file (upper-case hex)."""
+    with _scratch_home() as home:
+        result = _run(["gpg", "--batch", "--no-tty", "--homedir", os.fspath(home),
+                       "--with-colons", "--show-keys"], label, armoured)
+    found: list[str] = []
+    primary = False
+    for line in result.stdout.decode(errors="replace").splitlines():
+        fields = line.split(":")
+        if fields[0] in ("pub", "sub"):
+            primary = fields[0] == "pub"
+        elif fields[0] == "fpr" and primary and len(fields) > 9:
+            found.append(fields[9].upper())
+            primary = False
+    if result.returncode != 0 or not found:
+        raise RepoError(f"{label}: no usable OpenPGP public key found")
+    return found
+
+
+def load_repo_key(source: RepoSource, fetcher: Fetcher, cache: Path) -> bytes:
+    """The armoured key of a repository, checked against the definition's pinned fingerprints."""
+    assert source.gpgkey is not None
+    label = f"repository {source.name!r} key {source.gpgkey}"
+    url = source.gpgkey if "://" in source.gpgkey else Path(source.gpgkey).as_uri()
+    remote = local_path(url) is None
+    if remote and not source.gpgkey_fingerprint:
+        raise RepoError(f"repository {source.name!r}: key {source.gpgkey} comes from a URL but "
+                        "the definition pins no gpgkey_fingerprint for it; refusing to trust it")
+    cache.mkdir(parents=True, exist_ok=True)
+    armoured = fetch_small(fetcher, url, cache / f"{source.name}.asc", MAX_KEY, label)
+    if source.gpgkey_fingerprint:
+        found = key_fingerprints(armoured, label)
+        unpinned = [f for f in found if f not in source.gpgkey_fingerprint]
+        if unpinned:
+            raise RepoError(f"repository {source.name!r}: key {source.gpgkey} has fingerprint "
+                            f"{unpinned[0]}, which gpgkey_fingerprint does not pin")
+    return armoured
+
+
+def verify_detached(armoured_key: bytes, data: bytes, signature: bytes, label: str) -> str:
+    """Check `signature` over `data` with the key; returns the signing key's fingerprint."""
+    with _scratch_home() as home:
+        dearmored = _run(["gpg", "--batch", "--no-tty", "--homedir", os.fspath(home),
+                          "--dearmor"], label, armoured_key)
+        if dearmored.returncode != 0 or not dearmored.stdout:
+            raise RepoError(f"{label}: the repository key cannot be read")
+        keyring = home / "keyring.gpg"
+        keyring.write_bytes(dearmored.stdout)
+        (home / "data").write_bytes(data)
+        (home / "data.asc").write_bytes(signature)
+        result = _run(["gpgv", "--homedir", os.fspath(home), "--keyring", os.fspath(keyring),
+                       "--status-fd", "1", os.fspath(home / "data.asc"),
+                       os.fspath(home / "data")], label)
+    status = [line.split() for line in result.stdout.decode(errors="replace").splitlines()]
+    valid = [words[2] for words in status if len(words) > 2 and words[1] == "VALIDSIG"]
+    good = any(len(words) > 1 and words[1] == "GOODSIG" for words in status)
+    if result.returncode != 0 or not valid or not good:
+        reasons = {"EXPKEYSIG": "made by an expired key", "REVKEYSIG": "made by a revoked key",
+                   "BADSIG": "does not match", "ERRSIG": "is not by the repository's key",
+                   "NODATA": "is not an OpenPGP signature", "EXPSIG": "has expired"}
+        reason = next((reasons[w[1]] for w in status if len(w) > 1 and w[1] in reasons),
+                      "does not verify")
+        raise RepoError(f"{label}: signature {reason}")
+    return valid[0]
