@@ -200,15 +200,15 @@ class _Run:
 
     def place(self, entry: Entry) -> None:
         tree = self.tree
-        if tree.is_anchor(entry.path):
-            # The destination itself (a package owning "/", or "/usr" of a /usr tree): rpm
-            # applies the directory's metadata to it.
-            if entry.type is not EntryType.DIR:
-                raise ExtractError(f"{entry.path}: only a directory can stand at the top of the tree")
-            self.dirs.append((tree.resolve_dir(entry.path)[1], entry))
-            return
         dir_fd, name, rel = tree.place(entry.path)
         etype = entry.type
+        if name == ".":
+            # The destination itself (a package owning "/", or "/usr" of a /usr tree): rpm
+            # applies the directory's metadata to it.
+            if etype is not EntryType.DIR:
+                raise ExtractError(f"{entry.path}: only a directory can stand at the top of the tree")
+            self.dirs.append((rel, entry))
+            return
         if etype is EntryType.FILE:
             self._file(entry, dir_fd, name, rel)
         elif etype is EntryType.DIR:

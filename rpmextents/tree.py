@@ -214,7 +214,8 @@ class Tree:
         parent, _, name = path.rpartition("/")
         known = self._dirs.get(parent)  # the common case: a sibling of the last entry
         rel = known[1] if known is not None else self.resolve_dir(parent or "/", create)[1]
-        return self._enter(rel), name, f"{rel}/{name}" if rel else name
+        fd = self._cur if rel == self._fd_rel else self._enter(rel)
+        return fd, name, f"{rel}/{name}" if rel else name
 
     def place(self, path: str) -> tuple[int, str, str]:
         """(parent directory fd, name, tree-relative path) for creating the image path `path`.
