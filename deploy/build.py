@@ -45,11 +45,17 @@ class Built:
     owner_ids: Mapping[str, Mapping[str, int | None]]
 
 
+OwnerIds = Mapping[str, Mapping[str, int | None]]
+# Writes the deployment's own record into the finished tree: (tree, subvolume id, owner ids).
+Seal = Callable[[Path, int, OwnerIds], None]
+
+
 def build(
     system: System, m: ImageManifest, store: Store, new_id: str, progress: ProgressFn,
-    base: DeploymentRecord | None, full: bool = False,
+    base: DeploymentRecord | None, full: bool = False, seal: Seal | None = None,
 ) -> Built:
-    """Build image m as deployment new_id; base is the deployment to update from.
+    """Build image m as deployment new_id; base is the deployment to update from. seal
+    writes the deployment's record into the tree before it is made read-only.
 
     A package claiming rpmimg's package database is refused before anything is built; a
     build that fails leaves no subvolume behind.
@@ -70,6 +76,9 @@ def build(
         if method == "full":
             builder = _full(system, m, store, path, progress)
             written, kept = builder.stats.entries, 0
+        owner_ids = builder.owner_ids()
+        if seal is not None:
+            seal(path, kernel.subvolume_id(path), owner_ids)
     except BaseException:
         with contextlib.suppress(OSError):
             _discard(path)
@@ -79,7 +88,7 @@ def build(
         written=written, kept=kept,
         reflinked=builder.stats.reflinked, copied=builder.stats.copied,
         outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
-        owner_ids=builder.owner_ids(),
+        owner_ids=owner_ids,
     )
 
 

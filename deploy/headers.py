@@ -1,29 +1,31 @@
-"""Read the package headers a deployment keeps in /usr/lib/sysimage/packages.
+"""Read package headers (lead, signature header, header) through rpmextents.
 
-These files are the deployment's package database: lead, signature header and header
-of each package, as `rpm -qp` reads them. Diff and verify use only them.
+A deployment keeps them as /usr/lib/sysimage/packages/N-V-R.A.rpm; the store holds them
+at the start of each extents RPM. `diff` reads the former; `verify` anchors on the
+latter (see deploy.verify).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO, cast
 
 from deploy.errors import DeploymentError
 from deploy.tree import HEADER_DIR
 from host import kernel
-
-# rpm's FILEDIGESTALGO numbers (rpmpgp.h) to hashlib names.
-DIGEST_ALGOS = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224"}
+from rpmextents.errors import Error as FormatFamilyError
+from rpmextents.header import PackagePrefix, read_prefix
+from rpmextents.transcode import nevra_of
 
 
 @dataclass(frozen=True)
 class InstalledPackage:
-    """One header file: the package's identity and the rpm header object."""
+    """One package header: its identity and the parsed lead, signature and header."""
 
     file: Path
     name: str
@@ -31,7 +33,7 @@ class InstalledPackage:
     version: str
     release: str
     arch: str
-    header: Any  # rpm.hdr
+    prefix: PackagePrefix
 
     @property
     def nvra(self) -> str:
@@ -43,39 +45,27 @@ class InstalledPackage:
         return f"{epoch}{self.version}-{self.release}"
 
 
-def read_header(path: Path, dir_fd: int | None = None) -> InstalledPackage:
-    """Parse one header file; digests are checked, signatures are not (the store did that).
+def read_prefix_at(path: Path, dir_fd: int | None = None) -> PackagePrefix:
+    """Lead, signature header and header at the start of path (not followed if a symlink).
 
-    With dir_fd, path's name is opened in that directory; a symlink is never followed.
+    With dir_fd, path's name is opened in that directory; anything but a regular file is refused.
     """
-    import rpm
-
-    ts = rpm.TransactionSet()
-    ts.setVSFlags(rpm.RPMVSF_MASK_NOSIGNATURES)
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(path.name if dir_fd is not None else path, flags, dir_fd=dir_fd)
-    except OSError as e:
-        raise DeploymentError(f"{path}: unreadable package header: {e.strerror}") from e
-    try:
+    fd = os.open(path.name if dir_fd is not None else path,
+                 os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DeploymentError(f"{path}: not a regular file")
-        hdr = ts.hdrFromFdno(fd)
-    except rpm.error as e:
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        return read_prefix(cast(BinaryIO, f))
+
+
+def read_header(path: Path, dir_fd: int | None = None) -> InstalledPackage:
+    """Parse one header file; its signatures are not checked (the store did that)."""
+    try:
+        prefix = read_prefix_at(path, dir_fd)
+        _, epoch, name, version, release, arch = nevra_of(prefix.header)
+    except (OSError, FormatFamilyError) as e:
         raise DeploymentError(f"{path}: unreadable package header: {e}") from e
-    finally:
-        os.close(fd)
-
-    def text(tag: int) -> str:
-        value = hdr[tag]
-        return value.decode() if isinstance(value, bytes) else str(value)
-
-    epoch = hdr[rpm.RPMTAG_EPOCH]
-    return InstalledPackage(
-        file=path, name=text(rpm.RPMTAG_NAME), epoch=epoch,
-        version=text(rpm.RPMTAG_VERSION), release=text(rpm.RPMTAG_RELEASE),
-        arch=text(rpm.RPMTAG_ARCH), header=hdr,
-    )
+    return InstalledPackage(path, name, epoch, version, release, arch, prefix)
 
 
 def installed_packages(usr: Path) -> Iterator[InstalledPackage]:

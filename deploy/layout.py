@@ -5,7 +5,8 @@
       lock                            flock()ed by the one mutating rpmimg; holds its pid
       usr-default.conf                kernel arguments selecting the default deployment's /usr
       store/<sha[:2]>/<sha256>.rpm    verified extents RPMs, content-addressed, read-only
-      deployments/<ID>/               one read-only subvolume per deployment: its /usr tree
+      deployments/<ID>/               one read-only subvolume per deployment: its /usr tree,
+                                      with its own record in lib/sysimage/rpmimg/deployment.json
       staging/                        partial downloads and deployments being built
 
 TOP is the sysroot itself when it is the top level; otherwise rpmimg mounts the top

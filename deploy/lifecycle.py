@@ -1,4 +1,5 @@
-"""Changing which deployments exist and which is default: rollback, pin, cleanup, recovery."""
+"""Changing which deployments exist and which is default: rollback, pin, cleanup, recovery,
+and rebuilding the state from the deployments' own records."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.errors import DeploymentError
+from deploy import bootselect, records, state
+from deploy.errors import DeploymentError, LockError
+from deploy.layout import Layout
 from deploy.lock import DEFAULT_WAIT, sysroot_lock
 from deploy.state import DeploymentRecord, State
 from deploy.store import Store
@@ -22,12 +25,16 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def mutating(system: System, lock_wait: float = DEFAULT_WAIT) -> Iterator[State]:
-    """Hold the sysroot lock, remove what a killed run left behind, yield the current state."""
+def mutating(system: System, lock_wait: float = DEFAULT_WAIT, *, clean: bool = True) -> Iterator[State]:
+    """Hold the sysroot lock, check the state explains the disk, yield the current state.
+
+    With clean, what a killed run left behind is removed first; without (pin, rollback),
+    nothing is deleted.
+    """
     system.layout.create()
     with sysroot_lock(system.layout.lock_file, lock_wait):
         current = system.load_state()
-        recover(system, current)
+        recover(system, current, delete=clean)
         yield current
 
 
@@ -40,36 +47,83 @@ def _delete_subvolume_or_tree(path: Path) -> None:
         path.unlink()
 
 
-def recover(system: System, current: State) -> list[str]:
-    """Delete half-built deployments and unrecorded ones; make the boot file match the state.
+def _staging_leftovers(layout: Layout) -> list[Path]:
+    return [
+        e for e in sorted(layout.staging.iterdir())
+        if e != layout.downloads and not e.name.startswith("discard-")
+    ]
 
-    Partial downloads are kept so that the next fetch resumes them.
+
+def recover(system: System, current: State, *, delete: bool = True) -> list[str]:
+    """Delete half-built deployments and those a marker allows to; make the boot file match.
+
+    Refuses (StateError, deleting nothing) when a deployment subvolume is neither in the
+    state nor marked as deletable, or is mounted: the state is missing or older than the
+    disk. Partial downloads are kept so that the next fetch resumes them.
     """
     layout = system.layout
-    removed = []
-    for entry in sorted(layout.staging.iterdir()):
-        if entry == layout.downloads:
-            continue
-        _delete_subvolume_or_tree(entry)
-        removed.append(os.fspath(entry))
+    why = records.stale(system, current)
+    if why:
+        raise records.refusal(system, why)
     known = {d.id for d in current.deployments}
-    for entry in sorted(layout.deployments.iterdir()):
-        if entry.name not in known:
+    marked = records.discardable(layout)
+    removed = []
+    if delete:
+        doomed = [layout.deployment(i) for i in sorted(marked - known)]
+        for entry in [*_staging_leftovers(layout), *(p for p in doomed if os.path.lexists(p))]:
             _delete_subvolume_or_tree(entry)
             removed.append(os.fspath(entry))
-    for tmp in layout.root.glob(".*.tmp-*"):
-        tmp.unlink()
-    for tmp in layout.downloads.glob("*.share"):  # a package being rewritten by the store
-        tmp.unlink()
-        removed.append(os.fspath(tmp))
-    for d in layout.store.glob("*/*"):
-        if not d.name.endswith(".rpm"):
-            d.unlink()
-            removed.append(os.fspath(d))
+        for tmp in layout.root.glob(".*.tmp-*"):
+            tmp.unlink()
+        # A package being rewritten by the store, or half decompressed: never resumable.
+        for tmp in [*layout.downloads.glob("*.share"), *layout.downloads.glob("*.unzst")]:
+            tmp.unlink()
+            removed.append(os.fspath(tmp))
+        for d in layout.store.glob("*/*"):
+            if not d.name.endswith(".rpm"):
+                d.unlink()
+                removed.append(os.fspath(d))
+    for deployment_id in records.discardable(layout):
+        # Handled above, or stale: the run that marked it was killed after saving the state.
+        if delete or deployment_id in known:
+            records.unmark(layout, deployment_id)
     if removed:
         log.info("removed leftovers of an interrupted run: %s", ", ".join(removed))
-    system.write_boot_file(current)
+    bootselect.write(system, current)
     return removed
+
+
+def settle(system: System) -> State:
+    """The state for a read-only command, with usr-default.conf made to agree with it.
+
+    The boot file is rewritten only when no other rpmimg holds the lock and the state
+    explains every deployment on disk; otherwise a warning points to `state rebuild`.
+    """
+    current = system.load_state()
+    layout = system.layout
+    if not layout.deployments.is_dir():
+        return current
+    try:
+        with sysroot_lock(layout.lock_file, 0):
+            why = records.stale(system, current)
+            if why:
+                log.warning("%s", records.refusal(system, why, refused=False))
+            else:
+                bootselect.write(system, current)
+    except LockError:
+        pass
+    return current
+
+
+def rebuild_state(system: System, lock_wait: float = DEFAULT_WAIT) -> tuple[State, list[str]]:
+    """Rebuild state.json from the deployments' own records (atomically); deletes nothing."""
+    system.layout.create()
+    with sysroot_lock(system.layout.lock_file, lock_wait):
+        new, skipped = records.rebuild(system)
+        # Saved as rebuilt, serial included: it continues the one the boot selection names.
+        state.save(system.layout.state_file, new)
+        bootselect.write(system, new)
+        return new, skipped
 
 
 def previous_of(current: State, deployment_id: str) -> DeploymentRecord | None:
@@ -90,7 +144,7 @@ class RollbackResult:
 
 def rollback(system: System, lock_wait: float = DEFAULT_WAIT) -> RollbackResult:
     """Make the deployment before the default the new default; mark the old one bad."""
-    with mutating(system, lock_wait) as current:
+    with mutating(system, lock_wait, clean=False) as current:
         if current.default is None:
             raise DeploymentError("nothing is deployed, so there is nothing to roll back")
         target = previous_of(current, current.default)
@@ -101,14 +155,13 @@ def rollback(system: System, lock_wait: float = DEFAULT_WAIT) -> RollbackResult:
         new = dataclasses.replace(
             current, default=target.id, bad=(*current.bad, current.default)
         )
-        system.save_state(new)
-        system.write_boot_file(new)
+        bootselect.write(system, system.save_state(new))
         return RollbackResult(previous=current.default, default=target.id)
 
 
 def pin(system: System, deployment_id: str, pinned: bool, lock_wait: float = DEFAULT_WAIT) -> None:
     """Protect a deployment from cleanup (or remove that protection)."""
-    with mutating(system, lock_wait) as current:
+    with mutating(system, lock_wait, clean=False) as current:
         record = current.get(deployment_id)
         system.save_state(current.replace_deployment(dataclasses.replace(record, pinned=pinned)))
 
@@ -128,7 +181,7 @@ def cleanup(system: System, keep: int, lock_wait: float = DEFAULT_WAIT) -> Clean
         raise DeploymentError(f"--keep {keep}: must keep at least one deployment")
     with mutating(system, lock_wait) as current:
         leftovers = tuple(recover(system, current))
-        protected = {current.default, system.booted()}
+        protected = {current.default, system.booted(), *system.mounted()}
         newest = [d.id for d in current.deployments][-keep:]
         keepers = [
             d for d in current.deployments
@@ -140,12 +193,16 @@ def cleanup(system: System, keep: int, lock_wait: float = DEFAULT_WAIT) -> Clean
             deployments=tuple(keepers),
             bad=tuple(b for b in current.bad if any(k.id == b for k in keepers)),
         )
-        # Record first: a crash then leaves unrecorded subvolumes, which recover() removes.
+        # Mark, then record: a crash leaves marked subvolumes the state no longer names,
+        # which recover() removes; unmarked ones it would refuse to touch.
+        for d in drop:
+            records.mark_discardable(system.layout, d.id)
         system.save_state(new)
         for d in drop:
             path = system.layout.deployment(d.id)
             if path.exists():
                 kernel.subvolume_delete(path)
+            records.unmark(system.layout, d.id)
         needed = {p.sha256 for d in keepers for p in d.packages}
         store = Store(system.layout.store)
         removed, freed = 0, 0

@@ -135,24 +135,65 @@ def _package(obj: Any, index: int, manifest_block_size: int) -> PackageRef:
     )
 
 
-def _report(obj: Any) -> Report:
-    if not isinstance(obj, dict):
+def _string_list(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise ManifestError(f"{where}: should be a list of strings")
+    return tuple(value)
+
+
+def _report(obj: Any, where: str) -> Report:
+    if obj is None:
         return Report((), (), {})
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: field 'report' should be an object")
     outside = obj.get("outside_usr") or {}
     if not isinstance(outside, dict):
-        raise ManifestError("report: field 'outside_usr' should be an object")
+        raise ManifestError(f"{where}: report field 'outside_usr' should be an object")
     return Report(
-        scriptlets=tuple(str(x) for x in obj.get("scriptlets") or ()),
-        triggers=tuple(str(x) for x in obj.get("triggers") or ()),
-        outside_usr={str(k): tuple(str(p) for p in v) for k, v in outside.items()},
+        scriptlets=_string_list(obj.get("scriptlets"), f"{where}: report field 'scriptlets'"),
+        triggers=_string_list(obj.get("triggers"), f"{where}: report field 'triggers'"),
+        outside_usr={
+            str(k): _string_list(v, f"{where}: report field 'outside_usr' of {k!r}")
+            for k, v in outside.items()
+        },
     )
+
+
+# A manifest nests four levels deep; anything far deeper is hostile, and Python's JSON
+# parser would recurse once per level.
+MAX_DEPTH = 16
+
+
+def check_depth(data: bytes, where: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON whose arrays and objects nest deeper than limit, before parsing it."""
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                raise ManifestError(f"{where}: JSON nested deeper than {limit} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
 
 
 def parse(data: bytes, where: str = "manifest") -> ImageManifest:
     """Parse and validate manifest bytes (already signature-checked)."""
+    check_depth(data, where)
     try:
         obj = json.loads(data)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ManifestError(f"{where}: not valid JSON: {e}") from e
     if not isinstance(obj, dict):
         raise ManifestError(f"{where}: not a JSON object")
@@ -176,7 +217,7 @@ def parse(data: bytes, where: str = "manifest") -> ImageManifest:
         created=_field(obj, "created", str, where),
         block_size=block_size,
         packages=packages,
-        report=_report(obj.get("report")),
+        report=_report(obj.get("report"), where),
     )
 
 

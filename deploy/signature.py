@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import re
 import tempfile
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from deploy.manifest import ImageManifest
 from deploy.run import run
 from deploy.sources import Source
 
+log = logging.getLogger(__name__)
+
 KEY_DIRS = ("etc/rpmimg/keys.d", "usr/lib/rpmimg/keys.d")
 
 _ARMOR = re.compile(
@@ -29,13 +32,40 @@ _ARMOR = re.compile(
 )
 
 
+def _is_public_key(path: Path) -> bool:
+    """Whether path starts like an OpenPGP public key: an armoured key block, or a binary
+    public-key packet (tag 6, old or new packet format)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    if b"-----BEGIN PGP PUBLIC KEY BLOCK-----" in head:
+        return True
+    if not head or not head[0] & 0x80:
+        return False
+    tag = head[0] & 0x3F if head[0] & 0x40 else (head[0] >> 2) & 0x0F
+    return tag == 6
+
+
 def trusted_key_files(sysroot: Path, keyrings: Sequence[Path] = ()) -> list[Path]:
-    """Key files given on the command line, then those in the sysroot's keys.d directories."""
+    """Key files given on the command line, then those in the sysroot's keys.d directories.
+
+    A file in keys.d that is not a public key (a README, an editor's backup) is skipped
+    with a warning naming it; --keyring files are taken as given.
+    """
     files = list(keyrings)
     for name in KEY_DIRS:
         d = sysroot / name
-        if d.is_dir():
-            files.extend(sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")))
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            if not p.is_file() or p.name.startswith("."):
+                continue
+            if _is_public_key(p):
+                files.append(p)
+            else:
+                log.warning("%s: skipped: not an OpenPGP public key", p)
     return files
 
 

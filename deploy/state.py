@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from deploy.errors import DeploymentError, StateError
 
 FORMAT = 1
+REBUILD_HINT = "`rpmimg state rebuild` rebuilds it from the deployments' own records"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class DeploymentRecord:
     # name, so root); an update may start from this deployment only while they still do.
     # Absent in deployments made before updates were built that way.
     owner_ids: Mapping[str, Mapping[str, int | None]] | None = None
+    # The key that signed the manifest (fingerprint); empty in deployments made before.
+    signed_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class State:
     # Highest version ever deployed per image, so an old signed manifest can't be replayed
     # after its deployment was cleaned up.
     newest: Mapping[str, str] = field(default_factory=dict)
+    # Raised by one at every save and written into usr-default.conf with it, so that a
+    # state file older than the boot selection (restored from a backup) is recognised.
+    serial: int = 0
 
     def get(self, deployment_id: str) -> DeploymentRecord:
         for d in self.deployments:
@@ -87,14 +94,85 @@ class State:
         )
 
 
-def _package_from(data: Mapping[str, Any]) -> PackageRecord:
-    return PackageRecord(**data)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ID = re.compile(r"[1-9][0-9]{0,8}")
 
 
-def _deployment_from(data: Mapping[str, Any]) -> DeploymentRecord:
-    values = dict(data)
-    values["packages"] = tuple(_package_from(p) for p in values["packages"])
-    return DeploymentRecord(**values)
+def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """data[key], refused unless it has the expected JSON type (a bool is not an int)."""
+    if key not in data:
+        raise StateError(f"{where}: missing field {key!r}")
+    value = data[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise StateError(f"{where}: field {key!r} should be {names}, not {value!r:.40}")
+    return value
+
+
+def _object(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise StateError(f"{where}: should be an object, not {value!r:.40}")
+    return value
+
+
+def _list(data: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value: list[Any] = _get(data, key, list, where)
+    return value
+
+
+def _strings(values: list[Any], where: str) -> tuple[str, ...]:
+    if not all(isinstance(v, str) for v in values):
+        raise StateError(f"{where}: should be a list of strings")
+    return tuple(values)
+
+
+def _package_from(value: Any, where: str) -> PackageRecord:
+    data = _object(value, where)
+    epoch = _get(data, "epoch", (int, type(None)), where)
+    sha256 = _get(data, "sha256", str, where)
+    header_sha256 = _get(data, "header_sha256", str, where)
+    if not _HEX64.fullmatch(sha256) or not _HEX64.fullmatch(header_sha256):
+        raise StateError(f"{where}: sha256 and header_sha256 should be 64 hex digits")
+    return PackageRecord(
+        name=_get(data, "name", str, where), epoch=epoch, version=_get(data, "version", str, where),
+        release=_get(data, "release", str, where), arch=_get(data, "arch", str, where),
+        sha256=sha256, header_sha256=header_sha256, size=_get(data, "size", int, where),
+        url=_get(data, "url", str, where),
+    )
+
+
+def _owner_ids(value: Any, where: str) -> Mapping[str, Mapping[str, int | None]] | None:
+    if value is None:
+        return None
+    out: dict[str, dict[str, int | None]] = {}
+    for kind, names in _object(value, where).items():
+        ids = _object(names, f"{where} {kind}")
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in ids.values()):
+            raise StateError(f"{where}: {kind} ids should be integers or null")
+        out[kind] = dict(ids)
+    return out
+
+
+def deployment_from(value: Any, where: str) -> DeploymentRecord:
+    """A deployment record from JSON, every field checked (StateError names the bad one)."""
+    data = _object(value, where)
+    deployment_id = _get(data, "id", str, where)
+    if not _ID.fullmatch(deployment_id):
+        raise StateError(f"{where}: deployment id {deployment_id!r} is not a positive number")
+    where = f"{where} (deployment {deployment_id})"
+    packages = _list(data, "packages", where)
+    return DeploymentRecord(
+        id=deployment_id, image=_get(data, "image", str, where),
+        version=_get(data, "version", str, where), arch=_get(data, "arch", str, where),
+        created=_get(data, "created", str, where),
+        manifest_sha256=_get(data, "manifest_sha256", str, where),
+        source=_get(data, "source", str, where), subvol_id=_get(data, "subvol_id", int, where),
+        packages=tuple(_package_from(p, f"{where} package #{i}") for i, p in enumerate(packages)),
+        pinned=_get(data, "pinned", bool, where) if "pinned" in data else False,
+        owner_ids=_owner_ids(data.get("owner_ids"), f"{where} owner_ids"),
+        signed_by=_get(data, "signed_by", str, where) if "signed_by" in data else "",
+    )
 
 
 def to_json(state: State) -> dict[str, Any]:
@@ -105,18 +183,34 @@ def to_json(state: State) -> dict[str, Any]:
         "bad": list(state.bad),
         "next_id": state.next_id,
         "newest": dict(state.newest),
+        "serial": state.serial,
     }
 
 
-def from_json(data: Mapping[str, Any]) -> State:
+def from_json(value: Any, where: str = "state") -> State:
+    """The state from parsed JSON, refusing any field of the wrong shape with StateError."""
+    data = _object(value, where)
     if data.get("format") != FORMAT:
-        raise StateError(f"unsupported state format {data.get('format')!r}")
+        raise StateError(f"{where}: unsupported state format {data.get('format')!r}")
+    deployments = tuple(
+        deployment_from(d, f"{where}: deployments[{i}]")
+        for i, d in enumerate(_list(data, "deployments", where))
+    )
+    ids = [d.id for d in deployments]
+    if len(set(ids)) != len(ids):
+        raise StateError(f"{where}: a deployment id is listed twice")
+    default = _get(data, "default", (str, type(None)), where)
+    if default is not None and default not in ids:
+        raise StateError(f"{where}: the default {default!r} is not one of the deployments")
+    newest = _object(_get(data, "newest", dict, where), f"{where}: newest")
+    next_id = _get(data, "next_id", int, where)
+    if next_id < 1:
+        raise StateError(f"{where}: field 'next_id' should be positive")
+    serial = _get(data, "serial", int, where) if "serial" in data else 0
     return State(
-        deployments=tuple(_deployment_from(d) for d in data["deployments"]),
-        default=data["default"],
-        bad=tuple(data["bad"]),
-        next_id=int(data["next_id"]),
-        newest=dict(data["newest"]),
+        serial=serial, deployments=deployments, default=default,
+        bad=_strings(_list(data, "bad", where), f"{where}: bad"), next_id=next_id,
+        newest=dict(zip(newest, _strings(list(newest.values()), f"{where}: newest"), strict=True)),
     )
 
 
@@ -127,12 +221,12 @@ def load(path: Path) -> State:
             data = json.load(f)
     except FileNotFoundError:
         return State()
-    except (OSError, ValueError) as e:
-        raise StateError(f"{path}: unreadable state file: {e}") from e
+    except (OSError, ValueError, RecursionError) as e:
+        raise StateError(f"{path}: unreadable state file: {e}; {REBUILD_HINT}") from e
     try:
-        return from_json(data)
-    except (KeyError, TypeError, ValueError) as e:
-        raise StateError(f"{path}: malformed state file: {e!r}") from e
+        return from_json(data, "in")
+    except StateError as e:
+        raise StateError(f"{path}: malformed state file: {e}; {REBUILD_HINT}") from e
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -73,6 +73,33 @@ class Store:
         self._parsed.pop(sha256, None)
         return size
 
+    def damaged(self, sha256: str) -> bool:
+        """Whether a stored entry no longer hashes to its name (the recorded sha256)."""
+        try:
+            return sha256_file(self.path(sha256)) != sha256
+        except OSError:
+            return True
+
+    def check_stored(self, ref: PackageRef, content: bool) -> bool:
+        """Check a package already in the store against its manifest entry: identity always
+        (PackageError when the manifest names it as something else), the whole content
+        with content. A damaged entry is removed and False returned: fetch it again."""
+        try:
+            with ExtentsPackage.open(self.path(ref.sha256)) as pkg:
+                _check_identity(ref, pkg)
+        except (PackageError, FormatFamilyError) as e:
+            if not self.damaged(ref.sha256):
+                # The entry is what its sha256 names: the manifest lies about it.
+                raise PackageError(f"{ref.nevra}: refused: the stored package with its sha256"
+                                   f" does not match the manifest entry: {e}") from e
+            content = True
+        if content and self.damaged(ref.sha256):
+            log.warning("%s: store entry %s is damaged; fetching it again", ref.nevra,
+                        self.path(ref.sha256))
+            self.remove(ref.sha256)
+            return False
+        return True
+
     def _content_index(self) -> dict[tuple[str, str], StoredExtent]:
         """Every stored file's data by (digest algorithm, digest); read once, then kept up to date."""
         if self._index is None:

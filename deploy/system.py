@@ -1,22 +1,19 @@
-"""An opened sysroot: its layout on the mounted top level, state, and boot selection file."""
+"""An opened sysroot: its layout on the mounted top level and its state."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import mounts, state
-from deploy.errors import CommandError, LayoutError
+from deploy.errors import LayoutError
 from deploy.layout import Layout
-from deploy.run import run
 from deploy.state import State
 from host import kernel
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,50 +27,11 @@ class System:
     def load_state(self) -> State:
         return state.load(self.layout.state_file)
 
-    def save_state(self, new: State) -> None:
-        state.save(self.layout.state_file, new)
-
-    def usr_path(self, deployment_id: str) -> Path:
-        return self.layout.deployment(deployment_id)
-
-    def fs_uuid(self) -> str | None:
-        """The btrfs filesystem UUID, from sysfs (blkid's cache can be stale for loop devices)."""
-        source = mounts.mount_of(self.layout.top).source
-        device = os.path.basename(os.path.realpath(source))
-        for devices in Path("/sys/fs/btrfs").glob("*/devices"):
-            if (devices / device).exists():
-                return devices.parent.name
-        try:
-            out = run(["blkid", "-p", "-o", "value", "-s", "UUID", source]).stdout.decode().strip()
-        except CommandError as e:
-            log.debug("no filesystem UUID for %s: %s", source, e)
-            return None
-        return out or None
-
-    def kernel_arguments(self, deployment_id: str) -> str:
-        """The arguments a boot entry uses to mount this deployment as /usr."""
-        uuid = self.fs_uuid()
-        device = f"UUID={uuid}" if uuid else mounts.mount_of(self.layout.top).source
-        return (
-            f"mount.usr={device} mount.usrflags=subvol={self.layout.subvol_path(deployment_id)},ro"
-        )
-
-    def write_boot_file(self, current: State) -> None:
-        """Make usr-default.conf name the state's default (or remove it when there is none)."""
-        path = self.layout.boot_file
-        if current.default is None:
-            path.unlink(missing_ok=True)
-            return
-        text = (
-            "# Written by rpmimg: kernel arguments that mount the default deployment as /usr.\n"
-            f"{self.kernel_arguments(current.default)}\n"
-        )
-        try:
-            if path.read_text(encoding="utf-8") == text:
-                return
-        except FileNotFoundError:
-            pass
-        state.write_atomically(path, text.encode())
+    def save_state(self, new: State) -> State:
+        """Save new atomically with its serial raised by one; returns what was saved."""
+        saved = dataclasses.replace(new, serial=new.serial + 1)
+        state.save(self.layout.state_file, saved)
+        return saved
 
     def booted(self) -> str | None:
         """The id of the deployment mounted on the sysroot's /usr, if any."""
@@ -86,6 +44,17 @@ class System:
         if os.path.realpath(usr) != os.fspath(m.mount_point) or not m.root.startswith(prefix):
             return None
         return m.root[len(prefix) :] or None
+
+    def mounted(self) -> set[str]:
+        """Ids of the deployments mounted anywhere this process can see (booted included)."""
+        top = mounts.mount_of(self.layout.top)
+        prefix = self.layout.subvol_path("")
+        found = set()
+        for m in mounts.current_mounts():
+            if m.source == top.source and m.root.startswith(prefix):
+                found.add(m.root[len(prefix) :].split("/", 1)[0])
+        found.discard("")
+        return found
 
 
 @contextlib.contextmanager

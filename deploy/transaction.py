@@ -1,5 +1,11 @@
 """`rpmimg deploy`: fetch and verify an image version, build its /usr, make it the default.
 
+The transaction runs as phases, each a function from typed values to a typed value:
+read_manifest (the signed manifest) -> fetch_into_store (every package stored, checked)
+-> build_tree (a read-only subvolume holding its own record) -> commit (state, then boot
+selection). A later phase (a root with /etc, users, an rpm database, boot entries) slots
+in between build_tree and commit.
+
 The order of the steps is what makes a crash harmless: every new thing is built under
 staging/ (or as a download), moved into place by rename, and only then recorded in
 the state file, which is replaced atomically. The previous default is never touched.
@@ -7,6 +13,7 @@ the state file, which is replaced atomically. The previous default is never touc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import enum
@@ -14,12 +21,13 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy import bootselect, records
 from deploy import manifest as manifest_mod
-from deploy.build import build
+from deploy.build import Built, OwnerIds, build
 from deploy.errors import DowngradeError, PackageError, SpaceError
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
@@ -94,13 +102,64 @@ def _noop_progress(label: str, unit: str) -> ProgressFn:
     return lambda done, total: None
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- phase 1: the signed manifest, and what to do with it -----------------------------------
+
+@dataclass(frozen=True)
+class SignedManifest:
+    """A manifest whose detached signature verified against the trusted keys."""
+
+    manifest: ImageManifest
+    sha256: str
+    signed_by: str  # the signing key's fingerprint
+    source: Source
+    key_files: tuple[Path, ...]
+
+
+def read_manifest(system: System, options: DeployOptions) -> SignedManifest:
+    """Phase 1: fetch the manifest and refuse it unless a trusted key signed it."""
+    key_files = tuple(trusted_key_files(system.sysroot, options.keyrings))
+    source = open_source(options.source)
+    m, sha, fingerprint = fetch_verified_manifest(source, key_files)
+    checkpoint("manifest verified")
+    return SignedManifest(m, sha, fingerprint, source, key_files)
+
+
 def _check_downgrade(current: State, m: ImageManifest, allow: bool) -> None:
     newest = current.newest.get(m.name)
     if newest is not None and manifest_mod.compare_versions(m.version, newest) < 0 and not allow:
         raise DowngradeError(
             f"{m.name} {m.version} is older than {newest}, which was already deployed"
-            " (use --allow-downgrade to deploy it anyway)"
+            " (use --allow-downgrade to deploy it anyway, or rollback)"
         )
+
+
+def _reactivate(system: System, current: State, existing: DeploymentRecord) -> None:
+    new = dataclasses.replace(
+        current, default=existing.id, bad=tuple(b for b in current.bad if b != existing.id)
+    )
+    bootselect.write(system, system.save_state(new))
+
+
+# --- phase 2: every package of the manifest in the store, checked ---------------------------
+
+@dataclass(frozen=True)
+class Stored:
+    fetched: tuple[PackageRef, ...]
+    transferred: int
+    deduplicated: int
+
+
+def _basis(current: State, store: Store, ref: PackageRef) -> Path | None:
+    """The newest stored version of the same package: the delta base for rsync."""
+    for d in reversed(current.deployments):
+        for p in d.packages:
+            if p.name == ref.name and p.arch == ref.arch and store.has(p.sha256):
+                return store.path(p.sha256)
+    return None
 
 
 def _check_space(system: System, m: ImageManifest, fetch: Sequence[PackageRef]) -> None:
@@ -116,13 +175,58 @@ def _check_space(system: System, m: ImageManifest, fetch: Sequence[PackageRef]) 
         )
 
 
-def _basis(current: State, store: Store, ref: PackageRef) -> Path | None:
-    """The newest stored version of the same package: the delta base for rsync."""
-    for d in reversed(current.deployments):
-        for p in d.packages:
-            if p.name == ref.name and p.arch == ref.arch and store.has(p.sha256):
-                return store.path(p.sha256)
-    return None
+def _builds_in_full(current: State, options: DeployOptions) -> bool:
+    base = current.find(current.default)
+    return options.full or base is None or base.owner_ids is None
+
+
+def _missing(store: Store, signed: SignedManifest, current: State, full: bool) -> list[PackageRef]:
+    """Packages to fetch: those the store lacks, or holds damaged. Stored ones are checked
+    against their manifest entry; their whole content too where a full build will read it."""
+    base = current.find(current.default)
+    in_base = {p.sha256 for p in base.packages} if base is not None else set()
+    wanted: dict[str, PackageRef] = {}
+    for ref in signed.manifest.packages:
+        if ref.sha256 in wanted:
+            continue
+        if not store.has(ref.sha256) or not store.check_stored(
+            ref, content=full or ref.sha256 not in in_base
+        ):
+            wanted[ref.sha256] = ref
+    return list(wanted.values())
+
+
+def fetch_into_store(
+    system: System, signed: SignedManifest, current: State, options: DeployOptions,
+    progress: ProgressFactory, check_all: bool = False,
+) -> Stored:
+    """Phase 2: bring every package of the manifest into the store, verified (with check_all,
+    every stored entry re-hashed, as a full build needs)."""
+    store = Store(system.layout.store)
+    fetch = _missing(store, signed, current, check_all or _builds_in_full(current, options))
+    _check_space(system, signed.manifest, fetch)
+    jobs = [
+        FetchJob(ref, system.layout.downloads / f"{ref.sha256}.rpm", _basis(current, store, ref))
+        for ref in fetch
+    ]
+    pending = [j for j in jobs if not j.dest.exists()]  # complete from a killed run
+    stats = signed.source.fetch(pending, progress("fetch", "bytes"))
+    checkpoint("fetched")
+    keyring = None if options.allow_unsigned_packages else Keyring.from_files(signed.key_files)
+    deduped = 0
+    verify_progress = progress("verify", "packages")
+    for i, job in enumerate(jobs):
+        deduped += store.add(job.ref, job.dest, keyring)
+        verify_progress(i + 1, len(jobs))
+    return Stored(tuple(fetch), stats.transferred, deduped)
+
+
+# --- phase 3: the tree, with its own record, read-only in deployments/ -----------------------
+
+@dataclass(frozen=True)
+class Tree:
+    record: DeploymentRecord
+    built: Built
 
 
 def _record(ref: PackageRef, source: Source) -> PackageRecord:
@@ -133,108 +237,150 @@ def _record(ref: PackageRef, source: Source) -> PackageRecord:
     )
 
 
-def _out_of_space(e: BaseException | None) -> bool:
-    # extract() wraps the OSError in its own error: look along the cause chain.
-    while e is not None:
+def build_tree(
+    system: System, signed: SignedManifest, current: State, options: DeployOptions,
+    progress: ProgressFactory,
+) -> Tree:
+    """Phase 3: build the deployment; its record is written into it before it is read-only.
+
+    Until the state names it, a marker lets the next run delete it.
+    """
+    m = signed.manifest
+    new_id = str(current.next_id)
+    record = DeploymentRecord(
+        id=new_id, image=m.name, version=m.version, arch=m.arch, created=_now(),
+        manifest_sha256=signed.sha256, source=signed.source.manifest_location, subvol_id=0,
+        packages=tuple(_record(r, signed.source) for r in m.packages), signed_by=signed.signed_by,
+    )
+    sealed: list[DeploymentRecord] = []
+
+    def seal(tree: Path, subvol_id: int, owner_ids: OwnerIds) -> None:
+        sealed.append(dataclasses.replace(record, subvol_id=subvol_id, owner_ids=owner_ids))
+        records.write_record(tree, sealed[0])
+
+    records.mark_discardable(system.layout, new_id)
+    try:
+        built = build(
+            system, m, Store(system.layout.store), new_id, progress("build", "packages"),
+            current.find(current.default), full=options.full, seal=seal,
+        )
+    except BaseException:
+        # A failed build deletes what it made; the marker stays only if something is left.
+        made = (system.layout.staging / f"build-{new_id}", system.layout.deployment(new_id))
+        if not any(os.path.lexists(p) for p in made):
+            records.unmark(system.layout, new_id)
+        raise
+    return Tree(sealed[0], built)
+
+
+# --- phase 4: record it as the default ------------------------------------------------------
+
+def commit(system: System, signed: SignedManifest, current: State, tree: Tree) -> State:
+    """Phase 4: save the state naming the new deployment as default, then the boot selection."""
+    m = signed.manifest
+    newest = dict(current.newest)
+    if m.name not in newest or manifest_mod.compare_versions(m.version, newest[m.name]) > 0:
+        newest[m.name] = m.version
+    new_state = dataclasses.replace(
+        current, deployments=(*current.deployments, tree.record), default=tree.record.id,
+        next_id=current.next_id + 1, newest=newest,
+    )
+    saved = system.save_state(new_state)
+    checkpoint("state saved")
+    records.unmark(system.layout, tree.record.id)
+    bootselect.write(system, saved)
+    return saved
+
+
+def _out_of_space(e: BaseException | None) -> OSError | None:
+    while e is not None:  # extract() wraps the OSError in its own error: follow the causes
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return True
+            return e
         e = e.__cause__
-    return False
+    return None
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+@contextlib.contextmanager
+def _phase(
+    system: System, current: State, name: str, m: ImageManifest, path: Path, undo: bool = True
+) -> Iterator[None]:
+    """Turn a full filesystem during a phase into one line naming the phase and the path
+    (the failing file's, else the phase's own), after removing what the phase left (with undo)."""
+    try:
+        yield
+    except (OSError, FormatFamilyError) as e:
+        full = _out_of_space(e)
+        if full is None:
+            raise
+        if undo:
+            from deploy.lifecycle import recover
+
+            recover(system, current)
+        where = full.filename if full.filename is not None else path
+        raise SpaceError(
+            f"{where}: no space left on the device while {name} {m.name} {m.version}"
+            + ("; nothing was changed" if undo else "")
+        ) from e
+
+
+def _fetch_and_build(
+    system: System, signed: SignedManifest, current: State, options: DeployOptions,
+    progress: ProgressFactory,
+) -> tuple[Stored, Tree]:
+    """Phases 2 and 3. An update that had to fall back to a full build read store entries
+    the fetch phase did not re-hash: if one of them is damaged, the uncommitted tree is
+    discarded and both phases run again with every entry checked (and refetched)."""
+    m, layout = signed.manifest, system.layout
+    check_all = False
+    while True:
+        with _phase(system, current, "fetching the packages of", m, layout.downloads):
+            stored = fetch_into_store(system, signed, current, options, progress, check_all)
+        with _phase(system, current, "building", m, layout.staging / f"build-{current.next_id}"):
+            tree = build_tree(system, signed, current, options, progress)
+        if check_all or tree.built.method != "full" or _builds_in_full(current, options):
+            return stored, tree
+        store = Store(layout.store)
+        if not any(store.damaged(sha) for sha in {r.sha256 for r in m.packages}):
+            return stored, tree
+        log.warning("a store entry the full build read is damaged; building again from refetched packages")
+        from deploy.lifecycle import recover
+
+        recover(system, current)  # the tree is marked and not in the state: it goes
+        check_all = True
 
 
 def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _noop_progress) -> DeployResult:
     """Deploy the image version options.source names and make it the default for next boot."""
-    key_files = trusted_key_files(system.sysroot, options.keyrings)
-    source = open_source(options.source)
     with mutating(system, options.lock_wait) as current:
-        m, manifest_sha, fingerprint = fetch_verified_manifest(source, key_files)
-        checkpoint("manifest verified")
+        signed = read_manifest(system, options)
+        m = signed.manifest
         base = functools.partial(
             DeployResult, image=m.name, version=m.version, previous_default=current.default,
-            packages=len(m.packages), signed_by=fingerprint,
+            packages=len(m.packages), signed_by=signed.signed_by,
         )
         existing = next(
             (d for d in current.deployments if (d.image, d.version) == (m.name, m.version)), None
         )
         if existing is not None and existing.id == current.default:
             return base(outcome=Outcome.UNCHANGED, deployment=existing.id)
-        if existing is None:
-            _check_downgrade(current, m, options.allow_downgrade)
-        else:
-            new = dataclasses.replace(
-                current, default=existing.id, bad=tuple(b for b in current.bad if b != existing.id)
-            )
-            system.save_state(new)
-            system.write_boot_file(new)
-            return base(
-                outcome=Outcome.REACTIVATED, deployment=existing.id,
-                kernel_arguments=system.kernel_arguments(existing.id),
-            )
-
-        store = Store(system.layout.store)
-        wanted: dict[str, PackageRef] = {}
-        for ref in m.packages:
-            if not store.has(ref.sha256):
-                wanted.setdefault(ref.sha256, ref)
-        fetch = list(wanted.values())
-        _check_space(system, m, fetch)
-        new_id = str(current.next_id)
-        try:
-            jobs = [
-                FetchJob(ref, system.layout.downloads / f"{ref.sha256}.rpm", _basis(current, store, ref))
-                for ref in fetch
-            ]
-            pending = [j for j in jobs if not j.dest.exists()]  # complete from a killed run
-            stats = source.fetch(pending, progress("fetch", "bytes"))
-            checkpoint("fetched")
-            keyring = None if options.allow_unsigned_packages else Keyring.from_files(key_files)
-            deduped = 0
-            verify_progress = progress("verify", "packages")
-            for i, job in enumerate(jobs):
-                deduped += store.add(job.ref, job.dest, keyring)
-                verify_progress(i + 1, len(jobs))
-            built = build(
-                system, m, store, new_id, progress("build", "packages"),
-                current.find(current.default), full=options.full,
-            )
-        except (OSError, FormatFamilyError) as e:
-            if not _out_of_space(e):
-                raise
-            from deploy.lifecycle import recover
-
-            recover(system, current)
-            raise SpaceError(
-                f"{system.layout.top}: filesystem full while deploying {m.name} {m.version};"
-                " nothing was changed"
-            ) from e
-        record = DeploymentRecord(
-            id=new_id, image=m.name, version=m.version, arch=m.arch, created=_now(),
-            manifest_sha256=manifest_sha, source=source.manifest_location,
-            subvol_id=built.subvol_id, packages=tuple(_record(r, source) for r in m.packages),
-            owner_ids=built.owner_ids,
-        )
-        newest = dict(current.newest)
-        if m.name not in newest or manifest_mod.compare_versions(m.version, newest[m.name]) > 0:
-            newest[m.name] = m.version
-        new_state = dataclasses.replace(
-            current, deployments=(*current.deployments, record), default=new_id,
-            next_id=current.next_id + 1, newest=newest,
-        )
-        system.save_state(new_state)
-        checkpoint("state saved")
-        system.write_boot_file(new_state)
+        # Making an existing older deployment the default again is a downgrade too.
+        _check_downgrade(current, m, options.allow_downgrade)
+        if existing is not None:
+            _reactivate(system, current, existing)
+            return base(outcome=Outcome.REACTIVATED, deployment=existing.id,
+                        kernel_arguments=bootselect.kernel_arguments(system, existing.id))
+        stored, tree = _fetch_and_build(system, signed, current, options, progress)
+        with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
+            commit(system, signed, current, tree)
+        built = tree.built
         return base(
-            outcome=Outcome.DEPLOYED, deployment=new_id, fetched=len(fetch),
-            fetched_bytes=sum(r.size for r in fetch), transferred_bytes=stats.transferred,
-            deduplicated_bytes=deduped, reflinked_files=built.reflinked, copied_files=built.copied,
-            kernel_arguments=system.kernel_arguments(new_id), outside_usr=built.outside_usr,
-            scriptlets_not_run=m.report.scriptlets, unknown_owners=built.unknown_owners,
-            build=built.method, full_reason=built.full_reason, written_paths=built.written,
-            kept_paths=built.kept,
+            outcome=Outcome.DEPLOYED, deployment=tree.record.id, fetched=len(stored.fetched),
+            fetched_bytes=sum(r.size for r in stored.fetched), transferred_bytes=stored.transferred,
+            deduplicated_bytes=stored.deduplicated, reflinked_files=built.reflinked,
+            copied_files=built.copied, kernel_arguments=bootselect.kernel_arguments(system, tree.record.id),
+            outside_usr=built.outside_usr, scriptlets_not_run=m.report.scriptlets,
+            unknown_owners=built.unknown_owners, build=built.method, full_reason=built.full_reason,
+            written_paths=built.written, kept_paths=built.kept,
         )
 
 

@@ -1,5 +1,10 @@
 """`rpmimg verify`: every file of a deployment against its package headers, like `rpm -V`.
 
+What is checked is anchored to what was signed: the package list comes from the
+deployment's record, each package's header from the store entry (or the tree's header
+file) that hashes to the header_sha256 of the signed manifest; the tree's header files
+are themselves compared with those bytes. `verify --store` re-hashes every store entry.
+
 `--repair` rewrites damaged entries from the store (refetching a package the store
 no longer has, from the manifest the deployment came from) and verifies again.
 """
@@ -16,20 +21,20 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from deploy.errors import DeploymentError, PackageError
-from deploy.headers import DIGEST_ALGOS, InstalledPackage, installed_packages
+from deploy.headers import read_prefix_at
 from deploy.lock import DEFAULT_WAIT
-from deploy.state import DeploymentRecord
+from deploy.state import DeploymentRecord, PackageRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import USR_TREE, TreeBuilder, relocate
+from deploy.tree import HEADER_DIR, USR_TREE, TreeBuilder, relocate
 from host import kernel
-from rpmextents import Error, ExtentsPackage, Owners
+from rpmextents import Entry, ExtentsPackage, Owners
+from rpmextents.errors import Error as FormatFamilyError
+from rpmextents.files import header_files
+from rpmextents.header import Header, PackagePrefix
 from rpmextents.tree import Tree
-
-RPMFILE_GHOST = 1 << 6
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class VerifyResult:
 
 
 # The order _check_file reports differences in (as rpm -V lists them, roughly).
-CHECK_ORDER = ("missing", "type", "mode", "owner", "group", "size", "digest", "caps", "link", "rdev", "mtime")
+CHECK_ORDER = ("unverifiable", "extra", "missing", "type", "mode", "owner", "group", "size", "digest", "caps", "link", "rdev", "mtime")
 BATCH_BYTES = 16 << 20
 
 
@@ -142,27 +147,27 @@ class _Hashing:
         return out
 
 
-def _check_file(f: Any, algo: str, tree: Tree, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
-    """Compare one rpm.file of a header with what the tree holds.
+def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
+    """Compare one file entry of a header with what the tree holds.
 
     The path is resolved inside the tree as extraction placed it (rpmextents.tree); the
     file itself is looked at, never followed. Returns (location, what differs, the digest
     check still to run).
     """
-    rel, _ = relocate(f.name)
+    rel, _ = relocate(f.path)
     try:
-        dir_fd, name, real = tree.find(f.name)
+        dir_fd, name, real = tree.find(f.path)
         st = os.lstat(name, dir_fd=dir_fd)
     except (FileNotFoundError, NotADirectoryError):
         return rel, ["missing"], None
-    except (OSError, Error) as e:
+    except (OSError, FormatFamilyError) as e:
         if isinstance(e, OSError) and e.errno not in (errno.ELOOP, errno.ENAMETOOLONG):
             raise
         return rel, ["missing"], None  # its path does not resolve inside the tree
     fmode = f.mode
     if stat.S_IFMT(st.st_mode) != stat.S_IFMT(fmode):
         return rel, ["type"], None
-    # rpm.file has the mode, user and group an Entry has: resolve them exactly as extract did.
+    # Resolve mode, user and group exactly as extract did.
     mode, uid, gid = owners.mode_and_ids(f)
     what = []
     job = None
@@ -207,18 +212,15 @@ def _has_caps(dir_fd: int, name: str) -> bool:
 _Finding = tuple[str, str, str, list[str], "_DigestJob | None"]  # nvra, name, location, what, job
 
 
-def _package_findings(pkg: InstalledPackage, tree: Tree, owners: Owners) -> tuple[int, list[_Finding]]:
-    import rpm
-
-    algo = DIGEST_ALGOS.get(pkg.header[rpm.RPMTAG_FILEDIGESTALGO] or 1, "md5")
+def _package_findings(nvra: str, header: Header, tree: Tree, owners: Owners) -> tuple[int, list[_Finding]]:
     checked, out = 0, []
-    for f in rpm.files(pkg.header):
-        if f.fflags & RPMFILE_GHOST:
+    for f in header_files(header):
+        if f.ghost:
             continue
         checked += 1
-        rel, what, job = _check_file(f, algo, tree, owners)
+        rel, what, job = _check_file(f, f.digest_algo, tree, owners)
         if what or job is not None:
-            out.append((pkg.nvra, f.name, rel, what, job))
+            out.append((nvra, f.path, rel, what, job))
     return checked, out
 
 
@@ -233,22 +235,113 @@ def _settle(findings: list[_Finding], hashed: Iterator[bool]) -> list[Mismatch]:
     return out
 
 
+def _header_dir(tree: Path) -> int | None:
+    """An fd of the tree's header directory, opened below the tree following no symlink
+    (None when there is none): header files are read through it, never through the host."""
+    root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return kernel.open_beneath(root, HEADER_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    finally:
+        os.close(root)
+
+
+def _prefix_if(path: Path, header_sha256: str, dir_fd: int | None = None) -> PackagePrefix | None:
+    """The header at the start of path (its name in dir_fd, if given), if it is the one the
+    signed manifest named."""
+    try:
+        prefix = read_prefix_at(path, dir_fd)
+    except (OSError, FormatFamilyError):
+        return None
+    return prefix if hashlib.sha256(prefix.raw).hexdigest() == header_sha256 else None
+
+
+def _header_file(dir_fd: int | None, p: PackageRecord, expected: PackagePrefix | None) -> list[str]:
+    """How the tree's header file of p (in the header directory dir_fd) differs from the signed header bytes."""
+    if dir_fd is None:
+        return ["missing"]
+    try:
+        fd = os.open(f"{p.nvra}.rpm", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return ["missing"]
+    except OSError:
+        return ["type"]
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ["type"]
+        limit = len(expected.raw) + 1 if expected is not None else 1 << 26
+        raw = f.read(limit)
+    if expected is None or raw != expected.raw:
+        return ["digest"]
+    return []
+
+
+def _anchored(
+    system: System, record: DeploymentRecord, tree: Path
+) -> Iterator[tuple[str, Header | None, Mismatch | None]]:
+    """(nvra, signed header, mismatch of its header file) for each package of the record.
+
+    The header comes from the store entry, else from the tree's header file, whichever
+    hashes to the header_sha256 the signed manifest gave; with neither, the package's
+    files can't be checked and that is itself a mismatch.
+    """
+    store = Store(system.layout.store)
+    headers = _header_dir(tree)
+    try:
+        for p in record.packages:
+            location = f"{HEADER_DIR}/{p.nvra}.rpm"
+            expected = _prefix_if(store.path(p.sha256), p.header_sha256)
+            if expected is None and headers is not None:
+                expected = _prefix_if(tree / location, p.header_sha256, headers)
+            what = _header_file(headers, p, expected)
+            if expected is None:
+                what = sorted({*what, "unverifiable"}, key=CHECK_ORDER.index)
+            mismatch = Mismatch(p.nvra, f"/usr/{location}", location, tuple(what)) if what else None
+            yield p.nvra, expected.header if expected is not None else None, mismatch
+    finally:
+        if headers is not None:
+            os.close(headers)
+
+
+def _extra_headers(record: DeploymentRecord, tree: Path) -> list[Mismatch]:
+    """Header files in the tree for packages the deployment does not have."""
+    names = {f"{p.nvra}.rpm" for p in record.packages}
+    headers = _header_dir(tree)
+    if headers is None:
+        found: list[str] = []
+    else:
+        try:
+            found = sorted(os.listdir(headers))
+        finally:
+            os.close(headers)
+    return [
+        Mismatch(name.removesuffix(".rpm"), f"/usr/{HEADER_DIR}/{name}", f"{HEADER_DIR}/{name}", ("extra",))
+        for name in found if name not in names
+    ]
+
+
 def verify(
     system: System, deployment_id: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyResult:
-    """Verify a deployment (default: the default one) against its own header files."""
+    """Verify a deployment (default: the default one) against the signed headers of the
+    packages its record lists (not against whatever header files the tree holds)."""
     current = system.load_state()
     deployment_id = deployment_id or current.default
     if deployment_id is None:
         raise DeploymentError("nothing is deployed")
-    current.get(deployment_id)
+    record = current.get(deployment_id)
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
-    files, findings = 0, []
+    files, findings, own = 0, [], []
     with _Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
-        for pkg in installed_packages(tree):
-            n, found = _package_findings(pkg, resolver, owners)
+        for nvra, header, mismatch in _anchored(system, record, tree):
+            if mismatch is not None:
+                own.append(mismatch)
+            if header is None:
+                continue
+            n, found = _package_findings(nvra, header, resolver, owners)
             files += n
             findings.extend(found)
             for *_, job in found:
@@ -256,7 +349,27 @@ def verify(
                     hashing.add(job)
         # Hashing is the slow part, so it is what the progress display follows.
         mismatches = _settle(findings, iter(hashing.results(progress)))
+    mismatches += own + _extra_headers(record, tree)
     return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    entries: int
+    damaged: tuple[str, ...]  # paths of entries that no longer hash to their sha256
+
+
+def verify_store(system: System, progress: Callable[[int, int], None] | None = None) -> StoreResult:
+    """Re-hash every store entry against the sha256 it was recorded (and is named) by."""
+    store = Store(system.layout.store)
+    shas = list(store)
+    damaged = []
+    for i, sha in enumerate(shas):
+        if store.damaged(sha):
+            damaged.append(os.fspath(store.path(sha)))
+        if progress is not None:
+            progress(i + 1, len(shas))
+    return StoreResult(entries=len(shas), damaged=tuple(damaged))
 
 
 Refetch = Callable[[DeploymentRecord, str], Path]
@@ -267,6 +380,8 @@ def _ensure_stored(system: System, record: DeploymentRecord, nvra: str, refetch:
     package = next((p for p in record.packages if p.nvra == nvra), None)
     if package is None:
         raise DeploymentError(f"deployment {record.id}: {nvra} is not one of its packages")
+    if store.has(package.sha256) and store.damaged(package.sha256):
+        store.remove(package.sha256)  # never re-extract damage: fetch it again
     if not store.has(package.sha256):
         refetch(record, nvra)
     if not store.has(package.sha256):
@@ -290,10 +405,13 @@ def repair(
             return before
         record = current.get(before.deployment)
         tree = system.layout.deployment(record.id)
-        damaged = sorted({m.package for m in before.mismatches})
+        extra = [m for m in before.mismatches if m.what == ("extra",)]
+        damaged = sorted({m.package for m in before.mismatches if m not in extra})
         stored = [_ensure_stored(system, record, nvra, refetch) for nvra in damaged]
         kernel.subvolume_set_readonly(tree, False)
         try:
+            for m in extra:
+                (tree / m.location).unlink(missing_ok=True)
             builder = TreeBuilder(tree, system.sysroot)
             for path in stored:
                 with ExtentsPackage.open(path) as pkg:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -59,6 +61,15 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def _closed_stdout() -> int:
+    """The reader of our output went away (`rpmimg status | head`): stop quietly, as other
+    Unix tools do, with the status a SIGPIPE death gives."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so that the exit flush does not fail again
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,7 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _closed_stdout()
     except KeyboardInterrupt:
         print("rpmimg: interrupted", file=sys.stderr)
         return 130

@@ -73,8 +73,12 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("verify", help="check a deployment's files against its headers")
     p.add_argument("deployment", nargs="?", metavar="ID", help="deployment id (default: the default)")
-    p.add_argument("--repair", action="store_true",
-                   help="rewrite damaged files from the store (refetching a missing package)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--repair", action="store_true",
+                     help="rewrite damaged files from the store (refetching a missing or damaged"
+                     " package)")
+    how.add_argument("--store", action="store_true",
+                     help="re-hash every store entry against its recorded sha256 instead")
     _keyring_option(p)
     _common(p, mutating=True)
     p.set_defaults(func=cmd_verify)
@@ -89,6 +93,7 @@ def register(subparsers: Any) -> None:
     _common(p, mutating=True)
     p.set_defaults(func=cmd_pin)
 
+    _register_state(subparsers)
     p = subparsers.add_parser("cleanup", help="remove old deployments and unneeded packages")
     p.add_argument("--keep", type=int, default=2, metavar="N",
                    help="keep the N newest deployments (default: 2), besides the booted,"
@@ -97,12 +102,31 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_cleanup)
 
 
+def _register_state(subparsers: Any) -> None:
+    p = subparsers.add_parser("state", help="manage the state file")
+    state_verbs = p.add_subparsers(dest="state_verb", metavar="VERB", required=True)
+    p = state_verbs.add_parser(
+        "rebuild", help="rebuild state.json from the deployments' own records",
+        description="Rebuild the state file from the records each deployment keeps in its"
+        " subvolume (atomically); the default is the deployment usr-default.conf selects.",
+    )
+    _common(p, mutating=True)
+    p.set_defaults(func=cmd_state_rebuild)
+
+
 @contextlib.contextmanager
 def _system(args: argparse.Namespace) -> Iterator[System]:
     from deploy.system import open_system
 
     with open_system(args.sysroot, private_namespace=True) as system:
         yield system
+
+
+def _settled(system: System) -> None:
+    """Before a read-only view: make the boot selection agree with the state (see README)."""
+    from deploy.lifecycle import settle
+
+    settle(system)
 
 
 def _jsonable(value: Any) -> Any:
@@ -184,6 +208,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from deploy.overview import status
 
     with _system(args) as system:
+        _settled(system)
         rows = status(system, measure=not args.no_size)
     if args.json:
         print_json({"deployments": _jsonable(rows)})
@@ -206,6 +231,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from deploy.overview import diff
 
     with _system(args) as system:
+        _settled(system)
         result = diff(system, args.old, args.new)
     if args.json:
         print_json(_jsonable(result))
@@ -221,11 +247,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from deploy.transaction import refetcher
     from deploy.verify import repair, verify
 
+    if args.store:
+        return _verify_store(args)
     with _system(args) as system:
         if args.repair:
             result = repair(system, args.deployment, refetcher(system, tuple(args.keyring)),
                             args.lock_wait)
         else:
+            _settled(system)
             bar = Progress("verify", unit="files")
             try:
                 result = verify(system, args.deployment, bar)
@@ -279,4 +308,39 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         removed = ", ".join(result.removed_deployments) or "none"
         print(f"removed deployments: {removed}; {result.removed_packages} packages"
               f" ({human_bytes(result.freed_store_bytes)}) from the store")
+    return 0
+
+
+def _verify_store(args: argparse.Namespace) -> int:
+    from deploy.verify import verify_store
+
+    with _system(args) as system:
+        bar = Progress("verify store", unit="packages")
+        try:
+            result = verify_store(system, bar)
+        finally:
+            bar.close()
+    if args.json:
+        print_json(_jsonable(result))
+    else:
+        for path in result.damaged:
+            print(f"damaged  {path}")
+        state = "ok" if not result.damaged else f"{len(result.damaged)} damaged"
+        print(f"store: {result.entries} packages checked, {state}")
+    return 1 if result.damaged else 0
+
+
+def cmd_state_rebuild(args: argparse.Namespace) -> int:
+    from deploy.lifecycle import rebuild_state
+
+    with _system(args) as system:
+        new, skipped = rebuild_state(system, args.lock_wait)
+    ids = [d.id for d in new.deployments]
+    if args.json:
+        print_json({"deployments": ids, "default": new.default, "skipped": skipped})
+        return 0
+    print(f"state rebuilt: {len(ids)} deployments ({', '.join(ids) or 'none'}),"
+          f" default {new.default or 'none'}")
+    for name in skipped:
+        print(f"  skipped {name}: not a complete deployment with its own record")
     return 0
