@@ -351,9 +351,11 @@ def _fetch_and_build(
 
 def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _noop_progress) -> DeployResult:
     """Deploy the image version options.source names and make it the default for next boot."""
+    # The manifest is fetched and verified before the lock is taken: a slow server then
+    # holds up only this command, not every other rpmimg on the machine.
+    signed = read_manifest(system, options)
+    m = signed.manifest
     with mutating(system, options.lock_wait) as current:
-        signed = read_manifest(system, options)
-        m = signed.manifest
         base = functools.partial(
             DeployResult, image=m.name, version=m.version, previous_default=current.default,
             packages=len(m.packages), signed_by=signed.signed_by,

@@ -185,6 +185,25 @@ def test_trickling_server_is_given_up_and_the_lock_released(sysroot: Path, image
         assert ranges == [None, f"bytes={kept}-"]
 
 
+def test_a_trickling_manifest_does_not_hold_the_lock(sysroot: Path, images: Images) -> None:
+    with serve(images.output, {"/manifest.json": Rule(Mode.TRICKLE, interval=0.2, times=1)}) as web:
+        url = url_of(web.url, images, images.v0)
+        started = time.monotonic()
+        first = subprocess.Popen(
+            [sys.executable, "-m", "rpmimg", *map(os.fspath, deploy_args(sysroot, images, url))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **FAST})
+        while not any(r.path.endswith("/manifest.json") for r in web.requests):
+            assert first.poll() is None and time.monotonic() - started < 30
+            time.sleep(0.05)
+        # The manifest is read before the lock is taken: other commands go on meanwhile.
+        other = measured("cleanup", "--sysroot", sysroot, "--lock-wait", "0")
+        assert first.poll() is None, "the trickle should still be going on"
+        assert other.code == 0, other.error_line()
+        _, err = first.communicate(timeout=30)
+    assert first.returncode == 1 and "past the deadline" in err.decode()
+    untouched(sysroot)
+
+
 def test_redirect_loop_is_bounded(sysroot: Path, images: Images) -> None:
     with serve(images.output, {"/manifest.json": Rule(Mode.REDIRECT_LOOP)}) as web:
         url = url_of(web.url, images, images.v0)
