@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import os
 import posixpath
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rpmextents.errors import FormatError
-from rpmextents.header import HASH_ALGOS, Header, Tag
+from rpmextents.errors import FormatError, UnsafePathError
+from rpmextents.header import HASH_ALGOS, Header, Tag, read_prefix
 
 
 class EntryType(enum.Enum):
@@ -240,3 +242,42 @@ def payload_sizes(entries: list[Entry]) -> list[int]:
         else:
             sizes.append(0)
     return sizes
+
+
+# Where rpmimg keeps each deployed package's header: its package database, no package's.
+PACKAGE_DB = "/usr/lib/sysimage/packages"
+
+
+def package_files(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """(path, mode) of every file of any RPM, original or extents, from its header alone.
+
+    Much cheaper than the full file list of an ExtentsPackage: no index, no Entry objects.
+    """
+    with open(path, "rb") as f:
+        header = read_prefix(f).header
+    paths = file_paths(header)
+    modes = header.ints(Tag.FILEMODES)
+    if len(modes) != len(paths):
+        raise FormatError(f"{os.fspath(path)}: header: file modes do not match the file count")
+    return list(zip(paths, modes, strict=True))
+
+
+def package_db_path(files: Iterable[tuple[str, int]]) -> str | None:
+    """The first of the (path, mode) pairs that claims rpmimg's package database, or None.
+
+    That is PACKAGE_DB itself or anything below it (%ghost too), or one of its parents as
+    anything but a directory (a symlink there would move the database elsewhere).
+    """
+    for p, mode in files:
+        if p == PACKAGE_DB or p.startswith(PACKAGE_DB + "/"):
+            return p
+        if not stat.S_ISDIR(mode) and PACKAGE_DB.startswith(p.rstrip("/") + "/"):
+            return p
+    return None
+
+
+def refuse_package_db(nevra: str, files: Iterable[tuple[str, int]]) -> None:
+    """Raise UnsafePathError naming the package and path if it claims the package database."""
+    path = package_db_path(files)
+    if path is not None:
+        raise UnsafePathError(f"{nevra}: owns {path}, but {PACKAGE_DB} is rpmimg's package database")

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import rpm
 
+from rpmextents.files import package_files, refuse_package_db
 from solver import freshness
 from solver.definition import ImageDefinition
 from solver.depsolve import ResolvedPackage, SolveRequest, solve
@@ -299,6 +300,7 @@ def _materialize(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
     if todo:
         bar = report.bar("transcode", len(todo), "packages")
         for p, path in zip(todo, paths, strict=True):
+            refuse_package_db(p.nevra, package_files(path))
             entry = store.pool.add(path, p.nevra, block_size=definition.block_size)
             entries[p.nevra] = (entry, path.stat().st_size)
             bar.advance(1)
