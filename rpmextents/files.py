@@ -246,6 +246,12 @@ def payload_sizes(entries: list[Entry]) -> list[int]:
 
 # Where rpmimg keeps each deployed package's header: its package database, no package's.
 PACKAGE_DB = "/usr/lib/sysimage/packages"
+# What rpmimg writes into a /usr tree besides the packages: the header files above and
+# each deployment's own record. No package may own anything there.
+RESERVED = {
+    PACKAGE_DB: "rpmimg's package database",
+    "/usr/lib/sysimage/rpmimg": "rpmimg's deployment record",
+}
 
 
 def package_files(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
@@ -262,22 +268,25 @@ def package_files(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
     return list(zip(paths, modes, strict=True))
 
 
-def package_db_path(files: Iterable[tuple[str, int]]) -> str | None:
-    """The first of the (path, mode) pairs that claims rpmimg's package database, or None.
+def package_db_path(files: Iterable[tuple[str, int]]) -> tuple[str, str] | None:
+    """The first (path, reserved directory) where the (path, mode) pairs claim one of the
+    RESERVED directories, or None.
 
-    That is PACKAGE_DB itself or anything below it (%ghost too), or one of its parents as
-    anything but a directory (a symlink there would move the database elsewhere).
+    That is a reserved directory itself or anything below it (%ghost too), or one of its
+    parents as anything but a directory (a symlink there would move it elsewhere).
     """
     for p, mode in files:
-        if p == PACKAGE_DB or p.startswith(PACKAGE_DB + "/"):
-            return p
-        if not stat.S_ISDIR(mode) and PACKAGE_DB.startswith(p.rstrip("/") + "/"):
-            return p
+        for reserved in RESERVED:
+            if p == reserved or p.startswith(reserved + "/"):
+                return p, reserved
+            if not stat.S_ISDIR(mode) and reserved.startswith(p.rstrip("/") + "/"):
+                return p, reserved
     return None
 
 
 def refuse_package_db(nevra: str, files: Iterable[tuple[str, int]]) -> None:
     """Raise UnsafePathError naming the package and path if it claims the package database."""
-    path = package_db_path(files)
-    if path is not None:
-        raise UnsafePathError(f"{nevra}: owns {path}, but {PACKAGE_DB} is rpmimg's package database")
+    claim = package_db_path(files)
+    if claim is not None:
+        path, reserved = claim
+        raise UnsafePathError(f"{nevra}: owns {path}, but {reserved} is {RESERVED[reserved]}")

@@ -361,6 +361,9 @@ def test_path_of_4094_bytes_extracts(tmp_path: Path) -> None:
     ("/usr/lib/sysimage", 0o40755, False),
     ("/usr/lib/sysimage/packagesx", 0o100644, False),
     ("/usr/lib/sysimage/rpm/Packages", 0o100644, False),
+    ("/usr/lib/sysimage/rpmimg/deployment.json", 0o100644, True),
+    ("/usr/lib/sysimage/rpmimg", 0o120777, True),
+    ("/usr/lib/sysimage/rpmimgx", 0o40755, False),
     ("/lib/sysimage/packages/x.rpm", 0o100644, False),
     ("/", 0o40755, False),
 ])
@@ -368,7 +371,8 @@ def test_package_database_predicate(path: str, mode: int, claims: bool) -> None:
     from rpmextents import refuse_package_db
     from rpmextents.files import package_db_path
 
-    assert (package_db_path([("/usr/bin/x", 0o100755), (path, mode)]) == path) is claims
+    claim = package_db_path([("/usr/bin/x", 0o100755), (path, mode)])
+    assert (claim is not None and claim[0] == path) is claims
     if claims:
         with pytest.raises(UnsafePathError, match=f"^pkg-1-1.noarch: owns {path}, "):
             refuse_package_db("pkg-1-1.noarch", [(path, mode)])
