@@ -8,6 +8,7 @@ update the snapshot can't express exactly is extracted package by package.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,8 @@ from deploy.system import System
 from deploy.tree import TreeBuilder
 from host import kernel
 from imagespec.manifest import ImageManifest
-from rpmextents import Entry, ExtentsPackage
+from rpmextents import Entry, ExtentsPackage, refuse_package_db
+from rpmextents.files import package_files
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +55,34 @@ def build(
     base: DeploymentRecord | None, full: bool = False, seal: Seal | None = None,
 ) -> Built:
     """Build image m as deployment new_id; base is the deployment to update from. seal
-    writes the deployment's record into the tree before it is made read-only."""
+    writes the deployment's record into the tree before it is made read-only.
+
+    A package claiming rpmimg's package database is refused before anything is built; a
+    build that fails leaves no subvolume behind.
+    """
+    for ref in m.packages:
+        refuse_package_db(ref.nevra, package_files(store.path(ref.sha256)))
     path = system.layout.staging / f"build-{new_id}"
     method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
-    if base is not None and not full:
-        try:
-            builder, written, kept = _update(system, m, store, path, base, progress)
-            method = "update"
-        except delta.NoDelta as e:
-            reason = str(e)
-            log.info("building %s %s from scratch: %s", m.name, m.version, reason)
-            if os.path.lexists(path):
-                kernel.subvolume_delete(path)
-    if method == "full":
-        builder = _full(system, m, store, path, progress)
-        written, kept = builder.stats.entries, 0
-    owner_ids = builder.owner_ids()
-    if seal is not None:
-        seal(path, kernel.subvolume_id(path), owner_ids)
+    try:
+        if base is not None and not full:
+            try:
+                builder, written, kept = _update(system, m, store, path, base, progress)
+                method = "update"
+            except delta.NoDelta as e:
+                reason = str(e)
+                log.info("building %s %s from scratch: %s", m.name, m.version, reason)
+                _discard(path)
+        if method == "full":
+            builder = _full(system, m, store, path, progress)
+            written, kept = builder.stats.entries, 0
+        owner_ids = builder.owner_ids()
+        if seal is not None:
+            seal(path, kernel.subvolume_id(path), owner_ids)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _discard(path)
+        raise
     return Built(
         subvol_id=_finish(system, path, new_id), method=method, full_reason=reason,
         written=written, kept=kept,
@@ -78,6 +90,11 @@ def build(
         outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
         owner_ids=owner_ids,
     )
+
+
+def _discard(path: Path) -> None:
+    if os.path.lexists(path):
+        kernel.subvolume_delete(path)
 
 
 def _full(system: System, m: ImageManifest, store: Store, path: Path, progress: ProgressFn) -> TreeBuilder:

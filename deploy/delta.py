@@ -24,14 +24,13 @@ import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from deploy.tree import HEADER_DIR
-from imagespec.relocation import relocate
+from imagespec.relocation import USR_TREE, relocate
 from rpmextents import Entry, Owners
-from rpmextents.extract import Tree
 from rpmextents.files import EntryType
 from rpmextents.header import STRONG_HASH_ALGOS
+from rpmextents.tree import Tree
 
 
 class NoDelta(Exception):
@@ -195,17 +194,20 @@ def remove(root: str, plan: Plan) -> None:
     """Delete what the new image no longer has and reset directories that lost their owner.
 
     Paths resolve inside the tree as extraction resolves them (a directory symlink is
-    followed within the tree, never out of it).
+    followed within the tree, never out of it); nothing is followed at the last component.
     """
-    tree = Tree(Path(root))
-    try:
+    with Tree(root, USR_TREE) as tree:
         for path in plan.delete:
+            image = USR_TREE.image_path(path)
             try:
-                dir_fd, name = tree.find(path)
-                if stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
+                dir_fd, name, _ = tree.find(image)
+                mode = os.lstat(name, dir_fd=dir_fd).st_mode
+                if stat.S_ISDIR(mode):
                     os.rmdir(name, dir_fd=dir_fd)
                 else:
                     os.unlink(name, dir_fd=dir_fd)
+                if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+                    tree.forget(image)  # what was resolved through it is gone
             except FileNotFoundError:
                 pass  # already gone with a directory symlink's other name
             except OSError as e:
@@ -216,15 +218,10 @@ def remove(root: str, plan: Plan) -> None:
         os.umask(mask)
         for path in plan.reset_dirs:
             # As a fresh build makes a directory only needed as a parent: root's, 0755 less the umask.
-            if not path:
-                fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            else:
-                dir_fd, name = tree.find(path)
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            dir_fd, name, _ = tree.find(USR_TREE.image_path(path))
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
                 os.fchown(fd, 0, 0)
                 os.fchmod(fd, 0o755 & ~mask)
             finally:
                 os.close(fd)
-    finally:
-        tree.close()

@@ -7,7 +7,9 @@ latter (see deploy.verify).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import BinaryIO, cast
 
 from deploy.errors import DeploymentError
 from deploy.tree import HEADER_DIR
+from host import kernel
 from rpmextents.errors import ExtentsError
 from rpmextents.header import PackagePrefix, read_prefix
 from rpmextents.nevra import Nevra, nevra_of
@@ -45,17 +48,23 @@ class InstalledPackage:
         return self.ident.evr
 
 
-def read_prefix_at(path: Path) -> PackagePrefix:
-    """Lead, signature header and header at the start of path (not followed if a symlink)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def read_prefix_at(path: Path, dir_fd: int | None = None) -> PackagePrefix:
+    """Lead, signature header and header at the start of path (not followed if a symlink).
+
+    With dir_fd, path's name is opened in that directory; anything but a regular file is refused.
+    """
+    fd = os.open(path.name if dir_fd is not None else path,
+                 os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
         return read_prefix(cast(BinaryIO, f))
 
 
-def read_header(path: Path) -> InstalledPackage:
+def read_header(path: Path, dir_fd: int | None = None) -> InstalledPackage:
     """Parse one header file; its signatures are not checked (the store did that)."""
     try:
-        prefix = read_prefix_at(path)
+        prefix = read_prefix_at(path, dir_fd)
         ident = nevra_of(prefix.header)
     except (OSError, ExtentsError) as e:
         raise DeploymentError(f"{path}: unreadable package header: {e}") from e
@@ -64,9 +73,21 @@ def read_header(path: Path) -> InstalledPackage:
 
 
 def installed_packages(usr: Path) -> Iterator[InstalledPackage]:
-    """The packages of the /usr tree at usr, by header file name."""
+    """The packages of the /usr tree at usr, by header file name.
+
+    The header directory is opened below the tree following no symlink, and each file in it
+    by name: nothing outside the tree is read.
+    """
     directory = usr / HEADER_DIR
-    if not directory.is_dir():
-        raise DeploymentError(f"{directory}: no package headers (not an rpmimg deployment?)")
-    for p in sorted(directory.glob("*.rpm")):
-        yield read_header(p)
+    root_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        dir_fd = kernel.open_beneath(root_fd, HEADER_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise DeploymentError(f"{directory}: no package headers (not an rpmimg deployment?)") from e
+    finally:
+        os.close(root_fd)
+    try:
+        for name in sorted(n for n in os.listdir(dir_fd) if n.endswith(".rpm") and not n.startswith(".")):
+            yield read_header(directory / name, dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -259,10 +259,17 @@ def build_tree(
         records.write_record(tree, sealed[0])
 
     records.mark_discardable(system.layout, new_id)
-    built = build(
-        system, m, Store(system.layout.store), new_id, progress("build", "packages"),
-        current.find(current.default), full=options.full, seal=seal,
-    )
+    try:
+        built = build(
+            system, m, Store(system.layout.store), new_id, progress("build", "packages"),
+            current.find(current.default), full=options.full, seal=seal,
+        )
+    except BaseException:
+        # A failed build deletes what it made; the marker stays only if something is left.
+        made = (system.layout.staging / f"build-{new_id}", system.layout.deployment(new_id))
+        if not any(os.path.lexists(p) for p in made):
+            records.unmark(system.layout, new_id)
+        raise
     return Tree(sealed[0], built)
 
 

@@ -4,6 +4,10 @@ A deployment is only a /usr, so paths are relocated: /usr/X becomes X in the tre
 and a path outside /usr goes under share/factory/ with its original path (systemd's
 place for vendor defaults). Owner names resolve against the sysroot's /etc, the
 system the deployment is for, like rpm resolves them against its --root.
+
+Symlinks resolve as under `rpm -i --root`, in the image: an absolute target /usr/share/foo
+is share/foo in the tree, a target outside /usr is relocated like a package path, and
+nothing is ever created, changed or read outside the tree (rpmextents.tree).
 """
 
 from __future__ import annotations
@@ -14,17 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host import kernel
-from imagespec.relocation import relocate
-from rpmextents import Entry, ExtentsPackage, Owners, extract
+from imagespec.relocation import USR_TREE, relocate
+from rpmextents import PACKAGE_DB, Entry, ExtentsPackage, Owners, extract
 from rpmextents.extract import NO_REFLINK
 from rpmextents.index import align_up
+from rpmextents.tree import Tree
 
-HEADER_DIR = "lib/sysimage/packages"
-
-
-def _extract_path(path: str) -> str:
-    # extract() creates its relocated paths below the destination, as absolute paths.
-    return "/" + relocate(path)[0]
+HEADER_DIR = USR_TREE.tree_path(PACKAGE_DB)
 
 
 def header_file_name(pkg: ExtentsPackage) -> str:
@@ -53,7 +53,8 @@ class TreeBuilder:
 
     def add_package(self, pkg: ExtentsPackage, only: Collection[int] | None = None) -> None:
         """Write every entry of pkg (ghosts excepted, as with rpm), or those `only` names."""
-        report = extract(pkg, self.root, method="auto", owners=self.owners, relocate=_extract_path, only=only)
+        report = extract(pkg, self.root, method="auto", owners=self.owners, relocation=USR_TREE,
+                         reserved=(HEADER_DIR,), only=only)
         self.stats.entries += report.placed
         self.stats.files += report.files
         self.stats.reflinked += report.reflinked
@@ -88,7 +89,17 @@ class TreeBuilder:
         }
 
     def remove_header(self, file_name: str) -> None:
-        (self.root / HEADER_DIR / file_name).unlink(missing_ok=True)
+        with Tree(self.root, USR_TREE) as tree:
+            try:
+                dir_fd = tree.open_dir(tree.resolve_dir(PACKAGE_DB, create=False)[1], os.O_PATH)
+            except FileNotFoundError:
+                return
+        try:
+            os.unlink(file_name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(dir_fd)
 
     def write_header(self, pkg: ExtentsPackage) -> None:
         """Store pkg's lead, signature and header as lib/sysimage/packages/N-V-R.A.rpm.
@@ -96,23 +107,42 @@ class TreeBuilder:
         The bytes are reflinked from the package (they are its first header_end bytes), so
         a header file costs one block of its own at most: the one cut at header_end. Its
         mtime is the package's build time, so the same packages make the same directory.
+        The file is made under a temporary name in the directory, resolved inside the tree,
+        and renamed over whatever stands at its name: nothing there is ever followed.
         """
-        path = self.root / HEADER_DIR / header_file_name(pkg)
-        os.makedirs(path.parent, mode=0o755, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            end = pkg.header_end
-            length = align_up(end, pkg.block_size)
+        name = header_file_name(pkg)
+        with Tree(self.root, USR_TREE) as tree:
+            dir_fd = tree.open_dir(tree.resolve_dir(PACKAGE_DB)[1], os.O_PATH)
+        tmp = f".{name}.tmp"
+        try:
             try:
-                # Length 0 clones to the end of the package, when that is before the block's end.
-                kernel.clone_range(pkg.fileno(), 0, 0 if length >= pkg.size else length, f.fileno(), 0)
-                os.ftruncate(f.fileno(), end)
-            except OSError as e:
-                if e.errno not in NO_REFLINK:
-                    raise
-                os.ftruncate(f.fileno(), 0)
-                f.write(pkg.header_bytes())
-                f.flush()
-            built = pkg.build_time
-            if built is not None:
-                os.utime(f.fileno(), (built, built))
+                os.unlink(tmp, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644, dir_fd=dir_fd)
+            with os.fdopen(fd, "wb") as f:
+                _write_header_bytes(pkg, f.fileno())
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _write_header_bytes(pkg: ExtentsPackage, fd: int) -> None:
+    end = pkg.header_end
+    length = align_up(end, pkg.block_size)
+    try:
+        # Length 0 clones to the end of the package, when that is before the block's end.
+        kernel.clone_range(pkg.fileno(), 0, 0 if length >= pkg.size else length, fd, 0)
+        os.ftruncate(fd, end)
+    except OSError as e:
+        if e.errno not in NO_REFLINK:
+            raise
+        os.ftruncate(fd, 0)
+        data = pkg.header_bytes()
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], done)
+    built = pkg.build_time
+    if built is not None:
+        os.utime(fd, (built, built))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -29,11 +30,12 @@ from deploy.store import Store
 from deploy.system import System
 from deploy.tree import HEADER_DIR, TreeBuilder
 from host import kernel
-from imagespec.relocation import relocate
+from imagespec.relocation import USR_TREE, relocate
 from rpmextents import Entry, ExtentsPackage, Owners
 from rpmextents.errors import ExtentsError
 from rpmextents.files import header_files
 from rpmextents.header import Header, PackagePrefix
+from rpmextents.tree import Tree
 
 
 @dataclass(frozen=True)
@@ -63,21 +65,36 @@ BATCH_BYTES = 16 << 20
 class _DigestJob:
     """A file's content still to hash, after the metadata checks."""
 
-    path: str
+    root: str  # the deployment tree
+    rel: str  # the file, resolved inside it: a path with no symlink in it
     algo: str
     expected: str
     size: int
 
 
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
 def _differing(jobs: list[_DigestJob]) -> list[bool]:
-    """For each job, whether the file's digest differs from the expected one."""
+    """For each job, whether the file's digest differs from the expected one.
+
+    Each file is opened below its tree's fd following no symlink at all, so a tree changed
+    since its metadata was checked can't make this read anything outside it.
+    """
     out = []
-    for j in jobs:
-        try:
-            with open(j.path, "rb", buffering=0) as f:
-                out.append(hashlib.file_digest(f, j.algo).hexdigest() != j.expected)
-        except OSError:
-            out.append(True)  # unreadable content is not the packaged content
+    roots: dict[str, int] = {}
+    try:
+        for j in jobs:
+            try:
+                if j.root not in roots:
+                    roots[j.root] = os.open(j.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                with open(kernel.open_beneath(roots[j.root], j.rel, _READ), "rb", buffering=0) as f:
+                    out.append(hashlib.file_digest(f, j.algo).hexdigest() != j.expected)
+            except OSError:
+                out.append(True)  # unreadable content is not the packaged content
+    finally:
+        for fd in roots.values():
+            os.close(fd)
     return out
 
 
@@ -131,17 +148,23 @@ class _Hashing:
         return out
 
 
-def _check_file(f: Entry, algo: str, tree: str, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
+def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
     """Compare one file entry of a header with what the tree holds.
 
-    Returns (location, what differs, the digest check still to run).
+    The path is resolved inside the tree as extraction placed it (rpmextents.tree); the
+    file itself is looked at, never followed. Returns (location, what differs, the digest
+    check still to run).
     """
     rel, _ = relocate(f.path)
-    path = f"{tree}/{rel}" if rel else tree
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+        dir_fd, name, real = tree.find(f.path)
+        st = os.lstat(name, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
         return rel, ["missing"], None
+    except (OSError, ExtentsError) as e:
+        if isinstance(e, OSError) and e.errno not in (errno.ELOOP, errno.ENAMETOOLONG):
+            raise
+        return rel, ["missing"], None  # its path does not resolve inside the tree
     fmode = f.mode
     if stat.S_IFMT(st.st_mode) != stat.S_IFMT(fmode):
         return rel, ["type"], None
@@ -159,11 +182,11 @@ def _check_file(f: Entry, algo: str, tree: str, owners: Owners) -> tuple[str, li
         if st.st_size != f.size:
             what.append("size")
         if f.digest:
-            job = _DigestJob(path, algo, f.digest, st.st_size)
-        if bool(f.caps) != _has_caps(path):
+            job = _DigestJob(tree.root, real, algo, f.digest, st.st_size)
+        if bool(f.caps) != _has_caps(dir_fd, name):
             what.append("caps")
     elif stat.S_ISLNK(fmode):
-        if os.readlink(path) != f.linkto:
+        if os.readlink(name, dir_fd=dir_fd) != f.linkto:
             what.append("link")
     elif (stat.S_ISCHR(fmode) or stat.S_ISBLK(fmode)) and st.st_rdev != f.rdev:
         what.append("rdev")
@@ -172,25 +195,31 @@ def _check_file(f: Entry, algo: str, tree: str, owners: Owners) -> tuple[str, li
     return rel, what, job
 
 
-def _has_caps(path: str) -> bool:
+def _has_caps(dir_fd: int, name: str) -> bool:
+    """Whether the regular file name in dir_fd carries file capabilities."""
     try:
-        os.getxattr(path, "security.capability", follow_symlinks=False)
+        fd = os.open(name, _READ | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return False
+    try:
+        os.getxattr(fd, "security.capability")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return True
 
 
 _Finding = tuple[str, str, str, list[str], "_DigestJob | None"]  # nvra, name, location, what, job
 
 
-def _package_findings(nvra: str, header: Header, tree: Path, owners: Owners) -> tuple[int, list[_Finding]]:
-    top = os.fspath(tree)
+def _package_findings(nvra: str, header: Header, tree: Tree, owners: Owners) -> tuple[int, list[_Finding]]:
     checked, out = 0, []
     for f in header_files(header):
         if f.ghost:
             continue
         checked += 1
-        rel, what, job = _check_file(f, f.digest_algo, top, owners)
+        rel, what, job = _check_file(f, f.digest_algo, tree, owners)
         if what or job is not None:
             out.append((nvra, f.path, rel, what, job))
     return checked, out
@@ -207,24 +236,41 @@ def _settle(findings: list[_Finding], hashed: Iterator[bool]) -> list[Mismatch]:
     return out
 
 
-def _prefix_if(path: Path, header_sha256: str) -> PackagePrefix | None:
-    """The header at the start of path, if it is the one the signed manifest named."""
+def _header_dir(tree: Path) -> int | None:
+    """An fd of the tree's header directory, opened below the tree following no symlink
+    (None when there is none): header files are read through it, never through the host."""
+    root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        prefix = read_prefix_at(path)
+        return kernel.open_beneath(root, HEADER_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    finally:
+        os.close(root)
+
+
+def _prefix_if(path: Path, header_sha256: str, dir_fd: int | None = None) -> PackagePrefix | None:
+    """The header at the start of path (its name in dir_fd, if given), if it is the one the
+    signed manifest named."""
+    try:
+        prefix = read_prefix_at(path, dir_fd)
     except (OSError, ExtentsError):
         return None
     return prefix if hashlib.sha256(prefix.raw).hexdigest() == header_sha256 else None
 
 
-def _header_file(tree: Path, p: PackageRecord, expected: PackagePrefix | None) -> list[str]:
-    """How the tree's header file of p differs from the signed header bytes."""
+def _header_file(dir_fd: int | None, p: PackageRecord, expected: PackagePrefix | None) -> list[str]:
+    """How the tree's header file of p (in the header directory dir_fd) differs from the signed header bytes."""
+    if dir_fd is None:
+        return ["missing"]
     try:
-        fd = os.open(tree / HEADER_DIR / f"{p.nvra}.rpm", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(f"{p.nvra}.rpm", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return ["missing"]
     except OSError:
         return ["type"]
     with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ["type"]
         limit = len(expected.raw) + 1 if expected is not None else 1 << 26
         raw = f.read(limit)
     if expected is None or raw != expected.raw:
@@ -242,23 +288,34 @@ def _anchored(
     files can't be checked and that is itself a mismatch.
     """
     store = Store(system.layout.store)
-    for p in record.packages:
-        location = f"{HEADER_DIR}/{p.nvra}.rpm"
-        expected = _prefix_if(store.path(p.sha256), p.header_sha256)
-        if expected is None:
-            expected = _prefix_if(tree / location, p.header_sha256)
-        what = _header_file(tree, p, expected)
-        if expected is None:
-            what = sorted({*what, "unverifiable"}, key=CHECK_ORDER.index)
-        mismatch = Mismatch(p.nvra, f"/usr/{location}", location, tuple(what)) if what else None
-        yield p.nvra, expected.header if expected is not None else None, mismatch
+    headers = _header_dir(tree)
+    try:
+        for p in record.packages:
+            location = f"{HEADER_DIR}/{p.nvra}.rpm"
+            expected = _prefix_if(store.path(p.sha256), p.header_sha256)
+            if expected is None and headers is not None:
+                expected = _prefix_if(tree / location, p.header_sha256, headers)
+            what = _header_file(headers, p, expected)
+            if expected is None:
+                what = sorted({*what, "unverifiable"}, key=CHECK_ORDER.index)
+            mismatch = Mismatch(p.nvra, f"/usr/{location}", location, tuple(what)) if what else None
+            yield p.nvra, expected.header if expected is not None else None, mismatch
+    finally:
+        if headers is not None:
+            os.close(headers)
 
 
 def _extra_headers(record: DeploymentRecord, tree: Path) -> list[Mismatch]:
     """Header files in the tree for packages the deployment does not have."""
     names = {f"{p.nvra}.rpm" for p in record.packages}
-    directory = tree / HEADER_DIR
-    found = sorted(os.listdir(directory)) if directory.is_dir() and not directory.is_symlink() else []
+    headers = _header_dir(tree)
+    if headers is None:
+        found: list[str] = []
+    else:
+        try:
+            found = sorted(os.listdir(headers))
+        finally:
+            os.close(headers)
     return [
         Mismatch(name.removesuffix(".rpm"), f"/usr/{HEADER_DIR}/{name}", f"{HEADER_DIR}/{name}", ("extra",))
         for name in found if name not in names
@@ -279,13 +336,13 @@ def verify(
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
     files, findings, own = 0, [], []
-    with _Hashing() as hashing:
+    with _Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
         for nvra, header, mismatch in _anchored(system, record, tree):
             if mismatch is not None:
                 own.append(mismatch)
             if header is None:
                 continue
-            n, found = _package_findings(nvra, header, tree, owners)
+            n, found = _package_findings(nvra, header, resolver, owners)
             files += n
             findings.extend(found)
             for *_, job in found:

@@ -288,25 +288,37 @@ def fiemap(fd: int) -> list[FiemapExtent]:
 _DU_SKIP = FiemapFlag.UNKNOWN | FiemapFlag.DELALLOC | FiemapFlag.DATA_INLINE
 
 
-def _regular_files(path: StrPath) -> Iterator[tuple[str, os.stat_result]]:
-    """Regular files at or below path: path itself followed if a symlink, symlinks below not."""
+def _regular_files(path: StrPath) -> Iterator[tuple[int, str, os.stat_result]]:
+    """(directory fd, name, lstat) of the regular files at or below path: path itself followed
+    if a symlink, symlinks below it not. The fd is valid until the next item.
+
+    Directories are opened one at a time below path's fd, never through a symlink, so a tree
+    as deep as PATH_MAX allows neither leads the walk out nor runs out of fds.
+    """
     top = os.fspath(path)
     st = os.stat(top)
     if stat.S_ISREG(st.st_mode):
-        yield top, st
+        parent, name = os.path.split(os.path.abspath(top))
+        with _open(parent) as fd:
+            yield fd, name, st
         return
     if not stat.S_ISDIR(st.st_mode):
         return
-
-    def fail(e: OSError) -> None:
-        raise e
-
-    for dirpath, _, filenames in os.walk(top, onerror=fail):
-        for name in filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode):
-                yield p, st
+    with _open(top) as root_fd:
+        todo = [""]
+        while todo:
+            rel = todo.pop()
+            fd = open_beneath(root_fd, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        st = entry.stat(follow_symlinks=False)
+                        if stat.S_ISDIR(st.st_mode):
+                            todo.append(f"{rel}/{entry.name}" if rel else entry.name)
+                        elif stat.S_ISREG(st.st_mode):
+                            yield fd, entry.name, st
+            finally:
+                os.close(fd)
 
 
 def exclusive_bytes(paths: Iterable[StrPath]) -> int:
@@ -320,12 +332,14 @@ def exclusive_bytes(paths: Iterable[StrPath]) -> int:
     seen_inodes: set[tuple[int, int]] = set()  # st_dev differs per btrfs subvolume
     seen_extents: set[int] = set()
     total = 0
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     for top in paths:
-        for path, st in _regular_files(top):
+        for dir_fd, name, st in _regular_files(top):
             if (st.st_dev, st.st_ino) in seen_inodes:
                 continue
             seen_inodes.add((st.st_dev, st.st_ino))
-            with _open(path, os.O_RDONLY | os.O_NOFOLLOW) as fd:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+            try:
                 for extent in fiemap(fd):
                     if extent.flags & (_DU_SKIP | FiemapFlag.SHARED) or extent.length == 0:
                         continue
@@ -333,6 +347,8 @@ def exclusive_bytes(paths: Iterable[StrPath]) -> int:
                         continue
                     seen_extents.add(extent.physical)
                     total += extent.length
+            finally:
+                os.close(fd)
     return total
 
 
@@ -530,3 +546,42 @@ def openat2(dir_fd: int, path: StrPath, flags: int, resolve: Resolve, mode: int 
     if fd < 0:
         raise _last_error(os.fspath(path))
     return fd
+
+
+PATH_MAX = 4096  # bytes of a path the kernel takes in one call, the terminating NUL included
+# No symlink, no magic link, nothing above the starting directory: the path as written, below it.
+CONFINED = Resolve.BENEATH | Resolve.NO_SYMLINKS | Resolve.NO_MAGICLINKS
+
+
+def open_beneath(dir_fd: int, path: StrPath, flags: int, mode: int = 0) -> int:
+    """Open path, a symlink-free relative path, below dir_fd and nowhere else.
+
+    Resolved with ``CONFINED``: a symlink anywhere in path (the last component too) fails
+    with ELOOP, a ``..`` leaving dir_fd with EXDEV, so a tree changed under our feet can't
+    lead the open out of it. A path of PATH_MAX bytes or more is opened a piece at a time,
+    through intermediate directory fds. "" opens dir_fd's directory itself.
+    """
+    raw = os.fsencode(path) or b"."
+    fd, owned = dir_fd, False
+    try:
+        while len(raw) >= PATH_MAX:
+            cut = raw.rfind(b"/", 0, PATH_MAX - 1)
+            if cut <= 0:
+                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), os.fsdecode(path))
+            step = openat2(fd, os.fsdecode(raw[:cut]), os.O_PATH | os.O_DIRECTORY, CONFINED)
+            if owned:
+                os.close(fd)
+            fd, owned, raw = step, True, raw[cut + 1:].lstrip(b"/")
+        return openat2(fd, os.fsdecode(raw), flags, CONFINED, mode)
+    except OSError as e:
+        if owned and e.filename != os.fsdecode(path):
+            raise OSError(e.errno, e.strerror, os.fsdecode(path)) from None
+        raise
+    finally:
+        if owned:
+            os.close(fd)
+
+
+def open_in_root(root_fd: int, path: StrPath, flags: int) -> int:
+    """Open path as a process chrooted to root_fd would (``Resolve.IN_ROOT``, no magic links)."""
+    return openat2(root_fd, path, flags, Resolve.IN_ROOT | Resolve.NO_MAGICLINKS)

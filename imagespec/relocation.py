@@ -8,18 +8,19 @@ lists such paths in the manifest's curation report; the client places them so.
 
 from __future__ import annotations
 
+from rpmextents.tree import Relocation
+
 FACTORY = "share/factory"
+# A deployment is the image's /usr; what a package places elsewhere goes under share/factory.
+USR_TREE = Relocation(top="/usr", outside=f"/usr/{FACTORY}")
 
 
 def relocate(path: str) -> tuple[str, bool]:
-    """The package path's place relative to the /usr tree, and whether it lies outside /usr."""
-    if path == "/usr":
-        return "", False
-    if path.startswith("/usr/"):
-        return path[len("/usr/") :], False
-    return f"{FACTORY}{path.rstrip('/')}", True
+    """The package path's place relative to the /usr tree (symlinks not resolved), and
+    whether it lies outside /usr."""
+    return USR_TREE.tree_path(path), not USR_TREE.holds(path)
 
 
 def outside_usr(path: str) -> bool:
     """Whether a package path lies outside /usr (and so lands under share/factory)."""
-    return relocate(path)[1]
+    return not USR_TREE.holds(path)

@@ -21,12 +21,14 @@ from rpmextents.errors import (
     VerifyError,
 )
 from rpmextents.extract import ExtractReport, Owners, extract
-from rpmextents.files import Entry, EntryType, Extent
+from rpmextents.files import PACKAGE_DB, Entry, EntryType, Extent, refuse_package_db
 from rpmextents.keyring import Keyring
 from rpmextents.package import ExtentsPackage, VerifyReport
 from rpmextents.transcode import TranscodeResult, transcode
+from rpmextents.tree import Relocation
 
 __all__ = [
+    "PACKAGE_DB",
     "CorruptPackageError",
     "Entry",
     "EntryType",
@@ -37,11 +39,13 @@ __all__ = [
     "FormatError",
     "Keyring",
     "Owners",
+    "Relocation",
     "TranscodeResult",
     "UnsafePathError",
     "UnsupportedPackageError",
     "VerifyError",
     "VerifyReport",
     "extract",
+    "refuse_package_db",
     "transcode",
 ]

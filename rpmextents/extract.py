@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import posixpath
 import stat
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -12,18 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from host import kernel
-from rpmextents.errors import ExtentsError, UnsafePathError
 from rpmextents.files import Entry, EntryType, Extent, FileFlag
 from rpmextents.index import align_up
 from rpmextents.package import ExtentsPackage
+from rpmextents.tree import ExtractError, Relocation, Tree
+
+__all__ = ["NO_REFLINK", "ExtractError", "ExtractReport", "Owners", "Relocation", "Tree", "extract"]
 
 # Errors that mean "this pair of files cannot share extents", so copying is the answer.
 NO_REFLINK = (errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY, errno.ENOSYS, errno.EPERM)
-MAX_SYMLINK_HOPS = 40
-
-
-class ExtractError(ExtentsError):
-    """A package that cannot be extracted into the destination."""
 
 
 @dataclass(frozen=True)
@@ -50,12 +46,17 @@ class Owners:
         self.groups = groups
 
     @staticmethod
-    def _table(path: Path, id_field: int) -> dict[str, int]:
+    def _table(root_fd: int, path: str, id_field: int) -> dict[str, int]:
         table = {"root": 0}
         try:
-            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+            # Inside the root as rpm reads it there, chrooted: its symlinks can't lead out.
+            fd = kernel.open_in_root(root_fd, path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             return table
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ExtractError(f"{path}: not a regular file")
+            text = f.read().decode("utf-8", errors="surrogateescape")
         for line in text.splitlines():
             fields = line.split(":")
             if len(fields) > id_field and fields[0] and fields[id_field].isdigit():
@@ -64,8 +65,11 @@ class Owners:
 
     @classmethod
     def from_root(cls, root: str | os.PathLike[str]) -> Owners:
-        base = Path(root)
-        return cls(cls._table(base / "etc/passwd", 2), cls._table(base / "etc/group", 2))
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return cls(cls._table(fd, "etc/passwd", 2), cls._table(fd, "etc/group", 2))
+        finally:
+            os.close(fd)
 
     def mode_and_ids(self, entry: Entry) -> tuple[int, int, int]:
         """Permission bits, uid and gid as rpm applies them.
@@ -82,98 +86,6 @@ class Owners:
         if gid is None:
             gid, mode = 0, mode & ~stat.S_ISGID
         return mode, uid, gid
-
-
-class Tree:
-    """A destination directory; every path is resolved inside it as if chrooted.
-
-    Directory symlinks are followed the way rpm follows them under --root, but a
-    symlink whose target climbs out of the tree is refused rather than clamped.
-    Entries are created relative to an open descriptor of their parent, which
-    saves a path lookup per file.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = os.fspath(root)
-        self._dirs: dict[str, str] = {"": ""}  # logical dir -> resolved relative dir
-        self._fd_rel: str | None = None
-        self._fd = -1
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd, self._fd_rel = -1, None
-
-    def real(self, rel: str) -> str:
-        return f"{self.root}/{rel}" if rel else self.root
-
-    def _resolve_dir(self, rel: str, hops: int = 0, create: bool = True) -> str:
-        known = self._dirs.get(rel)
-        if known is not None:
-            return known
-        parent, _, name = rel.rpartition("/")
-        base = self._resolve_dir(parent, hops, create)
-        candidate = f"{base}/{name}" if base else name
-        real = self.real(candidate)
-        try:
-            st = os.lstat(real)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.mkdir(real, 0o755)  # rpm creates missing parents as root:root 0755
-            self._dirs[rel] = candidate
-            return candidate
-        if stat.S_ISLNK(st.st_mode):
-            if hops >= MAX_SYMLINK_HOPS:
-                raise UnsafePathError(f"too many levels of symlinks at /{rel}")
-            target = os.readlink(real)
-            joined = target if target.startswith("/") else "/" + posixpath.join(base, target)
-            if _climbs_out(joined):
-                raise UnsafePathError(f"/{rel} is a symlink to {target!r}, outside the destination")
-            resolved = self._resolve_dir(posixpath.normpath(joined).lstrip("/"), hops + 1, create)
-            self._dirs[rel] = resolved
-            return resolved
-        if not stat.S_ISDIR(st.st_mode):
-            raise ExtractError(f"/{rel} is in the way: not a directory")
-        self._dirs[rel] = candidate
-        return candidate
-
-    def place(self, path: str) -> tuple[int, str, str]:
-        """(parent directory fd, name, resolved relative path) of a package path.
-
-        Missing parents are created; the fd stays valid until the next call.
-        """
-        parent, _, name = path.lstrip("/").rpartition("/")
-        real_parent = self._resolve_dir(parent)
-        return self._enter(real_parent), name, f"{real_parent}/{name}" if real_parent else name
-
-    def find(self, path: str) -> tuple[int, str]:
-        """(parent directory fd, name) of an existing path's parent, resolved like place();
-        FileNotFoundError when a parent is missing, which find() does not create."""
-        parent, _, name = path.lstrip("/").rpartition("/")
-        return self._enter(self._resolve_dir(parent, create=False)), name
-
-    def _enter(self, real_parent: str) -> int:
-        if real_parent != self._fd_rel:
-            self.close()
-            self._fd = os.open(self.real(real_parent), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            self._fd_rel = real_parent
-        return self._fd
-
-    def note_dir(self, path: str, real_rel: str) -> None:
-        self._dirs[path.lstrip("/")] = real_rel
-
-
-def _climbs_out(path: str) -> bool:
-    depth = 0
-    for part in path.split("/"):
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part and part != ".":
-            depth += 1
-    return False
 
 
 class DataWriter:
@@ -223,53 +135,126 @@ def _apply_meta(entry: Entry, owners: Owners, fd: int | None, name: str, dir_fd:
     if fd is not None:
         os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
         os.fchmod(fd, mode)
-        if entry.caps:
+        if entry.caps and entry.type is EntryType.FILE:
             kernel.set_capabilities(fd, entry.caps)
         os.utime(fd, (entry.mtime, entry.mtime))
         return
     os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
     if entry.type is not EntryType.SYMLINK:
-        os.chmod(name, mode, dir_fd=dir_fd)
+        os.chmod(name, mode, dir_fd=dir_fd)  # a node made just now, by name in its parent's fd
     os.utime(name, (entry.mtime, entry.mtime), dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _replacing(
-    entry: Entry, at_fd: int, at_name: str, create: Callable[..., Any], /, *args: Any, **kw: Any
+    tree: Tree, entry: Entry, at_fd: int, at_name: str, create: Callable[..., Any], /, *args: Any, **kw: Any
 ) -> Any:
     """Create an entry; what is in the way is replaced, as rpm does, unless it is a directory."""
     try:
         return create(*args, **kw)
     except FileExistsError:
-        if stat.S_ISDIR(os.lstat(at_name, dir_fd=at_fd).st_mode):
+        mode = os.lstat(at_name, dir_fd=at_fd).st_mode
+        if stat.S_ISDIR(mode):
             raise ExtractError(f"{entry.path}: a directory is in the way") from None
         os.unlink(at_name, dir_fd=at_fd)
+        if stat.S_ISLNK(mode):
+            tree.forget(entry.path)  # paths below it may have been resolved through it
     return create(*args, **kw)
 
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _new_file(entry: Entry, dir_fd: int, name: str) -> int:
-    fd: int = _replacing(entry, dir_fd, name, os.open, name, _NEW_FILE, 0o600, dir_fd=dir_fd)
-    return fd
-
-
-def _make_dir(entry: Entry, dir_fd: int, name: str) -> bool:
+def _make_dir(tree: Tree, entry: Entry, dir_fd: int, name: str) -> bool:
     """Create a directory; False when a symlink to one already stands there (rpm keeps it)."""
     try:
         os.mkdir(name, 0o700, dir_fd=dir_fd)
         return True
     except FileExistsError:
-        st = os.lstat(name, dir_fd=dir_fd)
-        if stat.S_ISDIR(st.st_mode):
+        mode = os.lstat(name, dir_fd=dir_fd).st_mode
+        if stat.S_ISDIR(mode):
             return True
-        if stat.S_ISLNK(st.st_mode) and stat.S_ISDIR(os.stat(name, dir_fd=dir_fd).st_mode):
-            return False
+        if stat.S_ISLNK(mode):
+            try:
+                tree.resolve_dir(entry.path, create=False)  # in the image, as rpm follows it
+                return False
+            except (OSError, ExtractError):
+                pass
         raise ExtractError(f"{entry.path}: something that is not a directory is in the way") from None
 
 
-Relocate = Callable[[str], str]
 _GHOST = int(FileFlag.GHOST)
+
+
+@dataclass
+class _Run:
+    """One extraction: where things go, and what is done so far."""
+
+    pkg: ExtentsPackage
+    tree: Tree
+    owners: Owners
+    writer: DataWriter
+    links: dict[int, tuple[str, str]]  # hardlink group -> (parent's tree path, name) of its first member
+    dirs: list[tuple[str, Entry]]  # (tree path, entry) of directories, for their metadata last
+    files: int = 0
+    written: int = 0
+
+    def place(self, entry: Entry) -> None:
+        tree = self.tree
+        dir_fd, name, rel = tree.place(entry.path)
+        etype = entry.type
+        if name == ".":
+            # The destination itself (a package owning "/", or "/usr" of a /usr tree): rpm
+            # applies the directory's metadata to it.
+            if etype is not EntryType.DIR:
+                raise ExtractError(f"{entry.path}: only a directory can stand at the top of the tree")
+            self.dirs.append((rel, entry))
+            return
+        if etype is EntryType.FILE:
+            self._file(entry, dir_fd, name, rel)
+        elif etype is EntryType.DIR:
+            if _make_dir(tree, entry, dir_fd, name):
+                self.dirs.append((rel, entry))
+        elif etype is EntryType.SYMLINK:
+            _replacing(tree, entry, dir_fd, name, os.symlink, entry.linkto, name, dir_fd=dir_fd)
+            _apply_meta(entry, self.owners, None, name, dir_fd)
+        else:
+            _replacing(tree, entry, dir_fd, name, os.mknod, name, entry.mode, entry.rdev, dir_fd=dir_fd)
+            _apply_meta(entry, self.owners, None, name, dir_fd)
+
+    def _file(self, entry: Entry, dir_fd: int, name: str, rel: str) -> None:
+        key = entry.hardlink_key
+        if key is not None and key in self.links:
+            src_parent, src_name = self.links[key]
+            src_fd = self.tree.open_dir(src_parent, os.O_PATH)
+            try:
+                _replacing(self.tree, entry, dir_fd, name, os.link, src_name, name,
+                           src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            finally:
+                os.close(src_fd)
+            return
+        fd = _replacing(self.tree, entry, dir_fd, name, os.open, name, _NEW_FILE, 0o600, dir_fd=dir_fd)
+        try:
+            if entry.extent is not None:
+                self.writer.write(entry.extent, fd)
+                self.written += entry.extent.length
+            _apply_meta(entry, self.owners, fd, name, dir_fd)
+        finally:
+            os.close(fd)
+        self.files += 1
+        if key is not None:
+            self.links[key] = (rel.rpartition("/")[0], name)
+
+    def finish_dirs(self) -> None:
+        """Directory metadata last and deepest first, so adding entries doesn't change their mtimes."""
+        for rel, entry in reversed(self.dirs):
+            try:
+                fd = self.tree.open_dir(rel)
+                try:
+                    _apply_meta(entry, self.owners, fd, "", None)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise ExtractError(f"{entry.path}: {e.strerror or e}") from e
 
 
 def extract(
@@ -278,82 +263,39 @@ def extract(
     *,
     method: str = "auto",
     owners: Owners | None = None,
-    relocate: Relocate | None = None,
+    relocation: Relocation | None = None,
+    reserved: Collection[str] = (),
     only: Collection[int] | None = None,
 ) -> ExtractReport:
     """Extract ``pkg`` into ``dest`` as ``rpm -i --root DEST --nodeps --noscripts`` would.
 
-    ``relocate`` maps a package path to the path to create (deploy puts files
-    outside /usr under /usr/share/factory); ``owners`` defaults to DEST's own
-    etc/passwd and etc/group. ``only`` limits the work to the entries with these
-    indices (an update rewriting part of a tree); a hardlinked file is linked only
-    to the members of its group that are selected too.
+    Every path, and every symlink target met on the way, is resolved inside DEST as in
+    a chroot: nothing outside DEST is created, changed or read through it. ``relocation``
+    says which part of the image DEST holds (deploy: the image's /usr, with paths outside
+    it under /usr/share/factory); ``reserved`` names tree paths no entry may resolve to.
+    ``owners`` defaults to DEST's own etc/passwd and etc/group. ``only`` limits the work
+    to the entries with these indices (an update rewriting part of a tree); a hardlinked
+    file is linked only to the members of its group that are selected too.
     """
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
-    tree = Tree(root)
-    owners = owners if owners is not None else Owners.from_root(root)
-    writer = DataWriter(pkg, method)
-    links: dict[int, str] = {}
-    dirs: list[tuple[str, Entry]] = []
-    files = 0
-    placed = 0
-    written = 0
     entries = pkg.entries()
-    try:
+    placed = 0
+    with Tree(root, relocation, reserved) as tree:
+        run = _Run(pkg, tree, owners if owners is not None else Owners.from_root(root),
+                   DataWriter(pkg, method), {}, [])
         for entry in entries:
             if entry.flags & _GHOST:
                 continue  # rpm records %ghost files but does not create them
             if only is not None and entry.index not in only:
                 continue
             placed += 1
-            target = relocate(entry.path) if relocate is not None else entry.path
-            if not target.strip("/"):
-                # The destination itself (a package owning "/", or "/usr" relocated to a
-                # /usr tree): rpm applies the directory's metadata to it.
-                if entry.type is not EntryType.DIR:
-                    raise ExtractError(f"{entry.path}: only a directory can stand at the top of the tree")
-                dirs.append((tree.real(""), entry))
-                continue
             try:
-                dir_fd, name, real = tree.place(target)
-                etype = entry.type
-                if etype is EntryType.FILE:
-                    key = entry.hardlink_key
-                    if key is not None and key in links:
-                        _replacing(entry, dir_fd, name, os.link, links[key], name, dst_dir_fd=dir_fd)
-                        continue
-                    fd = _new_file(entry, dir_fd, name)
-                    try:
-                        if entry.extent is not None:
-                            writer.write(entry.extent, fd)
-                            written += entry.extent.length
-                        _apply_meta(entry, owners, fd, name, dir_fd)
-                    finally:
-                        os.close(fd)
-                    files += 1
-                    if key is not None:
-                        links[key] = tree.real(real)
-                elif etype is EntryType.DIR:
-                    if _make_dir(entry, dir_fd, name):
-                        tree.note_dir(target, real)
-                        dirs.append((tree.real(real), entry))
-                elif etype is EntryType.SYMLINK:
-                    _replacing(entry, dir_fd, name, os.symlink, entry.linkto, name, dir_fd=dir_fd)
-                    _apply_meta(entry, owners, None, name, dir_fd)
-                else:
-                    _replacing(entry, dir_fd, name, os.mknod, name, entry.mode, entry.rdev, dir_fd=dir_fd)
-                    _apply_meta(entry, owners, None, name, dir_fd)
+                run.place(entry)
             except OSError as e:
                 raise ExtractError(f"{entry.path}: {e.strerror or e}") from e
-        # Directory metadata last and deepest first, so adding entries doesn't change their mtimes.
-        for real_path, entry in reversed(dirs):
-            try:
-                _apply_meta(entry, owners, None, real_path, None)
-            except OSError as e:
-                raise ExtractError(f"{entry.path}: {e.strerror or e}") from e
-    finally:
-        tree.close()
+        run.finish_dirs()
     return ExtractReport(
-        entries=len(entries), placed=placed, files=files, reflinked=writer.reflinked, copied=writer.copied, bytes=written
+        entries=len(entries), placed=placed, files=run.files, reflinked=run.writer.reflinked,
+        copied=run.writer.copied, bytes=run.written,
     )

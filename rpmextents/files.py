@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import enum
+import os
 import posixpath
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from rpmextents.errors import FormatError
-from rpmextents.header import HASH_ALGOS, Header, Tag
+from rpmextents.errors import FormatError, UnsafePathError
+from rpmextents.header import HASH_ALGOS, Header, Tag, read_prefix
 
 _T = TypeVar("_T", int, str)
 
@@ -272,3 +274,51 @@ def payload_sizes(entries: list[Entry]) -> list[int]:
         else:
             sizes.append(0)
     return sizes
+
+
+# Where rpmimg keeps each deployed package's header: its package database, no package's.
+PACKAGE_DB = "/usr/lib/sysimage/packages"
+# What rpmimg writes into a /usr tree besides the packages: the header files above and
+# each deployment's own record. No package may own anything there.
+RESERVED = {
+    PACKAGE_DB: "rpmimg's package database",
+    "/usr/lib/sysimage/rpmimg": "rpmimg's deployment record",
+}
+
+
+def package_files(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """(path, mode) of every file of any RPM, original or extents, from its header alone.
+
+    Much cheaper than the full file list of an ExtentsPackage: no index, no Entry objects.
+    """
+    with open(path, "rb") as f:
+        header = read_prefix(f).header
+    paths = file_paths(header)
+    modes = header.ints(Tag.FILEMODES)
+    if len(modes) != len(paths):
+        raise FormatError(f"{os.fspath(path)}: header: file modes do not match the file count")
+    return list(zip(paths, modes, strict=True))
+
+
+def package_db_path(files: Iterable[tuple[str, int]]) -> tuple[str, str] | None:
+    """The first (path, reserved directory) where the (path, mode) pairs claim one of the
+    RESERVED directories, or None.
+
+    That is a reserved directory itself or anything below it (%ghost too), or one of its
+    parents as anything but a directory (a symlink there would move it elsewhere).
+    """
+    for p, mode in files:
+        for reserved in RESERVED:
+            if p == reserved or p.startswith(reserved + "/"):
+                return p, reserved
+            if not stat.S_ISDIR(mode) and reserved.startswith(p.rstrip("/") + "/"):
+                return p, reserved
+    return None
+
+
+def refuse_package_db(nevra: str, files: Iterable[tuple[str, int]]) -> None:
+    """Raise UnsafePathError naming the package and path if it claims the package database."""
+    claim = package_db_path(files)
+    if claim is not None:
+        path, reserved = claim
+        raise UnsafePathError(f"{nevra}: owns {path}, but {reserved} is {RESERVED[reserved]}")

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from imagespec.diff import PackageDiff, manifest_diff
 from imagespec.manifest import CurationReport, ImageManifest, ManifestPackage, ZstdCopy
 from imagespec.published import location_of, zstd_path
+from rpmextents.files import package_files, refuse_package_db
 from rpmextents.nevra import Nevra
 from solver import freshness
 from solver.definition import ImageDefinition
@@ -292,6 +293,7 @@ def _materialize(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
     if todo:
         bar = report.bar("transcode", len(todo), "packages")
         for p, path in zip(todo, paths, strict=True):
+            refuse_package_db(p.nevra, package_files(path))
             entry = store.pool.add(path, p.nevra, block_size=definition.block_size)
             entries[p.nevra] = (entry, path.stat().st_size)
             bar.advance(1)

@@ -107,26 +107,30 @@ def test_extract_equals_rpm_on_btrfs(btrfs: Path, tmp_path: Path) -> None:
     assert_same_tree(expected, actual)
 
 
-def test_symlink_escaping_destination_is_refused(tmp_path: Path) -> None:
-    """A package writing through another's symlink that climbs out of DEST is refused."""
+def test_climbing_symlink_stops_at_destination_like_rpm(tmp_path: Path) -> None:
+    """A symlink climbing above DEST with '..' stops at DEST, as under rpm's --root chroot."""
     from fixtures.build import build_package
     from fixtures.spec import FileKind, FileSpec, PackageSpec
 
     outside = tmp_path / "outside"
     outside.mkdir()
     depth = "../" * 12
+    # rpm follows a directory symlink only to a directory that exists: ship it too.
     evil_link = PackageSpec(name="evil-link", files=(
+        FileSpec(f"/{outside.relative_to('/')}", kind=FileKind.DIR),
         FileSpec("/usr/lib/escape", kind=FileKind.SYMLINK, target=f"{depth}{outside.relative_to('/')}"),))
     evil_file = PackageSpec(name="evil-file", files=(FileSpec("/usr/lib/escape/payload", content=b"x"),))
-    dest = tmp_path / "dest"
+    dest, rpms = tmp_path / "dest", []
     for spec in (evil_link, evil_file):
-        rpm = build_package(spec, tmp_path / "rpms")
-        transcode(rpm, tmp_path / f"{spec.name}.ext")
-    with ExtentsPackage.open(tmp_path / "evil-link.ext") as pkg:
-        extract(pkg, dest)
-    with ExtentsPackage.open(tmp_path / "evil-file.ext") as pkg, pytest.raises(UnsafePathError, match="outside"):
-        extract(pkg, dest)
+        rpms.append(build_package(spec, tmp_path / "rpms"))
+        transcode(rpms[-1], tmp_path / f"{spec.name}.ext")
+        with ExtentsPackage.open(tmp_path / f"{spec.name}.ext") as pkg:
+            extract(pkg, dest)
     assert list(outside.iterdir()) == []
+    assert (dest / outside.relative_to("/") / "payload").read_bytes() == b"x"
+    for rpm in rpms:  # one at a time, in the order extracted (one transaction reorders them)
+        rpm_install([rpm], tmp_path / "expected")
+    assert_same_tree(tmp_path / "expected", dest)
 
 
 def test_absolute_symlinks_resolve_inside_destination(tmp_path: Path) -> None:
@@ -213,3 +217,178 @@ def test_package_owning_the_root_directory(tmp_path: Path) -> None:
     expected, actual = roundtrip(original, tmp_path, accounts=False)
     assert_same_tree(expected, actual)
     assert oct(os.stat(actual).st_mode & 0o7777) == oct(os.stat(expected).st_mode & 0o7777) == oct(0o555)
+
+
+def _build_and_transcode(specs: list[object], work: Path) -> list[tuple[Path, Path]]:
+    """(original, extents) of each fixtures.spec.PackageSpec, built with rpmbuild."""
+    from fixtures.build import build_package
+
+    out = []
+    for spec in specs:
+        rpm = build_package(spec, work / "rpms")  # type: ignore[arg-type]
+        ext = work / f"{rpm.name}.ext"
+        transcode(rpm, ext)
+        out.append((rpm, ext))
+    return out
+
+
+def test_symlinks_in_a_usr_tree_resolve_in_the_image_like_rpm(tmp_path: Path) -> None:
+    """A tree holding only /usr: an absolute target /usr/share/x is share/x in it (not usr/share/x),
+    and a target outside /usr goes where its relocation puts it, as rpm -i --root lays them out."""
+    from fixtures.spec import FileKind, FileSpec, PackageSpec
+    from rpmextents import Relocation
+
+    links = PackageSpec(name="links", files=(
+        FileSpec("/usr/share/real", kind=FileKind.DIR),
+        FileSpec("/usr/lib/alias", kind=FileKind.SYMLINK, target="/usr/share/real"),
+        FileSpec("/etc/conf.d", kind=FileKind.DIR),
+        FileSpec("/usr/lib/etc", kind=FileKind.SYMLINK, target="/etc/conf.d"),
+        FileSpec("/usr/lib/up", kind=FileKind.SYMLINK, target="../../../../../usr/share/real"),
+    ))
+    through = PackageSpec(name="through", files=(
+        FileSpec("/usr/lib/alias/file", content=b"hello"),
+        FileSpec("/usr/lib/etc/x.conf", content=b"x=1"),
+        FileSpec("/usr/lib/up/climbed", content=b"up"),
+    ))
+    dest, expected = tmp_path / "usr-tree", tmp_path / "expected"
+    relocation = Relocation(top="/usr", outside="/usr/share/factory")
+    for rpm, ext in _build_and_transcode([links, through], tmp_path):
+        with ExtentsPackage.open(ext) as pkg:
+            extract(pkg, dest, relocation=relocation)
+        rpm_install([rpm], expected)
+    assert (dest / "share/real/file").read_bytes() == b"hello"
+    assert not (dest / "usr").exists()
+    assert_same_tree(expected / "usr", dest, exclude=("/share/factory",))
+    assert_same_tree(expected, dest / "share/factory", exclude=("/usr", "/var/lib/rpm"))
+
+
+def test_paths_outside_a_tree_without_relocation_are_refused(tmp_path: Path) -> None:
+    from fixtures.spec import FileSpec, PackageSpec
+    from rpmextents import Relocation
+
+    ((_, ext),) = _build_and_transcode([PackageSpec(name="etc", files=(FileSpec("/etc/x", content=b"x"),))], tmp_path)
+    with ExtentsPackage.open(ext) as pkg, pytest.raises(UnsafePathError, match="outside /usr"):
+        extract(pkg, tmp_path / "dest", relocation=Relocation(top="/usr"))
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_symlink_loop_is_refused(tmp_path: Path) -> None:
+    from fixtures.spec import FileKind, FileSpec, PackageSpec
+
+    loop = PackageSpec(name="loop", files=(
+        FileSpec("/usr/lib/a", kind=FileKind.SYMLINK, target="b"),
+        FileSpec("/usr/lib/b", kind=FileKind.SYMLINK, target="/usr/lib/a"),
+    ))
+    below = PackageSpec(name="below", files=(FileSpec("/usr/lib/a/x", content=b"x"),))
+    (_, first), (_, second) = _build_and_transcode([loop, below], tmp_path)
+    dest = tmp_path / "dest"
+    with ExtentsPackage.open(first) as pkg:
+        extract(pkg, dest)
+    with ExtentsPackage.open(second) as pkg, pytest.raises(UnsafePathError, match="too many levels"):
+        extract(pkg, dest)
+
+
+def test_reserved_directory_is_refused_under_any_name(tmp_path: Path) -> None:
+    """Another package's symlink naming a reserved directory can't lead a write into it."""
+    from fixtures.spec import FileKind, FileSpec, PackageSpec
+
+    alias = PackageSpec(name="alias", files=(
+        FileSpec("/usr/lib/alias", kind=FileKind.SYMLINK, target="/usr/lib/sysimage/packages"),))
+    fake = PackageSpec(name="fake", files=(FileSpec("/usr/lib/alias/fake.rpm", content=b"x"),))
+    dest = tmp_path / "dest"
+    (_, first), (_, second) = _build_and_transcode([alias, fake], tmp_path)
+    with ExtentsPackage.open(first) as pkg:
+        extract(pkg, dest, reserved=("usr/lib/sysimage/packages",))
+    with ExtentsPackage.open(second) as pkg, pytest.raises(UnsafePathError, match="no package may write"):
+        extract(pkg, dest, reserved=("usr/lib/sysimage/packages",))
+    assert not (dest / "usr/lib/sysimage/packages/fake.rpm").exists()
+
+
+def test_owner_names_are_read_inside_destination(tmp_path: Path) -> None:
+    """DEST/etc a symlink to a host directory: its passwd is looked up inside DEST, as under
+    rpm's chroot, so the host's accounts don't decide owners."""
+    from fixtures.spec import FileSpec, PackageSpec
+
+    host_etc = tmp_path / "host-etc"
+    host_etc.mkdir()
+    (host_etc / "passwd").write_text("evil:x:4242:4242::/:/bin/sh\n")
+    (host_etc / "group").write_text("evil:x:4242:\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "etc").symlink_to(host_etc)
+    spec = PackageSpec(name="owned", files=(FileSpec("/usr/lib/owned", content=b"x", user="evil", group="evil"),))
+    ((_, ext),) = _build_and_transcode([spec], tmp_path)
+    with ExtentsPackage.open(ext) as pkg:
+        extract(pkg, dest)
+    st = os.lstat(dest / "usr/lib/owned")
+    assert (st.st_uid, st.st_gid) == (0, 0)
+
+
+def test_path_of_4094_bytes_extracts(tmp_path: Path) -> None:
+    """A path as long as rpm installs, into a destination whose own path makes the whole longer
+    than PATH_MAX: everything happens relative to directory fds."""
+    from benchmarks.rpmwriter import FileEntry, PackageSpec, write_package
+
+    path = "/usr/share/long"
+    while len(path) + 201 < 4094:
+        path += "/" + "d" * 200
+    path += "/" + "f" * (4094 - len(path) - 1)
+    written = write_package(PackageSpec("longpath", "1", "1", "noarch", files=[
+        FileEntry(path, 0o100644, mtime=1_700_000_000, data=b"deep\n"),
+        FileEntry(path + "-link", 0o120777, mtime=1_700_000_000, linkto=path.rsplit("/", 1)[1]),
+    ][::-1]), tmp_path, level=3).path
+    ext = tmp_path / "long.ext"
+    transcode(written, ext)
+    dest = tmp_path / "dest"
+    with ExtentsPackage.open(ext) as pkg:
+        report = extract(pkg, dest)
+    assert report.files == 1
+    root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with open(kernel.open_beneath(root, path.lstrip("/"), os.O_RDONLY), "rb") as f:
+            assert f.read() == b"deep\n"
+        parent, name = path.lstrip("/").rsplit("/", 1)
+        dir_fd = kernel.open_beneath(root, parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            assert os.readlink(name + "-link", dir_fd=dir_fd) == name
+            assert os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime == 1_700_000_000
+        finally:
+            os.close(dir_fd)
+    finally:
+        os.close(root)
+
+
+@pytest.mark.parametrize(("path", "mode", "claims"), [
+    ("/usr/lib/sysimage/packages/x.rpm", 0o100644, True),
+    ("/usr/lib/sysimage/packages", 0o40755, True),
+    ("/usr/lib/sysimage/packages", 0o120777, True),
+    ("/usr/lib/sysimage", 0o120777, True),
+    ("/usr/lib", 0o100644, True),
+    ("/usr/lib/sysimage", 0o40755, False),
+    ("/usr/lib/sysimage/packagesx", 0o100644, False),
+    ("/usr/lib/sysimage/rpm/Packages", 0o100644, False),
+    ("/usr/lib/sysimage/rpmimg/deployment.json", 0o100644, True),
+    ("/usr/lib/sysimage/rpmimg", 0o120777, True),
+    ("/usr/lib/sysimage/rpmimgx", 0o40755, False),
+    ("/lib/sysimage/packages/x.rpm", 0o100644, False),
+    ("/", 0o40755, False),
+])
+def test_package_database_predicate(path: str, mode: int, claims: bool) -> None:
+    from rpmextents import refuse_package_db
+    from rpmextents.files import package_db_path
+
+    claim = package_db_path([("/usr/bin/x", 0o100755), (path, mode)])
+    assert (claim is not None and claim[0] == path) is claims
+    if claims:
+        with pytest.raises(UnsafePathError, match=f"^pkg-1-1.noarch: owns {path}, "):
+            refuse_package_db("pkg-1-1.noarch", [(path, mode)])
+
+
+def test_package_files_reads_paths_and_modes_of_original_and_extents(tmp_path: Path) -> None:
+    from rpmextents.files import package_files
+
+    original = fixture_packages()["symlinks"]
+    transcode(original, tmp_path / "s.ext")
+    with ExtentsPackage.open(tmp_path / "s.ext") as pkg:
+        want = [(e.path, e.mode) for e in pkg.entries()]
+    assert package_files(original) == package_files(tmp_path / "s.ext") == want

@@ -80,7 +80,7 @@ def url_of(base: str, images: Images, manifest: Path) -> str:
 def untouched(sysroot: Path) -> None:
     """Nothing was deployed and no partial file is bigger than it may be."""
     assert not (sysroot / "@rpmimg/state.json").exists() or state_of(sysroot)["deployments"] == []
-    # The manifest is checked before rpmimg sets up its directories, so they may not exist.
+    # A manifest refused before the lock is taken leaves no @rpmimg at all.
     deployments = sysroot / "@rpmimg/deployments"
     assert not deployments.exists() or list(deployments.iterdir()) == []
 

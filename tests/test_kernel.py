@@ -461,3 +461,53 @@ def test_openat2_in_root_treats_absolute_links_as_the_tree(tmp_path: Path) -> No
     finally:
         os.close(rfd)
     assert list(outside.iterdir()) == []
+
+
+def test_open_beneath_follows_nothing_and_stays_below(tmp_path: Path) -> None:
+    """A symlink anywhere (last component too) is ELOOP, '..' out of the fd EXDEV; nothing outside is opened."""
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d/file").write_text("in")
+    (tmp_path / "outside").write_text("out")
+    (root / "d/link").symlink_to("file")
+    (root / "dirlink").symlink_to("d")
+    rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with open(kernel.open_beneath(rfd, "d/file", os.O_RDONLY)) as f:
+            assert f.read() == "in"
+        for path, code in (("d/link", errno.ELOOP), ("dirlink/file", errno.ELOOP), ("../outside", errno.EXDEV),
+                           ("d/../../outside", errno.EXDEV), ("/outside", errno.EXDEV)):
+            with pytest.raises(OSError) as caught:
+                kernel.open_beneath(rfd, path, os.O_RDONLY)
+            assert caught.value.errno == code, path
+            assert caught.value.filename == path
+    finally:
+        os.close(rfd)
+
+
+def test_open_beneath_takes_paths_longer_than_path_max(tmp_path: Path) -> None:
+    """Past PATH_MAX the path is opened a piece at a time, still refusing symlinks in every piece."""
+    parts = ["p" * 250] * 20  # 5,019 bytes
+    rfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.dup(rfd)
+        for part in parts:
+            os.mkdir(part, dir_fd=fd)
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        os.symlink("/", "escape", dir_fd=fd)
+        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        os.close(fd)
+        deep = "/".join(parts)
+        assert len(deep) >= kernel.PATH_MAX
+        st = os.fstat(fd := kernel.open_beneath(rfd, deep + "/leaf", os.O_RDONLY))
+        os.close(fd)
+        assert stat.S_ISREG(st.st_mode)
+        with pytest.raises(OSError) as caught:
+            kernel.open_beneath(rfd, deep + "/escape/etc", os.O_RDONLY)
+        assert caught.value.errno == errno.ELOOP and caught.value.filename == deep + "/escape/etc"
+        # A walk of such a tree (status measures one) needs no long path either.
+        assert kernel.exclusive_bytes([tmp_path]) >= 0
+    finally:
+        os.close(rfd)
