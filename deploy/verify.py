@@ -11,11 +11,9 @@ no longer has, from the manifest the deployment came from) and verifies again.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import errno
 import hashlib
-import multiprocessing
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import DeploymentError, PackageError
+from deploy.hashing import READ_FLAGS, DigestJob, Hashing
 from deploy.headers import read_prefix_at
 from deploy.lock import DEFAULT_WAIT
 from deploy.state import DeploymentRecord, PackageRecord
@@ -58,97 +57,9 @@ class VerifyResult:
 
 # The order _check_file reports differences in (as rpm -V lists them, roughly).
 CHECK_ORDER = ("unverifiable", "extra", "missing", "type", "mode", "owner", "group", "size", "digest", "caps", "link", "rdev", "mtime")
-BATCH_BYTES = 16 << 20
 
 
-@dataclass(frozen=True)
-class _DigestJob:
-    """A file's content still to hash, after the metadata checks."""
-
-    root: str  # the deployment tree
-    rel: str  # the file, resolved inside it: a path with no symlink in it
-    algo: str
-    expected: str
-    size: int
-
-
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-
-
-def _differing(jobs: list[_DigestJob]) -> list[bool]:
-    """For each job, whether the file's digest differs from the expected one.
-
-    Each file is opened below its tree's fd following no symlink at all, so a tree changed
-    since its metadata was checked can't make this read anything outside it.
-    """
-    out = []
-    roots: dict[str, int] = {}
-    try:
-        for j in jobs:
-            try:
-                if j.root not in roots:
-                    roots[j.root] = os.open(j.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                with open(kernel.open_beneath(roots[j.root], j.rel, _READ), "rb", buffering=0) as f:
-                    out.append(hashlib.file_digest(f, j.algo).hexdigest() != j.expected)
-            except OSError:
-                out.append(True)  # unreadable content is not the packaged content
-    finally:
-        for fd in roots.values():
-            os.close(fd)
-    return out
-
-
-class _Hashing:
-    """Digest checks that run while the metadata checks go on.
-
-    Jobs are cut into batches of about BATCH_BYTES; once there is more than one batch,
-    they go to one process per core (hashlib holds the GIL between chunks, so threads
-    would contend with the metadata pass). A small deployment is hashed in this process.
-    """
-
-    def __init__(self, batch_bytes: int = BATCH_BYTES) -> None:
-        self._batch_bytes = batch_bytes
-        self._batch: list[_DigestJob] = []
-        self._bytes = 0
-        self._futures: list[concurrent.futures.Future[list[bool]]] = []
-        self._queued = 0
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._workers = os.cpu_count() or 1
-
-    def __enter__(self) -> _Hashing:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-
-    def add(self, job: _DigestJob) -> None:
-        self._batch.append(job)
-        self._bytes += job.size
-        if self._bytes >= self._batch_bytes and self._workers > 1:
-            if self._pool is None:
-                ctx = multiprocessing.get_context("fork")
-                self._pool = concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=ctx)
-            self._futures.append(self._pool.submit(_differing, self._batch))
-            self._queued += len(self._batch)
-            self._batch, self._bytes = [], 0
-
-    def results(self, progress: Callable[[int, int], None] | None) -> list[bool]:
-        """Whether each job's file differs, in the order the jobs were added."""
-        total = self._queued + len(self._batch)
-        last = _differing(self._batch)
-        out: list[bool] = []
-        for future in self._futures:
-            out.extend(future.result())
-            if progress is not None:
-                progress(len(out), total)
-        out.extend(last)
-        if progress is not None:
-            progress(len(out), total)
-        return out
-
-
-def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
+def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, list[str], DigestJob | None]:
     """Compare one file entry of a header with what the tree holds.
 
     The path is resolved inside the tree as extraction placed it (rpmextents.tree); the
@@ -182,7 +93,7 @@ def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, l
         if st.st_size != f.size:
             what.append("size")
         if f.digest:
-            job = _DigestJob(tree.root, real, algo, f.digest, st.st_size)
+            job = DigestJob(tree.root, real, algo, f.digest, st.st_size)
         if bool(f.caps) != _has_caps(dir_fd, name):
             what.append("caps")
     elif stat.S_ISLNK(fmode):
@@ -198,7 +109,7 @@ def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, l
 def _has_caps(dir_fd: int, name: str) -> bool:
     """Whether the regular file name in dir_fd carries file capabilities."""
     try:
-        fd = os.open(name, _READ | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, READ_FLAGS | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return False
     try:
@@ -210,7 +121,7 @@ def _has_caps(dir_fd: int, name: str) -> bool:
     return True
 
 
-_Finding = tuple[str, str, str, list[str], "_DigestJob | None"]  # nvra, name, location, what, job
+_Finding = tuple[str, str, str, list[str], "DigestJob | None"]  # nvra, name, location, what, job
 
 
 def _package_findings(nvra: str, header: Header, tree: Tree, owners: Owners) -> tuple[int, list[_Finding]]:
@@ -336,7 +247,7 @@ def verify(
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
     files, findings, own = 0, [], []
-    with _Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
+    with Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
         for nvra, header, mismatch in _anchored(system, record, tree):
             if mismatch is not None:
                 own.append(mismatch)
