@@ -27,7 +27,7 @@ from pathlib import Path
 
 from deploy import bootselect, records
 from deploy.build import Built, OwnerIds, build
-from deploy.errors import DowngradeError, PackageError, SpaceError
+from deploy.errors import DowngradeError, SpaceError
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
@@ -384,27 +384,3 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             unknown_owners=built.unknown_owners, build=built.method, full_reason=built.full_reason,
             written_paths=built.written, kept_paths=built.kept,
         )
-
-
-def refetcher(system: System, keyrings: Sequence[Path] = ()) -> Callable[[DeploymentRecord, str], Path]:
-    """For `verify --repair`: bring one package of a deployment back into the store,
-    from the signed manifest the deployment was made from."""
-
-    def refetch(record: DeploymentRecord, nvra: str) -> Path:
-        key_files = trusted_key_files(system.sysroot, keyrings)
-        source = open_source(record.source)
-        m, manifest_sha, _ = fetch_verified_manifest(source, key_files)
-        if manifest_sha != record.manifest_sha256:
-            raise PackageError(
-                f"{record.source}: the manifest changed since deployment {record.id} was made;"
-                f" cannot refetch {nvra} from it"
-            )
-        ref = next(p for p in m.packages if p.nvra == nvra)
-        dest = system.layout.downloads / f"{ref.sha256}.rpm"
-        if not dest.exists():
-            source.fetch([FetchJob(ref, dest)], None)
-        store = Store(system.layout.store)
-        store.add(ref, dest, Keyring.from_files(key_files))
-        return store.path(ref.sha256)
-
-    return refetch

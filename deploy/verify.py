@@ -16,7 +16,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +24,15 @@ from deploy.errors import DeploymentError, PackageError
 from deploy.hashing import READ_FLAGS, DigestJob, Hashing
 from deploy.headers import read_prefix_at
 from deploy.lock import DEFAULT_WAIT
+from deploy.signature import fetch_verified_manifest, trusted_key_files
+from deploy.sources import FetchJob, open_source
 from deploy.state import DeploymentRecord, PackageRecord
 from deploy.store import Store
 from deploy.system import System
 from deploy.tree import HEADER_DIR, TreeBuilder
 from host import kernel
 from imagespec.relocation import USR_TREE, relocate
-from rpmextents import Entry, ExtentsPackage, Owners
+from rpmextents import Entry, ExtentsPackage, Keyring, Owners
 from rpmextents.errors import ExtentsError
 from rpmextents.files import header_files
 from rpmextents.header import Header, PackagePrefix
@@ -335,3 +337,27 @@ def repair(
         after = verify(system, record.id)
         fixed = {m.path for m in before.mismatches} - {m.path for m in after.mismatches}
         return dataclasses.replace(after, repaired=tuple(sorted(fixed)))
+
+
+def refetcher(system: System, keyrings: Sequence[Path] = ()) -> Callable[[DeploymentRecord, str], Path]:
+    """For `verify --repair`: bring one package of a deployment back into the store,
+    from the signed manifest the deployment was made from."""
+
+    def refetch(record: DeploymentRecord, nvra: str) -> Path:
+        key_files = trusted_key_files(system.sysroot, keyrings)
+        source = open_source(record.source)
+        m, manifest_sha, _ = fetch_verified_manifest(source, key_files)
+        if manifest_sha != record.manifest_sha256:
+            raise PackageError(
+                f"{record.source}: the manifest changed since deployment {record.id} was made;"
+                f" cannot refetch {nvra} from it"
+            )
+        ref = next(p for p in m.packages if p.nvra == nvra)
+        dest = system.layout.downloads / f"{ref.sha256}.rpm"
+        if not dest.exists():
+            source.fetch([FetchJob(ref, dest)], None)
+        store = Store(system.layout.store)
+        store.add(ref, dest, Keyring.from_files(key_files))
+        return store.path(ref.sha256)
+
+    return refetch

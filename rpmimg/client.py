@@ -243,8 +243,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from deploy.transaction import refetcher
-    from deploy.verify import repair, verify
+    from deploy.verify import refetcher, repair, verify
 
     if args.store:
         return _verify_store(args)
