@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,3 +81,19 @@ def shared_corpus() -> Path:
 
 def requires_root() -> pytest.MarkDecorator:
     return pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+# The hostile-mirror tests' world (keys and packages, built once per module) and scene
+# (a fresh repository, definition and output per test); see tests/hostile.py.
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from hostile import make_world
+
+    return make_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture
+def scene(world: Any, tmp_path: Path) -> Any:
+    from hostile import make_scene
+
+    return make_scene(world, tmp_path)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from fixtures.repos import add_package, createrepo, package
 from fixtures.signing import SigningKey, generate_key, sign_detached
 from solver.publish import ImageStore
@@ -249,4 +251,13 @@ def make_scene(world: World, tmp_path: Path) -> Scene:
     repo = make_repo(world, tmp_path / "repo", ["libz", "tool-2.0"], key=world.repo_key)
     return Scene(world, tmp_path, repo, tmp_path / "out", decoy, tree_digest(decoy))
 
+
+
+
+# What the hostile-mirror tests run: packages built for real, real createrepo_c metadata,
+# real signatures.
+REPO_TOOLS = ("rpmbuild", "createrepo_c", "gpg", "gpgv", "gpgconf")
+needs_repo_tools = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in REPO_TOOLS), reason=f"needs {', '.join(REPO_TOOLS)}"
+)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,36 +13,20 @@ import pytest
 import zstandard
 from hostile import (
     Scene,
-    World,
-    make_scene,
-    make_world,
     metadata_path,
+    needs_repo_tools,
     set_metadata,
     tree_digest,
 )
 
 from solver.repodata import MAX_METADATA, MAX_TEXT
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("rpmbuild") is None or shutil.which("createrepo_c") is None
-    or shutil.which("gpg") is None,
-    reason="needs rpmbuild, createrepo_c and gpg",
-)
+pytestmark = needs_repo_tools
 
 BOMB_SIZE = 2 << 30
 PEAK_LIMIT = 200 << 20
 PACKAGE = (b'<package type="rpm"><name>filler</name><arch>noarch</arch>'
            b'<version epoch="0" ver="1" rel="1"/><summary>s</summary></package>\n')
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return make_world(tmp_path_factory.mktemp("bounds"))
-
-
-@pytest.fixture
-def scene(world: World, tmp_path: Path) -> Scene:
-    return make_scene(world, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import stat
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -22,12 +21,10 @@ from hostile import (
     REPOMD,
     Published,
     Scene,
-    World,
     edit_package,
     edit_primary,
     make_repo,
-    make_scene,
-    make_world,
+    needs_repo_tools,
     one_error_line,
     resign,
     run_rpmimg,
@@ -40,21 +37,7 @@ from solver.definition import load_definition
 from solver.errors import PublishError
 from solver.publish import ImageStore
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("rpmbuild") is None or shutil.which("createrepo_c") is None
-    or shutil.which("gpg") is None or shutil.which("gpgv") is None,
-    reason="needs rpmbuild, createrepo_c, gpg and gpgv",
-)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return make_world(tmp_path_factory.mktemp("confined"))
-
-
-@pytest.fixture
-def scene(world: World, tmp_path: Path) -> Scene:
-    return make_scene(world, tmp_path)
+pytestmark = needs_repo_tools
 
 
 def _plant(scene: Scene, where: str) -> Path:

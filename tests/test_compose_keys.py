@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,27 +16,18 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from hostile import Scene, World, make_scene, make_world, one_error_line, run_rpmimg
+from hostile import (
+    Scene,
+    needs_repo_tools,
+    one_error_line,
+    run_rpmimg,
+)
 
 from fixtures.command import clean_env
 from fixtures.httpd import serve
 from solver.signing import homes_root
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("rpmbuild") is None or shutil.which("createrepo_c") is None
-    or shutil.which("gpg") is None or shutil.which("gpgconf") is None,
-    reason="needs rpmbuild, createrepo_c, gpg and gpgconf",
-)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return make_world(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture
-def scene(world: World, tmp_path: Path) -> Scene:
-    return make_scene(world, tmp_path)
+pytestmark = needs_repo_tools
 
 
 def _special_key(directory: Path, kind: str) -> Path:

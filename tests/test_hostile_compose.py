@@ -15,18 +15,14 @@ import hashlib
 import re
 import shutil
 import time
-from pathlib import Path
 
-import pytest
 from hostile import (
     Published,
     Scene,
-    World,
     edit_package,
     edit_primary,
     make_repo,
-    make_scene,
-    make_world,
+    needs_repo_tools,
     resign,
     set_timestamp,
 )
@@ -34,23 +30,9 @@ from hostile import (
 from fixtures.httpd import serve
 from fixtures.repos import createrepo
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("rpmbuild") is None or shutil.which("createrepo_c") is None
-    or shutil.which("gpg") is None or shutil.which("gpgv") is None,
-    reason="needs rpmbuild, createrepo_c, gpg and gpgv",
-)
+pytestmark = needs_repo_tools
 
 DAY = 86400
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return make_world(tmp_path_factory.mktemp("hostile"))
-
-
-@pytest.fixture
-def scene(world: World, tmp_path: Path) -> Scene:
-    return make_scene(world, tmp_path)
 
 
 # --- Repository metadata is never authenticated -------------------------------------------
