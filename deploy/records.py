@@ -25,6 +25,7 @@ from deploy.layout import Layout
 from deploy.state import FORMAT, DeploymentRecord, State, deployment_from
 from deploy.system import System
 from host import kernel
+from host.files import fsync_dir
 from rpmextents.nevra import vercmp
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def mark_discardable(layout: Layout, deployment_id: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _sync_dir(layout.staging)
+    fsync_dir(layout.staging)
 
 
 def unmark(layout: Layout, deployment_id: str) -> None:
@@ -133,14 +134,6 @@ def unmark(layout: Layout, deployment_id: str) -> None:
 
 def discardable(layout: Layout) -> set[str]:
     return {p.name[len("discard-") :] for p in layout.staging.glob("discard-*")}
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def unexplained(system: System, current: State) -> list[str]:
