@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := rpm python3-rpm python3-venv btrfs-progs rsync zstd createrepo-c \
 	libsolv-tools gnupg xz-utils bzip2 cpio libcap2-bin attr time util-linux
 
-.PHONY: all deps venv fixtures test lint typecheck pytest demo bench clean
+.PHONY: all deps venv fixtures test lint imports typecheck pytest demo bench clean
 
 all: venv
 
@@ -31,15 +31,19 @@ fixtures: venv
 	$(PY) -m fixtures.build
 
 lint: venv
-	$(VENV)/bin/ruff check host rpmimg rpmextents solver deploy tests fixtures benchmarks
+	$(VENV)/bin/ruff check host rpmextents imagespec rpmimg solver deploy tests fixtures benchmarks
+
+# The layering in pyproject.toml's [tool.importlinter] (README, "Code layout").
+imports: venv
+	$(VENV)/bin/lint-imports
 
 typecheck: venv
-	$(VENV)/bin/mypy host rpmimg rpmextents solver deploy
+	$(VENV)/bin/mypy host rpmextents imagespec rpmimg solver deploy
 
 pytest: venv fixtures
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: lint imports typecheck pytest
 
 demo: venv fixtures
 	$(PY) -m fixtures.demo

@@ -16,12 +16,12 @@ import os
 import re
 from pathlib import Path
 
-from deploy import mounts, state
-from deploy.errors import CommandError
+from deploy import mounts
 from deploy.layout import DIRNAME
-from deploy.run import run
 from deploy.state import State
 from deploy.system import System
+from host.files import write_atomically
+from host.run import CommandError, run
 
 log = logging.getLogger(__name__)
 
@@ -86,4 +86,4 @@ def write(system: System, current: State) -> None:
             return
     except FileNotFoundError:
         pass
-    state.write_atomically(path, text.encode())
+    write_atomically(path, text.encode())

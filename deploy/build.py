@@ -17,12 +17,12 @@ from pathlib import Path
 
 from deploy import delta
 from deploy.faults import checkpoint
-from deploy.manifest import ImageManifest
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
 from deploy.tree import TreeBuilder
 from host import kernel
+from imagespec.manifest import ImageManifest
 from rpmextents import Entry, ExtentsPackage, refuse_package_db
 from rpmextents.files import package_files
 
@@ -143,8 +143,8 @@ def _update(
     entries = _entries(store, old_keys, f"deployment {base.id}")
     entries.update(_entries(store, new_keys, f"{m.name} {m.version}"))
     plan = delta.plan(
-        delta.Layout.of((k, entries[k][1]) for k in old_keys),
-        delta.Layout.of((k, entries[k][1]) for k in new_keys),
+        delta.Placement.of((k, entries[k][1]) for k in old_keys),
+        delta.Placement.of((k, entries[k][1]) for k in new_keys),
     )
     for key in new_keys:
         builder.account(*entries[key])

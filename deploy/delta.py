@@ -25,10 +25,11 @@ import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from deploy.store import STRONG_DIGESTS
-from deploy.tree import HEADER_DIR, USR_TREE, relocate
+from deploy.tree import HEADER_DIR
+from imagespec.relocation import USR_TREE, relocate
 from rpmextents import Entry, Owners
 from rpmextents.files import EntryType
+from rpmextents.header import STRONG_HASH_ALGOS
 from rpmextents.tree import Tree
 
 
@@ -45,14 +46,14 @@ class Placed:
 
 
 @dataclass
-class Layout:
+class Placement:
     """A whole image as a fresh build lays it out, by tree-relative path ("" is the top)."""
 
     placed: dict[str, Placed] = field(default_factory=dict)
     mixed: set[str] = field(default_factory=set)  # paths whose entries disagree on their type
 
     @classmethod
-    def of(cls, packages: Iterable[tuple[str, Sequence[Entry]]]) -> Layout:
+    def of(cls, packages: Iterable[tuple[str, Sequence[Entry]]]) -> Placement:
         layout = cls()
         placed = layout.placed
         for key, entries in packages:
@@ -100,7 +101,7 @@ def same_result(a: Entry, b: Entry) -> bool:
         return (
             a.hardlink_key is None and b.hardlink_key is None  # links are rewritten as groups
             and a.size == b.size and a.caps == b.caps
-            and a.digest_algo == b.digest_algo and a.digest_algo in STRONG_DIGESTS
+            and a.digest_algo == b.digest_algo and a.digest_algo in STRONG_HASH_ALGOS
             and bool(a.digest) and a.digest == b.digest
         )
     return a.rdev == b.rdev
@@ -124,7 +125,7 @@ def _depth_first(paths: Iterable[str]) -> list[str]:
     return sorted(paths, key=lambda p: (-p.count("/"), p))
 
 
-def plan(old: Layout, new: Layout) -> Plan:
+def plan(old: Placement, new: Placement) -> Plan:
     """The smallest set of changes that makes a tree laid out as `old` equal one laid out as `new`."""
     write: set[str] = set()
     for path, placed in new.placed.items():

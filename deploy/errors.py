@@ -3,49 +3,37 @@
 from __future__ import annotations
 
 
-class Error(Exception):
+class DeployError(Exception):
     """Base of every error the deploy client raises on bad input or a refused operation."""
 
 
-class LayoutError(Error):
+class LayoutError(DeployError):
     """The sysroot is not usable: not btrfs, top level not reachable, layout damaged."""
 
 
-class StateError(Error):
+class StateError(DeployError):
     """The state file is unreadable or inconsistent."""
 
 
-class LockError(Error):
+class LockError(DeployError):
     """Another rpmimg holds the sysroot lock."""
 
 
-class ManifestError(Error):
-    """A manifest is malformed or cannot be fetched."""
-
-
-class SignatureError(ManifestError):
-    """A manifest signature is missing, invalid, or made by an untrusted key."""
-
-
-class DowngradeError(Error):
+class DowngradeError(DeployError):
     """The manifest is older than what is already deployed."""
 
 
-class FetchError(Error):
+class DeployFetchError(DeployError):
     """A package or manifest could not be transferred."""
 
 
-class PackageError(Error):
+class PackageError(DeployError):
     """A fetched package does not match its manifest entry or does not verify."""
 
 
-class SpaceError(Error):
+class SpaceError(DeployError):
     """The filesystem lacks room for the deployment."""
 
 
-class DeploymentError(Error):
+class DeploymentError(DeployError):
     """A deployment id is unknown, or an operation on it is refused."""
-
-
-class CommandError(Error):
-    """An external command was not found, was killed, or failed."""

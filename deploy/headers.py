@@ -18,9 +18,9 @@ from typing import BinaryIO, cast
 from deploy.errors import DeploymentError
 from deploy.tree import HEADER_DIR
 from host import kernel
-from rpmextents.errors import Error as FormatFamilyError
+from rpmextents.errors import ExtentsError
 from rpmextents.header import PackagePrefix, read_prefix
-from rpmextents.transcode import nevra_of
+from rpmextents.nevra import Nevra, nevra_of
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,16 @@ class InstalledPackage:
     prefix: PackagePrefix
 
     @property
+    def ident(self) -> Nevra:
+        return Nevra(self.name, self.epoch, self.version, self.release, self.arch)
+
+    @property
     def nvra(self) -> str:
-        return f"{self.name}-{self.version}-{self.release}.{self.arch}"
+        return self.ident.nvra
 
     @property
     def evr(self) -> str:
-        epoch = f"{self.epoch}:" if self.epoch is not None else ""
-        return f"{epoch}{self.version}-{self.release}"
+        return self.ident.evr
 
 
 def read_prefix_at(path: Path, dir_fd: int | None = None) -> PackagePrefix:
@@ -62,10 +65,11 @@ def read_header(path: Path, dir_fd: int | None = None) -> InstalledPackage:
     """Parse one header file; its signatures are not checked (the store did that)."""
     try:
         prefix = read_prefix_at(path, dir_fd)
-        _, epoch, name, version, release, arch = nevra_of(prefix.header)
-    except (OSError, FormatFamilyError) as e:
+        ident = nevra_of(prefix.header)
+    except (OSError, ExtentsError) as e:
         raise DeploymentError(f"{path}: unreadable package header: {e}") from e
-    return InstalledPackage(path, name, epoch, version, release, arch, prefix)
+    return InstalledPackage(path, ident.name, ident.epoch, ident.version, ident.release, ident.arch,
+                            prefix)
 
 
 def installed_packages(usr: Path) -> Iterator[InstalledPackage]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import LayoutError
-from deploy.run import run
 from host import kernel
+from host.run import run
 
 
 @dataclass(frozen=True)

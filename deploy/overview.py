@@ -12,6 +12,8 @@ from deploy.lifecycle import previous_of
 from deploy.state import State
 from deploy.system import System
 from host import kernel
+from imagespec.diff import PackageDiff, package_diff
+from rpmextents.nevra import Nevra
 
 
 @dataclass(frozen=True)
@@ -55,58 +57,8 @@ def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
     return out
 
 
-@dataclass(frozen=True)
-class PackageChange:
-    kind: str  # "added", "removed", "upgraded", "downgraded"
-    name: str
-    arch: str
-    old: str | None
-    new: str | None
-
-
-@dataclass(frozen=True)
-class Diff:
-    old: str
-    new: str
-    changes: tuple[PackageChange, ...]
-
-
-def _evr_cmp(a: InstalledPackage, b: InstalledPackage) -> int:
-    import rpm
-
-    def evr(p: InstalledPackage) -> tuple[str, str, str]:
-        return (str(p.epoch or 0), p.version, p.release)
-
-    result: int = rpm.labelCompare(evr(a), evr(b))
-    return result
-
-
-def diff_packages(old: Iterable[InstalledPackage], new: Iterable[InstalledPackage]) -> list[PackageChange]:
-    """Package-level differences between two package sets."""
-    def group(pkgs: Iterable[InstalledPackage]) -> dict[tuple[str, str], dict[str, InstalledPackage]]:
-        groups: dict[tuple[str, str], dict[str, InstalledPackage]] = {}
-        for p in pkgs:
-            groups.setdefault((p.name, p.arch), {})[p.evr] = p
-        return groups
-
-    a, b = group(old), group(new)
-    changes = []
-    for key in sorted(a.keys() | b.keys()):
-        name, arch = key
-        olds, news = a.get(key, {}), b.get(key, {})
-        if len(olds) == 1 and len(news) == 1:
-            (o,), (n,) = olds.values(), news.values()
-            c = _evr_cmp(o, n)
-            if c:
-                kind = "upgraded" if c < 0 else "downgraded"
-                changes.append(PackageChange(kind, name, arch, o.evr, n.evr))
-            continue
-        # Multiversion packages (kernels): each version is added or removed by itself.
-        for evr in sorted(olds.keys() - news.keys()):
-            changes.append(PackageChange("removed", name, arch, evr, None))
-        for evr in sorted(news.keys() - olds.keys()):
-            changes.append(PackageChange("added", name, arch, None, evr))
-    return changes
+def _idents(packages: Iterable[InstalledPackage]) -> list[Nevra]:
+    return [p.ident for p in packages]
 
 
 def default_pair(current: State, booted: str | None) -> tuple[str, str]:
@@ -121,7 +73,7 @@ def default_pair(current: State, booted: str | None) -> tuple[str, str]:
     return previous.id, current.default
 
 
-def diff(system: System, old: str | None = None, new: str | None = None) -> Diff:
+def diff(system: System, old: str | None = None, new: str | None = None) -> PackageDiff:
     """Compare two deployments' header files (defaults: see default_pair; one id: it vs default)."""
     current = system.load_state()
     if old is None:
@@ -133,8 +85,7 @@ def diff(system: System, old: str | None = None, new: str | None = None) -> Diff
     for d in (old, new):
         current.get(d)
     assert new is not None
-    changes = diff_packages(
-        installed_packages(system.layout.deployment(old)),
-        installed_packages(system.layout.deployment(new)),
+    return package_diff(
+        old, _idents(installed_packages(system.layout.deployment(old))),
+        new, _idents(installed_packages(system.layout.deployment(new))),
     )
-    return Diff(old=old, new=new, changes=tuple(changes))

@@ -19,12 +19,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from deploy import bootselect, manifest
+from deploy import bootselect
 from deploy.errors import LayoutError, StateError
 from deploy.layout import Layout
 from deploy.state import FORMAT, DeploymentRecord, State, deployment_from
 from deploy.system import System
 from host import kernel
+from host.files import fsync_dir
+from rpmextents.nevra import vercmp
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ def mark_discardable(layout: Layout, deployment_id: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _sync_dir(layout.staging)
+    fsync_dir(layout.staging)
 
 
 def unmark(layout: Layout, deployment_id: str) -> None:
@@ -132,14 +134,6 @@ def unmark(layout: Layout, deployment_id: str) -> None:
 
 def discardable(layout: Layout) -> set[str]:
     return {p.name[len("discard-") :] for p in layout.staging.glob("discard-*")}
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def unexplained(system: System, current: State) -> list[str]:
@@ -204,10 +198,10 @@ def rebuild(system: System) -> tuple[State, list[str]]:
     ids = [r.id for r in records]
     newest: dict[str, str] = {}
     for r in records:
-        if r.image not in newest or manifest.compare_versions(r.version, newest[r.image]) > 0:
+        if r.image not in newest or vercmp(r.version, newest[r.image]) > 0:
             newest[r.image] = r.version
     for image, version in old.newest.items():
-        if image not in newest or manifest.compare_versions(version, newest[image]) > 0:
+        if image not in newest or vercmp(version, newest[image]) > 0:
             newest[image] = version
     chosen = bootselect.selected(system)
     default = chosen if chosen in ids else (ids[-1] if ids else None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeploymentError, StateError
+from host.files import write_atomically
 
 FORMAT = 1
 REBUILD_HINT = "`rpmimg state rebuild` rebuilds it from the deployments' own records"
@@ -227,22 +227,6 @@ def load(path: Path) -> State:
         return from_json(data, "in")
     except StateError as e:
         raise StateError(f"{path}: malformed state file: {e}; {REBUILD_HINT}") from e
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace path with data so that a crash leaves either the old or the new content."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
 
 
 def save(path: Path, state: State) -> None:

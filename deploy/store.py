@@ -20,18 +20,17 @@ from pathlib import Path
 
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
-from deploy.manifest import PackageRef
 from deploy.sources.base import sha256_file
 from host import kernel
+from imagespec.manifest import ManifestPackage
 from rpmextents import Entry, ExtentsPackage, Keyring
-from rpmextents.errors import Error as FormatFamilyError
+from rpmextents.errors import ExtentsError
 from rpmextents.extract import NO_REFLINK
-from rpmextents.layout import align_up
+from rpmextents.header import STRONG_HASH_ALGOS
+from rpmextents.index import align_up
 
 log = logging.getLogger(__name__)
 
-# File digests strong enough to stand for the content they name.
-STRONG_DIGESTS = frozenset({"sha224", "sha256", "sha384", "sha512", "sha3_256", "sha3_512"})
 
 
 @dataclass(frozen=True)
@@ -80,14 +79,14 @@ class Store:
         except OSError:
             return True
 
-    def check_stored(self, ref: PackageRef, content: bool) -> bool:
+    def check_stored(self, ref: ManifestPackage, content: bool) -> bool:
         """Check a package already in the store against its manifest entry: identity always
         (PackageError when the manifest names it as something else), the whole content
         with content. A damaged entry is removed and False returned: fetch it again."""
         try:
             with ExtentsPackage.open(self.path(ref.sha256)) as pkg:
                 _check_identity(ref, pkg)
-        except (PackageError, FormatFamilyError) as e:
+        except (PackageError, ExtentsError) as e:
             if not self.damaged(ref.sha256):
                 # The entry is what its sha256 names: the manifest lies about it.
                 raise PackageError(f"{ref.nevra}: refused: the stored package with its sha256"
@@ -107,7 +106,7 @@ class Store:
             for sha in self:
                 try:
                     self._index_entries(self.path(sha), self.file_list(sha)[1])
-                except FormatFamilyError as e:
+                except ExtentsError as e:
                     log.warning("%s: skipped for deduplication: %s", self.path(sha), e)
         return self._index
 
@@ -154,7 +153,7 @@ class Store:
                     raise
         return deduped
 
-    def _rebuild(self, ref: PackageRef, fetched: Path, matches: list[tuple[int, int, StoredExtent]]) -> int:
+    def _rebuild(self, ref: ManifestPackage, fetched: Path, matches: list[tuple[int, int, StoredExtent]]) -> int:
         """Replace fetched by a copy that clones the matching data from the store and
         writes only the rest; returns the bytes cloned.
 
@@ -199,7 +198,7 @@ class Store:
         os.rename(tmp, fetched)
         return cloned
 
-    def add(self, ref: PackageRef, fetched: Path, keyring: Keyring | None) -> int:
+    def add(self, ref: ManifestPackage, fetched: Path, keyring: Keyring | None) -> int:
         """Verify a fetched package against ref and the keyring, dedupe it, move it in.
 
         Without a keyring the header signature is not required (digests are still checked).
@@ -225,7 +224,7 @@ class Store:
                 nevra = pkg.nevra
                 matches = self._matches(pkg)
                 # Only a digest strong enough to stand for the content may replace the bytes.
-                strong = [m for m in matches if m[2].digest_algo in STRONG_DIGESTS]
+                strong = [m for m in matches if m[2].digest_algo in STRONG_HASH_ALGOS]
                 # Mostly known data (an updated package): a fresh copy sharing it. Mostly new
                 # data: rewriting it would cost more than the few shared files save.
                 rebuild = sum(length for _, length, _ in strong) * 2 > pkg.data_bytes
@@ -241,7 +240,7 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except FormatFamilyError as e:
+        except ExtentsError as e:
             fetched.unlink(missing_ok=True)
             raise PackageError(f"{ref.nevra}: refused: {e}") from e
         except PackageError:
@@ -267,7 +266,7 @@ def _copy_bytes(src: int, dst: int, offset: int, length: int) -> None:
         offset += os.pwrite(dst, chunk, offset)
 
 
-def _check_identity(ref: PackageRef, pkg: ExtentsPackage) -> None:
+def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage) -> None:
     if (pkg.name, pkg.version, pkg.release, pkg.arch) != (
         ref.name, ref.version, ref.release, ref.arch,
     ) or pkg.epoch != ref.epoch:

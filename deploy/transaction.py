@@ -26,20 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import bootselect, records
-from deploy import manifest as manifest_mod
 from deploy.build import Built, OwnerIds, build
-from deploy.errors import DowngradeError, PackageError, SpaceError
+from deploy.errors import DowngradeError, SpaceError
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
-from deploy.manifest import ImageManifest, PackageRef
 from deploy.signature import fetch_verified_manifest, trusted_key_files
 from deploy.sources import FetchJob, Source, open_source
 from deploy.state import DeploymentRecord, PackageRecord, State
 from deploy.store import Store
 from deploy.system import System
+from imagespec.manifest import ImageManifest, ManifestPackage
 from rpmextents import Keyring
-from rpmextents.errors import Error as FormatFamilyError
+from rpmextents.errors import ExtentsError
+from rpmextents.nevra import vercmp
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def read_manifest(system: System, options: DeployOptions) -> SignedManifest:
 
 def _check_downgrade(current: State, m: ImageManifest, allow: bool) -> None:
     newest = current.newest.get(m.name)
-    if newest is not None and manifest_mod.compare_versions(m.version, newest) < 0 and not allow:
+    if newest is not None and vercmp(m.version, newest) < 0 and not allow:
         raise DowngradeError(
             f"{m.name} {m.version} is older than {newest}, which was already deployed"
             " (use --allow-downgrade to deploy it anyway, or rollback)"
@@ -148,12 +148,12 @@ def _reactivate(system: System, current: State, existing: DeploymentRecord) -> N
 
 @dataclass(frozen=True)
 class Stored:
-    fetched: tuple[PackageRef, ...]
+    fetched: tuple[ManifestPackage, ...]
     transferred: int
     deduplicated: int
 
 
-def _basis(current: State, store: Store, ref: PackageRef) -> Path | None:
+def _basis(current: State, store: Store, ref: ManifestPackage) -> Path | None:
     """The newest stored version of the same package: the delta base for rsync."""
     for d in reversed(current.deployments):
         for p in d.packages:
@@ -162,7 +162,7 @@ def _basis(current: State, store: Store, ref: PackageRef) -> Path | None:
     return None
 
 
-def _check_space(system: System, m: ImageManifest, fetch: Sequence[PackageRef]) -> None:
+def _check_space(system: System, m: ImageManifest, fetch: Sequence[ManifestPackage]) -> None:
     st = os.statvfs(system.layout.root)
     free = st.f_bavail * st.f_frsize
     image = sum(p.size for p in m.packages)
@@ -180,12 +180,12 @@ def _builds_in_full(current: State, options: DeployOptions) -> bool:
     return options.full or base is None or base.owner_ids is None
 
 
-def _missing(store: Store, signed: SignedManifest, current: State, full: bool) -> list[PackageRef]:
+def _missing(store: Store, signed: SignedManifest, current: State, full: bool) -> list[ManifestPackage]:
     """Packages to fetch: those the store lacks, or holds damaged. Stored ones are checked
     against their manifest entry; their whole content too where a full build will read it."""
     base = current.find(current.default)
     in_base = {p.sha256 for p in base.packages} if base is not None else set()
-    wanted: dict[str, PackageRef] = {}
+    wanted: dict[str, ManifestPackage] = {}
     for ref in signed.manifest.packages:
         if ref.sha256 in wanted:
             continue
@@ -229,7 +229,7 @@ class Tree:
     built: Built
 
 
-def _record(ref: PackageRef, source: Source) -> PackageRecord:
+def _record(ref: ManifestPackage, source: Source) -> PackageRecord:
     return PackageRecord(
         name=ref.name, epoch=ref.epoch, version=ref.version, release=ref.release, arch=ref.arch,
         sha256=ref.sha256, header_sha256=ref.header_sha256, size=ref.size,
@@ -279,7 +279,7 @@ def commit(system: System, signed: SignedManifest, current: State, tree: Tree) -
     """Phase 4: save the state naming the new deployment as default, then the boot selection."""
     m = signed.manifest
     newest = dict(current.newest)
-    if m.name not in newest or manifest_mod.compare_versions(m.version, newest[m.name]) > 0:
+    if m.name not in newest or vercmp(m.version, newest[m.name]) > 0:
         newest[m.name] = m.version
     new_state = dataclasses.replace(
         current, deployments=(*current.deployments, tree.record), default=tree.record.id,
@@ -308,7 +308,7 @@ def _phase(
     (the failing file's, else the phase's own), after removing what the phase left (with undo)."""
     try:
         yield
-    except (OSError, FormatFamilyError) as e:
+    except (OSError, ExtentsError) as e:
         full = _out_of_space(e)
         if full is None:
             raise
@@ -384,27 +384,3 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             unknown_owners=built.unknown_owners, build=built.method, full_reason=built.full_reason,
             written_paths=built.written, kept_paths=built.kept,
         )
-
-
-def refetcher(system: System, keyrings: Sequence[Path] = ()) -> Callable[[DeploymentRecord, str], Path]:
-    """For `verify --repair`: bring one package of a deployment back into the store,
-    from the signed manifest the deployment was made from."""
-
-    def refetch(record: DeploymentRecord, nvra: str) -> Path:
-        key_files = trusted_key_files(system.sysroot, keyrings)
-        source = open_source(record.source)
-        m, manifest_sha, _ = fetch_verified_manifest(source, key_files)
-        if manifest_sha != record.manifest_sha256:
-            raise PackageError(
-                f"{record.source}: the manifest changed since deployment {record.id} was made;"
-                f" cannot refetch {nvra} from it"
-            )
-        ref = next(p for p in m.packages if p.nvra == nvra)
-        dest = system.layout.downloads / f"{ref.sha256}.rpm"
-        if not dest.exists():
-            source.fetch([FetchJob(ref, dest)], None)
-        store = Store(system.layout.store)
-        store.add(ref, dest, Keyring.from_files(key_files))
-        return store.path(ref.sha256)
-
-    return refetch

@@ -18,24 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host import kernel
-from rpmextents import PACKAGE_DB, Entry, ExtentsPackage, Owners, Relocation, extract
+from imagespec.relocation import USR_TREE, relocate
+from rpmextents import PACKAGE_DB, Entry, ExtentsPackage, Owners, extract
 from rpmextents.extract import NO_REFLINK
-from rpmextents.layout import align_up
+from rpmextents.index import align_up
 from rpmextents.tree import Tree
 
-FACTORY = "share/factory"
-# A deployment is the image's /usr; what a package places elsewhere goes under share/factory.
-USR_TREE = Relocation(top="/usr", outside=f"/usr/{FACTORY}")
 HEADER_DIR = USR_TREE.tree_path(PACKAGE_DB)
 
 
-def relocate(path: str) -> tuple[str, bool]:
-    """The entry's path relative to the tree (symlinks not resolved), and whether it lies outside /usr."""
-    return USR_TREE.tree_path(path), not USR_TREE.holds(path)
-
-
 def header_file_name(pkg: ExtentsPackage) -> str:
-    return f"{pkg.name}-{pkg.version}-{pkg.release}.{pkg.arch}.rpm"
+    return f"{pkg.ident.nvra}.rpm"
 
 
 @dataclass

@@ -11,27 +11,29 @@ no longer has, from the manifest the deployment came from) and verifies again.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import errno
 import hashlib
-import multiprocessing
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import DeploymentError, PackageError
+from deploy.hashing import READ_FLAGS, DigestJob, Hashing
 from deploy.headers import read_prefix_at
 from deploy.lock import DEFAULT_WAIT
+from deploy.signature import fetch_verified_manifest, trusted_key_files
+from deploy.sources import FetchJob, open_source
 from deploy.state import DeploymentRecord, PackageRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import HEADER_DIR, USR_TREE, TreeBuilder, relocate
+from deploy.tree import HEADER_DIR, TreeBuilder
 from host import kernel
-from rpmextents import Entry, ExtentsPackage, Owners
-from rpmextents.errors import Error as FormatFamilyError
+from imagespec.relocation import USR_TREE, relocate
+from rpmextents import Entry, ExtentsPackage, Keyring, Owners
+from rpmextents.errors import ExtentsError
 from rpmextents.files import header_files
 from rpmextents.header import Header, PackagePrefix
 from rpmextents.tree import Tree
@@ -57,97 +59,9 @@ class VerifyResult:
 
 # The order _check_file reports differences in (as rpm -V lists them, roughly).
 CHECK_ORDER = ("unverifiable", "extra", "missing", "type", "mode", "owner", "group", "size", "digest", "caps", "link", "rdev", "mtime")
-BATCH_BYTES = 16 << 20
 
 
-@dataclass(frozen=True)
-class _DigestJob:
-    """A file's content still to hash, after the metadata checks."""
-
-    root: str  # the deployment tree
-    rel: str  # the file, resolved inside it: a path with no symlink in it
-    algo: str
-    expected: str
-    size: int
-
-
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-
-
-def _differing(jobs: list[_DigestJob]) -> list[bool]:
-    """For each job, whether the file's digest differs from the expected one.
-
-    Each file is opened below its tree's fd following no symlink at all, so a tree changed
-    since its metadata was checked can't make this read anything outside it.
-    """
-    out = []
-    roots: dict[str, int] = {}
-    try:
-        for j in jobs:
-            try:
-                if j.root not in roots:
-                    roots[j.root] = os.open(j.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                with open(kernel.open_beneath(roots[j.root], j.rel, _READ), "rb", buffering=0) as f:
-                    out.append(hashlib.file_digest(f, j.algo).hexdigest() != j.expected)
-            except OSError:
-                out.append(True)  # unreadable content is not the packaged content
-    finally:
-        for fd in roots.values():
-            os.close(fd)
-    return out
-
-
-class _Hashing:
-    """Digest checks that run while the metadata checks go on.
-
-    Jobs are cut into batches of about BATCH_BYTES; once there is more than one batch,
-    they go to one process per core (hashlib holds the GIL between chunks, so threads
-    would contend with the metadata pass). A small deployment is hashed in this process.
-    """
-
-    def __init__(self, batch_bytes: int = BATCH_BYTES) -> None:
-        self._batch_bytes = batch_bytes
-        self._batch: list[_DigestJob] = []
-        self._bytes = 0
-        self._futures: list[concurrent.futures.Future[list[bool]]] = []
-        self._queued = 0
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._workers = os.cpu_count() or 1
-
-    def __enter__(self) -> _Hashing:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-
-    def add(self, job: _DigestJob) -> None:
-        self._batch.append(job)
-        self._bytes += job.size
-        if self._bytes >= self._batch_bytes and self._workers > 1:
-            if self._pool is None:
-                ctx = multiprocessing.get_context("fork")
-                self._pool = concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=ctx)
-            self._futures.append(self._pool.submit(_differing, self._batch))
-            self._queued += len(self._batch)
-            self._batch, self._bytes = [], 0
-
-    def results(self, progress: Callable[[int, int], None] | None) -> list[bool]:
-        """Whether each job's file differs, in the order the jobs were added."""
-        total = self._queued + len(self._batch)
-        last = _differing(self._batch)
-        out: list[bool] = []
-        for future in self._futures:
-            out.extend(future.result())
-            if progress is not None:
-                progress(len(out), total)
-        out.extend(last)
-        if progress is not None:
-            progress(len(out), total)
-        return out
-
-
-def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, list[str], _DigestJob | None]:
+def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, list[str], DigestJob | None]:
     """Compare one file entry of a header with what the tree holds.
 
     The path is resolved inside the tree as extraction placed it (rpmextents.tree); the
@@ -160,7 +74,7 @@ def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, l
         st = os.lstat(name, dir_fd=dir_fd)
     except (FileNotFoundError, NotADirectoryError):
         return rel, ["missing"], None
-    except (OSError, FormatFamilyError) as e:
+    except (OSError, ExtentsError) as e:
         if isinstance(e, OSError) and e.errno not in (errno.ELOOP, errno.ENAMETOOLONG):
             raise
         return rel, ["missing"], None  # its path does not resolve inside the tree
@@ -181,7 +95,7 @@ def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, l
         if st.st_size != f.size:
             what.append("size")
         if f.digest:
-            job = _DigestJob(tree.root, real, algo, f.digest, st.st_size)
+            job = DigestJob(tree.root, real, algo, f.digest, st.st_size)
         if bool(f.caps) != _has_caps(dir_fd, name):
             what.append("caps")
     elif stat.S_ISLNK(fmode):
@@ -197,7 +111,7 @@ def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, l
 def _has_caps(dir_fd: int, name: str) -> bool:
     """Whether the regular file name in dir_fd carries file capabilities."""
     try:
-        fd = os.open(name, _READ | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, READ_FLAGS | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return False
     try:
@@ -209,7 +123,7 @@ def _has_caps(dir_fd: int, name: str) -> bool:
     return True
 
 
-_Finding = tuple[str, str, str, list[str], "_DigestJob | None"]  # nvra, name, location, what, job
+_Finding = tuple[str, str, str, list[str], "DigestJob | None"]  # nvra, name, location, what, job
 
 
 def _package_findings(nvra: str, header: Header, tree: Tree, owners: Owners) -> tuple[int, list[_Finding]]:
@@ -252,7 +166,7 @@ def _prefix_if(path: Path, header_sha256: str, dir_fd: int | None = None) -> Pac
     signed manifest named."""
     try:
         prefix = read_prefix_at(path, dir_fd)
-    except (OSError, FormatFamilyError):
+    except (OSError, ExtentsError):
         return None
     return prefix if hashlib.sha256(prefix.raw).hexdigest() == header_sha256 else None
 
@@ -335,7 +249,7 @@ def verify(
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
     files, findings, own = 0, [], []
-    with _Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
+    with Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
         for nvra, header, mismatch in _anchored(system, record, tree):
             if mismatch is not None:
                 own.append(mismatch)
@@ -423,3 +337,27 @@ def repair(
         after = verify(system, record.id)
         fixed = {m.path for m in before.mismatches} - {m.path for m in after.mismatches}
         return dataclasses.replace(after, repaired=tuple(sorted(fixed)))
+
+
+def refetcher(system: System, keyrings: Sequence[Path] = ()) -> Callable[[DeploymentRecord, str], Path]:
+    """For `verify --repair`: bring one package of a deployment back into the store,
+    from the signed manifest the deployment was made from."""
+
+    def refetch(record: DeploymentRecord, nvra: str) -> Path:
+        key_files = trusted_key_files(system.sysroot, keyrings)
+        source = open_source(record.source)
+        m, manifest_sha, _ = fetch_verified_manifest(source, key_files)
+        if manifest_sha != record.manifest_sha256:
+            raise PackageError(
+                f"{record.source}: the manifest changed since deployment {record.id} was made;"
+                f" cannot refetch {nvra} from it"
+            )
+        ref = next(p for p in m.packages if p.nvra == nvra)
+        dest = system.layout.downloads / f"{ref.sha256}.rpm"
+        if not dest.exists():
+            source.fetch([FetchJob(ref, dest)], None)
+        store = Store(system.layout.store)
+        store.add(ref, dest, Keyring.from_files(key_files))
+        return store.path(ref.sha256)
+
+    return refetch

@@ -100,36 +100,23 @@ BTRFS_SUBVOL_RDONLY = 1 << 1
 BTRFS_VOL_ARGS = struct.Struct(f"=q{BTRFS_PATH_NAME_MAX + 1}s")  # fd, name
 # fd, transid, flags, union {size, qgroup_inherit; unused[4]}, union {name, devid, subvolid}
 BTRFS_VOL_ARGS_V2 = struct.Struct(f"=qQQ32x{BTRFS_SUBVOL_NAME_MAX + 1}s")
-# tree_id, min/max objectid, min/max offset, min/max transid, min/max type, nr_items, unused, unused1-4
-BTRFS_SEARCH_KEY = struct.Struct("=QQQQQQQIIII32x")
-BTRFS_SEARCH_HEADER = struct.Struct("=QQQII")  # transid, objectid, offset, type, len
-BTRFS_SEARCH_ARGS_SIZE = 4096  # key + buf[4096 - sizeof(key)]
 BTRFS_INO_LOOKUP_ARGS = struct.Struct(f"=QQ{BTRFS_INO_LOOKUP_PATH_MAX}s")  # treeid, objectid, name
 U64 = struct.Struct("=Q")
 BTRFS_IOC_SUBVOL_CREATE = _IOW(BTRFS_IOCTL_MAGIC, 14, BTRFS_VOL_ARGS.size)
 BTRFS_IOC_SNAP_DESTROY = _IOW(BTRFS_IOCTL_MAGIC, 15, BTRFS_VOL_ARGS.size)
-BTRFS_IOC_TREE_SEARCH = _IOWR(BTRFS_IOCTL_MAGIC, 17, BTRFS_SEARCH_ARGS_SIZE)
 BTRFS_IOC_INO_LOOKUP = _IOWR(BTRFS_IOCTL_MAGIC, 18, BTRFS_INO_LOOKUP_ARGS.size)
-BTRFS_IOC_DEFAULT_SUBVOL = _IOW(BTRFS_IOCTL_MAGIC, 19, U64.size)
 BTRFS_IOC_SNAP_CREATE_V2 = _IOW(BTRFS_IOCTL_MAGIC, 23, BTRFS_VOL_ARGS_V2.size)
 BTRFS_IOC_SUBVOL_GETFLAGS = _IOR(BTRFS_IOCTL_MAGIC, 25, U64.size)
 BTRFS_IOC_SUBVOL_SETFLAGS = _IOW(BTRFS_IOCTL_MAGIC, 26, U64.size)
 # Requests only btrfs answers (FICLONE and friends began as btrfs ioctls but are generic now).
 _BTRFS_ONLY = frozenset({
-    BTRFS_IOC_SUBVOL_CREATE, BTRFS_IOC_SNAP_DESTROY, BTRFS_IOC_TREE_SEARCH, BTRFS_IOC_INO_LOOKUP,
-    BTRFS_IOC_DEFAULT_SUBVOL, BTRFS_IOC_SNAP_CREATE_V2, BTRFS_IOC_SUBVOL_GETFLAGS,
-    BTRFS_IOC_SUBVOL_SETFLAGS,
+    BTRFS_IOC_SUBVOL_CREATE, BTRFS_IOC_SNAP_DESTROY, BTRFS_IOC_INO_LOOKUP,
+    BTRFS_IOC_SNAP_CREATE_V2, BTRFS_IOC_SUBVOL_GETFLAGS, BTRFS_IOC_SUBVOL_SETFLAGS,
 })
 
 # linux/btrfs_tree.h
-BTRFS_ROOT_TREE_OBJECTID = 1
 BTRFS_FS_TREE_OBJECTID = 5
-BTRFS_ROOT_TREE_DIR_OBJECTID = 6
 BTRFS_FIRST_FREE_OBJECTID = 256
-BTRFS_DIR_ITEM_KEY = 84
-# struct btrfs_dir_item, packed, on-disk: location {objectid, type, offset}, transid, data_len,
-# name_len, type; the name and data_len bytes of data follow
-BTRFS_DIR_ITEM = struct.Struct("<QBQQHHB")
 
 # linux/magic.h
 BTRFS_SUPER_MAGIC = 0x9123683E
@@ -433,60 +420,6 @@ def is_subvolume(path: StrPath) -> bool:
     # A subvolume's root directory is always inode 256 in its own tree.
     return (stat.S_ISDIR(st.st_mode) and st.st_ino == BTRFS_FIRST_FREE_OBJECTID
             and is_btrfs(path))
-
-
-def set_default_subvolume(fs_path: StrPath, subvol_id: int) -> None:
-    """Make subvolume subvol_id what the filesystem at fs_path mounts by default (BTRFS_IOC_DEFAULT_SUBVOL)."""
-    with _open(fs_path) as fd:
-        _ioctl(fd, BTRFS_IOC_DEFAULT_SUBVOL, bytearray(U64.pack(subvol_id)), os.fspath(fs_path))
-
-
-def get_default_subvolume(fs_path: StrPath) -> int:
-    """The id of the subvolume the filesystem at fs_path mounts by default (BTRFS_IOC_TREE_SEARCH).
-
-    Reads the "default" entry of the root tree directory, as the kernel does at mount time;
-    needs CAP_SYS_ADMIN.
-    """
-    with _open(fs_path) as fd:
-        min_offset = 0
-        while True:
-            arg = bytearray(BTRFS_SEARCH_ARGS_SIZE)
-            BTRFS_SEARCH_KEY.pack_into(
-                arg, 0, BTRFS_ROOT_TREE_OBJECTID,
-                BTRFS_ROOT_TREE_DIR_OBJECTID, BTRFS_ROOT_TREE_DIR_OBJECTID,
-                min_offset, (1 << 64) - 1, 0, (1 << 64) - 1,
-                BTRFS_DIR_ITEM_KEY, BTRFS_DIR_ITEM_KEY, 4096, 0,
-            )
-            _ioctl(fd, BTRFS_IOC_TREE_SEARCH, arg, os.fspath(fs_path))
-            nr_items = BTRFS_SEARCH_KEY.unpack_from(arg, 0)[9]
-            if nr_items == 0:
-                raise OSError(errno.ENOENT, "no default subvolume entry", os.fspath(fs_path))
-            pos = BTRFS_SEARCH_KEY.size
-            for _ in range(nr_items):
-                _, objectid, offset, type_, length = BTRFS_SEARCH_HEADER.unpack_from(arg, pos)
-                pos += BTRFS_SEARCH_HEADER.size
-                item = bytes(arg[pos:pos + length])
-                pos += length
-                if objectid == BTRFS_ROOT_TREE_DIR_OBJECTID and type_ == BTRFS_DIR_ITEM_KEY:
-                    found = _dir_item_location(item, b"default")
-                    if found is not None:
-                        return found
-                min_offset = offset + 1
-            if min_offset == 0:  # wrapped past the last possible offset
-                raise OSError(errno.ENOENT, "no default subvolume entry", os.fspath(fs_path))
-
-
-def _dir_item_location(item: bytes, name: bytes) -> int | None:
-    """The location objectid of the entry called name in a DIR_ITEM (entries whose hashes collide share one item)."""
-    pos = 0
-    while pos + BTRFS_DIR_ITEM.size <= len(item):
-        objectid, _, _, _, data_len, name_len, _ = BTRFS_DIR_ITEM.unpack_from(item, pos)
-        pos += BTRFS_DIR_ITEM.size
-        if item[pos:pos + name_len] == name:
-            location: int = objectid
-            return location
-        pos += name_len + data_len
-    return None
 
 
 # --- libc and libcap through cffi ------------------------------------------------------------

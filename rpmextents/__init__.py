@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from rpmextents.errors import (
     CorruptPackageError,
-    Error,
+    ExtentsError,
     FormatError,
     UnsafePathError,
     UnsupportedPackageError,
@@ -32,8 +32,8 @@ __all__ = [
     "CorruptPackageError",
     "Entry",
     "EntryType",
-    "Error",
     "Extent",
+    "ExtentsError",
     "ExtentsPackage",
     "ExtractReport",
     "FormatError",

@@ -12,7 +12,7 @@ from typing import Any
 
 from host import kernel
 from rpmextents.files import Entry, EntryType, Extent, FileFlag
-from rpmextents.layout import align_up
+from rpmextents.index import align_up
 from rpmextents.package import ExtentsPackage
 from rpmextents.tree import ExtractError, Relocation, Tree
 

@@ -8,9 +8,12 @@ import posixpath
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from rpmextents.errors import FormatError, UnsafePathError
 from rpmextents.header import HASH_ALGOS, Header, Tag, read_prefix
+
+_T = TypeVar("_T", int, str)
 
 
 class EntryType(enum.Enum):
@@ -96,9 +99,9 @@ class Entry:
         return bool(self.flags & _CONFIG)
 
 
-def _column(values: list[int] | list[str], count: int, what: str, fill: int | str) -> list[int] | list[str]:
+def _column(values: list[_T], count: int, what: str, fill: _T) -> list[_T]:
     if not values:
-        return [fill] * count  # type: ignore[return-value]
+        return [fill] * count
     if len(values) != count:
         raise FormatError(f"header: {what} has {len(values)} entries for {count} files")
     return values
@@ -137,54 +140,95 @@ def check_path(path: str) -> None:
         raise FormatError(f"unsafe file name {path!r}: not normalised")
 
 
-def header_files(header: Header, data: dict[int, Extent] | None = None) -> list[Entry]:
-    """The header's file list; with ``data`` (file index -> extent of the stored
-    content), every regular file gets its extent, hardlinks sharing one."""
-    paths = file_paths(header)
-    n = len(paths)
-    if n == 0:
-        return []
-    sizes = header.ints(Tag.LONGFILESIZES) or header.ints(Tag.FILESIZES)
-    modes = header.ints(Tag.FILEMODES)
-    if len(sizes) != n or len(modes) != n:
-        raise FormatError("header: file sizes or modes do not match the file count")
-    rdevs = _column(header.ints(Tag.FILERDEVS), n, "FILERDEVS", 0)
-    mtimes = _column(header.ints(Tag.FILEMTIMES), n, "FILEMTIMES", 0)
-    digests = _column(header.strings(Tag.FILEDIGESTS), n, "FILEDIGESTS", "")
-    linktos = _column(header.strings(Tag.FILELINKTOS), n, "FILELINKTOS", "")
-    flags = _column(header.ints(Tag.FILEFLAGS), n, "FILEFLAGS", 0)
-    users = _column(header.strings(Tag.FILEUSERNAME), n, "FILEUSERNAME", "root")
-    groups = _column(header.strings(Tag.FILEGROUPNAME), n, "FILEGROUPNAME", "root")
-    caps = _column(header.strings(Tag.FILECAPS), n, "FILECAPS", "")
-    inodes = _column(header.ints(Tag.FILEINODES), n, "FILEINODES", 0)
-    devices = _column(header.ints(Tag.FILEDEVICES), n, "FILEDEVICES", 0)
-    algo_number = header.number(Tag.FILEDIGESTALGO) or 1
-    digest_algo = HASH_ALGOS.get(algo_number)
-    if digest_algo is None:
-        raise FormatError(f"header: unknown file digest algorithm {algo_number}")
+@dataclass(frozen=True)
+class _Columns:
+    """The header's per-file arrays, each checked to have one value per file."""
 
-    # Regular, non-ghost files sharing (device, inode) are hardlinks, as rpm groups them.
+    sizes: list[int]
+    modes: list[int]
+    rdevs: list[int]
+    mtimes: list[int]
+    digests: list[str]
+    linktos: list[str]
+    flags: list[int]
+    users: list[str]
+    groups: list[str]
+    caps: list[str]
+    inodes: list[int]
+    devices: list[int]
+    digest_algo: str
+
+    @classmethod
+    def of(cls, header: Header, n: int) -> _Columns:
+        sizes = header.ints(Tag.LONGFILESIZES) or header.ints(Tag.FILESIZES)
+        modes = header.ints(Tag.FILEMODES)
+        if len(sizes) != n or len(modes) != n:
+            raise FormatError("header: file sizes or modes do not match the file count")
+        algo_number = header.number(Tag.FILEDIGESTALGO) or 1
+        digest_algo = HASH_ALGOS.get(algo_number)
+        if digest_algo is None:
+            raise FormatError(f"header: unknown file digest algorithm {algo_number}")
+        return cls(
+            sizes=sizes, modes=modes,
+            rdevs=_column(header.ints(Tag.FILERDEVS), n, "FILERDEVS", 0),
+            mtimes=_column(header.ints(Tag.FILEMTIMES), n, "FILEMTIMES", 0),
+            digests=_column(header.strings(Tag.FILEDIGESTS), n, "FILEDIGESTS", ""),
+            linktos=_column(header.strings(Tag.FILELINKTOS), n, "FILELINKTOS", ""),
+            flags=_column(header.ints(Tag.FILEFLAGS), n, "FILEFLAGS", 0),
+            users=_column(header.strings(Tag.FILEUSERNAME), n, "FILEUSERNAME", "root"),
+            groups=_column(header.strings(Tag.FILEGROUPNAME), n, "FILEGROUPNAME", "root"),
+            caps=_column(header.strings(Tag.FILECAPS), n, "FILECAPS", ""),
+            inodes=_column(header.ints(Tag.FILEINODES), n, "FILEINODES", 0),
+            devices=_column(header.ints(Tag.FILEDEVICES), n, "FILEDEVICES", 0),
+            digest_algo=digest_algo,
+        )
+
+    def stored(self, i: int) -> bool:
+        """Whether file i has content in the payload: a regular file, not a %ghost."""
+        return stat.S_ISREG(int(self.modes[i])) and not int(self.flags[i]) & _GHOST
+
+
+def _hardlink_keys(cols: _Columns) -> dict[int, int]:
+    """File index -> the first index of its hardlink group (groups of one are left out).
+
+    Regular, non-ghost files sharing (device, inode) are hardlinks, as rpm groups them.
+    """
     groups_by_inode: dict[tuple[int, int], list[int]] = {}
-    for i in range(n):
-        if stat.S_ISREG(int(modes[i])) and not int(flags[i]) & _GHOST and int(inodes[i]) > 0:
-            groups_by_inode.setdefault((int(devices[i]), int(inodes[i])), []).append(i)
-    hardlink_key: dict[int, int] = {}
-    for members in groups_by_inode.values():
-        if len(members) > 1:
-            for i in members:
-                hardlink_key[i] = members[0]
+    for i in range(len(cols.modes)):
+        if cols.stored(i) and int(cols.inodes[i]) > 0:
+            groups_by_inode.setdefault((int(cols.devices[i]), int(cols.inodes[i])), []).append(i)
+    return {i: members[0] for members in groups_by_inode.values() if len(members) > 1
+            for i in members}
 
+
+def _group_extents(cols: _Columns, paths: list[str], data: dict[int, Extent],
+                   hardlink_key: dict[int, int]) -> dict[int, Extent]:
+    """The stored extent of each hardlink group (or single file), checked against the header."""
     group_extent: dict[int, Extent] = {}
-    for fx, stored in (data or {}).items():
-        if fx >= n:
-            raise FormatError(f"extents index refers to file {fx}, the header has {n}")
-        if not stat.S_ISREG(int(modes[fx])) or int(flags[fx]) & _GHOST or int(sizes[fx]) != stored.length:
+    for fx, stored in data.items():
+        if fx >= len(paths):
+            raise FormatError(f"extents index refers to file {fx}, the header has {len(paths)}")
+        if not cols.stored(fx) or int(cols.sizes[fx]) != stored.length:
             raise FormatError(f"extents index data for {paths[fx]} does not fit its header entry")
         key = hardlink_key.get(fx, -1 - fx)
         if key in group_extent:
             raise FormatError(f"extents index stores {paths[fx]} twice")
         group_extent[key] = stored
+    return group_extent
 
+
+def header_files(header: Header, data: dict[int, Extent] | None = None) -> list[Entry]:
+    """The header's file list; with ``data`` (file index -> extent of the stored
+    content), every regular file gets its extent, hardlinks sharing one."""
+    paths = file_paths(header)
+    if not paths:
+        return []
+    cols = _Columns.of(header, len(paths))
+    hardlink_key = _hardlink_keys(cols)
+    group_extent = _group_extents(cols, paths, data or {}, hardlink_key)
+    # Local names: this loop runs once per file of every package a deploy reads.
+    modes, sizes, flags, users, groups = cols.modes, cols.sizes, cols.flags, cols.users, cols.groups
+    with_data = data is not None
     entries = []
     for i, path in enumerate(paths):
         check_path(path)
@@ -193,30 +237,18 @@ def header_files(header: Header, data: dict[int, Extent] | None = None) -> list[
         if etype is None:
             raise FormatError(f"header: {path} has an unknown file type in mode {mode:o}")
         extent = None
-        if data is not None and etype is EntryType.FILE and int(sizes[i]) > 0 and not int(flags[i]) & _GHOST:
+        if with_data and etype is EntryType.FILE and int(sizes[i]) > 0 and not int(flags[i]) & _GHOST:
             extent = group_extent.get(hardlink_key.get(i, -1 - i))
             if extent is None:
                 raise FormatError(f"extents index has no data for {path}")
-        entries.append(
-            Entry(
-                index=i,
-                path=path,
-                type=etype,
-                mode=mode,
-                user=str(users[i]),
-                group=str(groups[i]),
-                mtime=int(mtimes[i]),
-                size=int(sizes[i]),
-                linkto=str(linktos[i]) if etype is EntryType.SYMLINK else "",
-                caps=str(caps[i]) or None,
-                rdev=int(rdevs[i]),
-                digest=str(digests[i]),
-                digest_algo=digest_algo,
-                flags=int(flags[i]),
-                hardlink_key=hardlink_key.get(i),
-                extent=extent,
-            )
-        )
+        entries.append(Entry(
+            index=i, path=path, type=etype, mode=mode, user=str(users[i]), group=str(groups[i]),
+            mtime=int(cols.mtimes[i]), size=int(sizes[i]),
+            linkto=str(cols.linktos[i]) if etype is EntryType.SYMLINK else "",
+            caps=str(cols.caps[i]) or None, rdev=int(cols.rdevs[i]), digest=str(cols.digests[i]),
+            digest_algo=cols.digest_algo, flags=int(flags[i]),
+            hardlink_key=hardlink_key.get(i), extent=extent,
+        ))
     return entries
 
 

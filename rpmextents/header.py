@@ -106,6 +106,9 @@ class TagType(enum.IntEnum):
 
 # OpenPGP hash algorithm numbers (RFC 4880) as rpm stores them, by hashlib name.
 HASH_ALGOS = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224"}
+# File digests strong enough to stand for the content they name (two files with the same
+# one are taken to be the same bytes); md5 and sha1 are not.
+STRONG_HASH_ALGOS = frozenset({"sha224", "sha256", "sha384", "sha512", "sha3_256", "sha3_512"})
 
 _INT_FORMATS = {TagType.CHAR: "B", TagType.INT8: "B", TagType.INT16: "H", TagType.INT32: "I", TagType.INT64: "Q"}
 _INT_SIZES = {TagType.CHAR: 1, TagType.INT8: 1, TagType.INT16: 2, TagType.INT32: 4, TagType.INT64: 8}

@@ -10,13 +10,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from rpmextents import layout
-from rpmextents.errors import Error, FormatError, VerifyError
+from rpmextents.errors import ExtentsError, FormatError, VerifyError
 from rpmextents.files import Entry, Extent, header_files
 from rpmextents.header import HASH_ALGOS, Tag, TagValue, read_prefix
+from rpmextents.index import HEAD, Index, RecordKind, align_up, parse_head
+from rpmextents.index import parse as parse_index
 from rpmextents.keyring import Keyring, check_header
-from rpmextents.layout import Index, RecordKind, align_up
-from rpmextents.transcode import nevra_of
+from rpmextents.nevra import nevra_of
 
 CHUNK = 1 << 20
 
@@ -60,16 +60,18 @@ class ExtentsPackage:
         self.prefix = read_prefix(_FileReader(fd))  # type: ignore[arg-type]
         self.header = self.prefix.header
         start = self.prefix.header_end
-        head = os.pread(fd, layout.HEAD.size, start)
-        _, index_size, *_ = layout.parse_head(head, start, self.size)
+        head = os.pread(fd, HEAD.size, start)
+        _, index_size, *_ = parse_head(head, start, self.size)
         region = os.pread(fd, index_size, start)
-        self.index: Index = layout.parse(region, start, self.size)
+        self.index: Index = parse_index(region, start, self.size)
         data = {r.fx: Extent(r.a, r.b) for r in self.index.data_records()}
         if len(data) != sum(1 for _ in self.index.data_records()):
             raise FormatError("extents index stores a file twice")
         self._entries = header_files(self.header, data)
-        nevra, self.epoch, self.name, self.version, self.release, self.arch = nevra_of(self.header)
-        self.nevra = nevra
+        self.ident = nevra_of(self.header)
+        self.name, self.epoch, self.version = self.ident.name, self.ident.epoch, self.ident.version
+        self.release, self.arch = self.ident.release, self.ident.arch
+        self.nevra = str(self.ident)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ExtentsPackage:
@@ -78,7 +80,7 @@ class ExtentsPackage:
         fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return cls(p, fd)
-        except Error as e:
+        except ExtentsError as e:
             os.close(fd)
             raise type(e)(f"{p}: {e}") from e
         except BaseException:

@@ -20,13 +20,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from host import kernel
-from rpmextents.errors import Error, UnsafePathError
+from rpmextents.errors import ExtentsError, UnsafePathError
 
 MAX_SYMLINK_HOPS = 40  # as the kernel allows
 _STEP = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class ExtractError(Error):
+class ExtractError(ExtentsError):
     """A package that cannot be extracted into the destination."""
 
 

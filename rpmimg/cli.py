@@ -21,9 +21,11 @@ VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client")
 
 # Library exception families whose message is meant for the user, by module.
 USER_ERRORS = (
-    ("rpmextents.errors", "Error"),
-    ("solver.errors", "Error"),
-    ("deploy.errors", "Error"),
+    ("rpmextents.errors", "ExtentsError"),
+    ("imagespec.errors", "ImageSpecError"),
+    ("host.run", "CommandError"),
+    ("solver.errors", "ComposeError"),
+    ("deploy.errors", "DeployError"),
 )
 
 

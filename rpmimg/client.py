@@ -234,18 +234,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
         _settled(system)
         result = diff(system, args.old, args.new)
     if args.json:
-        print_json(_jsonable(result))
+        print_json(result.to_json())
         return 0
     print(f"deployment {result.old} -> {result.new}: {len(result.changes)} changed packages")
-    for c in result.changes:
-        arrow = {"added": f"{c.new}", "removed": f"{c.old}"}.get(c.kind, f"{c.old} -> {c.new}")
-        print(f"  {c.kind:<10} {c.name}.{c.arch} {arrow}")
+    for line in result.lines():
+        print(line)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from deploy.transaction import refetcher
-    from deploy.verify import repair, verify
+    from deploy.verify import refetcher, repair, verify
 
     if args.store:
         return _verify_store(args)

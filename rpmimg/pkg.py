@@ -112,7 +112,7 @@ def cmd_transcode(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from rpmextents import Error
+    from rpmextents import ExtentsError
     from rpmextents.keyring import Keyring
     from rpmextents.package import ExtentsPackage
 
@@ -129,7 +129,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     if report.method == "file-digests" else ""
                 sig = ", signature verified" if report.signature == "verified" else ""
                 print(f"{path}: OK {report.nevra}{sig}{note}")
-        except (Error, OSError) as e:
+        except (ExtentsError, OSError) as e:
             failed += 1
             reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
             results.append({"path": os.fspath(path), "ok": False, "error": reason})
@@ -159,7 +159,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from rpmextents import layout
+    from rpmextents import index
     from rpmextents.header import Tag
     from rpmextents.keyring import signature_kind
     from rpmextents.package import ExtentsPackage
@@ -169,7 +169,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         has_alt = bool(pkg.header.strings(Tag.PAYLOADDIGESTALT))
         info = {
             "path": os.fspath(args.file),
-            "format": f"extents v{layout.VERSION}",
+            "format": f"extents v{index.VERSION}",
             "nevra": pkg.nevra,
             "block_size": pkg.block_size,
             "header_size": pkg.header_end,

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from rpmimg.ui import Progress, UsageError, print_json
 
 if TYPE_CHECKING:
+    from imagespec.diff import PackageDiff
     from solver.compose import ComposeResult
-    from solver.diff import PackageDiff
 
 
 def register(subparsers: Any) -> None:
@@ -130,6 +130,7 @@ def _print_diff(diff: PackageDiff) -> None:
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
+    from imagespec.published import SIGNATURE
     from solver.publish import ImageStore
 
     store = ImageStore(args.output)
@@ -144,7 +145,7 @@ def cmd_image_list(args: argparse.Namespace) -> int:
             versions.append({
                 "version": version, "created": manifest.created,
                 "packages": len(manifest.packages), "latest": version == latest,
-                "signed": (store.manifest_path(name, version).parent / "manifest.json.asc").exists(),
+                "signed": (store.manifest_path(name, version).parent / SIGNATURE).exists(),
             })
         listing.append({"name": name, "latest": latest, "versions": versions})
     if args.json:
@@ -160,11 +161,11 @@ def cmd_image_list(args: argparse.Namespace) -> int:
 
 
 def cmd_image_diff(args: argparse.Namespace) -> int:
-    from solver.diff import package_diff
+    from imagespec.diff import manifest_diff
     from solver.publish import ImageStore
 
     store = ImageStore(args.output)
-    diff = package_diff(store.manifest(args.name, args.v1), store.manifest(args.name, args.v2))
+    diff = manifest_diff(store.manifest(args.name, args.v1), store.manifest(args.name, args.v2))
     if args.json:
         print_json(diff.to_json())
     else:

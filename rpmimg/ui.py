@@ -6,19 +6,11 @@ import json
 import os
 import sys
 import time
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 
 class UsageError(Exception):
     """A mistake in how the command was called; printed as one line."""
-
-
-def die(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
-    """Print one error line (and an optional hint) and exit non-zero."""
-    print(f"rpmimg: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"rpmimg: hint: {hint}", file=sys.stderr)
-    raise SystemExit(code)
 
 
 def print_json(value: Any) -> None:

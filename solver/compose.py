@@ -17,20 +17,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import rpm
-
+from imagespec.diff import PackageDiff, manifest_diff
+from imagespec.manifest import CurationReport, ImageManifest, ManifestPackage, ZstdCopy
+from imagespec.published import location_of, zstd_path
 from rpmextents.files import package_files, refuse_package_db
+from rpmextents.nevra import Nevra
 from solver import freshness
 from solver.definition import ImageDefinition
 from solver.depsolve import ResolvedPackage, SolveRequest, solve
-from solver.diff import PackageDiff, package_diff
 from solver.errors import DepsolveError, PublishError
 from solver.fetch import Fetcher, FetchItem
 from solver.headers import Signed, check_closure, check_nevra, read_header
 from solver.keys import RepoKeyring
-from solver.manifest import CurationReport, Manifest, ManifestPackage, ZstdCopy
 from solver.pool import PoolEntry
-from solver.publish import ImageStore, location_of
+from solver.publish import ImageStore
 from solver.repodata import Repository
 from solver.signing import Signer
 from solver.trust import load_repo_key
@@ -151,7 +151,7 @@ def _compose_locked(definition: ImageDefinition, store: ImageStore, signer: Sign
 
 
 def _compose_new(definition: ImageDefinition, store: ImageStore, inputs: _Inputs,
-                 old: Manifest | None, previous: str | None, fetcher: Fetcher,
+                 old: ImageManifest | None, previous: str | None, fetcher: Fetcher,
                  report: Reporter, signer: Signer | None, now: datetime,
                  allow_downgrade: frozenset[str]) -> ComposeResult | None:
     report.step(f"solving {definition.name} for {definition.arch} over "
@@ -170,15 +170,15 @@ def _compose_new(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
     version = store.next_version(definition.name, now)
     packages = tuple(_manifest_package(e, p, src) for p, (e, src) in
                      zip(solution.packages, entries, strict=True))
-    manifest = Manifest(
+    manifest = ImageManifest(
         name=definition.name, version=version, arch=definition.arch,
         created=now.strftime("%Y-%m-%dT%H:%M:%SZ"), inputs_sha256=inputs.digest,
         block_size=definition.block_size, packages=packages,
         report=_curation_report(store, [e for e, _ in entries]),
     )
-    diff = package_diff(old, manifest)
+    diff = manifest_diff(old, manifest)
     sign = signer.sign if signer is not None else None
-    path = store.publish(manifest, {"from": previous, "to": version, **diff.to_json()}, sign)
+    path = store.publish(manifest, diff.to_json(), sign)
     return ComposeResult(definition.name, version, True, path, len(packages), diff, previous,
                          fetched, reused)
 
@@ -212,36 +212,29 @@ def _open_inputs(definition: ImageDefinition, store: ImageStore, fetcher: Fetche
     return _Inputs(tuple(repos), keyrings, digest)
 
 
-def refuse_downgrades(old: Manifest, packages: tuple[ResolvedPackage, ...],
+def refuse_downgrades(old: ImageManifest, packages: tuple[ResolvedPackage, ...],
                       allowed: frozenset[str]) -> None:
     """Refuse a solution whose newest EVR of a name.arch is older than the previous image's."""
-    def newest(items: list[tuple[str, str, tuple[str, str, str]]]) -> dict[tuple[str, str], tuple[str, str, str]]:
-        best: dict[tuple[str, str], tuple[str, str, str]] = {}
-        for name, arch, evr in items:
-            current = best.get((name, arch))
-            if current is None or rpm.labelCompare(evr, current) > 0:
-                best[(name, arch)] = evr
+    def newest(items: list[Nevra]) -> dict[tuple[str, str], Nevra]:
+        best: dict[tuple[str, str], Nevra] = {}
+        for p in items:
+            current = best.get((p.name, p.arch))
+            if current is None or p.compare(current) > 0:
+                best[(p.name, p.arch)] = p
         return best
 
-    before = newest([(p.name, p.arch, (str(p.epoch or 0), p.version, p.release))
-                     for p in old.packages])
-    after = newest([(p.name, p.arch, (str(p.epoch or 0), p.version, p.release))
-                    for p in packages])
-    for (name, arch), evr in sorted(after.items()):
+    before = newest([p.ident for p in old.packages])
+    after = newest([Nevra(p.name, p.epoch, p.version, p.release, p.arch) for p in packages])
+    for (name, arch), now in sorted(after.items()):
         was = before.get((name, arch))
-        if was is not None and rpm.labelCompare(evr, was) < 0 and name not in allowed:
+        if was is not None and now.compare(was) < 0 and name not in allowed:
             raise DepsolveError(
-                f"{name}.{arch}: the solution downgrades it from {_evr(was)} to {_evr(evr)}; "
+                f"{name}.{arch}: the solution downgrades it from {was.evr} to {now.evr}; "
                 f"refusing (allow it with allow_downgrade = [\"{name}\"] or "
                 f"--allow-downgrade {name})")
 
 
-def _evr(evr: tuple[str, str, str]) -> str:
-    epoch, version, release = evr
-    return f"{f'{epoch}:' if epoch != '0' else ''}{version}-{release}"
-
-
-def _same_sources(old: Manifest, packages: tuple[ResolvedPackage, ...], block_size: int) -> bool:
+def _same_sources(old: ImageManifest, packages: tuple[ResolvedPackage, ...], block_size: int) -> bool:
     return old.block_size == block_size and (
         sorted(p.source_checksum for p in old.packages)
         == sorted(str(p.checksum) for p in packages)
@@ -254,7 +247,7 @@ def _known_entries(store: ImageStore, block_size: int) -> dict[str, ManifestPack
     for name in store.names():
         for version in store.versions(name):
             for p in store.manifest(name, version).packages:
-                if p.block_size == block_size:
+                if p.block_size == block_size and p.zstd is not None:
                     known[p.source_checksum] = p
     return known
 
@@ -309,10 +302,12 @@ def _materialize(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
 
 
 def _entry_from_record(p: ManifestPackage, rel: str) -> PoolEntry:
+    if p.zstd is None:  # _known_entries keeps only records with a zstd copy
+        raise PublishError(f"{p.nevra}: pool entry {rel} has no zstd copy")
     return PoolEntry(
         name=p.name, epoch=p.epoch, version=p.version, release=p.release, arch=p.arch,
         relpath=rel, sha256=p.sha256, size=p.size, header_sha256=p.header_sha256,
-        block_size=p.block_size, zstd_relpath=rel + ".zst", zstd_sha256=p.zstd.sha256,
+        block_size=p.block_size, zstd_relpath=zstd_path(rel), zstd_sha256=p.zstd.sha256,
         zstd_size=p.zstd.size,
     )
 
@@ -333,7 +328,7 @@ def _curation_report(store: ImageStore, entries: list[PoolEntry]) -> CurationRep
     outside: dict[str, tuple[str, ...]] = {}
     for e in entries:
         notes = store.pool.notes(e.relpath)
-        nevra = f"{e.name}-{f'{e.epoch}:' if e.epoch else ''}{e.version}-{e.release}.{e.arch}"
+        nevra = str(Nevra(e.name, e.epoch, e.version, e.release, e.arch))
         if notes.scriptlets:
             scriptlets.append(nevra)
         if notes.triggers:

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from rpmextents.index import DEFAULT_BLOCK_SIZE, block_size_problem
 from solver.errors import DefinitionError
 
 # zypp marks packages that may be installed in several versions side by side this way.
 DEFAULT_MULTIVERSION = ("multiversion(kernel)",)
-DEFAULT_BLOCK_SIZE = 4096
 MAX_DEFINITION = 1 << 20  # bytes; a definition is a page of TOML
 REPO_SCHEMES = ("http", "https", "file")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -187,12 +187,6 @@ def _check_arch(value: str) -> str | None:
     return None if _ARCH.match(value) else "must be an rpm architecture such as x86_64"
 
 
-def _check_block_size(value: int) -> str | None:
-    if value < 4096 or value & (value - 1):
-        return "must be a power of two of at least 4096"
-    return None
-
-
 def _check_url(value: str) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in REPO_SCHEMES:
@@ -268,7 +262,7 @@ def parse_definition(source: str, path: Path) -> ImageDefinition:
     exclude = top.strings(data, "exclude", ())
     ignore_recommends = top.get(data, "ignore_recommends", bool, True)
     multiversion = top.strings(data, "multiversion", DEFAULT_MULTIVERSION)
-    block_size = top.get(data, "block_size", int, DEFAULT_BLOCK_SIZE, check=_check_block_size)
+    block_size = top.get(data, "block_size", int, DEFAULT_BLOCK_SIZE, check=block_size_problem)
     tables = top.get(data, "repo", list)
     if not tables:
         raise top.fail("repo", "at least one [[repo]] table is needed")

@@ -8,12 +8,14 @@ transaction's new solvables are the image's packages.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import solv
 
+from rpmextents.nevra import Nevra, compare_evr
 from solver.errors import DepsolveError, RepoError
 from solver.fetch import Checksum
 from solver.repodata import Repository
@@ -47,13 +49,13 @@ class ResolvedPackage:
 
     @property
     def nevra(self) -> str:
-        epoch = f"{self.epoch}:" if self.epoch else ""
-        return f"{self.name}-{epoch}{self.version}-{self.release}.{self.arch}"
+        # rpm-md writes epoch="0" for a package without one; libsolv then drops it.
+        return str(Nevra(self.name, self.epoch, self.version, self.release, self.arch))
 
 
 @dataclass(frozen=True)
 class SolveResult:
-    packages: tuple[ResolvedPackage, ...]  # sorted by name, then arch, then evr order from libsolv
+    packages: tuple[ResolvedPackage, ...]  # sorted by name, then arch, then rpm's version order
     filelists_loaded: bool
 
 
@@ -202,9 +204,15 @@ def solve(request: SolveRequest) -> SolveResult:
     if problems:
         raise DepsolveError(describe_problems(problems))
     chosen = solver.transaction().newsolvables()
-    packages = sorted((_resolved(loaded, s) for s in chosen),
-                      key=lambda p: (p.name, p.arch, p.epoch or 0, p.version, p.release))
+    packages = sorted((_resolved(loaded, s) for s in chosen), key=functools.cmp_to_key(_order))
     return SolveResult(tuple(packages), loaded.filelists_loaded)
+
+
+def _order(a: ResolvedPackage, b: ResolvedPackage) -> int:
+    """By name, then arch, then rpm's version order (5.10 after 5.9, as rpm sorts kernels)."""
+    if (a.name, a.arch) != (b.name, b.arch):
+        return -1 if (a.name, a.arch) < (b.name, b.arch) else 1
+    return compare_evr((a.epoch, a.version, a.release), (b.epoch, b.version, b.release))
 
 
 def describe_problems(problems: Sequence[solv.Problem]) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from host.http import DownloadError, Limits, download_file
-from solver.errors import FetchError
+from solver.errors import ComposeFetchError
 
 # Caps for files whose size nothing lists: anything not given a `limit` (a package listed
 # with size 0 among them), and metadata files repomd.xml lists without a size. repomd.xml,
@@ -107,7 +107,7 @@ class Fetcher:
             try:
                 limits = Limits.from_environment()
             except DownloadError as e:
-                raise FetchError(str(e)) from e
+                raise ComposeFetchError(str(e)) from e
         overrides = {"attempts": attempts, "idle_timeout": timeout, "backoff": backoff}
         self.limits = dataclasses.replace(
             limits, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
@@ -118,7 +118,7 @@ class Fetcher:
         path = local_path(item.url)
         if path is not None:
             if not path.is_file():
-                raise FetchError(f"{item.label}: {item.url} does not exist")
+                raise ComposeFetchError(f"{item.label}: {item.url} does not exist")
             self._check(item, path, counter)
             return path
         if item.dest.is_file() and item.checksum is not None:
@@ -145,9 +145,9 @@ class Fetcher:
         try:
             digest = file_digest(path, item.checksum.algo, counter)
         except OSError as e:
-            raise FetchError(f"{item.label}: cannot read {path}: {e.strerror}") from e
+            raise ComposeFetchError(f"{item.label}: cannot read {path}: {e.strerror}") from e
         if digest != item.checksum.hex:
-            raise FetchError(
+            raise ComposeFetchError(
                 f"{item.label}: checksum mismatch for {item.url}: expected {item.checksum}, "
                 f"got {item.checksum.algo}:{digest}"
             )
@@ -161,10 +161,10 @@ class Fetcher:
                 download_file(item.url, part, size=item.size, limit=limit, limits=self.limits,
                               progress=counter)
             except DownloadError as e:
-                raise FetchError(f"{item.label}: {e}") from e
+                raise ComposeFetchError(f"{item.label}: {e}") from e
             try:
                 self._check(item, part, None)
-            except FetchError:
+            except ComposeFetchError:
                 part.unlink(missing_ok=True)
                 # A resumed file may have been spliced from two different versions on the
                 # server; start over once before calling the checksum wrong.

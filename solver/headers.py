@@ -17,9 +17,11 @@ from pathlib import Path
 import rpm
 import solv
 
+from rpmextents.keyring import rpm_bindings
+from rpmextents.nevra import Nevra
 from solver.depsolve import SELECT_FLAGS, ResolvedPackage, describe_problems
-from solver.errors import FetchError
-from solver.keys import RepoKeyring, quiet_rpm
+from solver.errors import ComposeFetchError
+from solver.keys import RepoKeyring
 
 
 @dataclass(frozen=True)
@@ -34,13 +36,13 @@ def read_header(path: Path, keyring: RepoKeyring | None, label: str) -> rpm.hdr:
     """The header of an RPM, signature checked with `keyring` when the repository has one."""
     if keyring is not None:
         return keyring.check(path, label)
-    ts = rpm.TransactionSet()
+    ts = rpm_bindings().TransactionSet()  # loaded through rpmextents: rpm's own log stays quiet
     ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES)  # no key to check against; digests still count
-    with quiet_rpm(), open(path, "rb") as f:
+    with open(path, "rb") as f:
         try:
             return ts.hdrFromFdno(f.fileno())
         except rpm.error as e:
-            raise FetchError(f"{label}: unreadable package header: {e}") from e
+            raise ComposeFetchError(f"{label}: unreadable package header: {e}") from e
 
 
 def _text(value: object) -> str:
@@ -56,9 +58,9 @@ def check_nevra(item: Signed) -> None:
     claimed = (p.name, p.epoch or 0, p.version, p.release, p.arch)
     if actual != claimed:
         name, e, v, r, a = actual
-        signed = f"{name}-{f'{e}:' if e else ''}{v}-{r}.{a}"
+        signed = str(Nevra(name, e or None, v, r, a))
         what = "epoch" if actual[0:1] + actual[2:] == claimed[0:1] + claimed[2:] else "NEVRA"
-        raise FetchError(f"{p.nevra}: the repository metadata lies about the {what}: the "
+        raise ComposeFetchError(f"{p.nevra}: the repository metadata lies about the {what}: the "
                          f"signed header of {p.url.rsplit('/', 1)[-1]} is {signed}")
 
 
@@ -119,16 +121,16 @@ def check_closure(arch: str, jobs: Sequence[str], items: Sequence[Signed]) -> No
     unmet = [spec for spec in jobs if pool.select(spec, SELECT_FLAGS | (
         solv.Selection.SELECTION_FILELIST if spec.startswith("/") else 0)).isempty()]
     if unmet:
-        raise FetchError(f"the signed headers of the chosen packages provide no {unmet[0]!r}; "
+        raise ComposeFetchError(f"the signed headers of the chosen packages provide no {unmet[0]!r}; "
                          "the repository metadata claims a Provides the packages do not have")
     broken = [s for s in repo.solvables_iter() if _unmet(pool, s)]
     if broken:
-        raise FetchError(f"{broken[0]}: its signed header requires {_unmet(pool, broken[0])}, "
+        raise ComposeFetchError(f"{broken[0]}: its signed header requires {_unmet(pool, broken[0])}, "
                          "which no chosen package provides; the repository metadata left it out")
     solver = pool.Solver()
     problems = solver.solve([pool.Job(solv.Job.SOLVER_SOLVABLE_ALL | solv.Job.SOLVER_VERIFY, 0)])
     if problems:
-        raise FetchError("the signed headers disagree with the repository metadata: "
+        raise ComposeFetchError("the signed headers disagree with the repository metadata: "
                          + describe_problems(problems).removeprefix("cannot solve: ")
                          + " (the metadata left out a dependency)")
 

@@ -1,68 +1,50 @@
 """Repository keys: check that each original RPM's header signature was made by the repo's key.
 
 rpm's own bindings do the OpenPGP work, with a private keyring holding only the
-repository's keys (never the host's rpmdb keys).
+repository's keys (never the host's rpmdb keys). Keys are read as everywhere else
+(rpmextents.keyring): armoured or binary, one or several per file.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import rpm
-
-from solver.errors import FetchError, RepoError
+from rpmextents.errors import ExtentsError
+from rpmextents.keyring import Keyring, rpm_bindings
+from solver.errors import ComposeFetchError, RepoError
 from solver.trust import MAX_KEY, read_capped
-
-_BLOCK = re.compile(
-    rb"-----BEGIN PGP PUBLIC KEY BLOCK-----.*?-----END PGP PUBLIC KEY BLOCK-----", re.DOTALL
-)
-
-
-@contextmanager
-def quiet_rpm() -> Iterator[None]:
-    # rpm logs NOKEY and digest warnings to stderr itself; we raise with our own message.
-    rpm.setVerbosity(rpm.RPMLOG_EMERG)
-    try:
-        yield
-    finally:
-        rpm.setVerbosity(rpm.RPMLOG_WARNING)
 
 
 class RepoKeyring:
-    """The armoured public keys of one repository, for checking package header signatures."""
+    """The public keys of one repository, for checking package header signatures."""
 
-    def __init__(self, armoured: bytes, label: str) -> None:
+    def __init__(self, data: bytes, label: str) -> None:
         self.label = label
-        self.keyring = rpm.keyring()
-        blocks = _BLOCK.findall(armoured)
-        if not blocks:
-            raise RepoError(f"{label}: no armoured OpenPGP public key found")
-        for block in blocks:
-            try:
-                self.keyring.addKey(rpm.pubkey(block))
-            except (ValueError, rpm.error) as e:
-                raise RepoError(f"{label}: not a usable OpenPGP public key: {e}") from e
+        try:
+            self.keys = Keyring.from_bytes(data, label)
+        except ExtentsError as e:
+            raise RepoError(str(e)) from e
+        self.keyring = self.keys.rpm_keyring()
 
     @classmethod
     def from_file(cls, path: Path, label: str) -> RepoKeyring:
         return cls(read_capped(path, MAX_KEY, label), label)
 
-    def check(self, path: Path, label: str) -> rpm.hdr:
-        """Raise FetchError unless the package carries a header signature by one of our keys."""
+    def check(self, path: Path, label: str) -> Any:
+        """The package's header (an rpm.hdr); ComposeFetchError unless one of our keys signed it."""
+        rpm = rpm_bindings()
         ts = rpm.TransactionSet()
         ts.setKeyring(self.keyring)
         ts.setVSFlags(0)  # check every digest and signature the package carries
-        with quiet_rpm(), open(path, "rb") as f:
+        with open(path, "rb") as f:
             try:
                 header = ts.hdrFromFdno(f.fileno())
             except rpm.error as e:
                 reason = str(e)
                 if "public key not available" in reason:
                     reason = f"signed with a key that is not {self.label}"
-                raise FetchError(f"{label}: signature check failed: {reason}") from e
+                raise ComposeFetchError(f"{label}: signature check failed: {reason}") from e
         if header[rpm.RPMTAG_RSAHEADER] is None and header[rpm.RPMTAG_DSAHEADER] is None:
-            raise FetchError(f"{label}: package is not signed, but {self.label} requires signatures")
+            raise ComposeFetchError(f"{label}: package is not signed, but {self.label} requires signatures")
         return header

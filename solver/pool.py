@@ -16,10 +16,12 @@ from pathlib import Path
 
 import zstandard
 
+from imagespec.published import POOL, pool_path, zstd_path
+from imagespec.relocation import outside_usr
 from rpmextents import ExtentsPackage, transcode
-from rpmextents.errors import Error as FormatCoreError
+from rpmextents.errors import ExtentsError
 from solver.confine import FILE_MODE, Output
-from solver.errors import FetchError, PublishError
+from solver.errors import ComposeFetchError, PublishError
 
 ZSTD_LEVEL = 19
 
@@ -76,9 +78,6 @@ class PackagePool:
         out.replace(os.path.relpath(staged, self.output), rel)
         self.created.append(rel)
 
-    def relpath(self, sha256: str, name: str, version: str, release: str, arch: str) -> str:
-        return f"pool/{sha256[:2]}/{sha256}-{name}-{version}-{release}.{arch}.rpm"
-
     def add(self, original: Path, label: str, *, block_size: int,
             progress: Callable[[int, int], None] | None = None) -> PoolEntry:
         """Transcode an original RPM into the pool (a no-op for bytes already there)."""
@@ -87,48 +86,47 @@ class PackagePool:
             staged = Path(tmp) / "package.rpm"
             try:
                 result = transcode(original, staged, block_size=block_size, progress=progress)
-            except FormatCoreError as e:
-                raise FetchError(f"{label}: cannot transcode: {e}") from e
-            rel = self.relpath(result.sha256, result.name, result.version, result.release,
-                               result.arch)
+            except ExtentsError as e:
+                raise ComposeFetchError(f"{label}: cannot transcode: {e}") from e
+            rel = pool_path(result.sha256, f"{result.name}-{result.version}-{result.release}"
+                                           f".{result.arch}")
             self._install(staged, rel)
             zstd_sha256, zstd_size = self._zstd_copy(rel, Path(tmp))
         return PoolEntry(
             name=result.name, epoch=result.epoch, version=result.version,
             release=result.release, arch=result.arch, relpath=rel, sha256=result.sha256,
             size=result.size, header_sha256=result.header_sha256, block_size=result.block_size,
-            zstd_relpath=rel + ".zst", zstd_sha256=zstd_sha256, zstd_size=zstd_size,
+            zstd_relpath=zstd_path(rel), zstd_sha256=zstd_sha256, zstd_size=zstd_size,
         )
 
     def _zstd_copy(self, rel: str, tmp: Path) -> tuple[str, int]:
         out = self._confined()
-        if not out.exists(rel + ".zst"):
+        if not out.exists(zstd_path(rel)):
             staged = tmp / "package.rpm.zst"
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
             with os.fdopen(out.open(rel, os.O_RDONLY), "rb") as src, open(staged, "wb") as dst:
                 compressor.copy_stream(src, dst, size=os.fstat(src.fileno()).st_size)
                 dst.flush()
                 os.fsync(dst.fileno())  # as transcode does: a renamed pool file is complete
-            self._install(staged, rel + ".zst")
+            self._install(staged, zstd_path(rel))
         h = hashlib.sha256()
-        with os.fdopen(out.open(rel + ".zst", os.O_RDONLY), "rb") as f:
+        with os.fdopen(out.open(zstd_path(rel), os.O_RDONLY), "rb") as f:
             size = os.fstat(f.fileno()).st_size
             while chunk := f.read(1 << 20):
                 h.update(chunk)
         return h.hexdigest(), size
 
     def has(self, relpath: str) -> bool:
-        return (self.output / relpath).is_file() and (self.output / (relpath + ".zst")).is_file()
+        return (self.output / relpath).is_file() and (self.output / zstd_path(relpath)).is_file()
 
     def notes(self, relpath: str) -> PackageNotes:
         """Scriptlets, triggers and files outside /usr of a pool entry."""
         path = self.output / relpath
         try:
             with ExtentsPackage.open(path) as pkg:
-                outside = tuple(e.path for e in pkg.entries()
-                                if e.path != "/usr" and not e.path.startswith("/usr/"))
+                outside = tuple(e.path for e in pkg.entries() if outside_usr(e.path))
                 return PackageNotes(pkg.has_scriptlets, pkg.has_triggers, outside)
-        except FormatCoreError as e:
+        except ExtentsError as e:
             raise PublishError(f"{os.fspath(path)}: unreadable pool entry: {e}") from e
 
     def entries(self) -> Iterator[str]:
@@ -139,4 +137,4 @@ class PackagePool:
             if sub.name.startswith(".") or not sub.is_dir():
                 continue
             for f in sorted(sub.iterdir()):
-                yield f"pool/{sub.name}/{f.name}"
+                yield f"{POOL}/{sub.name}/{f.name}"

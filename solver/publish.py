@@ -13,8 +13,6 @@ next one, under the output's lock.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import functools
 import json
 import os
@@ -25,22 +23,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from host.lock import LockHeld, holding
+from imagespec.manifest import ImageManifest, parse
+from imagespec.published import CHANGES, IMAGES, LATEST, MANIFEST, SIGNATURE
+from rpmextents.nevra import vercmp
 from solver.confine import FILE_MODE, Output
-from solver.diff import compare_versions
 from solver.errors import PublishError
-from solver.manifest import Manifest
 from solver.pool import PackagePool
 
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.json.asc"
-CHANGES = "changes.json"
-LATEST = "latest"
 _VERSION = re.compile(r"^(\d{8})\.(\d+)$")
 _OUR_LINK = re.compile(r"^images/[^/]+/(latest|\.tmp-latest-\d+)$")
 # What compose names in the pool: `<sha256>-<nevra>.rpm` and its `.zst` copy.
 _POOL_FILE = re.compile(r"^[0-9a-f]{64}-[^/]+\.rpm(\.zst)?$")
-# From images/NAME/VERSION/manifest.json back up to OUTPUT.
-TO_OUTPUT = "../../../"
 
 
 class ImageStore:
@@ -48,7 +42,7 @@ class ImageStore:
 
     def __init__(self, output: Path) -> None:
         self.output = output
-        self.images = output / "images"
+        self.images = output / IMAGES
         self.pool = PackagePool(output)
         self._out: Output | None = None
 
@@ -66,15 +60,13 @@ class ImageStore:
         """
         out = Output(self.output)
         try:
-            with os.fdopen(out.open(".lock", os.O_RDWR | os.O_CREAT, 0o644), "r+") as f:
+            with os.fdopen(out.open(".lock", os.O_RDWR | os.O_CREAT, 0o644), "r+") as f, \
+                    contextlib.ExitStack() as held:
                 try:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as e:
-                    if e.errno in (errno.EAGAIN, errno.EACCES):
-                        raise PublishError(
-                            f"{os.fspath(self.output)}: another compose is writing to this output"
-                        ) from e
-                    raise
+                    held.enter_context(holding(f.fileno()))
+                except LockHeld as e:
+                    raise PublishError(f"{os.fspath(self.output)}: another compose is writing to "
+                                       f"this output ({e.holder})") from None
                 self._check_tree(out)
                 self._out = self.pool.out = out
                 try:
@@ -136,14 +128,14 @@ class ImageStore:
     def manifest_path(self, name: str, version: str) -> Path:
         return self.images / name / version / MANIFEST
 
-    def manifest(self, name: str, version: str) -> Manifest:
+    def manifest(self, name: str, version: str) -> ImageManifest:
         path = self.manifest_path(name, version)
         try:
             data = path.read_bytes()
         except FileNotFoundError as e:
             raise PublishError(f"image {name!r} has no version {version!r} in "
                                f"{os.fspath(self.output)}") from e
-        return Manifest.loads(data, os.fspath(path))
+        return parse(data, os.fspath(path))
 
     def next_version(self, name: str, now: datetime) -> str:
         """YYYYMMDD.N: N counts from 1 each UTC day, above any version already there."""
@@ -152,12 +144,12 @@ class ImageStore:
                  if (m := _VERSION.match(v)) and m.group(1) == day]
         latest = self.latest(name)
         candidate = f"{day}.{max(taken, default=0) + 1}"
-        if latest and compare_versions(candidate, latest) <= 0:
+        if latest and vercmp(candidate, latest) <= 0:
             raise PublishError(f"image {name!r}: latest version {latest} is newer than today's "
                                f"{candidate}; is the clock right?")
         return candidate
 
-    def publish(self, manifest: Manifest, changes: dict[str, Any],
+    def publish(self, manifest: ImageManifest, changes: dict[str, Any],
                 sign: Callable[[Path, Path], None] | None) -> Path:
         """Make a new version visible in one rename, then point `latest` at it."""
         image = f"images/{manifest.name}"
@@ -209,9 +201,9 @@ class ImageStore:
         for name in self.names():
             for version in self.versions(name):
                 for p in self.manifest(name, version).packages:
-                    for location in (p.location, p.zstd.location):
+                    for location in (p.location, *((p.zstd.location,) if p.zstd else ())):
                         used.add(os.path.normpath(
-                            os.path.join("images", name, version, location)))
+                            os.path.join(IMAGES, name, version, location)))
         return used
 
     def collect_pool(self) -> list[str]:
@@ -237,9 +229,5 @@ def _remove(path: Path) -> None:
 
 
 def _sorted_versions(versions: list[str]) -> list[str]:
-    return sorted(versions, key=functools.cmp_to_key(compare_versions))
+    return sorted(versions, key=functools.cmp_to_key(vercmp))
 
-
-def location_of(relpath: str) -> str:
-    """The manifest-relative location of an output-relative pool path."""
-    return TO_OUTPUT + relpath

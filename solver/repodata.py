@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import zstandard
 
 from solver.definition import RepoSource
-from solver.errors import FetchError, RepoError
+from solver.errors import ComposeFetchError, RepoError
 from solver.fetch import METADATA_LIMIT, Checksum, Fetcher, FetchItem, local_path
 from solver.trust import MAX_REPOMD, MAX_SIGNATURE, fetch_small, verify_detached
 
@@ -131,7 +131,7 @@ class Repository:
             path = self.fetcher.fetch(FetchItem(self.url_of(entry.location), dest,
                                                 entry.checksum, label, entry.size,
                                                 limit=METADATA_LIMIT))
-        except FetchError as e:
+        except ComposeFetchError as e:
             raise RepoError(str(e)) from e
         if entry.size is not None and path.stat().st_size != entry.size:
             raise RepoError(f"{label}: {path.stat().st_size} bytes, but repomd.xml lists "

@@ -11,44 +11,28 @@ exception); a home left by a run that was killed outright is removed by the next
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from host.run import CommandError, run
 from solver.errors import PublishError
 from solver.trust import MAX_KEY, read_capped
 
-log = logging.getLogger(__name__)
-
-
-def _env() -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
-
 
 def run_gpg(args: Sequence[str], home: Path, what: str) -> str:
-    """Run gpg in `home` with a scrubbed environment; PublishError names `what` failed and why."""
-    cmd = ["gpg", "--batch", "--no-tty", "--homedir", os.fspath(home), *args]
-    log.debug("running %s", " ".join(cmd))
+    """Run gpg in `home` (through host.run); PublishError names `what` failed and why."""
     try:
-        result = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_env(),
-                                stdin=subprocess.DEVNULL, timeout=120)
-    except FileNotFoundError as e:
-        raise PublishError(f"{what}: gpg not found") from e
-    except subprocess.TimeoutExpired as e:
-        raise PublishError(f"{what}: gpg did not finish") from e
-    except subprocess.CalledProcessError as e:
-        detail = (e.stderr or "").strip().splitlines()
-        reason = detail[-1] if detail else (
-            f"killed by signal {-e.returncode}" if e.returncode < 0 else f"exited {e.returncode}")
-        raise PublishError(f"{what}: gpg failed: {reason}") from e
-    return result.stdout
+        proc = run(["gpg", "--batch", "--no-tty", "--homedir", os.fspath(home), *args],
+                   timeout=120)
+    except CommandError as e:
+        raise PublishError(f"{what}: {e}") from e
+    return proc.stdout.decode(errors="replace")
 
 
 def homes_root() -> Path:
@@ -66,9 +50,9 @@ def homes_root() -> Path:
 
 def stop_agent(home: Path) -> None:
     """Stop whatever gpg started for `home` (its agent); never fails."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["gpgconf", "--homedir", os.fspath(home), "--kill", "all"], check=False,
-                       capture_output=True, env=_env(), timeout=30)
+    with contextlib.suppress(OSError, CommandError):
+        run(["gpgconf", "--homedir", os.fspath(home), "--kill", "all"],
+            allowed_codes=range(256), timeout=30)
 
 
 def remove_stale_homes(root: Path) -> list[str]:

@@ -16,8 +16,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from host.run import CommandError, run
+from imagespec.errors import SignatureError
+from imagespec.signature import verify_detached as verify_signature
+from rpmextents.errors import ExtentsError
+from rpmextents.keyring import Keyring
 from solver.definition import RepoSource
-from solver.errors import FetchError, RepoError
+from solver.errors import ComposeFetchError, RepoError
 from solver.fetch import Fetcher, FetchItem, local_path
 
 MAX_KEY = 1 << 20  # an armoured key file; real ones are a few KiB
@@ -46,7 +51,7 @@ def fetch_small(fetcher: Fetcher, url: str, dest: Path, limit: int, label: str) 
         dest.unlink(missing_ok=True)
         try:
             path = fetcher.fetch(FetchItem(url, dest, None, label, limit=limit))
-        except FetchError as e:
+        except ComposeFetchError as e:
             raise RepoError(str(e)) from e
     return read_capped(path, limit, label)
 
@@ -59,14 +64,11 @@ def _scratch_home() -> Iterator[Path]:
 
 
 def _run(cmd: Sequence[str], label: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+    """Run a gpg tool through host.run; its exit code is the caller's to judge."""
     try:
-        return subprocess.run(list(cmd), input=data, capture_output=True, env=env, check=False,
-                              timeout=60)
-    except FileNotFoundError as e:
-        raise RepoError(f"{label}: {cmd[0]} not found") from e
-    except subprocess.TimeoutExpired as e:
-        raise RepoError(f"{label}: {cmd[0]} did not finish") from e
+        return run(cmd, input=data, allowed_codes=range(256), timeout=60)
+    except CommandError as e:
+        raise RepoError(f"{label}: {e}") from e
 
 
 def key_fingerprints(armoured: bytes, label: str) -> list[str]:
@@ -108,28 +110,9 @@ def load_repo_key(source: RepoSource, fetcher: Fetcher, cache: Path) -> bytes:
     return armoured
 
 
-def verify_detached(armoured_key: bytes, data: bytes, signature: bytes, label: str) -> str:
-    """Check `signature` over `data` with the key; returns the signing key's fingerprint."""
-    with _scratch_home() as home:
-        dearmored = _run(["gpg", "--batch", "--no-tty", "--homedir", os.fspath(home),
-                          "--dearmor"], label, armoured_key)
-        if dearmored.returncode != 0 or not dearmored.stdout:
-            raise RepoError(f"{label}: the repository key cannot be read")
-        keyring = home / "keyring.gpg"
-        keyring.write_bytes(dearmored.stdout)
-        (home / "data").write_bytes(data)
-        (home / "data.asc").write_bytes(signature)
-        result = _run(["gpgv", "--homedir", os.fspath(home), "--keyring", os.fspath(keyring),
-                       "--status-fd", "1", os.fspath(home / "data.asc"),
-                       os.fspath(home / "data")], label)
-    status = [line.split() for line in result.stdout.decode(errors="replace").splitlines()]
-    valid = [words[2] for words in status if len(words) > 2 and words[1] == "VALIDSIG"]
-    good = any(len(words) > 1 and words[1] == "GOODSIG" for words in status)
-    if result.returncode != 0 or not valid or not good:
-        reasons = {"EXPKEYSIG": "made by an expired key", "REVKEYSIG": "made by a revoked key",
-                   "BADSIG": "does not match", "ERRSIG": "is not by the repository's key",
-                   "NODATA": "is not an OpenPGP signature", "EXPSIG": "has expired"}
-        reason = next((reasons[w[1]] for w in status if len(w) > 1 and w[1] in reasons),
-                      "does not verify")
-        raise RepoError(f"{label}: signature {reason}")
-    return valid[0]
+def verify_detached(key: bytes, data: bytes, signature: bytes, label: str) -> str:
+    """Check `signature` over `data` with the repository's key; the signing key's fingerprint."""
+    try:
+        return verify_signature(data, signature, Keyring.from_bytes(key, label), label)
+    except (SignatureError, ExtentsError) as e:
+        raise RepoError(str(e)) from e

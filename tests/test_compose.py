@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,11 +18,12 @@ from fixtures.httpd import Faults, serve
 from fixtures.outputs import assert_consistent
 from fixtures.repos import add_package, createrepo, package, solver_universe
 from fixtures.signing import generate_key
+from imagespec.manifest import ImageManifest, parse
 from rpmextents import ExtentsPackage
 from rpmimg.cli import main
 from solver.compose import compose
 from solver.definition import ImageDefinition, RepoSource
-from solver.errors import DepsolveError, FetchError, RepoError
+from solver.errors import ComposeFetchError, DepsolveError, RepoError
 from solver.fetch import Fetcher
 from solver.publish import ImageStore
 
@@ -161,21 +163,26 @@ def test_new_package_version_publishes_a_diff(world: World, tmp_path: Path,
     assert second.fetched == 2 and second.reused == second.packages - 2  # libfoo and oldnet only
     diff = second.diff
     assert diff is not None
-    assert diff.added == ("oldnet-1.0-1.noarch",)
-    assert diff.removed == ("scripted-1.0-1.noarch",)
-    assert [(c.name, c.old, c.new) for c in diff.upgraded] == [("libfoo", "1.0-1", "1.1-1")]
+    assert [(c.kind, c.name, c.old, c.new) for c in diff.changes] == [
+        ("upgraded", "libfoo", "1.0-1", "1.1-1"),
+        ("added", "oldnet", None, "1.0-1"),
+        ("removed", "scripted", "1.0-1", None),
+    ]
     changes = json.loads((out / "images/demo" / second.version / "changes.json").read_text())
-    assert changes["from"] == first.version and changes["upgraded"][0]["to"] == "1.1-1"
+    assert (changes["old"], changes["new"]) == (first.version, second.version)
+    assert changes["changes"][0] == {"kind": "upgraded", "name": "libfoo", "arch": "x86_64",
+                                     "old": "1.0-1", "new": "1.1-1"}
     capsys.readouterr()
     assert main(["image", "diff", os.fspath(out), "demo", first.version, second.version]) == 0
     text = capsys.readouterr().out
     assert "upgraded   libfoo.x86_64 1.0-1 -> 1.1-1" in text
-    assert "removed    scripted-1.0-1.noarch" in text and "added      oldnet-1.0-1.noarch" in text
+    assert "removed    scripted.noarch 1.0-1" in text and "added      oldnet.noarch 1.0-1" in text
     assert main(["image", "diff", os.fspath(out), "demo", second.version, first.version,
                  "--json"]) == 0
     back = json.loads(capsys.readouterr().out)
-    assert back["downgraded"] == [{"name": "libfoo", "arch": "x86_64", "from": "1.1-1",
-                                   "to": "1.0-1"}]
+    assert (back["old"], back["new"]) == (second.version, first.version)
+    assert back["changes"][0] == {"kind": "downgraded", "name": "libfoo", "arch": "x86_64",
+                                  "old": "1.1-1", "new": "1.0-1"}
     assert main(["image", "list", os.fspath(out), "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in listing[0]["versions"]] == [first.version, second.version]
@@ -183,26 +190,39 @@ def test_new_package_version_publishes_a_diff(world: World, tmp_path: Path,
     assert_consistent(out)
 
 
+def _pool_files(store: ImageStore, name: str, version: str) -> set[str]:
+    """Output-relative pool paths (extents RPMs and zstd copies) a published version uses."""
+    files = set()
+    for p in store.manifest(name, version).packages:
+        assert p.zstd is not None
+        for location in (p.location, p.zstd.location):
+            files.add(os.path.normpath(os.path.join("images", name, version, location)))
+    return files
+
+
 def test_keep_prunes_versions_and_unreferenced_pool_entries(world: World, tmp_path: Path) -> None:
     out = tmp_path / "out"
     url = url_of(world.repo)
-    v1 = compose(definition(url, packages=("app",)), out)
+    store = ImageStore(out)
+    # v1 alone needs the i686 packages (legacy-tool, libfoo.i686, glibc.i686).
+    v1 = compose(definition(url, packages=("app", "legacy-tool")), out)
     other = compose(definition(url, packages=("sendmail",), name="other"), out)
     v2 = compose(definition(url, packages=("app", "scripted")), out)
+    assert v1.version and v2.version and other.version
+    v1_files = _pool_files(store, "demo", v1.version)
     v3 = compose(definition(url, packages=("bash",)), out, keep=2)
-    assert v3.pruned_versions == (v1.version,)
-    store = ImageStore(out)
+    assert v3.pruned_versions == (v1.version,) and v3.version
     assert store.versions("demo") == [v2.version, v3.version]
     assert store.versions("other") == [other.version]  # another image is never touched
-    referenced = store.referenced()
+    kept = (_pool_files(store, "demo", v2.version) | _pool_files(store, "demo", v3.version)
+            | _pool_files(store, "other", other.version))
     on_disk = set(store.pool.entries())
-    assert on_disk == referenced
-    # sendmail is referenced only by the other image, glibc by every one: both stay.
-    assert any("sendmail" in r for r in on_disk) and any("glibc" in r for r in on_disk)
-    # app was in v1 and v2 (kept), postfix only in v1 (pruned) — unless v2 also needed it.
-    v2_names = {p.name for p in store.manifest("demo", v2.version).packages}
-    assert any("/" + f"{p}" in r or f"-{p}-" in r for r in on_disk for p in v2_names)
-    assert set(v3.pruned_pool) == set(v3.pruned_pool) - referenced
+    assert on_disk == kept == store.referenced()
+    # What only the pruned version used is gone from the pool, and reported as pruned.
+    pruned = v1_files - kept
+    assert {os.path.basename(f).split("-", 1)[1] for f in pruned if f.endswith(".rpm")} == {
+        "legacy-tool-1.0-1.i686.rpm", "libfoo-1.0-1.i686.rpm", "glibc-2.36-1.i686.rpm"}
+    assert set(v3.pruned_pool) == pruned and not pruned & on_disk
     compose(definition(url, packages=("bash",)), out, keep=1)
     assert store.versions("demo") == [v3.version]
     assert_consistent(out)
@@ -227,12 +247,12 @@ def test_unsatisfiable_definition_publishes_nothing(world: World, tmp_path: Path
 def test_repository_key_mismatch_is_refused(world: World, tmp_path: Path) -> None:
     out = tmp_path / "out"
     # Metadata signed by another key than the definition's is refused before any package.
-    with serve(world.repo) as web, pytest.raises(RepoError, match="repomd.xml: signature is not"):
+    with serve(world.repo) as web, pytest.raises(RepoError, match="repomd.xml: signed by key [0-9A-F]+, which is not a trusted"):
         compose(definition(web.url, gpgkey=world.other_key.public), out)
     # Metadata signed by the right key does not vouch for packages signed by another.
     repo = repo_copy(world, tmp_path)
     createrepo(repo, key=world.other_key)
-    with serve(repo) as web, pytest.raises(FetchError, match="signed with a key that is not"):
+    with serve(repo) as web, pytest.raises(ComposeFetchError, match="signed with a key that is not"):
         compose(definition(web.url, gpgkey=world.other_key.public), out)
     assert ImageStore(out).names() == [] and list(ImageStore(out).pool.entries()) == []
 
@@ -241,7 +261,7 @@ def test_unsigned_package_is_refused_when_the_repo_has_a_key(world: World, tmp_p
     repo = repo_copy(world, tmp_path)
     add_package(package("unsigned-tool", files=("/usr/bin/unsigned-tool",)), repo)
     createrepo(repo, key=world.repo_key)
-    with pytest.raises(FetchError, match="^unsigned-tool-1.0-1.noarch: package is not signed"):
+    with pytest.raises(ComposeFetchError, match="^unsigned-tool-1.0-1.noarch: package is not signed"):
         compose(definition(url_of(repo), gpgkey=world.repo_key.public,
                            packages=("unsigned-tool",)), tmp_path / "out")
 
@@ -254,7 +274,7 @@ def test_http_checksum_mismatch_names_package_and_publishes_nothing(world: World
     data = bytearray(victim.read_bytes())
     data[-10] ^= 0xFF
     victim.write_bytes(bytes(data))
-    with serve(repo) as web, pytest.raises(FetchError) as e:
+    with serve(repo) as web, pytest.raises(ComposeFetchError) as e:
         compose(definition(web.url, gpgkey=world.repo_key.public), out,
                 fetcher=Fetcher(backoff=0.01))
     assert str(e.value).startswith("libfoo-1.0-1.x86_64: checksum mismatch")
@@ -286,3 +306,25 @@ def test_http_remote_key_and_metadata(world: World, tmp_path: Path) -> None:
         again = compose(d, tmp_path / "out")
     assert first.changed and not again.changed
     assert any(p == "/key.asc" for p, _ in web.requests)
+
+
+def test_the_manifest_compose_writes_parses_into_the_same_value(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract's round trip: what compose publishes is what the client's parser reads."""
+    written: list[ImageManifest] = []
+    publish = ImageStore.publish
+
+    def recording(self: ImageStore, manifest: ImageManifest, *args: Any) -> Path:
+        written.append(manifest)
+        return publish(self, manifest, *args)
+
+    monkeypatch.setattr(ImageStore, "publish", recording)
+    result = compose(definition(url_of(world.repo), gpgkey=world.repo_key.public), tmp_path / "out",
+                     sign_key=world.manifest_key.secret)
+    assert result.manifest is not None and len(written) == 1
+    data = result.manifest.read_bytes()
+    parsed = parse(data, "manifest.json")
+    assert parsed == written[0]
+    assert parsed.dumps() == data  # and writing the parsed value gives the same bytes
+    assert {p.nevra for p in parsed.packages} >= {"app-1.0-1.x86_64"}
+    assert all(p.zstd is not None for p in parsed.packages)

@@ -55,7 +55,10 @@ def test_kill_at_random_points(tmp_path: Path) -> None:
     subprocess.run(compose_cmd(definitions[0], tmp_path / "timing", key.secret), check=True,
                    capture_output=True)
     duration = time.monotonic() - started
-    rng = random.Random(int.from_bytes(os.urandom(4)))
+    # A failure names its seed; RPMIMG_KILL_SEED=<seed> replays the same kill times.
+    seed = int(os.environ.get("RPMIMG_KILL_SEED") or int.from_bytes(os.urandom(4)))
+    print(f"kill times drawn with RPMIMG_KILL_SEED={seed}")
+    rng = random.Random(seed)
     killed = completed = 0
     for i in range(16):
         cmd = compose_cmd(definitions[i % 2], output, key.secret)
@@ -71,10 +74,14 @@ def test_kill_at_random_points(tmp_path: Path) -> None:
             killed += 1
         if process.stderr:
             process.stderr.close()
-        assert_consistent(output)
-        store = ImageStore(output)
-        for version in store.versions("demo"):
-            assert (output / "images/demo" / version / "manifest.json.asc").is_file()
+        try:
+            assert_consistent(output)
+            store = ImageStore(output)
+            for version in store.versions("demo"):
+                assert (output / "images/demo" / version / "manifest.json.asc").is_file()
+        except AssertionError as e:
+            raise AssertionError(f"run {i} with RPMIMG_KILL_SEED={seed} (killed at {delay:.2f} s "
+                                 f"unless done): {e}") from e
     # Whatever the kills left behind, the next run cleans up and publishes.
     final = subprocess.run(compose_cmd(definitions[0], output, key.secret), capture_output=True,
                            text=True)
@@ -85,4 +92,5 @@ def test_kill_at_random_points(tmp_path: Path) -> None:
     assert_consistent(output)
     leftovers = [p for p in (output / "images/demo").iterdir() if p.name.startswith(".")]
     assert leftovers == []
-    assert killed >= 4, f"only {killed} of 16 runs were killed ({completed} completed)"
+    assert killed >= 4, (f"only {killed} of 16 runs were killed ({completed} completed; "
+                         f"RPMIMG_KILL_SEED={seed})")

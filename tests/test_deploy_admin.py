@@ -140,7 +140,7 @@ def test_sysroot_below_the_top_level_is_reached_privately(sysroot: Path, images:
 def test_digest_checks_in_worker_processes_keep_their_order(tmp_path: Path) -> None:
     import hashlib
 
-    from deploy.verify import _DigestJob, _Hashing
+    from deploy.hashing import DigestJob, Hashing
 
     jobs, expected = [], []
     for i in range(40):
@@ -148,17 +148,17 @@ def test_digest_checks_in_worker_processes_keep_their_order(tmp_path: Path) -> N
         path.write_bytes(os.urandom(1000 + i))
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         wrong = i % 7 == 3
-        jobs.append(_DigestJob(os.fspath(tmp_path), path.name, "sha256", "0" * 64 if wrong else digest, 1000 + i))
+        jobs.append(DigestJob(os.fspath(tmp_path), path.name, "sha256", "0" * 64 if wrong else digest, 1000 + i))
         expected.append(wrong)
-    jobs.append(_DigestJob(os.fspath(tmp_path), "gone", "sha256", "0" * 64, 1))  # unreadable: differs
+    jobs.append(DigestJob(os.fspath(tmp_path), "gone", "sha256", "0" * 64, 1))  # unreadable: differs
     expected.append(True)
     # A symlink to the right content is not followed: it differs as well.
     (tmp_path / "link").symlink_to(tmp_path / "f0")
-    jobs.append(_DigestJob(os.fspath(tmp_path), "link", "sha256", jobs[0].expected, 1000))
+    jobs.append(DigestJob(os.fspath(tmp_path), "link", "sha256", jobs[0].expected, 1000))
     expected.append(True)
     seen: list[tuple[int, int]] = []
     # Batches of one job or so: every batch but the last runs in a worker process.
-    with _Hashing(batch_bytes=2000) as hashing:
+    with Hashing(batch_bytes=2000) as hashing:
         for job in jobs:
             hashing.add(job)
         assert hashing.results(lambda done, total: seen.append((done, total))) == expected

@@ -9,38 +9,47 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from imagepub import sign_file
 from servers import Faults, http_server, rsync_daemon
 
 from deploy import state
-from deploy.errors import LockError, ManifestError, SignatureError
+from deploy.errors import LockError
 from deploy.lock import sysroot_lock
-from deploy.manifest import compare_versions, parse
 from deploy.mounts import mount_of, parse_mountinfo
-from deploy.signature import dearmor, fetch_verified_manifest, trusted_key_files, verify_detached
+from deploy.signature import fetch_verified_manifest, trusted_key_files
 from deploy.sources import open_source
 from deploy.sources.rsync import join_url
 from fixtures.build import signing_key
 from fixtures.signing import SigningKey, generate_key
+from imagespec.errors import ManifestError, SignatureError
+from imagespec.manifest import CurationReport, ImageManifest, ManifestPackage, parse
+from imagespec.signature import verify_detached
+from rpmextents.keyring import KeyFileError, Keyring, read_keys
+from rpmextents.nevra import vercmp
 
 HEX = "ab" * 32
 
 
-def manifest_json(version: str = "20261122.1", **package: object) -> dict[str, object]:
-    pkg = {
-        "name": "foo", "epoch": None, "version": "1.0", "release": "1", "arch": "x86_64",
-        "sha256": HEX, "size": 8192, "header_sha256": HEX, "block_size": 4096,
-        "source_checksum": "sha256:" + HEX, "source_size": 100,
-        "location": "../../../pool/ab/foo.rpm",
-    }
-    pkg.update(package)
-    return {
-        "format": 1, "name": "demo", "version": version, "arch": "x86_64",
-        "created": "2026-11-22T15:00:00Z", "inputs_sha256": HEX, "block_size": 4096,
-        "packages": [pkg], "report": {"scriptlets": [], "triggers": [], "outside_usr": {}},
-    }
+def sample_manifest(version: str = "20261122.1") -> ImageManifest:
+    pkg = ManifestPackage(
+        name="foo", epoch=None, version="1.0", release="1", arch="x86_64", sha256=HEX, size=8192,
+        header_sha256=HEX, block_size=4096, source_checksum="sha256:" + HEX, source_size=100,
+        location="../../../pool/ab/foo.rpm",
+    )
+    return ImageManifest(
+        name="demo", version=version, arch="x86_64", created="2026-11-22T15:00:00Z",
+        inputs_sha256=HEX, block_size=4096, packages=(pkg,), report=CurationReport(),
+    )
+
+
+def manifest_json(version: str = "20261122.1", **package: object) -> dict[str, Any]:
+    """The contract writer's JSON of sample_manifest, with package fields overridden."""
+    data = sample_manifest(version).to_json()
+    data["packages"][0].update(package)
+    return data
 
 
 @pytest.fixture(scope="session")
@@ -158,15 +167,15 @@ def test_manifest_bad_documents() -> None:
     with pytest.raises(ManifestError, match="unsupported manifest format 2"):
         parse(json.dumps({**manifest_json(), "format": 2}).encode())
     dup = manifest_json()
-    dup["packages"] = [dup["packages"][0], dup["packages"][0]]  # type: ignore[index]
+    dup["packages"] = [dup["packages"][0], dup["packages"][0]]
     with pytest.raises(ManifestError, match="listed twice"):
         parse(json.dumps(dup).encode())
 
 
 def test_versions_compare_like_rpm() -> None:
-    assert compare_versions("20261122.2", "20261122.10") < 0
-    assert compare_versions("20261123.1", "20261122.9") > 0
-    assert compare_versions("20261122.1", "20261122.1") == 0
+    assert vercmp("20261122.2", "20261122.10") < 0
+    assert vercmp("20261123.1", "20261122.9") > 0
+    assert vercmp("20261122.1", "20261122.1") == 0
 
 
 # --- signatures ----------------------------------------------------------------------------
@@ -176,24 +185,63 @@ def test_signature_good_tampered_wrong_key_unsigned(tmp_path: Path, key: Signing
     data = tmp_path / "m.json"
     data.write_bytes(b'{"hello": 1}')
     sig = sign_file(data, key).read_bytes()
-    assert verify_detached(data.read_bytes(), sig, [key.public], "m") == key.fingerprint
+    trusted, other = Keyring.from_files([key.public]), Keyring.from_files([other_key.public])
+    assert verify_detached(data.read_bytes(), sig, trusted, "m") == key.fingerprint
     with pytest.raises(SignatureError, match="BAD signature"):
-        verify_detached(b'{"hello": 2}', sig, [key.public], "m")
+        verify_detached(b'{"hello": 2}', sig, trusted, "m")
     with pytest.raises(SignatureError, match="not a trusted key"):
-        verify_detached(data.read_bytes(), sig, [other_key.public], "m")
+        verify_detached(data.read_bytes(), sig, other, "m")
     with pytest.raises(SignatureError, match="no trusted keys"):
-        verify_detached(data.read_bytes(), sig, [], "m")
+        verify_detached(data.read_bytes(), sig, Keyring.from_files([]), "m")
     with pytest.raises(SignatureError, match="not a valid OpenPGP signature"):
-        verify_detached(data.read_bytes(), b"garbage\n", [key.public], "m")
+        verify_detached(data.read_bytes(), b"garbage\n", trusted, "m")
     # Both keys trusted: the right one is found among several.
-    assert verify_detached(data.read_bytes(), sig, [other_key.public, key.public], "m") == key.fingerprint
+    both = Keyring.from_files([other_key.public, key.public])
+    assert verify_detached(data.read_bytes(), sig, both, "m") == key.fingerprint
+    # A binary keyring file holding both keys, as `gpg --export` writes it, works the same.
+    binary = tmp_path / "both.gpg"
+    binary.write_bytes(_binary(other_key) + _binary(key))
+    assert verify_detached(data.read_bytes(), sig, Keyring.from_files([binary]), "m") == key.fingerprint
 
 
-def test_dearmor_matches_gpg(key: SigningKey) -> None:
-    binary = subprocess.run(["gpg", "--dearmor"], input=key.public.read_bytes(),
-                            capture_output=True, check=True).stdout
-    assert dearmor(key.public.read_bytes(), "k") == binary
-    assert dearmor(binary, "k") == binary
+def _binary(key: SigningKey) -> bytes:
+    return subprocess.run(["gpg", "--dearmor"], input=key.public.read_bytes(),
+                          capture_output=True, check=True).stdout
+
+
+def test_armoured_and_binary_keys_read_the_same(key: SigningKey, other_key: SigningKey) -> None:
+    armoured = key.public.read_bytes()
+    binary = _binary(key)
+    assert read_keys(armoured, "k") == read_keys(binary, "k") == [binary]
+    assert read_keys(_binary(other_key) + binary, "k") == [_binary(other_key), binary]
+    # Two armoured blocks in one file are two keys too.
+    assert len(read_keys(other_key.public.read_bytes() + armoured, "k")) == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty key file"),
+        (b"not a key\n", "not an OpenPGP public key"),
+        (b"\x99\x01", "truncated OpenPGP packet at offset 0"),
+        (b"\xb4\x03abc", "first packet has tag 13"),  # a user id without a key
+        (b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!!\n-----END PGP PUBLIC KEY BLOCK-----\n",
+         "damaged armoured key"),
+        (b"-----BEGIN PGP PRIVATE KEY BLOCK-----\n", "no public key block found"),
+    ],
+)
+def test_bad_key_files_are_named(tmp_path: Path, data: bytes, message: str) -> None:
+    path = tmp_path / "key.gpg"
+    path.write_bytes(data)
+    with pytest.raises(KeyFileError, match=f"{path}: .*{message}"):
+        Keyring.from_files([path])
+
+
+def test_a_truncated_binary_key_is_refused(tmp_path: Path, key: SigningKey) -> None:
+    path = tmp_path / "key.gpg"
+    path.write_bytes(_binary(key)[:-5])
+    with pytest.raises(KeyFileError, match="truncated OpenPGP packet"):
+        Keyring.from_files([path])
 
 
 def test_trusted_key_files_from_sysroot(tmp_path: Path, key: SigningKey) -> None:

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from deploy.delta import Layout, NoDelta, plan
+from deploy.delta import NoDelta, Placement, plan
 from rpmextents import Entry
 from rpmextents.files import EntryType
 
@@ -26,16 +26,16 @@ def test_unchanged_packages_touch_nothing_and_a_new_version_only_what_changed() 
     a1 = [entry(0, "/usr/share/a", EntryType.DIR), entry(1, "/usr/share/a/same"), entry(2, "/usr/share/a/new", digest="bb" * 32)]
     a2 = [entry(0, "/usr/share/a", EntryType.DIR), entry(1, "/usr/share/a/same"), entry(2, "/usr/share/a/new", digest="cc" * 32)]
     b = [entry(0, "/usr/bin/b")]
-    same = plan(Layout.of([("A1", a1), ("B", b)]), Layout.of([("A1", a1), ("B", b)]))
+    same = plan(Placement.of([("A1", a1), ("B", b)]), Placement.of([("A1", a1), ("B", b)]))
     assert (same.delete, same.reset_dirs, dict(same.write), same.kept) == ((), (), {}, 4)
-    update = plan(Layout.of([("A1", a1), ("B", b)]), Layout.of([("A2", a2), ("B", b)]))
+    update = plan(Placement.of([("A1", a1), ("B", b)]), Placement.of([("A2", a2), ("B", b)]))
     assert dict(update.write) == {"A2": frozenset({2})} and update.delete == () and update.kept == 3
 
 
 def test_removed_files_then_empty_directories_deepest_first() -> None:
     old = [entry(0, "/usr/share/x/deep/file"), entry(1, "/usr/share/x/other"), entry(2, "/usr/share/keep")]
     new = [entry(2, "/usr/share/keep")]
-    p = plan(Layout.of([("P1", old)]), Layout.of([("P2", new)]))
+    p = plan(Placement.of([("P1", old)]), Placement.of([("P2", new)]))
     assert p.delete == ("share/x/deep/file", "share/x/other", "share/x/deep", "share/x")
     assert dict(p.write) == {}  # "keep" is the same file in the new package
 
@@ -44,7 +44,7 @@ def test_a_hardlinked_file_is_written_with_its_whole_group() -> None:
     old = [entry(0, "/usr/lib/h1", hardlink=0), entry(1, "/usr/lib/h2", hardlink=0), entry(2, "/usr/lib/h3", hardlink=0)]
     # Another package used to win at h2; it is gone, so h2 is the group's again: all three are linked anew.
     other = [entry(0, "/usr/lib/h2", digest="dd" * 32)]
-    p = plan(Layout.of([("H", old), ("O", other)]), Layout.of([("H", old)]))
+    p = plan(Placement.of([("H", old), ("O", other)]), Placement.of([("H", old)]))
     assert dict(p.write) == {"H": frozenset({0, 1, 2})}
 
 
@@ -55,7 +55,7 @@ def test_a_changing_directory_symlink_with_paths_below_means_a_full_build(old_ty
 
     below = [entry(0, "/usr/lib64/libx.so")]
     with pytest.raises(NoDelta, match="/lib64: a symlink that other paths lie below changes"):
-        plan(Layout.of([("L1", pkg(old_type)), ("X", below)]), Layout.of([("L2", pkg(new_type)), ("X", below)]))
+        plan(Placement.of([("L1", pkg(old_type)), ("X", below)]), Placement.of([("L2", pkg(new_type)), ("X", below)]))
 
 
 def test_packages_disagreeing_on_a_changed_path_mean_a_full_build() -> None:
@@ -64,13 +64,13 @@ def test_packages_disagreeing_on_a_changed_path_mean_a_full_build() -> None:
     # does not second-guess which would win: it builds in full.
     v1, v2 = [entry(0, "/usr/bin/tool", digest="ee" * 32)], [entry(0, "/usr/bin/tool", digest="ff" * 32)]
     with pytest.raises(NoDelta, match="/bin/tool: packages disagree on what it is"):
-        plan(Layout.of([("S", link), ("F1", v1)]), Layout.of([("S", link), ("F2", v2)]))
+        plan(Placement.of([("S", link), ("F1", v1)]), Placement.of([("S", link), ("F2", v2)]))
     # While it doesn't change, they may disagree.
-    assert plan(Layout.of([("S", link), ("F1", v1)]), Layout.of([("S", link), ("F1", v1)])).kept == 1
+    assert plan(Placement.of([("S", link), ("F1", v1)]), Placement.of([("S", link), ("F1", v1)])).kept == 1
 
 
 def test_a_directory_losing_its_owner_but_not_its_children_is_reset() -> None:
     owner = [entry(0, "/usr/share/owned", EntryType.DIR, mode=stat.S_IFDIR | 0o750)]
     child = [entry(0, "/usr/share/owned/file")]
-    p = plan(Layout.of([("O", owner), ("C", child)]), Layout.of([("C", child)]))
+    p = plan(Placement.of([("O", owner), ("C", child)]), Placement.of([("C", child)]))
     assert p.reset_dirs == ("share/owned",) and p.delete == ()

@@ -131,3 +131,20 @@ def test_update_costs_only_changed_files_and_diffs(sysroot: Path, images: Images
     again = deploy(sysroot, images.v2, images.key).json()
     assert (again["outcome"], again["deployment"]) == ("reactivated", second["deployment"])
 
+
+
+def test_deploy_with_a_binary_vendor_key_in_keys_d(sysroot: Path, images: Images) -> None:
+    """keys.d may hold binary keys (`gpg --export`); the manifest and every package header verify."""
+    keys = sysroot / "etc/rpmimg/keys.d"
+    keys.mkdir(parents=True)
+    binary = subprocess.run(["gpg", "--dearmor"], input=images.key.public.read_bytes(),
+                            capture_output=True, check=True).stdout
+    assert not binary.startswith(b"-----")
+    (keys / "vendor.gpg").write_bytes(binary)
+    result = rpmimg("deploy", "--sysroot", sysroot, "--json", images.v0).json()
+    assert (result["outcome"], result["version"], result["fetched"]) == ("deployed", "20261121.1", 1)
+    tree = _tree(sysroot, str(result["deployment"]))
+    assert sorted(os.listdir(tree / "lib/sysimage/packages")) == ["empty-1.0-1.x86_64.rpm"]
+    # The same key file refuses what it did not sign: a package without a header signature.
+    refused = rpmimg("deploy", "--sysroot", sysroot, "--json", images.unsigned, check=False)
+    assert refused.code == 1 and "not signed with a header signature" in refused.err, refused.err

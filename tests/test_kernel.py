@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -27,9 +26,7 @@ HEADER_IOCTLS = {
     "FS_IOC_FIEMAP": 0xC020660B,
     "BTRFS_IOC_SUBVOL_CREATE": 0x5000940E,
     "BTRFS_IOC_SNAP_DESTROY": 0x5000940F,
-    "BTRFS_IOC_TREE_SEARCH": 0xD0009411,
     "BTRFS_IOC_INO_LOOKUP": 0xD0009412,
-    "BTRFS_IOC_DEFAULT_SUBVOL": 0x40089413,
     "BTRFS_IOC_SNAP_CREATE_V2": 0x50009417,
     "BTRFS_IOC_SUBVOL_GETFLAGS": 0x80089419,
     "BTRFS_IOC_SUBVOL_SETFLAGS": 0x4008941A,
@@ -42,10 +39,7 @@ HEADER_SIZES = {
     "FIEMAP_EXTENT": 56,
     "BTRFS_VOL_ARGS": 4096,
     "BTRFS_VOL_ARGS_V2": 4096,
-    "BTRFS_SEARCH_KEY": 104,
-    "BTRFS_SEARCH_HEADER": 32,
     "BTRFS_INO_LOOKUP_ARGS": 4096,
-    "BTRFS_DIR_ITEM": 30,
 }
 
 
@@ -57,10 +51,6 @@ def test_ioctl_number_matches_kernel_header(name: str, value: int) -> None:
 @pytest.mark.parametrize(("name", "size"), sorted(HEADER_SIZES.items()))
 def test_struct_size_matches_kernel_header(name: str, size: int) -> None:
     assert getattr(kernel, name).size == size
-
-
-def test_search_args_fill_one_page() -> None:
-    assert kernel.BTRFS_SEARCH_ARGS_SIZE == 4096
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -349,27 +339,6 @@ def test_plain_directory_is_not_a_subvolume(btrfs: Path, call: str) -> None:
     assert plain.is_dir()
 
 
-def test_default_subvolume(btrfs: Path) -> None:
-    assert kernel.get_default_subvolume(btrfs) == kernel.BTRFS_FS_TREE_OBJECTID
-    sv = btrfs / "sv"
-    kernel.subvolume_create(sv)
-    sv_id = kernel.subvolume_id(sv)
-    kernel.set_default_subvolume(btrfs, sv_id)
-    assert kernel.get_default_subvolume(btrfs) == sv_id
-    if shutil.which("btrfs"):
-        out = subprocess.run(
-            ["btrfs", "subvolume", "get-default", os.fspath(btrfs)],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        assert re.match(rf"ID {sv_id} .* path sv$", out.strip()), out
-    with pytest.raises(PermissionError) as e:  # the kernel protects the default subvolume
-        kernel.subvolume_delete(sv)
-    assert e.value.filename == os.fspath(sv)
-    kernel.set_default_subvolume(btrfs, kernel.BTRFS_FS_TREE_OBJECTID)
-    assert kernel.get_default_subvolume(btrfs) == kernel.BTRFS_FS_TREE_OBJECTID
-    kernel.subvolume_delete(sv)
-
-
 def test_is_btrfs(btrfs: Path, tmp_path: Path) -> None:
     assert kernel.is_btrfs(btrfs)
     assert not kernel.is_btrfs(tmp_path)
@@ -385,8 +354,6 @@ BTRFS_ONLY_CALLS: dict[str, Callable[[Path], object]] = {
     "subvolume_is_readonly": lambda p: kernel.subvolume_is_readonly(p / "dir"),
     "subvolume_set_readonly": lambda p: kernel.subvolume_set_readonly(p / "dir", True),
     "subvolume_id": lambda p: kernel.subvolume_id(p / "dir"),
-    "set_default_subvolume": lambda p: kernel.set_default_subvolume(p / "dir", 256),
-    "get_default_subvolume": lambda p: kernel.get_default_subvolume(p / "dir"),
 }
 
 

@@ -88,6 +88,10 @@ BAD = [
                  id="unsafe-name"),
     pytest.param(GOOD.replace('arch = "x86_64"\n', 'arch = "x86_64"\nblock_size = 1000\n'),
                  r":4: 'block_size' must be a power of two", id="block-size"),
+    # The format's limit: 2 MiB used to pass here and fail only in transcode.
+    pytest.param(GOOD.replace('arch = "x86_64"\n', 'arch = "x86_64"\nblock_size = 2097152\n'),
+                 r":4: 'block_size' must be a power of two between 4096 and 1048576",
+                 id="block-size-too-large"),
     pytest.param(GOOD + "block_size = 8192\n", r":16: in \[\[repo\]\] #2: unknown key 'block_size'",
                  id="key-in-wrong-table"),
     pytest.param(GOOD.replace('arch = "x86_64"', 'arch = "x86_64'), r"invalid TOML: .*line 3",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +20,9 @@ from fixtures.repos import (
     updates_universe,
 )
 from solver.definition import RepoSource
-from solver.depsolve import SolveRequest, SolveResult, solve
+from solver.depsolve import ResolvedPackage, SolveRequest, SolveResult, _order, solve
 from solver.errors import DepsolveError, RepoError
+from solver.fetch import Checksum
 from solver.repodata import Repository
 
 pytestmark = pytest.mark.skipif(
@@ -203,3 +205,16 @@ def test_corrupt_metadata_is_a_repo_error(tmp_path: Path, repos: Path) -> None:
 def test_missing_repository_is_a_repo_error(tmp_path: Path) -> None:
     with pytest.raises(RepoError, match=r"repomd\.xml"):
         run(tmp_path, ["app"], repos=("nothere",))
+
+
+def test_solution_order_is_rpms_version_order() -> None:
+    """Manifest order is extraction order, so versions side by side sort as rpm sorts them."""
+    def p(name: str, version: str, epoch: int | None = None, arch: str = "x86_64") -> ResolvedPackage:
+        return ResolvedPackage(name, epoch, version, "1", arch, "main", "x.rpm", Checksum("sha256", "0"), 1)
+
+    given = [p("kernel", "6.10"), p("kernel", "6.9"), p("kernel", "6.9~rc1"), p("a", "1", arch="noarch"),
+             p("kernel", "5.0", epoch=1), p("a", "2")]
+    ordered = sorted(given, key=functools.cmp_to_key(_order))
+    assert [(x.name, x.arch, x.version) for x in ordered] == [
+        ("a", "noarch", "1"), ("a", "x86_64", "2"), ("kernel", "x86_64", "6.9~rc1"),
+        ("kernel", "x86_64", "6.9"), ("kernel", "x86_64", "6.10"), ("kernel", "x86_64", "5.0")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import urllib.parse
 from pathlib import Path
 
-from deploy.errors import ManifestError
 from deploy.sources.base import FetchJob, FetchStats, Source
+from imagespec.errors import ManifestError
 
 __all__ = ["FetchJob", "FetchStats", "Source", "open_source"]
 

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from deploy.errors import FetchError, ManifestError
-from deploy.manifest import PackageRef
+from deploy.errors import DeployFetchError
+from imagespec.errors import ManifestError
+from imagespec.manifest import ManifestPackage
 
 ProgressFn = Callable[[int, int], None]
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.json.asc"
 # Read at most this much of a manifest and of its signature, whatever the transport: they
 # are fetched before anything is verified. 16 MiB holds some 25,000 package entries; an
 # armoured detached signature is about 1 KiB.
@@ -27,7 +26,7 @@ SIGNATURE_LIMIT = 64 << 10
 class FetchJob:
     """Fetch ref's extents RPM into dest; basis, if set, is an older version for delta transfer."""
 
-    ref: PackageRef
+    ref: ManifestPackage
     dest: Path
     basis: Path | None = None
 
@@ -50,7 +49,7 @@ class Source(Protocol):
         """The manifest bytes and its detached signature (None when there is none)."""
         ...
 
-    def package_url(self, ref: PackageRef) -> str:
+    def package_url(self, ref: ManifestPackage) -> str:
         """Absolute location of ref's extents RPM."""
         ...
 
@@ -108,11 +107,11 @@ def decompress_zstd(fin: BinaryIO, dst: Path, what: str, size: int) -> None:
             written = fout.tell()
     except zstandard.ZstdError as e:
         tmp.unlink(missing_ok=True)
-        raise FetchError(f"{what}: cannot decompress its zstd copy: {e}") from e
+        raise DeployFetchError(f"{what}: cannot decompress its zstd copy: {e}") from e
     if written != size:
         tmp.unlink()
         got = "more than" if written > size else f"{written} bytes, not"
-        raise FetchError(f"{what}: its zstd copy decompresses to {got} the {size} bytes "
+        raise DeployFetchError(f"{what}: its zstd copy decompresses to {got} the {size} bytes "
                          "the manifest states")
     os.rename(tmp, dst)
 

@@ -13,13 +13,10 @@ import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from deploy.errors import FetchError, ManifestError
+from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
-from deploy.manifest import PackageRef
 from deploy.sources.base import (
-    MANIFEST,
     MANIFEST_LIMIT,
-    SIGNATURE,
     SIGNATURE_LIMIT,
     ByteCounter,
     FetchJob,
@@ -29,6 +26,9 @@ from deploy.sources.base import (
     sha256_file,
 )
 from host.http import DownloadError, Limits, download_bytes, download_file
+from imagespec.errors import ManifestError
+from imagespec.manifest import ManifestPackage
+from imagespec.published import MANIFEST, SIGNATURE
 
 WORKERS = 4
 
@@ -45,7 +45,7 @@ class HttpSource:
             try:
                 limits = Limits.from_environment()
             except DownloadError as e:
-                raise FetchError(str(e)) from e
+                raise DeployFetchError(str(e)) from e
         self.limits = limits
 
     @property
@@ -65,7 +65,7 @@ class HttpSource:
                 return data, None
             raise ManifestError(str(e)) from e
 
-    def package_url(self, ref: PackageRef) -> str:
+    def package_url(self, ref: ManifestPackage) -> str:
         return urllib.parse.urljoin(self.url, ref.location)
 
     def _fetch_one(self, job: FetchJob, counter: ByteCounter) -> None:
@@ -79,11 +79,11 @@ class HttpSource:
         try:
             download_file(url, part, size=size, limits=self.limits, progress=counter.add)
         except DownloadError as e:
-            raise FetchError(f"{ref.nevra}: {e}") from e
+            raise DeployFetchError(f"{ref.nevra}: {e}") from e
         checkpoint("downloaded package")
         if part.stat().st_size != size or sha256_file(part) != digest:
             part.unlink()
-            raise FetchError(f"{ref.nevra}: {url}: download does not match the manifest's sha256")
+            raise DeployFetchError(f"{ref.nevra}: {url}: download does not match the manifest's sha256")
         if ref.zstd is not None:
             with open(part, "rb") as f:
                 decompress_zstd(f, job.dest, ref.nvra, ref.size)

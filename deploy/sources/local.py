@@ -16,13 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from deploy.errors import FetchError, ManifestError
+from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
-from deploy.manifest import PackageRef
 from deploy.sources.base import (
-    MANIFEST,
     MANIFEST_LIMIT,
-    SIGNATURE,
     SIGNATURE_LIMIT,
     ByteCounter,
     FetchJob,
@@ -33,6 +30,9 @@ from deploy.sources.base import (
     read_limited,
 )
 from host.kernel import Resolve, openat2
+from imagespec.errors import ManifestError
+from imagespec.manifest import ManifestPackage
+from imagespec.published import IMAGES, LATEST, MANIFEST, SIGNATURE
 
 
 def find_manifest(path: Path) -> Path:
@@ -42,14 +42,14 @@ def find_manifest(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise ManifestError(f"{path}: no such file or directory")
-    for candidate in (path / MANIFEST, path / "latest" / MANIFEST):
+    for candidate in (path / MANIFEST, path / LATEST / MANIFEST):
         if candidate.is_file():
             return candidate
-    images = path / "images"
+    images = path / IMAGES
     if images.is_dir():
-        found = sorted(p for p in images.iterdir() if (p / "latest" / MANIFEST).is_file())
+        found = sorted(p for p in images.iterdir() if (p / LATEST / MANIFEST).is_file())
         if len(found) == 1:
-            return found[0] / "latest" / MANIFEST
+            return found[0] / LATEST / MANIFEST
         if found:
             names = ", ".join(p.name for p in found)
             raise ManifestError(f"{path}: holds several images ({names}); name one of them")
@@ -74,7 +74,7 @@ class LocalSource:
     def _resolve(self, location: str) -> Path:
         return Path(os.path.normpath(self.manifest_path.parent / location))
 
-    def package_url(self, ref: PackageRef) -> str:
+    def package_url(self, ref: ManifestPackage) -> str:
         return os.fspath(self._resolve(ref.location))
 
     def _open(self, location: str, size: int, what: str) -> BinaryIO | None:
@@ -86,7 +86,7 @@ class LocalSource:
             ups, rel = ups + 1, rel[3:]
         root = self.manifest_path.parent
         if posixpath.isabs(rel) or ups >= len(root.parts):
-            raise FetchError(f"{what}: location {location!r} leaves the published directory")
+            raise DeployFetchError(f"{what}: location {location!r} leaves the published directory")
         for _ in range(ups):
             root = root.parent
         try:
@@ -99,14 +99,14 @@ class LocalSource:
             if e.errno == errno.ENOENT:
                 return None
             if e.errno in (errno.EXDEV, errno.ELOOP):
-                raise FetchError(f"{what}: {root / rel}: leads outside {root}") from e
-            raise FetchError(f"{what}: cannot open {root / rel}: {e.strerror}") from e
+                raise DeployFetchError(f"{what}: {root / rel}: leads outside {root}") from e
+            raise DeployFetchError(f"{what}: cannot open {root / rel}: {e.strerror}") from e
         f = os.fdopen(fd, "rb")
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             f.close()
             kind = f"{st.st_size} bytes" if stat.S_ISREG(st.st_mode) else "not a regular file"
-            raise FetchError(f"{what}: {root / rel}: {kind}, the manifest states {size} bytes")
+            raise DeployFetchError(f"{what}: {root / rel}: {kind}, the manifest states {size} bytes")
         return f
 
     def _fetch_one(self, job: FetchJob) -> None:
@@ -122,7 +122,7 @@ class LocalSource:
                 with z:
                     decompress_zstd(z, job.dest, ref.nvra, ref.size)
                 return
-        raise FetchError(f"{ref.nvra}: {self._resolve(ref.location)}: no such file")
+        raise DeployFetchError(f"{ref.nvra}: {self._resolve(ref.location)}: no such file")
 
     def fetch(self, jobs: Sequence[FetchJob], progress: ProgressFn | None) -> FetchStats:
         counter = ByteCounter(sum(j.ref.size for j in jobs), progress)
@@ -130,7 +130,7 @@ class LocalSource:
             try:
                 self._fetch_one(job)
             except OSError as e:
-                raise FetchError(f"{job.ref.nvra}: cannot copy {self._resolve(job.ref.location)}: "
+                raise DeployFetchError(f"{job.ref.nvra}: cannot copy {self._resolve(job.ref.location)}: "
                                  f"{e.strerror}") from e
             counter.add(job.ref.size)
             checkpoint("fetched package")

@@ -25,14 +25,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from deploy.errors import CommandError, FetchError, ManifestError
+from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
-from deploy.manifest import PackageRef
-from deploy.run import run
 from deploy.sources.base import (
-    MANIFEST,
     MANIFEST_LIMIT,
-    SIGNATURE,
     SIGNATURE_LIMIT,
     ByteCounter,
     FetchJob,
@@ -42,6 +38,10 @@ from deploy.sources.base import (
     read_limited,
 )
 from host.http import DownloadError, Limits
+from host.run import CommandError, run
+from imagespec.errors import ManifestError
+from imagespec.manifest import ManifestPackage
+from imagespec.published import MANIFEST, SIGNATURE
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RsyncSource:
             try:
                 limits = Limits.from_environment()
             except DownloadError as e:
-                raise FetchError(str(e)) from e
+                raise DeployFetchError(str(e)) from e
         self.limits = limits
 
     @property
@@ -130,7 +130,7 @@ class RsyncSource:
                 raise ManifestError(f"cannot fetch the signature: {e}") from e
             return data, sig
 
-    def package_url(self, ref: PackageRef) -> str:
+    def package_url(self, ref: ManifestPackage) -> str:
         return join_url(self.url, ref.location)
 
     def _fetch_one(self, job: FetchJob, counter: ByteCounter) -> int:
@@ -150,11 +150,11 @@ class RsyncSource:
         try:
             output = self._rsync([*args, url, os.fspath(out_dir) + "/"], url, size)
         except CommandError as e:
-            raise FetchError(f"{job.ref.nvra}: {e}") from e
+            raise DeployFetchError(f"{job.ref.nvra}: {e}") from e
         checkpoint("rsynced package")
         got = out_dir / name
         if not got.exists():  # skipped by --max-size
-            raise FetchError(f"{job.ref.nvra}: {url}: larger than the {size} bytes the manifest states")
+            raise DeployFetchError(f"{job.ref.nvra}: {url}: larger than the {size} bytes the manifest states")
         os.rename(got, job.dest)
         shutil.rmtree(work, ignore_errors=True)
         m = _LITERAL.search(output)

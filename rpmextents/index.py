@@ -56,11 +56,21 @@ def align_up(n: int, block: int) -> int:
     return (n + block - 1) // block * block
 
 
+def block_size_problem(block_size: int) -> str | None:
+    """What is wrong with block_size as an extents block size, or None.
+
+    The one rule, for transcode, the index parser, image definitions and manifests:
+    a power of two from 4 KiB (the page size btrfs reflinks in) to 1 MiB.
+    """
+    if MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE and not block_size & (block_size - 1):
+        return None
+    return f"must be a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"
+
+
 def check_block_size(block_size: int) -> None:
-    if block_size < MIN_BLOCK_SIZE or block_size > MAX_BLOCK_SIZE or block_size & (block_size - 1):
-        raise FormatError(
-            f"block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"
-        )
+    problem = block_size_problem(block_size)
+    if problem is not None:
+        raise FormatError(f"block size {block_size} {problem}")
 
 
 @dataclass(frozen=True)

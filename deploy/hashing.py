@@ -1,0 +1,106 @@
+"""Content digests of a deployment's files, hashed while `verify` checks their metadata.
+
+Each file is opened below its tree's fd following no symlink at all; the work is cut
+into batches handed to one process per core once there is more than one batch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from host import kernel
+
+BATCH_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class DigestJob:
+    """A file's content still to hash, after the metadata checks."""
+
+    root: str  # the deployment tree
+    rel: str  # the file, resolved inside it: a path with no symlink in it
+    algo: str
+    expected: str
+    size: int
+
+
+# Never follow a symlink, never block on a FIFO planted where a file was.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def _differing(jobs: list[DigestJob]) -> list[bool]:
+    """For each job, whether the file's digest differs from the expected one.
+
+    Each file is opened below its tree's fd following no symlink at all, so a tree changed
+    since its metadata was checked can't make this read anything outside it.
+    """
+    out = []
+    roots: dict[str, int] = {}
+    try:
+        for j in jobs:
+            try:
+                if j.root not in roots:
+                    roots[j.root] = os.open(j.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                with open(kernel.open_beneath(roots[j.root], j.rel, READ_FLAGS), "rb", buffering=0) as f:
+                    out.append(hashlib.file_digest(f, j.algo).hexdigest() != j.expected)
+            except OSError:
+                out.append(True)  # unreadable content is not the packaged content
+    finally:
+        for fd in roots.values():
+            os.close(fd)
+    return out
+
+
+class Hashing:
+    """Digest checks that run while the metadata checks go on.
+
+    Jobs are cut into batches of about BATCH_BYTES; once there is more than one batch,
+    they go to one process per core (hashlib holds the GIL between chunks, so threads
+    would contend with the metadata pass). A small deployment is hashed in this process.
+    """
+
+    def __init__(self, batch_bytes: int = BATCH_BYTES) -> None:
+        self._batch_bytes = batch_bytes
+        self._batch: list[DigestJob] = []
+        self._bytes = 0
+        self._futures: list[concurrent.futures.Future[list[bool]]] = []
+        self._queued = 0
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._workers = os.cpu_count() or 1
+
+    def __enter__(self) -> Hashing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def add(self, job: DigestJob) -> None:
+        self._batch.append(job)
+        self._bytes += job.size
+        if self._bytes >= self._batch_bytes and self._workers > 1:
+            if self._pool is None:
+                ctx = multiprocessing.get_context("fork")
+                self._pool = concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=ctx)
+            self._futures.append(self._pool.submit(_differing, self._batch))
+            self._queued += len(self._batch)
+            self._batch, self._bytes = [], 0
+
+    def results(self, progress: Callable[[int, int], None] | None) -> list[bool]:
+        """Whether each job's file differs, in the order the jobs were added."""
+        total = self._queued + len(self._batch)
+        last = _differing(self._batch)
+        out: list[bool] = []
+        for future in self._futures:
+            out.extend(future.result())
+            if progress is not None:
+                progress(len(out), total)
+        out.extend(last)
+        if progress is not None:
+            progress(len(out), total)
+        return out

@@ -1,0 +1,276 @@
+"""manifest.json: the signed description of one image version.
+
+One model, one writer (`ImageManifest.dumps`, used by compose) and one strict parser
+(`parse`, used by deploy on untrusted bytes and by compose on its own output). Every
+field is checked, so the rest of either side can trust an ImageManifest: names are
+safe file name components, digests are hex, sizes are sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from imagespec.errors import ManifestError
+from rpmextents.index import block_size_problem
+from rpmextents.nevra import Nevra
+
+FORMAT = 1
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# rpm allows more, but a name that is a file name component is all the client needs.
+_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+~^-]*")
+_EVR_PART = re.compile(r"[A-Za-z0-9._+~^]+")
+_CHECKSUM = re.compile(r"[a-z0-9]+:[0-9a-f]+")
+
+
+@dataclass(frozen=True)
+class ZstdCopy:
+    """The zstd-compressed copy of a package, for HTTP clients."""
+
+    location: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ManifestPackage:
+    """One extents RPM of an image; `location` is relative to the manifest."""
+
+    name: str
+    epoch: int | None
+    version: str
+    release: str
+    arch: str
+    sha256: str
+    size: int
+    header_sha256: str
+    block_size: int
+    source_checksum: str  # "ALGO:HEX" of the original RPM, as the repository lists it
+    source_size: int
+    location: str
+    zstd: ZstdCopy | None = None
+
+    @property
+    def ident(self) -> Nevra:
+        return Nevra(self.name, self.epoch, self.version, self.release, self.arch)
+
+    @property
+    def nevra(self) -> str:
+        return str(self.ident)
+
+    @property
+    def nvra(self) -> str:
+        return self.ident.nvra
+
+
+@dataclass(frozen=True)
+class CurationReport:
+    """What clients will not do for a package: run scriptlets or triggers, or place files outside /usr."""
+
+    scriptlets: tuple[str, ...] = ()
+    triggers: tuple[str, ...] = ()
+    outside_usr: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageManifest:
+    """A signed image version: the exact set of extents RPMs that make its /usr."""
+
+    name: str
+    version: str
+    arch: str
+    created: str
+    inputs_sha256: str
+    block_size: int
+    packages: tuple[ManifestPackage, ...]
+    report: CurationReport
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "name": self.name, "version": self.version, "arch": self.arch,
+            "created": self.created, "inputs_sha256": self.inputs_sha256,
+            "block_size": self.block_size,
+            "packages": [_package_json(p) for p in self.packages],
+            "report": {
+                "scriptlets": list(self.report.scriptlets),
+                "triggers": list(self.report.triggers),
+                "outside_usr": {k: list(v) for k, v in sorted(self.report.outside_usr.items())},
+            },
+        }
+
+    def dumps(self) -> bytes:
+        """The manifest.json bytes compose publishes (and signs)."""
+        return (json.dumps(self.to_json(), indent=2) + "\n").encode()
+
+
+def _package_json(p: ManifestPackage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": p.name, "epoch": p.epoch, "version": p.version, "release": p.release,
+        "arch": p.arch, "sha256": p.sha256, "size": p.size, "header_sha256": p.header_sha256,
+        "block_size": p.block_size, "source_checksum": p.source_checksum,
+        "source_size": p.source_size, "location": p.location,
+    }
+    if p.zstd is not None:
+        out["zstd"] = {"location": p.zstd.location, "sha256": p.zstd.sha256, "size": p.zstd.size}
+    return out
+
+
+# --- the strict parser -------------------------------------------------------------------
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in obj:
+        raise ManifestError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    # bool is an int subclass; a size of `true` is still wrong.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ManifestError(f"{where}: field {key!r} should be {kind.__name__}, not {value!r}")
+    return value
+
+
+def _matching(obj: Mapping[str, Any], key: str, pattern: re.Pattern[str], where: str) -> str:
+    value: str = _field(obj, key, str, where)
+    if not pattern.fullmatch(value):
+        raise ManifestError(f"{where}: field {key!r} has an invalid value {value!r}")
+    return value
+
+
+def _size(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value: int = _field(obj, key, int, where)
+    if value < 0:
+        raise ManifestError(f"{where}: field {key!r} is negative")
+    return value
+
+
+def _strings(obj: Mapping[str, Any], key: str, where: str, what: str = "field") -> tuple[str, ...]:
+    """obj[key], a list of strings; `where` and `what` name it ("report field 'x'")."""
+    if key not in obj:
+        raise ManifestError(f"{where}: missing {what} {key!r}")
+    value = obj[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ManifestError(f"{where} {what} {key!r} should be a list of strings")
+    return tuple(value)
+
+
+def _zstd(obj: Mapping[str, Any], where: str) -> ZstdCopy | None:
+    z = obj.get("zstd")
+    if z is None:
+        return None
+    if not isinstance(z, dict):
+        raise ManifestError(f"{where}: field 'zstd' should be an object")
+    where += " zstd"
+    return ZstdCopy(
+        location=_field(z, "location", str, where),
+        sha256=_matching(z, "sha256", _HEX64, where),
+        size=_size(z, "size", where),
+    )
+
+
+def _package(obj: Any, index: int, manifest_block_size: int) -> ManifestPackage:
+    where = f"package #{index}"
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: should be an object")
+    name = _matching(obj, "name", _NAME, where)
+    where = f"package {name}"
+    epoch = obj.get("epoch")
+    if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
+        raise ManifestError(f"{where}: field 'epoch' should be null or a non-negative int")
+    block_size = _size(obj, "block_size", where)
+    if block_size != manifest_block_size:
+        raise ManifestError(f"{where}: block size {block_size} differs from the image's")
+    return ManifestPackage(
+        name=name,
+        epoch=epoch,
+        version=_matching(obj, "version", _EVR_PART, where),
+        release=_matching(obj, "release", _EVR_PART, where),
+        arch=_matching(obj, "arch", _NAME, where),
+        sha256=_matching(obj, "sha256", _HEX64, where),
+        size=_size(obj, "size", where),
+        header_sha256=_matching(obj, "header_sha256", _HEX64, where),
+        block_size=block_size,
+        source_checksum=_matching(obj, "source_checksum", _CHECKSUM, where),
+        source_size=_size(obj, "source_size", where),
+        location=_field(obj, "location", str, where),
+        zstd=_zstd(obj, where),
+    )
+
+
+def _report(obj: Mapping[str, Any], where: str) -> CurationReport:
+    report: dict[str, Any] = _field(obj, "report", dict, where)
+    where += ": report"
+    outside: dict[str, Any] = _field(report, "outside_usr", dict, where)
+    return CurationReport(
+        scriptlets=_strings(report, "scriptlets", where),
+        triggers=_strings(report, "triggers", where),
+        outside_usr={k: _strings(outside, k, f"{where} field 'outside_usr'", "of") for k in outside},
+    )
+
+
+# A manifest nests four levels deep; anything far deeper is hostile, and Python's JSON
+# parser would recurse once per level.
+MAX_DEPTH = 16
+
+
+def check_depth(data: bytes, where: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON whose arrays and objects nest deeper than limit, before parsing it."""
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                raise ManifestError(f"{where}: JSON nested deeper than {limit} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+
+
+def _block_size(obj: Mapping[str, Any], where: str) -> int:
+    block_size = _size(obj, "block_size", where)
+    problem = block_size_problem(block_size)
+    if problem is not None:
+        raise ManifestError(f"{where}: block size {block_size} {problem}")
+    return block_size
+
+
+def parse(data: bytes, where: str = "manifest") -> ImageManifest:
+    """Parse and check manifest bytes; every problem is a ManifestError naming `where`."""
+    check_depth(data, where)
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ManifestError(f"{where}: not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: not a JSON object")
+    fmt = obj.get("format")
+    if fmt != FORMAT:
+        raise ManifestError(f"{where}: unsupported manifest format {fmt!r} (expected {FORMAT})")
+    block_size = _block_size(obj, where)
+    raw_packages = _field(obj, "packages", list, where)
+    packages = tuple(_package(p, i, block_size) for i, p in enumerate(raw_packages))
+    seen: set[str] = set()
+    for p in packages:
+        if p.nvra in seen:
+            raise ManifestError(f"{where}: package {p.nvra} is listed twice")
+        seen.add(p.nvra)
+    return ImageManifest(
+        name=_matching(obj, "name", _NAME, where),
+        version=_matching(obj, "version", _EVR_PART, where),
+        arch=_matching(obj, "arch", _NAME, where),
+        created=_field(obj, "created", str, where),
+        inputs_sha256=_matching(obj, "inputs_sha256", _HEX64, where),
+        block_size=block_size,
+        packages=packages,
+        report=_report(obj, where),
+    )
