@@ -3,12 +3,41 @@
 `write_atomically` replaces a file so that a crash at any point leaves either the old
 or the new content under its name; `write_new` writes a file that a caller renames
 into place later; `fsync_dir` makes a rename or a new entry in a directory durable.
+`read_limited` is the one bounded read of a small local file (keys, signatures,
+definitions, manifests on a disk).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+
+class ReadRefused(Exception):
+    """A file read_limited would not read; the message names the path and why."""
+
+
+def read_limited(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of the regular file at path, which may hold at most `limit` bytes.
+
+    Nothing past limit + 1 bytes is read, and a FIFO, device or directory is refused
+    without blocking on it: ReadRefused then, OSError when the file can't be read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise ReadRefused(f"{os.fspath(path)} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ReadRefused(f"{os.fspath(path)} is larger than {limit} bytes")
+    return data
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

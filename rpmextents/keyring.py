@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from host.files import ReadRefused, read_limited
 from rpmextents.errors import ExtentsError, VerifyError
 from rpmextents.header import Header, SigTag
 
@@ -163,12 +164,11 @@ class Keyring:
         for p in paths:
             where = os.fspath(p)
             try:
-                with open(p, "rb") as f:
-                    data = f.read(MAX_KEY_FILE + 1)
+                data = read_limited(p, MAX_KEY_FILE)
+            except ReadRefused as e:
+                raise KeyFileError(f"{e}; not a key file") from e
             except OSError as e:
                 raise KeyFileError(f"{where}: cannot read key: {e.strerror}") from e
-            if len(data) > MAX_KEY_FILE:
-                raise KeyFileError(f"{where}: larger than {MAX_KEY_FILE >> 20} MiB; not a key file")
             keys += read_keys(data, where)
             sources.append(where)
         keyring = cls(tuple(keys), tuple(sources))

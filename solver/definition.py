@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from host.files import ReadRefused, read_limited
 from rpmextents.index import DEFAULT_BLOCK_SIZE, block_size_problem
 from solver.errors import DefinitionError
 
@@ -300,11 +301,9 @@ def load_definition(path: str | os.PathLike[str]) -> ImageDefinition:
     """Read and validate an image definition file."""
     p = Path(path)
     try:
-        with open(p, "rb") as f:
-            raw = f.read(MAX_DEFINITION + 1)
-        if len(raw) > MAX_DEFINITION:
-            raise DefinitionError(f"{os.fspath(p)}: larger than {MAX_DEFINITION} bytes")
-        source = raw.decode("utf-8")
+        source = read_limited(p, MAX_DEFINITION).decode("utf-8")
+    except ReadRefused as e:
+        raise DefinitionError(str(e)) from e
     except UnicodeDecodeError as e:
         raise DefinitionError(f"{os.fspath(p)}: not UTF-8 text: {e}") from e
     except OSError as e:

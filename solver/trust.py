@@ -9,13 +9,13 @@ listing, gpgv for signatures), never in the host's keyrings.
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from host.files import ReadRefused, read_limited
 from host.run import CommandError, run
 from imagespec.errors import SignatureError
 from imagespec.signature import verify_detached as verify_signature
@@ -33,15 +33,11 @@ MAX_REPOMD = 16 << 20  # repomd.xml; openSUSE's is a few KiB
 def read_capped(path: Path, limit: int, label: str) -> bytes:
     """The bytes of a regular file of at most `limit` bytes (RepoError otherwise)."""
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise RepoError(f"{label}: {os.fspath(path)} is not a regular file")
-            data = f.read(limit + 1)
+        return read_limited(path, limit)
+    except ReadRefused as e:
+        raise RepoError(f"{label}: {e}") from e
     except OSError as e:
         raise RepoError(f"{label}: cannot read {os.fspath(path)}: {e.strerror}") from e
-    if len(data) > limit:
-        raise RepoError(f"{label}: {os.fspath(path)} is larger than {limit} bytes")
-    return data
 
 
 def fetch_small(fetcher: Fetcher, url: str, dest: Path, limit: int, label: str) -> bytes:

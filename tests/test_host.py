@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from host import files
 from host.files import write_atomically, write_new
 from host.lock import LockHeld, file_lock
 from host.run import CommandError, run
@@ -104,3 +106,22 @@ def test_file_lock_never_follows_a_symlink(tmp_path: Path) -> None:
         pass
     assert caught.value.errno == errno.ELOOP
     assert outside.read_text() == "host file"
+
+
+def test_read_limited_reads_up_to_the_limit_and_refuses_more(tmp_path: Path) -> None:
+    f = tmp_path / "key.asc"
+    f.write_bytes(b"x" * 100)
+    assert files.read_limited(f, 100) == b"x" * 100
+    with pytest.raises(files.ReadRefused, match=rf"^{re.escape(str(f))} is larger than 99 bytes$"):
+        files.read_limited(f, 99)
+
+
+def test_read_limited_refuses_devices_and_fifos_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading without O_NONBLOCK would wait for a writer
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(files.ReadRefused) as refused:
+            files.read_limited(path, 1 << 20)
+        assert str(refused.value) == f"{path} is not a regular file"
+    with pytest.raises(FileNotFoundError):
+        files.read_limited(tmp_path / "missing", 10)

@@ -184,5 +184,5 @@ def test_deep_nesting_and_huge_files_are_one_line_errors(tmp_path: Path) -> None
     huge = tmp_path / "huge.toml"
     with open(huge, "wb") as f:
         f.truncate(2 << 20)
-    with pytest.raises(DefinitionError, match=r"huge.toml: larger than 1048576 bytes$"):
+    with pytest.raises(DefinitionError, match=r"huge.toml is larger than 1048576 bytes$"):
         load_definition(huge)

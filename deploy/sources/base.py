@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from deploy.errors import DeployFetchError
+from host import files
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
 
@@ -82,13 +83,11 @@ def sha256_file(path: Path) -> str:
 def read_limited(path: Path, limit: int, what: str) -> bytes:
     """The bytes of the file at path, refused (ManifestError) when it holds more than limit."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        return files.read_limited(path, limit)
+    except files.ReadRefused as e:
+        raise ManifestError(f"{what} {e}") from e
     except OSError as e:
         raise ManifestError(f"{path}: cannot read: {e.strerror}") from e
-    if len(data) > limit:
-        raise ManifestError(f"{path}: {what} larger than the {limit}-byte maximum")
-    return data
 
 
 def decompress_zstd(fin: BinaryIO, dst: Path, what: str, size: int) -> None:
