@@ -12,6 +12,7 @@ from typing import BinaryIO, Protocol
 
 from deploy.errors import DeployFetchError
 from host import files
+from host.http import DownloadError, Limits
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
 
@@ -142,3 +143,13 @@ def copy_open_file(fin: BinaryIO, dst: Path, size: int) -> None:
                 fout.write(chunk)
                 remaining -= len(chunk)
     os.rename(tmp, dst)
+
+
+def download_limits(limits: Limits | None) -> Limits:
+    """The limits given, else those the environment sets (DeployFetchError on a bad value)."""
+    if limits is not None:
+        return limits
+    try:
+        return Limits.from_environment()
+    except DownloadError as e:
+        raise DeployFetchError(str(e)) from e

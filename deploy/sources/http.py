@@ -23,6 +23,7 @@ from deploy.sources.base import (
     FetchStats,
     ProgressFn,
     decompress_zstd,
+    download_limits,
     sha256_file,
 )
 from host.http import DownloadError, Limits, download_bytes, download_file
@@ -41,12 +42,7 @@ class HttpSource:
             url += MANIFEST
         self.url = url
         self.workers = workers
-        if limits is None:
-            try:
-                limits = Limits.from_environment()
-            except DownloadError as e:
-                raise DeployFetchError(str(e)) from e
-        self.limits = limits
+        self.limits = download_limits(limits)
 
     @property
     def manifest_location(self) -> str:

@@ -35,9 +35,10 @@ from deploy.sources.base import (
     FetchStats,
     ProgressFn,
     copy_file,
+    download_limits,
     read_limited,
 )
-from host.http import DownloadError, Limits
+from host.http import Limits
 from host.run import CommandError, run
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
@@ -73,12 +74,7 @@ class RsyncSource:
         if url.endswith("/"):
             url += MANIFEST
         self.url = url
-        if limits is None:
-            try:
-                limits = Limits.from_environment()
-            except DownloadError as e:
-                raise DeployFetchError(str(e)) from e
-        self.limits = limits
+        self.limits = download_limits(limits)
 
     @property
     def manifest_location(self) -> str:
