@@ -110,6 +110,13 @@ class Store:
                     log.warning("%s: skipped for deduplication: %s", self.path(sha), e)
         return self._index
 
+    def find_data(self, algo: str, digest: str, length: int) -> tuple[Path, int] | None:
+        """(store file, offset) of stored file data with this digest and length, or None."""
+        found = self._content_index().get((algo, digest))
+        if found is None or found.length != length:
+            return None
+        return found.path, found.offset
+
     def file_list(self, sha256: str) -> tuple[str, list[Entry]]:
         """(N-V-R.A, entries) of a stored package, parsed once per Store."""
         known = self._parsed.get(sha256)

@@ -28,11 +28,18 @@ _CHECKSUM = re.compile(r"[a-z0-9]+:[0-9a-f]+")
 
 @dataclass(frozen=True)
 class ZstdCopy:
-    """The zstd-compressed copy of a package, for HTTP clients."""
+    """The zstd-compressed copy of a package, for HTTP clients.
+
+    With `table_size` and `table_sha256` it is the seekable form (rpmextents.seekable):
+    its last `table_size` bytes are a frame table with that sha256, so a client can
+    fetch the frames of single files with HTTP ranges.
+    """
 
     location: str
     sha256: str
     size: int
+    table_size: int | None = None
+    table_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,8 @@ def _package_json(p: ManifestPackage) -> dict[str, Any]:
     }
     if p.zstd is not None:
         out["zstd"] = {"location": p.zstd.location, "sha256": p.zstd.sha256, "size": p.zstd.size}
+        if p.zstd.table_size is not None:
+            out["zstd"] |= {"table_size": p.zstd.table_size, "table_sha256": p.zstd.table_sha256}
     return out
 
 
@@ -162,10 +171,20 @@ def _zstd(obj: Mapping[str, Any], where: str) -> ZstdCopy | None:
     if not isinstance(z, dict):
         raise ManifestError(f"{where}: field 'zstd' should be an object")
     where += " zstd"
+    unknown = set(z) - {"location", "sha256", "size", "table_size", "table_sha256"}
+    if unknown:
+        raise ManifestError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    size = _size(z, "size", where)
+    table_size = table_sha256 = None
+    if "table_size" in z or "table_sha256" in z:
+        table_size = _size(z, "table_size", where)
+        table_sha256 = _matching(z, "table_sha256", _HEX64, where)
+        if not 0 < table_size < size:
+            raise ManifestError(f"{where}: table_size {table_size} does not fit the {size}-byte file")
     return ZstdCopy(
         location=_field(z, "location", str, where),
         sha256=_matching(z, "sha256", _HEX64, where),
-        size=_size(z, "size", where),
+        size=size, table_size=table_size, table_sha256=table_sha256,
     )
 
 

@@ -247,7 +247,8 @@ def _known_entries(store: ImageStore, block_size: int) -> dict[str, ManifestPack
     for name in store.names():
         for version in store.versions(name):
             for p in store.manifest(name, version).packages:
-                if p.block_size == block_size and p.zstd is not None:
+                if p.block_size == block_size and p.zstd is not None \
+                        and p.zstd.table_size is not None:
                     known[p.source_checksum] = p
     return known
 
@@ -308,7 +309,7 @@ def _entry_from_record(p: ManifestPackage, rel: str) -> PoolEntry:
         name=p.name, epoch=p.epoch, version=p.version, release=p.release, arch=p.arch,
         relpath=rel, sha256=p.sha256, size=p.size, header_sha256=p.header_sha256,
         block_size=p.block_size, zstd_relpath=zstd_path(rel), zstd_sha256=p.zstd.sha256,
-        zstd_size=p.zstd.size,
+        zstd_size=p.zstd.size, table_size=p.zstd.table_size, table_sha256=p.zstd.table_sha256,
     )
 
 
@@ -318,7 +319,8 @@ def _manifest_package(entry: PoolEntry, p: ResolvedPackage, source_size: int) ->
         arch=entry.arch, sha256=entry.sha256, size=entry.size, header_sha256=entry.header_sha256,
         block_size=entry.block_size, source_checksum=str(p.checksum), source_size=source_size,
         location=location_of(entry.relpath),
-        zstd=ZstdCopy(location_of(entry.zstd_relpath), entry.zstd_sha256, entry.zstd_size),
+        zstd=ZstdCopy(location_of(entry.zstd_relpath), entry.zstd_sha256, entry.zstd_size,
+                      entry.table_size, entry.table_sha256),
     )
 
 

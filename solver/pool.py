@@ -14,12 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import zstandard
-
 from imagespec.published import POOL, pool_path, zstd_path
 from imagespec.relocation import outside_usr
-from rpmextents import ExtentsPackage, transcode
-from rpmextents.errors import ExtentsError
+from rpmextents import ExtentsPackage, seekable, transcode
+from rpmextents.errors import ExtentsError, FormatError
 from solver.confine import FILE_MODE, Output
 from solver.errors import ComposeFetchError, PublishError
 
@@ -43,6 +41,8 @@ class PoolEntry:
     zstd_relpath: str
     zstd_sha256: str
     zstd_size: int
+    table_size: int | None = None
+    table_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,30 +91,43 @@ class PackagePool:
             rel = pool_path(result.sha256, f"{result.name}-{result.version}-{result.release}"
                                            f".{result.arch}")
             self._install(staged, rel)
-            zstd_sha256, zstd_size = self._zstd_copy(rel, Path(tmp))
+            zstd_sha256, zstd_size, table_size, table_sha256 = self._zstd_copy(rel, Path(tmp))
         return PoolEntry(
             name=result.name, epoch=result.epoch, version=result.version,
             release=result.release, arch=result.arch, relpath=rel, sha256=result.sha256,
             size=result.size, header_sha256=result.header_sha256, block_size=result.block_size,
             zstd_relpath=zstd_path(rel), zstd_sha256=zstd_sha256, zstd_size=zstd_size,
+            table_size=table_size, table_sha256=table_sha256,
         )
 
-    def _zstd_copy(self, rel: str, tmp: Path) -> tuple[str, int]:
+    def _zstd_copy(self, rel: str, tmp: Path) -> tuple[str, int, int, str]:
+        """The seekable zstd form beside a pool entry (made unless a valid one is there):
+        its sha256 and size, and its frame table's size and sha256."""
         out = self._confined()
-        if not out.exists(zstd_path(rel)):
-            staged = tmp / "package.rpm.zst"
-            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
-            with os.fdopen(out.open(rel, os.O_RDONLY), "rb") as src, open(staged, "wb") as dst:
-                compressor.copy_stream(src, dst, size=os.fstat(src.fileno()).st_size)
-                dst.flush()
-                os.fsync(dst.fileno())  # as transcode does: a renamed pool file is complete
-            self._install(staged, zstd_path(rel))
+        with os.fdopen(out.open(rel, os.O_RDONLY), "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+        if out.exists(zstd_path(rel)):
+            try:
+                return self._zstd_facts(rel, size)
+            except FormatError:
+                pass  # an older, whole-stream copy: made again in the seekable form
+        staged = tmp / "package.rpm.zst"
+        with open(staged, "wb") as dst:
+            seekable.compress(self.output / rel, dst, level=ZSTD_LEVEL)
+            dst.flush()
+            os.fsync(dst.fileno())  # as transcode does: a renamed pool file is complete
+        self._install(staged, zstd_path(rel))
+        return self._zstd_facts(rel, size)
+
+    def _zstd_facts(self, rel: str, size: int) -> tuple[str, int, int, str]:
         h = hashlib.sha256()
-        with os.fdopen(out.open(zstd_path(rel), os.O_RDONLY), "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        with os.fdopen(self._confined().open(zstd_path(rel), os.O_RDONLY), "rb") as f:
+            _, table = seekable.read_table(f, size)
+            f.seek(0)
+            zsize = os.fstat(f.fileno()).st_size
             while chunk := f.read(1 << 20):
                 h.update(chunk)
-        return h.hexdigest(), size
+        return h.hexdigest(), zsize, len(table), hashlib.sha256(table).hexdigest()
 
     def has(self, relpath: str) -> bool:
         return (self.output / relpath).is_file() and (self.output / zstd_path(relpath)).is_file()

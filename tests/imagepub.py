@@ -15,7 +15,6 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-import zstandard
 
 from deploy.sources.base import sha256_file
 from fixtures.signing import SigningKey, gnupg_home
@@ -68,7 +67,7 @@ def publish(
 def _pool_package(output: Path, version_dir: Path, rpm: Path, block_size: int,
                   zstd: bool) -> ManifestPackage:
     """Transcode rpm into output's pool (and its zstd copy); its manifest entry."""
-    from rpmextents import transcode
+    from rpmextents import seekable, transcode
 
     tmp = output / POOL / "incoming.rpm"
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -80,10 +79,10 @@ def _pool_package(output: Path, version_dir: Path, rpm: Path, block_size: int,
     copy = None
     if zstd:
         zdest = output / zstd_path(pool_path(result.sha256, ident.nvra))
-        with open(dest, "rb") as fin, open(zdest, "wb") as fout:
-            zstandard.ZstdCompressor(level=3).copy_stream(fin, fout)
+        with open(zdest, "wb") as fout:
+            table = seekable.compress(dest, fout, level=3).pack()
         copy = ZstdCopy(os.path.relpath(zdest, version_dir), sha256_file(zdest),
-                        zdest.stat().st_size)
+                        zdest.stat().st_size, len(table), hashlib.sha256(table).hexdigest())
     return ManifestPackage(
         name=result.name, epoch=result.epoch, version=result.version, release=result.release,
         arch=result.arch, sha256=result.sha256, size=result.size,

@@ -31,6 +31,9 @@ class FetchJob:
     ref: ManifestPackage
     dest: Path
     basis: Path | None = None
+    # Where the store holds file data by (digest algorithm, digest, length): lets an HTTP
+    # source fetch only the files it lacks (deploy.rangefetch).
+    have: Callable[[str, str, int], tuple[Path, int] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def decompress_zstd(fin: BinaryIO, dst: Path, what: str, size: int) -> None:
 
     tmp = dst.with_name(dst.name + ".unzst")
     try:
-        with zstandard.ZstdDecompressor().stream_reader(fin, closefd=False) as reader, \
+        with zstandard.ZstdDecompressor().stream_reader(fin, closefd=False, read_across_frames=True) as reader, \
                 open(tmp, "wb") as fout:
             left = size + 1
             while left and (chunk := reader.read(min(1 << 20, left))):
