@@ -15,7 +15,6 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-
 from deploy.sources.base import sha256_file
 from fixtures.signing import SigningKey, gnupg_home
 from imagespec.manifest import CurationReport, ImageManifest, ManifestPackage, ZstdCopy

@@ -20,6 +20,9 @@ class RangeServer:
     root: Path
     ranges: bool = True  # honour Range; False answers every request with the whole file
     corrupt_ranges: str | None = None  # flip a byte in each 206 answer for paths ending so
+    # How every 206 answer lies: "long" (more bytes, Content-Length saying so), "shifted"
+    # (Content-Range one byte off), "short" (half the body, then the connection closes).
+    lie: str | None = None
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
     url: str = ""
 
@@ -61,7 +64,16 @@ def _handler(server: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
                 if server.corrupt_ranges and self.path.endswith(server.corrupt_ranges) and body:
                     body = bytes([body[0] ^ 0xFF]) + body[1:]
                 self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                if server.lie == "long":
+                    body += b"\0" * 4096
+                shift = 1 if server.lie == "shifted" else 0
+                self.send_header("Content-Range", f"bytes {start + shift}-{end + shift}/{len(data)}")
+                if server.lie == "short":
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[:len(body) // 2])
+                    self.close_connection = True
+                    return
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from fixtures.build import SigningKey
 from fixtures.httpd import Faults, serve
@@ -20,6 +22,7 @@ from fixtures.repos import add_package, createrepo, package, solver_universe
 from fixtures.signing import generate_key
 from imagespec.manifest import ImageManifest, parse
 from rpmextents import ExtentsPackage
+from rpmextents.seekable import read_table
 from rpmimg.cli import main
 from solver.compose import compose
 from solver.definition import ImageDefinition, RepoSource
@@ -105,8 +108,13 @@ def test_compose_publishes_a_signed_static_image(world: World, tmp_path: Path) -
         assert hashlib.sha256(zst).hexdigest() == p["zstd"]["sha256"]
         # An HTTP client downloads no more than the original compressed RPM.
         assert len(zst) == p["zstd"]["size"] <= p["source_size"]
-        import zstandard
-        assert zstandard.ZstdDecompressor().decompress(zst, max_output_size=len(data)) == data
+        # The seekable form: whole, one zstd stream of frames that gives back the package.
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(zst), read_across_frames=True)
+        assert reader.read(len(data) + 1) == data
+        table, table_bytes = read_table(io.BytesIO(zst), len(data))
+        assert table.size == len(data)
+        assert (len(table_bytes), hashlib.sha256(table_bytes).hexdigest()) == (
+            p["zstd"]["table_size"], p["zstd"]["table_sha256"])
     report = raw["report"]
     assert report["scriptlets"] == ["scripted-1.0-1.noarch"]
     assert report["triggers"] == []
