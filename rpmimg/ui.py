@@ -40,6 +40,12 @@ class Progress:
         self._last = 0.0
         self._started = time.monotonic()
         self._shown = False
+        self._files = ""
+
+    def files(self, done: int, total: int) -> None:
+        """Also show how many of `total` files are complete (a fetch's packages)."""
+        self._files = f" {done}/{total} files"
+        self._last = 0.0
 
     def __call__(self, done: int, total: int) -> None:
         if not self.tty:
@@ -52,7 +58,7 @@ class Progress:
         width = 30
         bar = "#" * int(frac * width)
         if self.unit == "bytes":
-            amount = f"{human_bytes(done)}/{human_bytes(total)}"
+            amount = f"{human_bytes(done)}/{human_bytes(total)}{self._files}"
         else:
             amount = f"{done}/{total}"
         self.stream.write(f"\r{self.label} [{bar:<{width}}] {frac * 100:5.1f}% {amount}  ")

@@ -153,3 +153,20 @@ def test_kill_9_in_the_middle_of_a_ranged_fetch_resumes(sysroot: Path, images: I
     assert result["outcome"] == "deployed"
     assert not list((sysroot / "@rpmimg").rglob("*.ranged"))
     _store_is_verified(sysroot)
+
+
+def test_the_mirror_list_beside_the_versions_is_used(sysroot: Path, images: Images) -> None:
+    listing = images.v2.parent.parent / "mirrors.txt"
+    with range_server(images.output, corrupt_ranges=".zst") as bad, \
+            range_server(images.output) as good:
+        listing.write_text(f"# mirrors of this output\n\nftp://nowhere/\n{good.url}/\n")
+        try:
+            deploy(sysroot, _url(bad, images.output, images.v1), images.key)
+            result = deploy(sysroot, _url(bad, images.output, images.v2), images.key).json()
+        finally:
+            listing.unlink()
+    assert result["outcome"] == "deployed"
+    zst, allowed, _ = _allowed(images, "sizes")
+    assert ("/images/demo/mirrors.txt", None) in bad.requests
+    assert good.ranged(zst) and _covered(good.ranged(zst), allowed)
+    _store_is_verified(sysroot)

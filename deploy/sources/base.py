@@ -69,6 +69,7 @@ class ByteCounter:
     def __init__(self, total: int, progress: ProgressFn | None) -> None:
         self.total = total
         self.done = 0
+        self.files_done = 0
         self._progress = progress
         self._lock = threading.Lock()
 
@@ -77,6 +78,14 @@ class ByteCounter:
             self.done += n
             if self._progress is not None:
                 self._progress(self.done, self.total)
+
+    def file_done(self, files: int) -> None:
+        """One more of `files` files is complete; shown by a progress bar that counts files."""
+        with self._lock:
+            self.files_done += 1
+            show = getattr(self._progress, "files", None)
+            if show is not None:
+                show(self.files_done, files)
 
 
 def sha256_file(path: Path) -> str:

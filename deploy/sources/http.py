@@ -31,6 +31,7 @@ from deploy.sources.base import (
     download_limits,
     sha256_file,
 )
+from deploy.sources.mirrorlist import published_mirrors
 from host.http import DownloadError, Limits, NoRanges, download_bytes, download_file
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
@@ -45,7 +46,8 @@ class HttpSource:
     """An image published on a web server, and on any number of mirrors of it.
 
     `url` and each of `mirrors` name the same manifest (a URL ending in / names its
-    directory); package locations resolve against each. The manifest and signature come
+    directory); package locations resolve against each. Mirrors an image's publisher lists
+    beside its versions (deploy.sources.mirrorlist) are added after those. The manifest and signature come
     from `url`; each package, or range of one, is asked of the mirrors in turn until one
     serves bytes that check against the signed manifest.
     """
@@ -68,6 +70,7 @@ class HttpSource:
             data = download_bytes(self.url, MANIFEST_LIMIT, limits=self.limits)
         except DownloadError as e:
             raise ManifestError(str(e)) from e
+        self.bases += [u for u in published_mirrors(self.url, self.limits) if u not in self.bases]
         sig_url = urllib.parse.urljoin(self.url, SIGNATURE)
         try:
             return data, download_bytes(sig_url, SIGNATURE_LIMIT, limits=self.limits)
@@ -133,6 +136,8 @@ class HttpSource:
         counter = ByteCounter(total, progress)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             futures = [pool.submit(self._fetch_one, job, counter) for job in jobs]
+            for f in futures:
+                f.add_done_callback(lambda _: counter.file_done(len(jobs)))
             errors = [f.exception() for f in futures]
         for e in errors:
             if e is not None:
