@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.entrycache import EntryCache
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
 from deploy.sources.base import sha256_file
@@ -48,6 +49,7 @@ class Store:
         self.root = root
         self._index: dict[tuple[str, str], StoredExtent] | None = None
         self._parsed: dict[str, tuple[str, list[Entry]]] = {}
+        self._cache = EntryCache(root.parent / "cache" / "entries")
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.rpm"
@@ -70,6 +72,7 @@ class Store:
         path.unlink()
         self._index = None  # it may point into the removed entry
         self._parsed.pop(sha256, None)
+        self._cache.remove(sha256)
         return size
 
     def damaged(self, sha256: str) -> bool:
@@ -119,10 +122,12 @@ class Store:
 
     def file_list(self, sha256: str) -> tuple[str, list[Entry]]:
         """(N-V-R.A, entries) of a stored package, parsed once per Store."""
-        known = self._parsed.get(sha256)
+        known = self._parsed.get(sha256) or self._cache.load(sha256)
         if known is None:
             with ExtentsPackage.open(self.path(sha256)) as pkg:
-                known = self._parsed[sha256] = (pkg.nevra, pkg.entries())
+                known = (pkg.nevra, pkg.entries())
+            self._cache.save(sha256, *known)
+        self._parsed[sha256] = known
         return known
 
     def _index_entries(self, path: Path, entries: list[Entry]) -> None:
@@ -257,6 +262,7 @@ class Store:
         dest.parent.mkdir(exist_ok=True)
         os.rename(fetched, dest)
         self._parsed[ref.sha256] = (nevra, entries)
+        self._cache.save(ref.sha256, nevra, entries)
         if self._index is not None:
             self._index_entries(dest, entries)
         checkpoint("package stored")
