@@ -1,6 +1,7 @@
 """What a deployment records about its /etc merge, inside its read-only /usr.
 
-``lib/sysimage/rpmimg/etc-merge.json``: the merge's actions (``rpmimg diff --etc``).
+``lib/sysimage/rpmimg/etc-merge.json``: ``{"merged_from": ID or null, "actions": [...]}``, the
+merge's actions (EtcMerge.to_json) and the deployment whose root it merged (``rpmimg diff --etc``).
 ``lib/sysimage/rpmimg/etc-base/``: what first-boot sync (packaging/dracut/95rpmimg/
 rpmimg-etc-sync.sh) needs to carry edits made in the old root after the deploy:
 
@@ -137,15 +138,16 @@ def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None) -> N
     None (first deployment, reset): then there is nothing to carry over at first boot and
     no etc-base is written.
     """
+    if old_deployment is not None and ("\n" in old_deployment or "/" in old_deployment):
+        raise ValueError(f"bad deployment id {old_deployment!r}")
     fd = _mkdirs(usr_fd, RECORD_DIR)
     try:
-        _write(fd, "etc-merge.json", json.dumps(merge.to_json(), indent=1).encode() + b"\n")
+        record = {"merged_from": old_deployment, "actions": merge.to_json()}
+        _write(fd, "etc-merge.json", json.dumps(record, indent=1).encode() + b"\n")
     finally:
         os.close(fd)
     if old_deployment is None:
         return
-    if "\n" in old_deployment or "/" in old_deployment:
-        raise ValueError(f"bad deployment id {old_deployment!r}")
     fd = _mkdirs(usr_fd, BASE_DIR)
     try:
         _write(fd, "old-deployment", old_deployment.encode() + b"\n")
@@ -158,8 +160,17 @@ def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None) -> N
         os.close(fd)
 
 
-def read_merge_record(usr: str | os.PathLike[str]) -> EtcMerge | None:
-    """The merge a /usr tree records, or None when it records none (built before this)."""
+@dataclass(frozen=True)
+class MergeRecord:
+    merged_from: str | None  # the deployment whose root was merged; None: a first root or reset
+    merge: EtcMerge
+
+
+def read_merge_record(usr: str | os.PathLike[str]) -> MergeRecord | None:
+    """The merge a /usr tree records, or None when it records none (built before this).
+
+    ValueError (naming the file) when the record is damaged.
+    """
     from deploy.etcmerge import EtcMerge
 
     root = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -172,6 +183,12 @@ def read_merge_record(usr: str | os.PathLike[str]) -> EtcMerge | None:
     with os.fdopen(fd, "rb") as f:
         data = f.read(64 << 20)
     try:
-        return EtcMerge.from_json(json.loads(data))
+        record = json.loads(data)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        merged_from = record.get("merged_from")
+        if merged_from is not None and not isinstance(merged_from, str):
+            raise ValueError("merged_from is not a deployment id")
+        return MergeRecord(merged_from, EtcMerge.from_json(record.get("actions")))
     except ValueError as e:
         raise ValueError(f"{os.fspath(usr)}/{MERGE_RECORD}: {e}") from e

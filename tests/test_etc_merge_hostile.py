@@ -139,8 +139,12 @@ def test_records_in_usr(fs: Path, tmp_path: Path) -> None:
         write_records(usr_fd, merge, "7")
     finally:
         os.close(usr_fd)
-    assert read_merge_record(usr) == merge
-    assert json.loads((usr / MERGE_RECORD).read_text())[0]["path"].startswith("/etc/")
+    record = read_merge_record(usr)
+    assert record is not None and record.merge == merge and record.merged_from == "7"
+    assert json.loads((usr / MERGE_RECORD).read_text())["actions"][0]["path"].startswith("/etc/")
+    (usr / MERGE_RECORD).write_text('{"merged_from": 7, "actions": []}')
+    with pytest.raises(ValueError, match="etc-merge.json: merged_from"):
+        read_merge_record(usr)
     base = usr / BASE_DIR
     assert (base / "old-deployment").read_text() == "7\n"
     lines = (base / "entries").read_text().splitlines()
