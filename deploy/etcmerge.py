@@ -170,7 +170,10 @@ class _Merge:
     def erase(self, path: str, old: Entry, nevra: str) -> None:
         disk = self.root.look(path)
         fate = erase_fate(old, disk)
-        if fate is Fate.SAVE:
+        if fate is Fate.SAVE and old.ghost:
+            # rpm makes no backup of a %ghost (fsm.c): it leaves the file as it is.
+            self.note(path, "kept", nevra, "a %ghost %config file the vendor no longer lists; left as it is")
+        elif fate is Fate.SAVE:
             self.root.rename(path, ".rpmsave")
             self.note(path, "rpmsave", nevra, f"removed by the vendor; the administrator's version is "
                       f"saved as {path}.rpmsave")
