@@ -66,7 +66,7 @@ def roots(tmp_path: Path) -> Iterator[Roots]:
         kernel.subvolume_create(old)
         etc = old / "etc"
         for name in ("a.conf", "b.conf", "gone.conf", "clash.conf", "clash-del.conf", "keep.conf",
-                     "dir/c.conf", "vdir/v.conf", "with space.conf"):
+                     "dir/c.conf", "vdir/v.conf", "with space.conf", "-dash trailing "):
             _write(etc / name, f"v1 {name}\n")
         (etc / "link").symlink_to("a.conf")
         kernel.subvolume_snapshot(old, new)
@@ -97,6 +97,9 @@ def _admin_edits_after_deploy(r: Roots) -> None:
     (etc / "link").unlink()
     (etc / "link").symlink_to("b.conf")
     (etc / "with space.conf").write_text("edited\n")
+    (etc / "-dash trailing ").write_text("edited too\n")
+    os.utime(etc / "keep.conf", (1, 1))  # touched (ctime moves), content unchanged: not carried
+    (etc / "keep.conf").chmod(0o644)
     (etc / "evil").symlink_to(r.host / "file")  # carried as a symlink, never followed
     _write(etc / "vdir/new.conf", "admin's, below a dir the update made a symlink\n")
     (etc / "dir/c.conf").unlink()
@@ -122,6 +125,7 @@ def _check_synced(r: Roots) -> str:
     assert (etc / "clash-del.conf").read_text() == "vendor v2\n"
     assert os.readlink(etc / "link") == "b.conf"
     assert (etc / "with space.conf").read_text() == "edited\n"
+    assert (etc / "-dash trailing ").read_text() == "edited too\n"
     assert os.readlink(etc / "evil") == os.fspath(r.host / "file")
     assert os.readlink(etc / "dir") == os.fspath(r.host)
     assert (etc / "keep.conf").read_text() == "v1 keep.conf\n"
