@@ -38,6 +38,8 @@ RECORD_DIR = "lib/sysimage/rpmimg"
 MERGE_RECORD = f"{RECORD_DIR}/etc-merge.json"
 BASE_DIR = f"{RECORD_DIR}/etc-base"
 _SUFFIXED = ("rpmnew", "rpmsave", "rpmorig")  # actions that write PATH.<action>
+# Actions that leave PATH itself as the administrator had it: a later edit there is no conflict.
+_PATH_KEPT = ("rpmnew", "kept", "kept-vendor-changed", "blocked")
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -163,8 +165,7 @@ def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None) -> N
         _write(fd, "old-deployment", old_deployment.encode() + b"\n")
         _write(fd, "entries", "".join(e.line() + "\n" for e in merge.base).encode("utf-8", "surrogateescape"))
         _write(fd, "stamps", "".join(e.stamp() + "\n" for e in merge.base).encode("utf-8", "surrogateescape"))
-        merged = sorted({p[len("/etc/"):] for a in merge.actions if a.path.startswith("/etc/")
-                         for p in (a.path, *([f"{a.path}.{a.action}"] if a.action in _SUFFIXED else []))})
+        merged = sorted(p[len("/etc/"):] for p in merged_paths(merge))
         _write(fd, "merged", "".join(p + "\n" for p in merged if "\n" not in p)
                .encode("utf-8", "surrogateescape"))
     finally:
@@ -175,6 +176,19 @@ def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None) -> N
 class MergeRecord:
     merged_from: str | None  # the deployment whose root was merged; None: a first root or reset
     merge: EtcMerge
+
+
+def merged_paths(merge: EtcMerge) -> set[str]:
+    """The image paths whose entry in the new root the merge wrote or removed."""
+    paths = set()
+    for a in merge.actions:
+        if not a.path.startswith("/etc/"):
+            continue
+        if a.action not in _PATH_KEPT:
+            paths.add(a.path)
+        if a.action in _SUFFIXED:
+            paths.add(f"{a.path}.{a.action}")
+    return paths
 
 
 def read_merge_record(usr: str | os.PathLike[str]) -> MergeRecord | None:

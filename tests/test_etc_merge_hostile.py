@@ -153,6 +153,9 @@ def test_records_in_usr(fs: Path, tmp_path: Path) -> None:
     merged = (base / "merged").read_text().splitlines()
     assert "m/plain-changed-edited.conf" in merged and "m/plain-changed-edited.conf.rpmsave" in merged
     assert "m/plain-same-unchanged.conf" not in merged
+    # An .rpmnew leaves the administrator's file in place: a later edit of it is no conflict.
+    assert "m/noreplace-changed-edited.conf.rpmnew" in merged
+    assert "m/noreplace-changed-edited.conf" not in merged and "m/plain-same-edited.conf" not in merged
 
 
 def test_blocked_paths_are_reported_and_the_merge_goes_on(fs: Path, tmp_path: Path) -> None:

@@ -9,13 +9,13 @@
 #   old-deployment  the id of the deployment whose root the new root was made from
 #   entries         "TYPE MODE UID GID SHA256 PATH" of every entry of that root's /etc then
 #   stamps          "TYPE MODE UID GID INODE CTIME PATH" of the same entries
-#   merged          every path (relative to /etc) the /etc merge changed in the new root
+#   merged          every path (relative to /etc) the /etc merge wrote or removed in the new root
 # The old root is RPMIMG_OLD_ROOT if set, else TOP/@rpmimg/roots/<old-deployment>, TOP being
 # the top level (subvolid=5) of NEW_ROOT's btrfs, mounted read-only for the run.
 #
 # Every path whose entry in the old root now differs from the record (content, type, mode,
-# owner, or presence; only entries whose stamp moved are hashed) is carried into the new root, unless the merge changed the same path:
-# then the administrator's later version is kept beside it as PATH.rpmimg-edit (or, deleted,
+# owner, or presence; only entries whose stamp moved are hashed) is carried into the new
+# root, unless the merge wrote the same path: then the administrator's later version is kept beside it as PATH.rpmimg-edit (or, deleted,
 # is reported) and nothing is dropped silently. What was done is in
 # NEW_ROOT/etc/rpmimg/etc-sync.log, whose presence also marks the sync as done. Nothing is
 # followed through a symlink: a path whose parent is not a plain directory, in either root,
