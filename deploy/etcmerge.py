@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from deploy.etcbase import BaseEntry, record_base
+from deploy.etcbase import BaseEntry, read_merge_record, record_base, write_records
 from deploy.etcfs import EtcBlocked, EtcMergeError, EtcTree, fd_tree
 from deploy.etcrules import Fate, OnDisk, erase_fate, install_fate
 from rpmextents.files import Entry, EntryType, header_files
@@ -20,7 +20,8 @@ from rpmextents.header import Header
 from rpmextents.nevra import nevra_of
 from rpmextents.tree import Relocation
 
-__all__ = ["ACTIONS", "NOTABLE", "EtcAction", "EtcMerge", "EtcMergeError", "merge_etc"]
+__all__ = ["ACTIONS", "NOTABLE", "EtcAction", "EtcMerge", "EtcMergeError", "merge_etc",
+           "read_merge_record", "write_records"]
 
 ETC = "/etc"
 FACTORY = Relocation(top="/usr", outside="/usr/share/factory")
