@@ -146,7 +146,7 @@ class Rebuild:
         self.lookup = lookup
 
     def table(self) -> FrameTable:
-        z = self.ref.zstd
+        z = self.ref.seekable
         assert z is not None and z.table_size is not None
         found: list[FrameTable] = []
 

@@ -108,13 +108,18 @@ def test_compose_publishes_a_signed_static_image(world: World, tmp_path: Path) -
         assert hashlib.sha256(zst).hexdigest() == p["zstd"]["sha256"]
         # An HTTP client downloads no more than the original compressed RPM.
         assert len(zst) == p["zstd"]["size"] <= p["source_size"]
-        # The seekable form: whole, one zstd stream of frames that gives back the package.
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(zst), read_across_frames=True)
+        # The zstd copy is one zstd stream of the package.
+        assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(zst)).read(len(data) + 1) == data
+        # The seekable form: one zstd stream of frames too, with its table pinned.
+        seek = (version_dir / p["seekable"]["location"]).read_bytes()
+        assert (hashlib.sha256(seek).hexdigest(), len(seek)) == (
+            p["seekable"]["sha256"], p["seekable"]["size"])
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(seek), read_across_frames=True)
         assert reader.read(len(data) + 1) == data
-        table, table_bytes = read_table(io.BytesIO(zst), len(data))
+        table, table_bytes = read_table(io.BytesIO(seek), len(data))
         assert table.size == len(data)
         assert (len(table_bytes), hashlib.sha256(table_bytes).hexdigest()) == (
-            p["zstd"]["table_size"], p["zstd"]["table_sha256"])
+            p["seekable"]["table_size"], p["seekable"]["table_sha256"])
     report = raw["report"]
     assert report["scriptlets"] == ["scripted-1.0-1.noarch"]
     assert report["triggers"] == []
@@ -202,8 +207,8 @@ def _pool_files(store: ImageStore, name: str, version: str) -> set[str]:
     """Output-relative pool paths (extents RPMs and zstd copies) a published version uses."""
     files = set()
     for p in store.manifest(name, version).packages:
-        assert p.zstd is not None
-        for location in (p.location, p.zstd.location):
+        assert p.zstd is not None and p.seekable is not None
+        for location in (p.location, p.zstd.location, p.seekable.location):
             files.add(os.path.normpath(os.path.join("images", name, version, location)))
     return files
 

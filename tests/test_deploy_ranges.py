@@ -39,10 +39,10 @@ def _digests(output: Path, manifest: Path) -> set[str]:
 
 
 def _allowed(images: Images, name: str) -> tuple[str, set[tuple[int, int]], set[tuple[int, int]]]:
-    """(zst file name, compressed ranges a client may ask, those it must ask) for package name
-    of v2: the table, frame 0 and the frames of files v1 has no copy of."""
+    """(seekable form's file name, compressed ranges a client may ask, those it must ask) for
+    package name of v2: the table, frame 0 and the frames of files v1 has no copy of."""
     p = _packages(images.v2)[name]
-    zst = _pool(images.output, images.v2, str(p["zstd"]["location"]))  # type: ignore[index]
+    zst = _pool(images.output, images.v2, str(p["seekable"]["location"]))  # type: ignore[index]
     old = _digests(images.output, images.v1)
     with open(zst, "rb") as f:
         table: FrameTable = read_table(f, int(str(p["size"])))[0]
@@ -79,8 +79,11 @@ def test_update_fetches_only_ranges_of_changed_files(sysroot: Path, images: Imag
     with range_server(images.output) as server:
         first = deploy(sysroot, _url(server, images.output, images.v1), images.key).json()
         assert first["outcome"] == "deployed"
-        # A first deployment fetches whole packages.
-        assert all(rng is None for path, rng in server.requests if path.endswith(".zst"))
+        # A first deployment fetches each package whole, as its one-stream zstd copy: the
+        # fewest bytes (the seekable form's per-file frames compress worse).
+        assert all(rng is None and not path.endswith(".seek.zst") for path, rng in server.requests)
+        assert sum(path.endswith(".rpm.zst") for path, _ in server.requests) == len(
+            _packages(images.v1))
         server.requests.clear()
         result = deploy(sysroot, _url(server, images.output, images.v2), images.key).json()
     assert result["outcome"] == "deployed"
@@ -92,12 +95,20 @@ def test_update_fetches_only_ranges_of_changed_files(sysroot: Path, images: Imag
         assert asked and all(rng is not None for p, rng in server.requests if p.endswith(zst))
         assert _covered(asked, allowed), (name, asked, allowed)
         assert _covered(sorted(needed), {a for a in asked})
-        assert sum(b - a + 1 for a, b in asked) < int(str(v2[name]["zstd"]["size"]))  # type: ignore[index]
-        whole += int(str(v2[name]["zstd"]["size"]))  # type: ignore[index]
-    # The new package has nothing to share: fetched whole, in one plain request.
+        # Less than the whole seekable form. (These fixture packages are so small that the
+        # table and frame 0 alone can outweigh their one-stream copy.)
+        assert sum(b - a + 1 for a, b in asked) < int(str(v2[name]["seekable"]["size"]))  # type: ignore[index]
+        whole += int(str(v2[name]["seekable"]["size"]))  # type: ignore[index]
+        # ... and not its one-stream copy.
+        one_stream = str(v2[name]["zstd"]["location"]).rsplit("/", 1)[-1]  # type: ignore[index]
+        assert not any(p.endswith(one_stream) for p, _ in server.requests)
+    # The new package has nothing to share: fetched whole, its one-stream copy in one plain
+    # request, and nothing of its seekable form.
     newcomer = str(v2["newcomer"]["zstd"]["location"]).rsplit("/", 1)[-1]  # type: ignore[index]
     assert [rng for p, rng in server.requests if p.endswith(newcomer)] == [None]
-    whole += int(str(v2["newcomer"]["zstd"]["size"]))  # type: ignore[index]
+    newcomer_seek = str(v2["newcomer"]["seekable"]["location"]).rsplit("/", 1)[-1]  # type: ignore[index]
+    assert not any(p.endswith(newcomer_seek) for p, _ in server.requests)
+    whole += int(str(v2["newcomer"]["seekable"]["size"]))  # type: ignore[index]
     assert int(str(result["transferred_bytes"])) < whole
     _store_is_verified(sysroot)
 
@@ -110,7 +121,10 @@ def test_a_server_without_range_support_serves_whole_packages(sysroot: Path, ima
     assert result["outcome"] == "deployed"
     zst, _, _ = _allowed(images, "sizes")
     asked = [rng for p, rng in server.requests if p.endswith(zst)]
-    assert asked[0] is not None and None in asked  # a range was tried, then the whole file
+    assert asked and None not in asked  # a range of the seekable form was tried ...
+    one_stream = str(_packages(images.v2)["sizes"]["zstd"]["location"]).rsplit("/", 1)[-1]  # type: ignore[index]
+    # ... then the whole package fetched, as its one-stream copy.
+    assert [rng for p, rng in server.requests if p.endswith(one_stream)] == [None]
     _store_is_verified(sysroot)
 
 

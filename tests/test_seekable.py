@@ -84,11 +84,11 @@ def test_a_hostile_table_is_refused(packed: tuple[Path, Path, FrameTable], damag
         decompress_frame(form.read_bytes()[frame.coffset:frame.coffset + frame.csize - 1], frame)
 
 
-def _manifest_with(zstd: dict[str, object]) -> bytes:
+def _manifest_with(zstd: dict[str, object], key: str = "zstd") -> bytes:
     package = {"name": "a", "epoch": None, "version": "1", "release": "1", "arch": "x86_64",
                "sha256": "a" * 64, "size": 10, "header_sha256": "b" * 64, "block_size": 4096,
                "source_checksum": "sha256:00", "source_size": 5, "location": "a.rpm",
-               "zstd": zstd}
+               key: zstd}
     return json.dumps({"format": 1, "name": "x", "version": "1", "arch": "x86_64", "created": "",
                        "inputs_sha256": "c" * 64, "block_size": 4096, "packages": [package],
                        "report": {"scriptlets": [], "triggers": [], "outside_usr": {}}}).encode()
@@ -104,6 +104,14 @@ def test_the_manifest_pins_the_table_strictly() -> None:
                 {"tables": 1}):
         with pytest.raises(ManifestError):
             parse(_manifest_with({**base, **bad}))
+    # A package's `seekable` copy is pinned the same way, and must have its table fields.
+    pinned = {**base, "table_size": 40, "table_sha256": "e" * 64}
+    s = parse(parse(_manifest_with(pinned, "seekable")).dumps()).packages[0].seekable
+    assert s is not None and (s.location, s.table_size, s.table_sha256) == ("a.rpm.zst", 40, "e" * 64)
+    for bad in ({}, {"table_size": 40}, {"table_sha256": "e" * 64},
+                {"table_size": 100, "table_sha256": "e" * 64}):
+        with pytest.raises(ManifestError):
+            parse(_manifest_with({**base, **bad}, "seekable"))
 
 
 def test_download_range_gets_exactly_the_bytes_asked(tmp_path: Path) -> None:

@@ -1,9 +1,9 @@
 """HTTP(S): parallel, resumable (Range), retried with backoff, bounded (host.http).
 
-Packages are fetched as their zstd copy when the manifest lists one, so a client
-downloads about as many bytes as the original compressed RPMs. An updated package (an
-older version is in the store) whose copy is in the seekable form is rebuilt from the
-store and HTTP ranges of the files it lacks (deploy.rangefetch). No file is read past
+Packages are fetched as their zstd copy (one zstd stream) when the manifest lists one,
+so a client downloads about as many bytes as the original compressed RPMs. An updated
+package (an older version is in the store) with a seekable copy is rebuilt from the
+store and HTTP ranges of that copy's frames for the files it lacks (deploy.rangefetch). No file is read past
 the size the signed manifest states; the manifest and its signature, fetched before
 anything is verified, past MANIFEST_LIMIT and SIGNATURE_LIMIT.
 """
@@ -113,7 +113,7 @@ class HttpSource:
         return size
 
     def _fetch_one(self, job: FetchJob, counter: ByteCounter) -> int:
-        ref, z = job.ref, job.ref.zstd
+        ref, z = job.ref, job.ref.seekable
         if job.basis is not None and job.have is not None and z is not None \
                 and z.table_size is not None:
             urls = [urllib.parse.urljoin(base, z.location) for base in self.bases]
@@ -127,7 +127,8 @@ class HttpSource:
                 with self._lock:
                     for field in ("transferred", "requests", "cloned"):
                         setattr(self.ranges, field, getattr(self.ranges, field) + getattr(stats, field))
-                counter.add(z.size - stats.transferred)  # the bar counts the package as done
+                whole = ref.zstd.size if ref.zstd else ref.size
+                counter.add(whole - stats.transferred)  # the bar counts the package as done
                 return stats.transferred
         return self._whole(job, counter)
 
