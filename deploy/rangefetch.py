@@ -57,6 +57,15 @@ class BadRange(Exception):
     """What a mirror sent for a range is wrong; str() says how."""
 
 
+class NotWorthIt(NoRanges):
+    """The ranges a package needs would cost at least its whole one-stream copy; `spent`
+    is what was fetched to know it (the table and frame 0)."""
+
+    def __init__(self, message: str, spent: int) -> None:
+        super().__init__(message)
+        self.spent = spent
+
+
 @dataclass
 class RangeStats:
     transferred: int = 0
@@ -200,12 +209,17 @@ class Rebuild:
             self.mirrors.stats.cloned += length
         return covered, missing
 
-    def fetch_frames(self, fd: int, table: FrameTable, covered: list[tuple[int, int]],
-                     missing: list[Entry], block_size: int) -> None:
+    @staticmethod
+    def plan(table: FrameTable, covered: list[tuple[int, int]]) -> list[list[Frame]]:
+        """The runs of frames (one request each) holding what the store did not cover."""
         done = set(covered)
         need = [f for f in table.frames[1:]
                 if not any(a <= f.offset and f.offset + f.size <= b for a, b in done)]
-        for run in _runs(need):
+        return _runs(need)
+
+    def fetch_frames(self, fd: int, runs: list[list[Frame]], missing: list[Entry],
+                     block_size: int) -> None:
+        for run in runs:
             inside = [e for e in missing if e.extent is not None
                       and run[0].offset <= e.extent.offset < run[-1].offset + run[-1].size]
 
@@ -241,10 +255,18 @@ def _clone(found: tuple[Path, int], fd: int, offset: int, length: int) -> bool:
         os.close(src)
 
 
+def _span(run: list[Frame]) -> int:
+    return run[-1].coffset + run[-1].csize - run[0].coffset
+
+
 def fetch_package(ref: ManifestPackage, dest: Path, urls: Sequence[str], lookup: Lookup,
-                  limits: Limits, progress: Progress) -> RangeStats:
+                  limits: Limits, progress: Progress, budget: int | None = None) -> RangeStats:
     """Rebuild ref's extents RPM at dest from the store and ranges of its seekable form at
-    urls (one per mirror). dest appears only complete and matching the manifest's sha256."""
+    urls (one per mirror). dest appears only complete and matching the manifest's sha256.
+
+    With a budget (the bytes of fetching the package whole), NotWorthIt is raised, before
+    any file's frames are asked for, when the table, frame 0 and the frames still needed
+    would come to at least that much."""
     stats = RangeStats()
     mirrors = Mirrors(urls, limits, progress, stats)
     part = dest.with_name(dest.name + ".ranged")
@@ -255,7 +277,12 @@ def fetch_package(ref: ManifestPackage, dest: Path, urls: Sequence[str], lookup:
         os.ftruncate(fd, ref.size)
         with rebuild.head(fd, table.frames[0]) as pkg:
             covered, missing = rebuild.clone_known(fd, pkg)
-            rebuild.fetch_frames(fd, table, covered, missing, pkg.block_size)
+            runs = rebuild.plan(table, covered)
+            cost = stats.transferred + sum(_span(r) for r in runs)
+            if budget is not None and cost >= budget:
+                raise NotWorthIt(f"its changed files' ranges would take {cost} bytes, "
+                                 f"the whole package {budget}", stats.transferred)
+            rebuild.fetch_frames(fd, runs, missing, pkg.block_size)
         os.fsync(fd)
     except BaseException:
         part.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._index: dict[tuple[str, str], StoredExtent] | None = None
+        self._index_lock = threading.Lock()
         self._parsed: dict[str, tuple[str, list[Entry]]] = {}
         self._cache = EntryCache(root.parent / "cache" / "entries")
 
@@ -104,14 +106,18 @@ class Store:
 
     def _content_index(self) -> dict[tuple[str, str], StoredExtent]:
         """Every stored file's data by (digest algorithm, digest); read once, then kept up to date."""
-        if self._index is None:
-            self._index = {}
-            for sha in self:
-                try:
-                    self._index_entries(self.path(sha), self.file_list(sha)[1])
-                except ExtentsError as e:
-                    log.warning("%s: skipped for deduplication: %s", self.path(sha), e)
-        return self._index
+        # HTTP fetch threads ask at once (find_data): the index is built under a lock and
+        # published whole, never seen half-filled.
+        with self._index_lock:
+            if self._index is None:
+                index: dict[tuple[str, str], StoredExtent] = {}
+                for sha in self:
+                    try:
+                        self._index_entries(self.path(sha), self.file_list(sha)[1], index)
+                    except ExtentsError as e:
+                        log.warning("%s: skipped for deduplication: %s", self.path(sha), e)
+                self._index = index
+            return self._index
 
     def find_data(self, algo: str, digest: str, length: int) -> tuple[Path, int] | None:
         """(store file, offset) of stored file data with this digest and length, or None."""
@@ -130,11 +136,11 @@ class Store:
         self._parsed[sha256] = known
         return known
 
-    def _index_entries(self, path: Path, entries: list[Entry]) -> None:
-        assert self._index is not None
+    def _index_entries(self, path: Path, entries: list[Entry],
+                       index: dict[tuple[str, str], StoredExtent]) -> None:
         for e in entries:
             if e.extent is not None and e.digest:
-                self._index.setdefault(
+                index.setdefault(
                     (e.digest_algo, e.digest),
                     StoredExtent(path, e.extent.offset, e.extent.length, e.digest_algo),
                 )
@@ -264,7 +270,7 @@ class Store:
         self._parsed[ref.sha256] = (nevra, entries)
         self._cache.save(ref.sha256, nevra, entries)
         if self._index is not None:
-            self._index_entries(dest, entries)
+            self._index_entries(dest, entries, self._index)
         checkpoint("package stored")
         return deduped
 

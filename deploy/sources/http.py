@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
-from deploy.rangefetch import RangeStats, fetch_package
+from deploy.rangefetch import NotWorthIt, RangeStats, fetch_package
 from deploy.sources.base import (
     MANIFEST_LIMIT,
     SIGNATURE_LIMIT,
@@ -118,7 +118,11 @@ class HttpSource:
                 and z.table_size is not None:
             urls = [urllib.parse.urljoin(base, z.location) for base in self.bases]
             try:
-                stats = fetch_package(ref, job.dest, urls, job.have, self.limits, counter.add)
+                stats = fetch_package(ref, job.dest, urls, job.have, self.limits, counter.add,
+                                      budget=ref.zstd.size if ref.zstd else ref.size)
+            except NotWorthIt as e:
+                log.info("%s: %s; fetching the whole package", ref.nevra, e)
+                return e.spent + self._whole(job, counter)
             except NoRanges as e:
                 log.info("%s: %s; fetching the whole package", ref.nevra, e)
             except DeployFetchError as e:
