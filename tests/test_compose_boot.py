@@ -105,6 +105,9 @@ def test_compose_publishes_kernel_and_initrd_pinned_by_the_signed_manifest(image
     assert any(f.startswith(f"{modules}/kernel/fs/btrfs/btrfs.ko") for f in listing)
     assert any(f.startswith(f"{modules}/kernel/drivers/block/virtio_blk.ko") for f in listing)
     assert "usr/lib/systemd/system/rpmimg-etc-sync.service" in listing
+    assert any(f.endswith("/initrd.target.wants/rpmimg-etc-sync.service") for f in listing)
+    assert "usr/lib/rpmimg/rpmimg-etc-sync.sh" in listing
+    assert "usr/bin/sha256sum" in listing and "usr/bin/comm" in listing
     assert "etc/cmdline.d/50-rpmimg.conf" in listing
     assert not any("bootimage" in f for f in listing)  # nothing of the release package
     # The pool keeps what published versions use.
