@@ -8,9 +8,10 @@ in a sandbox on the composed tree (solver.boottree). Both files go into
 An initrd is rebuilt only when its inputs changed. The inputs are the header digests
 of the packages that provided any file in it, of those that own dracut's modules or
 configuration, and of the kernel's package, with the dracut arguments. They are
-recorded beside it (`pool/boot/<inputs>-initrd-KVER.json`); the next compose
-recomputes the digest over the same package names in the new image, and reuses the
-previous version's initrd when it is the same.
+recorded beside it (`pool/boot/<inputs>-initrd-KVER.json`, with the kernel and initrd
+it made); the next compose recomputes the digest over the same package names in the new
+image, and reuses those files when it is the same (the previous version's record first,
+then any other of the output's records for that kernel version).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from host.run import CommandError, run
 from imagespec.manifest import BootEntry, BootFile, ImageManifest
-from imagespec.published import boot_inputs_path, boot_path, location_of
+from imagespec.published import BOOT, boot_inputs_path, boot_path, location_of
 from rpmextents.files import package_files
 from solver.boottree import image_root, run_in
 from solver.errors import PublishError
@@ -46,6 +47,7 @@ RPMIMG_DRACUT_MODULE = "usr/lib/dracut/modules.d/95rpmimg"
 # Packages owning these shape every initrd even when none of their files is in it.
 _DRACUT_CONFIG = ("/usr/lib/dracut/", "/etc/dracut.conf")
 INPUTS_FORMAT = 1
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def build_boot(store: ImageStore, packages: Sequence[ImagePackage],
     entries: list[BootEntry] = []
     todo: list[str] = []
     for kver in versions:
-        reused = _reusable(store, previous.get(kver), packages, files)
+        reused = _reusable(store, previous.get(kver), kver, packages, files)
         if reused is not None:
             entries.append(reused)
         else:
@@ -115,23 +117,47 @@ def inputs_digest(kver: str, names: Iterable[str], digests: dict[str, str]) -> s
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _reusable(store: ImageStore, entry: BootEntry | None, packages: Sequence[ImagePackage],
-              files: dict[str, list[str]]) -> BootEntry | None:
-    if entry is None:
-        return None
-    rel = boot_inputs_path(entry.inputs, entry.kernel_version)
+def _reusable(store: ImageStore, entry: BootEntry | None, kver: str,
+              packages: Sequence[ImagePackage], files: dict[str, list[str]]) -> BootEntry | None:
+    """A published kernel and initrd whose recorded inputs are this image's, if there is one.
+
+    The previous version's are tried first, then every record for this kernel version
+    in the pool (another image of the same output may have built it).
+    """
+    candidates = [entry.inputs] if entry is not None and entry.kernel_version == kver else []
+    directory = store.output / BOOT
+    if directory.is_dir():
+        suffix = f"-initrd-{kver}.json"
+        candidates += sorted(n[:64] for n in os.listdir(directory)
+                             if n.endswith(suffix) and _HEX64.fullmatch(n[:64]))
+    digests = _digests(packages)
+    config = _config_owners(files, kver)
+    for inputs in dict.fromkeys(candidates):
+        recorded = _record(store, inputs, kver)
+        if recorded is None:
+            continue
+        names, kernel, initrd = recorded
+        if inputs_digest(kver, names | config, digests) == inputs:
+            return BootEntry(kver, kernel, initrd, inputs)
+    return None
+
+
+def _record(store: ImageStore, inputs: str, kver: str) -> tuple[set[str], BootFile, BootFile] | None:
+    """The packages, kernel and initrd a record names, if it is readable and its files are there."""
     try:
-        recorded = json.loads((store.output / rel).read_bytes())
-        names = set(recorded["packages"])
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads((store.output / boot_inputs_path(inputs, kver)).read_bytes())
+        names = {str(n) for n in data["packages"]}
+        files = []
+        for kind in ("vmlinuz", "initrd"):
+            sha, size = str(data[kind]["sha256"]), int(data[kind]["size"])
+            rel = boot_path(sha, kind, kver)
+            if not _HEX64.fullmatch(sha) or not store.out.is_regular(rel) \
+                    or (store.output / rel).stat().st_size != size:
+                return None
+            files.append(BootFile(location_of(rel), sha, size))
+    except (OSError, ValueError, KeyError, TypeError, PublishError):
         return None  # no usable record: build again rather than guess
-    names |= _config_owners(files, entry.kernel_version)
-    if inputs_digest(entry.kernel_version, names, _digests(packages)) != entry.inputs:
-        return None
-    for f in (entry.kernel, entry.initrd):
-        if not store.out.is_regular(os.path.normpath(os.path.join("images/x/y", f.location))):
-            return None
-    return entry
+    return names, files[0], files[1]
 
 
 def _dracut_argv(kver: str, with_rpmimg: bool) -> list[str]:
@@ -156,8 +182,9 @@ def _build(store: ImageStore, packages: Sequence[ImagePackage], files: dict[str,
             assert digest is not None  # every owner is a package of this image
             kernel_file = _publish(store, root / "usr/lib/modules" / kver / "vmlinuz", "vmlinuz", kver)
             initrd_file = _publish(store, initrd, "initrd", kver)
-            record = {"format": INPUTS_FORMAT, "kernel_version": kver,
-                      "packages": sorted(owners), "initrd_sha256": initrd_file.sha256}
+            record = {"format": INPUTS_FORMAT, "kernel_version": kver, "packages": sorted(owners),
+                      "vmlinuz": {"sha256": kernel_file.sha256, "size": kernel_file.size},
+                      "initrd": {"sha256": initrd_file.sha256, "size": initrd_file.size}}
             record_path = boot_inputs_path(digest, kver)
             if not store.out.exists(record_path):
                 staged = f".cache/boot/.record-{os.getpid()}"

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from fixtures.bootimage import BROKEN_DRACUT_CONF, BootImage, Unavailable, build_bootimage
-from imagespec.published import boot_inputs_path
+from imagespec.published import boot_inputs_path, boot_path
 from imagespec.signature import verify_detached
 from rpmextents import ExtentsPackage
 from rpmextents.keyring import Keyring
-from solver.initrd import inputs_digest, kernel_versions
+from solver.initrd import ImagePackage, _reusable, inputs_digest, kernel_versions
 from solver.publish import ImageStore
 
 
@@ -138,3 +138,40 @@ def test_initrd_is_reused_when_its_inputs_are_unchanged_and_rebuilt_when_they_ch
     assert inputs_digest(v1.kernel_version, record["packages"], digests) == v1.inputs
     changed = {**digests, kernel_package: "0" * 64}
     assert inputs_digest(v1.kernel_version, record["packages"], changed) != v1.inputs
+
+
+def _write_record(store: ImageStore, inputs: str, kver: str, record: object) -> None:
+    rel = boot_inputs_path(inputs, kver)
+    store.out.makedirs(os.path.dirname(rel))
+    store.out.write(rel, json.dumps(record).encode())
+
+
+def test_reuse_needs_a_sound_record_and_its_files(tmp_path: Path) -> None:
+    kver = "6.1.0-57-amd64"
+    packages = [ImagePackage("kernel-1-1.x86_64", tmp_path / "unused.rpm", "a" * 64)]
+    files = {"kernel-1-1.x86_64": [f"/usr/lib/modules/{kver}/vmlinuz"]}
+    inputs = inputs_digest(kver, ["kernel-1-1.x86_64"], {"kernel-1-1.x86_64": "a" * 64})
+    assert inputs is not None
+    store = ImageStore(tmp_path / "out")
+    with store.locked():
+        blobs = {kind: f"{kind} bytes".encode() for kind in ("vmlinuz", "initrd")}
+        shas = {kind: hashlib.sha256(b).hexdigest() for kind, b in blobs.items()}
+        good = {"packages": ["kernel-1-1.x86_64"],
+                **{k: {"sha256": shas[k], "size": len(blobs[k])} for k in blobs}}
+        _write_record(store, inputs, kver, good)
+        # The record's files are missing: nothing to reuse.
+        assert _reusable(store, None, kver, packages, files) is None
+        for kind, data in blobs.items():
+            store.out.write(boot_path(shas[kind], kind, kver), data)
+        entry = _reusable(store, None, kver, packages, files)
+        assert entry is not None and entry.inputs == inputs
+        assert entry.initrd.sha256 == shas["initrd"] and entry.kernel.size == len(blobs["vmlinuz"])
+        # A changed package: new inputs, no reuse.
+        changed = [ImagePackage("kernel-1-1.x86_64", tmp_path / "unused.rpm", "b" * 64)]
+        assert _reusable(store, None, kver, changed, files) is None
+        # Hostile or broken records are ignored, never trusted or fatal.
+        for bad in ("not json", [], {"packages": "kernel"}, {**good, "initrd": {"sha256": "../x", "size": 1}},
+                    {**good, "initrd": {"sha256": shas["initrd"], "size": 999}}):
+            store.out.unlink(boot_inputs_path(inputs, kver))
+            _write_record(store, inputs, kver, bad)
+            assert _reusable(store, None, kver, packages, files) is None, bad
