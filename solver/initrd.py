@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -168,6 +169,7 @@ def _dracut_argv(kver: str, with_rpmimg: bool) -> list[str]:
 def _build(store: ImageStore, packages: Sequence[ImagePackage], files: dict[str, list[str]],
            versions: list[str]) -> list[BootEntry]:
     scratch = store.output / ".cache" / "boot"
+    shutil.rmtree(scratch, ignore_errors=True)  # a killed compose's tree
     store.out.makedirs(".cache/boot")
     entries = []
     with image_root([p.path for p in packages], scratch) as root:
