@@ -179,8 +179,9 @@ def compose_metrics(ctx: Context) -> list[Row]:
         return [not_run("compose time", "", None, "s", pub)]
     n = len(pub.v1.data["packages"])
     return [row("compose time (v1, empty pool)", pub.v1.timing.seconds, "", None, "s",
-                note=f"{n} packages: solve, transcode, seekable zstd forms (frames on all cores), sign;"
-                     " 254 s with whole-stream zstd -19 copies (before issue 13)"),
+                note=f"{n} packages: solve, transcode, one-stream zstd copies and seekable zstd "
+                     "forms (frames on all cores), sign; 254 s with one-stream copies only "
+                     "(before issue 13)"),
             row("compose time (v2, update)", pub.v2.timing.seconds, "", None, "s"),
             row("peak memory: rpmimg compose", max(pub.v1.timing.max_rss, pub.v2.timing.max_rss) / MB,
                 "", None, "MB")]
