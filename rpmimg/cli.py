@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from rpmimg.ui import UsageError
 
 # Each verb module exposes register(subparsers); handlers receive the parsed arguments.
-VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client")
+VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client", "rpmimg.channel_cli",
+                "rpmimg.rollout_cli")
 
 # Library exception families whose message is meant for the user, by module.
 USER_ERRORS = (
@@ -29,12 +30,22 @@ USER_ERRORS = (
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rpmimg")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rpmimg",
         description="Image-based, transactional OS updates built from RPM packages.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and commands run")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name in VERB_MODULES:
         try:

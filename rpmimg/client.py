@@ -205,14 +205,18 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from deploy.check import channel_status
     from deploy.overview import status
 
     with _system(args) as system:
         _settled(system)
         rows = status(system, measure=not args.no_size)
+        channel = channel_status(system)
     if args.json:
-        print_json({"deployments": _jsonable(rows)})
+        print_json({"deployments": _jsonable(rows), **channel})
         return 0
+    if channel["channel"] is not None:
+        print(channel_line(channel))
     if not rows:
         print("no deployments")
         return 0
@@ -225,6 +229,18 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"  {size} exclusive  {r.path or r.subvol}"
               + (f"  ({', '.join(flags)})" if flags else ""))
     return 0
+
+
+def channel_line(channel: dict[str, Any]) -> str:
+    """`status`'s line about the channel and its last check."""
+    ch, last = channel["channel"], channel["last_check"]
+    if "error" in ch:
+        return f"channel: not usable: {ch['error']}"
+    line = f"channel: {ch['image']} from {', '.join(ch['urls'])}, reboot {ch['reboot']}"
+    if last is None:
+        return line + "; never checked"
+    found = last["error"] if last["result"] == "error" else last["result"]
+    return line + f"; last check {last['checked']}: {found}"
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
