@@ -174,7 +174,7 @@ def _first_mirror(channel: Channel, memory: dict[str, Any], keyring: Keyring,
                   limits: Limits | None) -> _FromMirror:
     remembered = _file_from(memory.get("manifest"))
     reasons = []
-    for base in channel.urls:
+    for i, base in enumerate(channel.urls):
         try:
             fetched = fetch_latest(base, channel.image, remembered, limits)
             assert fetched.file is not None
@@ -184,7 +184,8 @@ def _first_mirror(channel: Channel, memory: dict[str, Any], keyring: Keyring,
                 raise ManifestError(f"{fetched.file.url}: is image {m.name!r}, not {channel.image!r}")
             return _FromMirror(base, fetched, m)
         except ImageSpecError as e:
-            log.warning("%s", e)
+            if i + 1 < len(channel.urls):
+                log.warning("%s; trying the next mirror", e)
             reasons.append(str(e))
     raise ChannelFetchError("; ".join(reasons) if len(reasons) == 1 else
                             f"no mirror of the channel gave a verified manifest: {'; '.join(reasons)}")
