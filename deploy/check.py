@@ -178,7 +178,19 @@ def _first_mirror(channel: Channel, memory: dict[str, Any], keyring: Keyring,
         try:
             fetched = fetch_latest(base, channel.image, remembered, limits)
             assert fetched.file is not None
-            data = _verified(fetched.file, keyring, "the manifest")
+            try:
+                data = _verified(fetched.file, keyring, "the manifest")
+            except SignatureError:
+                if not fetched.not_modified:
+                    raise
+                # What this machine remembered no longer verifies (damaged, or the keys
+                # changed): forget it and ask for the file itself.
+                log.warning("%s: the remembered manifest does not verify; fetching it again",
+                            fetched.file.url)
+                remembered = None
+                fetched = fetch_latest(base, channel.image, None, limits)
+                assert fetched.file is not None
+                data = _verified(fetched.file, keyring, "the manifest")
             m = parse(data, fetched.file.url)
             if m.name != channel.image:
                 raise ManifestError(f"{fetched.file.url}: is image {m.name!r}, not {channel.image!r}")

@@ -3,6 +3,7 @@ that counts requests and answers conditional requests as a static web server doe
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -230,3 +231,23 @@ def test_upgrade_reboots_by_policy(channel: Channel, tmp_path: Path) -> None:
     mark.unlink()
     again = channel.run("upgrade", "--reboot", env=env)
     assert again.code == 0 and not mark.exists()
+
+
+def test_a_damaged_memory_of_the_last_check_is_not_trusted(channel: Channel) -> None:
+    assert channel.run("upgrade").code == 0
+    memory = channel.sysroot / "@rpmimg/channel.json"
+    value = json.loads(memory.read_text())
+    # The remembered manifest altered (validators kept): the 304 is not taken on trust.
+    value["manifest"]["data"] = base64.b64encode(b'{"format": 1}').decode()
+    memory.write_text(json.dumps(value))
+    channel.served()
+    result = channel.run("check", "--json")
+    assert result.code == 0, result.err
+    assert "does not verify; fetching it again" in result.err
+    assert channel.served()[:2] == [(LATEST, 304), (LATEST, 200)]
+    # Garbage instead of JSON: ignored with a warning, the channel asked afresh.
+    memory.write_bytes(b"\x00garbage")
+    result = channel.run("check")
+    assert result.code == 0 and "channel.json: ignored" in result.err
+    assert channel.served()[0] == (LATEST, 200)
+    assert channel.run("check").code == 0 and channel.served() == [(LATEST, 304)]
