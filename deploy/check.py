@@ -170,27 +170,33 @@ class _FromMirror:
     manifest: ImageManifest
 
 
+def _latest_from(base: str, channel: Channel, remembered: Remembered | None, keyring: Keyring,
+                 limits: Limits | None) -> tuple[Fetched, bytes]:
+    """The latest manifest from one mirror, verified: (what was fetched, its bytes)."""
+    fetched = fetch_latest(base, channel.image, remembered, limits)
+    file = fetched.file
+    assert file is not None
+    try:
+        return fetched, _verified(file, keyring, "the manifest")
+    except SignatureError:
+        if not fetched.not_modified:
+            raise
+    # What this machine remembered no longer verifies (damaged, or the keys changed):
+    # forget it and ask for the file itself.
+    log.warning("%s: the remembered manifest does not verify; fetching it again", file.url)
+    fetched = fetch_latest(base, channel.image, None, limits)
+    assert fetched.file is not None
+    return fetched, _verified(fetched.file, keyring, "the manifest")
+
+
 def _first_mirror(channel: Channel, memory: dict[str, Any], keyring: Keyring,
                   limits: Limits | None) -> _FromMirror:
     remembered = _file_from(memory.get("manifest"))
     reasons = []
     for i, base in enumerate(channel.urls):
         try:
-            fetched = fetch_latest(base, channel.image, remembered, limits)
+            fetched, data = _latest_from(base, channel, remembered, keyring, limits)
             assert fetched.file is not None
-            try:
-                data = _verified(fetched.file, keyring, "the manifest")
-            except SignatureError:
-                if not fetched.not_modified:
-                    raise
-                # What this machine remembered no longer verifies (damaged, or the keys
-                # changed): forget it and ask for the file itself.
-                log.warning("%s: the remembered manifest does not verify; fetching it again",
-                            fetched.file.url)
-                remembered = None
-                fetched = fetch_latest(base, channel.image, None, limits)
-                assert fetched.file is not None
-                data = _verified(fetched.file, keyring, "the manifest")
             m = parse(data, fetched.file.url)
             if m.name != channel.image:
                 raise ManifestError(f"{fetched.file.url}: is image {m.name!r}, not {channel.image!r}")
