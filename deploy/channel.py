@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import json
 import os
 import re
 import stat
@@ -98,6 +99,15 @@ class Channel:
     def to_json(self) -> dict[str, Any]:
         return {"image": self.image, "urls": list(self.urls), "keys": list(self.keys),
                 "reboot": str(self.reboot), "rollout": self.rollout, "files": list(self.files)}
+
+
+def config_text(image: str, urls: tuple[str, ...], reboot: str = "never") -> bytes:
+    """A channel.conf for `rpmimg install` to write; checked by the same parser."""
+    text = (f"# Written by rpmimg install: where this machine's updates come from.\n"
+            f"image = {json.dumps(image)}\nurls = {json.dumps(list(urls))}\n"
+            f"reboot = {json.dumps(reboot)}\n").encode()
+    parse(text, "channel.conf")
+    return text
 
 
 def parse_reboot(value: str, where: str) -> RebootPolicy:

@@ -127,3 +127,14 @@ def test_key_paths_resolve_in_the_sysroot(tmp_path: Path) -> None:
     write(tmp_path, "etc/rpmimg/channel.conf", GOOD + b'keys = ["/etc/pki/vendor.asc"]\n')
     ch = load(tmp_path)
     assert ch is not None and ch.key_paths(tmp_path) == (tmp_path / "etc/pki/vendor.asc",)
+
+
+def test_install_writes_what_the_parser_reads(tmp_path: Path) -> None:
+    from deploy.channel import config_text
+
+    write(tmp_path, "etc/rpmimg/channel.conf", config_text("demo", ("https://u.example/os",), "window 03:00-05:00"))
+    ch = load(tmp_path)
+    assert ch is not None and (ch.image, ch.urls, str(ch.reboot)) == (
+        "demo", ("https://u.example/os/",), "window 03:00-05:00")
+    with pytest.raises(ChannelError, match="not an image name"):
+        config_text('x"\nurls = ["https://evil/"]', ("https://u.example/",))
