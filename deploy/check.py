@@ -10,11 +10,12 @@ cache is never trusted more than the network.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,23 +171,25 @@ class _FromMirror:
     manifest: ImageManifest
 
 
-def _latest_from(base: str, channel: Channel, remembered: Remembered | None, keyring: Keyring,
-                 limits: Limits | None) -> tuple[Fetched, bytes]:
-    """The latest manifest from one mirror, verified: (what was fetched, its bytes)."""
-    fetched = fetch_latest(base, channel.image, remembered, limits)
+def _fetch_verified(fetch: Callable[[str, str, Remembered | None, Limits | None], Fetched],
+                   base: str, image: str, remembered: Remembered | None, keyring: Keyring,
+                   limits: Limits | None, what: str) -> tuple[Fetched, bytes | None]:
+    """A file from one mirror, verified: (what was fetched, its bytes; None when absent)."""
+    fetched = fetch(base, image, remembered, limits)
     file = fetched.file
-    assert file is not None
+    if file is None:
+        return fetched, None
     try:
-        return fetched, _verified(file, keyring, "the manifest")
+        return fetched, _verified(file, keyring, what)
     except SignatureError:
         if not fetched.not_modified:
             raise
     # What this machine remembered no longer verifies (damaged, or the keys changed):
     # forget it and ask for the file itself.
-    log.warning("%s: the remembered manifest does not verify; fetching it again", file.url)
-    fetched = fetch_latest(base, channel.image, None, limits)
-    assert fetched.file is not None
-    return fetched, _verified(fetched.file, keyring, "the manifest")
+    log.warning("%s: the remembered copy does not verify; fetching it again", file.url)
+    again = fetch(base, image, None, limits)
+    again = dataclasses.replace(again, requests=again.requests + fetched.requests)
+    return again, None if again.file is None else _verified(again.file, keyring, what)
 
 
 def _first_mirror(channel: Channel, memory: dict[str, Any], keyring: Keyring,
@@ -195,8 +198,9 @@ def _first_mirror(channel: Channel, memory: dict[str, Any], keyring: Keyring,
     reasons = []
     for i, base in enumerate(channel.urls):
         try:
-            fetched, data = _latest_from(base, channel, remembered, keyring, limits)
-            assert fetched.file is not None
+            fetched, data = _fetch_verified(fetch_latest, base, channel.image, remembered,
+                                            keyring, limits, "the manifest")
+            assert fetched.file is not None and data is not None
             m = parse(data, fetched.file.url)
             if m.name != channel.image:
                 raise ManifestError(f"{fetched.file.url}: is image {m.name!r}, not {channel.image!r}")
@@ -214,10 +218,11 @@ def _rollout(system: System, channel: Channel, mirror: str, memory: dict[str, An
              ) -> tuple[Decision, Remembered | None, int]:
     if not channel.rollout:
         return Decision(100, True, False), None, 0
-    fetched = fetch_rollout(mirror, channel.image, _file_from(memory.get("rollout")), limits)
-    if fetched.file is None:
+    fetched, data = _fetch_verified(fetch_rollout, mirror, channel.image,
+                                    _file_from(memory.get("rollout")), keyring, limits,
+                                    "the rollout file")
+    if fetched.file is None or data is None:
         return decide(None, m.name, m.version, None), None, fetched.requests
-    data = _verified(fetched.file, keyring, "the rollout file")
     plan = rollout_file.parse(data, fetched.file.url)
     staged = plan.version == m.version and 0 < plan.percent < 100
     machine = machine_id(system.sysroot) if staged else None

@@ -244,6 +244,7 @@ def test_a_damaged_memory_of_the_last_check_is_not_trusted(channel: Channel) -> 
     result = channel.run("check", "--json")
     assert result.code == 0, result.err
     assert "does not verify; fetching it again" in result.err
+    assert result.json()["requests"] == 3  # the 304, then the manifest and its signature
     assert channel.served()[:2] == [(LATEST, 304), (LATEST, 200)]
     # Garbage instead of JSON: ignored with a warning, the channel asked afresh.
     memory.write_bytes(b"\x00garbage")
