@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from rpmimg.client import _Bars, _common, _jsonable, _keyring_option, _system
+from rpmimg.client import _Bars, _common, _keyring_option, _system
 from rpmimg.ui import UsageError, human_bytes, print_json
 
 if TYPE_CHECKING:
     from deploy.channel import Channel
     from deploy.check import CheckResult
     from deploy.system import System
+    from deploy.upgrade import UpgradeResult
 
 UPDATE_AVAILABLE = 10
 
@@ -84,6 +85,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return UPDATE_AVAILABLE if found.update else 0
 
 
+def _upgrade_json(result: UpgradeResult) -> dict[str, Any]:
+    """The shared vocabulary: a deployment as {"id", "image", "version"}, null when absent."""
+    d = result.deployed
+    deployed = None if d is None else {
+        "outcome": d.outcome.value,
+        "deployment": {"id": d.deployment, "image": d.image, "version": d.version},
+        "packages": d.packages, "fetched": d.fetched, "fetched_bytes": d.fetched_bytes,
+        "transferred_bytes": d.transferred_bytes, "kernel_arguments": d.kernel_arguments or None,
+    }
+    reboot = None if result.reboot is None else {
+        "rebooted": result.reboot.rebooted, "reason": result.reboot.reason}
+    return {"check": result.check.to_json(), "deployed": deployed,
+            "reboot_needed": result.reboot_needed, "reboot": reboot}
+
+
 def cmd_upgrade(args: argparse.Namespace) -> int:
     from deploy.reboot import commands_for
     from deploy.upgrade import upgrade
@@ -98,12 +114,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         finally:
             bars.close()
     if args.json:
-        print_json({
-            "check": result.check.to_json(),
-            "deployed": _jsonable(result.deployed) if result.deployed else None,
-            "reboot_needed": result.reboot_needed,
-            "reboot": _jsonable(result.reboot) if result.reboot else None,
-        })
+        print_json(_upgrade_json(result))
         return 0
     if result.deployed is None:
         _print_check(result.check)

@@ -84,7 +84,7 @@ def test_check_and_upgrade(channel: Channel, images: Images) -> None:
     assert first.json()["current"] is None and first.json()["version"] == V1
     up = channel.run("upgrade", "--json")
     assert up.code == 0, up.err
-    assert up.json()["deployed"]["version"] == V1 and state_of(channel.sysroot)["default"] == "1"
+    assert up.json()["deployed"]["deployment"]["version"] == V1 and state_of(channel.sysroot)["default"] == "1"
     channel.served()
 
     # An unchanged channel: one conditional request, answered 304, nothing new.
@@ -115,7 +115,8 @@ def test_check_and_upgrade(channel: Channel, images: Images) -> None:
     up = channel.run("upgrade", "--json")
     assert up.code == 0, up.err
     deployed = up.json()["deployed"]
-    assert deployed["version"] == V2 and deployed["fetched"] == len(lacking)
+    assert deployed["deployment"] == {"id": "2", "image": "demo", "version": V2}
+    assert deployed["fetched"] == len(lacking)
     assert state_of(channel.sysroot)["default"] == "2"
     # Deployed from the version's own URL, not from `latest`.
     assert any(p == f"/images/demo/{V2}/manifest.json" for p, _ in channel.served())
@@ -137,7 +138,7 @@ def test_a_failing_mirror_is_skipped(channel: Channel) -> None:
         channel.configure(urls=[dead_base, channel.base])
         up = channel.run("upgrade", "--json")
     assert up.code == 0, up.err
-    assert up.json()["deployed"]["version"] == V1 and up.json()["check"]["mirror"] == channel.base
+    assert up.json()["deployed"]["deployment"]["version"] == V1 and up.json()["check"]["mirror"] == channel.base
     assert dead.requests and all(p == LATEST for p, _ in dead.requests)
     assert "503" in up.err  # the skipped mirror is named in a warning
     # Every mirror failing: one error naming each, nothing changed.
@@ -207,7 +208,7 @@ def test_staged_rollout(channel: Channel, images: Images) -> None:
     # A machine configured not to follow rollouts (a canary) takes it at once.
     channel.configure("rollout = false")
     up = channel.run("upgrade", "--json")
-    assert up.code == 0 and up.json()["deployed"]["version"] == V2
+    assert up.code == 0 and up.json()["deployed"]["deployment"]["version"] == V2
 
 
 def test_upgrade_reboots_by_policy(channel: Channel, tmp_path: Path) -> None:
@@ -225,7 +226,7 @@ def test_upgrade_reboots_by_policy(channel: Channel, tmp_path: Path) -> None:
     channel.configure('reboot = "immediately"')
     up = channel.run("upgrade", "--reboot", "--json", env=env)
     assert up.code == 0, up.err
-    assert up.json()["deployed"]["version"] == V2 and up.json()["reboot"]["rebooted"]
+    assert up.json()["deployed"]["deployment"]["version"] == V2 and up.json()["reboot"]["rebooted"]
     assert mark.exists()
     # Nothing new and nothing booted here to differ from the default: no second reboot.
     mark.unlink()
