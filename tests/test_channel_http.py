@@ -253,3 +253,19 @@ def test_a_damaged_memory_of_the_last_check_is_not_trusted(channel: Channel) -> 
     assert result.code == 0 and "channel.json: ignored" in result.err
     assert channel.served()[0] == (LATEST, 200)
     assert channel.run("check").code == 0 and channel.served() == [(LATEST, 304)]
+
+
+def test_no_or_broken_channel_is_one_line_and_status_still_works(channel: Channel) -> None:
+    conf = channel.sysroot / "etc/rpmimg/channel.conf"
+    conf.unlink()
+    none = channel.run("check")
+    assert none.code == 1 and none.err.startswith("rpmimg: error: no channel configured")
+    assert rpmimg("status", "--sysroot", channel.sysroot, "--json").json()["channel"] is None
+    conf.write_text('image = "demo"\nurls = ["ftp://x/"]\n')
+    for verb in ("check", "upgrade"):
+        bad = channel.run(verb)
+        assert bad.code == 1 and len(bad.err.splitlines()) == 1
+        assert "/etc/rpmimg/channel.conf: urls: 'ftp://x/' is not an http(s)" in bad.err
+    status = rpmimg("status", "--sysroot", channel.sysroot)
+    assert "channel: not usable: /etc/rpmimg/channel.conf: urls" in status.out
+    assert channel.served() == []  # nothing was asked of the server
