@@ -202,6 +202,10 @@ def test_staged_rollout(channel: Channel, images: Images) -> None:
     bad = channel.run("upgrade")
     assert bad.code == 1 and "BAD signature" in bad.err and "rollout.json" in bad.err
     assert state_of(channel.sysroot)["default"] == "1"
+    # A server sending a huge rollout file: refused at the first byte past 4 KiB.
+    rollout.write_bytes(b" " * 100_000)
+    huge = channel.run("check")
+    assert huge.code == 1 and "rollout.json" in huge.err and "4096" in huge.err
     # A rollout staging an older version holds the newer one.
     _rollout(channel, images, 100, "--version", V1)
     assert channel.run("check", "--json").json()["result"] == "held by rollout"
