@@ -138,3 +138,13 @@ def test_install_writes_what_the_parser_reads(tmp_path: Path) -> None:
         "demo", ("https://u.example/os/",), "window 03:00-05:00")
     with pytest.raises(ChannelError, match="not an image name"):
         config_text('x"\nurls = ["https://evil/"]', ("https://u.example/",))
+
+
+def test_version_is_the_installed_package_version() -> None:
+    import tomllib
+
+    from deploytools import rpmimg
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    out = rpmimg("--version").out
+    assert out == f"rpmimg {project['project']['version']}\n"
