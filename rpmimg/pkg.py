@@ -14,6 +14,32 @@ from typing import Any
 
 from rpmimg.ui import Progress, UsageError, human_bytes, print_json
 
+class NotExtentsError(UsageError):
+    """A plain RPM where an extents RPM was needed."""
+
+
+RPM_LEAD_MAGIC = b"\xed\xab\xee\xdb"
+
+
+def open_extents(path: Path) -> Any:
+    """ExtentsPackage.open(path), with a plain RPM named as such rather than by the bytes
+    where the extents index should be."""
+    from rpmextents import ExtentsError
+    from rpmextents.package import ExtentsPackage
+
+    try:
+        return ExtentsPackage.open(path)
+    except ExtentsError as e:
+        try:
+            with open(path, "rb") as f:
+                lead = f.read(4)
+        except OSError:
+            raise e from None
+        if lead == RPM_LEAD_MAGIC and "index" in str(e):
+            raise NotExtentsError(f"{path}: a plain RPM, not an extents package"
+                             " (make one with `rpmimg pkg transcode`)") from e
+        raise
+
 
 def register(sub: Any) -> None:
     pkg = sub.add_parser("pkg", help="work with single extents RPMs")
@@ -107,21 +133,20 @@ def cmd_transcode(args: argparse.Namespace) -> int:
             print(f"{result['output']}: {result['nevra']}, {result['files']} files,"
                   f" {human_bytes(result['data_bytes'])} of data, block size {result['block_size']}")
     if args.json:
-        print_json(results if len(results) > 1 else results[0])
+        print_json({"packages": results})
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from rpmextents import ExtentsError
     from rpmextents.keyring import Keyring
-    from rpmextents.package import ExtentsPackage
 
     keyring = Keyring.from_files(args.keyring) if args.keyring else None
     results: list[dict[str, Any]] = []
     failed = 0
     for path in args.files:
         try:
-            with ExtentsPackage.open(path) as pkg:
+            with open_extents(path) as pkg:
                 report = pkg.verify(keyring)
             results.append({"path": os.fspath(path), "ok": True, **dataclasses.asdict(report)})
             if not args.json:
@@ -129,24 +154,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     if report.method == "file-digests" else ""
                 sig = ", signature verified" if report.signature == "verified" else ""
                 print(f"{path}: OK {report.nevra}{sig}{note}")
-        except (ExtentsError, OSError) as e:
+        except (ExtentsError, OSError, UsageError) as e:
             failed += 1
             reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
             results.append({"path": os.fspath(path), "ok": False, "error": reason})
             if not args.json:
                 print(f"{path}: FAILED {reason.removeprefix(os.fspath(path) + ': ')}", file=sys.stderr)
     if args.json:
-        print_json(results)
+        print_json({"packages": results})
     return 1 if failed else 0
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from rpmextents.extract import extract
-    from rpmextents.package import ExtentsPackage
 
     reports = []
     for path in args.files:
-        with ExtentsPackage.open(path) as pkg:
+        with open_extents(path) as pkg:
             report = extract(pkg, args.dest, method=args.method)
         reports.append({"file": os.fspath(path), **dataclasses.asdict(report), "method": report.method})
         if not args.json:
@@ -154,7 +178,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                   f"{human_bytes(report.bytes)} ({report.method}: {report.reflinked} reflinked, "
                   f"{report.copied} copied)")
     if args.json:
-        print_json(reports if len(reports) > 1 else reports[0])
+        print_json({"packages": reports})
     return 0
 
 
@@ -162,9 +186,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from rpmextents import index
     from rpmextents.header import Tag
     from rpmextents.keyring import signature_kind
-    from rpmextents.package import ExtentsPackage
 
-    with ExtentsPackage.open(args.file) as pkg:
+    with open_extents(args.file) as pkg:
         entries = pkg.entries()
         has_alt = bool(pkg.header.strings(Tag.PAYLOADDIGESTALT))
         info = {

@@ -18,6 +18,11 @@ def print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 file', '2 files' ('1 mismatch', '2 mismatches' with many given)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

@@ -180,13 +180,14 @@ def test_new_package_version_publishes_a_diff(world: World, tmp_path: Path,
     assert main(["image", "diff", os.fspath(out), "demo", second.version, first.version,
                  "--json"]) == 0
     back = json.loads(capsys.readouterr().out)
-    assert (back["old"], back["new"]) == (second.version, first.version)
+    assert (back["old"]["version"], back["new"]["version"]) == (second.version, first.version)
     assert back["changes"][0] == {"kind": "downgraded", "name": "libfoo", "arch": "x86_64",
                                   "old": "1.1-1", "new": "1.0-1"}
     assert main(["image", "list", os.fspath(out), "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
-    assert [v["version"] for v in listing[0]["versions"]] == [first.version, second.version]
-    assert listing[0]["latest"] == second.version
+    images = listing["images"]
+    assert [v["version"] for v in images[0]["versions"]] == [first.version, second.version]
+    assert images[0]["latest"] == second.version
     assert_consistent(out)
 
 

@@ -139,7 +139,7 @@ def test_refusals_tampered_wrong_key_downgrade_unsigned_package(
     keys.mkdir(parents=True)
     shutil.copy(images.key.public, keys / "vendor.asc")
     down = rpmimg("deploy", "--sysroot", sysroot, "--allow-downgrade", "--json", images.v1).json()
-    assert (down["outcome"], down["version"]) == ("deployed", V1)
+    assert (down["outcome"], down["deployment"]["version"]) == ("deployed", V1)
 
 
 def test_concurrent_deploys_do_not_interleave(sysroot: Path, images: Images) -> None:
