@@ -14,6 +14,7 @@ from typing import Any
 
 from rpmimg.ui import Progress, UsageError, human_bytes, print_json
 
+
 class NotExtentsError(UsageError):
     """A plain RPM where an extents RPM was needed."""
 

@@ -421,7 +421,8 @@ def test_full_filesystem_names_the_phase_and_the_path(images: Images, noisy_imag
         out = noisy_image.parents[3]
         with http_server(out) as base:
             url = f"{base}/{noisy_image.relative_to(out)}"
-            r = deploy(small, url, images.key, "--allow-unsigned-packages", check=False)
+            r = deploy(small, url, images.key, "--allow-unsigned-packages", "--switch",
+                       check=False)
         _one_line_error(r, f"{small}/@rpmimg/staging/downloads",
                         "no space left on the device while fetching the packages"
                         f" of noisy {V1}", "nothing was changed")
