@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import btrfs_unavailable_reason
 
 ROOT = Path(__file__).resolve().parent.parent
