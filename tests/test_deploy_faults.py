@@ -174,4 +174,5 @@ def test_concurrent_deploys_do_not_interleave(sysroot: Path, images: Images) -> 
         holder.kill()
         holder.wait()
     assert r.code == 1 and f"another rpmimg is changing this system (pid {holder.pid})" in r.err
+    assert f"waiting up to 0.5 s for another rpmimg (pid {holder.pid})" in r.err  # not silent
     assert _snapshot(sysroot) == before

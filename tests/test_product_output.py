@@ -121,3 +121,27 @@ def test_every_schema_is_found(argv: list[str]) -> None:
     from jsonschemas import SCHEMAS, schema_name
 
     assert (SCHEMAS / f"{schema_name(argv)}.json").is_file()
+
+
+def test_progress_without_a_terminal_is_one_plain_line_per_slow_phase() -> None:
+    import io
+
+    from rpmimg.ui import Progress
+
+    stream = io.StringIO()
+    quick = Progress("verify", stream=stream, unit="files")
+    quick(3, 3)
+    quick.close()
+    assert stream.getvalue() == ""  # a phase under a second says nothing
+    slow = Progress("fetch", stream=stream)
+    slow.PLAIN_AFTER = 0.0
+    slow(512, 1024)
+    slow(2048, 2048)
+    slow.close()
+    slow.close()
+    assert re.fullmatch(r"fetch: 2\.0 KiB/2\.0 KiB \([0-9.]+ s\)\n", stream.getvalue())
+    failed = Progress("build", stream=stream, unit="packages")
+    failed.PLAIN_AFTER = 0.0
+    failed(1, 5)
+    failed.close()
+    assert stream.getvalue().count("\n") == 1  # an unfinished phase is not reported as done
