@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import multiprocessing
 import os
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rpmimg import vocab
 from rpmimg.ui import Progress, UsageError, human_bytes, print_json
 
 
@@ -87,7 +87,7 @@ def _transcode_one(source: Path, target: Path, block_size: int, sync: bool,
     from rpmextents.transcode import transcode
 
     result = transcode(source, target, block_size=block_size, progress=progress, checksum=False, fsync=sync)
-    return {"output": os.fspath(target), **dataclasses.asdict(result)}
+    return {"output": os.fspath(target), **vocab.jsonable(result)}
 
 
 def _transcode_all(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
@@ -149,7 +149,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             with open_extents(path) as pkg:
                 report = pkg.verify(keyring)
-            results.append({"path": os.fspath(path), "ok": True, **dataclasses.asdict(report)})
+            results.append({"path": os.fspath(path), "ok": True, **vocab.jsonable(report)})
             if not args.json:
                 note = " (no PAYLOADDIGESTALT: checked every file against FILEDIGESTS)" \
                     if report.method == "file-digests" else ""
@@ -173,7 +173,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     for path in args.files:
         with open_extents(path) as pkg:
             report = extract(pkg, args.dest, method=args.method)
-        reports.append({"file": os.fspath(path), **dataclasses.asdict(report), "method": report.method})
+        reports.append({"file": os.fspath(path), **vocab.jsonable(report), "method": report.method})
         if not args.json:
             print(f"{path} -> {args.dest}: {report.entries} entries, {report.files} files, "
                   f"{human_bytes(report.bytes)} ({report.method}: {report.reflinked} reflinked, "

@@ -145,3 +145,26 @@ def test_progress_without_a_terminal_is_one_plain_line_per_slow_phase() -> None:
     failed(1, 5)
     failed.close()
     assert stream.getvalue().count("\n") == 1  # an unfinished phase is not reported as done
+
+
+def test_schema_files_are_valid_json_schemas() -> None:
+    import json
+
+    import jsonschema
+    from jsonschemas import SCHEMAS
+
+    names = sorted(p.name for p in SCHEMAS.glob("*.json"))
+    assert {"common.json", "error.json", "deploy.json", "status.json", "verify.json"} <= set(names)
+    for name in names:
+        jsonschema.Draft202012Validator.check_schema(json.loads((SCHEMAS / name).read_text()))
+
+
+def test_the_vocabulary_check_catches_what_it_should() -> None:
+    from jsonschemas import validate
+
+    with pytest.raises(AssertionError, match="null, not an empty string"):
+        validate(["pin"], '{"deployment": {"id": "1", "image": "demo", "version": "1"}, "pinned": ""}')
+    with pytest.raises(AssertionError):
+        validate(["deploy"], '{"deployment": "3"}')
+    with pytest.raises(Exception, match="is not valid|required"):
+        validate(["pin"], '{"deployment": {"id": "1", "image": "demo", "version": "1"}}')
