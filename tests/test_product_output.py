@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,21 @@ def test_the_vocabulary_check_catches_what_it_should() -> None:
         validate(["deploy"], '{"deployment": "3"}')
     with pytest.raises(Exception, match="is not valid|required"):
         validate(["pin"], '{"deployment": {"id": "1", "image": "demo", "version": "1"}}')
+
+
+def test_man_page_and_completion_come_from_the_parser(tmp_path: Path) -> None:
+    """What `make docs` runs: every verb appears in the manual page and the completion."""
+    import shutil
+
+    tools = Path(sys.executable).parent
+    if not (tools / "argparse-manpage").exists() or shutil.which("shtab", path=os.fspath(tools)) is None:
+        pytest.skip("argparse-manpage and shtab are not installed (pip install -e '.[test]')")
+    page = tmp_path / "rpmimg.1"
+    subprocess.run([tools / "argparse-manpage", "--module", "rpmimg.cli", "--function", "build_parser",
+                    "--project-name", "rpmimg", "--prog", "rpmimg", "--output", page], check=True)
+    completion = subprocess.run([tools / "shtab", "--shell=bash", "rpmimg.cli.build_parser"],
+                                capture_output=True, text=True, check=True).stdout
+    text = page.read_text()
+    for verb in ("deploy", "switch", "status", "verify", "rollback", "compose", "pkg"):
+        assert verb in text and verb in completion, verb
+    assert "--lock-wait" in completion and "--allow-unsigned-packages" in text.replace("\\-", "-")
