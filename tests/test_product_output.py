@@ -187,3 +187,19 @@ def test_man_page_and_completion_come_from_the_parser(tmp_path: Path) -> None:
     for verb in ("deploy", "switch", "status", "verify", "rollback", "compose", "pkg"):
         assert verb in text and verb in completion, verb
     assert "--lock-wait" in completion and "--allow-unsigned-packages" in text.replace("\\-", "-")
+
+
+def test_dropped_setid_bits_are_stated_plainly(sysroot: Path, images: Images) -> None:
+    # This machine lacks the account the owners package's set-id files belong to.
+    (sysroot / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (sysroot / "etc/group").write_text("root:x:0:\n")
+    r = rpmimg("deploy", "--sysroot", sysroot, "--keyring", images.key.public, images.v1)
+    warnings = [line.strip() for line in r.out.splitlines() if line.strip().startswith("warning:")]
+    assert ("warning: /usr/share/owners/setuid lost its setuid bit (user rpmimg-user is unknown here)"
+            in warnings)
+    assert ("warning: /usr/share/owners/setgid lost its setgid bit (group rpmimg-group is unknown here)"
+            in warnings)
+    tree = sysroot / "@rpmimg/deployments/1/share/owners"
+    assert not os.stat(tree / "setuid").st_mode & 0o6000 and not os.stat(tree / "setgid").st_mode & 0o6000
+    again = rpmimg("deploy", "--sysroot", sysroot, "--keyring", images.key.public, "--json", images.v2).json()
+    assert "/usr/share/owners/setuid lost its setuid bit (user rpmimg-user is unknown here)" in again["setid_dropped"]
