@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from rpmimg.ui import UsageError, print_json
 from rpmimg.vocab import error
@@ -30,8 +31,20 @@ USER_ERRORS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as a JSON object on stdout too when --json was asked for."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            print_json({"error": {"kind": "usage", "message": f"{self.prog}: {message}"}})
+            sys.stdout.flush()
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rpmimg",
         description="Image-based, transactional OS updates built from RPM packages.",
     )
@@ -87,7 +100,9 @@ def _closed_stdout() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    _Parser.json_errors = "--json" in words
+    args, extra = parser.parse_known_args(words)
     if extra:
         # Named by the verb's own usage, not the top level's.
         verb_parser: argparse.ArgumentParser = getattr(args, "_parser", parser)

@@ -72,7 +72,7 @@ def rpmimg(
                           check=False)
     result = Result(proc.returncode, proc.stdout, proc.stderr)
     words = [os.fspath(a) for a in args]
-    if "--json" in words and proc.returncode in (0, 1, 70):
+    if "--json" in words and proc.returncode in (0, 1, 2, 70):
         # Whatever happened, --json answers with one object its verb's schema describes.
         validate(words, proc.stdout)
     if check and proc.returncode != 0:

@@ -105,6 +105,8 @@ def test_cli_conventions(sysroot: Path, images: Images) -> None:
     assert unknown.code == 2 and "usage: rpmimg status" in unknown.err
     negative = rpmimg("deploy", "--lock-wait", "-3", images.v1, check=False)
     assert negative.code == 2 and "can't be negative" in negative.err
+    as_json = rpmimg("deploy", "--lock-wait", "-3", images.v1, "--json", check=False)
+    assert as_json.code == 2 and validate(["deploy"], as_json.out)["error"]["kind"] == "usage"
     keep = rpmimg("cleanup", "--keep", "0", check=False)
     assert keep.code == 2 and "at least 1" in keep.err
 
