@@ -41,8 +41,8 @@ def check(current: State, m: ImageManifest, intent: Intent) -> None:
     same = next((d for d in current.deployments if (d.image, d.version) == (m.name, m.version)), None)
     if same is not None and same.id in current.bad and same.id != current.default and not intent.force:
         raise IntentError(
-            f"{m.name} {m.version} was rolled back ({_describe(same)} is marked failed);"
-            f" use --force to make it the default again"
+            f"{m.name} {m.version} was rolled back or failed to boot ({_describe(same)} is"
+            f" marked failed); use --force to make it the default again"
         )
 
 

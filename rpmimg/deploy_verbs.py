@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
         p.add_argument("-v", "--verbose", action="store_true",
                        help="list every file placed outside /usr and every scriptlet not run")
         options.common(p, mutating=True)
-        p.set_defaults(func=cmd_deploy, switch=switching) if switching else p.set_defaults(func=cmd_deploy)
+        p.set_defaults(func=cmd_deploy, **({"switch": True} if switching else {}))
 
     p = subparsers.add_parser(
         "rollback", help="make an earlier deployment the default",
