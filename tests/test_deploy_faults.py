@@ -101,7 +101,8 @@ def test_too_small_filesystem_fails_clearly_changing_nothing(images: Images, hug
         seed_accounts(small, catalog.PASSWD, catalog.GROUP)
         deploy(small, images.v0, images.key)
         before = _snapshot(small)
-        result = deploy(small, huge_image, images.key, "--allow-unsigned-packages", check=False)
+        result = deploy(small, huge_image, images.key, "--allow-unsigned-packages", "--switch",
+                        check=False)
         assert result.code == 1
         assert "not enough free space for huge" in result.err and "MiB free" in result.err
         assert _snapshot(small) == before
