@@ -147,7 +147,8 @@ def test_concurrent_deploys_do_not_interleave(sysroot: Path, images: Images) -> 
     def start(*extra: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "rpmimg", "deploy", "--sysroot", os.fspath(sysroot), "--keyring",
-             os.fspath(images.key.public), "--json", *extra, os.fspath(images.v1)],
+             os.fspath(images.key.public), "--json", "--lock-wait", "60", *extra,
+             os.fspath(images.v1)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
