@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -57,21 +58,31 @@ def register(subparsers: Any) -> None:
 
 
 class _Bars:
-    """Progress bars for the deploy phases, closed when the command ends."""
+    """Progress bars for the deploy phases. Off a terminal, the plain line of each slow
+    phase is written when the deploy succeeds: a failure stays one line."""
 
     def __init__(self) -> None:
         self.bars: list[Progress] = []
+        self.lines: list[str] = []
 
     def __call__(self, label: str, unit: str) -> Callable[[int, int], None]:
-        for bar in self.bars:
-            bar.close()
+        self._close_all()
         bar = Progress(label, unit=unit)
         self.bars.append(bar)
         return bar
 
-    def close(self) -> None:
+    def _close_all(self) -> None:
         for bar in self.bars:
-            bar.close()
+            line = bar.plain_line()
+            if line:
+                self.lines.append(line)
+            bar.close(plain=False)
+        self.bars = []
+
+    def close(self, ok: bool) -> None:
+        self._close_all()
+        if ok:
+            sys.stderr.write("".join(self.lines))
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -85,11 +96,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         full=args.full, intent=Intent(switch=args.switch, force=args.force),
     )
     bars = _Bars()
+    ok = False
     with open_system(args.sysroot, private_namespace=True) as system:
         try:
             result = deploy(system, opts, bars)
+            ok = True
         finally:
-            bars.close()
+            bars.close(ok)
     if args.json:
         print_json(deploy_json(result))
         return 0

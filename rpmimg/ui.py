@@ -70,15 +70,24 @@ class Progress:
         self.stream.flush()
         self._shown = True
 
-    def close(self, summary: str | None = None) -> None:
+    def plain_line(self) -> str | None:
+        """The line a finished slow phase leaves off a terminal (None: nothing to say)."""
+        elapsed = time.monotonic() - self._started
+        if self.tty or self._done is None or elapsed < self.PLAIN_AFTER:
+            return None
+        done, total = self._done
+        return f"{self.label}: {self._amount(done, total)} ({elapsed:.1f} s)\n" if done >= total else None
+
+    def close(self, summary: str | None = None, plain: bool = True) -> None:
+        """Clear the bar; with plain, write the phase's plain line (see plain_line)."""
         if self._shown:
             self.stream.write("\r\033[K")
-        elapsed = time.monotonic() - self._started
+            self._shown = False
+        line = self.plain_line() if plain else None
         if summary:
+            elapsed = time.monotonic() - self._started
             self.stream.write(f"{self.label}: {summary} ({elapsed:.1f} s)\n")
-        elif not self.tty and self._done is not None and elapsed >= self.PLAIN_AFTER:
-            done, total = self._done
-            if done >= total:
-                self.stream.write(f"{self.label}: {self._amount(done, total)} ({elapsed:.1f} s)\n")
+        elif line:
+            self.stream.write(line)
         self._done = None
         self.stream.flush()

@@ -38,7 +38,7 @@ def test_composed_image_deploys_like_rpm_install(sysroot: Path, images: Images, 
     out = tmp_path / "out"
     rpmimg("compose", definition, "-o", out, "--sign-key", images.key.secret)
     result = deploy(sysroot, out, images.key).json()
-    assert (result["outcome"], result["image"], result["packages"]) == ("deployed", "composed", len(NAMES))
+    assert (result["outcome"], result["deployment"]["image"], result["packages"]) == ("deployed", "composed", len(NAMES))
 
     expected = tmp_path / "rpm-root"
     rpm_install(rpms, expected, passwd=catalog.PASSWD, group=catalog.GROUP)

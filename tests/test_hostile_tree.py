@@ -316,7 +316,11 @@ def test_update_from_a_tampered_deployment_stays_inside_it(sysroot: Path, host: 
     (tree / "share/base").symlink_to(host.dir)
     kernel.subvolume_set_readonly(tree, True)
     result = _deploy(sysroot, host, v2).json()
-    assert result["build"] == "update"
-    landed = _tree(sysroot, str(result["deployment"]["id"])) / "share/factory" / os.fspath(host.dir).lstrip("/")
-    assert (landed / "inside").read_bytes() == b"would overwrite the host's\n"
-    assert (landed / "data").read_bytes() == b"base data 1.1\n"
+    # The base is checked first: the swapped directory is damage, so the update is built in
+    # full from the store, and nothing is written through the link.
+    assert result["build"] == "full" and "deployment 1 is damaged" in str(result["full_reason"])
+    assert any(d.startswith("/usr/share/base") for d in result["base_damage"])  # type: ignore[union-attr]
+    new = _tree(sysroot, str(result["deployment"]["id"]))  # type: ignore[index]
+    assert (new / "share/base/inside").read_bytes() == b"would overwrite the host's\n"
+    assert (new / "share/base/data").read_bytes() == b"base data 1.1\n"
+    assert not (host.dir / "inside").exists()
