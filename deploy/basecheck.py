@@ -101,6 +101,8 @@ def damaged_base(system: System, current: State, full: bool) -> tuple[str, ...]:
     except delta.NoDelta:
         return ()
     store = Store(system.layout.store)
+    if not all(store.has(p.sha256) for p in base.packages):
+        return ()  # the build can't update from it anyway, and says why
     result = verify(system, base.id, content_known=extents_shared(store))
     shared = _claimed_twice(store, [p.sha256 for p in base.packages])
     return tuple(f"{m.path}: {', '.join(m.what)}" for m in result.mismatches if m.path not in shared)
