@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("diff", help="package differences between two deployments")
     p.add_argument("old", nargs="?", metavar="A", help="deployment id (default: see README)")
     p.add_argument("new", nargs="?", metavar="B", help="deployment id (default: the default)")
+    p.add_argument("--etc", action="store_true",
+                   help="show B's /etc merge instead: every .rpmnew/.rpmsave and kept file")
     _common(p, mutating=False)
     p.set_defaults(func=cmd_diff)
 
@@ -146,6 +148,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from deploy.overview import diff
 
+    if args.etc:
+        return cmd_diff_etc(args)
     with _system(args) as system:
         _settled(system)
         result = diff(system, args.old, args.new)
@@ -166,6 +170,24 @@ def _verify_json(result: Any, current: Any) -> dict[str, Any]:
     for m in value["mismatches"]:
         m["package"] = m["package"] or None
     return value
+
+
+def cmd_diff_etc(args: argparse.Namespace) -> int:
+    from deploy.etcreport import etc_diff
+
+    with _system(args) as system:
+        _settled(system)
+        result = etc_diff(system, args.old, args.new)
+        current = system.load_state()
+    if args.json:
+        value = result.to_json()
+        for key in ("old", "new", "merged_from"):  # deployments as every verb names them
+            value[key] = vocab.ref_by_id(current, result.to_json()[key])  # type: ignore[arg-type]
+        print_json(value)
+        return 0
+    for line in result.lines():
+        print(line)
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

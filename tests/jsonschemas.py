@@ -34,6 +34,8 @@ def schema_name(argv: Sequence[str]) -> str:
     verb = words[0]
     if verb in GROUPS:
         verb = f"{verb}-{words[1]}"
+    if verb == "diff" and "--etc" in words:
+        verb = "diff-etc"
     return ALIASES.get(verb, verb)
 
 
