@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from rpmimg.client import _Bars, _common, _keyring_option, _system
+from rpmimg import options
+from rpmimg.client import _system
+from rpmimg.deploy_verbs import _Bars
 from rpmimg.ui import UsageError, human_bytes, print_json
 
 if TYPE_CHECKING:
@@ -28,8 +30,8 @@ def register(subparsers: Any) -> None:
         f" newest deployment. Exit 0: nothing new; {UPDATE_AVAILABLE}: an update is waiting"
         " for this machine; other: an error.",
     )
-    _keyring_option(p)
-    _common(p, mutating=False)
+    options.keyring(p)
+    options.common(p, mutating=False)
     p.set_defaults(func=cmd_check)
 
     p = subparsers.add_parser(
@@ -40,8 +42,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--reboot", action="store_true",
                    help="reboot into the new default by the channel's policy")
-    _keyring_option(p)
-    _common(p, mutating=True)
+    options.keyring(p)
+    options.common(p, mutating=True)
     p.set_defaults(func=cmd_upgrade)
 
 
@@ -107,12 +109,14 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     bars = _Bars()
     with _system(args) as system:
         channel = _channel(system)
+        ok = False
         try:
             result = upgrade(system, channel, keyrings=tuple(args.keyring),
                              reboot=commands_for(channel) if args.reboot else None,
                              progress=bars, lock_wait=args.lock_wait)
+            ok = True
         finally:
-            bars.close()
+            bars.close(ok)
     if args.json:
         print_json(_upgrade_json(result))
         return 0
