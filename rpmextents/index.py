@@ -80,8 +80,23 @@ class Index:
     data_offset: int
     data_size: int
     stream_size: int
-    records: tuple[Record, ...]
+    packed: bytes  # the records, RECORD after RECORD: a few dozen bytes each, not an object
     literals: bytes
+
+    @property
+    def record_count(self) -> int:
+        return len(self.packed) // RECORD.size
+
+    @property
+    def records(self) -> Iterator[Record]:
+        """The records in order, made one at a time."""
+        for kind, fx, a, b in RECORD.iter_unpack(self.packed):
+            yield Record(RecordKind(kind), fx, a, b)
+
+    def data_triples(self) -> Iterator[tuple[int, int, int]]:
+        """(file index, offset, length) of each DATA record, without making Record objects."""
+        data = RecordKind.DATA
+        return ((fx, a, b) for kind, fx, a, b in RECORD.iter_unpack(self.packed) if kind == data)
 
     @property
     def index_size(self) -> int:
@@ -101,9 +116,9 @@ class Index:
         head = HEAD.pack(
             MAGIC, VERSION, 0, self.block_size, self.index_start, self.index_size,
             self.data_offset, self.data_size, self.stream_size, len(self.literals),
-            len(self.records), 0,
+            self.record_count, 0,
         )
-        body = b"".join(RECORD.pack(r.kind, r.fx, r.a, r.b) for r in self.records)
+        body = self.packed
         used = len(head) + len(body) + len(self.literals)
         fill = self.index_size - used - DIGEST_SIZE
         if fill < 0:
@@ -112,7 +127,7 @@ class Index:
         return region + hashlib.sha256(region).digest()
 
     def data_records(self) -> Iterator[Record]:
-        return (r for r in self.records if r.kind is RecordKind.DATA)
+        return (Record(RecordKind.DATA, fx, a, b) for fx, a, b in self.data_triples())
 
 
 def parse_head(buf: bytes, index_start: int, file_size: int) -> tuple[int, int, int, int, int, int]:
@@ -159,7 +174,6 @@ def parse(region: bytes, index_start: int, file_size: int) -> Index:
     if any(region[rec_end + literal_size : index_size - DIGEST_SIZE]):
         raise FormatError("extents index fill is not zero")
     data_offset = index_start + index_size
-    records = []
     lit_pos = 0
     next_data = data_offset
     total = 0
@@ -170,12 +184,10 @@ def parse(region: bytes, index_start: int, file_size: int) -> Index:
             if fx != -1 or a != lit_pos or a + b > literal_size:
                 raise FormatError(f"extents index literal record at {a} is out of place")
             lit_pos += b
-            records.append(Record(RecordKind.LITERAL, -1, a, b))
         elif kind == RecordKind.DATA:
             if fx < 0 or a != next_data:
                 raise FormatError(f"extents index data record at offset {a} is out of place (expected {next_data})")
             next_data = align_up(a + b, block_size)
-            records.append(Record(RecordKind.DATA, fx, a, b))
         else:
             raise FormatError(f"extents index has a record of unknown kind {kind}")
         total += b
@@ -185,4 +197,5 @@ def parse(region: bytes, index_start: int, file_size: int) -> Index:
         raise FormatError("extents data area size does not match its records")
     if total != stream_size:
         raise FormatError(f"extents index records add up to {total} bytes, not {stream_size}")
-    return Index(block_size, index_start, data_offset, data_size, stream_size, tuple(records), literals)
+    return Index(block_size, index_start, data_offset, data_size, stream_size,
+                 bytes(region[HEAD.size : rec_end]), literals)
