@@ -167,7 +167,7 @@ class PayloadSplitter:
         return Index(
             block_size=self.block_size, index_start=header_end, data_offset=self.data_offset,
             data_size=self.next_data - self.data_offset, stream_size=self.stream.pos,
-            packed=bytes(self.records), literals=bytes(self.literals),
+            packed=self.records, literals=self.literals,  # bytearrays: not copied
         )
 
     def _literal(self, n: int) -> bytes:

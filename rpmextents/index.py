@@ -80,8 +80,8 @@ class Index:
     data_offset: int
     data_size: int
     stream_size: int
-    packed: bytes  # the records, RECORD after RECORD: a few dozen bytes each, not an object
-    literals: bytes
+    packed: bytes | bytearray  # the records, RECORD after RECORD: a few dozen bytes each, not an object
+    literals: bytes | bytearray
 
     @property
     def record_count(self) -> int:
@@ -111,20 +111,27 @@ class Index:
         """Bytes the index needs before zero fill."""
         return HEAD.size + RECORD.size * record_count + literal_size + DIGEST_SIZE
 
-    def pack(self) -> bytes:
-        """The index region [index_start, data_offset), digest included."""
+    def pieces(self) -> list[bytes | bytearray]:
+        """The index region [index_start, data_offset), digest included, as the pieces it
+        is made of (no copy of the records and literals)."""
         head = HEAD.pack(
             MAGIC, VERSION, 0, self.block_size, self.index_start, self.index_size,
             self.data_offset, self.data_size, self.stream_size, len(self.literals),
             self.record_count, 0,
         )
-        body = self.packed
-        used = len(head) + len(body) + len(self.literals)
+        used = len(head) + len(self.packed) + len(self.literals)
         fill = self.index_size - used - DIGEST_SIZE
         if fill < 0:
             raise ValueError("index does not fit before the data offset")
-        region = head + body + self.literals + b"\0" * fill
-        return region + hashlib.sha256(region).digest()
+        out: list[bytes | bytearray] = [head, self.packed, self.literals, bytes(fill)]
+        digest = hashlib.sha256()
+        for piece in out:
+            digest.update(piece)
+        return [*out, digest.digest()]
+
+    def pack(self) -> bytes:
+        """The index region [index_start, data_offset), digest included."""
+        return b"".join(self.pieces())
 
     def data_records(self) -> Iterator[Record]:
         return (Record(RecordKind.DATA, fx, a, b) for fx, a, b in self.data_triples())

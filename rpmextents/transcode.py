@@ -30,6 +30,7 @@ from rpmextents.payload import (
     Prefetch,
     new_hash,
     open_payload,
+    pwrite_all,
     sniff,
 )
 
@@ -163,7 +164,10 @@ def _read_original(src: Path, f: BinaryIO) -> tuple[PackagePrefix, FileList]:
 def _finish(fd: int, prefix: PackagePrefix, index: Index, fsync: bool, checksum: bool) -> str:
     """Write the headers and the index around the data; the sha256 of the whole (or "")."""
     os.pwrite(fd, prefix.raw, 0)
-    os.pwrite(fd, index.pack(), index.index_start)
+    offset = index.index_start
+    for piece in index.pieces():
+        pwrite_all(fd, piece, offset)
+        offset += len(piece)
     os.ftruncate(fd, index.file_size)
     os.fchmod(fd, 0o644)
     if fsync:

@@ -85,5 +85,5 @@ def test_a_damaged_cache_is_measured_again(sysroot: Path, images: Images) -> Non
         cache.write_bytes(junk)
         assert _measured(sysroot) == good
     with cache.open("w") as f:  # the right key, lying sizes: refused value by value
-        f.write('{"key": "x", "sizes": {"%s": -5}}' % deployment)
+        f.write(f'{{"key": "x", "sizes": {{"{deployment}": -5}}}}')
     assert _measured(sysroot) == good
