@@ -11,7 +11,6 @@ Entries are read-only and never rewritten; a new entry appears by rename.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -256,5 +255,5 @@ def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage) -> None:
         raise PackageError(f"{ref.nevra}: the file holds {pkg.nevra}, not what the manifest names")
     if pkg.block_size != ref.block_size:
         raise PackageError(f"{ref.nevra}: block size {pkg.block_size}, manifest says {ref.block_size}")
-    if hashlib.sha256(pkg.header_bytes()).hexdigest() != ref.header_sha256:
+    if pkg.header_sha256 != ref.header_sha256:
         raise PackageError(f"{ref.nevra}: header differs from the manifest's header_sha256")

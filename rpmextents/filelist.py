@@ -115,6 +115,14 @@ class FileList(Sequence[Entry]):
         if inodes is None:
             return {}
         dev = devices if devices is not None else array("I", bytes(4 * self._n))
+        last = (-1, -1)
+        for i in range(self._n):
+            if inodes[i] > 0 and self.stored(i):
+                if (dev[i], inodes[i]) <= last:
+                    break
+                last = (dev[i], inodes[i])
+        else:
+            return {}  # (device, inode) only grow in header order, as rpmbuild numbers them: no links
         order = sorted((i for i in range(self._n) if inodes[i] > 0 and self.stored(i)),
                        key=lambda i: (dev[i], inodes[i]))
         keys: dict[int, int] = {}

@@ -14,7 +14,7 @@ from typing import Any
 from rpmextents.errors import ExtentsError, FormatError, VerifyError
 from rpmextents.files import Extent, FileList, header_files
 from rpmextents.header import HASH_ALGOS, Tag, TagValue, read_prefix
-from rpmextents.index import HEAD, Index, RecordKind, align_up, parse_head
+from rpmextents.index import HEAD, Index, RecordKind, align_up, parse_head, parse_records
 from rpmextents.index import parse as parse_index
 from rpmextents.keyring import Keyring, check_header
 from rpmextents.nevra import nevra_of
@@ -51,6 +51,24 @@ class _FileReader:
         return data
 
 
+class _Sequential:
+    """Reads consecutive byte runs of a file forward, a megabyte at a time."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd, self._offset = fd, offset
+        self._buf = memoryview(b"")
+
+    def take(self, n: int) -> bytes:
+        if len(self._buf) < n:
+            more = os.pread(self._fd, max(n - len(self._buf), 1 << 20), self._offset)
+            self._offset += len(more)
+            self._buf = memoryview(bytes(self._buf) + more)
+            if len(self._buf) < n:
+                raise FormatError(f"extents index literals run past the end of the file at {self._offset}")
+        out, self._buf = bytes(self._buf[:n]), self._buf[n:]
+        return out
+
+
 class ExtentsPackage:
     """An open extents RPM: its header, file entries and data extents."""
 
@@ -63,7 +81,7 @@ class ExtentsPackage:
         start = self.prefix.header_end
         head = os.pread(fd, HEAD.size, start)
         _, self._index_size, *_ = parse_head(head, start, self.size)
-        index = self._read_index()
+        index, self._literal_start = self._read_records()
         self._entries = header_files(self.header, index.data_triples())
         self.data_bytes = sum(b for _, _, b in index.data_triples())
         # The records and literals (about 150 bytes a file) are read again when needed.
@@ -143,6 +161,11 @@ class ExtentsPackage:
         start = self.prefix.header_end
         return parse_index(os.pread(self._fd, self._index_size, start), start, self.size)
 
+    def _read_records(self) -> tuple[Index, int]:
+        """The index checked whole but without its literals, and where they start."""
+        return parse_records(lambda offset, n: os.pread(self._fd, n, offset),
+                             self.prefix.header_end, self.size)
+
     @property
     def index(self) -> Index:
         """The whole index, read and checked again from the file (its records and literals
@@ -177,11 +200,11 @@ class ExtentsPackage:
         block = self.block_size
         if alt and algo:
             stream: Any = hashlib.new(algo)
-            index = self.index
-            literals = memoryview(index.literals)
+            index, literal_start = self._read_records()
+            literals = _Sequential(self._fd, literal_start)
             for record in index.records:
                 if record.kind is RecordKind.LITERAL:
-                    stream.update(literals[record.a : record.a + record.b])
+                    stream.update(literals.take(record.b))
                 else:
                     for chunk in self.read_extent(Extent(record.a, record.b)):
                         stream.update(chunk)
