@@ -77,6 +77,7 @@ class Hashing:
         self._queued = 0  # jobs handed to the pool or hashed
         self._done = 0  # jobs whose result is known
         self._ready: list[bool] = []  # results not yet taken
+        self._parts: list[int] = []  # sizes of the batches done since results() last reported
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._workers = os.cpu_count() or 1
 
@@ -109,6 +110,7 @@ class Hashing:
     def _collect(self, part: list[bool]) -> None:
         self._ready.extend(part)
         self._done += len(part)
+        self._parts.append(len(part))
 
     def take_ready(self) -> list[bool]:
         """Results of the jobs whose batches are done, in order, from where the last take
@@ -122,6 +124,12 @@ class Hashing:
         """Whether each job differs, in the order the jobs were added, from where the last
         take_ready stopped."""
         total = self._queued + len(self._batch)
+        if progress is not None:  # batches that finished before: progress moves batch by batch
+            done = self._done - sum(self._parts)
+            for size in self._parts:
+                done += size
+                progress(done, total)
+        self._parts = []
         while self._futures:
             self._collect(self._futures.popleft()[0].result())
             if progress is not None:
