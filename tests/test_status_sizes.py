@@ -43,8 +43,8 @@ def _no_measuring(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_sizes_match_btrfs_du_and_follow_changes(sysroot: Path, images: Images,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    first = str(deploy(sysroot, images.v1, images.key).json()["deployment"])
-    second = str(deploy(sysroot, images.v2, images.key).json()["deployment"])
+    first = str(deploy(sysroot, images.v1, images.key).json()["deployment"]["id"])  # type: ignore[index]
+    second = str(deploy(sysroot, images.v2, images.key).json()["deployment"]["id"])  # type: ignore[index]
     deployments = sysroot / "@rpmimg/deployments"
     found = _measured(sysroot)
     assert set(found) == {first, second}
@@ -78,7 +78,7 @@ def test_sizes_match_btrfs_du_and_follow_changes(sysroot: Path, images: Images,
 
 
 def test_a_damaged_cache_is_measured_again(sysroot: Path, images: Images) -> None:
-    deployment = str(deploy(sysroot, images.v1, images.key).json()["deployment"])
+    deployment = str(deploy(sysroot, images.v1, images.key).json()["deployment"]["id"])  # type: ignore[index]
     good = _measured(sysroot)
     cache = sysroot / "@rpmimg" / sizes.CACHE_NAME
     for junk in (b"{", b'{"key": 1, "sizes": []}', b"\xff" * 10, b"[]"):
