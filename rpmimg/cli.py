@@ -19,7 +19,8 @@ from rpmimg.ui import UsageError, print_json
 from rpmimg.vocab import error
 
 # Each verb module exposes register(subparsers); handlers receive the parsed arguments.
-VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client")
+VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client", "rpmimg.channel_cli",
+                "rpmimg.rollout_cli")
 
 # Library exception families whose message is meant for the user, by module.
 USER_ERRORS = (
@@ -29,6 +30,15 @@ USER_ERRORS = (
     ("solver.errors", "ComposeError"),
     ("deploy.errors", "DeployError"),
 )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rpmimg")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Image-based, transactional OS updates built from RPM packages.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and commands run")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name in VERB_MODULES:
         try:

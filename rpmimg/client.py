@@ -127,12 +127,17 @@ def status_rows(system: System, measure: bool) -> list[dict[str, Any]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from deploy.check import channel_status
+
     with _system(args) as system:
         _settled(system)
         rows = status_rows(system, measure=not args.no_size)
+        channel = channel_status(system)
     if args.json:
-        print_json({"deployments": rows})
+        print_json({"deployments": rows, **channel})
         return 0
+    if channel["channel"] is not None:
+        print(channel_line(channel))
     if not rows:
         print("no deployments")
         return 0
@@ -143,6 +148,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.verbose:
             print("\n".join(table.details(row)))
     return 0
+
+
+def channel_line(channel: dict[str, Any]) -> str:
+    """`status`'s line about the channel and its last check."""
+    ch, last = channel["channel"], channel["last_check"]
+    if "error" in ch:
+        return f"channel: not usable: {ch['error']}"
+    line = f"channel: {ch['image']} from {', '.join(ch['urls'])}, reboot {ch['reboot']}"
+    if last is None:
+        return line + "; never checked"
+    found = last["error"] if last["result"] == "error" else last["result"]
+    return line + f"; last check {last['checked']}: {found}"
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
