@@ -28,6 +28,7 @@ from pathlib import Path
 from deploy import bootselect, records, rootfs
 from deploy.build import Built, OwnerIds
 from deploy.errors import DowngradeError, SpaceError
+from deploy.etcmerge import EtcAction
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
@@ -101,7 +102,10 @@ class DeployResult:
     kept_paths: int = 0
     root: str = ""  # the deployment's root subvolume
     accounts_by_scriptlet: tuple[str, ...] = ()  # packages whose accounts will not exist
-    etc_added: tuple[str, ...] = ()  # vendor defaults new in the root's /etc
+    # What the /etc merge did to each path that changed (deploy.etcmerge.ACTIONS), and the
+    # notable ones: .rpmnew/.rpmsave/.rpmorig, files kept against a vendor change, blocked.
+    etc_merge: tuple[EtcAction, ...] = ()
+    etc_notable: tuple[EtcAction, ...] = ()
 
 
 def _noop_progress(label: str, unit: str) -> ProgressFn:
@@ -392,5 +396,5 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             unknown_owners=built.unknown_owners, build=built.method, full_reason=built.full_reason,
             written_paths=built.written, kept_paths=built.kept,
             root=os.fspath(tree.whole.root), accounts_by_scriptlet=tree.whole.accounts.by_scriptlet,
-            etc_added=tree.whole.etc_added,
+            etc_merge=tree.whole.etc.actions, etc_notable=tree.whole.etc.notable(),
         )

@@ -205,6 +205,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"  {owner} does not exist on this system: files owned by root instead")
     for nevra in result.accounts_by_scriptlet:
         print(f"  {nevra}: creates accounts in a scriptlet without sysusers.d: they will not exist")
+    for action in result.etc_notable:
+        print(f"  {action.path}: {action.action}: {action.detail}")
     if result.root:
         print(f"  root: {result.root}")
     print(f"default for next boot: {result.kernel_arguments}")
