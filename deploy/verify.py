@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy import rpmdb
 from deploy.errors import DeploymentError, PackageError
 from deploy.hashing import READ_FLAGS, DigestJob, Hashing
 from deploy.headers import read_prefix_at
@@ -37,6 +39,8 @@ from rpmextents.errors import ExtentsError
 from rpmextents.files import header_files
 from rpmextents.header import Header, PackagePrefix
 from rpmextents.tree import Tree
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,31 @@ def _extra_headers(record: DeploymentRecord, tree: Path) -> list[Mismatch]:
     ]
 
 
+def accounts_root(system: System, deployment_id: str) -> Path:
+    """Where the deployment's owner names resolve: its root, else (made before deployments
+    had roots) the sysroot."""
+    root = system.layout.root_of(deployment_id)
+    return root if root.is_dir() else system.sysroot
+
+
+def _database(system: System, record: DeploymentRecord, tree: Path) -> list[Mismatch]:
+    """Packages the tree's rpm database lacks or has beyond the record ("rpmdb"); deployments
+    made before rpmimg wrote one (no root either) are not checked."""
+    where = f"/usr/{rpmdb.DB_DIR}"
+    if not system.layout.root_of(record.id).is_dir():
+        return []
+    if not (tree / rpmdb.DB_DIR / rpmdb.DB_FILE).is_file():
+        return [Mismatch("", where, rpmdb.DB_DIR, ("rpmdb", "missing"))]
+    try:
+        found = set(rpmdb.installed(tree))
+    except DeploymentError as e:
+        log.warning("%s", e)
+        return [Mismatch("", where, rpmdb.DB_DIR, ("rpmdb", "unreadable"))]
+    expected = {p.nvra for p in record.packages}
+    return [Mismatch(n, where, rpmdb.DB_DIR, ("rpmdb", "missing")) for n in sorted(expected - found)] + [
+        Mismatch(n, where, rpmdb.DB_DIR, ("rpmdb", "extra")) for n in sorted(found - expected)]
+
+
 def verify(
     system: System, deployment_id: str | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -247,7 +276,7 @@ def verify(
         raise DeploymentError("nothing is deployed")
     record = current.get(deployment_id)
     tree = system.layout.deployment(deployment_id)
-    owners = Owners.from_root(system.sysroot)
+    owners = Owners.from_root(accounts_root(system, deployment_id))
     files, findings, own = 0, [], []
     with Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
         for nvra, header, mismatch in _anchored(system, record, tree):
@@ -263,7 +292,7 @@ def verify(
                     hashing.add(job)
         # Hashing is the slow part, so it is what the progress display follows.
         mismatches = _settle(findings, iter(hashing.results(progress)))
-    mismatches += own + _extra_headers(record, tree)
+    mismatches += own + _extra_headers(record, tree) + _database(system, record, tree)
     return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
 
 
@@ -320,17 +349,20 @@ def repair(
         record = current.get(before.deployment)
         tree = system.layout.deployment(record.id)
         extra = [m for m in before.mismatches if m.what == ("extra",)]
-        damaged = sorted({m.package for m in before.mismatches if m not in extra})
+        database = [m for m in before.mismatches if m.what[:1] == ("rpmdb",)]
+        damaged = sorted({m.package for m in before.mismatches if m not in extra and m not in database})
         stored = [_ensure_stored(system, record, nvra, refetch) for nvra in damaged]
         kernel.subvolume_set_readonly(tree, False)
         try:
             for m in extra:
                 (tree / m.location).unlink(missing_ok=True)
-            builder = TreeBuilder(tree, system.sysroot)
+            builder = TreeBuilder(tree, accounts_root(system, record.id))
             for path in stored:
                 with ExtentsPackage.open(path) as pkg:
                     builder.add_package(pkg)
                     builder.write_header(pkg)
+            if database:  # derived from the header files: made again from them
+                rpmdb.build(tree, [tree / HEADER_DIR / f"{p.nvra}.rpm" for p in record.packages])
             kernel.sync_filesystem(tree)
         finally:
             kernel.subvolume_set_readonly(tree, True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import bootselect, mounts, rootfs, sysusers
-from deploy.build import Built, OwnerIds, ProgressFn, Seal, build
+from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build
 from deploy.etcbase import write_records
 from deploy.etcmerge import EtcMerge, merge_etc
 from deploy.headers import installed_packages
@@ -27,7 +27,6 @@ from deploy.faults import checkpoint
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
-from imagespec.manifest import ImageManifest
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +63,14 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None) 
 
 
 def build_system(
-    system: System, m: ImageManifest, store: Store, new_id: str, progress: ProgressFn,
+    system: System, m: Image, store: Store, new_id: str, progress: ProgressFn,
     base: DeploymentRecord | None, write_record: Seal, *, full: bool = False,
-    fresh_root: bool = False,
+    fresh_root: bool = False, var_subvol: str | None = None,
 ) -> WholeBuilt:
     """Build deployment new_id of image m with its root; base is the deployment updated
     (its /usr and its root are the starting points) unless fresh_root asks for a root made
-    as a first deployment's (without adopting the sysroot's /etc: a factory reset)."""
+    as a first deployment's (without adopting the sysroot's /etc: a factory reset), whose
+    fstab mounts var_subvol (default: the shared /var)."""
     root_path = rootfs.staging_path(system, new_id)
     rootfs.ensure_var(system)
     merged: list[EtcMerge] = []
@@ -78,7 +78,7 @@ def build_system(
         root_base = None if fresh_root or base is None else base.id
         old_usr = system.layout.deployment(root_base) if root_base is not None else None
         root = rootfs.make_root(system, new_id, device(system), root_base,
-                                adopt=base is None and not fresh_root)
+                                adopt=base is None and not fresh_root, var_subvol=var_subvol)
         checkpoint("root created")
         accounts = sysusers.create_accounts(root, store, [r.sha256 for r in m.packages])
         checkpoint("accounts created")
