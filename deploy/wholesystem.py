@@ -22,8 +22,8 @@ from deploy import bootselect, mounts, rootfs, sysusers
 from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build
 from deploy.etcbase import write_records
 from deploy.etcmerge import EtcMerge, merge_etc
-from deploy.headers import installed_packages
 from deploy.faults import checkpoint
+from deploy.headers import installed_packages
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
