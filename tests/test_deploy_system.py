@@ -5,6 +5,7 @@ with /usr, cleanup and interrupted runs that leave no root behind, and `rpmimg r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 from collections.abc import Iterator
@@ -331,3 +332,20 @@ def test_reset_var_is_fresh_unless_kept_and_cleanup_removes_an_unused_one(
     assert os.listdir(sysroot / "@rpmimg/roots") == [str(later["deployment"])]
     assert not (sysroot / var.lstrip("/")).exists()
     assert (sysroot / "@rpmimg/var/lib-file").exists()
+
+
+def test_compose_names_packages_creating_accounts_without_sysusers(system_images: SystemImages) -> None:
+    from imagespec.manifest import parse
+    from solver.pool import PackagePool
+
+    m = parse(system_images.legacy.read_bytes())
+    output = system_images.legacy.parents[3]  # OUTPUT/images/NAME/VERSION/manifest.json
+    pool = PackagePool(output)
+    notes = {p.name: pool.notes(os.path.relpath(system_images.legacy.parent / p.location, output))
+             for p in m.packages}
+    assert notes["legacy"].accounts_by_scriptlet and not notes["svc"].accounts_by_scriptlet
+    # The manifest's curation report carries the list; an empty one is left out.
+    report = dataclasses.replace(m.report, accounts_by_scriptlet=("legacy-1.0-1.x86_64",))
+    again = parse(dataclasses.replace(m, report=report).dumps())
+    assert again.report.accounts_by_scriptlet == ("legacy-1.0-1.x86_64",)
+    assert "accounts_by_scriptlet" not in m.dumps().decode()
