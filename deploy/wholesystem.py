@@ -4,7 +4,7 @@
     accounts the image's sysusers.d applied to the root (deploy.sysusers)
     /usr     built with owners resolving through those accounts, with its rpm database
     /etc     the image's vendor defaults merged into the root's /etc, before /usr is sealed
-    finish   /usr read-only in deployments/<ID>, then the root moved to roots/<ID>
+    finish   the root moved to roots/<ID>, then /usr read-only in deployments/<ID>
 
 Everything is made under the discard marker of the deployment (deploy.records): a run
 killed at any point leaves only things recover() deletes.
@@ -87,13 +87,15 @@ def build_system(
             merged.append(merge(root, tree, old_usr, root_base))
             checkpoint("etc merged")
             write_record(tree, subvol_id, owner_ids)
+            # The root goes into place before its /usr: a complete deployment always has it.
+            rootfs.finish_root(system, root, new_id)
+            checkpoint("root in place")
 
         built = build(system, m, store, new_id, progress, base, full=full, seal=seal,
                       accounts=root)
-        rootfs.finish_root(system, root, new_id)
-        checkpoint("root in place")
     except BaseException:
-        with contextlib.suppress(OSError):
-            rootfs.discard(root_path)
+        for path in (root_path, system.layout.root_of(new_id)):
+            with contextlib.suppress(OSError):
+                rootfs.discard(path)
         raise
     return WholeBuilt(built, system.layout.root_of(new_id), accounts, merged[0])
