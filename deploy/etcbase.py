@@ -10,6 +10,9 @@ rpmimg-etc-sync.sh) needs to carry edits made in the old root after the deploy:
   ``TYPE MODE UID GID DIGEST PATH``: TYPE f (regular file), d, l (symlink) or o (other);
   MODE the permission bits in octal as ``stat -c %a`` prints them; DIGEST the sha256 of a
   file's content or of a symlink's target, else "-"; PATH relative to /etc, the rest of the line;
+- ``stamps``: the same entries as ``TYPE MODE UID GID INODE CTIME PATH``, CTIME as
+  ``stat -c %.9Z`` prints it: the new root is a snapshot of the old one, so an entry nobody
+  touched since keeps its inode and ctime, and the sync hashes only the entries that differ;
 - ``merged``: one line per path (relative to /etc) the merge changed in the new root.
 
 Paths holding a newline have no line of their own; the sync script leaves them alone.
@@ -35,6 +38,8 @@ RECORD_DIR = "lib/sysimage/rpmimg"
 MERGE_RECORD = f"{RECORD_DIR}/etc-merge.json"
 BASE_DIR = f"{RECORD_DIR}/etc-base"
 _SUFFIXED = ("rpmnew", "rpmsave", "rpmorig")  # actions that write PATH.<action>
+# Actions that leave PATH itself as the administrator had it: a later edit there is no conflict.
+_PATH_KEPT = ("rpmnew", "kept", "kept-vendor-changed", "blocked")
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -47,9 +52,15 @@ class BaseEntry:
     uid: int
     gid: int
     digest: str  # sha256 of a file's content or a symlink's target, else "-"
+    ino: int = 0
+    ctime_ns: int = 0
 
     def line(self) -> str:
         return f"{self.type} {self.mode:o} {self.uid} {self.gid} {self.digest} {self.path}"
+
+    def stamp(self) -> str:
+        ctime = f"{self.ctime_ns // 10**9}.{self.ctime_ns % 10**9:09d}"
+        return f"{self.type} {self.mode:o} {self.uid} {self.gid} {self.ino} {ctime} {self.path}"
 
 
 def _sha256_file(dir_fd: int, name: str) -> str:
@@ -78,7 +89,8 @@ def _walk(dir_fd: int, prefix: str) -> Iterator[BaseEntry]:
         else:
             kind, digest = "o", "-"
         if "\n" not in rel:
-            yield BaseEntry(rel, kind, stat.S_IMODE(mode), st.st_uid, st.st_gid, digest)
+            yield BaseEntry(rel, kind, stat.S_IMODE(mode), st.st_uid, st.st_gid, digest, st.st_ino,
+                            st.st_ctime_ns)
         if kind == "d":
             sub = os.open(item.name, _DIR, dir_fd=dir_fd)
             try:
@@ -152,8 +164,8 @@ def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None) -> N
     try:
         _write(fd, "old-deployment", old_deployment.encode() + b"\n")
         _write(fd, "entries", "".join(e.line() + "\n" for e in merge.base).encode("utf-8", "surrogateescape"))
-        merged = sorted({p[len("/etc/"):] for a in merge.actions if a.path.startswith("/etc/")
-                         for p in (a.path, *([f"{a.path}.{a.action}"] if a.action in _SUFFIXED else []))})
+        _write(fd, "stamps", "".join(e.stamp() + "\n" for e in merge.base).encode("utf-8", "surrogateescape"))
+        merged = sorted(p[len("/etc/"):] for p in merged_paths(merge))
         _write(fd, "merged", "".join(p + "\n" for p in merged if "\n" not in p)
                .encode("utf-8", "surrogateescape"))
     finally:
@@ -164,6 +176,19 @@ def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None) -> N
 class MergeRecord:
     merged_from: str | None  # the deployment whose root was merged; None: a first root or reset
     merge: EtcMerge
+
+
+def merged_paths(merge: EtcMerge) -> set[str]:
+    """The image paths whose entry in the new root the merge wrote or removed."""
+    paths = set()
+    for a in merge.actions:
+        if not a.path.startswith("/etc/"):
+            continue
+        if a.action not in _PATH_KEPT:
+            paths.add(a.path)
+        if a.action in _SUFFIXED:
+            paths.add(f"{a.path}.{a.action}")
+    return paths
 
 
 def read_merge_record(usr: str | os.PathLike[str]) -> MergeRecord | None:

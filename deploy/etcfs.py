@@ -37,6 +37,11 @@ class EtcMergeError(DeployError):
     """The /etc merge cannot be carried out: a path, and why."""
 
 
+class EtcBlocked(EtcMergeError):
+    """One vendor entry cannot be written where it belongs (something stands in the way);
+    the merge goes on and reports it."""
+
+
 def entry_type(mode: int) -> EntryType:
     return _TYPES.get(stat.S_IFMT(mode), EntryType.FILE)
 
@@ -141,9 +146,13 @@ class EtcTree:
         etype = entry_type(st.st_mode)
         where = dest or path
         try:
-            dfd, dname, _ = self.tree.place(where)
+            dfd, dname, rel = self.tree.place(where)
         except (ExtractError, UnsafePathError) as e:
-            raise EtcMergeError(f"{where}: {e}") from e
+            raise EtcBlocked(f"{where}: {e}") from e
+        if rel == "usr" or rel.startswith("usr/"):
+            # Through a packaged symlink into /usr: the /usr tree already holds it there, and
+            # the root's usr/ is only the mount point /usr hides.
+            raise EtcBlocked(f"{where}: leads into /usr, which the root does not hold")
         if etype is EntryType.DIR:
             self._directory(dfd, dname, st)
         elif etype is EntryType.SYMLINK:
@@ -167,7 +176,7 @@ class EtcTree:
             if stat.S_ISLNK(mode):
                 return  # rpm keeps a symlink standing for a directory
             if not stat.S_ISDIR(mode):
-                raise EtcMergeError(f"{name}: something that is not a directory is in the way") from None
+                raise EtcBlocked(f"{name}: something that is not a directory is in the way") from None
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         try:
             os.fchown(fd, st.st_uid, st.st_gid)
@@ -187,7 +196,7 @@ class EtcTree:
             else:
                 _file_meta(made, st, src)
             if stat.S_ISDIR(_lmode(dfd, name)):
-                raise EtcMergeError(f"{name}: a directory is in the way")
+                raise EtcBlocked(f"{name}: a directory is in the way")
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             os.unlink(tmp, dir_fd=dfd)

@@ -12,15 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from deploy.etcbase import BaseEntry, record_base
-from deploy.etcfs import EtcMergeError, EtcTree, fd_tree
+from deploy.etcbase import BaseEntry, read_merge_record, record_base, write_records
+from deploy.etcfs import EtcBlocked, EtcMergeError, EtcTree, fd_tree
 from deploy.etcrules import Fate, OnDisk, erase_fate, install_fate
 from rpmextents.files import Entry, EntryType, header_files
 from rpmextents.header import Header
 from rpmextents.nevra import nevra_of
 from rpmextents.tree import Relocation
 
-__all__ = ["ACTIONS", "NOTABLE", "EtcAction", "EtcMerge", "EtcMergeError", "merge_etc"]
+__all__ = ["ACTIONS", "NOTABLE", "EtcAction", "EtcMerge", "EtcMergeError", "merge_etc",
+           "read_merge_record", "write_records"]
 
 ETC = "/etc"
 FACTORY = Relocation(top="/usr", outside="/usr/share/factory")
@@ -118,17 +119,13 @@ class _Merge:
     def note(self, path: str, action: str, nevra: str | None, detail: str) -> None:
         self.actions.append(EtcAction(path, action, nevra, detail))
 
-    def vendor(self, path: str, dest: str | None = None) -> bool:
-        """Write the vendor's entry; False (noted as blocked) when a directory is in the way."""
+    def vendor(self, path: str, dest: str | None = None) -> str | None:
+        """Write the vendor's entry; None when done, else why it could not be (blocked)."""
         try:
             self.root.install_from(self.factory, path, dest)
-        except EtcMergeError as e:
-            if "in the way" not in str(e):
-                raise
-            return False
-        except IsADirectoryError:
-            return False
-        return True
+        except EtcBlocked as e:
+            return str(e)
+        return None
 
     def install(self, path: str, new: Entry, nevra: str, old: Entry | None) -> None:
         disk = self.root.look(path)
@@ -143,10 +140,11 @@ class _Merge:
                           if changed else ""))
             return
         if fate is Fate.ALTNAME:
-            if self.vendor(path, path + ".rpmnew"):
-                self.note(path, "rpmnew", nevra, f"kept the administrator's; the vendor's is {path}.rpmnew")
+            blocked = self.vendor(path, path + ".rpmnew")
+            if blocked:
+                self.note(path, "blocked", nevra, blocked)
             else:
-                self.note(path, "blocked", nevra, f"{path}.rpmnew: a directory is in the way")
+                self.note(path, "rpmnew", nevra, f"kept the administrator's; the vendor's is {path}.rpmnew")
             return
         vendor = self.factory.look(path)
         if vendor is None:
@@ -159,12 +157,13 @@ class _Merge:
                 self.note(path, "blocked", nevra, "a directory stands where the vendor has a file; kept")
                 return
             self.root.rename(path, suffix)
-            self.vendor(path)
-            self.note(path, suffix[1:], nevra, f"the vendor's version replaced it; the administrator's "
-                      f"is saved as {path}{suffix}")
+            blocked = self.vendor(path)
+            self.note(path, suffix[1:], nevra, f"the administrator's is saved as {path}{suffix}; " + (
+                f"the vendor's could not be written: {blocked}" if blocked else "the vendor's replaced it"))
             return
-        if not self.vendor(path):
-            self.note(path, "blocked", nevra, "a directory is in the way of the vendor's entry; kept")
+        blocked = self.vendor(path)
+        if blocked:
+            self.note(path, "blocked", nevra, blocked)
             return
         self.note(path, "created" if disk is None else "vendor", nevra,
                   "the vendor's entry" if disk is None else "the vendor's version")
@@ -172,7 +171,10 @@ class _Merge:
     def erase(self, path: str, old: Entry, nevra: str) -> None:
         disk = self.root.look(path)
         fate = erase_fate(old, disk)
-        if fate is Fate.SAVE:
+        if fate is Fate.SAVE and old.ghost:
+            # rpm makes no backup of a %ghost (fsm.c): it leaves the file as it is.
+            self.note(path, "kept", nevra, "a %ghost %config file the vendor no longer lists; left as it is")
+        elif fate is Fate.SAVE:
             self.root.rename(path, ".rpmsave")
             self.note(path, "rpmsave", nevra, f"removed by the vendor; the administrator's version is "
                       f"saved as {path}.rpmsave")

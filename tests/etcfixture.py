@@ -27,6 +27,10 @@ from oracle import RPM_INSTALL, OracleError, rpm_install
 KINDS = {"plain": Config.PLAIN, "noreplace": Config.NOREPLACE, "none": Config.NONE}
 VENDOR = ("same", "changed", "removed", "mode", "owner", "tosymlink")
 ADMIN = ("unchanged", "edited", "deleted", "symlink")
+# Packaged symlinks: the vendor keeps, retargets, removes it or makes it a file; the
+# administrator leaves, retargets, deletes it or makes it a file.
+LINK_VENDOR = ("same", "changed", "removed", "tofile")
+LINK_ADMIN = ("unchanged", "retargeted", "deleted", "file")
 ETC = "/etc/m"
 
 
@@ -35,29 +39,49 @@ class Case:
     kind: str
     vendor: str
     admin: str
+    link: bool = False  # v1 ships a symlink, not a file
 
     @property
     def name(self) -> str:
-        return f"{self.kind}-{self.vendor}-{self.admin}"
+        return f"{self.kind}-{'link-' if self.link else ''}{self.vendor}-{self.admin}"
 
     @property
     def path(self) -> str:
         return f"{ETC}/{self.name}.conf"
 
 
-CASES = tuple(Case(k, v, a) for k, v, a in itertools.product(KINDS, VENDOR, ADMIN))
+# %ghost files: rpm neither creates nor replaces them; the administrator may have made one.
+GHOST_VENDOR = ("same", "removed", "unghosted")
+GHOST_ADMIN = ("absent", "created")
+
+
+CASES = (tuple(Case(k, v, a) for k, v, a in itertools.product(KINDS, VENDOR, ADMIN))
+         + tuple(Case(k, v, a, True) for k, v, a in itertools.product(KINDS, LINK_VENDOR, LINK_ADMIN))
+         + tuple(Case(f"ghost{k}", v, a) for k, v, a in itertools.product(KINDS, GHOST_VENDOR, GHOST_ADMIN)))
+
+
+def _config(case: Case) -> Config:
+    return KINDS[case.kind.removeprefix("ghost")]
 
 
 def _v1_file(case: Case) -> FileSpec:
-    return FileSpec(case.path, content=f"vendor v1 of {case.name}\n".encode(), config=KINDS[case.kind])
+    if case.kind.startswith("ghost"):
+        return FileSpec(case.path, config=_config(case), ghost=True)
+    if case.link:
+        return FileSpec(case.path, kind=FileKind.SYMLINK, target="v1-target", config=_config(case))
+    return FileSpec(case.path, content=f"vendor v1 of {case.name}\n".encode(), config=_config(case))
 
 
 def _v2_file(case: Case) -> FileSpec | None:
     v1 = _v1_file(case)
-    cfg = KINDS[case.kind]
+    cfg = _config(case)
+    if case.vendor == "unghosted":
+        return FileSpec(case.path, content=f"vendor v2 of {case.name}\n".encode(), config=cfg)
     if case.vendor == "same":
         return v1
-    if case.vendor == "changed":
+    if case.vendor == "changed" and case.link:
+        return FileSpec(case.path, kind=FileKind.SYMLINK, target="v2-target", config=cfg)
+    if case.vendor in ("changed", "tofile"):
         return FileSpec(case.path, content=f"vendor v2 of {case.name}\n".encode(), config=cfg)
     if case.vendor == "mode":
         return FileSpec(case.path, content=v1.content, mode=0o600, config=cfg)
@@ -101,7 +125,15 @@ def build(directory: Path) -> Built:
 def admin_edit(root: Path, case: Case, host_file: Path) -> None:
     """The administrator's change to case's file, in root; a symlink points at host_file."""
     path = root / case.path.lstrip("/")
-    if case.admin == "edited":
+    if case.admin == "created":
+        path.write_text(f"admin's {case.name}\n")
+    elif case.admin == "retargeted":
+        path.unlink()
+        path.symlink_to("admin-target")
+    elif case.admin == "file":
+        path.unlink()
+        path.write_text(f"admin's {case.name}\n")
+    elif case.admin == "edited":
         path.write_text(f"admin's {case.name}\n")
     elif case.admin == "deleted":
         path.unlink()

@@ -153,3 +153,25 @@ def test_records_in_usr(fs: Path, tmp_path: Path) -> None:
     merged = (base / "merged").read_text().splitlines()
     assert "m/plain-changed-edited.conf" in merged and "m/plain-changed-edited.conf.rpmsave" in merged
     assert "m/plain-same-unchanged.conf" not in merged
+    # An .rpmnew leaves the administrator's file in place: a later edit of it is no conflict.
+    assert "m/noreplace-changed-edited.conf.rpmnew" in merged
+    assert "m/noreplace-changed-edited.conf" not in merged and "m/plain-same-edited.conf" not in merged
+
+
+def test_blocked_paths_are_reported_and_the_merge_goes_on(fs: Path, tmp_path: Path) -> None:
+    """A directory where the vendor has a file, a file where the vendor has a directory's
+    parent: reported as blocked, left as they are; every other path is merged."""
+    built = build(tmp_path / "pkgs")
+    root, usr = fs / "root", fs / "usr"
+    prepared_root(built, root, tmp_path / "nowhere")
+    blocker = root / "etc/m/none-changed-unchanged.conf"
+    blocker.unlink()
+    blocker.mkdir()
+    (blocker / "admin's").write_text("x\n")
+    build_usr(built.v2_extents, usr, root)
+    merge = run_merge(root, usr, built, update=True)
+    by_path = {a.path: a for a in merge.actions}
+    assert by_path["/etc/m/none-changed-unchanged.conf"].action == "blocked"
+    assert (blocker / "admin's").read_text() == "x\n"
+    assert by_path["/etc/m/none-changed-unchanged.conf"] in merge.notable()
+    assert (root / "etc/m/plain-changed-unchanged.conf").read_text().startswith("vendor v2")

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from etcfixture import build, build_usr, prepared_root
+from test_etc_merge import run_merge
 
 from deploy.etcbase import BASE_DIR, record_base, write_records
 from deploy.etcmerge import EtcAction, EtcMerge
 from host import kernel
 
 from conftest import btrfs_unavailable_reason, loop_btrfs
-from oracle import snapshot
+from oracle import rpm_unavailable_reason, snapshot
 
 SCRIPT = Path(__file__).resolve().parent.parent / "packaging/dracut/95rpmimg/rpmimg-etc-sync.sh"
 
@@ -66,7 +68,7 @@ def roots(tmp_path: Path) -> Iterator[Roots]:
         kernel.subvolume_create(old)
         etc = old / "etc"
         for name in ("a.conf", "b.conf", "gone.conf", "clash.conf", "clash-del.conf", "keep.conf",
-                     "dir/c.conf", "vdir/v.conf", "with space.conf"):
+                     "dir/c.conf", "vdir/v.conf", "with space.conf", "-dash trailing "):
             _write(etc / name, f"v1 {name}\n")
         (etc / "link").symlink_to("a.conf")
         kernel.subvolume_snapshot(old, new)
@@ -97,6 +99,9 @@ def _admin_edits_after_deploy(r: Roots) -> None:
     (etc / "link").unlink()
     (etc / "link").symlink_to("b.conf")
     (etc / "with space.conf").write_text("edited\n")
+    (etc / "-dash trailing ").write_text("edited too\n")
+    os.utime(etc / "keep.conf", (1, 1))  # touched (ctime moves), content unchanged: not carried
+    (etc / "keep.conf").chmod(0o644)
     (etc / "evil").symlink_to(r.host / "file")  # carried as a symlink, never followed
     _write(etc / "vdir/new.conf", "admin's, below a dir the update made a symlink\n")
     (etc / "dir/c.conf").unlink()
@@ -122,6 +127,7 @@ def _check_synced(r: Roots) -> str:
     assert (etc / "clash-del.conf").read_text() == "vendor v2\n"
     assert os.readlink(etc / "link") == "b.conf"
     assert (etc / "with space.conf").read_text() == "edited\n"
+    assert (etc / "-dash trailing ").read_text() == "edited too\n"
     assert os.readlink(etc / "evil") == os.fspath(r.host / "file")
     assert os.readlink(etc / "dir") == os.fspath(r.host)
     assert (etc / "keep.conf").read_text() == "v1 keep.conf\n"
@@ -189,3 +195,46 @@ def test_bad_record_refused(roots: Roots) -> None:
     done = _run(roots.new, {})
     assert done.returncode != 0 and "bad id" in done.stderr
     assert not (roots.new / "etc/rpmimg").exists()
+
+
+def test_merge_then_sync_end_to_end(tmp_path: Path) -> None:
+    """The real merge on a snapshot of an rpm-installed root, its records, later edits in the
+    old root, then the script: each later edit lands, or is kept beside the update's file."""
+    for reason in (btrfs_unavailable_reason(), rpm_unavailable_reason()):
+        if reason:
+            pytest.skip(reason)
+    built = build(tmp_path / "pkgs")
+    with loop_btrfs(size=256 << 20) as top:
+        (top / "@rpmimg/roots").mkdir(parents=True)
+        old, new = top / "@rpmimg/roots/1", top / "@rpmimg/roots/2"
+        kernel.subvolume_create(old)
+        prepared_root(built, old, tmp_path / "nowhere")
+        kernel.subvolume_snapshot(old, new)
+        usr = new / "usr"
+        build_usr(built.v2_extents, usr, new)
+        merge = run_merge(new, usr, built, update=True)
+        ufd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            write_records(ufd, merge, "1")
+        finally:
+            os.close(ufd)
+        m = old / "etc/m"
+        (m / "noreplace-changed-edited.conf").write_text("edited again\n")  # merge left it: .rpmnew
+        (m / "plain-changed-edited.conf").write_text("edited again\n")  # merge replaced it
+        (m / "plain-same-unchanged.conf").write_text("first edit, after deploy\n")  # merge left it
+        done = _run(new, {"RPMIMG_OLD_ROOT": os.fspath(old)})
+        assert done.returncode == 0, done.stderr
+        n = new / "etc/m"
+        assert (n / "noreplace-changed-edited.conf").read_text() == "edited again\n"
+        assert (n / "noreplace-changed-edited.conf.rpmnew").read_text().startswith("vendor v2")
+        assert (n / "plain-changed-edited.conf").read_text().startswith("vendor v2")
+        assert (n / "plain-changed-edited.conf.rpmsave").read_text().startswith("admin's")
+        assert (n / "plain-changed-edited.conf.rpmimg-edit").read_text() == "edited again\n"
+        assert (n / "plain-same-unchanged.conf").read_text() == "first edit, after deploy\n"
+        log = (new / "etc/rpmimg/etc-sync.log").read_text().splitlines()
+        assert sorted(log[1:]) == sorted([
+            "carried m/noreplace-changed-edited.conf",
+            "carried m/plain-same-unchanged.conf",
+            "conflict m/plain-changed-edited.conf: changed after the deploy and by the update;"
+            " the later edit is m/plain-changed-edited.conf.rpmimg-edit",
+        ])

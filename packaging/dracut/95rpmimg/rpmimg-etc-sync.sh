@@ -8,17 +8,18 @@
 # The deploy recorded, in NEW_ROOT/usr/lib/sysimage/rpmimg/etc-base/ (see deploy/etcbase.py):
 #   old-deployment  the id of the deployment whose root the new root was made from
 #   entries         "TYPE MODE UID GID SHA256 PATH" of every entry of that root's /etc then
-#   merged          every path (relative to /etc) the /etc merge changed in the new root
+#   stamps          "TYPE MODE UID GID INODE CTIME PATH" of the same entries
+#   merged          every path (relative to /etc) the /etc merge wrote or removed in the new root
 # The old root is RPMIMG_OLD_ROOT if set, else TOP/@rpmimg/roots/<old-deployment>, TOP being
 # the top level (subvolid=5) of NEW_ROOT's btrfs, mounted read-only for the run.
 #
 # Every path whose entry in the old root now differs from the record (content, type, mode,
-# owner, or presence) is carried into the new root, unless the merge changed the same path:
-# then the administrator's later version is kept beside it as PATH.rpmimg-edit (or, deleted,
+# owner, or presence; only entries whose stamp moved are hashed) is carried into the new
+# root, unless the merge wrote the same path: then the administrator's later version is kept beside it as PATH.rpmimg-edit (or, deleted,
 # is reported) and nothing is dropped silently. What was done is in
 # NEW_ROOT/etc/rpmimg/etc-sync.log, whose presence also marks the sync as done. Nothing is
 # followed through a symlink: a path whose parent is not a plain directory, in either root,
-# is reported and left alone. Uses POSIX sh and coreutils only.
+# is reported and left alone. Uses POSIX sh and GNU coreutils (stat %.9Z) only.
 
 set -eu
 LC_ALL=C
@@ -73,25 +74,55 @@ if [ ! -d "$OLD/etc" ] || [ -L "$OLD/etc" ]; then
     OLD=
 fi
 
-# One line per entry below $1 (a plain directory), in the record's format, $2 the prefix.
-# POSIX sh has no local variables: the recursive call is the last use of the loop's names.
-walk() {
-    for w_e in "$1"/* "$1"/.[!.]* "$1"/..?*; do
-        [ -e "$w_e" ] || [ -L "$w_e" ] || continue
-        w_rel=$2${w_e##*/}
-        case $w_rel in *"$nl"*) continue ;; esac
-        if [ -L "$w_e" ]; then
-            w_t=l; w_d=$(printf '%s' "$(readlink -- "$w_e")" | sha256sum); w_d=${w_d%% *}
-        elif [ -f "$w_e" ]; then
-            w_t=f; w_d=$(sha256sum < "$w_e"); w_d=${w_d%% *}
-        elif [ -d "$w_e" ]; then
-            w_t=d; w_d=-
-        else
-            w_t=o; w_d=-
-        fi
-        printf '%s %s %s %s\n' "$w_t" "$(stat -c '%a %u %g' -- "$w_e")" "$w_d" "$w_rel"
-        if [ "$w_t" = d ]; then walk "$w_e" "$w_rel/"; fi
+# The type letter of stat's raw hex mode (%f): f, d, l or o.
+type_of() {
+    case $1 in 8???) echo f ;; 4???) echo d ;; a???) echo l ;; *) echo o ;; esac
+}
+
+# One stamp line per entry below the plain directory $1: one stat call per directory.
+# Names holding a newline are left out. Each line's fields are split off one at a time, so
+# a name keeps its spaces.
+stamps() {
+    set -- "$1"
+    for st_e in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+        [ -e "$st_e" ] || [ -L "$st_e" ] || continue
+        case $st_e in *"$nl"*) continue ;; esac
+        set -- "$@" "$st_e"
     done
+    shift
+    [ $# -gt 0 ] || return 0
+    stat -c '%f %a %u %g %i %.9Z %n' -- "$@" | while IFS= read -r st_line; do
+        case $st_line in 8???\ *) st_t=f ;; 4???\ *) st_t=d ;; a???\ *) st_t=l ;; *) st_t=o ;; esac
+        st_rest=${st_line#* }
+        st_name=$st_rest  # drop mode uid gid ino ctime: the name is the rest
+        i=0
+        while [ $i -lt 5 ]; do st_name=${st_name#* }; i=$((i + 1)); done
+        st_meta=${st_rest%"$st_name"}
+        printf '%s %s%s\n' "$st_t" "$st_meta" "${st_name#"$OLD/etc/"}"
+        if [ "$st_t" = d ]; then stamps "$st_name"; fi
+    done
+}
+
+# The record's identity line (TYPE MODE UID GID SHA256 PATH) of old root's etc-relative $1.
+identity() {
+    id_p=$OLD/etc/$1
+    id_raw=$(stat -c '%f %a %u %g' -- "$id_p")
+    id_t=$(type_of "${id_raw%% *}")
+    id_d=-
+    if [ "$id_t" = l ]; then
+        id_d=$(printf '%s' "$(readlink -- "$id_p")" | sha256sum); id_d=${id_d%% *}
+    elif [ "$id_t" = f ]; then
+        id_d=$(sha256sum < "$id_p"); id_d=${id_d%% *}
+    fi
+    printf '%s %s %s %s\n' "$id_t" "${id_raw#* }" "$id_d" "$1"
+}
+
+# Whether line $1 is one of the record's entries.
+recorded() {
+    while IFS= read -r rec_line; do
+        [ "$rec_line" = "$1" ] && return 0
+    done < "$BASE/entries"
+    return 1
 }
 
 # Whether every parent of etc-relative path $2 below root $1 is a plain directory.
@@ -128,10 +159,19 @@ put() {
 }
 
 if [ -n "$OLD" ]; then
-    sort -- "$BASE/entries" > "$T/base"
+    sort -- "$BASE/stamps" > "$T/base"
     [ -f "$BASE/merged" ] && sort -u -- "$BASE/merged" > "$T/merged" || : > "$T/merged"
-    walk "$OLD/etc" "" | sort > "$T/now"
-    { comm -23 "$T/base" "$T/now"; comm -13 "$T/base" "$T/now"; } | cut -d' ' -f6- | sort -u > "$T/changed"
+    stamps "$OLD/etc" "" | sort > "$T/now"
+    # Entries whose inode, ctime, type, mode or owner differ, or that came or went; of those
+    # still there, the ones whose content is what the record says are only touched: dropped.
+    { comm -23 "$T/base" "$T/now"; comm -13 "$T/base" "$T/now"; } | cut -d' ' -f7- | sort -u > "$T/stamped"
+    : > "$T/changed"
+    while IFS= read -r p; do
+        if plain_parents "$OLD" "$p" && present "$OLD/etc/$p" && recorded "$(identity "$p")"; then
+            continue
+        fi
+        printf '%s\n' "$p" >> "$T/changed"
+    done < "$T/stamped"
     comm -12 "$T/changed" "$T/merged" > "$T/conflicts"
     comm -23 "$T/changed" "$T/merged" > "$T/carry"
 
@@ -177,5 +217,5 @@ fi
 chmod 0644 "$T/log"
 cp -- "$T/log" "$NEW/etc/rpmimg/.etc-sync.log.tmp"
 mv -fT -- "$NEW/etc/rpmimg/.etc-sync.log.tmp" "$LOG"
-sync
+sync -f -- "$LOG"  # the filesystem of the new root, not every one
 cat "$T/log"
