@@ -349,3 +349,74 @@ def test_compose_names_packages_creating_accounts_without_sysusers(system_images
     again = parse(dataclasses.replace(m, report=report).dumps())
     assert again.report.accounts_by_scriptlet == ("legacy-1.0-1.x86_64",)
     assert "accounts_by_scriptlet" not in m.dumps().decode()
+
+
+def _corpus_rpms(*names: str) -> list[Path]:
+    """The named packages of a cached benchmark corpus (benchmarks/debcorpus.py), or skip."""
+    from benchmarks.debcorpus import cache_root
+
+    done = sorted(cache_root().glob("*/corpus.json"))
+    if not done:
+        pytest.skip(f"no benchmark corpus cached under {cache_root()} (python -m benchmarks.debcorpus builds it)")
+    base = done[-1].parent / "base"
+    found = []
+    for name in names:
+        matches = [p for p in base.rglob(f"{name}-*.rpm")
+                   if subprocess.run(["rpm", "-qp", "--qf", "%{NAME}", p], capture_output=True,
+                                     text=True).stdout == name]
+        if not matches:
+            pytest.skip(f"{name}: not in the cached corpus {base}")
+        found.append(matches[0])
+    return found
+
+
+def test_systemd_and_dbus_accounts_from_the_corpus(
+    sysroot: Path, system_images: SystemImages, tmp_path: Path
+) -> None:
+    """Debian's own sysusers.d (systemd's basic.conf and friends, dbus's messagebus)."""
+    rpms = _corpus_rpms("systemd", "dbus-system-bus-common", "dbus-daemon")
+    key = system_images.key
+    out = tmp_path / "out"
+    svc = build_package(_svc("9"), tmp_path / "svc")
+    sign_all([svc], key)
+    v1 = publish(out, "corpus", "1", rpms, key)
+    v2 = publish(out, "corpus", "2", [*rpms, svc], key)
+    first = deploy(sysroot, v1, key, "--allow-unsigned-packages").json()
+    second = deploy(sysroot, v2, key, "--allow-unsigned-packages").json()
+    one, two = _root(sysroot, first), _root(sysroot, second)
+    users = _accounts(one, "passwd")
+    assert "messagebus" in users and "systemd-network" in users, sorted(users)
+    assert {k: v for k, v in _accounts(two, "passwd").items() if k in users} == users
+    assert _accounts(two, "group")["messagebus"] == _accounts(one, "group")["messagebus"]
+    helper = _usr(sysroot, second) / "lib/dbus-1.0/dbus-daemon-launch-helper"
+    assert str(os.lstat(helper).st_gid) == _accounts(two, "group")["messagebus"]
+    with booted_view(sysroot, second) as root:
+        before = {n: (root / "etc" / n).read_bytes() for n in ("passwd", "group", "shadow", "gshadow")}
+        subprocess.run(["systemd-sysusers", f"--root={root}"], check=True, capture_output=True)
+        assert {n: (root / "etc" / n).read_bytes() for n in before} == before
+
+
+@pytest.mark.slow
+def test_rpm_va_over_the_corpus_image_is_clean_under_usr_and_etc(
+    sysroot: Path, system_images: SystemImages, tmp_path: Path
+) -> None:
+    """The row ostree-based systems fail: rpm -Va on the whole corpus image."""
+    from benchmarks.debcorpus import cache_root
+
+    _corpus_rpms("systemd")
+    base = sorted(cache_root().glob("*/corpus.json"))[-1].parent / "base"
+    rpms = sorted(base.rglob("*.rpm"))
+    manifest = publish(tmp_path / "out", "corpus", "1", rpms, system_images.key)
+    r = deploy(sysroot, manifest, system_images.key, "--allow-unsigned-packages").json()
+    with booted_view(sysroot, r) as root:
+        qa = _rpm(root, "-qa", "--qf", "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\\n").stdout.split()
+        expected = sorted(subprocess.run(
+            ["rpm", "-qp", "--qf", "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\\n", *rpms],
+            capture_output=True, text=True, check=True).stdout.split())
+        assert sorted(qa) == expected
+        assert _rpm(root, "-qf", "/usr/bin/bash").stdout.startswith("bash-")
+        assert _rpm(root, "-q", "--changelog", "bash").returncode == 0
+        va = _rpm(root, "-Va").stdout.splitlines()
+    bad = [line for line in va if " /usr/" in line or " /etc/" in line]
+    assert not bad, "\n".join(bad[:40])
+    (tmp_path / "rpm-Va.txt").write_text("\n".join(va) + "\n")  # the README lists what remains
