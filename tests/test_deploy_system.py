@@ -420,3 +420,9 @@ def test_rpm_va_over_the_corpus_image_is_clean_under_usr_and_etc(
     bad = [line for line in va if " /usr/" in line or " /etc/" in line]
     assert not bad, "\n".join(bad[:40])
     (tmp_path / "rpm-Va.txt").write_text("\n".join(va) + "\n")  # the README lists what remains
+
+
+def test_reset_with_nothing_deployed_is_one_line(sysroot: Path) -> None:
+    r = rpmimg("reset", "--sysroot", sysroot, check=False)
+    assert r.code != 0 and r.err.strip() == "rpmimg: error: nothing is deployed, so there is nothing to reset"
+    assert not (sysroot / "@rpmimg/roots").exists() or os.listdir(sysroot / "@rpmimg/roots") == []
