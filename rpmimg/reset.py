@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rpmimg.client import _common, _jsonable, _system
+from rpmimg import options
+from rpmimg.client import _system
 from rpmimg.ui import print_json
 
 
@@ -17,7 +18,7 @@ def register(subparsers: Any) -> None:
         " previous deployment stays for rollback.")
     p.add_argument("--keep-var", action="store_true",
                    help="mount the shared /var in the new root (default: a new, empty /var)")
-    _common(p, mutating=True)
+    options.common(p, mutating=True)
     p.set_defaults(func=cmd_reset)
 
 
@@ -27,7 +28,11 @@ def cmd_reset(args: argparse.Namespace) -> int:
     with _system(args) as system:
         result = reset(system, keep_var=args.keep_var, lock_wait=args.lock_wait)
     if args.json:
-        print_json(_jsonable(result))
+        print_json({
+            "deployment": {"id": result.deployment, "image": result.image, "version": result.version},
+            "replaces": {"id": result.previous_default, "image": result.image, "version": result.version},
+            "root": result.root, "var_subvol": result.var, "kernel_arguments": result.kernel_arguments or None,
+        })
         return 0
     print(f"reset {result.image} {result.version} as deployment {result.deployment}"
           f" (deployment {result.previous_default} stays for rollback)")

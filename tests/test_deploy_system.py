@@ -76,12 +76,19 @@ def system_images(tmp_path_factory: pytest.TempPathFactory) -> SystemImages:
     return SystemImages(key, versions, legacy, nvras)
 
 
+def _id(r: dict[str, object]) -> str:
+    """The id of the deployment a deploy/reset/rollback --json names."""
+    ref = r["deployment"]
+    assert isinstance(ref, dict)
+    return str(ref["id"])
+
+
 def _root(sysroot: Path, r: dict[str, object]) -> Path:
-    return sysroot / "@rpmimg/roots" / str(r["deployment"])
+    return sysroot / "@rpmimg/roots" / _id(r)
 
 
 def _usr(sysroot: Path, r: dict[str, object]) -> Path:
-    return sysroot / "@rpmimg/deployments" / str(r["deployment"])
+    return sysroot / "@rpmimg/deployments" / _id(r)
 
 
 def _accounts(root: Path, name: str) -> dict[str, str]:
@@ -133,13 +140,13 @@ def test_root_layout_fstab_status_and_command_line(sysroot: Path, system_images:
     assert f"UUID={uuid} /var btrfs subvol=/@rpmimg/var 0 0" in (root / "etc/fstab").read_text().splitlines()
     assert (sysroot / "@rpmimg/var/home").is_dir()
     assert r["kernel_arguments"] == (
-        f"root=UUID={uuid} rootflags=subvol=/@rpmimg/roots/{r['deployment']} rw"
-        f" mount.usr=UUID={uuid} mount.usrflags=subvol=/@rpmimg/deployments/{r['deployment']},ro")
+        f"root=UUID={uuid} rootflags=subvol=/@rpmimg/roots/{_id(r)} rw"
+        f" mount.usr=UUID={uuid} mount.usrflags=subvol=/@rpmimg/deployments/{_id(r)},ro")
     assert r["kernel_arguments"] in (sysroot / "@rpmimg/usr-default.conf").read_text()
     rows = rpmimg("status", "--sysroot", sysroot, "--json").json()["deployments"]
     assert [(row["root"], row["path"]) for row in rows] == [  # type: ignore[index]
         (os.fspath(root), os.fspath(_usr(sysroot, r)))]
-    assert f"root {root}" in rpmimg("status", "--sysroot", sysroot, "--verbose", "--no-size").out
+    assert f"root: {root}" in rpmimg("status", "--sysroot", sysroot, "--verbose", "--no-size").out
 
 
 def test_admin_fstab_lines_for_managed_mounts_are_commented_out(sysroot: Path, system_images: SystemImages) -> None:
@@ -169,10 +176,10 @@ def test_rollback_gives_back_the_old_etc_byte_for_byte(sysroot: Path, system_ima
     (new_root / "etc/new-file").write_bytes(b"made after the update\n")
     assert _etc_bytes(new_root) != before
     r = rpmimg("rollback", "--sysroot", sysroot, "--json").json()
-    assert r["default"] == first["deployment"]
+    assert _id(r) == _id(first)
     assert _etc_bytes(old_root) == before
     assert snapshot(old_root / "etc") == snapshot(old_root / "etc")
-    assert f"rootflags=subvol=/@rpmimg/roots/{first['deployment']} " in (
+    assert f"rootflags=subvol=/@rpmimg/roots/{_id(first)} " in (
         sysroot / "@rpmimg/usr-default.conf").read_text()
 
 
@@ -205,7 +212,7 @@ def test_account_ids_stay_over_three_updates(sysroot: Path, system_images: Syste
 def test_scriptlet_accounts_without_sysusers_are_reported(sysroot: Path, system_images: SystemImages) -> None:
     r = deploy(sysroot, system_images.legacy, system_images.key).json()
     assert r["accounts_by_scriptlet"] == ["legacy-1.0-1.x86_64"]
-    out = rpmimg("deploy", "--sysroot", sysroot, "--keyring", system_images.key.public,
+    out = rpmimg("deploy", "--sysroot", sysroot, "--keyring", system_images.key.public, "--switch",
                  system_images.versions[0]).out
     assert "creates accounts in a scriptlet" not in out
 
@@ -267,10 +274,10 @@ def test_cleanup_removes_roots_and_a_killed_run_leaves_none(
     labels = log.read_text()
     for label in ("root created", "accounts created", "etc merged", "rpm database written", "root in place"):
         assert label in labels
-    second = {"deployment": max(os.listdir(sysroot / "@rpmimg/roots"), key=int)}
-    assert sorted(os.listdir(sysroot / "@rpmimg/roots")) == sorted([str(first["deployment"]), str(second["deployment"])])
+    second = {"deployment": {"id": max(os.listdir(sysroot / "@rpmimg/roots"), key=int)}}
+    assert sorted(os.listdir(sysroot / "@rpmimg/roots")) == sorted([_id(first), _id(second)])
     rpmimg("cleanup", "--sysroot", sysroot, "--keep", "1")
-    assert os.listdir(sysroot / "@rpmimg/roots") == [str(second["deployment"])]
+    assert os.listdir(sysroot / "@rpmimg/roots") == [_id(second)]
     # A root the state does not explain makes mutating commands refuse, as a deployment does.
     kernel_root = sysroot / "@rpmimg/roots/77"
     subprocess.run(["btrfs", "subvolume", "create", kernel_root], check=True, capture_output=True)
@@ -287,8 +294,8 @@ def test_reset_makes_a_fresh_root_and_keeps_the_old(sysroot: Path, system_images
     (old_root / "etc/svc.conf").write_bytes(b"setting=admin\n")
     before = _etc_bytes(old_root)
     r = rpmimg("reset", "--sysroot", sysroot, "--json").json()
-    assert r["deployment"] != second["deployment"] and r["version"] == "3"
-    new_root = sysroot / "@rpmimg/roots" / str(r["deployment"])
+    assert _id(r) != _id(second) and r["deployment"]["version"] == "3"  # type: ignore[index]
+    new_root = sysroot / "@rpmimg/roots" / _id(r)
     assert _etc_bytes(old_root) == before
     assert (new_root / "etc/svc.conf").read_bytes() == b"setting=1\n"
     # Fresh: nothing adopted from the sysroot, accounts only from the image's sysusers.d.
@@ -300,7 +307,7 @@ def test_reset_makes_a_fresh_root_and_keeps_the_old(sysroot: Path, system_images
                           "etc/group-", "etc/shadow-", "etc/gshadow-")}
     assert sorted(fresh) == ["etc/fstab", "etc/svc.conf", "etc/svc.d", "etc/svc.d/plain"]
     state = rpmimg("status", "--sysroot", sysroot, "--json").json()["deployments"]
-    assert [d["id"] for d in state] == ["1", "2", str(r["deployment"])]  # type: ignore[index]
+    assert [d["id"] for d in state] == ["1", "2", _id(r)]  # type: ignore[index]
 
 
 def test_reset_var_is_fresh_unless_kept_and_cleanup_removes_an_unused_one(
@@ -310,18 +317,18 @@ def test_reset_var_is_fresh_unless_kept_and_cleanup_removes_an_unused_one(
     first = deploy(sysroot, imgs.versions[0], imgs.key).json()
     (sysroot / "@rpmimg/var/lib-file").write_text("shared\n")
     kept = rpmimg("reset", "--sysroot", sysroot, "--keep-var", "--json").json()
-    assert kept["var"] == "/@rpmimg/var"
-    assert "subvol=/@rpmimg/var 0 0" in (sysroot / "@rpmimg/roots" / str(kept["deployment"]) / "etc/fstab").read_text()
+    assert kept["var_subvol"] == "/@rpmimg/var"
+    assert "subvol=/@rpmimg/var 0 0" in (sysroot / "@rpmimg/roots" / _id(kept) / "etc/fstab").read_text()
     fresh = rpmimg("reset", "--sysroot", sysroot, "--json").json()
-    var = f"/@rpmimg/var-{fresh['deployment']}"
-    assert fresh["var"] == var
+    var = f"/@rpmimg/var-{_id(fresh)}"
+    assert fresh["var_subvol"] == var
     assert os.listdir(sysroot / var.lstrip("/")) == []
-    assert f"subvol={var} 0 0" in (sysroot / "@rpmimg/roots" / str(fresh["deployment"]) / "etc/fstab").read_text()
+    assert f"subvol={var} 0 0" in (sysroot / "@rpmimg/roots" / _id(fresh) / "etc/fstab").read_text()
     # An update of the reset deployment shares its /var.
     after = deploy(sysroot, imgs.versions[1], imgs.key).json()
     assert f"subvol={var} 0 0" in (_root(sysroot, after) / "etc/fstab").read_text()
     assert (sysroot / "@rpmimg/var/lib-file").read_text() == "shared\n"
-    assert str(first["deployment"]) in os.listdir(sysroot / "@rpmimg/roots")
+    assert _id(first) in os.listdir(sysroot / "@rpmimg/roots")
     # Rolled back past the reset, updated from there and cleaned up: the reset's /var goes
     # with the last root that mounted it.
     rpmimg("rollback", "--sysroot", sysroot)
@@ -329,7 +336,7 @@ def test_reset_var_is_fresh_unless_kept_and_cleanup_removes_an_unused_one(
     later = deploy(sysroot, imgs.versions[3], imgs.key).json()
     assert "subvol=/@rpmimg/var 0 0" in (_root(sysroot, later) / "etc/fstab").read_text()
     rpmimg("cleanup", "--sysroot", sysroot, "--keep", "1")
-    assert os.listdir(sysroot / "@rpmimg/roots") == [str(later["deployment"])]
+    assert os.listdir(sysroot / "@rpmimg/roots") == [_id(later)]
     assert not (sysroot / var.lstrip("/")).exists()
     assert (sysroot / "@rpmimg/var/lib-file").exists()
 
