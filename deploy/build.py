@@ -23,8 +23,8 @@ from deploy.store import Store
 from deploy.system import System
 from deploy.tree import HEADER_DIR, TreeBuilder
 from host import kernel
-from rpmextents import Entry, ExtentsPackage, refuse_package_db
-from rpmextents.files import package_files
+from rpmextents import ExtentsPackage, refuse_package_db
+from rpmextents.files import FileList, package_files
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +156,9 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
     return builder
 
 
-def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple[str, list[Entry]]]:
+def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple[str, FileList]]:
     """sha256 -> (N-V-R.A, entries) of stored packages."""
-    found: dict[str, tuple[str, list[Entry]]] = {}
+    found: dict[str, tuple[str, FileList]] = {}
     for sha in sha256s:
         if sha in found:
             continue
