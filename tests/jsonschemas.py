@@ -39,6 +39,8 @@ def schema_name(argv: Sequence[str]) -> str:
 
 
 REF_KEYS = ("deployment", "replaces")
+# Objects keyed by package NEVRA rather than by a name of ours.
+NEVRA_KEYED = ("outside_usr", "outside_usr_new")
 
 
 def vocabulary(value: Any, where: str = "$") -> None:
@@ -47,7 +49,7 @@ def vocabulary(value: Any, where: str = "$") -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             at = f"{where}.{key}"
-            assert re.fullmatch(r"[a-z][a-z0-9_]*", key) or where.endswith("outside_usr"), at
+            assert re.fullmatch(r"[a-z][a-z0-9_]*", key) or where.endswith(NEVRA_KEYED), at
             if key.endswith("_bytes"):
                 assert item is None or (isinstance(item, int) and not isinstance(item, bool)), at
             if key in REF_KEYS and item is not None:
