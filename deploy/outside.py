@@ -10,6 +10,7 @@ import os
 
 from deploy.system import System
 from imagespec.relocation import USR_TREE
+from rpmextents.errors import ExtentsError
 from rpmextents.tree import Tree
 
 
@@ -19,7 +20,7 @@ def new_outside_usr(system: System, replaced: str | None,
     share/factory; None when nothing was replaced or its tree is gone (nothing to compare).
 
     Paths resolve inside the replaced tree as extraction resolves them: a symlink it holds
-    is never followed out of it.
+    is never followed out of it, and a path it cannot resolve counts as new.
     """
     if replaced is None:
         return None
@@ -40,6 +41,6 @@ def _holds(tree: Tree, path: str) -> bool:
     try:
         dir_fd, name, _ = tree.find(path)
         os.lstat(name, dir_fd=dir_fd)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
+    except (OSError, ExtentsError):
+        return False  # missing, or a symlink loop or escape the tree refuses: not held
     return True

@@ -60,3 +60,34 @@ def test_verbose_text_lists_all(sysroot: Path, images: Images, tmp_path: Path) -
     deploy(sysroot, images.v1, images.key)
     text = rpmimg("deploy", "--sysroot", sysroot, "--keyring", images.key.public, "--verbose", v3).out
     assert OLD_ETC in text and NEWCOMER_ETC in text and "new since" not in text
+
+
+def test_a_symlink_in_the_replaced_tree_is_not_followed_out_of_it(tmp_path: Path) -> None:
+    # Hostile: the replaced deployment's share/factory/etc points out of the tree, where the
+    # file does exist; the comparison must not see it (it is new), nor anything else outside.
+    from deploy.layout import Layout
+    from deploy.outside import new_outside_usr
+    from deploy.system import System
+
+    layout = Layout(top=tmp_path, sysroot=tmp_path)
+    tree = layout.deployment("1")
+    (tree / "share/factory").mkdir(parents=True)
+    escape = tmp_path / "escape"
+    escape.mkdir()
+    (escape / "x.conf").write_text("outside\n")
+    (tree / "share/factory/etc").symlink_to(escape)
+    (tree / "share/factory/var").mkdir()
+    (tree / "share/factory/var/kept").write_text("")
+    system = System(tmp_path, layout, visible=True)
+    outside = {"p-1-1.x86_64": ["/etc/x.conf", "/var/kept"], "q-1-1.x86_64": ["/var/kept"]}
+    assert new_outside_usr(system, "1", outside) == {"p-1-1.x86_64": ["/etc/x.conf"]}
+    assert new_outside_usr(system, None, outside) is None
+    assert new_outside_usr(system, "2", outside) is None  # the replaced tree is gone
+    assert (escape / "x.conf").read_text() == "outside\n"
+    # share/factory itself a symlink out of the tree: every path counts as new, no error.
+    (tree / "share/factory/var/kept").unlink()
+    (tree / "share/factory/var").rmdir()
+    (tree / "share/factory/etc").unlink()
+    (tree / "share/factory").rmdir()
+    (tree / "share/factory").symlink_to(escape)
+    assert new_outside_usr(system, "1", outside) == outside
