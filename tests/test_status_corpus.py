@@ -9,8 +9,9 @@ import pytest
 from deploytools import deploy, rpmimg
 from imagepub import publish
 
-from conftest import loop_btrfs
 from fixtures.build import signing_key
+
+from conftest import loop_btrfs
 
 IMAGE = "debian-12-bench-corpus"
 
