@@ -40,13 +40,18 @@ class _Chunk:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def permuted(self, order: list[int]) -> _Chunk:
+    def permute(self, order: array[int]) -> None:
+        """Reorder the rows in place, a column at a time: each old column is freed as its
+        reordered copy is made, so at most one column is held twice."""
         digests = bytearray()
         for i in order:
             digests += self.digests[i * _WIDTH : (i + 1) * _WIDTH]
-        return _Chunk(array("Q", (self.keys[i] for i in order)), digests,
-                      bytearray(self.algos[i] for i in order), array("I", (self.packages[i] for i in order)),
-                      array("q", (self.offsets[i] for i in order)), array("q", (self.lengths[i] for i in order)))
+        self.digests = digests
+        self.keys = array("Q", (self.keys[i] for i in order))
+        self.algos = bytearray(self.algos[i] for i in order)
+        self.packages = array("I", (self.packages[i] for i in order))
+        self.offsets = array("q", (self.offsets[i] for i in order))
+        self.lengths = array("q", (self.lengths[i] for i in order))
 
     def extend(self, other: _Chunk) -> None:
         self.keys += other.keys
@@ -122,17 +127,20 @@ class DigestIndex:
         return self.algos.index(name)
 
     def _push(self, chunk: _Chunk) -> None:
-        chunk = _sorted(chunk)
+        _sort(chunk)
         self._chunks.append(chunk)
         while len(self._chunks) > 1 and len(self._chunks[-1]) * 2 >= len(self._chunks[-2]):
             newer = self._chunks.pop()
             older = self._chunks.pop()
             older.extend(newer)
+            del newer
             # Stable: of equal digests the older chunk's row stays first.
-            self._chunks.append(_sorted(older))
+            _sort(older)
+            self._chunks.append(older)
 
 
-def _sorted(chunk: _Chunk) -> _Chunk:
-    keys = chunk.keys
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    return chunk.permuted(order)
+def _sort(chunk: _Chunk) -> None:
+    """Sort the rows by key, stably. The order is kept as an array (4 bytes a row), not
+    as the list of ints sorted() returns (36 bytes a row)."""
+    order = array("I", sorted(range(len(chunk)), key=chunk.keys.__getitem__))
+    chunk.permute(order)
