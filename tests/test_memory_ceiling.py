@@ -86,9 +86,6 @@ def test_verify_200k_files_in_128_mib(limited: Limited, big_btrfs: Path) -> None
     assert limited.oom_kills() == before
 
 
-@pytest.mark.xfail(strict=True, reason="a cold deploy of 200,000 files peaks at about 155 MB: the "
-                   "25 MB header is held twice while the package is verified and stored, beside the "
-                   "deduplication index being built; not yet within 128 MiB")
 def test_deploy_200k_files_in_128_mib(limited: Limited, big_btrfs: Path) -> None:
     before = limited.oom_kills()
     rc, output = _deploy(big_btrfs, f"scale{FILES}", limited)
