@@ -10,6 +10,7 @@ the one added first is found, as before.
 
 from __future__ import annotations
 
+import threading
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ class DigestIndex:
         self.paths: list[Path] = []
         self.algos: list[str] = []
         self._chunks: list[_Chunk] = []
+        # Fetch threads look up while a package is added: chunks are merged and reordered
+        # in place under this lock, and a lookup never sees one half reordered.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return sum(len(c) for c in self._chunks)
@@ -103,7 +107,9 @@ class DigestIndex:
             chunk.offsets.append(extent.offset)
             chunk.lengths.append(extent.length)
         if len(chunk):
-            self._push(chunk)
+            _sort(chunk)  # not yet seen by lookups
+            with self._lock:
+                self._push(chunk)
 
     def get(self, algo: str, digest: str) -> StoredExtent | None:
         """The first-added stored copy of content with this digest, or None."""
@@ -112,6 +118,10 @@ class DigestIndex:
             return None
         want_algo = self.algos.index(algo)
         key = int.from_bytes(raw[:8], "big")
+        with self._lock:
+            return self._find(key, want_algo, raw, algo)
+
+    def _find(self, key: int, want_algo: int, raw: bytes, algo: str) -> StoredExtent | None:
         for chunk in self._chunks:  # oldest first
             i = bisect_left(chunk.keys, key)
             while i < len(chunk) and chunk.keys[i] == key:
@@ -127,7 +137,6 @@ class DigestIndex:
         return self.algos.index(name)
 
     def _push(self, chunk: _Chunk) -> None:
-        _sort(chunk)
         self._chunks.append(chunk)
         while len(self._chunks) > 1 and len(self._chunks[-1]) * 2 >= len(self._chunks[-2]):
             newer = self._chunks.pop()

@@ -72,3 +72,30 @@ def test_rows_without_data_or_digest_are_not_indexed_and_algorithms_are_kept_apa
     assert found is not None and (found.offset, found.length) == (8192, 7)
     assert index.get("sha256", _digest(3)) is None
     assert index.get("sha512", _digest(3)) is not None
+
+
+def test_lookups_during_adds_never_see_a_half_reordered_chunk() -> None:
+    """Fetch threads look up while the main thread adds (and merges) packages."""
+    import threading
+
+    index = DigestIndex()
+    base = _add(index, "base", [(_digest(n), Extent(4096 * n, 100 + n)) for n in range(2000)])
+    wrong: list[str] = []
+    done = threading.Event()
+
+    def look() -> None:
+        while not done.is_set():
+            for n in range(0, 2000, 7):
+                found = index.get("sha256", _digest(n))
+                if found is None or (found.path, found.offset, found.length) != (base, 4096 * n, 100 + n):
+                    wrong.append(_digest(n))
+
+    reader = threading.Thread(target=look)
+    reader.start()
+    try:
+        for p in range(60):
+            _add(index, f"p{p}", [(_digest(10_000 * (p + 1) + n), Extent(4096 * n, 1)) for n in range(1500)])
+    finally:
+        done.set()
+        reader.join()
+    assert not wrong
