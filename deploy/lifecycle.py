@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import bootselect, records, state
+from deploy import bootselect, records, rootfs, state
 from deploy.errors import DeploymentError, LockError
 from deploy.layout import Layout
 from deploy.lock import DEFAULT_WAIT, sysroot_lock
@@ -69,7 +69,7 @@ def recover(system: System, current: State, *, delete: bool = True) -> list[str]
     marked = records.discardable(layout)
     removed = []
     if delete:
-        doomed = [layout.deployment(i) for i in sorted(marked - known)]
+        doomed = [p for i in sorted(marked - known) for p in (layout.deployment(i), layout.root_of(i))]
         for entry in [*_staging_leftovers(layout), *(p for p in doomed if os.path.lexists(p))]:
             _delete_subvolume_or_tree(entry)
             removed.append(os.fspath(entry))
@@ -205,10 +205,15 @@ def cleanup(system: System, keep: int, lock_wait: float = DEFAULT_WAIT) -> Clean
             records.mark_discardable(system.layout, d.id)
         system.save_state(new)
         for d in drop:
-            path = system.layout.deployment(d.id)
-            if path.exists():
-                kernel.subvolume_delete(path)
+            for path in (system.layout.deployment(d.id), system.layout.root_of(d.id)):
+                if path.exists():
+                    kernel.subvolume_delete(path)
             records.unmark(system.layout, d.id)
+        for var in rootfs.unused_vars(system):
+            try:
+                kernel.subvolume_delete(var)
+            except OSError as e:  # e.g. it holds subvolumes of its own: left for the admin
+                log.warning("%s: /var of a reset no deployment uses any more, not removed: %s", var, e)
         needed = {p.sha256 for d in keepers for p in d.packages}
         store = Store(system.layout.store)
         removed, freed = 0, 0

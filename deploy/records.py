@@ -141,10 +141,14 @@ def unexplained(system: System, current: State) -> list[str]:
     mounted ones the state does not name: the state is missing or older than the disk."""
     known = {d.id for d in current.deployments}
     allowed = discardable(system.layout) - system.mounted()
-    return [
-        e.name for e in sorted(system.layout.deployments.iterdir())
-        if e.name not in known and e.name not in allowed
-    ]
+    layout = system.layout
+    ids = [e.name for e in sorted(layout.deployments.iterdir())
+           if e.name not in known and e.name not in allowed]
+    roots = sorted(layout.roots.iterdir()) if layout.roots.is_dir() else []
+    # A root without its deployment (one with it is named by the deployment).
+    on_disk = {e.name for e in layout.deployments.iterdir()}
+    return ids + [f"{e.name} (root)" for e in roots
+                  if e.name not in known and e.name not in allowed and e.name not in on_disk]
 
 
 def stale(system: System, current: State) -> str | None:
@@ -192,6 +196,9 @@ def rebuild(system: System) -> tuple[State, list[str]]:
             skipped.append(entry.name)
         else:
             records.append(record)
+    ids_found = {r.id for r in records}
+    if system.layout.roots.is_dir():
+        skipped += [f"{e.name} (root)" for e in system.layout.roots.iterdir() if e.name not in ids_found]
     records.sort(key=lambda r: int(r.id))
     old = _previous_flags(system)
     pinned = {d.id for d in old.deployments if d.pinned}

@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import basecheck, bootselect, intent, records, setid
-from deploy.build import Built, OwnerIds, build
+from deploy import basecheck, bootselect, intent, records, rootfs, setid
+from deploy.build import Built, OwnerIds
 from deploy.errors import DowngradeError, SpaceError
+from deploy.etcmerge import EtcAction
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
@@ -36,6 +37,7 @@ from deploy.sources import FetchJob, Source, open_source
 from deploy.state import DeploymentRecord, PackageRecord, State
 from deploy.store import Store
 from deploy.system import System
+from deploy.wholesystem import WholeBuilt, build_system
 from imagespec.manifest import ImageManifest, ManifestPackage
 from rpmextents import Keyring, Owners
 from rpmextents.errors import ExtentsError
@@ -73,6 +75,8 @@ class DeployOptions:
     full: bool = False
     # Other http(s) URLs of the same manifest (deploy.sources.http).
     mirrors: tuple[str, ...] = ()
+    # A root made fresh from the image's defaults, as a first deployment's (rpmimg reset).
+    fresh_root: bool = False
     # What the admin asked for beyond an update of the same image (deploy.intent).
     intent: intent.Intent = field(default_factory=intent.Intent)
 
@@ -100,6 +104,12 @@ class DeployResult:
     full_reason: str = ""
     written_paths: int = 0
     kept_paths: int = 0
+    root: str = ""  # the deployment's root subvolume
+    accounts_by_scriptlet: tuple[str, ...] = ()  # packages whose accounts will not exist
+    # What the /etc merge did to each path that changed (deploy.etcmerge.ACTIONS), and the
+    # notable ones: .rpmnew/.rpmsave/.rpmorig, files kept against a vendor change, blocked.
+    etc_merge: tuple[EtcAction, ...] = ()
+    etc_notable: tuple[EtcAction, ...] = ()
     # The default deployment this one replaces (None: there was none).
     replaces: intent.Ref | None = None
     # Files the base of an update differed in from its packages (deploy.basecheck).
@@ -238,6 +248,7 @@ def fetch_into_store(
 class Tree:
     record: DeploymentRecord
     built: Built
+    whole: WholeBuilt
 
 
 def _record(ref: ManifestPackage, source: Source) -> PackageRecord:
@@ -273,17 +284,18 @@ def build_tree(
 
     records.mark_discardable(system.layout, new_id)
     try:
-        built = build(
+        whole = build_system(
             system, m, Store(system.layout.store), new_id, progress("build", "packages"),
-            current.find(current.default), full=options.full, seal=seal,
+            current.find(current.default), seal, full=options.full, fresh_root=options.fresh_root,
         )
     except BaseException:
         # A failed build deletes what it made; the marker stays only if something is left.
-        made = (system.layout.staging / f"build-{new_id}", system.layout.deployment(new_id))
+        made = (system.layout.staging / f"build-{new_id}", system.layout.deployment(new_id),
+                rootfs.staging_path(system, new_id), system.layout.root_of(new_id))
         if not any(os.path.lexists(p) for p in made):
             records.unmark(system.layout, new_id)
         raise
-    return Tree(sealed[0], built)
+    return Tree(sealed[0], whole.built, whole)
 
 
 # --- phase 4: record it as the default ------------------------------------------------------
@@ -402,5 +414,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             unknown_owners=built.unknown_owners, build=built.method,
             full_reason=basecheck.reason(current.default or "", damage) if damage else built.full_reason,
             written_paths=built.written, kept_paths=built.kept, base_damage=damage,
-            setid_dropped=setid.dropped(Store(system.layout.store), m, Owners.from_root(system.sysroot)),
+            setid_dropped=setid.dropped(Store(system.layout.store), m, Owners.from_root(tree.whole.root)),
+            root=os.fspath(tree.whole.root), accounts_by_scriptlet=tree.whole.accounts.by_scriptlet,
+            etc_merge=tree.whole.etc.actions, etc_notable=tree.whole.etc.notable(),
         )

@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("status", help="list deployments")
     p.add_argument("--no-size", action="store_true", help="skip measuring exclusive disk use")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="show each deployment's source, signing key, kernel and path")
+                   help="show each deployment's source, signing key, kernel, path and root")
     _common(p, mutating=False)
     p.set_defaults(func=cmd_status)
 

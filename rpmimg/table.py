@@ -69,4 +69,5 @@ def details(row: dict[str, Any]) -> list[str]:
         f"      signed by: {row.get('signed_by') or '-'}",
         f"      kernel: {row.get('kernel') or '-'}",
         f"      path: {row.get('path') or row.get('subvol') or '-'}",
+        f"      root: {row.get('root') or row.get('root_subvol') or '-'}",
     ]
