@@ -10,6 +10,7 @@ the one added first is found, as before.
 
 from __future__ import annotations
 
+import threading
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
@@ -40,13 +41,18 @@ class _Chunk:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def permuted(self, order: list[int]) -> _Chunk:
+    def permute(self, order: array[int]) -> None:
+        """Reorder the rows in place, a column at a time: each old column is freed as its
+        reordered copy is made, so at most one column is held twice."""
         digests = bytearray()
         for i in order:
             digests += self.digests[i * _WIDTH : (i + 1) * _WIDTH]
-        return _Chunk(array("Q", (self.keys[i] for i in order)), digests,
-                      bytearray(self.algos[i] for i in order), array("I", (self.packages[i] for i in order)),
-                      array("q", (self.offsets[i] for i in order)), array("q", (self.lengths[i] for i in order)))
+        self.digests = digests
+        self.keys = array("Q", (self.keys[i] for i in order))
+        self.algos = bytearray(self.algos[i] for i in order)
+        self.packages = array("I", (self.packages[i] for i in order))
+        self.offsets = array("q", (self.offsets[i] for i in order))
+        self.lengths = array("q", (self.lengths[i] for i in order))
 
     def extend(self, other: _Chunk) -> None:
         self.keys += other.keys
@@ -76,6 +82,9 @@ class DigestIndex:
         self.paths: list[Path] = []
         self.algos: list[str] = []
         self._chunks: list[_Chunk] = []
+        # Fetch threads look up while a package is added: chunks are merged and reordered
+        # in place under this lock, and a lookup never sees one half reordered.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return sum(len(c) for c in self._chunks)
@@ -98,7 +107,9 @@ class DigestIndex:
             chunk.offsets.append(extent.offset)
             chunk.lengths.append(extent.length)
         if len(chunk):
-            self._push(chunk)
+            _sort(chunk)  # not yet seen by lookups
+            with self._lock:
+                self._push(chunk)
 
     def get(self, algo: str, digest: str) -> StoredExtent | None:
         """The first-added stored copy of content with this digest, or None."""
@@ -107,6 +118,10 @@ class DigestIndex:
             return None
         want_algo = self.algos.index(algo)
         key = int.from_bytes(raw[:8], "big")
+        with self._lock:
+            return self._find(key, want_algo, raw, algo)
+
+    def _find(self, key: int, want_algo: int, raw: bytes, algo: str) -> StoredExtent | None:
         for chunk in self._chunks:  # oldest first
             i = bisect_left(chunk.keys, key)
             while i < len(chunk) and chunk.keys[i] == key:
@@ -122,17 +137,19 @@ class DigestIndex:
         return self.algos.index(name)
 
     def _push(self, chunk: _Chunk) -> None:
-        chunk = _sorted(chunk)
         self._chunks.append(chunk)
         while len(self._chunks) > 1 and len(self._chunks[-1]) * 2 >= len(self._chunks[-2]):
             newer = self._chunks.pop()
             older = self._chunks.pop()
             older.extend(newer)
+            del newer
             # Stable: of equal digests the older chunk's row stays first.
-            self._chunks.append(_sorted(older))
+            _sort(older)
+            self._chunks.append(older)
 
 
-def _sorted(chunk: _Chunk) -> _Chunk:
-    keys = chunk.keys
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    return chunk.permuted(order)
+def _sort(chunk: _Chunk) -> None:
+    """Sort the rows by key, stably. The order is kept as an array (4 bytes a row), not
+    as the list of ints sorted() returns (36 bytes a row)."""
+    order = array("I", sorted(range(len(chunk)), key=chunk.keys.__getitem__))
+    chunk.permute(order)

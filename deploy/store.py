@@ -214,6 +214,7 @@ class Store:
                     f"{ref.nevra}: sha256 differs from the manifest's (corrupted in transit?)"
                 )
             with ExtentsPackage.open(fetched) as pkg:
+                files = pkg.entries()
                 _check_identity(ref, pkg)
                 pkg.verify(keyring)
                 checkpoint("package verified")
@@ -244,9 +245,10 @@ class Store:
         dest = self.path(ref.sha256)
         dest.parent.mkdir(exist_ok=True)
         os.rename(fetched, dest)
+        del pkg  # its header lives on in files, once; not read again for the index
         if self._index is not None:
-            with ExtentsPackage.open(dest) as stored:
-                self._index.add(dest, stored.entries())
+            # The verified file list stands for the stored copy: sharing data kept its sha256.
+            self._index.add(dest, files)
         checkpoint("package stored")
         return deduped
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from host import memory
 from rpmimg.ui import UsageError, print_json
 from rpmimg.vocab import error
 
@@ -110,6 +111,7 @@ def _closed_stdout() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    memory.return_large_blocks()  # transient header copies are not kept resident
     parser = build_parser()
     words = sys.argv[1:] if argv is None else list(argv)
     _Parser.json_errors = "--json" in words

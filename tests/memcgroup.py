@@ -37,6 +37,15 @@ class Limited:
     def run(self, argv: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(argv), capture_output=True, text=True, **kw)  # type: ignore[call-overload,no-any-return]
 
+    def kill_all(self) -> None:
+        """SIGKILL every process in the cgroup made here (a command that outlived its time)."""
+        if self.directory is None:
+            return
+        with contextlib.suppress(OSError):
+            for pid in (self.directory / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), 9)
+
     def oom_kills(self) -> int:
         """How many processes the kernel killed in the cgroup for want of memory (0 if unknown)."""
         if self.directory is None:
