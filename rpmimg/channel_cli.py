@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from rpmimg import options
+from rpmimg import options, vocab
 from rpmimg.client import _system
 from rpmimg.deploy_verbs import _Bars
 from rpmimg.ui import UsageError, human_bytes, print_json
@@ -75,13 +75,21 @@ def _print_check(found: CheckResult) -> None:
     print(f"download: {found.download_packages} packages, {human_bytes(found.download_bytes)}")
 
 
+def _check_json(found: CheckResult) -> dict[str, Any]:
+    """The check, with its diff in the shared shape: from the deployment to the image version."""
+    value = found.to_json()
+    if found.diff is not None:
+        value["diff"] = vocab.diff(found.diff, found.current, vocab.image_ref(found.image, found.version))
+    return value
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from deploy.check import check
 
     with _system(args) as system:
         found = check(system, _channel(system), tuple(args.keyring))
     if args.json:
-        print_json(found.to_json())
+        print_json(_check_json(found))
     else:
         _print_check(found)
     return UPDATE_AVAILABLE if found.update else 0
@@ -98,7 +106,7 @@ def _upgrade_json(result: UpgradeResult) -> dict[str, Any]:
     }
     reboot = None if result.reboot is None else {
         "rebooted": result.reboot.rebooted, "reason": result.reboot.reason}
-    return {"check": result.check.to_json(), "deployed": deployed,
+    return {"check": _check_json(result.check), "deployed": deployed,
             "reboot_needed": result.reboot_needed, "reboot": reboot}
 
 

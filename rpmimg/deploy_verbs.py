@@ -99,6 +99,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         full=args.full, intent=Intent(switch=args.switch, force=args.force),
         mirrors=tuple(args.mirror),
     )
+    from deploy.outside import new_outside_usr
+
     bars = _Bars()
     ok = False
     with open_system(args.sysroot, private_namespace=True) as system:
@@ -107,10 +109,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             ok = True
         finally:
             bars.close(ok)
+        new = new_outside_usr(system, result.replaces.id if result.replaces else None,
+                              result.outside_usr)
     if args.json:
-        print_json(deploy_json(result))
+        print_json({**deploy_json(result), "outside_usr_new": new})
         return 0
-    for line in report(result, args.verbose):
+    for line in report(result, args.verbose, new):
         print(line)
     return 0
 
@@ -130,8 +134,26 @@ def _replaces(result: DeployResult) -> str:
     return f", replacing {r.image} {r.version} (deployment {r.id})"
 
 
-def report(result: DeployResult, verbose: bool) -> list[str]:
-    """A few lines with counts; every outside-/usr file and scriptlet only when verbose."""
+def _outside_lines(result: DeployResult, verbose: bool,
+                   new: dict[str, list[str]] | None) -> list[str]:
+    outside = sum(len(p) for p in result.outside_usr.values())
+    if not outside:
+        return []
+    head = f"  {plural(outside, 'file')} outside /usr placed under /usr/share/factory"
+    if verbose:
+        return [head] + [f"    {nevra}: {', '.join(paths)}"
+                         for nevra, paths in sorted(result.outside_usr.items())]
+    if new is None or result.replaces is None:
+        return [head + " (--verbose lists them)"]
+    count = sum(len(p) for p in new.values())
+    head += f", {count} new since deployment {result.replaces.id} (--verbose lists all)"
+    return [head] + [f"    {nevra}: {', '.join(paths)}" for nevra, paths in sorted(new.items())]
+
+
+def report(result: DeployResult, verbose: bool,
+           new_outside: dict[str, list[str]] | None = None) -> list[str]:
+    """A few lines with counts; the outside-/usr files new since the replaced deployment
+    (new_outside), and every one and every scriptlet only when verbose."""
     from deploy.transaction import Outcome
 
     name = f"{result.image} {result.version}"
@@ -150,12 +172,7 @@ def report(result: DeployResult, verbose: bool) -> list[str]:
                      f" {plural(result.written_paths, 'path')} written, {result.kept_paths} kept")
     elif result.full_reason:
         lines.append(f"  built in full: {result.full_reason}")
-    outside = sum(len(p) for p in result.outside_usr.values())
-    if outside:
-        lines.append(f"  {plural(outside, 'file')} outside /usr placed under /usr/share/factory"
-                     + ("" if verbose else " (--verbose lists them)"))
-        if verbose:
-            lines += [f"    {nevra}: {', '.join(paths)}" for nevra, paths in sorted(result.outside_usr.items())]
+    lines += _outside_lines(result, verbose, new_outside)
     if result.scriptlets_not_run:
         lines.append(f"  {plural(len(result.scriptlets_not_run), 'package')} with scriptlets that were not run"
                      + (": " + ", ".join(result.scriptlets_not_run) if verbose else " (--verbose lists them)"))

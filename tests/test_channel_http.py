@@ -102,7 +102,7 @@ def test_check_and_upgrade(channel: Channel, images: Images) -> None:
     assert found["version"] == V2 and found["result"] == "update available"
     changes = {(c["kind"], c["name"]) for c in found["diff"]["changes"]}
     assert {n for _, n in changes} >= set(images.changed) and ("added", "newcomer") in changes
-    assert found["diff"]["old"] == V1 and found["diff"]["new"] == V2
+    assert found["diff"]["old"]["version"] == V1 and found["diff"]["new"]["version"] == V2
     v1, v2 = _packages(images.v1), _packages(images.v2)
     lacking = [p for sha, p in v2.items() if sha not in v1]
     assert found["download_packages"] == len(lacking)
