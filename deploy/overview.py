@@ -30,12 +30,35 @@ class DeploymentStatus:
     path: str | None  # the /usr tree, when reachable outside rpmimg's private mount
     subvol: str
     exclusive_bytes: int | None
+    boot: tuple[BootEntryStatus, ...] = ()  # its entries in the ESP
+    failed: str | None = None  # why it was abandoned at boot, when it was
+
+
+@dataclass(frozen=True)
+class BootEntryStatus:
+    entry: str
+    kernel_version: str
+    assessment: str  # good, counting, bad
+    tries_left: int | None
+    tries_done: int
+
+
+def _boot(system: System) -> tuple[dict[str, tuple[BootEntryStatus, ...]], dict[str, str]]:
+    from deploy import bootcheck, bootentries
+
+    entries = {
+        d: tuple(BootEntryStatus(e.file, e.kernel_version, e.assessment, e.left, e.done)
+                 for e in sorted(es, key=lambda e: e.kernel_version))
+        for d, es in bootentries.states(system.esp).items()
+    }
+    return entries, bootcheck.failed(system)
 
 
 def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
     """Every recorded deployment, oldest first."""
     current = system.load_state()
     booted = system.booted()
+    entries, failed = _boot(system)
     out = []
     for d in current.deployments:
         path = system.layout.deployment(d.id)
@@ -52,6 +75,7 @@ def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
                 pinned=d.pinned, bad=d.id in current.bad, path=shown,
                 subvol=system.layout.subvol_path(d.id),
                 exclusive_bytes=kernel.exclusive_bytes([path]) if measure else None,
+                boot=entries.get(d.id, ()), failed=failed.get(d.id),
             )
         )
     return out

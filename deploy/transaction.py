@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import bootselect, records
+from deploy import bootcheck, bootentries, bootfiles, bootselect, records
 from deploy.build import Built, OwnerIds, build
 from deploy.errors import DowngradeError, SpaceError
 from deploy.faults import checkpoint
@@ -71,6 +71,8 @@ class DeployOptions:
     lock_wait: float = DEFAULT_WAIT
     # Build from nothing even when the previous deployment could be updated.
     full: bool = False
+    # Make a deployment that failed to boot the default again.
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -368,10 +370,16 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
         # Making an existing older deployment the default again is a downgrade too.
         _check_downgrade(current, m, options.allow_downgrade)
         if existing is not None:
+            bootcheck.check_reactivation(system, existing.id, options.force)
             _reactivate(system, current, existing)
             return base(outcome=Outcome.REACTIVATED, deployment=existing.id,
                         kernel_arguments=bootselect.kernel_arguments(system, existing.id))
+        kernels = bootfiles.manifest_kernels(m)
+        if system.esp is not None:  # before anything is staged
+            bootentries.check_space(system.esp, system, current, [k.files for k in kernels])
+        bootfiles.fetch(system, signed.source, kernels)
         stored, tree = _fetch_and_build(system, signed, current, options, progress)
+        bootfiles.save(system, tree.record.id, [k.files for k in kernels])
         with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
             commit(system, signed, current, tree)
         built = tree.built

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rpmimg.ui import Progress, human_bytes, print_json
+from rpmimg.ui import Progress, UsageError, human_bytes, print_json
 
 if TYPE_CHECKING:
     from deploy.system import System
@@ -25,7 +25,14 @@ def _common(parser: argparse.ArgumentParser, mutating: bool) -> None:
         help="root of the target system as mounted (default: /); its filesystem is btrfs",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--esp", type=Path, metavar="DIR",
+        help="the mounted ESP or XBOOTLDR holding the boot entries (default: as bootctl finds"
+        " them on the running system; without one, no boot entries are written)",
+    )
     if mutating:
+        parser.add_argument("--tries", type=int, metavar="N",
+                            help="boot tries of a new default's entry (default: /etc/kernel/tries, else 3)")
         parser.add_argument(
             "--lock-wait", type=float, default=5.0, metavar="SECONDS",
             help="how long to wait for another rpmimg on this system (default: 5)",
@@ -57,6 +64,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--full", action="store_true",
                    help="build the new /usr from the stored packages alone, not as an update of"
                    " the current default deployment")
+    p.add_argument("--force", action="store_true",
+                   help="make a deployment that failed to boot the default again")
     _common(p, mutating=True)
     p.set_defaults(func=cmd_deploy)
 
@@ -119,7 +128,22 @@ def _system(args: argparse.Namespace) -> Iterator[System]:
     from deploy.system import open_system
 
     with open_system(args.sysroot, private_namespace=True) as system:
-        yield system
+        yield _with_esp(system, args)
+
+
+def _with_esp(system: System, args: argparse.Namespace) -> System:
+    import logging
+
+    from deploy.bootentries import find_esp
+    from deploy.esp import DirectoryEsp
+
+    esp = getattr(args, "esp", None) or find_esp(args.sysroot)
+    if esp is None:
+        logging.getLogger("rpmimg").info("no ESP found: boot entries are not written (see --esp)")
+        return system
+    if not esp.is_dir():
+        raise UsageError(f"--esp {esp}: not a directory")
+    return dataclasses.replace(system, esp=DirectoryEsp(esp), tries=getattr(args, "tries", None))
 
 
 def _settled(system: System) -> None:
@@ -165,7 +189,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     options = DeployOptions(
         source=args.manifest, keyrings=tuple(args.keyring), allow_downgrade=args.allow_downgrade,
         allow_unsigned_packages=args.allow_unsigned_packages, lock_wait=args.lock_wait,
-        full=args.full,
+        full=args.full, force=args.force,
     )
     bars = _Bars()
     with _system(args) as system:
@@ -224,6 +248,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{mark} {r.id:>4}  {r.image} {r.version}  {r.packages} packages  {r.created}"
               f"  {size} exclusive  {r.path or r.subvol}"
               + (f"  ({', '.join(flags)})" if flags else ""))
+        for e in r.boot:
+            tries = f", {e.tries_left} tries left, {e.tries_done} done" if e.tries_left is not None else ""
+            print(f"        boot entry {e.entry}: kernel {e.kernel_version}, {e.assessment}{tries}")
+        if r.failed:
+            print(f"        failed to boot: {r.failed}")
     return 0
 
 
