@@ -36,6 +36,29 @@ class ZstdCopy:
 
 
 @dataclass(frozen=True)
+class BootFile:
+    """A kernel or initrd published with an image; `location` is relative to the manifest."""
+
+    location: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class BootEntry:
+    """One kernel of an image and the initrd compose built for it.
+
+    `inputs` is the sha256 of what the initrd was built from (see solver.initrd); an
+    initrd with the same inputs as a previous version's is that version's file.
+    """
+
+    kernel_version: str
+    kernel: BootFile
+    initrd: BootFile
+    inputs: str
+
+
+@dataclass(frozen=True)
 class ManifestPackage:
     """One extents RPM of an image; `location` is relative to the manifest."""
 
@@ -87,9 +110,10 @@ class ImageManifest:
     block_size: int
     packages: tuple[ManifestPackage, ...]
     report: CurationReport
+    boot: tuple[BootEntry, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format": FORMAT, "name": self.name, "version": self.version, "arch": self.arch,
             "created": self.created, "inputs_sha256": self.inputs_sha256,
             "block_size": self.block_size,
@@ -100,6 +124,9 @@ class ImageManifest:
                 "outside_usr": {k: list(v) for k, v in sorted(self.report.outside_usr.items())},
             },
         }
+        if self.boot:  # absent, not empty, for an image without a kernel: older clients parse it
+            out["boot"] = [_boot_json(b) for b in self.boot]
+        return out
 
     def dumps(self) -> bytes:
         """The manifest.json bytes compose publishes (and signs)."""
@@ -116,6 +143,15 @@ def _package_json(p: ManifestPackage) -> dict[str, Any]:
     if p.zstd is not None:
         out["zstd"] = {"location": p.zstd.location, "sha256": p.zstd.sha256, "size": p.zstd.size}
     return out
+
+
+def _boot_json(b: BootEntry) -> dict[str, Any]:
+    return {
+        "kernel_version": b.kernel_version,
+        "kernel": {"location": b.kernel.location, "sha256": b.kernel.sha256, "size": b.kernel.size},
+        "initrd": {"location": b.initrd.location, "sha256": b.initrd.sha256, "size": b.initrd.size},
+        "inputs": b.inputs,
+    }
 
 
 # --- the strict parser -------------------------------------------------------------------
@@ -198,6 +234,46 @@ def _package(obj: Any, index: int, manifest_block_size: int) -> ManifestPackage:
     )
 
 
+# A kernel version names a directory under /usr/lib/modules and a file on the ESP.
+_KVER = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+~-]{0,127}")
+# Kernels and initrds are tens of MiB; anything near this is not one.
+MAX_BOOT_FILE = 1 << 31
+
+
+def _boot_file(obj: Mapping[str, Any], key: str, where: str) -> BootFile:
+    f = _field(obj, key, dict, where)
+    where += f" {key}"
+    location = _field(f, "location", str, where)
+    if not location or "\0" in location or "\\" in location:
+        raise ManifestError(f"{where}: field 'location' has an invalid value {location!r}")
+    size = _size(f, "size", where)
+    if size == 0 or size > MAX_BOOT_FILE:
+        raise ManifestError(f"{where}: field 'size' {size} is not the size of a {key}")
+    return BootFile(location=location, sha256=_matching(f, "sha256", _HEX64, where), size=size)
+
+
+def _boot(obj: Mapping[str, Any], where: str) -> tuple[BootEntry, ...]:
+    if "boot" not in obj:
+        return ()
+    raw = _field(obj, "boot", list, where)
+    entries: list[BootEntry] = []
+    for i, b in enumerate(raw):
+        at = f"{where}: boot entry #{i}"
+        if not isinstance(b, dict):
+            raise ManifestError(f"{at}: should be an object")
+        kver = _matching(b, "kernel_version", _KVER, at)
+        if kver in (".", ".."):
+            raise ManifestError(f"{at}: field 'kernel_version' has an invalid value {kver!r}")
+        at = f"{where}: boot entry {kver}"
+        entries.append(BootEntry(kernel_version=kver, kernel=_boot_file(b, "kernel", at),
+                                 initrd=_boot_file(b, "initrd", at),
+                                 inputs=_matching(b, "inputs", _HEX64, at)))
+    versions = [e.kernel_version for e in entries]
+    if len(set(versions)) != len(versions):
+        raise ManifestError(f"{where}: a kernel version is listed twice in 'boot'")
+    return tuple(entries)
+
+
 def _report(obj: Mapping[str, Any], where: str) -> CurationReport:
     report: dict[str, Any] = _field(obj, "report", dict, where)
     where += ": report"
@@ -273,4 +349,5 @@ def parse(data: bytes, where: str = "manifest") -> ImageManifest:
         block_size=block_size,
         packages=packages,
         report=_report(obj, where),
+        boot=_boot(obj, where),
     )
