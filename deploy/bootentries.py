@@ -40,7 +40,7 @@ DEFAULT_TRIES = 3
 # Room for the entry files and FAT's allocation rounding.
 ENTRY_RESERVE = 64 << 10
 _NAME = re.compile(
-    r"^rpmimg-(?P<id>[0-9]+)-(?P<kver>[A-Za-z0-9._-]+?)(\+(?P<left>[0-9]+)(-(?P<done>[0-9]+))?)?\.conf$"
+    r"^rpmimg-(?P<id>[0-9]+)-(?P<kver>[A-Za-z0-9._+~-]+?)(\+(?P<left>[0-9]+)(-(?P<done>[0-9]+))?)?\.conf$"
 )
 
 

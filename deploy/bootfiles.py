@@ -18,7 +18,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from deploy.errors import DeployError, DeployFetchError
 from deploy.sources import FetchJob, Source
@@ -26,7 +25,7 @@ from deploy.system import System
 from host.files import read_limited, write_atomically
 from imagespec.manifest import ImageManifest, ManifestPackage
 
-_KVER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_KVER = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+~-]{0,127}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 RECORD_LIMIT = 64 << 10
 
@@ -83,33 +82,15 @@ def _valid(k: KernelFiles, what: str) -> KernelFiles:
     return k
 
 
-def _ref(v: Any, what: str) -> BootRef:
-    if not isinstance(v, dict):
-        raise DeployError(f"{what}: not an object")
-    loc, sha, size = v.get("location"), v.get("sha256"), v.get("size")
-    if not isinstance(loc, str) or not isinstance(sha, str) or type(size) is not int:
-        raise DeployError(f"{what}: needs location, sha256 and size")
-    return BootRef(loc, sha, size)
-
-
 def manifest_kernels(m: ImageManifest) -> tuple[ManifestKernel, ...]:
     """The kernels the (verified) manifest pins; none for an image without a boot section."""
-    section = getattr(m, "boot", ())
-    out = []
-    for i, b in enumerate(section or ()):
-        what = f"manifest boot[{i}]"
-        if isinstance(b, dict):
-            version = b.get("kernel_version")
-            if not isinstance(version, str):
-                raise DeployError(f"{what}: no kernel_version")
-            k = ManifestKernel(version, _ref(b.get("kernel"), what), _ref(b.get("initrd"), what))
-        else:  # the manifest model's own objects
-            k = ManifestKernel(
-                b.kernel_version, BootRef(b.kernel.location, b.kernel.sha256, b.kernel.size),
-                BootRef(b.initrd.location, b.initrd.sha256, b.initrd.size))
-        _valid(k.files, what)
-        out.append(k)
-    return tuple(out)
+    return tuple(
+        ManifestKernel(
+            b.kernel_version, BootRef(b.kernel.location, b.kernel.sha256, b.kernel.size),
+            BootRef(b.initrd.location, b.initrd.sha256, b.initrd.size),
+        )
+        for b in m.boot
+    )
 
 
 def load(system: System, deployment_id: str) -> tuple[KernelFiles, ...]:

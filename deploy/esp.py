@@ -19,7 +19,7 @@ from deploy.errors import DeployError
 from host.files import fsync_dir, write_new
 from host.run import CommandError, run
 
-_SAFE = re.compile(r"^[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*$")
+_SAFE = re.compile(r"^[A-Za-z0-9._+~-]+(/[A-Za-z0-9._+~-]+)*$")
 
 
 class EspError(DeployError):

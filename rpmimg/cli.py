@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from rpmimg.ui import UsageError
 
 # Each verb module exposes register(subparsers); handlers receive the parsed arguments.
-VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client")
+VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client", "rpmimg.boot")
 
 # Library exception families whose message is meant for the user, by module.
 USER_ERRORS = (

@@ -1,0 +1,57 @@
+"""`rpmimg install MANIFEST --disk DEV_OR_FILE`: a new bootable system with a first deployment."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rpmimg.ui import UsageError, print_json
+
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes, with an optional K, M, G or T suffix (binary)."""
+    unit = _UNITS.get(text[-1:].upper(), 1)
+    number = text[:-1] if unit != 1 else text
+    if not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (like 4G or 1024M)")
+    return int(number) * unit
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "install", help="make a new bootable disk (or disk image) from a signed image",
+        description="Partition DEV_OR_FILE (GPT: an EFI system partition and a btrfs), install"
+        " systemd-boot, deploy the image as the first deployment with its boot entry.",
+    )
+    p.add_argument("manifest", metavar="MANIFEST", help="manifest path or URL, as for deploy")
+    p.add_argument("--disk", type=Path, required=True, metavar="DEV_OR_FILE",
+                   help="the block device or disk image file to overwrite")
+    p.add_argument("--size", type=parse_size, metavar="N",
+                   help="create or grow the disk image file to N bytes (K, M, G suffixes)")
+    p.add_argument("--keyring", type=Path, action="append", default=[], metavar="FILE",
+                   help="trusted OpenPGP public key file (repeatable; at least one)")
+    p.add_argument("--tries", type=int, metavar="N", help="boot tries of the first entry (default: 3)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_install)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from deploy.install import install
+
+    if not args.keyring:
+        raise UsageError("install: give the image's signing key with --keyring")
+    result = install(args.disk, args.manifest, tuple(args.keyring), size=args.size, tries=args.tries)
+    if args.json:
+        print_json(dataclasses.asdict(result))
+        return 0
+    print(f"installed deployment {result.deployment} on {result.disk}")
+    for e in result.entries:
+        print(f"  boot entry {e}")
+    if not result.entries:
+        print("  warning: the image has no kernel (no boot section): the disk will not boot")
+    return 0
