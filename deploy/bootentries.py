@@ -158,6 +158,9 @@ def sync(esp: Esp, system: System, current: State, *, count_tries: int = DEFAULT
     failed = tuple(failed)
     want = wanted(system, current)
     have = existing(esp)
+    for name in esp.listdir(ENTRIES):  # what a killed run was writing
+        if name.startswith(".rpmimg-") and ".tmp-" in name:
+            esp.remove(f"{ENTRIES}/{name}")
     for key, e in have.items():
         if key not in want:
             esp.remove(f"{ENTRIES}/{e.file}")
@@ -175,13 +178,16 @@ def sync(esp: Esp, system: System, current: State, *, count_tries: int = DEFAULT
     for key in order:
         text = entry_text(system, current, key[0], want[key], failed)
         found = have.get(key)
-        if found is None:
-            counted = key[0] == current.default and count_tries > 0
-            e = EntryName(key[0], key[1], count_tries if counted else None)
+        is_default = key[0] == current.default
+        if found is None or (is_default and found.left == 0):
+            # New, or made the default again after failing: counted from the start.
+            e = EntryName(key[0], key[1], count_tries if is_default and count_tries > 0 else None)
         else:
             e = found
         if esp.read(f"{ENTRIES}/{e.file}") != text:
             esp.write(f"{ENTRIES}/{e.file}", text)
+        if found is not None and found.file != e.file:
+            esp.remove(f"{ENTRIES}/{found.file}")
     for name in esp.listdir(FILES):
         if name not in needed:
             esp.remove(f"{FILES}/{name}")

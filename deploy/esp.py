@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from deploy.errors import DeployError
+from deploy.faults import checkpoint
 from host.files import fsync_dir, write_new
 from host.run import CommandError, run
 
@@ -106,11 +107,13 @@ class DirectoryEsp:
         tmp.unlink(missing_ok=True)
         try:
             write_new(tmp, data)
+            checkpoint("esp file written")
             os.rename(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         fsync_dir(path.parent)
+        checkpoint("esp file renamed")
 
     def rename(self, rel: str, new: str) -> None:
         src, dst = self._path(rel), self._path(new)
@@ -126,6 +129,7 @@ class DirectoryEsp:
         except FileNotFoundError:
             return
         fsync_dir(path.parent)
+        checkpoint("esp file removed")
 
     def free(self) -> int:
         st = os.statvfs(self.root)
