@@ -83,6 +83,8 @@ def check_reactivation(system: System, deployment_id: str, force: bool) -> None:
         raise DeployError(
             f"deployment {deployment_id} failed to boot ({why}); use --force to make it the default again"
         )
+    if system.esp is not None:
+        bootentries.recount(system.esp, deployment_id, bootentries.tries(system, system.tries))
     if why is not None:
         records = failed(system)
         records.pop(deployment_id)

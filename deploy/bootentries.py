@@ -177,20 +177,25 @@ def sync(esp: Esp, system: System, current: State, *, count_tries: int = DEFAULT
     order = sorted(want, key=lambda k: (k[0] != current.default, k))
     for key in order:
         text = entry_text(system, current, key[0], want[key], failed)
-        found = have.get(key)
-        is_default = key[0] == current.default
-        if found is None or (is_default and found.left == 0):
-            # New, or made the default again after failing: counted from the start.
-            e = EntryName(key[0], key[1], count_tries if is_default and count_tries > 0 else None)
-        else:
-            e = found
+        e = have.get(key)
+        if e is None:
+            counted = key[0] == current.default and count_tries > 0
+            e = EntryName(key[0], key[1], count_tries if counted else None)
         if esp.read(f"{ENTRIES}/{e.file}") != text:
             esp.write(f"{ENTRIES}/{e.file}", text)
-        if found is not None and found.file != e.file:
-            esp.remove(f"{ENTRIES}/{found.file}")
     for name in esp.listdir(FILES):
         if name not in needed:
             esp.remove(f"{FILES}/{name}")
+
+
+def recount(esp: Esp, deployment_id: str, count_tries: int) -> None:
+    """Give the deployment's entries that have no tries left a fresh counter (it is being
+    made the default again on purpose): the new name first, then the old one goes."""
+    for e in existing(esp).values():
+        if e.deployment == deployment_id and e.left == 0:
+            fresh = EntryName(e.deployment, e.kernel_version, count_tries if count_tries > 0 else None)
+            esp.write(f"{ENTRIES}/{fresh.file}", esp.read(f"{ENTRIES}/{e.file}") or b"")
+            esp.remove(f"{ENTRIES}/{e.file}")
 
 
 def states(esp: Esp | None) -> dict[str, list[EntryName]]:

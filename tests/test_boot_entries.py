@@ -5,7 +5,6 @@ bootable ESP."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 from collections.abc import Iterator
