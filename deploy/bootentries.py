@@ -31,6 +31,7 @@ from deploy.errors import SpaceError
 from deploy.esp import Esp
 from deploy.state import State
 from deploy.system import System
+from host.files import read_limited
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,20 @@ def entry_text(system: System, current: State, deployment_id: str, k: KernelFile
         f"version {_tier(current, deployment_id, failed)}.{int(d.id):08d}\n"
         f"linux /{FILES}/{k.kernel}\n"
         f"initrd /{FILES}/{k.initrd}\n"
-        f"options {kernel_arguments(system, deployment_id)}\n"
+        f"options {' '.join([kernel_arguments(system, deployment_id), *extra_arguments(system, d.id)])}\n"
     ).encode()
+
+
+def extra_arguments(system: System, deployment_id: str) -> list[str]:
+    """The deployment's own additions to the command line: its root's /etc/kernel/cmdline
+    (console=, quiet...), one line, as kernel-install reads it."""
+    path = system.layout.root_of(deployment_id) / "etc/kernel/cmdline"
+    try:
+        text = read_limited(path, 8192).decode(errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    words = " ".join(text.split()).split(" ") if text.strip() else []
+    return [w for w in words if w and w.isprintable() and len(w) < 512][:64]
 
 
 def wanted(system: System, current: State) -> dict[tuple[str, str], KernelFiles]:
@@ -177,10 +190,9 @@ def sync(esp: Esp, system: System, current: State, *, count_tries: int = DEFAULT
     order = sorted(want, key=lambda k: (k[0] != current.default, k))
     for key in order:
         text = entry_text(system, current, key[0], want[key], failed)
-        e = have.get(key)
-        if e is None:
-            counted = key[0] == current.default and count_tries > 0
-            e = EntryName(key[0], key[1], count_tries if counted else None)
+        found = have.get(key)
+        counted = key[0] == current.default and count_tries > 0
+        e = found or EntryName(key[0], key[1], count_tries if counted else None)
         if esp.read(f"{ENTRIES}/{e.file}") != text:
             esp.write(f"{ENTRIES}/{e.file}", text)
     for name in esp.listdir(FILES):

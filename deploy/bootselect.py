@@ -45,10 +45,18 @@ def fs_uuid(system: System) -> str | None:
 
 
 def kernel_arguments(system: System, deployment_id: str) -> str:
-    """The arguments a boot entry uses to mount this deployment as /usr."""
+    """The kernel command line that boots this deployment: its root subvolume as /, read-write,
+    and its /usr subvolume, read-only (systemd's initrd mounts both)."""
     uuid = fs_uuid(system)
     device = f"UUID={uuid}" if uuid else mounts.mount_of(system.layout.top).source
-    return f"mount.usr={device} mount.usrflags=subvol={system.layout.subvol_path(deployment_id)},ro"
+    layout = system.layout
+    usr = f"mount.usr={device} mount.usrflags=subvol={layout.subvol_path(deployment_id)},ro"
+    if not os.path.isdir(layout.root_of(deployment_id)):
+        return usr  # made before deployments had roots: it boots on the sysroot's own /
+    return (
+        f"root={device} rootflags=subvol={layout.root_subvol_path(deployment_id)} rw"
+        f" mount.usr={device} mount.usrflags=subvol={layout.subvol_path(deployment_id)},ro"
+    )
 
 
 def _text(system: System) -> str:
@@ -80,7 +88,7 @@ def write(system: System, current: State) -> None:
         path.unlink(missing_ok=True)
         return
     text = (
-        "# Written by rpmimg: kernel arguments that mount the default deployment as /usr.\n"
+        "# Written by rpmimg: the kernel command line that boots the default deployment.\n"
         f"# state serial {current.serial}\n"
         f"{kernel_arguments(system, current.default)}\n"
     )

@@ -15,12 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import delta
+from deploy import delta, rpmdb
 from deploy.faults import checkpoint
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import TreeBuilder
+from deploy.tree import HEADER_DIR, TreeBuilder
 from host import kernel
 from imagespec.manifest import ImageManifest
 from rpmextents import Entry, ExtentsPackage, refuse_package_db
@@ -53,9 +53,11 @@ Seal = Callable[[Path, int, OwnerIds], None]
 def build(
     system: System, m: ImageManifest, store: Store, new_id: str, progress: ProgressFn,
     base: DeploymentRecord | None, full: bool = False, seal: Seal | None = None,
+    accounts: Path | None = None,
 ) -> Built:
     """Build image m as deployment new_id; base is the deployment to update from. seal
-    writes the deployment's record into the tree before it is made read-only.
+    writes the deployment's record into the tree before it is made read-only. Owner names
+    resolve through the accounts of the root `accounts` (default: the sysroot's).
 
     A package claiming rpmimg's package database is refused before anything is built; a
     build that fails leaves no subvolume behind.
@@ -63,19 +65,22 @@ def build(
     for ref in m.packages:
         refuse_package_db(ref.nevra, package_files(store.path(ref.sha256)))
     path = system.layout.staging / f"build-{new_id}"
+    owners_root = accounts if accounts is not None else system.sysroot
     method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
     try:
         if base is not None and not full:
             try:
-                builder, written, kept = _update(system, m, store, path, base, progress)
+                builder, written, kept = _update(system, m, store, path, base, progress, owners_root)
                 method = "update"
             except delta.NoDelta as e:
                 reason = str(e)
                 log.info("building %s %s from scratch: %s", m.name, m.version, reason)
                 _discard(path)
         if method == "full":
-            builder = _full(system, m, store, path, progress)
+            builder = _full(system, m, store, path, progress, owners_root)
             written, kept = builder.stats.entries, 0
+        _package_database(path, m, base if method == "update" else None)
+        checkpoint("rpm database written")
         owner_ids = builder.owner_ids()
         if seal is not None:
             seal(path, kernel.subvolume_id(path), owner_ids)
@@ -97,10 +102,27 @@ def _discard(path: Path) -> None:
         kernel.subvolume_delete(path)
 
 
-def _full(system: System, m: ImageManifest, store: Store, path: Path, progress: ProgressFn) -> TreeBuilder:
+def _package_database(path: Path, m: ImageManifest, base: DeploymentRecord | None) -> None:
+    """The tree's rpm database: base's (in the snapshot) changed where m differs, else new."""
+    headers = path / HEADER_DIR
+    if base is not None:
+        old = {p.sha256 for p in base.packages}
+        new = {r.sha256 for r in m.packages}
+        gone = sorted({p.nvra for p in base.packages if p.sha256 not in new})
+        added = sorted({r.nvra for r in m.packages if r.sha256 not in old})
+        try:
+            rpmdb.update(path, gone, [headers / f"{n}.rpm" for n in added])
+            return
+        except FileNotFoundError:
+            log.info("deployment %s has no rpm database: building it from every header", base.id)
+    rpmdb.build(path, [headers / f"{r.nvra}.rpm" for r in m.packages])
+
+
+def _full(system: System, m: ImageManifest, store: Store, path: Path, progress: ProgressFn,
+          owners_root: Path) -> TreeBuilder:
     kernel.subvolume_create(path)
     checkpoint("subvolume created")
-    builder = TreeBuilder(path, system.sysroot)
+    builder = TreeBuilder(path, owners_root)
     # About ten crash points spread over the build, whatever the image's size.
     step = max(1, len(m.packages) // 10)
     for i, ref in enumerate(m.packages):
@@ -128,7 +150,7 @@ def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple
 
 def _update(
     system: System, m: ImageManifest, store: Store, path: Path, base: DeploymentRecord,
-    progress: ProgressFn,
+    progress: ProgressFn, owners_root: Path,
 ) -> tuple[TreeBuilder, int, int]:
     """The update as a snapshot of base changed where m differs; (builder, paths written, paths kept)."""
     base_path = system.layout.deployment(base.id)
@@ -136,7 +158,7 @@ def _update(
         raise delta.NoDelta(f"deployment {base.id} predates updates built from a previous deployment")
     if not kernel.is_subvolume(base_path) or not kernel.subvolume_is_readonly(base_path):
         raise delta.NoDelta(f"deployment {base.id} is not a read-only subvolume")
-    builder = TreeBuilder(path, system.sysroot)
+    builder = TreeBuilder(path, owners_root)
     delta.check_owners(base.owner_ids, builder.owners)
     old_keys = [p.sha256 for p in base.packages]
     new_keys = [r.sha256 for r in m.packages]

@@ -7,6 +7,9 @@
       store/<sha[:2]>/<sha256>.rpm    verified extents RPMs, content-addressed, read-only
       deployments/<ID>/               one read-only subvolume per deployment: its /usr tree,
                                       with its own record in lib/sysimage/rpmimg/deployment.json
+      roots/<ID>/                     one writable subvolume per deployment: its / (etc/, the
+                                      merged-usr links, empty mount points; see deploy.rootfs)
+      var/                            one subvolume mounted at /var by every root, never rolled back
       staging/                        partial downloads and deployments being built
 
 TOP is the sysroot itself when it is the top level; otherwise rpmimg mounts the top
@@ -65,11 +68,31 @@ class Layout:
     def deployment(self, deployment_id: str) -> Path:
         return self.deployments / deployment_id
 
+    @property
+    def roots(self) -> Path:
+        return self.root / "roots"
+
+    def root_of(self, deployment_id: str) -> Path:
+        """The writable root subvolume of a deployment."""
+        return self.roots / deployment_id
+
+    @property
+    def var(self) -> Path:
+        return self.root / "var"
+
+    def root_subvol_path(self, deployment_id: str) -> str:
+        """The deployment's root inside the filesystem, as rootflags=subvol= wants it."""
+        return f"/{DIRNAME}/roots/{deployment_id}"
+
+    @property
+    def var_subvol_path(self) -> str:
+        return f"/{DIRNAME}/var"
+
     def subvol_path(self, deployment_id: str) -> str:
         """The deployment's path inside the filesystem, as mount's subvol= option wants it."""
         return f"/{DIRNAME}/deployments/{deployment_id}"
 
     def create(self) -> None:
         """Make the directories (idempotent)."""
-        for d in (self.root, self.store, self.deployments, self.staging, self.downloads):
+        for d in (self.root, self.store, self.deployments, self.roots, self.staging, self.downloads):
             os.makedirs(d, exist_ok=True)

@@ -69,7 +69,7 @@ def recover(system: System, current: State, *, delete: bool = True) -> list[str]
     marked = records.discardable(layout)
     removed = []
     if delete:
-        doomed = [layout.deployment(i) for i in sorted(marked - known)]
+        doomed = [p for i in sorted(marked - known) for p in (layout.deployment(i), layout.root_of(i))]
         for entry in [*_staging_leftovers(layout), *(p for p in doomed if os.path.lexists(p))]:
             _delete_subvolume_or_tree(entry)
             removed.append(os.fspath(entry))
@@ -199,9 +199,9 @@ def cleanup(system: System, keep: int, lock_wait: float = DEFAULT_WAIT) -> Clean
             records.mark_discardable(system.layout, d.id)
         system.save_state(new)
         for d in drop:
-            path = system.layout.deployment(d.id)
-            if path.exists():
-                kernel.subvolume_delete(path)
+            for path in (system.layout.deployment(d.id), system.layout.root_of(d.id)):
+                if path.exists():
+                    kernel.subvolume_delete(path)
             records.unmark(system.layout, d.id)
         needed = {p.sha256 for d in keepers for p in d.packages}
         store = Store(system.layout.store)

@@ -30,6 +30,8 @@ class DeploymentStatus:
     path: str | None  # the /usr tree, when reachable outside rpmimg's private mount
     subvol: str
     exclusive_bytes: int | None
+    root: str | None = None  # the writable root, reachable like path (None: none, or not reachable)
+    root_subvol: str | None = None
     boot: tuple[BootEntryStatus, ...] = ()  # its entries in the ESP
     failed: str | None = None  # why it was abandoned at boot, when it was
 
@@ -68,6 +70,10 @@ def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
             shown = os.fspath(system.sysroot / "usr")
         else:
             shown = None
+        root = system.layout.root_of(d.id)
+        has_root = os.path.isdir(root)
+        root_shown = os.fspath(root) if has_root and system.visible else (
+            "/" if has_root and d.id == booted else None)
         out.append(
             DeploymentStatus(
                 id=d.id, image=d.image, version=d.version, packages=len(d.packages),
@@ -75,6 +81,7 @@ def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
                 pinned=d.pinned, bad=d.id in current.bad, path=shown,
                 subvol=system.layout.subvol_path(d.id),
                 exclusive_bytes=kernel.exclusive_bytes([path]) if measure else None,
+                root=root_shown, root_subvol=system.layout.root_subvol_path(d.id) if has_root else None,
                 boot=entries.get(d.id, ()), failed=failed.get(d.id),
             )
         )

@@ -141,8 +141,11 @@ def unexplained(system: System, current: State) -> list[str]:
     mounted ones the state does not name: the state is missing or older than the disk."""
     known = {d.id for d in current.deployments}
     allowed = discardable(system.layout) - system.mounted()
+    layout = system.layout
+    roots = sorted(layout.roots.iterdir()) if layout.roots.is_dir() else []
     return [
-        e.name for e in sorted(system.layout.deployments.iterdir())
+        e.name if e.parent == layout.deployments else f"{e.name} (root)"
+        for e in [*sorted(layout.deployments.iterdir()), *roots]
         if e.name not in known and e.name not in allowed
     ]
 
@@ -192,6 +195,9 @@ def rebuild(system: System) -> tuple[State, list[str]]:
             skipped.append(entry.name)
         else:
             records.append(record)
+    ids_found = {r.id for r in records}
+    if system.layout.roots.is_dir():
+        skipped += [f"{e.name} (root)" for e in system.layout.roots.iterdir() if e.name not in ids_found]
     records.sort(key=lambda r: int(r.id))
     old = _previous_flags(system)
     pinned = {d.id for d in old.deployments if d.pinned}

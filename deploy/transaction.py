@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import bootcheck, bootentries, bootfiles, bootselect, records
-from deploy.build import Built, OwnerIds, build
+from deploy import bootcheck, bootentries, bootfiles, bootselect, records, rootfs
+from deploy.build import Built, OwnerIds
 from deploy.errors import DowngradeError, SpaceError
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
@@ -36,6 +36,7 @@ from deploy.sources import FetchJob, Source, open_source
 from deploy.state import DeploymentRecord, PackageRecord, State
 from deploy.store import Store
 from deploy.system import System
+from deploy.wholesystem import WholeBuilt, build_system
 from imagespec.manifest import ImageManifest, ManifestPackage
 from rpmextents import Keyring
 from rpmextents.errors import ExtentsError
@@ -73,6 +74,8 @@ class DeployOptions:
     full: bool = False
     # Make a deployment that failed to boot the default again.
     force: bool = False
+    # A root made fresh from the image's defaults, as a first deployment's (rpmimg reset).
+    fresh_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class DeployResult:
     full_reason: str = ""
     written_paths: int = 0
     kept_paths: int = 0
+    root: str = ""  # the deployment's root subvolume
+    accounts_by_scriptlet: tuple[str, ...] = ()  # packages whose accounts will not exist
+    etc_added: tuple[str, ...] = ()  # vendor defaults new in the root's /etc
 
 
 def _noop_progress(label: str, unit: str) -> ProgressFn:
@@ -229,6 +235,7 @@ def fetch_into_store(
 class Tree:
     record: DeploymentRecord
     built: Built
+    whole: WholeBuilt
 
 
 def _record(ref: ManifestPackage, source: Source) -> PackageRecord:
@@ -262,17 +269,18 @@ def build_tree(
 
     records.mark_discardable(system.layout, new_id)
     try:
-        built = build(
+        whole = build_system(
             system, m, Store(system.layout.store), new_id, progress("build", "packages"),
-            current.find(current.default), full=options.full, seal=seal,
+            current.find(current.default), seal, full=options.full, fresh_root=options.fresh_root,
         )
     except BaseException:
         # A failed build deletes what it made; the marker stays only if something is left.
-        made = (system.layout.staging / f"build-{new_id}", system.layout.deployment(new_id))
+        made = (system.layout.staging / f"build-{new_id}", system.layout.deployment(new_id),
+                rootfs.staging_path(system, new_id), system.layout.root_of(new_id))
         if not any(os.path.lexists(p) for p in made):
             records.unmark(system.layout, new_id)
         raise
-    return Tree(sealed[0], built)
+    return Tree(sealed[0], whole.built, whole)
 
 
 # --- phase 4: record it as the default ------------------------------------------------------
@@ -391,4 +399,6 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             outside_usr=built.outside_usr, scriptlets_not_run=m.report.scriptlets,
             unknown_owners=built.unknown_owners, build=built.method, full_reason=built.full_reason,
             written_paths=built.written, kept_paths=built.kept,
+            root=os.fspath(tree.whole.root), accounts_by_scriptlet=tree.whole.accounts.by_scriptlet,
+            etc_added=tree.whole.etc_added,
         )

@@ -284,6 +284,11 @@ RESERVED = {
     PACKAGE_DB: "rpmimg's package database",
     "/usr/lib/sysimage/rpmimg": "rpmimg's deployment record",
 }
+# Directories a package may own (rpm's own package does) but nothing below: rpmimg derives
+# what is there (the rpm database, from the header files).
+RESERVED_BELOW = {
+    "/usr/lib/sysimage/rpm": "the rpm database rpmimg derives from the headers",
+}
 
 
 def package_files(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
@@ -313,6 +318,11 @@ def package_db_path(files: Iterable[tuple[str, int]]) -> tuple[str, str] | None:
                 return p, reserved
             if not stat.S_ISDIR(mode) and reserved.startswith(p.rstrip("/") + "/"):
                 return p, reserved
+        for reserved in RESERVED_BELOW:
+            if p.startswith(reserved + "/"):
+                return p, reserved
+            if not stat.S_ISDIR(mode) and (p == reserved or reserved.startswith(p.rstrip("/") + "/")):
+                return p, reserved
     return None
 
 
@@ -321,4 +331,5 @@ def refuse_package_db(nevra: str, files: Iterable[tuple[str, int]]) -> None:
     claim = package_db_path(files)
     if claim is not None:
         path, reserved = claim
-        raise UnsafePathError(f"{nevra}: owns {path}, but {reserved} is {RESERVED[reserved]}")
+        what = RESERVED.get(reserved) or RESERVED_BELOW[reserved]
+        raise UnsafePathError(f"{nevra}: owns {path}, but {reserved} is {what}")

@@ -71,6 +71,7 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("status", help="list deployments")
     p.add_argument("--no-size", action="store_true", help="skip measuring exclusive disk use")
+    p.add_argument("-v", "--verbose", action="store_true", help="show each deployment's root too")
     _common(p, mutating=False)
     p.set_defaults(func=cmd_status)
 
@@ -224,6 +225,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"  {nevra}: has scriptlets, which were not run")
     for owner in result.unknown_owners:
         print(f"  {owner} does not exist on this system: files owned by root instead")
+    for nevra in result.accounts_by_scriptlet:
+        print(f"  {nevra}: creates accounts in a scriptlet without sysusers.d: they will not exist")
+    if result.root:
+        print(f"  root: {result.root}")
     print(f"default for next boot: {result.kernel_arguments}")
     return 0
 
@@ -253,6 +258,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"        boot entry {e.entry}: kernel {e.kernel_version}, {e.assessment}{tries}")
         if r.failed:
             print(f"        failed to boot: {r.failed}")
+        if args.verbose and (r.root or r.root_subvol):
+            print(f"        root {r.root or r.root_subvol}")
     return 0
 
 

@@ -1,0 +1,86 @@
+"""System accounts of a new root from the image's sysusers.d, before its /usr is built.
+
+The configuration is read from the stored packages (the /usr tree does not exist yet) and
+applied to the root's etc/passwd, group, shadow and gshadow by `systemd-sysusers --root`.
+A file of the administrator's in the root's etc/sysusers.d masks the image's file of the
+same name, as systemd does. Accounts already in the root (a snapshot of the previous
+deployment's) keep their ids; new ones get ids free in both files. Owners in the new /usr
+then resolve through these accounts (deploy.tree).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.errors import DeploymentError
+from deploy.store import Store
+from host.run import CommandError, run
+from rpmextents import ExtentsPackage
+from rpmextents.accounts import accounts_without_sysusers, sysusers_entries
+
+log = logging.getLogger(__name__)
+
+MAX_CONFIG = 1 << 20
+ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
+
+
+@dataclass(frozen=True)
+class Accounts:
+    files: tuple[str, ...]  # the sysusers.d files applied, by name
+    by_scriptlet: tuple[str, ...]  # packages creating accounts in scriptlets without sysusers.d
+
+
+def image_config(store: Store, sha256s: Iterable[str]) -> tuple[dict[str, bytes], list[str]]:
+    """name -> content of every sysusers.d file of the packages; and the packages that
+    create accounts in scriptlets without shipping one."""
+    found: dict[str, bytes] = {}
+    by_scriptlet = []
+    for sha in dict.fromkeys(sha256s):
+        with ExtentsPackage.open(store.path(sha)) as pkg:
+            entries = pkg.entries()
+            if accounts_without_sysusers(pkg.header, entries):
+                by_scriptlet.append(pkg.nevra)
+            for e in sysusers_entries(entries):
+                if e.extent is None or e.size > MAX_CONFIG:
+                    continue
+                found[os.path.basename(e.path)] = b"".join(pkg.read_extent(e.extent))[: e.size]
+    return found, sorted(by_scriptlet)
+
+
+def _admin_config(root: Path) -> dict[str, bytes]:
+    d = root / "etc/sysusers.d"
+    out = {}
+    if d.is_dir() and not d.is_symlink():
+        for p in sorted(d.iterdir()):
+            if p.name.endswith(".conf") and p.is_file() and not p.is_symlink():
+                out[p.name] = p.read_bytes()[:MAX_CONFIG]
+            elif p.name.endswith(".conf") and p.is_symlink() and os.readlink(p) == "/dev/null":
+                out[p.name] = b""
+    return out
+
+
+def apply(root: Path, config: dict[str, bytes]) -> tuple[str, ...]:
+    """Apply the image's config (masked by the root's own files) to root; the names applied."""
+    merged = {**config, **_admin_config(root)}
+    names = tuple(sorted(merged))
+    text = b"".join(merged[n].rstrip(b"\n") + b"\n" for n in names if merged[n])
+    if not text:
+        return names
+    try:
+        # "-" reads the configuration from stdin: the image's files are not in the root yet.
+        run(["systemd-sysusers", f"--root={root}", "-"], input=text, timeout=120)
+    except CommandError as e:
+        raise DeploymentError(f"{root}: creating the image's system accounts failed: {e}") from e
+    return names
+
+
+def create_accounts(root: Path, store: Store, sha256s: Iterable[str]) -> Accounts:
+    config, by_scriptlet = image_config(store, sha256s)
+    for nevra in by_scriptlet:
+        log.warning("%s creates accounts in a scriptlet and ships no sysusers.d file: they will not exist",
+                    nevra)
+    return Accounts(apply(root, config), tuple(by_scriptlet))

@@ -1,0 +1,42 @@
+"""Packages and system accounts: the sysusers.d files a package ships, and scriptlets that
+create accounts by hand (useradd, groupadd, adduser) without shipping one.
+
+An image is deployed without running scriptlets, so an account a package makes in %pre or
+%post never exists unless the package declares it in sysusers.d.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rpmextents.files import Entry, EntryType
+from rpmextents.header import Header, Tag
+
+SYSUSERS_DIR = "/usr/lib/sysusers.d/"
+_SCRIPT_TAGS = (Tag.PREIN, Tag.POSTIN, Tag.PRETRANS, Tag.POSTTRANS)
+_CREATES = re.compile(rb"(?:^|[\s;&|(`/])(?:useradd|groupadd|adduser|addgroup|newusers)\b")
+
+
+def sysusers_entries(entries: list[Entry]) -> list[Entry]:
+    """The package's sysusers.d configuration files (regular *.conf files, not %ghost)."""
+    return [
+        e for e in entries
+        if e.path.startswith(SYSUSERS_DIR) and e.path.endswith(".conf") and "/" not in
+        e.path[len(SYSUSERS_DIR):] and e.type is EntryType.FILE and not e.ghost
+    ]
+
+
+def creates_accounts(header: Header) -> bool:
+    """Whether an install scriptlet of the package runs an account-creating command."""
+    for tag in _SCRIPT_TAGS:
+        value = header.get(tag)
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape")
+        if isinstance(value, bytes) and _CREATES.search(value):
+            return True
+    return False
+
+
+def accounts_without_sysusers(header: Header, entries: list[Entry]) -> bool:
+    """A package that creates accounts in a scriptlet and ships no sysusers.d file for them."""
+    return creates_accounts(header) and not sysusers_entries(entries)
