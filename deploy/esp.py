@@ -141,6 +141,11 @@ class DirectoryEsp:
 
 
 _FREE = re.compile(rb"([0-9][0-9 ]*) bytes free")
+# An mdir line: 8.3 name, size (digits grouped by spaces), date, time, then the long name.
+_ENTRY = re.compile(
+    r"^(?P<base>.{8}) (?P<ext>.{3}) +(?P<size>[0-9][0-9 ]*) [0-9]{4}-[0-9]{2}-[0-9]{2} +"
+    r"[0-9]+:[0-9]+ *(?P<long>.*?) *$"
+)
 
 
 @dataclass(frozen=True)
@@ -180,16 +185,18 @@ class FatImageEsp:
         return self._m("mtype", f"::/{_check(rel)}")
 
     def size(self, rel: str) -> int | None:
-        out = run(["mdir", "-i", f"{self.image}@@{self.offset}", "-a", f"::/{_check(rel)}"],
-                  env={"MTOOLS_SKIP_CHECK": "1"}, allowed_codes=(0, 1)).stdout
+        proc = run(["mdir", "-i", f"{self.image}@@{self.offset}", "-a", f"::/{_check(rel)}"],
+                   env={"MTOOLS_SKIP_CHECK": "1"}, allowed_codes=(0, 1))
+        if proc.returncode != 0:
+            return None
         name = rel.rsplit("/", 1)[-1]
-        for line in out.decode(errors="replace").splitlines():
-            # Long-name listings end with the long name; sizes are the third-from-last field.
-            if line.endswith(name) or line.split(" ", 1)[0].lower() == name.lower():
-                fields = line.split()
-                for f in fields:
-                    if f.isdigit():
-                        return int(f)
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            m = _ENTRY.match(line)
+            if not m:
+                continue
+            short = m["base"].strip() + ("." + m["ext"].strip() if m["ext"].strip() else "")
+            if (m["long"] or short).lower() == name.lower():
+                return int(m["size"].replace(" ", ""))
         return None
 
     def _mkdirs(self, rel: str) -> None:
