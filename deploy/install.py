@@ -20,6 +20,7 @@ from pathlib import Path
 
 from deploy.errors import DeployError
 from deploy.esp import FatImageEsp
+from deploy.system import System
 from host.run import CommandError, run
 
 BOOT_LOADER = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
@@ -33,6 +34,7 @@ SECTOR = 512
 class Partition:
     offset: int
     size: int
+    uuid: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ def _partition(disk: Path, esp_size: int) -> tuple[Partition, Partition]:
     run(["sfdisk", "--quiet", "--wipe", "always", os.fspath(disk)], input=script.encode())
     table = json.loads(run(["sfdisk", "--json", os.fspath(disk)]).stdout)["partitiontable"]
     sector = int(table.get("sectorsize", SECTOR))
-    parts = [Partition(int(p["start"]) * sector, int(p["size"]) * sector) for p in table["partitions"]]
+    parts = [Partition(int(p["start"]) * sector, int(p["size"]) * sector, str(p.get("uuid", "")))
+             for p in table["partitions"]]
     return parts[0], parts[1]
 
 
@@ -90,8 +93,31 @@ def _make_esp(path: Path, size: int, boot_loader: Path) -> FatImageEsp:
     return esp
 
 
+def _mount_esp(system: System, deployment_id: str, esp: Partition) -> None:
+    """The new system mounts its ESP on /efi (where bootctl finds it for later deploys)."""
+    fstab = system.layout.root_of(deployment_id) / "etc/fstab"
+    old = fstab.read_text() if fstab.exists() else ""
+    line = f"PARTUUID={esp.uuid.lower()} /efi vfat umask=0077,nofail 0 2\n"
+    if esp.uuid and line not in old:
+        from host.files import write_atomically
+
+        write_atomically(fstab, (old + ("" if old.endswith("\n") or not old else "\n") + line).encode())
+
+
+def _set_cmdline(system: System, deployment_id: str, cmdline: str) -> None:
+    """Write the new root's /etc/kernel/cmdline and rewrite the entry with it."""
+    from deploy import bootcheck
+    from host.files import write_atomically
+
+    etc_kernel = system.layout.root_of(deployment_id) / "etc/kernel"
+    etc_kernel.mkdir(parents=True, exist_ok=True)
+    write_atomically(etc_kernel / "cmdline", (" ".join(cmdline.split()) + "\n").encode())
+    bootcheck.apply(system, system.load_state())
+
+
 def install(disk: Path, source: str, keyrings: tuple[Path, ...], *, size: int | None = None,
-            tries: int | None = None, boot_loader: Path = BOOT_LOADER) -> InstallResult:
+            tries: int | None = None, cmdline: str = "",
+            boot_loader: Path = BOOT_LOADER) -> InstallResult:
     """Partition disk, install systemd-boot, deploy source as the first deployment."""
     from deploy.bootentries import ENTRIES
     from deploy.system import open_system
@@ -112,6 +138,9 @@ def install(disk: Path, source: str, keyrings: tuple[Path, ...], *, size: int | 
                 with open_system(mnt) as opened:
                     system = dataclasses.replace(opened, esp=esp, tries=tries)
                     result = deploy(system, DeployOptions(source=source, keyrings=keyrings))
+                    _mount_esp(system, result.deployment, esp_part)
+                    if cmdline.strip():
+                        _set_cmdline(system, result.deployment, cmdline)
             finally:
                 run(["umount", os.fspath(mnt)])
         entries = tuple(esp.listdir(ENTRIES))

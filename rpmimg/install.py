@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--keyring", type=Path, action="append", default=[], metavar="FILE",
                    help="trusted OpenPGP public key file (repeatable; at least one)")
     p.add_argument("--tries", type=int, metavar="N", help="boot tries of the first entry (default: 3)")
+    p.add_argument("--cmdline", default="", metavar="ARGS",
+                   help="kernel arguments added to the deployment's own (kept in its root's"
+                   " /etc/kernel/cmdline, carried on to later deployments), e.g. console=ttyS0")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_install)
 
@@ -45,7 +48,8 @@ def cmd_install(args: argparse.Namespace) -> int:
 
     if not args.keyring:
         raise UsageError("install: give the image's signing key with --keyring")
-    result = install(args.disk, args.manifest, tuple(args.keyring), size=args.size, tries=args.tries)
+    result = install(args.disk, args.manifest, tuple(args.keyring), size=args.size, tries=args.tries,
+                     cmdline=args.cmdline)
     if args.json:
         print_json(dataclasses.asdict(result))
         return 0
