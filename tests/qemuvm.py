@@ -147,3 +147,49 @@ def add_driver(root: Path) -> None:
     link = units / "multi-user.target.wants/rpmimg-e2e.service"
     if not link.is_symlink():
         link.symlink_to("../rpmimg-e2e.service")
+
+
+def _download(package: str, cache: Path) -> Path:
+    found = sorted(cache.glob(f"{package}_*.deb"))
+    if not found:
+        subprocess.run(["apt-get", "download", package], cwd=cache, check=True, capture_output=True)
+        found = sorted(cache.glob(f"{package}_*.deb"))
+    return found[-1]
+
+
+def debian_kernel_and_busybox(cache: Path) -> tuple[bytes, bytes]:
+    """Debian's kernel (vmlinuz) and a static busybox, from their packages (cached)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    depends = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True,
+                             text=True, check=True).stdout
+    image = next(line.split()[-1] for line in depends.splitlines()
+                 if "Depends:" in line and "linux-image-" in line)
+    out = {}
+    for package, member in ((image, "./boot/vmlinuz-"), ("busybox-static", "./bin/busybox")):
+        deb = _download(package, cache)
+        listing = subprocess.run(f"dpkg-deb --fsys-tarfile {deb} | tar -t", shell=True,
+                                 capture_output=True, text=True, check=True).stdout.split()
+        name = next(n for n in listing if n.startswith(member))
+        out[package] = subprocess.run(f"dpkg-deb --fsys-tarfile {deb} | tar -xO {name}", shell=True,
+                                      capture_output=True, check=True).stdout
+    return out[image], out["busybox-static"]
+
+
+def busybox_initrd(busybox: bytes, work: Path, then: str) -> bytes:
+    """A tiny initrd that reports its command line on the console, then runs `then`
+    (`poweroff -f`: a boot that worked; `reboot -f`: a boot that failed in the initrd)."""
+    root = work / f"initrd-{then.split()[0]}"
+    for d in ("bin", "proc", "dev"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "bin/busybox").write_bytes(busybox)
+    os.chmod(root / "bin/busybox", 0o755)
+    (root / "init").write_text(
+        "#!/bin/busybox sh\n"
+        "/bin/busybox mount -t proc proc /proc\n"
+        "/bin/busybox mount -t devtmpfs dev /dev\n"
+        f'echo "E2E-INITRD: {then.split()[0]} cmdline=$(/bin/busybox cat /proc/cmdline)" > /dev/console\n'
+        f"/bin/busybox {then}\n")
+    os.chmod(root / "init", 0o755)
+    files = subprocess.run("find . | sort", shell=True, cwd=root, capture_output=True, check=True).stdout
+    return subprocess.run(["cpio", "-o", "-H", "newc", "--reproducible"], cwd=root, input=files,
+                          capture_output=True, check=True).stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,71 @@ def test_boot_update_fallback_rollback(tmp_path: Path) -> None:
     # 5. rollback in v2: the next boot is v1.
     serial = vm.boot("rpmimg status\nsystemctl poweroff\n")
     assert _variant(serial) == "v1", vm.report()
+
+
+def _booted_deployment(serial: str) -> str:
+    found = re.findall(r"E2E-INITRD: \w+ cmdline=.*deployments/([0-9]+),ro", serial)
+    assert found, "the initrd did not report:\n" + serial[-3000:]
+    return found[-1]
+
+
+def test_systemd_boot_counts_tries_and_falls_back(tmp_path: Path) -> None:
+    """The boot loader half, on real firmware and systemd-boot, with Debian's kernel and a
+    tiny initrd standing in for a system (it reports its command line, then powers off, or
+    reboots as an initrd that cannot mount /usr would): install, the entry's tries counted
+    down, a second deployment's counted entry tried until no tries are left, then the boot
+    loader falls back to the first deployment on its own."""
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    from bootimages import publish_bootable
+    from deploytools import V1, V2
+    from qemuvm import busybox_initrd, debian_kernel_and_busybox
+
+    from fixtures.build import fixture_packages, signing_key
+
+    try:
+        kernel, busybox = debian_kernel_and_busybox(Path.home() / ".cache/rpmimg/qemu")
+    except (subprocess.CalledProcessError, StopIteration) as e:
+        pytest.skip(f"Debian's kernel or busybox-static cannot be had: {e}")
+    key = signing_key()
+    ok = busybox_initrd(busybox, tmp_path, "poweroff -f")
+    fails = busybox_initrd(busybox, tmp_path, "reboot -f")
+    empty = [fixture_packages()["signed"]]  # header-signed by the test key
+    kver = "6.1.0-e2e"
+    v1 = publish_bootable(tmp_path / "pub", V1, empty, key, {kver: (kernel, ok)})
+    v2 = publish_bootable(tmp_path / "pub", V2, empty, key, {kver: (kernel, fails)})
+    disk = tmp_path / "disk.img"
+    out = subprocess.run(
+        [sys.executable, "-m", "rpmimg", "install", v1, "--disk", disk, "--size", "1G",
+         "--keyring", key.public, "--cmdline", "console=ttyS0,115200", "--json"],
+        capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    installed = json.loads(out.stdout)
+    esp = FatImageEsp(disk, installed["esp"]["offset"])
+    vm = Machine(disk, tmp_path, tmp_path / "pub", memory_mib=512)
+
+    assert _booted_deployment(vm.boot("", timeout=240)) == "1"
+    assert _entries(esp)["1"] == f"rpmimg-1-{kver}+2-1.conf"  # systemd-boot counted the try
+
+    # Deploy v2 from outside (its ESP is a FAT image here), with 2 tries.
+    root = installed["root"]
+    with mounted_partition(disk, root["offset"], root["size"], tmp_path / "mnt") as top:
+        subprocess.run(
+            [sys.executable, "-c",
+             "import dataclasses, sys; from pathlib import Path\n"
+             "from deploy.esp import FatImageEsp\n"
+             "from deploy.system import open_system\n"
+             "from deploy.transaction import DeployOptions, deploy\n"
+             "with open_system(Path(sys.argv[1])) as s:\n"
+             "    s = dataclasses.replace(s, esp=FatImageEsp(Path(sys.argv[2]), int(sys.argv[3])), tries=2)\n"
+             "    print(deploy(s, DeployOptions(source=sys.argv[4], keyrings=(Path(sys.argv[5]),))))\n",
+             top, disk, str(installed["esp"]["offset"]), v2, key.public], check=True)
+    assert _entries(esp)["2"] == f"rpmimg-2-{kver}+2.conf"
+    # Its initrd fails: tried twice, then systemd-boot picks deployment 1 by itself.
+    assert _booted_deployment(vm.boot("", timeout=240)) == "2"
+    assert _entries(esp)["2"] == f"rpmimg-2-{kver}+1-1.conf"
+    assert _booted_deployment(vm.boot("", timeout=240)) == "2"
+    assert _entries(esp)["2"] == f"rpmimg-2-{kver}+0-2.conf"
+    assert _booted_deployment(vm.boot("", timeout=240)) == "1"
+    assert _entries(esp)["1"] == f"rpmimg-1-{kver}+1-2.conf"
