@@ -2,7 +2,8 @@
 
 The file list, modes, owners, mtimes, symlinks and hardlinks come from the .deb's
 data.tar; /bin, /sbin, /lib, /lib32, /libx32 and /lib64 move under /usr (other
-top-level directories such as /etc and /var stay), Debian's conffiles become
+top-level directories such as /etc and /var stay), the kernel and its config and
+System.map move from /boot to /usr/lib/modules/KVER/ (vmlinuz, config, System.map), Debian's conffiles become
 %config(noreplace), files under /usr/share/doc become %doc, and the relationship
 fields become Provides/Requires/Conflicts/Recommends/Suggests/Enhances.
 Maintainer scripts are not carried over: they are Debian-specific and rpmimg
@@ -102,9 +103,20 @@ def read_deb(path: Path) -> DebArchive:
     return DebArchive(stanza, conffiles, _decompress(data_name, members[data_name]))
 
 
+# Debian's kernel files in /boot, where openSUSE and Fedora ship them: beside the modules.
+_BOOT_FILES = {"vmlinuz-": "vmlinuz", "config-": "config", "System.map-": "System.map"}
+
+
 def relocate(path: str) -> str:
-    """/bin/x -> /usr/bin/x (and /sbin, /lib*); anything else unchanged. Path is absolute."""
+    """/bin/x -> /usr/bin/x (and /sbin, /lib*), /boot/vmlinuz-KVER -> /usr/lib/modules/KVER/vmlinuz.
+
+    Anything else is unchanged. Path is absolute.
+    """
     top, _, rest = path.lstrip("/").partition("/")
+    if top == "boot" and "/" not in rest:
+        for prefix, name in _BOOT_FILES.items():
+            if rest.startswith(prefix) and len(rest) > len(prefix):
+                return f"/usr/lib/modules/{rest[len(prefix):]}/{name}"
     if top in MERGED_DIRS:
         return f"/usr/{top}/{rest}".rstrip("/")
     return path

@@ -51,7 +51,7 @@ from benchmarks.rpmwriter import FileEntry, write_package
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3  # 3: kernels at /usr/lib/modules/KVER/vmlinuz, dracut seeded
 ZSTD_LEVEL = int(os.environ.get("RPMIMG_BENCH_ZSTD_LEVEL", "19"))  # rpmbuild's w19.zstdio, as distributions ship
 UPDATE_FRACTION = 0.05
 CHANGED_FILE_FRACTION = 0.4
@@ -68,7 +68,7 @@ SEEDS = (
     "dbus-user-session", "apparmor", "systemd-resolved", "systemd-container", "polkitd",
     "cloud-init", "grub-efi-amd64", "efibootmgr", "lvm2", "parted", "fdisk", "xfsprogs",
     "nfs-common", "wget", "htop", "bind9-dnsutils", "tcpdump", "ethtool", "conntrack",
-    "logrotate", "cron", "netcat-openbsd",
+    "logrotate", "cron", "netcat-openbsd", "dracut",
 )
 
 

@@ -2,6 +2,8 @@
 
     pool/<sha[:2]>/<sha256>-<name>-<version>-<release>.<arch>.rpm     extents RPM
     pool/<sha[:2]>/<sha256>-<name>-<version>-<release>.<arch>.rpm.zst zstd copy
+    pool/boot/<sha256>-vmlinuz-<kver>, pool/boot/<sha256>-initrd-<kver>   boot files
+    pool/boot/<inputs>-initrd-<kver>.json      what that initrd was built from
     images/NAME/VERSION/manifest.json   (+ manifest.json.asc, changes.json)
     images/NAME/latest -> VERSION
 
@@ -34,3 +36,16 @@ def zstd_path(pool_entry: str) -> str:
 def location_of(relpath: str) -> str:
     """The manifest-relative location of an output-relative path."""
     return TO_OUTPUT + relpath
+
+
+BOOT = POOL + "/boot"
+
+
+def boot_path(sha256: str, kind: str, kernel_version: str) -> str:
+    """The output-relative path of a kernel ("vmlinuz") or initrd ("initrd") by its sha256."""
+    return f"{BOOT}/{sha256}-{kind}-{kernel_version}"
+
+
+def boot_inputs_path(inputs: str, kernel_version: str) -> str:
+    """The output-relative path of the record of an initrd's inputs (server side only)."""
+    return f"{BOOT}/{inputs}-initrd-{kernel_version}.json"

@@ -78,6 +78,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("diff", help="package differences between two deployments")
     p.add_argument("old", nargs="?", metavar="A", help="deployment id (default: see README)")
     p.add_argument("new", nargs="?", metavar="B", help="deployment id (default: the default)")
+    p.add_argument("--etc", action="store_true",
+                   help="show B's /etc merge instead: every .rpmnew/.rpmsave and kept file")
     _common(p, mutating=False)
     p.set_defaults(func=cmd_diff)
 
@@ -266,6 +268,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from deploy.overview import diff
 
+    if args.etc:
+        return cmd_diff_etc(args)
     with _system(args) as system:
         _settled(system)
         result = diff(system, args.old, args.new)
@@ -273,6 +277,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print_json(result.to_json())
         return 0
     print(f"deployment {result.old} -> {result.new}: {len(result.changes)} changed packages")
+    for line in result.lines():
+        print(line)
+    return 0
+
+
+def cmd_diff_etc(args: argparse.Namespace) -> int:
+    from deploy.etcreport import etc_diff
+
+    with _system(args) as system:
+        _settled(system)
+        result = etc_diff(system, args.old, args.new)
+    if args.json:
+        print_json(result.to_json())
+        return 0
     for line in result.lines():
         print(line)
     return 0

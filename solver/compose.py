@@ -28,6 +28,7 @@ from solver.depsolve import ResolvedPackage, SolveRequest, solve
 from solver.errors import DepsolveError, PublishError
 from solver.fetch import Fetcher, FetchItem
 from solver.headers import Signed, check_closure, check_nevra, read_header
+from solver.initrd import ImagePackage, build_boot
 from solver.keys import RepoKeyring
 from solver.pool import PoolEntry
 from solver.publish import ImageStore
@@ -98,11 +99,12 @@ class _Inputs:
 def compose(definition: ImageDefinition, output: Path, *, sign_key: Path | None = None,
             keep: int | None = None, fetcher: Fetcher | None = None,
             reporter: Reporter | None = None, now: datetime | None = None,
-            allow_downgrade: tuple[str, ...] = ()) -> ComposeResult:
+            allow_downgrade: tuple[str, ...] = (), zstd_level: int | None = None) -> ComposeResult:
     """Compose `definition` into `output`; publishes a new version only when something changed.
 
     `allow_downgrade` names packages that may go back to an older EVR than the image's
-    previous version (the definition may name more).
+    previous version (the definition may name more). `zstd_level` is that of the zstd
+    copies of new pool entries (default 19; tests with large packages use less).
     """
     report = reporter or _Silent()
     fetcher = fetcher or Fetcher()
@@ -113,6 +115,8 @@ def compose(definition: ImageDefinition, output: Path, *, sign_key: Path | None 
         # The key is checked (and held in a private GNUPGHOME) before anything is fetched.
         signer = stack.enter_context(Signer(sign_key)) if sign_key is not None else None
         store = ImageStore(output)
+        if zstd_level is not None:
+            store.pool.zstd_level = zstd_level
         stack.enter_context(store.locked())
         result = _compose_locked(definition, store, signer, keep, fetcher, report,
                                  now or datetime.now(UTC),
@@ -143,6 +147,7 @@ def _compose_locked(definition: ImageDefinition, store: ImageStore, signer: Sign
     finally:
         shutil.rmtree(output / ".cache" / "packages", ignore_errors=True)
         shutil.rmtree(store.pool.scratch, ignore_errors=True)
+        shutil.rmtree(output / ".cache" / "boot", ignore_errors=True)
     if keep is not None:
         pruned = store.prune(definition.name, keep)
         result = dataclasses.replace(result, pruned_versions=tuple(pruned),
@@ -176,6 +181,10 @@ def _compose_new(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
         block_size=definition.block_size, packages=packages,
         report=_curation_report(store, [e for e, _ in entries]),
     )
+    boot = build_boot(store, [ImagePackage(str(p.ident), store.output / e.relpath, e.header_sha256)
+                              for p, (e, _) in zip(packages, entries, strict=True)],
+                      old, report.step)
+    manifest = dataclasses.replace(manifest, boot=boot)
     diff = manifest_diff(old, manifest)
     sign = signer.sign if signer is not None else None
     path = store.publish(manifest, diff.to_json(), sign)

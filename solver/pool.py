@@ -63,6 +63,7 @@ class PackagePool:
         self.scratch = self.root / ".tmp"
         self.out: Output | None = None  # the confined output, set by ImageStore.locked
         self.created: list[str] = []  # pool files this process renamed into place
+        self.zstd_level = ZSTD_LEVEL  # of the zstd copies it makes
 
     def _confined(self) -> Output:
         assert self.out is not None, "PackagePool written outside ImageStore.locked()"
@@ -103,7 +104,7 @@ class PackagePool:
         out = self._confined()
         if not out.exists(zstd_path(rel)):
             staged = tmp / "package.rpm.zst"
-            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+            compressor = zstandard.ZstdCompressor(level=self.zstd_level, threads=-1)
             with os.fdopen(out.open(rel, os.O_RDONLY), "rb") as src, open(staged, "wb") as dst:
                 compressor.copy_stream(src, dst, size=os.fstat(src.fileno()).st_size)
                 dst.flush()

@@ -25,7 +25,15 @@ from typing import Any
 
 from host.lock import LockHeld, holding
 from imagespec.manifest import ImageManifest, parse
-from imagespec.published import CHANGES, IMAGES, LATEST, MANIFEST, SIGNATURE
+from imagespec.published import (
+    BOOT,
+    CHANGES,
+    IMAGES,
+    LATEST,
+    MANIFEST,
+    SIGNATURE,
+    boot_inputs_path,
+)
 from rpmextents.nevra import vercmp
 from solver.confine import FILE_MODE, Output
 from solver.errors import PublishError
@@ -35,6 +43,8 @@ _VERSION = re.compile(r"^(\d{8})\.(\d+)$")
 _OUR_LINK = re.compile(r"^images/[^/]+/(latest|\.tmp-latest-\d+)$")
 # What compose names in the pool: `<sha256>-<nevra>.rpm` and its `.zst` copy.
 _POOL_FILE = re.compile(r"^[0-9a-f]{64}-[^/]+\.rpm(\.zst)?$")
+# ...and in pool/boot: kernels, initrds and the records of an initrd's inputs (solver.initrd).
+_BOOT_FILE = re.compile(r"^[0-9a-f]{64}-(vmlinuz|initrd)-[^/]+$")
 
 
 class ImageStore:
@@ -204,6 +214,10 @@ class ImageStore:
                     for location in (p.location, *((p.zstd.location,) if p.zstd else ())):
                         used.add(os.path.normpath(
                             os.path.join(IMAGES, name, version, location)))
+                for b in self.manifest(name, version).boot:
+                    for location in (b.kernel.location, b.initrd.location):
+                        used.add(os.path.normpath(os.path.join(IMAGES, name, version, location)))
+                    used.add(boot_inputs_path(b.inputs, b.kernel_version))
         return used
 
     def collect_pool(self) -> list[str]:
@@ -215,7 +229,9 @@ class ImageStore:
         """Remove pool files, but only regular files named as compose names them."""
         removed: list[str] = []
         for rel in candidates:
-            if _POOL_FILE.match(rel.rsplit("/", 1)[-1]) and self.out.is_regular(rel):
+            base = rel.rsplit("/", 1)[-1]
+            ours = _BOOT_FILE.match(base) if rel.startswith(BOOT + "/") else _POOL_FILE.match(base)
+            if ours and self.out.is_regular(rel):
                 self.out.unlink(rel)
                 removed.append(rel)
         return removed

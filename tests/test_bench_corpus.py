@@ -114,6 +114,11 @@ def test_relocate_links() -> None:
     assert relocate("/lib64") == "/usr/lib64"
     assert relocate("/etc/passwd") == "/etc/passwd"
     assert relocate("/library/x") == "/library/x"
+    assert relocate("/boot/vmlinuz-6.1.0-57-amd64") == "/usr/lib/modules/6.1.0-57-amd64/vmlinuz"
+    assert relocate("/boot/System.map-6.1.0-57-amd64") == "/usr/lib/modules/6.1.0-57-amd64/System.map"
+    assert relocate("/boot/config-6.1.0-57-amd64") == "/usr/lib/modules/6.1.0-57-amd64/config"
+    assert relocate("/boot/vmlinuz-") == "/boot/vmlinuz-"
+    assert relocate("/boot/grub/x") == "/boot/grub/x"
     # a relative link from /lib into /usr must still reach the same file once /lib moved
     assert relocate_link("/lib/x86_64-linux-gnu/libz.so", "../../usr/lib/x86_64-linux-gnu/libz.so.1") \
         == "libz.so.1"

@@ -53,6 +53,7 @@ def test_dracut_subpackage_holds_the_module(rpms: list[Path]) -> None:
                  _query(rpms[1], "[%{FILEMODES:octal} %{FILENAMES}\n]"))
     assert files["/usr/lib/dracut/modules.d/95rpmimg/module-setup.sh"] == "100755"
     assert "/usr/lib/dracut/modules.d/95rpmimg/rpmimg-etc-sync.service" in files
+    assert files["/usr/lib/dracut/modules.d/95rpmimg/rpmimg-etc-sync.sh"] == "100755"
     assert _query(rpms[1], "%{NAME}") == ["rpmimg-dracut"]
 
 

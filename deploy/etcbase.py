@@ -1,0 +1,219 @@
+"""What a deployment records about its /etc merge, inside its read-only /usr.
+
+``lib/sysimage/rpmimg/etc-merge.json``: ``{"merged_from": ID or null, "actions": [...]}``, the
+merge's actions (EtcMerge.to_json) and the deployment whose root it merged (``rpmimg diff --etc``).
+``lib/sysimage/rpmimg/etc-base/``: what first-boot sync (packaging/dracut/95rpmimg/
+rpmimg-etc-sync.sh) needs to carry edits made in the old root after the deploy:
+
+- ``old-deployment``: one line, the id of the deployment whose root was merged;
+- ``entries``: one line per entry of that root's /etc when it was merged,
+  ``TYPE MODE UID GID DIGEST PATH``: TYPE f (regular file), d, l (symlink) or o (other);
+  MODE the permission bits in octal as ``stat -c %a`` prints them; DIGEST the sha256 of a
+  file's content or of a symlink's target, else "-"; PATH relative to /etc, the rest of the line;
+- ``stamps``: the same entries as ``TYPE MODE UID GID INODE CTIME PATH``, CTIME as
+  ``stat -c %.9Z`` prints it: the new root is a snapshot of the old one, so an entry nobody
+  touched since keeps its inode and ctime, and the sync hashes only the entries that differ;
+- ``merged``: one line per path (relative to /etc) the merge changed in the new root.
+
+Paths holding a newline have no line of their own; the sync script leaves them alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from host import kernel
+
+if TYPE_CHECKING:
+    from deploy.etcmerge import EtcMerge
+
+RECORD_DIR = "lib/sysimage/rpmimg"
+MERGE_RECORD = f"{RECORD_DIR}/etc-merge.json"
+BASE_DIR = f"{RECORD_DIR}/etc-base"
+_SUFFIXED = ("rpmnew", "rpmsave", "rpmorig")  # actions that write PATH.<action>
+# Actions that leave PATH itself as the administrator had it: a later edit there is no conflict.
+_PATH_KEPT = ("rpmnew", "kept", "kept-vendor-changed", "blocked")
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class BaseEntry:
+    path: str    # relative to /etc
+    type: str    # f, d, l or o
+    mode: int    # permission bits
+    uid: int
+    gid: int
+    digest: str  # sha256 of a file's content or a symlink's target, else "-"
+    ino: int = 0
+    ctime_ns: int = 0
+
+    def line(self) -> str:
+        return f"{self.type} {self.mode:o} {self.uid} {self.gid} {self.digest} {self.path}"
+
+    def stamp(self) -> str:
+        ctime = f"{self.ctime_ns // 10**9}.{self.ctime_ns % 10**9:09d}"
+        return f"{self.type} {self.mode:o} {self.uid} {self.gid} {self.ino} {ctime} {self.path}"
+
+
+def _sha256_file(dir_fd: int, name: str) -> str:
+    fd = os.open(name, _READ, dir_fd=dir_fd)
+    try:
+        h = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+        return h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _walk(dir_fd: int, prefix: str) -> Iterator[BaseEntry]:
+    for item in sorted(os.scandir(dir_fd), key=lambda d: d.name):
+        rel = f"{prefix}{item.name}"
+        st = item.stat(follow_symlinks=False)
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            kind, digest = "f", _sha256_file(dir_fd, item.name)
+        elif stat.S_ISLNK(mode):
+            kind = "l"
+            digest = hashlib.sha256(os.fsencode(os.readlink(item.name, dir_fd=dir_fd))).hexdigest()
+        elif stat.S_ISDIR(mode):
+            kind, digest = "d", "-"
+        else:
+            kind, digest = "o", "-"
+        if "\n" not in rel:
+            yield BaseEntry(rel, kind, stat.S_IMODE(mode), st.st_uid, st.st_gid, digest, st.st_ino,
+                            st.st_ctime_ns)
+        if kind == "d":
+            sub = os.open(item.name, _DIR, dir_fd=dir_fd)
+            try:
+                yield from _walk(sub, rel + "/")
+            finally:
+                os.close(sub)
+
+
+def record_base(root_fd: int) -> tuple[BaseEntry, ...]:
+    """Every entry below the root's etc/ (not following symlinks); () when there is none."""
+    try:
+        fd = kernel.open_beneath(root_fd, "etc", _DIR)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            return ()
+        raise
+    try:
+        return tuple(_walk(fd, ""))
+    finally:
+        os.close(fd)
+
+
+def _mkdirs(usr_fd: int, rel: str) -> int:
+    """An fd of usr_fd/rel, created (root's, 0755) as needed, following no symlink."""
+    fd = os.dup(usr_fd)
+    try:
+        for name in rel.split("/"):
+            try:
+                os.mkdir(name, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            nxt = kernel.open_beneath(fd, name, os.O_RDONLY | os.O_DIRECTORY)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write(dir_fd: int, name: str, data: bytes) -> None:
+    tmp = f".{name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                 dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None) -> None:
+    """Record the merge and its base in the new /usr tree (before it is made read-only).
+
+    old_deployment: the id of the deployment whose root the new root was made from, or
+    None (first deployment, reset): then there is nothing to carry over at first boot and
+    no etc-base is written.
+    """
+    if old_deployment is not None and ("\n" in old_deployment or "/" in old_deployment):
+        raise ValueError(f"bad deployment id {old_deployment!r}")
+    fd = _mkdirs(usr_fd, RECORD_DIR)
+    try:
+        record = {"merged_from": old_deployment, "actions": merge.to_json()}
+        _write(fd, "etc-merge.json", json.dumps(record, indent=1).encode() + b"\n")
+    finally:
+        os.close(fd)
+    if old_deployment is None:
+        return
+    fd = _mkdirs(usr_fd, BASE_DIR)
+    try:
+        _write(fd, "old-deployment", old_deployment.encode() + b"\n")
+        _write(fd, "entries", "".join(e.line() + "\n" for e in merge.base).encode("utf-8", "surrogateescape"))
+        _write(fd, "stamps", "".join(e.stamp() + "\n" for e in merge.base).encode("utf-8", "surrogateescape"))
+        merged = sorted(p[len("/etc/"):] for p in merged_paths(merge))
+        _write(fd, "merged", "".join(p + "\n" for p in merged if "\n" not in p)
+               .encode("utf-8", "surrogateescape"))
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class MergeRecord:
+    merged_from: str | None  # the deployment whose root was merged; None: a first root or reset
+    merge: EtcMerge
+
+
+def merged_paths(merge: EtcMerge) -> set[str]:
+    """The image paths whose entry in the new root the merge wrote or removed."""
+    paths = set()
+    for a in merge.actions:
+        if not a.path.startswith("/etc/"):
+            continue
+        if a.action not in _PATH_KEPT:
+            paths.add(a.path)
+        if a.action in _SUFFIXED:
+            paths.add(f"{a.path}.{a.action}")
+    return paths
+
+
+def read_merge_record(usr: str | os.PathLike[str]) -> MergeRecord | None:
+    """The merge a /usr tree records, or None when it records none (built before this).
+
+    ValueError (naming the file) when the record is damaged.
+    """
+    from deploy.etcmerge import EtcMerge
+
+    root = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = kernel.open_beneath(root, MERGE_RECORD, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(root)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(64 << 20)
+    try:
+        record = json.loads(data)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        merged_from = record.get("merged_from")
+        if merged_from is not None and not isinstance(merged_from, str):
+            raise ValueError("merged_from is not a deployment id")
+        return MergeRecord(merged_from, EtcMerge.from_json(record.get("actions")))
+    except ValueError as e:
+        raise ValueError(f"{os.fspath(usr)}/{MERGE_RECORD}: {e}") from e
