@@ -89,7 +89,7 @@ class Machine:
             "-virtfs", f"local,path={self.ctl},mount_tag=ctl,security_model=none",
         ]
 
-    def boot(self, step: str, timeout: float = 420) -> str:
+    def boot(self, step: str, timeout: float = 600) -> str:
         """Boot once with ctl/next.sh = step (shell); the serial output when QEMU exits."""
         n = len(self.boots)
         script = self.ctl / "next.sh"
