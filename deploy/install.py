@@ -116,7 +116,7 @@ def _set_cmdline(system: System, deployment_id: str, cmdline: str) -> None:
 
 
 def install(disk: Path, source: str, keyrings: tuple[Path, ...], *, size: int | None = None,
-            tries: int | None = None, cmdline: str = "",
+            tries: int | None = None, cmdline: str = "", allow_unsigned_packages: bool = False,
             boot_loader: Path = BOOT_LOADER) -> InstallResult:
     """Partition disk, install systemd-boot, deploy source as the first deployment."""
     from deploy.bootentries import ENTRIES
@@ -137,7 +137,9 @@ def install(disk: Path, source: str, keyrings: tuple[Path, ...], *, size: int | 
             try:
                 with open_system(mnt) as opened:
                     system = dataclasses.replace(opened, esp=esp, tries=tries)
-                    result = deploy(system, DeployOptions(source=source, keyrings=keyrings))
+                    result = deploy(system, DeployOptions(
+                        source=source, keyrings=keyrings,
+                        allow_unsigned_packages=allow_unsigned_packages))
                     _mount_esp(system, result.deployment, esp_part)
                     if cmdline.strip():
                         _set_cmdline(system, result.deployment, cmdline)

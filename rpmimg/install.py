@@ -33,6 +33,8 @@ def register(subparsers: Any) -> None:
                    help="create or grow the disk image file to N bytes (K, M, G suffixes)")
     p.add_argument("--keyring", type=Path, action="append", default=[], metavar="FILE",
                    help="trusted OpenPGP public key file (repeatable; at least one)")
+    p.add_argument("--allow-unsigned-packages", action="store_true",
+                   help="as for deploy: the signed manifest still pins each package's sha256")
     p.add_argument("--tries", type=int, metavar="N", help="boot tries of the first entry (default: 3)")
     p.add_argument("--cmdline", default="", metavar="ARGS",
                    help="kernel arguments added to the deployment's own (kept in its root's"
@@ -49,7 +51,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     if not args.keyring:
         raise UsageError("install: give the image's signing key with --keyring")
     result = install(args.disk, args.manifest, tuple(args.keyring), size=args.size, tries=args.tries,
-                     cmdline=args.cmdline)
+                     cmdline=args.cmdline, allow_unsigned_packages=args.allow_unsigned_packages)
     if args.json:
         print_json(dataclasses.asdict(result))
         return 0
