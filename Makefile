@@ -6,9 +6,35 @@ APT_PACKAGES := rpm python3-rpm python3-venv btrfs-progs rsync zstd createrepo-c
 	libsolv-tools gnupg xz-utils bzip2 cpio libcap2-bin attr time util-linux gzip \
 	qemu-system-x86 ovmf systemd-boot-efi mtools gdisk fdisk
 
-.PHONY: all deps venv fixtures test lint imports typecheck pytest demo bench clean
+.PHONY: all deps venv fixtures test lint imports typecheck pytest demo playground bench clean \
+	docs install-docs
 
-all: venv
+all: venv docs
+
+# The manual page and shell completion, generated from the argument parser itself.
+PREFIX ?= /usr/local
+DOCS := build/man/rpmimg.1 build/completion/rpmimg.bash build/completion/_rpmimg
+docs: $(DOCS)
+
+build/man/rpmimg.1: $(wildcard rpmimg/*.py) | venv
+	mkdir -p $(@D)
+	$(VENV)/bin/argparse-manpage --module rpmimg.cli --function build_parser --project-name rpmimg \
+		--prog rpmimg --manual-title "rpmimg manual" --description "image-based OS updates from RPMs" \
+		--output $@
+
+build/completion/rpmimg.bash: $(wildcard rpmimg/*.py) | venv
+	mkdir -p $(@D)
+	$(VENV)/bin/shtab --shell=bash rpmimg.cli.build_parser > $@
+
+build/completion/_rpmimg: $(wildcard rpmimg/*.py) | venv
+	mkdir -p $(@D)
+	$(VENV)/bin/shtab --shell=zsh rpmimg.cli.build_parser > $@
+
+install-docs: docs
+	install -D -m 644 build/man/rpmimg.1 $(DESTDIR)$(PREFIX)/share/man/man1/rpmimg.1
+	install -D -m 644 build/completion/rpmimg.bash \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions/rpmimg
+	install -D -m 644 build/completion/_rpmimg $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_rpmimg
 
 # Install the Debian packages only when one is missing, so repeated runs stay fast.
 deps:
@@ -49,8 +75,13 @@ test: lint imports typecheck pytest
 demo: venv fixtures
 	$(PY) -m fixtures.demo
 
+# Keys, repositories, a signed image and a loop btrfs sysroot to keep using (README, Quick start).
+PLAYGROUND ?= /var/tmp/rpmimg-playground
+playground: venv fixtures
+	$(PY) -m fixtures.playground $(PLAYGROUND)
+
 bench: venv fixtures
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .cache build

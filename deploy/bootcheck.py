@@ -77,12 +77,10 @@ def forget(system: System, keep: set[str]) -> None:
             note.unlink()
 
 
-def check_reactivation(system: System, deployment_id: str, force: bool) -> None:
+def reactivated(system: System, deployment_id: str) -> None:
+    """An existing deployment becomes the default again (deploy.intent refused it first if it
+    failed to boot and --force was not given): a fresh boot counter, its failure forgotten."""
     why = failed(system).get(deployment_id)
-    if why is not None and not force:
-        raise DeployError(
-            f"deployment {deployment_id} failed to boot ({why}); use --force to make it the default again"
-        )
     if system.esp is not None:
         bootentries.recount(system.esp, deployment_id, bootentries.tries(system, system.tries))
     if why is not None:

@@ -149,8 +149,10 @@ class _Merge:
         vendor = self.factory.look(path)
         if vendor is None:
             raise EtcMergeError(f"{path}: owned by {nevra} but missing from the new /usr/share/factory")
-        if fate is Fate.CREATE and disk is not None and _same_as_vendor(disk, vendor, new):
-            return
+        if fate is Fate.CREATE and disk is not None and (
+                _same_as_vendor(disk, vendor, new)
+                or (vendor.type is EntryType.DIR and disk.type is EntryType.SYMLINK)):
+            return  # already the vendor's; or a symlink standing for the directory, which rpm keeps
         if fate in (Fate.SAVE, Fate.BACKUP) and disk is not None:
             suffix = ".rpmsave" if fate is Fate.SAVE else ".rpmorig"
             if disk.type is EntryType.DIR:

@@ -44,6 +44,8 @@ class InstallResult:
     root: Partition
     deployment: str
     entries: tuple[str, ...]
+    image: str = ""
+    version: str = ""
 
 
 def _partition(disk: Path, esp_size: int) -> tuple[Partition, Partition]:
@@ -151,4 +153,5 @@ def install(disk: Path, source: str, keyrings: tuple[Path, ...], *, size: int | 
                  "oflag=seek_bytes", "conv=notrunc,fsync", "status=none"])
         except CommandError as e:
             raise DeployError(f"{disk}: cannot write the ESP: {e}") from e
-    return InstallResult(os.fspath(disk), esp_part, root_part, result.deployment, entries)
+    return InstallResult(os.fspath(disk), esp_part, root_part, result.deployment, entries,
+                         result.image, result.version)

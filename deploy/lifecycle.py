@@ -142,19 +142,25 @@ class RollbackResult:
     default: str
 
 
-def rollback(system: System, lock_wait: float = DEFAULT_WAIT) -> RollbackResult:
-    """Make the deployment before the default the new default; mark the old one bad."""
+def rollback(system: System, lock_wait: float = DEFAULT_WAIT, target_id: str | None = None) -> RollbackResult:
+    """Make target_id (default: the deployment before the default) the new default; mark the
+    old default as rolled back (bad). Choosing a rolled-back deployment clears its mark."""
     with mutating(system, lock_wait, clean=False) as current:
         if current.default is None:
             raise DeploymentError("nothing is deployed, so there is nothing to roll back")
-        target = previous_of(current, current.default)
+        target: DeploymentRecord | None
+        if target_id is not None:
+            target = current.get(target_id)
+            if target_id == current.default:
+                raise DeploymentError(f"deployment {target.id} is already the default")
+        else:
+            target = previous_of(current, current.default)
         if target is None:
             raise DeploymentError(
                 f"deployment {current.default} is the oldest one; there is nothing to roll back to"
             )
-        new = dataclasses.replace(
-            current, default=target.id, bad=(*current.bad, current.default)
-        )
+        bad = tuple(b for b in current.bad if b != target.id)
+        new = dataclasses.replace(current, default=target.id, bad=(*bad, current.default))
         bootselect.write(system, system.save_state(new))
         return RollbackResult(previous=current.default, default=target.id)
 

@@ -60,6 +60,8 @@ class DeploymentRecord:
     owner_ids: Mapping[str, Mapping[str, int | None]] | None = None
     # The key that signed the manifest (fingerprint); empty in deployments made before.
     signed_by: str = ""
+    # Deployed with --allow-unsigned-packages: `verify --repair` refetches on the same terms.
+    allow_unsigned_packages: bool = False
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,10 @@ def deployment_from(value: Any, where: str) -> DeploymentRecord:
         pinned=_get(data, "pinned", bool, where) if "pinned" in data else False,
         owner_ids=_owner_ids(data.get("owner_ids"), f"{where} owner_ids"),
         signed_by=_get(data, "signed_by", str, where) if "signed_by" in data else "",
+        allow_unsigned_packages=(
+            _get(data, "allow_unsigned_packages", bool, where)
+            if "allow_unsigned_packages" in data else False
+        ),
     )
 
 

@@ -25,7 +25,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import bootcheck, bootentries, bootfiles, bootselect, records, rootfs
+from deploy import (
+    basecheck,
+    bootcheck,
+    bootentries,
+    bootfiles,
+    bootselect,
+    intent,
+    records,
+    rootfs,
+    setid,
+)
 from deploy.build import Built, OwnerIds
 from deploy.errors import DowngradeError, SpaceError
 from deploy.faults import checkpoint
@@ -38,7 +48,7 @@ from deploy.store import Store
 from deploy.system import System
 from deploy.wholesystem import WholeBuilt, build_system
 from imagespec.manifest import ImageManifest, ManifestPackage
-from rpmextents import Keyring
+from rpmextents import Keyring, Owners
 from rpmextents.errors import ExtentsError
 from rpmextents.nevra import vercmp
 
@@ -72,10 +82,11 @@ class DeployOptions:
     lock_wait: float = DEFAULT_WAIT
     # Build from nothing even when the previous deployment could be updated.
     full: bool = False
-    # Make a deployment that failed to boot the default again.
-    force: bool = False
     # A root made fresh from the image's defaults, as a first deployment's (rpmimg reset).
     fresh_root: bool = False
+    # What the admin asked for beyond an update of the same image (deploy.intent); its
+    # force also makes a deployment that failed to boot the default again.
+    intent: intent.Intent = field(default_factory=intent.Intent)
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,12 @@ class DeployResult:
     root: str = ""  # the deployment's root subvolume
     accounts_by_scriptlet: tuple[str, ...] = ()  # packages whose accounts will not exist
     etc_added: tuple[str, ...] = ()  # vendor defaults new in the root's /etc
+    # The default deployment this one replaces (None: there was none).
+    replaces: intent.Ref | None = None
+    # Files the base of an update differed in from its packages (deploy.basecheck).
+    base_damage: tuple[str, ...] = ()
+    # Files whose set-id bit was dropped because their owner is unknown here (deploy.setid).
+    setid_dropped: tuple[str, ...] = ()
 
 
 def _noop_progress(label: str, unit: str) -> ProgressFn:
@@ -258,8 +275,10 @@ def build_tree(
     new_id = str(current.next_id)
     record = DeploymentRecord(
         id=new_id, image=m.name, version=m.version, arch=m.arch, created=_now(),
-        manifest_sha256=signed.sha256, source=signed.source.manifest_location, subvol_id=0,
+        manifest_sha256=signed.sha256, subvol_id=0,
+        source=intent.versioned_location(signed.source.manifest_location, m),
         packages=tuple(_record(r, signed.source) for r in m.packages), signed_by=signed.signed_by,
+        allow_unsigned_packages=options.allow_unsigned_packages,
     )
     sealed: list[DeploymentRecord] = []
 
@@ -366,9 +385,11 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
     signed = read_manifest(system, options)
     m = signed.manifest
     with mutating(system, options.lock_wait) as current:
+        intent.check(current, m, options.intent, bootcheck.failed(system))
         base = functools.partial(
             DeployResult, image=m.name, version=m.version, previous_default=current.default,
             packages=len(m.packages), signed_by=signed.signed_by,
+            replaces=intent.ref_of(current.find(current.default)),
         )
         existing = next(
             (d for d in current.deployments if (d.image, d.version) == (m.name, m.version)), None
@@ -378,7 +399,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
         # Making an existing older deployment the default again is a downgrade too.
         _check_downgrade(current, m, options.allow_downgrade)
         if existing is not None:
-            bootcheck.check_reactivation(system, existing.id, options.force)
+            bootcheck.reactivated(system, existing.id)
             _reactivate(system, current, existing)
             return base(outcome=Outcome.REACTIVATED, deployment=existing.id,
                         kernel_arguments=bootselect.kernel_arguments(system, existing.id))
@@ -386,6 +407,9 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
         if system.esp is not None:  # before anything is staged
             bootentries.check_space(system.esp, system, current, [k.files for k in kernels])
         bootfiles.fetch(system, signed.source, kernels)
+        damage = basecheck.damaged_base(system, current, options.full)
+        if damage:
+            options = dataclasses.replace(options, full=True)
         stored, tree = _fetch_and_build(system, signed, current, options, progress)
         bootfiles.save(system, tree.record.id, [k.files for k in kernels])
         with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
@@ -397,8 +421,10 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             deduplicated_bytes=stored.deduplicated, reflinked_files=built.reflinked,
             copied_files=built.copied, kernel_arguments=bootselect.kernel_arguments(system, tree.record.id),
             outside_usr=built.outside_usr, scriptlets_not_run=m.report.scriptlets,
-            unknown_owners=built.unknown_owners, build=built.method, full_reason=built.full_reason,
-            written_paths=built.written, kept_paths=built.kept,
+            unknown_owners=built.unknown_owners, build=built.method,
+            full_reason=basecheck.reason(current.default or "", damage) if damage else built.full_reason,
+            written_paths=built.written, kept_paths=built.kept, base_damage=damage,
+            setid_dropped=setid.dropped(Store(system.layout.store), m, Owners.from_root(system.sysroot)),
             root=os.fspath(tree.whole.root), accounts_by_scriptlet=tree.whole.accounts.by_scriptlet,
             etc_added=tree.whole.etc_added,
         )

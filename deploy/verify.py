@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy import completeness
 from deploy.errors import DeploymentError, PackageError
 from deploy.hashing import READ_FLAGS, DigestJob, Hashing
 from deploy.headers import read_prefix_at
@@ -58,7 +59,7 @@ class VerifyResult:
 
 
 # The order _check_file reports differences in (as rpm -V lists them, roughly).
-CHECK_ORDER = ("unverifiable", "extra", "missing", "type", "mode", "owner", "group", "size", "digest", "caps", "link", "rdev", "mtime")
+CHECK_ORDER = ("writable", "unowned", "unverifiable", "extra", "missing", "type", "mode", "owner", "group", "size", "digest", "caps", "link", "rdev", "mtime")
 
 
 def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, list[str], DigestJob | None]:
@@ -235,12 +236,39 @@ def _extra_headers(record: DeploymentRecord, tree: Path) -> list[Mismatch]:
     ]
 
 
+# Decides, for a package's sha256 and a file's digest check, that its content is known to
+# be intact without reading it (deploy.basecheck: its extents are still the store entry's).
+ContentKnown = Callable[[str, DigestJob], bool]
+
+
+def _owned_paths(header: Header, resolver: Tree) -> Iterator[str]:
+    """Where the header's files are in the tree, as extraction resolved them."""
+    for f in header_files(header):
+        try:
+            yield resolver.find(f.path)[2]
+        except (OSError, ExtentsError):
+            continue
+
+
+def _completeness(tree: Path, owned: set[str]) -> list[Mismatch]:
+    out = [
+        Mismatch("", f"/usr/{rel}", rel, ("unowned",))
+        for rel in completeness.unowned(tree, owned)
+    ]
+    if not kernel.subvolume_is_readonly(tree):
+        out.insert(0, Mismatch("", "/usr", ".", ("writable",)))
+    return out
+
+
 def verify(
     system: System, deployment_id: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, content_known: ContentKnown | None = None,
 ) -> VerifyResult:
     """Verify a deployment (default: the default one) against the signed headers of the
-    packages its record lists (not against whatever header files the tree holds)."""
+    packages its record lists (not against whatever header files the tree holds), and
+    report files no package owns and a read-only flag turned off.
+
+    With content_known, files it vouches for are not hashed."""
     current = system.load_state()
     deployment_id = deployment_id or current.default
     if deployment_id is None:
@@ -249,21 +277,28 @@ def verify(
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
     files, findings, own = 0, [], []
+    owned: set[str] = set()
     with Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
-        for nvra, header, mismatch in _anchored(system, record, tree):
+        for p, (nvra, header, mismatch) in zip(record.packages, _anchored(system, record, tree), strict=True):
             if mismatch is not None:
                 own.append(mismatch)
             if header is None:
                 continue
             n, found = _package_findings(nvra, header, resolver, owners)
+            owned.update(_owned_paths(header, resolver))
             files += n
-            findings.extend(found)
-            for *_, job in found:
-                if job is not None:
-                    hashing.add(job)
+            for item in found:
+                job = item[4]
+                if job is not None and content_known is not None and content_known(p.sha256, job):
+                    item = (*item[:4], None)
+                    if not item[3]:
+                        continue
+                findings.append(item)
+                if item[4] is not None:
+                    hashing.add(item[4])
         # Hashing is the slow part, so it is what the progress display follows.
         mismatches = _settle(findings, iter(hashing.results(progress)))
-    mismatches += own + _extra_headers(record, tree)
+    mismatches = _completeness(tree, owned) + mismatches + own + _extra_headers(record, tree)
     return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
 
 
@@ -320,12 +355,15 @@ def repair(
         record = current.get(before.deployment)
         tree = system.layout.deployment(record.id)
         extra = [m for m in before.mismatches if m.what == ("extra",)]
-        damaged = sorted({m.package for m in before.mismatches if m not in extra})
+        unowned = [m for m in before.mismatches if m.what == ("unowned",)]
+        damaged = sorted({m.package for m in before.mismatches if m.package and m not in extra})
         stored = [_ensure_stored(system, record, nvra, refetch) for nvra in damaged]
         kernel.subvolume_set_readonly(tree, False)
         try:
             for m in extra:
                 (tree / m.location).unlink(missing_ok=True)
+            for m in unowned:
+                completeness.remove(tree, m.location)
             builder = TreeBuilder(tree, system.sysroot)
             for path in stored:
                 with ExtentsPackage.open(path) as pkg:
@@ -339,9 +377,12 @@ def repair(
         return dataclasses.replace(after, repaired=tuple(sorted(fixed)))
 
 
-def refetcher(system: System, keyrings: Sequence[Path] = ()) -> Callable[[DeploymentRecord, str], Path]:
-    """For `verify --repair`: bring one package of a deployment back into the store,
-    from the signed manifest the deployment was made from."""
+def refetcher(
+    system: System, keyrings: Sequence[Path] = (), allow_unsigned_packages: bool = False,
+) -> Callable[[DeploymentRecord, str], Path]:
+    """For `verify --repair`: bring one package of a deployment back into the store, from
+    the signed manifest the deployment was made from (its versioned location), on the
+    trust terms it was deployed with."""
 
     def refetch(record: DeploymentRecord, nvra: str) -> Path:
         key_files = trusted_key_files(system.sysroot, keyrings)
@@ -357,7 +398,8 @@ def refetcher(system: System, keyrings: Sequence[Path] = ()) -> Callable[[Deploy
         if not dest.exists():
             source.fetch([FetchJob(ref, dest)], None)
         store = Store(system.layout.store)
-        store.add(ref, dest, Keyring.from_files(key_files))
+        unsigned = allow_unsigned_packages or record.allow_unsigned_packages
+        store.add(ref, dest, None if unsigned else Keyring.from_files(key_files))
         return store.path(ref.sha256)
 
     return refetch

@@ -34,14 +34,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from host.httpconn import Clock, DownloadError, Limits, Restart, Retry, exchange
 
-__all__ = ["RETRY_STATUS", "DownloadError", "Limits", "TooLarge", "download", "download_bytes",
-           "download_file"]
+__all__ = ["RETRY_STATUS", "DownloadError", "Limits", "TooLarge", "Validators", "download",
+           "download_bytes", "download_file", "download_if_changed"]
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,26 @@ class TooLarge(DownloadError):
     """The server sent, or announced, more bytes than the download's cap."""
 
 
+@dataclass(frozen=True)
+class Validators:
+    """What a server said identifies a file's version: its ETag and Last-Modified, verbatim."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+class _NotModified(Exception):
+    """The server answered 304 to a conditional request."""
+
+
 @dataclass
 class _Want:
     url: str
     size: int | None  # the exact size expected, when known
     cap: int  # never more bytes than this
     progress: Progress
+    condition: Validators | None = None  # ask If-None-Match / If-Modified-Since with these
+    seen: list[Validators] = field(default_factory=list)  # the validators of the answer
 
     def too_large(self, final: str, detail: str) -> TooLarge:
         what = (f"the {self.cap} bytes expected" if self.size is not None
@@ -120,9 +134,14 @@ def _attempt(sink: BinaryIO, want: _Want, clock: Clock) -> str:
     headers = {"User-Agent": "rpmimg", "Accept-Encoding": "identity", "Connection": "close"}
     if have:
         headers["Range"] = f"bytes={have}-"
+    elif want.condition is not None:
+        headers.update(_conditional_headers(want.condition))
     conn, response, final = exchange(want.url, headers, clock)
     try:
         status = response.status
+        if status == 304 and want.condition is not None and not have:
+            raise _NotModified()
+        want.seen[:] = [Validators(_header(response, "ETag"), _header(response, "Last-Modified"))]
         if status == 416 and have:
             _truncate(sink, want, 0)  # what we have is no prefix of the server's file
             raise Retry("range not satisfiable, restarting")
@@ -140,6 +159,23 @@ def _attempt(sink: BinaryIO, want: _Want, clock: Clock) -> str:
     if want.size is not None and end < want.size:
         raise Retry(f"connection closed after {end} of {want.size} bytes")
     return final
+
+
+def _conditional_headers(condition: Validators) -> dict[str, str]:
+    headers = {}
+    if condition.etag:
+        headers["If-None-Match"] = condition.etag
+    if condition.last_modified:
+        headers["If-Modified-Since"] = condition.last_modified
+    return headers
+
+
+def _header(response: http.client.HTTPResponse, name: str) -> str | None:
+    """A validator header, kept only when short and printable (it is sent back verbatim)."""
+    value = (response.getheader(name) or "").strip()
+    if not value or len(value) > 256 or not value.isprintable():
+        return None
+    return value
 
 
 def _describe(e: BaseException, limits: Limits) -> str:
@@ -160,11 +196,14 @@ def download(url: str, sink: BinaryIO, *, size: int | None = None, limit: int | 
              limits: Limits | None = None, progress: Progress | None = None) -> str:
     """Bring sink, resuming from its current length, to the whole file at url; return the
     final URL. With `size` the file must be exactly that long, else at most `limit` bytes."""
-    limits = limits or Limits()
     cap = size if size is not None else limit
     if cap is None or cap < 0:
         raise ValueError("download needs a size or a limit")
-    want = _Want(url, size, cap, progress or (lambda n: None))
+    return _download(_Want(url, size, cap, progress or (lambda n: None)), sink, limits or Limits())
+
+
+def _download(want: _Want, sink: BinaryIO, limits: Limits) -> str:
+    url, cap = want.url, want.cap
     clock = Clock(limits.deadline(cap), limits)
     if sink.seek(0, io.SEEK_END) > cap:
         sink.truncate(0)
@@ -220,3 +259,16 @@ def download_bytes(url: str, limit: int, *, limits: Limits | None = None) -> byt
     sink = io.BytesIO()
     download(url, sink, limit=limit, limits=limits)
     return sink.getvalue()
+
+
+def download_if_changed(url: str, limit: int, have: Validators | None, *,
+                        limits: Limits | None = None) -> tuple[bytes, Validators] | None:
+    """The whole file at url (at most `limit` bytes) and its validators, or None when the
+    server answers 304: the file is still the one `have` identifies (a conditional GET)."""
+    sink = io.BytesIO()
+    want = _Want(url, None, limit, lambda n: None, condition=have)
+    try:
+        _download(want, sink, limits or Limits())
+    except _NotModified:
+        return None
+    return sink.getvalue(), want.seen[0] if want.seen else Validators()

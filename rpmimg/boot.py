@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rpmimg import install
+from rpmimg import install, vocab
 from rpmimg.ui import print_json
 
 
@@ -72,7 +72,7 @@ def cmd_boot_check(args: argparse.Namespace) -> int:
         new, abandoned = record_abandoned(system, current)
         write(system, new)
     if args.json:
-        print_json({"failed": abandoned.deployment if abandoned else None,
+        print_json({"failed": vocab.ref_by_id(new, abandoned.deployment) if abandoned else None,
                     "reason": abandoned.reason if abandoned else None})
     elif abandoned:
         print(f"deployment {abandoned.deployment} failed to boot: {abandoned.reason};"

@@ -13,11 +13,14 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from rpmimg.ui import UsageError
+from rpmimg.ui import UsageError, print_json
+from rpmimg.vocab import error
 
 # Each verb module exposes register(subparsers); handlers receive the parsed arguments.
-VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client", "rpmimg.boot")
+VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client", "rpmimg.channel_cli",
+                "rpmimg.rollout_cli", "rpmimg.boot")
 
 # Library exception families whose message is meant for the user, by module.
 USER_ERRORS = (
@@ -29,12 +32,34 @@ USER_ERRORS = (
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rpmimg")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as a JSON object on stdout too when --json was asked for."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            print_json({"error": {"kind": "usage", "message": f"{self.prog}: {message}"}})
+            sys.stdout.flush()
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rpmimg",
         description="Image-based, transactional OS updates built from RPM packages.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and commands run")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name in VERB_MODULES:
         try:
@@ -44,7 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _every_verb(parser)
     return parser
+
+
+def _every_verb(parser: argparse.ArgumentParser) -> None:
+    """Let every verb take --debug too, and remember its own parser for its usage errors."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                   help="show tracebacks and commands run")
+                child.set_defaults(_parser=child)
+                _every_verb(child)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -74,7 +111,13 @@ def _closed_stdout() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    _Parser.json_errors = "--json" in words
+    args, extra = parser.parse_known_args(words)
+    if extra:
+        # Named by the verb's own usage, not the top level's.
+        verb_parser: argparse.ArgumentParser = getattr(args, "_parser", parser)
+        verb_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="rpmimg: %(message)s",
@@ -95,13 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(e, _user_error_types()):
-            print(f"rpmimg: error: {_describe(e)}", file=sys.stderr)
-            return 1
-        print(
-            f"rpmimg: internal error: {type(e).__name__}: {e} (run with --debug for a traceback)",
-            file=sys.stderr,
-        )
-        return 70
+            return _fail(args, e, _describe(e), 1)
+        return _fail(args, e, f"{type(e).__name__}: {e} (run with --debug for a traceback)", 70)
+
+
+def _fail(args: argparse.Namespace, e: BaseException, message: str, code: int) -> int:
+    """Report an error: one line on stderr, and under --json an error object on stdout."""
+    internal = code != 1
+    if getattr(args, "json", False):
+        print_json(error(e, message, "internal" if internal else None))
+    print(f"rpmimg: {'internal error' if internal else 'error'}: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rpmimg.ui import UsageError, print_json
+
+if TYPE_CHECKING:
+    from deploy.install import InstallResult, Partition
 
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -43,9 +46,17 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_install)
 
 
-def cmd_install(args: argparse.Namespace) -> int:
-    import dataclasses
+def install_json(result: InstallResult) -> dict[str, Any]:
+    """install --json in the one vocabulary: byte sizes and offsets, the deployment as a ref."""
+    def part(p: Partition) -> dict[str, Any]:
+        return {"offset_bytes": p.offset, "size_bytes": p.size, "uuid": p.uuid or None}
 
+    return {"disk": result.disk, "esp": part(result.esp), "root": part(result.root),
+            "deployment": {"id": result.deployment, "image": result.image, "version": result.version},
+            "entries": list(result.entries)}
+
+
+def cmd_install(args: argparse.Namespace) -> int:
     from deploy.install import install
 
     if not args.keyring:
@@ -53,9 +64,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     result = install(args.disk, args.manifest, tuple(args.keyring), size=args.size, tries=args.tries,
                      cmdline=args.cmdline, allow_unsigned_packages=args.allow_unsigned_packages)
     if args.json:
-        print_json(dataclasses.asdict(result))
+        print_json(install_json(result))
         return 0
-    print(f"installed deployment {result.deployment} on {result.disk}")
+    print(f"installed {result.image} {result.version} as deployment {result.deployment} on {result.disk}")
     for e in result.entries:
         print(f"  boot entry {e}")
     if not result.entries:

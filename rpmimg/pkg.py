@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import multiprocessing
 import os
 import sys
@@ -12,7 +11,35 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rpmimg import vocab
 from rpmimg.ui import Progress, UsageError, human_bytes, print_json
+
+
+class NotExtentsError(UsageError):
+    """A plain RPM where an extents RPM was needed."""
+
+
+RPM_LEAD_MAGIC = b"\xed\xab\xee\xdb"
+
+
+def open_extents(path: Path) -> Any:
+    """ExtentsPackage.open(path), with a plain RPM named as such rather than by the bytes
+    where the extents index should be."""
+    from rpmextents import ExtentsError
+    from rpmextents.package import ExtentsPackage
+
+    try:
+        return ExtentsPackage.open(path)
+    except ExtentsError as e:
+        try:
+            with open(path, "rb") as f:
+                lead = f.read(4)
+        except OSError:
+            raise e from None
+        if lead == RPM_LEAD_MAGIC and "index" in str(e):
+            raise NotExtentsError(f"{path}: a plain RPM, not an extents package"
+                             " (make one with `rpmimg pkg transcode`)") from e
+        raise
 
 
 def register(sub: Any) -> None:
@@ -60,7 +87,7 @@ def _transcode_one(source: Path, target: Path, block_size: int, sync: bool,
     from rpmextents.transcode import transcode
 
     result = transcode(source, target, block_size=block_size, progress=progress, checksum=False, fsync=sync)
-    return {"output": os.fspath(target), **dataclasses.asdict(result)}
+    return {"output": os.fspath(target), **vocab.jsonable(result)}
 
 
 def _transcode_all(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
@@ -107,54 +134,52 @@ def cmd_transcode(args: argparse.Namespace) -> int:
             print(f"{result['output']}: {result['nevra']}, {result['files']} files,"
                   f" {human_bytes(result['data_bytes'])} of data, block size {result['block_size']}")
     if args.json:
-        print_json(results if len(results) > 1 else results[0])
+        print_json({"packages": results})
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from rpmextents import ExtentsError
     from rpmextents.keyring import Keyring
-    from rpmextents.package import ExtentsPackage
 
     keyring = Keyring.from_files(args.keyring) if args.keyring else None
     results: list[dict[str, Any]] = []
     failed = 0
     for path in args.files:
         try:
-            with ExtentsPackage.open(path) as pkg:
+            with open_extents(path) as pkg:
                 report = pkg.verify(keyring)
-            results.append({"path": os.fspath(path), "ok": True, **dataclasses.asdict(report)})
+            results.append({"path": os.fspath(path), "ok": True, **vocab.jsonable(report)})
             if not args.json:
                 note = " (no PAYLOADDIGESTALT: checked every file against FILEDIGESTS)" \
                     if report.method == "file-digests" else ""
                 sig = ", signature verified" if report.signature == "verified" else ""
                 print(f"{path}: OK {report.nevra}{sig}{note}")
-        except (ExtentsError, OSError) as e:
+        except (ExtentsError, OSError, UsageError) as e:
             failed += 1
             reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
             results.append({"path": os.fspath(path), "ok": False, "error": reason})
             if not args.json:
                 print(f"{path}: FAILED {reason.removeprefix(os.fspath(path) + ': ')}", file=sys.stderr)
     if args.json:
-        print_json(results)
+        print_json({"packages": results})
     return 1 if failed else 0
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from rpmextents.extract import extract
-    from rpmextents.package import ExtentsPackage
 
     reports = []
     for path in args.files:
-        with ExtentsPackage.open(path) as pkg:
+        with open_extents(path) as pkg:
             report = extract(pkg, args.dest, method=args.method)
-        reports.append({"file": os.fspath(path), **dataclasses.asdict(report), "method": report.method})
+        reports.append({"file": os.fspath(path), **vocab.jsonable(report), "method": report.method})
         if not args.json:
             print(f"{path} -> {args.dest}: {report.entries} entries, {report.files} files, "
                   f"{human_bytes(report.bytes)} ({report.method}: {report.reflinked} reflinked, "
                   f"{report.copied} copied)")
     if args.json:
-        print_json(reports if len(reports) > 1 else reports[0])
+        print_json({"packages": reports})
     return 0
 
 
@@ -162,9 +187,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from rpmextents import index
     from rpmextents.header import Tag
     from rpmextents.keyring import signature_kind
-    from rpmextents.package import ExtentsPackage
 
-    with ExtentsPackage.open(args.file) as pkg:
+    with open_extents(args.file) as pkg:
         entries = pkg.entries()
         has_alt = bool(pkg.header.strings(Tag.PAYLOADDIGESTALT))
         info = {

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rpmimg import vocab
 from rpmimg.ui import Progress, UsageError, print_json
 
 if TYPE_CHECKING:
@@ -94,10 +95,20 @@ def cmd_compose(args: argparse.Namespace) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if args.json:
-        print_json(result.to_json())
+        print_json(compose_json(result))
     else:
         _print_compose(result)
     return 0
+
+
+def compose_json(result: ComposeResult) -> dict[str, Any]:
+    """compose --json in the one vocabulary: "image", and the diff as every verb shows one."""
+    value = result.to_json()
+    value["image"] = value.pop("name")
+    if result.diff is not None:
+        value["diff"] = vocab.diff(result.diff, vocab.image_ref(result.name, result.previous),
+                                   vocab.image_ref(result.name, result.version))
+    return value
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -147,12 +158,12 @@ def cmd_image_list(args: argparse.Namespace) -> int:
                 "packages": len(manifest.packages), "latest": version == latest,
                 "signed": (store.manifest_path(name, version).parent / SIGNATURE).exists(),
             })
-        listing.append({"name": name, "latest": latest, "versions": versions})
+        listing.append({"image": name, "latest": latest, "versions": versions})
     if args.json:
-        print_json(listing)
+        print_json({"images": listing})
         return 0
     for image in listing:
-        print(f"{image['name']} (latest {image['latest']})")
+        print(f"{image['image']} (latest {image['latest']})")
         for v in image["versions"]:
             mark = "*" if v["latest"] else " "
             signed = "signed" if v["signed"] else "unsigned"
@@ -167,7 +178,7 @@ def cmd_image_diff(args: argparse.Namespace) -> int:
     store = ImageStore(args.output)
     diff = manifest_diff(store.manifest(args.name, args.v1), store.manifest(args.name, args.v2))
     if args.json:
-        print_json(diff.to_json())
+        print_json(vocab.diff(diff, vocab.image_ref(args.name, args.v1), vocab.image_ref(args.name, args.v2)))
     else:
         print(f"{args.name}: {args.v1} -> {args.v2}")
         _print_diff(diff)

@@ -4,8 +4,8 @@ Compose builds initrds with the image's own tools, never the server's: the image
 packages are extracted into a scratch root (merged /usr, as clients lay it out) and
 the command runs there in a sandbox:
 
-    unshare --mount --pid --net --ipc --uts --fork --kill-child --mount-proc=ROOT/proc
-        chroot ROOT COMMAND...
+    setpriv --pdeathsig KILL unshare --mount --pid --net --ipc --uts --fork --kill-child
+        --mount-proc=ROOT/proc chroot ROOT COMMAND...
 
 The mount namespace keeps the fresh /proc (and anything the command mounts) away from
 the server; the network namespace has only a down loopback, so nothing in the image
@@ -100,8 +100,10 @@ def _make_devices(dev: Path) -> None:
 
 def run_in(root: Path, argv: Sequence[str], what: str, timeout: float = SANDBOX_TIMEOUT) -> bytes:
     """Run argv (a path inside root) confined to root; its stdout. Fails as a PublishError."""
-    sandbox = ["unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork",
-               "--kill-child", f"--mount-proc={os.fspath(root / 'proc')}",
+    # setpriv: if compose dies, so does the sandbox (and with --kill-child, all in it).
+    sandbox = ["setpriv", "--pdeathsig", "KILL",
+               "unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child",
+               f"--mount-proc={os.fspath(root / 'proc')}",
                "chroot", os.fspath(root), *argv]
     try:
         env = {"HOME": "/root", "TMPDIR": "/var/tmp", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}

@@ -36,7 +36,7 @@ class RepoSource:
     name: str
     url: str
     gpgkey: str | None = None  # a URL, or an absolute path (relative ones resolved on load)
-    priority: int = 0  # higher wins, as in libsolv
+    priority: int = 99  # lower wins, as in zypper (whose default is 99 too)
     # Fingerprints a key fetched from a URL must have (upper-case hex, no spaces).
     gpgkey_fingerprint: tuple[str, ...] = ()
     max_metadata_age: int | None = None  # seconds; older signed metadata fails the compose
@@ -285,7 +285,7 @@ def parse_definition(source: str, path: Path) -> ImageDefinition:
             name=repo_name,
             url=v.get(table, "url", str, check=_check_url).rstrip("/") + "/",
             gpgkey=_resolve_key(gpgkey, path.parent) if gpgkey else None,
-            priority=v.get(table, "priority", int, 0),
+            priority=v.get(table, "priority", int, 99),
             gpgkey_fingerprint=fingerprints,
             max_metadata_age=_seconds(age) if age else None,
             allow_weak_checksums=v.get(table, "allow_weak_checksums", bool, False),

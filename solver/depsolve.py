@@ -98,7 +98,7 @@ class _Pool:
         self.filelists_loaded = False
         for repository in request.repos:
             repo = self.pool.add_repo(repository.name)
-            repo.priority = repository.source.priority
+            repo.priority = -repository.source.priority  # zypper: lower wins; libsolv: higher
             self._add(repo, repository, "primary", 0)
             self.repos[repo.id] = repository
         if self._needs_filelists(self._index()):

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -68,6 +69,13 @@ def kernel_versions(files: dict[str, list[str]]) -> list[str]:
     return sorted(found)
 
 
+def missing_tools(files: dict[str, list[str]]) -> list[str]:
+    """Which of dracut and depmod the image lacks (in /usr/bin or /usr/sbin, merged /usr)."""
+    have = {_merged(p) for paths in files.values() for p in paths}
+    return [tool for tool in ("dracut", "depmod")
+            if not any(f"/usr/{d}/{tool}" in have for d in ("bin", "sbin"))]
+
+
 def image_files(packages: Sequence[ImagePackage]) -> dict[str, list[str]]:
     """Each package's files that are not directories (every package lists /usr/bin...)."""
     return {p.name: [path for path, mode in package_files(p.path) if not stat.S_ISDIR(mode)]
@@ -81,6 +89,13 @@ def build_boot(store: ImageStore, packages: Sequence[ImagePackage],
     files = image_files(packages)
     versions = kernel_versions(files)
     if not versions:
+        return ()
+    missing = missing_tools(files)
+    if missing:
+        # A kernel alone (a container base, a test image) boots nothing: publish no boot files.
+        if step is not None:
+            step(f"kernel {', '.join(versions)} without {' and '.join(missing)} in the image: "
+                 "no initrd, no boot section")
         return ()
     previous = {b.kernel_version: b for b in (old.boot if old else ())}
     entries: list[BootEntry] = []
@@ -168,6 +183,7 @@ def _dracut_argv(kver: str, with_rpmimg: bool) -> list[str]:
 def _build(store: ImageStore, packages: Sequence[ImagePackage], files: dict[str, list[str]],
            versions: list[str]) -> list[BootEntry]:
     scratch = store.output / ".cache" / "boot"
+    shutil.rmtree(scratch, ignore_errors=True)  # a killed compose's tree
     store.out.makedirs(".cache/boot")
     entries = []
     with image_root([p.path for p in packages], scratch) as root:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from jsonschemas import validate
+
 from fixtures.command import clean_env, run
 from fixtures.signing import SigningKey, gnupg_home
 
@@ -69,6 +71,10 @@ def rpmimg(
     proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=timeout,
                           check=False)
     result = Result(proc.returncode, proc.stdout, proc.stderr)
+    words = [os.fspath(a) for a in args]
+    if "--json" in words and proc.returncode in (0, 1, 2, 70):
+        # Whatever happened, --json answers with one object its verb's schema describes.
+        validate(words, proc.stdout)
     if check and proc.returncode != 0:
         raise AssertionError(f"rpmimg {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
     return result

@@ -4,6 +4,8 @@ fault injection, and an rsync daemon with its configuration in a temporary direc
 from __future__ import annotations
 
 import contextlib
+import email.utils
+import hashlib
 import http.server
 import threading
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)  # flip a byte in every response
     fail_first: dict[str, int] = field(default_factory=dict)  # answer 503 N times
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
+    answers: list[tuple[str, int]] = field(default_factory=list)  # (path, status)
 
 
 def _handler(root: Path, faults: Faults) -> type[http.server.BaseHTTPRequestHandler]:
@@ -47,6 +50,18 @@ def _handler(root: Path, faults: Faults) -> type[http.server.BaseHTTPRequestHand
                 self.end_headers()
                 return
             data = path.read_bytes()
+            # Validators as a static web server gives them; a match is answered 304.
+            etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+            modified = email.utils.formatdate(path.stat().st_mtime, usegmt=True)
+            if self.headers.get("If-None-Match") == etag or (
+                    "If-None-Match" not in self.headers
+                    and self.headers.get("If-Modified-Since") == modified):
+                faults.answers.append((self.path, 304))
+                self.send_response(304)
+                self.send_header("ETag", etag)
+                self.end_headers()
+                return
+            faults.answers.append((self.path, 200))
             if any(self.path.endswith(s) for s in faults.corrupt):
                 data = data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:]
             start = 0
@@ -58,6 +73,8 @@ def _handler(root: Path, faults: Faults) -> type[http.server.BaseHTTPRequestHand
                 self.send_response(200)
             body = data[start:]
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", modified)
             self.end_headers()
             for suffix, n in list(faults.cut_after.items()):
                 if self.path.endswith(suffix):

@@ -45,7 +45,7 @@ def esp(tmp_path: Path) -> Path:
 
 
 def _deploy(sysroot: Path, esp: Path, manifest: Path, images: Images, *extra: str) -> str:
-    return str(deploy(sysroot, manifest, images.key, "--esp", esp, *extra).json()["deployment"])
+    return str(deploy(sysroot, manifest, images.key, "--esp", esp, *extra).json()["deployment"]["id"])
 
 
 def _files(esp: Path) -> set[str]:
@@ -231,10 +231,10 @@ def test_failed_health_check_then_fallback_is_recorded_and_not_reactivated(
     os.rename(entries / f"rpmimg-{two}-{KVER}+3.conf", entries / f"rpmimg-{two}-{KVER}+0-3.conf")
     with _booted(sysroot, one):
         out = rpmimg("boot-check", "--sysroot", sysroot, "--esp", esp, "--json").json()
-        assert out["failed"] == two and "no route to the update server" in str(out["reason"])
+        assert out["failed"]["id"] == two and "no route to the update server" in str(out["reason"])
         status = rpmimg("status", "--sysroot", sysroot, "--esp", esp, "--json", "--no-size").json()
     rows = {r["id"]: r for r in status["deployments"]}  # type: ignore[union-attr]
-    assert rows[two]["failed"] == out["reason"] and rows[two]["bad"] and not rows[two]["default"]
+    assert rows[two]["failed"] == out["reason"] and rows[two]["rolled_back"] and not rows[two]["default"]
     assert rows[one]["default"] and rows[two]["boot"][0]["assessment"] == "bad"
     assert default_entry(esp).file == f"rpmimg-{one}-{KVER}+3.conf"
     assert (sysroot / "@rpmimg/deployments" / two).is_dir()  # kept for inspection

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschemas import validate
 
 from fixtures.build import SigningKey
 from fixtures.httpd import Faults, serve
@@ -140,7 +141,7 @@ def test_unchanged_inputs_publish_nothing(world: World, tmp_path: Path,
     assert main(["compose", os.fspath(toml), "-o", os.fspath(out)]) == 0
     assert capsys.readouterr().out == f"demo: no change (latest is {first.version})\n"
     assert main(["compose", os.fspath(toml), "-o", os.fspath(out), "--json"]) == 0
-    answer = json.loads(capsys.readouterr().out)
+    answer = validate(["compose"], capsys.readouterr().out)
     assert answer["changed"] is False and answer["version"] == first.version
     assert ImageStore(out).versions("demo") == [first.version]
 
@@ -179,14 +180,15 @@ def test_new_package_version_publishes_a_diff(world: World, tmp_path: Path,
     assert "removed    scripted.noarch 1.0-1" in text and "added      oldnet.noarch 1.0-1" in text
     assert main(["image", "diff", os.fspath(out), "demo", second.version, first.version,
                  "--json"]) == 0
-    back = json.loads(capsys.readouterr().out)
-    assert (back["old"], back["new"]) == (second.version, first.version)
+    back = validate(["image", "diff"], capsys.readouterr().out)
+    assert (back["old"]["version"], back["new"]["version"]) == (second.version, first.version)
     assert back["changes"][0] == {"kind": "downgraded", "name": "libfoo", "arch": "x86_64",
                                   "old": "1.1-1", "new": "1.0-1"}
     assert main(["image", "list", os.fspath(out), "--json"]) == 0
-    listing = json.loads(capsys.readouterr().out)
-    assert [v["version"] for v in listing[0]["versions"]] == [first.version, second.version]
-    assert listing[0]["latest"] == second.version
+    listing = validate(["image", "list"], capsys.readouterr().out)
+    images = listing["images"]
+    assert [v["version"] for v in images[0]["versions"]] == [first.version, second.version]
+    assert images[0]["latest"] == second.version
     assert_consistent(out)
 
 

@@ -21,7 +21,13 @@ from imagespec.published import boot_inputs_path, boot_path
 from imagespec.signature import verify_detached
 from rpmextents import ExtentsPackage
 from rpmextents.keyring import Keyring
-from solver.initrd import ImagePackage, _reusable, inputs_digest, kernel_versions
+from solver.initrd import (
+    ImagePackage,
+    _reusable,
+    inputs_digest,
+    kernel_versions,
+    missing_tools,
+)
 from solver.publish import ImageStore
 
 
@@ -35,6 +41,14 @@ def test_kernel_versions_come_from_usr_lib_modules_only() -> None:
     }
     assert kernel_versions(files) == ["6.1.0-57-amd64", "6.2.0-1"]
     assert kernel_versions({"app": ["/usr/bin/app"]}) == []
+
+
+def test_boot_files_need_dracut_and_depmod_in_the_image() -> None:
+    kernel = {"kernel": ["/usr/lib/modules/6.1/vmlinuz"]}
+    assert missing_tools(kernel) == ["dracut", "depmod"]
+    assert missing_tools({**kernel, "dracut": ["/usr/bin/dracut"], "kmod": ["/sbin/depmod"]}) == []
+    assert missing_tools({**kernel, "dracut": ["/usr/share/dracut"], "kmod": ["/usr/sbin/depmod"]}) \
+        == ["dracut"]
 
 
 def test_inputs_digest_changes_with_any_input_and_needs_every_package() -> None:

@@ -29,7 +29,7 @@ def _damage(tree: Path) -> None:
 
 
 def test_verify_finds_damage_and_repair_fixes_it(sysroot: Path, images: Images) -> None:
-    d = deploy(sysroot, images.v2, images.key).json()["deployment"]
+    d = deploy(sysroot, images.v2, images.key).json()["deployment"]["id"]
     tree = sysroot / "@rpmimg/deployments" / str(d)
     _damage(tree)
     r = rpmimg("verify", "--sysroot", sysroot, "--json", check=False)
@@ -56,11 +56,11 @@ def test_verify_finds_damage_and_repair_fixes_it(sysroot: Path, images: Images) 
 
 
 def test_pin_and_cleanup(sysroot: Path, images: Images) -> None:
-    ids = [str(deploy(sysroot, m, images.key).json()["deployment"]) for m in (images.v0, images.v1, images.v2)]
+    ids = [str(deploy(sysroot, m, images.key).json()["deployment"]["id"]) for m in (images.v0, images.v1, images.v2)]
     store = sysroot / "@rpmimg/store"
     rpmimg("pin", "--sysroot", sysroot, ids[0])
     r = rpmimg("cleanup", "--sysroot", sysroot, "--keep", "1", "--json").json()
-    assert r["removed_deployments"] == [ids[1]]  # v0 is pinned, v2 the default
+    assert [d["id"] for d in r["removed"]] == [ids[1]]  # v0 is pinned, v2 the default
     assert [d["id"] for d in state_of(sysroot)["deployments"]] == [ids[0], ids[2]]  # type: ignore[union-attr]
     assert not (sysroot / "@rpmimg/deployments" / ids[1]).exists()
     # The store keeps exactly what the kept deployments use.
@@ -69,20 +69,20 @@ def test_pin_and_cleanup(sysroot: Path, images: Images) -> None:
 
     rpmimg("pin", "--sysroot", sysroot, "--unpin", ids[0])
     rb = rpmimg("rollback", "--sysroot", sysroot, "--json").json()
-    assert rb["default"] == ids[0]
+    assert rb["deployment"]["id"] == ids[0]
     # The default is never removed, even when older than what --keep keeps.
     r = rpmimg("cleanup", "--sysroot", sysroot, "--keep", "1", "--json").json()
-    assert r["removed_deployments"] == []
+    assert r["removed"] == []
     status = rpmimg("status", "--sysroot", sysroot, "--json").json()["deployments"]
-    flags = {row["id"]: (row["default"], row["pinned"], row["bad"]) for row in status}  # type: ignore[union-attr]
+    flags = {row["id"]: (row["default"], row["pinned"], row["rolled_back"]) for row in status}  # type: ignore[union-attr]
     assert flags == {ids[0]: (True, False, False), ids[2]: (False, False, True)}
     bad = rpmimg("pin", "--sysroot", sysroot, "42", check=False)
     assert bad.code == 1 and "deployment '42' does not exist" in bad.err
 
 
 def test_booted_deployment_is_detected_and_kept(sysroot: Path, images: Images) -> None:
-    first = str(deploy(sysroot, images.v1, images.key).json()["deployment"])
-    second = str(deploy(sysroot, images.v2, images.key).json()["deployment"])
+    first = str(deploy(sysroot, images.v1, images.key).json()["deployment"]["id"])
+    second = str(deploy(sysroot, images.v2, images.key).json()["deployment"]["id"])
     device = subprocess.run(["findmnt", "-no", "SOURCE", sysroot], capture_output=True, text=True,
                             check=True).stdout.strip()
     usr = sysroot / "usr"
@@ -96,10 +96,10 @@ def test_booted_deployment_is_detected_and_kept(sysroot: Path, images: Images) -
         assert (usr / "lib/sysimage/packages/sizes-1.0-1.x86_64.rpm").exists()
         # With a booted deployment, `diff` shows what the next boot changes.
         d = rpmimg("diff", "--sysroot", sysroot, "--json").json()
-        assert (d["old"], d["new"]) == (first, second)
+        assert (d["old"]["id"], d["new"]["id"]) == (first, second)
         # cleanup --keep 1 keeps the booted one.
         assert rpmimg("cleanup", "--sysroot", sysroot, "--keep", "1", "--json").json()[
-            "removed_deployments"] == []
+            "removed"] == []
     finally:
         subprocess.run(["umount", usr], check=True)
 
@@ -120,14 +120,14 @@ def test_sysroot_below_the_top_level_is_reached_privately(sysroot: Path, images:
         mounts_before = Path("/proc/self/mountinfo").read_text().count("\n")
         r = deploy(root, images.v0, images.key).json()
         assert r["outcome"] == "deployed"
-        assert f"subvol=/@rpmimg/deployments/{r['deployment']},ro" in str(r["kernel_arguments"])
+        assert f"subvol=/@rpmimg/deployments/{r['deployment']['id']},ro" in str(r["kernel_arguments"])
         # The private mount did not leak into this namespace, and nothing landed in the root.
         assert Path("/proc/self/mountinfo").read_text().count("\n") == mounts_before
         assert not (root / "@rpmimg").exists()
         rows = rpmimg("status", "--sysroot", root, "--json").json()["deployments"]
         assert [(row["version"], row["path"], row["subvol"]) for row in rows] == [  # type: ignore[union-attr]
-            (V0, None, f"/@rpmimg/deployments/{r['deployment']}")]
-        assert deploy(root, images.v1, images.key).json()["version"] == V1
+            (V0, None, f"/@rpmimg/deployments/{r['deployment']['id']}")]
+        assert deploy(root, images.v1, images.key).json()["deployment"]["version"] == V1
     finally:
         # Top level first: unmounting the last user of the loop device would free it.
         subprocess.run(["mount", "-o", "subvolid=5", device, sysroot], check=True)

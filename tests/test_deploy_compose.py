@@ -38,11 +38,11 @@ def test_composed_image_deploys_like_rpm_install(sysroot: Path, images: Images, 
     out = tmp_path / "out"
     rpmimg("compose", definition, "-o", out, "--sign-key", images.key.secret)
     result = deploy(sysroot, out, images.key).json()
-    assert (result["outcome"], result["image"], result["packages"]) == ("deployed", "composed", len(NAMES))
+    assert (result["outcome"], result["deployment"]["image"], result["packages"]) == ("deployed", "composed", len(NAMES))
 
     expected = tmp_path / "rpm-root"
     rpm_install(rpms, expected, passwd=catalog.PASSWD, group=catalog.GROUP)
-    tree = sysroot / "@rpmimg/deployments" / str(result["deployment"])
+    tree = sysroot / "@rpmimg/deployments" / str(result["deployment"]["id"])
     assert_same_tree(expected / "usr", tree, exclude=("/lib/sysimage/packages", "/lib/sysimage/rpmimg", "/lib/sysimage/rpm", "/share/factory"))
     q = subprocess.run(["rpm", "-qp", "--nosignature", *sorted((tree / "lib/sysimage/packages").iterdir())],
                        capture_output=True, text=True, check=True)

@@ -101,7 +101,8 @@ def test_too_small_filesystem_fails_clearly_changing_nothing(images: Images, hug
         seed_accounts(small, catalog.PASSWD, catalog.GROUP)
         deploy(small, images.v0, images.key)
         before = _snapshot(small)
-        result = deploy(small, huge_image, images.key, "--allow-unsigned-packages", check=False)
+        result = deploy(small, huge_image, images.key, "--allow-unsigned-packages", "--switch",
+                        check=False)
         assert result.code == 1
         assert "not enough free space for huge" in result.err and "MiB free" in result.err
         assert _snapshot(small) == before
@@ -139,14 +140,15 @@ def test_refusals_tampered_wrong_key_downgrade_unsigned_package(
     keys.mkdir(parents=True)
     shutil.copy(images.key.public, keys / "vendor.asc")
     down = rpmimg("deploy", "--sysroot", sysroot, "--allow-downgrade", "--json", images.v1).json()
-    assert (down["outcome"], down["version"]) == ("deployed", V1)
+    assert (down["outcome"], down["deployment"]["version"]) == ("deployed", V1)
 
 
 def test_concurrent_deploys_do_not_interleave(sysroot: Path, images: Images) -> None:
     def start(*extra: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "rpmimg", "deploy", "--sysroot", os.fspath(sysroot), "--keyring",
-             os.fspath(images.key.public), "--json", *extra, os.fspath(images.v1)],
+             os.fspath(images.key.public), "--json", "--lock-wait", "60", *extra,
+             os.fspath(images.v1)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
@@ -174,4 +176,5 @@ def test_concurrent_deploys_do_not_interleave(sysroot: Path, images: Images) -> 
         holder.kill()
         holder.wait()
     assert r.code == 1 and f"another rpmimg is changing this system (pid {holder.pid})" in r.err
+    assert f"waiting up to 0.5 s for another rpmimg (pid {holder.pid})" in r.err  # not silent
     assert _snapshot(sysroot) == before

@@ -25,7 +25,7 @@ def _tree(sysroot: Path, deployment: str) -> Path:
 def test_deploy_equals_rpm_install(sysroot: Path, images: Images, tmp_path: Path) -> None:
     result = deploy(sysroot, images.v1, images.key).json()
     assert result["outcome"] == "deployed"
-    tree = _tree(sysroot, str(result["deployment"]))
+    tree = _tree(sysroot, str(result["deployment"]["id"]))
     assert kernel.subvolume_is_readonly(tree)
     assert result["reflinked_files"] and not result["copied_files"]
 
@@ -57,9 +57,9 @@ def test_deploy_equals_rpm_install(sysroot: Path, images: Images, tmp_path: Path
     assert verified["mismatches"] == [] and verified["files"] > 100  # type: ignore[operator]
 
     st = state_of(sysroot)
-    assert st["default"] == result["deployment"]
+    assert st["default"] == result["deployment"]["id"]
     boot = (sysroot / "@rpmimg/usr-default.conf").read_text()
-    assert f"mount.usrflags=subvol=/@rpmimg/deployments/{result['deployment']},ro" in boot
+    assert f"mount.usrflags=subvol=/@rpmimg/deployments/{result['deployment']['id']},ro" in boot
     device = subprocess.run(["findmnt", "-no", "SOURCE", sysroot], capture_output=True, text=True,
                             check=True).stdout.strip()
     uuid = subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", device], capture_output=True,
@@ -88,8 +88,8 @@ def test_update_costs_only_changed_files_and_diffs(sysroot: Path, images: Images
     # 1 MiB file (deduplicating a download in place would leave its extent allocated).
     grown = btrfs_data_used(sysroot) - before
     assert grown <= CHANGED_BYTES + 3 * 64 * 1024, (grown, CHANGED_BYTES)
-    assert (second["version"], second["fetched"], second["build"]) == (V2, 3, "update")
-    tree1, tree2 = _tree(sysroot, str(first["deployment"])), _tree(sysroot, str(second["deployment"]))
+    assert (second["deployment"]["version"], second["fetched"], second["build"]) == (V2, 3, "update")
+    tree1, tree2 = _tree(sysroot, str(first["deployment"]["id"])), _tree(sysroot, str(second["deployment"]["id"]))
 
     # Disk: the new deployment plus its new store entries cost at most the changed files'
     # data plus 1% of the image, by FIEMAP (shared extents don't count).
@@ -122,14 +122,17 @@ def test_update_costs_only_changed_files_and_diffs(sysroot: Path, images: Images
 
     # Rollback makes the first the default again; a second rollback has nowhere to go.
     rb = rpmimg("rollback", "--sysroot", sysroot, "--json").json()
-    assert rb == {"previous": second["deployment"], "default": first["deployment"]}
-    assert state_of(sysroot)["default"] == first["deployment"]
-    assert f"deployments/{first['deployment']}," in (sysroot / "@rpmimg/usr-default.conf").read_text()
+    assert (rb["replaces"], rb["deployment"]) == (second["deployment"], first["deployment"])
+    assert state_of(sysroot)["default"] == first["deployment"]["id"]
+    assert f"deployments/{first['deployment']['id']}," in (sysroot / "@rpmimg/usr-default.conf").read_text()
     err = rpmimg("rollback", "--sysroot", sysroot, check=False)
     assert err.code == 1 and "nothing to roll back to" in err.err
-    # Deploying V2 again makes its deployment the default again, without rebuilding.
-    again = deploy(sysroot, images.v2, images.key).json()
-    assert (again["outcome"], again["deployment"]) == ("reactivated", second["deployment"])
+    # Deploying the rolled-back V2 again is refused unless forced; then its deployment is
+    # the default again, without rebuilding.
+    refused = deploy(sysroot, images.v2, images.key, check=False)
+    assert refused.code == 1 and "rolled back" in refused.err and "--force" in refused.err
+    again = deploy(sysroot, images.v2, images.key, "--force").json()
+    assert (again["outcome"], again["deployment"]["id"]) == ("reactivated", second["deployment"]["id"])
 
 
 
@@ -142,8 +145,8 @@ def test_deploy_with_a_binary_vendor_key_in_keys_d(sysroot: Path, images: Images
     assert not binary.startswith(b"-----")
     (keys / "vendor.gpg").write_bytes(binary)
     result = rpmimg("deploy", "--sysroot", sysroot, "--json", images.v0).json()
-    assert (result["outcome"], result["version"], result["fetched"]) == ("deployed", "20261121.1", 1)
-    tree = _tree(sysroot, str(result["deployment"]))
+    assert (result["outcome"], result["deployment"]["version"], result["fetched"]) == ("deployed", "20261121.1", 1)
+    tree = _tree(sysroot, str(result["deployment"]["id"]))
     assert sorted(os.listdir(tree / "lib/sysimage/packages")) == ["empty-1.0-1.x86_64.rpm"]
     # The same key file refuses what it did not sign: a package without a header signature.
     refused = rpmimg("deploy", "--sysroot", sysroot, "--json", images.unsigned, check=False)

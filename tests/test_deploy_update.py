@@ -144,7 +144,7 @@ def update_images(tmp_path_factory: pytest.TempPathFactory) -> UpdateImages:
 
 
 def _tree(sysroot: Path, result: dict[str, object]) -> Path:
-    return sysroot / "@rpmimg/deployments" / str(result["deployment"])
+    return sysroot / "@rpmimg/deployments" / str(result["deployment"]["id"])
 
 
 def _inode(path: Path) -> int:
@@ -253,7 +253,7 @@ def test_update_survives_a_missing_store_entry_of_the_base(sysroot: Path, update
     second = deploy(sysroot, imgs.v2, imgs.key).json()
     assert second["build"] == "full" and "no longer in the store" in str(second["full_reason"])
     assert (_tree(sysroot, second) / "share/shared/conflict").read_bytes() == b"beta's\n"
-    assert first["deployment"] != second["deployment"]
+    assert first["deployment"]["id"] != second["deployment"]["id"]
 
 
 def _names(stored: Path) -> str:

@@ -34,12 +34,13 @@ def _record(tree: Path, merge: EtcMerge, merged_from: str | None) -> None:
 
 
 def test_diff_etc_shows_the_recorded_merge(sysroot: Path, images: Images) -> None:
-    first = str(deploy(sysroot, images.v1, images.key).json()["deployment"])
-    second = str(deploy(sysroot, images.v2, images.key).json()["deployment"])
+    first = str(deploy(sysroot, images.v1, images.key).json()["deployment"]["id"])  # type: ignore[index]
+    second = str(deploy(sysroot, images.v2, images.key).json()["deployment"]["id"])  # type: ignore[index]
     tree = sysroot / "@rpmimg/deployments" / second
     _record(tree, MERGE, first)
     d = rpmimg("diff", "--etc", "--sysroot", sysroot, "--json").json()
-    assert (d["old"], d["new"], d["merged_from"], d["recorded"]) == (first, second, first, True)
+    ids = tuple(d[k]["id"] for k in ("old", "new", "merged_from"))  # type: ignore[index]
+    assert (*ids, d["recorded"]) == (first, second, first, True)
     assert [a["path"] for a in d["notable"]] == ["/etc/b.conf", "/etc/c.conf"]  # type: ignore[union-attr,index]
     assert len(d["actions"]) == 4  # type: ignore[arg-type]
     text = rpmimg("diff", "--etc", "--sysroot", sysroot).out.splitlines()

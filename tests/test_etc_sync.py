@@ -238,3 +238,25 @@ def test_merge_then_sync_end_to_end(tmp_path: Path) -> None:
             "conflict m/plain-changed-edited.conf: changed after the deploy and by the update;"
             " the later edit is m/plain-changed-edited.conf.rpmimg-edit",
         ])
+
+
+def test_symlinked_log_directory_refused(roots: Roots) -> None:
+    """NEW_ROOT/etc/rpmimg a symlink to the host's: refused before anything is done."""
+    _admin_edits_after_deploy(roots)
+    (roots.new / "etc/rpmimg").symlink_to(roots.host)
+    before, new_before = snapshot(roots.host), snapshot(roots.new / "etc")
+    done = _run(roots.new, {"RPMIMG_OLD_ROOT": os.fspath(roots.old)})
+    assert done.returncode != 0 and "etc/rpmimg: not a directory" in done.stderr
+    assert snapshot(roots.host) == before and snapshot(roots.new / "etc") == new_before
+
+
+def test_old_etc_a_symlink_carries_nothing(roots: Roots) -> None:
+    """The old root's etc itself replaced by a symlink to the host's: nothing read through it."""
+    os.rename(roots.old / "etc", roots.old / "etc-was")
+    (roots.old / "etc").symlink_to(roots.host)
+    before = snapshot(roots.new / "etc")
+    done = _run(roots.new, {"RPMIMG_OLD_ROOT": os.fspath(roots.old)})
+    assert done.returncode == 0, done.stderr
+    after = snapshot(roots.new / "etc")
+    assert {p: n for p, n in after.items() if not p.startswith("/rpmimg")} == before
+    assert "nothing:" in (roots.new / "etc/rpmimg/etc-sync.log").read_text()

@@ -193,7 +193,7 @@ def test_cli_many_packages_into_one_tree_like_rpm(tmp_path: Path) -> None:
     out = tmp_path / "extents"
     r = subprocess.run([*rpmimg, "pkg", "transcode", *map(os.fspath, originals), "-o", os.fspath(out), "--json"],
                        check=True, capture_output=True, text=True)
-    assert [Path(x["output"]).name for x in json.loads(r.stdout)] == [p.name for p in originals]
+    assert [Path(x["output"]).name for x in json.loads(r.stdout)["packages"]] == [p.name for p in originals]
     actual = tmp_path / "actual"
     seed_accounts(actual, PASSWD, GROUP)
     subprocess.run([*rpmimg, "pkg", "extract", *(os.fspath(out / p.name) for p in originals), os.fspath(actual)],

@@ -69,7 +69,7 @@ def _booted(sysroot: Path, deployment: str) -> Iterator[Path]:
 
 
 def _ids(sysroot: Path, *manifests: Path, key: Any) -> list[str]:
-    return [str(deploy(sysroot, m, key).json()["deployment"]) for m in manifests]
+    return [str(deploy(sysroot, m, key).json()["deployment"]["id"]) for m in manifests]
 
 
 # --- the state file lost, damaged or older ---------------------------------------------------
@@ -89,7 +89,8 @@ def test_cleanup_without_state_refuses_and_rebuild_restores_it(sysroot: Path, im
     assert status.json()["deployments"] == [] and "state rebuild" in status.err
 
     rebuilt = rpmimg("state", "rebuild", "--sysroot", sysroot, "--json").json()
-    assert rebuilt == {"deployments": ids, "default": ids[2], "skipped": []}
+    assert [d["id"] for d in rebuilt["deployments"]] == ids  # type: ignore[union-attr]
+    assert (rebuilt["default"]["id"], rebuilt["skipped"]) == (ids[2], [])  # type: ignore[index]
     assert state_of(sysroot) == lost
     assert rpmimg("verify", "--sysroot", sysroot).code == 0
 
@@ -116,7 +117,7 @@ def test_older_state_never_deletes_the_booted_usr(sysroot: Path, images: Images)
         # The pin comes back from the old file, which still parses.
         assert [d["pinned"] for d in st["deployments"]] == [True, False]  # type: ignore[union-attr]
         removed = rpmimg("cleanup", "--sysroot", sysroot, "--keep", "1", "--json").json()
-        assert removed["removed_deployments"] == []  # one pinned, one booted and default
+        assert removed["removed"] == []  # one pinned, one booted and default
         assert header.exists()
 
 
@@ -256,9 +257,9 @@ def test_killed_between_state_and_boot_selection_status_settles_it(
                     env={"RPMIMG_KILL_AT": str(count), "RPMIMG_CHECKPOINT_LOG": os.fspath(log)})
     assert killed.code == -9 and log.read_text().splitlines()[-1].endswith(" state saved")
     boot = sysroot / "@rpmimg/usr-default.conf"
-    assert f"/deployments/{first.json()['deployment']}," in boot.read_text()  # the two disagree
+    assert f"/deployments/{first.json()['deployment']['id']}," in boot.read_text()  # the two disagree
     new_default = str(state_of(sysroot)["default"])
-    assert new_default != str(first.json()["deployment"])
+    assert new_default != str(first.json()["deployment"]["id"])
     # A read-only command brings them together again.
     rows = rpmimg("status", "--sysroot", sysroot, "--json", "--no-size").json()["deployments"]
     assert [row["id"] for row in rows if row["default"]] == [new_default]  # type: ignore[union-attr]
@@ -335,7 +336,7 @@ def test_damaged_store_entry_is_found_and_refetched(sysroot: Path, images: Image
     assert rpmimg("verify", "--sysroot", sysroot).code == 0
 
     # --repair does not re-extract damage either.
-    tree = sysroot / "@rpmimg/deployments" / str(new["deployment"])
+    tree = sysroot / "@rpmimg/deployments" / str(new["deployment"]["id"])
     entry = _store_entry(sysroot, "sizes")
     _flip(entry, entry.stat().st_size - 4096 - 10)
     with _writable(tree):
@@ -358,7 +359,7 @@ def test_update_falling_back_to_a_full_build_does_not_build_store_damage_in(
     assert new["build"] == "full" and "no longer in the store" in str(new["full_reason"])
     assert entry.read_bytes() == clean
     assert rpmimg("verify", "--sysroot", sysroot).code == 0
-    assert sorted(os.listdir(sysroot / "@rpmimg/deployments")) == ["1", str(new["deployment"])]
+    assert sorted(os.listdir(sysroot / "@rpmimg/deployments")) == ["1", str(new["deployment"]["id"])]
 
 
 def _variant(images: Images, tmp_path: Path, name: str, change: Callable[[dict[str, Any]], Any],
@@ -420,7 +421,8 @@ def test_full_filesystem_names_the_phase_and_the_path(images: Images, noisy_imag
         out = noisy_image.parents[3]
         with http_server(out) as base:
             url = f"{base}/{noisy_image.relative_to(out)}"
-            r = deploy(small, url, images.key, "--allow-unsigned-packages", check=False)
+            r = deploy(small, url, images.key, "--allow-unsigned-packages", "--switch",
+                       check=False)
         _one_line_error(r, f"{small}/@rpmimg/staging/downloads",
                         "no space left on the device while fetching the packages"
                         f" of noisy {V1}", "nothing was changed")
@@ -437,11 +439,11 @@ def test_replaying_an_old_signed_manifest_is_a_downgrade(sysroot: Path, images: 
     _one_line_error(r, f"{V1} is older than {V2}", "--allow-downgrade")
     assert state_of(sysroot)["default"] == second
     again = deploy(sysroot, images.v1, images.key, "--allow-downgrade").json()
-    assert (again["outcome"], again["deployment"]) == ("reactivated", first)
+    assert (again["outcome"], again["deployment"]["id"]) == ("reactivated", first)
     # rollback stays the way back without any flag.
     rpmimg("deploy", "--sysroot", sysroot, "--keyring", images.key.public, images.v2)
     assert state_of(sysroot)["default"] == second
-    assert rpmimg("rollback", "--sysroot", sysroot, "--json").json()["default"] == first
+    assert rpmimg("rollback", "--sysroot", sysroot, "--json").json()["deployment"]["id"] == first
 
 
 MANIFEST_DAMAGE: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[str], str] | None, str]] = {

@@ -213,7 +213,7 @@ def test_directory_symlinks_resolve_like_rpm_and_verify(sysroot: Path, host: Hos
     v1, v2 = _publish(host, tmp_path, [links, below])
     _deploy(sysroot, host, v1)
     result = _deploy(sysroot, host, v2).json()
-    tree = _tree(sysroot, str(result["deployment"]))
+    tree = _tree(sysroot, str(result["deployment"]["id"]))
     assert (tree / "share/foo/bar").read_bytes() == b"through an absolute link\n"
     assert not (tree / "usr").exists()
 
@@ -281,7 +281,7 @@ def test_path_of_4094_bytes_deploys_verifies_and_shows(sysroot: Path, host: Host
     v1, v2 = _publish(host, tmp_path, [written])
     _deploy(sysroot, host, v1)
     result = _deploy(sysroot, host, v2).json()
-    tree = _tree(sysroot, str(result["deployment"]))
+    tree = _tree(sysroot, str(result["deployment"]["id"]))
     root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fd = kernel.open_beneath(root_fd, path.removeprefix("/usr/"), os.O_RDONLY)
@@ -316,7 +316,12 @@ def test_update_from_a_tampered_deployment_stays_inside_it(sysroot: Path, host: 
     (tree / "share/base").symlink_to(host.dir)
     kernel.subvolume_set_readonly(tree, True)
     result = _deploy(sysroot, host, v2).json()
-    assert result["build"] == "update"
-    landed = _tree(sysroot, str(result["deployment"])) / "share/factory" / os.fspath(host.dir).lstrip("/")
-    assert (landed / "inside").read_bytes() == b"would overwrite the host's\n"
-    assert (landed / "data").read_bytes() == b"base data 1.1\n"
+    # The base is checked first: the swapped directory is damage, so the update is built in
+    # full from the store, and nothing is written through the link.
+    assert result["build"] == "full" and "deployment 1 is damaged" in str(result["full_reason"])
+    assert any(d.startswith("/usr/share/base") for d in result["base_damage"])  # type: ignore[union-attr]
+    new = _tree(sysroot, str(result["deployment"]["id"]))  # type: ignore[index]
+    assert (new / "share/base/inside").read_bytes() == b"would overwrite the host's\n"
+    assert (new / "share/base/data").read_bytes() == b"base data 1.1\n"
+    planted = host.dir / "inside"
+    assert not planted.exists() or planted.read_bytes() != b"would overwrite the host's\n"

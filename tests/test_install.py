@@ -44,7 +44,7 @@ def test_install_makes_a_bootable_disk_image(bootable: Path, images: Images, tmp
     table = json.loads(subprocess.run(["sfdisk", "--json", disk], capture_output=True, check=True,
                                       text=True).stdout)["partitiontable"]
     assert table["label"] == "gpt" and table["partitions"][0]["type"] == ESP_TYPE
-    esp = FatImageEsp(disk, int(out["esp"]["offset"]))  # type: ignore[index, call-overload]
+    esp = FatImageEsp(disk, int(out["esp"]["offset_bytes"]))  # type: ignore[index, call-overload]
     assert esp.read("EFI/BOOT/BOOTX64.EFI") == BOOT_LOADER.read_bytes()
     assert esp.read("EFI/systemd/systemd-bootx64.efi") == BOOT_LOADER.read_bytes()
     entries = esp.listdir("loader/entries")
@@ -56,8 +56,8 @@ def test_install_makes_a_bootable_disk_image(bootable: Path, images: Images, tmp
     assert "mount.usrflags=subvol=/@rpmimg/deployments/1,ro" in fields["options"]
     # The btrfs partition holds the deployment, reachable through a loop device over its range.
     root = out["root"]
-    dev = subprocess.run(["losetup", "--find", "--show", "--offset", str(root["offset"]),  # type: ignore[index]
-                          "--sizelimit", str(root["size"]), disk],  # type: ignore[index]
+    dev = subprocess.run(["losetup", "--find", "--show", "--offset", str(root["offset_bytes"]),  # type: ignore[index]
+                          "--sizelimit", str(root["size_bytes"]), disk],  # type: ignore[index]
                          capture_output=True, check=True, text=True).stdout.strip()
     mnt = tmp_path / "mnt"
     mnt.mkdir()

@@ -93,11 +93,11 @@ def test_boot_update_fallback_rollback(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     installed = json.loads(out.stdout)
-    esp = FatImageEsp(disk, installed["esp"]["offset"])
+    esp = FatImageEsp(disk, installed["esp"]["offset_bytes"])
     root = installed["root"]
     assert list(_entries(esp).values()) == [f"{installed['entries'][0]}"]
     assert _entries(esp)["1"].endswith("+3.conf")
-    with mounted_partition(disk, root["offset"], root["size"], tmp_path / "mnt") as top:
+    with mounted_partition(disk, root["offset_bytes"], root["size_bytes"], tmp_path / "mnt") as top:
         add_driver(top / "@rpmimg/roots/1")
     vm = Machine(disk, tmp_path, image.output)
     esp_arg = '--esp "$(bootctl --print-esp-path)"'
@@ -136,7 +136,7 @@ def test_boot_update_fallback_rollback(tmp_path: Path) -> None:
         "systemctl reboot\n")
     assert _variant(serial) == "v2"
     rows = _status(vm)
-    assert "health check failed" in str(rows["3"]["failed"]) and rows["3"]["bad"], rows
+    assert "health check failed" in str(rows["3"]["failed"]) and rows["3"]["rolled_back"], rows
     assert rows["2"]["default"] and rows["2"]["booted"], rows
 
     # 4. v4's initrd cannot mount /usr: systemd-boot falls back to v2 within its tries.
@@ -154,7 +154,7 @@ def test_boot_update_fallback_rollback(tmp_path: Path) -> None:
     serial = vm.boot(f"{STATUS}\nsystemctl poweroff\n")
     assert _variant(serial) == "v1", vm.report()
     rows = _status(vm)
-    assert rows["1"]["booted"] and rows["1"]["default"] and rows["2"]["bad"], rows
+    assert rows["1"]["booted"] and rows["1"]["default"] and rows["2"]["rolled_back"], rows
 
 
 def _booted_deployment(serial: str) -> str:
@@ -196,7 +196,7 @@ def test_systemd_boot_counts_tries_and_falls_back(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     installed = json.loads(out.stdout)
-    esp = FatImageEsp(disk, installed["esp"]["offset"])
+    esp = FatImageEsp(disk, installed["esp"]["offset_bytes"])
     vm = Machine(disk, tmp_path, tmp_path / "pub", memory_mib=512)
 
     assert _booted_deployment(vm.boot("", timeout=240)) == "1"
@@ -204,7 +204,7 @@ def test_systemd_boot_counts_tries_and_falls_back(tmp_path: Path) -> None:
 
     # Deploy v2 from outside (its ESP is a FAT image here), with 2 tries.
     root = installed["root"]
-    with mounted_partition(disk, root["offset"], root["size"], tmp_path / "mnt") as top:
+    with mounted_partition(disk, root["offset_bytes"], root["size_bytes"], tmp_path / "mnt") as top:
         subprocess.run(
             [sys.executable, "-c",
              "import dataclasses, sys; from pathlib import Path\n"
@@ -214,7 +214,7 @@ def test_systemd_boot_counts_tries_and_falls_back(tmp_path: Path) -> None:
              "with open_system(Path(sys.argv[1])) as s:\n"
              "    s = dataclasses.replace(s, esp=FatImageEsp(Path(sys.argv[2]), int(sys.argv[3])), tries=2)\n"
              "    print(deploy(s, DeployOptions(source=sys.argv[4], keyrings=(Path(sys.argv[5]),))))\n",
-             top, disk, str(installed["esp"]["offset"]), v2, key.public], check=True)
+             top, disk, str(installed["esp"]["offset_bytes"]), v2, key.public], check=True)
     assert _entries(esp)["2"] == f"rpmimg-2-{kver}+2.conf"
     # Its initrd fails: tried twice, then systemd-boot picks deployment 1 by itself.
     assert _booted_deployment(vm.boot("", timeout=240)) == "2"

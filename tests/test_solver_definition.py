@@ -51,7 +51,7 @@ def test_good_definition(tmp_path: Path) -> None:
     oss, local = d.repos
     assert oss.url == "https://example.org/oss/"
     assert oss.gpgkey == str(tmp_path / "keys" / "oss.asc")  # relative to the definition
-    assert (oss.priority, local.priority, local.gpgkey) == (0, 10, None)
+    assert (oss.priority, local.priority, local.gpgkey) == (99, 10, None)
 
 
 def test_canonical_form_ignores_formatting() -> None:

@@ -40,7 +40,7 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def open_repo(root: Path, name: str, priority: int = 0) -> Repository:
+def open_repo(root: Path, name: str, priority: int = 99) -> Repository:
     return Repository.open(RepoSource(name, (root / name).as_uri() + "/", priority=priority))
 
 
@@ -218,3 +218,14 @@ def test_solution_order_is_rpms_version_order() -> None:
     assert [(x.name, x.arch, x.version) for x in ordered] == [
         ("a", "noarch", "1"), ("a", "x86_64", "2"), ("kernel", "x86_64", "6.9~rc1"),
         ("kernel", "x86_64", "6.9"), ("kernel", "x86_64", "6.10"), ("kernel", "x86_64", "5.0")]
+
+
+def test_lower_priority_number_wins_as_in_zypper(repos: Path) -> None:
+    """libfoo 1.1 in updates is newer, but main's priority number is lower: main's 1.0 wins."""
+    def chosen(main: int, updates: int) -> set[str]:
+        request = SolveRequest(arch="x86_64", packages=("libfoo",),
+                               repos=(open_repo(repos, "main", main), open_repo(repos, "updates", updates)))
+        return {p.nevra for p in solve(request).packages if p.nevra.startswith("libfoo-")}
+    assert chosen(10, 99) == {"libfoo-1.0-1.x86_64"}
+    assert chosen(99, 10) == {"libfoo-1.1-1.x86_64"}
+    assert chosen(99, 99) == {"libfoo-1.1-1.x86_64"}  # equal: the best version

@@ -37,6 +37,9 @@ nl='
 
 [ -d "$NEW/etc" ] && [ ! -L "$NEW/etc" ] || die "$NEW/etc: not a directory"
 [ -e "$LOG" ] || [ -L "$LOG" ] && exit 0          # already done
+if [ -L "$NEW/etc/rpmimg" ] || { [ -e "$NEW/etc/rpmimg" ] && [ ! -d "$NEW/etc/rpmimg" ]; }; then
+    die "$NEW/etc/rpmimg: not a directory"      # checked first: nothing done, then refused
+fi
 [ -f "$BASE/old-deployment" ] || exit 0           # a first deployment: nothing to carry
 read -r OLD_ID < "$BASE/old-deployment" || die "$BASE/old-deployment: unreadable"
 case $OLD_ID in ''|*/*|.|..) die "$BASE/old-deployment: bad id '$OLD_ID'" ;; esac
@@ -210,9 +213,6 @@ if [ -n "$OLD" ]; then
 fi
 
 # The log, last: its presence means done.
-if present "$NEW/etc/rpmimg" && { [ -L "$NEW/etc/rpmimg" ] || [ ! -d "$NEW/etc/rpmimg" ]; }; then
-    die "$NEW/etc/rpmimg: not a directory"
-fi
 [ -d "$NEW/etc/rpmimg" ] || mkdir -m 0755 -- "$NEW/etc/rpmimg"
 chmod 0644 "$T/log"
 cp -- "$T/log" "$NEW/etc/rpmimg/.etc-sync.log.tmp"

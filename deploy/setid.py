@@ -1,0 +1,29 @@
+"""Files whose set-user-ID or set-group-ID bit a deployment dropped.
+
+rpm (and extraction here) gives a file whose owner name this system does not know to
+root, and drops its set-id bit so the unknown name never yields a set-id root file. The
+file then no longer does what it did (`chage` that can't read /etc/shadow): the deploy
+report states each one plainly.
+"""
+
+from __future__ import annotations
+
+import stat
+
+from deploy.store import Store
+from imagespec.manifest import ImageManifest
+from rpmextents import Owners
+
+
+def dropped(store: Store, m: ImageManifest, owners: Owners) -> tuple[str, ...]:
+    """'PATH lost its setuid bit (user NAME is unknown here)' for each such file of m."""
+    out: dict[str, str] = {}
+    for ref in m.packages:
+        for e in store.file_list(ref.sha256)[1]:
+            if e.ghost:
+                continue
+            if e.mode & stat.S_ISUID and e.user not in owners.users:
+                out[e.path] = f"{e.path} lost its setuid bit (user {e.user} is unknown here)"
+            elif e.mode & stat.S_ISGID and not stat.S_ISDIR(e.mode) and e.group not in owners.groups:
+                out[e.path] = f"{e.path} lost its setgid bit (group {e.group} is unknown here)"
+    return tuple(out[p] for p in sorted(out))
