@@ -163,8 +163,9 @@ def test_kill_at_every_esp_write_leaves_old_or_new_default(
     one = _deploy(sysroot, esp, boot_images["1"], images)
     two = _deploy(sysroot, esp, boot_images["2"], images)
     back = ["rollback", "--sysroot", sysroot, "--esp", esp]
+    # Deploying the rolled-back 2 again is meant: --force.
     again = ["deploy", "--sysroot", sysroot, "--esp", esp, "--keyring", images.key.public,
-             boot_images["2"]]
+             "--force", boot_images["2"]]
     points = {"back": _esp_points(back, tmp_path / "log"), "again": _esp_points(again, tmp_path / "log")}
     assert len(points["back"]) >= 4 and len(points["again"]) >= 4, points
     seen = set()
