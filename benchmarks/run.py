@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import metrics_format, metrics_image, metrics_solve
+from benchmarks import metrics_format, metrics_image, metrics_scale, metrics_solve
 from benchmarks.context import CHECKOUT, Context
 from benchmarks.debcorpus import build_corpus, cache_root, summary
 from benchmarks.measure import CacheState, Row, loop_btrfs
@@ -34,6 +34,7 @@ GROUPS: dict[str, list[tuple[str, Metric]]] = {
     "update": [("update cost", metrics_image.update_metrics)],
     "verify": [("verify time", metrics_image.verify_metrics)],
     "solve": [("solve time", metrics_solve.solve)],
+    "scale": [("scaling with file count", metrics_scale.scale_metrics)],
 }
 # Tools only the benchmark needs: installed here so `make test` stays lean.
 BENCH_TOOLS = {"ostree": "ostree", "casync": "casync", "testsolv": "libsolv-tools",

@@ -23,8 +23,8 @@ from deploy.system import System
 from deploy.tree import HEADER_DIR, TreeBuilder
 from host import kernel
 from imagespec.manifest import ImageManifest
-from rpmextents import Entry, ExtentsPackage, refuse_package_db
-from rpmextents.files import package_files
+from rpmextents import ExtentsPackage, refuse_package_db
+from rpmextents.files import FileList, package_files
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,9 @@ def _full(system: System, m: ImageManifest, store: Store, path: Path, progress: 
     return builder
 
 
-def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple[str, list[Entry]]]:
+def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple[str, FileList]]:
     """sha256 -> (N-V-R.A, entries) of stored packages."""
-    found: dict[str, tuple[str, list[Entry]]] = {}
+    found: dict[str, tuple[str, FileList]] = {}
     for sha in sha256s:
         if sha in found:
             continue

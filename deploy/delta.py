@@ -45,34 +45,59 @@ class Placed:
     entry: Entry
 
 
+_SHIFT = 32  # a placed file is (package number << _SHIFT) | its position in the package's list
+
+
 @dataclass
 class Placement:
-    """A whole image as a fresh build lays it out, by tree-relative path ("" is the top)."""
+    """A whole image as a fresh build lays it out, by tree-relative path ("" is the top).
 
-    placed: dict[str, Placed] = field(default_factory=dict)
+    Each path maps to one int (package number, file index); the Entry is made from the
+    package's file list when asked, so an image costs a dict of its paths, not an object
+    per file.
+    """
+
+    packages: list[tuple[str, Sequence[Entry]]] = field(default_factory=list)
+    codes: dict[str, int] = field(default_factory=dict)
     mixed: set[str] = field(default_factory=set)  # paths whose entries disagree on their type
 
     @classmethod
     def of(cls, packages: Iterable[tuple[str, Sequence[Entry]]]) -> Placement:
         layout = cls()
-        placed = layout.placed
-        for key, entries in packages:
-            for e in entries:
+        codes = layout.codes
+        for number, (key, entries) in enumerate(packages):
+            layout.packages.append((key, entries))
+            for position, e in enumerate(entries):
                 if e.ghost:
                     continue
                 path = relocate(e.path)[0]
-                before = placed.get(path)
-                if before is not None and before.entry.type is not e.type:
+                before = codes.get(path)
+                if before is not None and layout.entry(before).type is not e.type:
                     layout.mixed.add(path)
-                placed[path] = Placed(key, e)
+                codes[path] = number << _SHIFT | position
         return layout
+
+    def entry(self, code: int) -> Entry:
+        return self.packages[code >> _SHIFT][1][code & ((1 << _SHIFT) - 1)]
+
+    def key(self, code: int) -> str:
+        return self.packages[code >> _SHIFT][0]
+
+    def at(self, path: str) -> Placed | None:
+        code = self.codes.get(path)
+        return None if code is None else Placed(self.key(code), self.entry(code))
+
+    @property
+    def placed(self) -> Mapping[str, Placed]:
+        """path -> Placed, made on demand (for callers that want the whole view)."""
+        return {path: Placed(self.key(c), self.entry(c)) for path, c in self.codes.items()}
 
     @functools.cached_property
     def parents(self) -> set[str]:
         """Every directory some path lies below: the tree-relative ancestors of all paths."""
         # The header files' directory stands in every deployment.
         found = {"", *_ancestors(f"{HEADER_DIR}/-")}
-        for path in self.placed:
+        for path in self.codes:
             while path:
                 path = path.rpartition("/")[0]
                 if path in found:
@@ -125,59 +150,70 @@ def _depth_first(paths: Iterable[str]) -> list[str]:
     return sorted(paths, key=lambda p: (-p.count("/"), p))
 
 
-def plan(old: Placement, new: Placement) -> Plan:
-    """The smallest set of changes that makes a tree laid out as `old` equal one laid out as `new`."""
+def _written(old: Placement, new: Placement) -> set[str]:
+    """Paths of new whose entry differs from what old leaves there."""
     write: set[str] = set()
-    for path, placed in new.placed.items():
-        before = old.placed.get(path)
-        if before is None or (
-            (before.key, before.entry.index) != (placed.key, placed.entry.index)
-            and not same_result(before.entry, placed.entry)
-        ):
+    for path, code in new.codes.items():
+        before = old.codes.get(path)
+        if before is None:
             write.add(path)
-    gone = {
-        path for path, placed in old.placed.items()
-        if path not in new.placed or new.placed[path].entry.type is not placed.entry.type
-    }
+            continue
+        b, a = old.entry(before), new.entry(code)
+        if (old.key(before), b.index) != (new.key(code), a.index) and not same_result(b, a):
+            write.add(path)
     # A hardlinked file is written with every other winning member of its group.
     groups: dict[tuple[str, int], list[str]] = {}
-    for path, placed in new.placed.items():
-        if placed.entry.hardlink_key is not None:
-            groups.setdefault((placed.key, placed.entry.hardlink_key), []).append(path)
+    linked: dict[str, tuple[str, int]] = {}
+    for path, code in new.codes.items():
+        e = new.entry(code)
+        if e.hardlink_key is not None:
+            linked[path] = (new.key(code), e.hardlink_key)
+            groups.setdefault(linked[path], []).append(path)
     for path in list(write):
-        placed = new.placed[path]
-        if placed.entry.hardlink_key is not None:
-            write.update(groups[(placed.key, placed.entry.hardlink_key)])
+        if path in linked:
+            write.update(groups[linked[path]])
+    return write
 
-    changed = write | gone
+
+def _check(old: Placement, new: Placement, changed: set[str]) -> None:
     parents = old.parents | new.parents
     for path in sorted(changed):
         if path in old.mixed or path in new.mixed:
             raise NoDelta(f"/{path}: packages disagree on what it is")
-        before, after = old.placed.get(path), new.placed.get(path)
+        before, after = old.at(path), new.at(path)
         if path in parents and EntryType.SYMLINK in {p.entry.type for p in (before, after) if p is not None}:
             raise NoDelta(f"/{path}: a symlink that other paths lie below changes")
         for layout, at in ((old, before), (new, after)):
             if at is not None and at.entry.type is not EntryType.DIR and path in layout.parents:
                 raise NoDelta(f"/{path}: other paths lie below a {at.entry.type.value}")
 
-    files = sorted(p for p in gone if old.placed[p].entry.type is not EntryType.DIR)
-    dirs = {p for p in gone if old.placed[p].entry.type is EntryType.DIR and p not in new.parents}
+
+def plan(old: Placement, new: Placement) -> Plan:
+    """The smallest set of changes that makes a tree laid out as `old` equal one laid out as `new`."""
+    write = _written(old, new)
+    old_types = {path: old.entry(c).type for path, c in old.codes.items()}
+    gone = {
+        path for path, etype in old_types.items()
+        if path not in new.codes or new.entry(new.codes[path]).type is not etype
+    }
+    _check(old, new, write | gone)
+    files = sorted(p for p in gone if old_types[p] is not EntryType.DIR)
+    dirs = {p for p in gone if old_types[p] is EntryType.DIR and p not in new.parents}
     # Directories rpm made only as parents, that nothing lies below any more.
-    dirs |= {p for p in old.parents - new.parents if not _is_dir(new.placed.get(p))}
+    dirs |= {p for p in old.parents - new.parents if not _is_dir(new.at(p))}
     reset = sorted(
-        p for p, placed in old.placed.items()
-        if placed.entry.type is EntryType.DIR and p not in new.placed and p in new.parents
+        p for p, etype in old_types.items()
+        if etype is EntryType.DIR and p not in new.codes and p in new.parents
     )
     by_package: dict[str, set[int]] = {}
     for path in write:
-        placed = new.placed[path]
-        by_package.setdefault(placed.key, set()).add(placed.entry.index)
+        code = new.codes[path]
+        by_package.setdefault(new.key(code), set()).add(new.entry(code).index)
     return Plan(
         delete=(*files, *_depth_first(dirs)),
         reset_dirs=tuple(reset),
         write={k: frozenset(v) for k, v in by_package.items()},
-        kept=len(new.placed) - len(write),
+        kept=len(new.codes) - len(write),
     )
 
 

@@ -6,6 +6,7 @@ into batches handed to one process per core once there is more than one batch.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import multiprocessing
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from host import kernel
 
 BATCH_BYTES = 16 << 20
+BATCH_FILES = 2048  # also cut a batch after this many files: small files are many jobs
+IN_FLIGHT = 2  # batches queued per worker before add() waits: memory stays bounded
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,13 @@ class Hashing:
         self._batch_bytes = batch_bytes
         self._batch: list[DigestJob] = []
         self._bytes = 0
-        self._futures: list[concurrent.futures.Future[list[bool]]] = []
-        self._queued = 0
+        # (result, job count) of batches handed to the pool, oldest first
+        self._futures: collections.deque[tuple[concurrent.futures.Future[list[bool]], int]] = (
+            collections.deque())
+        self._queued = 0  # jobs handed to the pool or hashed
+        self._done = 0  # jobs whose result is known
+        self._ready: list[bool] = []  # results not yet taken
+        self._parts: list[int] = []  # sizes of the batches done since results() last reported
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._workers = os.cpu_count() or 1
 
@@ -83,24 +91,53 @@ class Hashing:
     def add(self, job: DigestJob) -> None:
         self._batch.append(job)
         self._bytes += job.size
-        if self._bytes >= self._batch_bytes and self._workers > 1:
+        if self._bytes < self._batch_bytes and len(self._batch) < BATCH_FILES:
+            return
+        if self._workers <= 1:
+            self._collect(_differing(self._batch))
+        elif self._pool is None and self._bytes < self._batch_bytes and len(self._batch) < 4 * BATCH_FILES:
+            return  # not worth the workers yet: a small deployment is hashed here
+        else:
             if self._pool is None:
                 ctx = multiprocessing.get_context("fork")
                 self._pool = concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=ctx)
-            self._futures.append(self._pool.submit(_differing, self._batch))
-            self._queued += len(self._batch)
-            self._batch, self._bytes = [], 0
+            while len(self._futures) >= IN_FLIGHT * self._workers:
+                self._collect(self._futures.popleft()[0].result())  # back-pressure
+            self._futures.append((self._pool.submit(_differing, self._batch), len(self._batch)))
+        self._queued += len(self._batch)
+        self._batch, self._bytes = [], 0
+
+    def _collect(self, part: list[bool]) -> None:
+        self._ready.extend(part)
+        self._done += len(part)
+        self._parts.append(len(part))
+
+    def take_ready(self) -> list[bool]:
+        """Results of the jobs whose batches are done, in order, from where the last take
+        stopped (so a caller can let go of what it keeps for them)."""
+        while self._futures and self._futures[0][0].done():
+            self._collect(self._futures.popleft()[0].result())
+        out, self._ready = self._ready, []
+        return out
 
     def results(self, progress: Callable[[int, int], None] | None) -> list[bool]:
-        """Whether each job's file differs, in the order the jobs were added."""
+        """Whether each job differs, in the order the jobs were added, from where the last
+        take_ready stopped."""
         total = self._queued + len(self._batch)
-        last = _differing(self._batch)
-        out: list[bool] = []
-        for future in self._futures:
-            out.extend(future.result())
+        if progress is not None:  # batches that finished before: progress moves batch by batch
+            done = self._done - sum(self._parts)
+            for size in self._parts:
+                done += size
+                progress(done, total)
+        self._parts = []
+        while self._futures:
+            self._collect(self._futures.popleft()[0].result())
             if progress is not None:
-                progress(len(out), total)
-        out.extend(last)
+                progress(self._done, total)
+        self._collect(_differing(self._batch))
+        self._queued += len(self._batch)
+        self._batch = []
         if progress is not None:
-            progress(len(out), total)
+            progress(total, total)
+        out, self._ready = self._ready, []
         return out

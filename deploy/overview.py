@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from deploy.errors import DeploymentError
 from deploy.headers import InstalledPackage, installed_packages
 from deploy.lifecycle import previous_of
+from deploy.sizes import exclusive_sizes
 from deploy.state import State
 from deploy.system import System
-from host import kernel
 from imagespec.diff import PackageDiff, package_diff
 from rpmextents.nevra import Nevra
 
@@ -61,6 +61,7 @@ def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
     current = system.load_state()
     booted = system.booted()
     entries, failed = _boot(system)
+    sizes = exclusive_sizes(system) if measure else {}
     out = []
     for d in current.deployments:
         path = system.layout.deployment(d.id)
@@ -80,7 +81,7 @@ def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
                 created=d.created, default=d.id == current.default, booted=d.id == booted,
                 pinned=d.pinned, bad=d.id in current.bad, path=shown,
                 subvol=system.layout.subvol_path(d.id),
-                exclusive_bytes=kernel.exclusive_bytes([path]) if measure else None,
+                exclusive_bytes=sizes.get(d.id),
                 root=root_shown, root_subvol=system.layout.root_subvol_path(d.id) if has_root else None,
                 boot=entries.get(d.id, ()), failed=failed.get(d.id),
             )

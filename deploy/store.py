@@ -11,34 +11,27 @@ Entries are read-only and never rewritten; a new entry appears by rename.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.dedupindex import DigestIndex, StoredExtent
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
 from deploy.sources.base import sha256_file
 from host import kernel
 from imagespec.manifest import ManifestPackage
-from rpmextents import Entry, ExtentsPackage, Keyring
+from rpmextents import ExtentsPackage, Keyring
 from rpmextents.errors import ExtentsError
 from rpmextents.extract import NO_REFLINK
+from rpmextents.files import FileList
 from rpmextents.header import STRONG_HASH_ALGOS
 from rpmextents.index import align_up
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class StoredExtent:
-    path: Path
-    offset: int
-    length: int
-    digest_algo: str
+__all__ = ["Store", "StoredExtent"]
 
 
 class Store:
@@ -46,8 +39,7 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._index: dict[tuple[str, str], StoredExtent] | None = None
-        self._parsed: dict[str, tuple[str, list[Entry]]] = {}
+        self._index: DigestIndex | None = None
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.rpm"
@@ -69,7 +61,6 @@ class Store:
         size = path.stat().st_size
         path.unlink()
         self._index = None  # it may point into the removed entry
-        self._parsed.pop(sha256, None)
         return size
 
     def damaged(self, sha256: str) -> bool:
@@ -99,44 +90,37 @@ class Store:
             return False
         return True
 
-    def _content_index(self) -> dict[tuple[str, str], StoredExtent]:
+    def _content_index(self) -> DigestIndex:
         """Every stored file's data by (digest algorithm, digest); read once, then kept up to date."""
         if self._index is None:
-            self._index = {}
+            self._index = DigestIndex()
             for sha in self:
                 try:
-                    self._index_entries(self.path(sha), self.file_list(sha)[1])
+                    with ExtentsPackage.open(self.path(sha)) as pkg:
+                        self._index.add(pkg.path, pkg.entries())
                 except ExtentsError as e:
                     log.warning("%s: skipped for deduplication: %s", self.path(sha), e)
         return self._index
 
-    def file_list(self, sha256: str) -> tuple[str, list[Entry]]:
-        """(N-V-R.A, entries) of a stored package, parsed once per Store."""
-        known = self._parsed.get(sha256)
-        if known is None:
-            with ExtentsPackage.open(self.path(sha256)) as pkg:
-                known = self._parsed[sha256] = (pkg.nevra, pkg.entries())
-        return known
-
-    def _index_entries(self, path: Path, entries: list[Entry]) -> None:
-        assert self._index is not None
-        for e in entries:
-            if e.extent is not None and e.digest:
-                self._index.setdefault(
-                    (e.digest_algo, e.digest),
-                    StoredExtent(path, e.extent.offset, e.extent.length, e.digest_algo),
-                )
+    def file_list(self, sha256: str) -> tuple[str, FileList]:
+        """(N-V-R.A, file list) of a stored package (read each time: a file list holds
+        its package's header, and a caller keeps only the ones it needs)."""
+        with ExtentsPackage.open(self.path(sha256)) as pkg:
+            return pkg.nevra, pkg.entries()
 
     def _matches(self, pkg: ExtentsPackage) -> list[tuple[int, int, StoredExtent]]:
         """(offset, block-aligned length, stored copy) of pkg's file data the store already holds."""
         index = self._content_index()
         found: dict[int, tuple[int, int, StoredExtent]] = {}
-        for e in pkg.entries():
-            if e.extent is None or not e.digest or e.extent.offset in found:
+        files = pkg.entries()
+        for i in range(len(files)):
+            extent = files.extent(i)
+            if extent is None or extent.offset in found:
                 continue
-            stored = index.get((e.digest_algo, e.digest))
-            if stored is not None and stored.length == e.extent.length:
-                found[e.extent.offset] = (e.extent.offset, align_up(e.extent.length, pkg.block_size), stored)
+            digest = files.digest(i)
+            stored = index.get(files.digest_algo, digest) if digest else None
+            if stored is not None and stored.length == extent.length:
+                found[extent.offset] = (extent.offset, align_up(extent.length, pkg.block_size), stored)
         return sorted(found.values(), key=lambda m: m[0])
 
     def _dedupe(self, matches: list[tuple[int, int, StoredExtent]], fd: int) -> int:
@@ -220,8 +204,6 @@ class Store:
                 _check_identity(ref, pkg)
                 pkg.verify(keyring)
                 checkpoint("package verified")
-                entries = pkg.entries()
-                nevra = pkg.nevra
                 matches = self._matches(pkg)
                 # Only a digest strong enough to stand for the content may replace the bytes.
                 strong = [m for m in matches if m[2].digest_algo in STRONG_HASH_ALGOS]
@@ -249,9 +231,9 @@ class Store:
         dest = self.path(ref.sha256)
         dest.parent.mkdir(exist_ok=True)
         os.rename(fetched, dest)
-        self._parsed[ref.sha256] = (nevra, entries)
         if self._index is not None:
-            self._index_entries(dest, entries)
+            with ExtentsPackage.open(dest) as stored:
+                self._index.add(dest, stored.entries())
         checkpoint("package stored")
         return deduped
 
@@ -273,5 +255,5 @@ def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage) -> None:
         raise PackageError(f"{ref.nevra}: the file holds {pkg.nevra}, not what the manifest names")
     if pkg.block_size != ref.block_size:
         raise PackageError(f"{ref.nevra}: block size {pkg.block_size}, manifest says {ref.block_size}")
-    if hashlib.sha256(pkg.header_bytes()).hexdigest() != ref.header_sha256:
+    if pkg.header_sha256 != ref.header_sha256:
         raise PackageError(f"{ref.nevra}: header differs from the manifest's header_sha256")

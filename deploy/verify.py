@@ -11,12 +11,12 @@ no longer has, from the manifest the deployment came from) and verifies again.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
-import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,27 +127,36 @@ def _has_caps(dir_fd: int, name: str) -> bool:
 _Finding = tuple[str, str, str, list[str], "DigestJob | None"]  # nvra, name, location, what, job
 
 
-def _package_findings(nvra: str, header: Header, tree: Tree, owners: Owners) -> tuple[int, list[_Finding]]:
-    checked, out = 0, []
+def _package_findings(nvra: str, header: Header, tree: Tree, owners: Owners) -> Iterator[_Finding | None]:
+    """For each file of the package (ghosts aside), what to report or hash for it, if anything."""
     for f in header_files(header):
         if f.ghost:
             continue
-        checked += 1
         rel, what, job = _check_file(f, f.digest_algo, tree, owners)
-        if what or job is not None:
-            out.append((nvra, f.path, rel, what, job))
-    return checked, out
+        yield (nvra, f.path, rel, what, job) if what or job is not None else None
 
 
-def _settle(findings: list[_Finding], hashed: Iterator[bool]) -> list[Mismatch]:
-    """The mismatches, in the packages' order, with the digest checks' outcomes."""
-    out = []
-    for nvra, name, rel, what, job in findings:
-        if job is not None and next(hashed):
-            what = sorted([*what, "digest"], key=CHECK_ORDER.index)
-        if what:
-            out.append(Mismatch(nvra, name, rel, tuple(what)))
-    return out
+class _Settling:
+    """Findings waiting for their digest checks, let go of as the results come in."""
+
+    def __init__(self) -> None:
+        self.findings: collections.deque[_Finding] = collections.deque()
+        self.results: collections.deque[bool] = collections.deque()
+        self.mismatches: list[Mismatch] = []
+
+    def settle(self, results: Iterable[bool]) -> None:
+        """Turn every finding whose digest result is known into its mismatch, in order."""
+        self.results.extend(results)
+        while self.findings:
+            nvra, name, rel, what, job = self.findings[0]
+            if job is not None:
+                if not self.results:
+                    return
+                if self.results.popleft():
+                    what = sorted([*what, "digest"], key=CHECK_ORDER.index)
+            self.findings.popleft()
+            if what:
+                self.mismatches.append(Mismatch(nvra, name, rel, tuple(what)))
 
 
 def _header_dir(tree: Path) -> int | None:
@@ -169,7 +178,7 @@ def _prefix_if(path: Path, header_sha256: str, dir_fd: int | None = None) -> Pac
         prefix = read_prefix_at(path, dir_fd)
     except (OSError, ExtentsError):
         return None
-    return prefix if hashlib.sha256(prefix.raw).hexdigest() == header_sha256 else None
+    return prefix if prefix.sha256() == header_sha256 else None
 
 
 def _header_file(dir_fd: int | None, p: PackageRecord, expected: PackagePrefix | None) -> list[str]:
@@ -276,7 +285,7 @@ def verify(
     record = current.get(deployment_id)
     tree = system.layout.deployment(deployment_id)
     owners = Owners.from_root(system.sysroot)
-    files, findings, own = 0, [], []
+    files, own, pending = 0, [], _Settling()
     owned: set[str] = set()
     with Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
         for p, (nvra, header, mismatch) in zip(record.packages, _anchored(system, record, tree), strict=True):
@@ -284,21 +293,24 @@ def verify(
                 own.append(mismatch)
             if header is None:
                 continue
-            n, found = _package_findings(nvra, header, resolver, owners)
             owned.update(_owned_paths(header, resolver))
-            files += n
-            for item in found:
-                job = item[4]
+            for finding in _package_findings(nvra, header, resolver, owners):
+                files += 1
+                if finding is None:
+                    continue
+                job = finding[4]
                 if job is not None and content_known is not None and content_known(p.sha256, job):
-                    item = (*item[:4], None)
-                    if not item[3]:
+                    finding = (*finding[:4], None)
+                    if not finding[3]:
                         continue
-                findings.append(item)
-                if item[4] is not None:
-                    hashing.add(item[4])
+                pending.findings.append(finding)
+                if finding[4] is not None:
+                    hashing.add(finding[4])
+                if len(pending.findings) % 1024 == 0:
+                    pending.settle(hashing.take_ready())
         # Hashing is the slow part, so it is what the progress display follows.
-        mismatches = _settle(findings, iter(hashing.results(progress)))
-    mismatches = _completeness(tree, owned) + mismatches + own + _extra_headers(record, tree)
+        pending.settle(hashing.results(progress))
+    mismatches = _completeness(tree, owned) + pending.mismatches + own + _extra_headers(record, tree)
     return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
 
 

@@ -108,6 +108,10 @@ BTRFS_IOC_INO_LOOKUP = _IOWR(BTRFS_IOCTL_MAGIC, 18, BTRFS_INO_LOOKUP_ARGS.size)
 BTRFS_IOC_SNAP_CREATE_V2 = _IOW(BTRFS_IOCTL_MAGIC, 23, BTRFS_VOL_ARGS_V2.size)
 BTRFS_IOC_SUBVOL_GETFLAGS = _IOR(BTRFS_IOCTL_MAGIC, 25, U64.size)
 BTRFS_IOC_SUBVOL_SETFLAGS = _IOW(BTRFS_IOCTL_MAGIC, 26, U64.size)
+# struct btrfs_ioctl_get_subvol_info_args: treeid, name[256], parent_id, dirid, generation,
+# flags, three uuids, ctransid, otransid, stransid, rtransid, four timespecs, reserved[8]
+BTRFS_SUBVOL_INFO = struct.Struct("=Q256sQQQQ16s16s16sQQQQ64s64s")
+BTRFS_IOC_GET_SUBVOL_INFO = _IOR(BTRFS_IOCTL_MAGIC, 60, BTRFS_SUBVOL_INFO.size)
 # Requests only btrfs answers (FICLONE and friends began as btrfs ioctls but are generic now).
 _BTRFS_ONLY = frozenset({
     BTRFS_IOC_SUBVOL_CREATE, BTRFS_IOC_SNAP_DESTROY, BTRFS_IOC_INO_LOOKUP,
@@ -412,6 +416,16 @@ def subvolume_id(path: StrPath) -> int:
         _ioctl(fd, BTRFS_IOC_INO_LOOKUP, arg, os.fspath(path))
         treeid: int = BTRFS_INO_LOOKUP_ARGS.unpack(arg)[0]
         return treeid
+
+
+def subvolume_generation(path: StrPath) -> tuple[int, int]:
+    """(generation, ctransid) of the subvolume holding path (BTRFS_IOC_GET_SUBVOL_INFO, no
+    privileges needed): both grow with every transaction that changes anything in it."""
+    with _open(path, os.O_RDONLY) as fd:
+        arg = bytearray(BTRFS_SUBVOL_INFO.size)
+        _ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, arg, os.fspath(path))
+        fields = BTRFS_SUBVOL_INFO.unpack(arg)
+        return int(fields[4]), int(fields[9])
 
 
 def is_subvolume(path: StrPath) -> bool:

@@ -8,6 +8,7 @@ An image is deployed without running scriptlets, so an account a package makes i
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from rpmextents.files import Entry, EntryType
 from rpmextents.header import Header, Tag
@@ -17,7 +18,7 @@ _SCRIPT_TAGS = (Tag.PREIN, Tag.POSTIN, Tag.PRETRANS, Tag.POSTTRANS)
 _CREATES = re.compile(rb"(?:^|[\s;&|(`/])(?:useradd|groupadd|adduser|addgroup|newusers)\b")
 
 
-def sysusers_entries(entries: list[Entry]) -> list[Entry]:
+def sysusers_entries(entries: Sequence[Entry]) -> list[Entry]:
     """The package's sysusers.d configuration files (regular *.conf files, not %ghost)."""
     return [
         e for e in entries
@@ -37,6 +38,6 @@ def creates_accounts(header: Header) -> bool:
     return False
 
 
-def accounts_without_sysusers(header: Header, entries: list[Entry]) -> bool:
+def accounts_without_sysusers(header: Header, entries: Sequence[Entry]) -> bool:
     """A package that creates accounts in a scriptlet and ships no sysusers.d file for them."""
     return creates_accounts(header) and not sysusers_entries(entries)

@@ -10,11 +10,12 @@ file of the header, once, with the size the header gives it.
 
 from __future__ import annotations
 
+import stat
 from typing import Any
 
 from rpmextents.errors import CorruptPackageError
-from rpmextents.files import Entry, EntryType, payload_sizes
-from rpmextents.index import Index, Record, RecordKind, align_up
+from rpmextents.files import FileFlag, FileList
+from rpmextents.index import RECORD, Index, RecordKind, align_up
 from rpmextents.payload import CHUNK, Background, Prefetch, new_hash, pwrite_all
 
 NEWC_MAGICS = (b"070701", b"070702")
@@ -34,13 +35,13 @@ class IndexTooSmall(Exception):
         self.needed = needed
 
 
-def estimate_index(entries: list[Entry]) -> int:
+def estimate_index(entries: FileList) -> int:
     """An upper bound of the index size for a payload rpm wrote."""
     literal = 3 + 110 + len(TRAILER) + 3
-    for e in entries:
-        literal += 3 + 110 + len(e.path.encode("utf-8", "surrogateescape")) + 2 + 3 + 8
-        if e.type is EntryType.SYMLINK:
-            literal += e.size
+    for i, path in enumerate(entries.paths()):
+        literal += 3 + 110 + len(path.encode("utf-8", "surrogateescape")) + 2 + 3 + 8
+        if stat.S_ISLNK(entries.modes[i]):
+            literal += entries.sizes[i]
     return Index.needed_size(2 * len(entries) + 3, literal)
 
 
@@ -123,45 +124,50 @@ class PayloadSplitter:
     hashed on the way and checked against the header by `check_file_digests`.
     """
 
-    def __init__(self, what: str, stream: PayloadStream, entries: list[Entry], out_fd: int,
+    def __init__(self, what: str, stream: PayloadStream, entries: FileList, out_fd: int,
                  block_size: int, data_offset: int, per_file_digests: bool) -> None:
         self.what, self.stream, self.entries = what, stream, entries
         self.out_fd, self.block_size, self.data_offset = out_fd, block_size, data_offset
         self.per_file_digests = per_file_digests
-        self.by_path = {e.path: e for e in entries}
-        self.expected = payload_sizes(entries)
-        self.seen: set[int] = set()
-        self.records: list[Record] = []
+        # rpm writes the payload in header order (hardlink sets last): a name is looked for
+        # at the next index first; a table of every path is made only when that misses.
+        self.next_index = 0
+        self.by_path: dict[str, int] | None = None
+        self.expected = entries.payload_sizes()
+        self.seen = bytearray(len(entries))
+        self.records = bytearray()  # packed RECORDs
         self.literal = bytearray()  # the literal run being collected
         self.literals = bytearray()  # every literal run so far
         self.next_data = data_offset
         self.data_bytes = 0
-        self.file_hashes: list[tuple[Entry, Any]] = []
+        self.file_hashes: list[tuple[int, Any]] = []
 
     def split(self) -> None:
         """Read the payload to its end (the trailer and what follows it)."""
         while (found := self._next_entry()) is not None:
             self._take(*found)
         self._flush_literal()
-        missing = [e.path for e in self.entries if not e.ghost and e.index not in self.seen]
-        if missing:
-            raise CorruptPackageError(f"{self.what}: {missing[0]} is in the header but not in the payload")
+        ghost = FileFlag.GHOST
+        for i, seen in enumerate(self.seen):
+            if not seen and not self.entries.flags[i] & ghost:
+                raise CorruptPackageError(
+                    f"{self.what}: {self.entries.path(i)} is in the header but not in the payload")
 
     def check_file_digests(self) -> None:
         """After the data is hashed (the background work is done): each file matches its digest."""
-        for entry, h in self.file_hashes:
-            if h.hexdigest() != entry.digest:
-                raise CorruptPackageError(f"{self.what}: {entry.path} does not match its digest")
+        for fx, h in self.file_hashes:
+            if h.hexdigest() != self.entries.digest(fx):
+                raise CorruptPackageError(f"{self.what}: {self.entries.path(fx)} does not match its digest")
 
     def index(self, header_end: int) -> Index:
         """The index of what was split; IndexTooSmall when it does not fit before the data."""
-        needed = Index.needed_size(len(self.records), len(self.literals))
+        needed = Index.needed_size(len(self.records) // RECORD.size, len(self.literals))
         if header_end + needed > self.data_offset:
             raise IndexTooSmall(align_up(header_end + needed, self.block_size))
         return Index(
             block_size=self.block_size, index_start=header_end, data_offset=self.data_offset,
             data_size=self.next_data - self.data_offset, stream_size=self.stream.pos,
-            records=tuple(self.records), literals=bytes(self.literals),
+            packed=self.records, literals=self.literals,  # bytearrays: not copied
         )
 
     def _literal(self, n: int) -> bytes:
@@ -171,7 +177,7 @@ class PayloadSplitter:
 
     def _flush_literal(self) -> None:
         if self.literal:
-            self.records.append(Record(RecordKind.LITERAL, -1, len(self.literals), len(self.literal)))
+            self.records += RECORD.pack(RecordKind.LITERAL, -1, len(self.literals), len(self.literal))
             self.literals.extend(self.literal)
             self.literal.clear()
 
@@ -187,10 +193,10 @@ class PayloadSplitter:
             raise CorruptPackageError(
                 f"{self.what}: bad cpio magic {magic!r} at payload byte {self.stream.pos - 6}")
         if found is not None:
-            if found[0] in self.seen:
+            if self.seen[found[0]]:
                 raise CorruptPackageError(
-                    f"{self.what}: {self.entries[found[0]].path} appears twice in the payload")
-            self.seen.add(found[0])
+                    f"{self.what}: {self.entries.path(found[0])} appears twice in the payload")
+            self.seen[found[0]] = 1
         return found
 
     def _stripped_entry(self) -> tuple[int, int]:
@@ -224,27 +230,39 @@ class PayloadSplitter:
         if name[-1:] != b"\0":
             raise CorruptPackageError(f"{self.what}: cpio name is not terminated")
         path = _cpio_path(name[:-1])
-        entry = self.by_path.get(path)
-        if entry is None:
-            raise CorruptPackageError(f"{self.what}: payload file {path} is not in the header")
-        if size != self.expected[entry.index]:
+        fx = self._find(path)
+        if size != self.expected[fx]:
             raise CorruptPackageError(f"{self.what}: payload has {size} bytes for {path}, "
-                                      f"the header says {self.expected[entry.index]}")
-        return entry.index, size
+                                      f"the header says {self.expected[fx]}")
+        return fx, size
+
+    def _find(self, path: str) -> int:
+        """The header index of path: the next one in header order, else from a table."""
+        fx = self.next_index
+        if fx < len(self.entries) and self.entries.path(fx) == path:
+            self.next_index += 1
+            return fx
+        if self.by_path is None:
+            self.by_path = {p: i for i, p in enumerate(self.entries.paths())}
+        found = self.by_path.get(path)
+        if found is None:
+            raise CorruptPackageError(f"{self.what}: payload file {path} is not in the header")
+        self.next_index = found + 1
+        return found
 
     def _take(self, fx: int, size: int) -> None:
         """The entry's content: a regular file's data goes to the output, the rest is literal."""
-        entry = self.entries[fx]
         if not size:
             return
-        if entry.type is not EntryType.FILE:
+        if not stat.S_ISREG(self.entries.modes[fx]):
             self._literal(size)
             return
         self._flush_literal()
-        file_hash = new_hash(entry.digest_algo) if self.per_file_digests and entry.digest else None
+        digest = self.per_file_digests and self.entries.digest(fx)
+        file_hash = new_hash(self.entries.digest_algo) if digest else None
         self.stream.copy_to(self.out_fd, self.next_data, size, file_hash)
         if file_hash is not None:
-            self.file_hashes.append((entry, file_hash))
-        self.records.append(Record(RecordKind.DATA, fx, self.next_data, size))
+            self.file_hashes.append((fx, file_hash))
+        self.records += RECORD.pack(RecordKind.DATA, fx, self.next_data, size)
         self.next_data = align_up(self.next_data + size, self.block_size)
         self.data_bytes += size

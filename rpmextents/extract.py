@@ -194,7 +194,7 @@ class _Run:
     owners: Owners
     writer: DataWriter
     links: dict[int, tuple[str, str]]  # hardlink group -> (parent's tree path, name) of its first member
-    dirs: list[tuple[str, Entry]]  # (tree path, entry) of directories, for their metadata last
+    dirs: list[tuple[str, int]]  # (tree path, file index) of directories, for their metadata last
     files: int = 0
     written: int = 0
 
@@ -207,13 +207,13 @@ class _Run:
             # applies the directory's metadata to it.
             if etype is not EntryType.DIR:
                 raise ExtractError(f"{entry.path}: only a directory can stand at the top of the tree")
-            self.dirs.append((rel, entry))
+            self.dirs.append((rel, entry.index))
             return
         if etype is EntryType.FILE:
             self._file(entry, dir_fd, name, rel)
         elif etype is EntryType.DIR:
             if _make_dir(tree, entry, dir_fd, name):
-                self.dirs.append((rel, entry))
+                self.dirs.append((rel, entry.index))
         elif etype is EntryType.SYMLINK:
             _replacing(tree, entry, dir_fd, name, os.symlink, entry.linkto, name, dir_fd=dir_fd)
             _apply_meta(entry, self.owners, None, name, dir_fd)
@@ -246,7 +246,9 @@ class _Run:
 
     def finish_dirs(self) -> None:
         """Directory metadata last and deepest first, so adding entries doesn't change their mtimes."""
-        for rel, entry in reversed(self.dirs):
+        entries = self.pkg.entries()
+        for rel, index in reversed(self.dirs):
+            entry = entries[index]
             try:
                 fd = self.tree.open_dir(rel)
                 try:

@@ -8,7 +8,10 @@ header padded to 8 bytes, then the main header. A header is a magic, an index of
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
+import sys
+from array import array
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -212,6 +215,49 @@ class Header:
             raise FormatError(f"{self.what}: tag {tag} is not an integer array")
         return [int(v) for v in value]
 
+    def int_array(self, tag: int) -> array[int]:
+        """An integer array tag as a compact array (8 bytes a value at most), no list of ints."""
+        entry = self.entries.get(tag)
+        if entry is None:
+            return array("q")
+        if entry.type not in _INT_FORMATS:
+            raise FormatError(f"{self.what}: tag {tag} is not an integer array")
+        start = self._store + entry.offset
+        size = _INT_SIZES[entry.type] * entry.count
+        if start + size > self._store + self._dl:
+            raise FormatError(f"{self.what}: tag {entry.tag} runs past the data store")
+        values = array(_INT_FORMATS[entry.type])
+        values.frombytes(self.blob[start : start + size])
+        if sys.byteorder == "little" and values.itemsize > 1:
+            values.byteswap()
+        return values  # unsigned, as ints() reads them
+
+    def string_offsets(self, tag: int) -> array[int]:
+        """Where each string of a string array tag starts in ``blob`` (each ends at a NUL).
+
+        Checked like get(): the count strings are terminated within the data store. A
+        caller keeps 8 bytes a string and decodes one when it needs it (see string_at).
+        """
+        entry = self.entries.get(tag)
+        offsets = array("q")
+        if entry is None:
+            return offsets
+        if entry.type not in (TagType.STRING_ARRAY, TagType.STRING, TagType.I18NSTRING):
+            raise FormatError(f"{self.what}: tag {tag} is not a string array")
+        pos, end, find = self._store + entry.offset, self._store + self._dl, self.blob.find
+        append = offsets.append
+        for _ in range(entry.count):
+            nul = find(b"\0", pos, end)
+            if nul < 0:
+                raise FormatError(f"{self.what}: string of tag {entry.tag} is not terminated")
+            append(pos)
+            pos = nul + 1
+        return offsets
+
+    def string_at(self, offset: int) -> str:
+        """The NUL-terminated string at offset of blob (one of string_offsets)."""
+        return self.blob[offset : self.blob.index(b"\0", offset)].decode("utf-8", "surrogateescape")
+
     def number(self, tag: int) -> int | None:
         values = self.ints(tag)
         return values[0] if values else None
@@ -246,11 +292,23 @@ def _read_header(f: BinaryIO, offset: int, what: str) -> bytes:
 class PackagePrefix:
     """Lead, signature header and header of a package, with their offsets."""
 
-    raw: bytes  # bytes [0, header_end): everything before the payload, as read
+    before_header: bytes  # lead, signature header and its padding, as read
     signature: Header
     header: Header
     header_start: int
     header_end: int
+
+    @property
+    def raw(self) -> bytes:
+        """Bytes [0, header_end): everything before the payload, as read (made on each call:
+        the header's bytes are kept once, in ``header``)."""
+        return self.before_header + self.header.blob
+
+    def sha256(self) -> str:
+        """The sha256 of ``raw``, without making it."""
+        h = hashlib.sha256(self.before_header)
+        h.update(self.header.blob)
+        return h.hexdigest()
 
 
 def read_prefix(f: BinaryIO) -> PackagePrefix:
@@ -276,5 +334,5 @@ def read_prefix(f: BinaryIO) -> PackagePrefix:
         raise UnsupportedPackageError(
             "RPM v3 package format is not supported (the header has no immutable region)"
         )
-    raw = lead + sig_blob + sig_pad + header_blob
-    return PackagePrefix(raw, signature, header, header_start, len(raw))
+    before = lead + sig_blob + sig_pad
+    return PackagePrefix(before, signature, header, header_start, len(before) + len(header_blob))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from rpmextents.errors import FormatError
@@ -80,8 +80,23 @@ class Index:
     data_offset: int
     data_size: int
     stream_size: int
-    records: tuple[Record, ...]
-    literals: bytes
+    packed: bytes | bytearray  # the records, RECORD after RECORD: a few dozen bytes each, not an object
+    literals: bytes | bytearray
+
+    @property
+    def record_count(self) -> int:
+        return len(self.packed) // RECORD.size
+
+    @property
+    def records(self) -> Iterator[Record]:
+        """The records in order, made one at a time."""
+        for kind, fx, a, b in RECORD.iter_unpack(self.packed):
+            yield Record(RecordKind(kind), fx, a, b)
+
+    def data_triples(self) -> Iterator[tuple[int, int, int]]:
+        """(file index, offset, length) of each DATA record, without making Record objects."""
+        data = RecordKind.DATA
+        return ((fx, a, b) for kind, fx, a, b in RECORD.iter_unpack(self.packed) if kind == data)
 
     @property
     def index_size(self) -> int:
@@ -96,23 +111,30 @@ class Index:
         """Bytes the index needs before zero fill."""
         return HEAD.size + RECORD.size * record_count + literal_size + DIGEST_SIZE
 
-    def pack(self) -> bytes:
-        """The index region [index_start, data_offset), digest included."""
+    def pieces(self) -> list[bytes | bytearray]:
+        """The index region [index_start, data_offset), digest included, as the pieces it
+        is made of (no copy of the records and literals)."""
         head = HEAD.pack(
             MAGIC, VERSION, 0, self.block_size, self.index_start, self.index_size,
             self.data_offset, self.data_size, self.stream_size, len(self.literals),
-            len(self.records), 0,
+            self.record_count, 0,
         )
-        body = b"".join(RECORD.pack(r.kind, r.fx, r.a, r.b) for r in self.records)
-        used = len(head) + len(body) + len(self.literals)
+        used = len(head) + len(self.packed) + len(self.literals)
         fill = self.index_size - used - DIGEST_SIZE
         if fill < 0:
             raise ValueError("index does not fit before the data offset")
-        region = head + body + self.literals + b"\0" * fill
-        return region + hashlib.sha256(region).digest()
+        out: list[bytes | bytearray] = [head, self.packed, self.literals, bytes(fill)]
+        digest = hashlib.sha256()
+        for piece in out:
+            digest.update(piece)
+        return [*out, digest.digest()]
+
+    def pack(self) -> bytes:
+        """The index region [index_start, data_offset), digest included."""
+        return b"".join(self.pieces())
 
     def data_records(self) -> Iterator[Record]:
-        return (r for r in self.records if r.kind is RecordKind.DATA)
+        return (Record(RecordKind.DATA, fx, a, b) for fx, a, b in self.data_triples())
 
 
 def parse_head(buf: bytes, index_start: int, file_size: int) -> tuple[int, int, int, int, int, int]:
@@ -144,38 +166,23 @@ def parse_head(buf: bytes, index_start: int, file_size: int) -> tuple[int, int, 
     return block_size, index_size, data_size, stream_size, count, literal_size
 
 
-def parse(region: bytes, index_start: int, file_size: int) -> Index:
-    """Parse and strictly check the index region [index_start, data_offset)."""
-    block_size, index_size, data_size, stream_size, count, literal_size = parse_head(
-        region, index_start, file_size
-    )
-    if len(region) != index_size:
-        raise FormatError(f"truncated extents index: {len(region)} of {index_size} bytes")
-    body, digest = region[:-DIGEST_SIZE], region[-DIGEST_SIZE:]
-    if hashlib.sha256(body).digest() != digest:
-        raise FormatError("extents index digest mismatch (the index was changed or damaged)")
-    rec_end = HEAD.size + RECORD.size * count
-    literals = region[rec_end : rec_end + literal_size]
-    if any(region[rec_end + literal_size : index_size - DIGEST_SIZE]):
-        raise FormatError("extents index fill is not zero")
-    data_offset = index_start + index_size
-    records = []
+def _check_records(packed: bytes | bytearray | memoryview, data_offset: int, block_size: int,
+                   data_size: int, stream_size: int, literal_size: int) -> None:
+    """The records, in order, cover the literal bytes and the data area exactly."""
     lit_pos = 0
     next_data = data_offset
     total = 0
-    for kind, fx, a, b in RECORD.iter_unpack(region[HEAD.size : rec_end]):
+    for kind, fx, a, b in RECORD.iter_unpack(packed):
         if b <= 0:
             raise FormatError("extents index has an empty record")
         if kind == RecordKind.LITERAL:
             if fx != -1 or a != lit_pos or a + b > literal_size:
                 raise FormatError(f"extents index literal record at {a} is out of place")
             lit_pos += b
-            records.append(Record(RecordKind.LITERAL, -1, a, b))
         elif kind == RecordKind.DATA:
             if fx < 0 or a != next_data:
                 raise FormatError(f"extents index data record at offset {a} is out of place (expected {next_data})")
             next_data = align_up(a + b, block_size)
-            records.append(Record(RecordKind.DATA, fx, a, b))
         else:
             raise FormatError(f"extents index has a record of unknown kind {kind}")
         total += b
@@ -185,4 +192,60 @@ def parse(region: bytes, index_start: int, file_size: int) -> Index:
         raise FormatError("extents data area size does not match its records")
     if total != stream_size:
         raise FormatError(f"extents index records add up to {total} bytes, not {stream_size}")
-    return Index(block_size, index_start, data_offset, data_size, stream_size, tuple(records), literals)
+
+
+def parse(region: bytes, index_start: int, file_size: int) -> Index:
+    """Parse and strictly check the index region [index_start, data_offset)."""
+    block_size, index_size, data_size, stream_size, count, literal_size = parse_head(
+        region, index_start, file_size
+    )
+    if len(region) != index_size:
+        raise FormatError(f"truncated extents index: {len(region)} of {index_size} bytes")
+    view = memoryview(region)  # slices of it copy nothing
+    if hashlib.sha256(view[:-DIGEST_SIZE]).digest() != view[-DIGEST_SIZE:]:
+        raise FormatError("extents index digest mismatch (the index was changed or damaged)")
+    rec_end = HEAD.size + RECORD.size * count
+    fill_start = rec_end + literal_size
+    if region.count(0, fill_start, index_size - DIGEST_SIZE) != index_size - DIGEST_SIZE - fill_start:
+        raise FormatError("extents index fill is not zero")
+    packed = bytes(view[HEAD.size : rec_end])
+    data_offset = index_start + index_size
+    _check_records(packed, data_offset, block_size, data_size, stream_size, literal_size)
+    return Index(block_size, index_start, data_offset, data_size, stream_size, packed,
+                 bytes(view[rec_end:fill_start]))
+
+
+def parse_records(read: Callable[[int, int], bytes], index_start: int, file_size: int) -> tuple[Index, int]:
+    """Parse and check the index like parse(), reading it with read(offset, n) in chunks and
+    keeping only its records: (the index without its literals, where they start in the file).
+
+    The literal bytes (the cpio headers and names, most of a big index) are hashed on the
+    way and dropped; whoever needs them reads them again from the file.
+    """
+    head = read(index_start, HEAD.size)
+    block_size, index_size, data_size, stream_size, count, literal_size = parse_head(
+        head, index_start, file_size
+    )
+    rec_end = HEAD.size + RECORD.size * count
+    fill_start = rec_end + literal_size
+    if fill_start + DIGEST_SIZE > index_size:
+        raise FormatError(f"absurd extents index size {index_size} for {count} records")
+    digest = hashlib.sha256(head)
+    packed = read(index_start + HEAD.size, rec_end - HEAD.size)
+    digest.update(packed)
+    pos = rec_end
+    while pos < index_size - DIGEST_SIZE:
+        chunk = read(index_start + pos, min(1 << 20, index_size - DIGEST_SIZE - pos))
+        if not chunk:
+            raise FormatError(f"truncated extents index at offset {index_start + pos}")
+        digest.update(chunk)
+        zero_from = max(fill_start - pos, 0)
+        if zero_from < len(chunk) and chunk.count(0, zero_from) != len(chunk) - zero_from:
+            raise FormatError("extents index fill is not zero")
+        pos += len(chunk)
+    if len(packed) != rec_end - HEAD.size or digest.digest() != read(index_start + index_size - DIGEST_SIZE, DIGEST_SIZE):
+        raise FormatError("extents index digest mismatch (the index was changed or damaged)")
+    data_offset = index_start + index_size
+    _check_records(packed, data_offset, block_size, data_size, stream_size, literal_size)
+    index = Index(block_size, index_start, data_offset, data_size, stream_size, packed, b"")
+    return index, index_start + rec_end

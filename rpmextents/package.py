@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Iterator
@@ -11,9 +12,9 @@ from types import TracebackType
 from typing import Any
 
 from rpmextents.errors import ExtentsError, FormatError, VerifyError
-from rpmextents.files import Entry, Extent, header_files
+from rpmextents.files import Extent, FileList, header_files
 from rpmextents.header import HASH_ALGOS, Tag, TagValue, read_prefix
-from rpmextents.index import HEAD, Index, RecordKind, align_up, parse_head
+from rpmextents.index import HEAD, Index, RecordKind, align_up, parse_head, parse_records
 from rpmextents.index import parse as parse_index
 from rpmextents.keyring import Keyring, check_header
 from rpmextents.nevra import nevra_of
@@ -50,6 +51,24 @@ class _FileReader:
         return data
 
 
+class _Sequential:
+    """Reads consecutive byte runs of a file forward, a megabyte at a time."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd, self._offset = fd, offset
+        self._buf = memoryview(b"")
+
+    def take(self, n: int) -> bytes:
+        if len(self._buf) < n:
+            more = os.pread(self._fd, max(n - len(self._buf), 1 << 20), self._offset)
+            self._offset += len(more)
+            self._buf = memoryview(bytes(self._buf) + more)
+            if len(self._buf) < n:
+                raise FormatError(f"extents index literals run past the end of the file at {self._offset}")
+        out, self._buf = bytes(self._buf[:n]), self._buf[n:]
+        return out
+
+
 class ExtentsPackage:
     """An open extents RPM: its header, file entries and data extents."""
 
@@ -61,13 +80,12 @@ class ExtentsPackage:
         self.header = self.prefix.header
         start = self.prefix.header_end
         head = os.pread(fd, HEAD.size, start)
-        _, index_size, *_ = parse_head(head, start, self.size)
-        region = os.pread(fd, index_size, start)
-        self.index: Index = parse_index(region, start, self.size)
-        data = {r.fx: Extent(r.a, r.b) for r in self.index.data_records()}
-        if len(data) != sum(1 for _ in self.index.data_records()):
-            raise FormatError("extents index stores a file twice")
-        self._entries = header_files(self.header, data)
+        _, self._index_size, *_ = parse_head(head, start, self.size)
+        index, self._literal_start = self._read_records()
+        self._entries = header_files(self.header, index.data_triples())
+        self.data_bytes = sum(b for _, _, b in index.data_triples())
+        # The records and literals (about 150 bytes a file) are read again when needed.
+        self._index_head = dataclasses.replace(index, packed=b"", literals=b"")
         self.ident = nevra_of(self.header)
         self.name, self.epoch, self.version = self.ident.name, self.ident.epoch, self.ident.version
         self.release, self.arch = self.ident.release, self.ident.arch
@@ -105,7 +123,7 @@ class ExtentsPackage:
 
     @property
     def block_size(self) -> int:
-        return self.index.block_size
+        return self._index_head.block_size
 
     @property
     def header_end(self) -> int:
@@ -117,7 +135,7 @@ class ExtentsPackage:
 
     @property
     def header_sha256(self) -> str:
-        return hashlib.sha256(self.prefix.raw).hexdigest()
+        return self.prefix.sha256()
 
     def tag(self, tag: int) -> TagValue | None:
         return self.header.get(tag)
@@ -135,12 +153,24 @@ class ExtentsPackage:
     def has_triggers(self) -> bool:
         return any(t in self.header for t in TRIGGER_TAGS)
 
-    def entries(self) -> list[Entry]:
-        return list(self._entries)
+    def entries(self) -> FileList:
+        """The file list (immutable; an Entry is made per file as it is read)."""
+        return self._entries
+
+    def _read_index(self) -> Index:
+        start = self.prefix.header_end
+        return parse_index(os.pread(self._fd, self._index_size, start), start, self.size)
+
+    def _read_records(self) -> tuple[Index, int]:
+        """The index checked whole but without its literals, and where they start."""
+        return parse_records(lambda offset, n: os.pread(self._fd, n, offset),
+                             self.prefix.header_end, self.size)
 
     @property
-    def data_bytes(self) -> int:
-        return sum(r.b for r in self.index.data_records())
+    def index(self) -> Index:
+        """The whole index, read and checked again from the file (its records and literals
+        are not kept in memory)."""
+        return self._read_index()
 
     def read_extent(self, extent: Extent) -> Iterator[bytes]:
         """The bytes of one extent, in chunks."""
@@ -170,10 +200,11 @@ class ExtentsPackage:
         block = self.block_size
         if alt and algo:
             stream: Any = hashlib.new(algo)
-            literals = memoryview(self.index.literals)
-            for record in self.index.records:
+            index, literal_start = self._read_records()
+            literals = _Sequential(self._fd, literal_start)
+            for record in index.records:
                 if record.kind is RecordKind.LITERAL:
-                    stream.update(literals[record.a : record.a + record.b])
+                    stream.update(literals.take(record.b))
                 else:
                     for chunk in self.read_extent(Extent(record.a, record.b)):
                         stream.update(chunk)
@@ -182,11 +213,11 @@ class ExtentsPackage:
                 raise VerifyError(f"{self.path}: payload digest mismatch (data or index changed)")
             method = "payload-digest"
         else:
-            checked: set[Extent] = set()
+            checked: set[int] = set()
             for entry in self._entries:
-                if entry.extent is None or entry.extent in checked:
+                if entry.extent is None or entry.extent.offset in checked:
                     continue  # hardlinks share one extent: check it once
-                checked.add(entry.extent)
+                checked.add(entry.extent.offset)
                 if not entry.digest:
                     raise VerifyError(f"{self.path}: {entry.path} has no digest to check against")
                 h = hashlib.new(entry.digest_algo)

@@ -18,7 +18,7 @@ from rpmextents.errors import (
     FormatError,
     UnsupportedPackageError,
 )
-from rpmextents.files import Entry, header_files
+from rpmextents.files import FileList, header_files
 from rpmextents.header import HASH_ALGOS, PackagePrefix, SigTag, Tag, read_prefix
 from rpmextents.index import DEFAULT_BLOCK_SIZE, Index, align_up, check_block_size
 from rpmextents.keyring import check_header
@@ -30,6 +30,7 @@ from rpmextents.payload import (
     Prefetch,
     new_hash,
     open_payload,
+    pwrite_all,
     sniff,
 )
 
@@ -99,7 +100,7 @@ class _DigestChecks:
 
 
 def _transcode_into(
-    src: Path, f: BinaryIO, out_fd: int, prefix: PackagePrefix, entries: list[Entry],
+    src: Path, f: BinaryIO, out_fd: int, prefix: PackagePrefix, entries: FileList,
     block_size: int, data_offset: int, progress: Progress | None,
 ) -> tuple[Index, int]:
     """Split the payload of the open original f into out_fd; the index and the data bytes."""
@@ -137,7 +138,7 @@ def _transcode_into(
         return splitter.index(header_end), splitter.data_bytes
 
 
-def _read_original(src: Path, f: BinaryIO) -> tuple[PackagePrefix, list[Entry]]:
+def _read_original(src: Path, f: BinaryIO) -> tuple[PackagePrefix, FileList]:
     """The original's lead, headers and file list, its header digests checked by rpm."""
     try:
         prefix = read_prefix(f)
@@ -163,7 +164,10 @@ def _read_original(src: Path, f: BinaryIO) -> tuple[PackagePrefix, list[Entry]]:
 def _finish(fd: int, prefix: PackagePrefix, index: Index, fsync: bool, checksum: bool) -> str:
     """Write the headers and the index around the data; the sha256 of the whole (or "")."""
     os.pwrite(fd, prefix.raw, 0)
-    os.pwrite(fd, index.pack(), index.index_start)
+    offset = index.index_start
+    for piece in index.pieces():
+        pwrite_all(fd, piece, offset)
+        offset += len(piece)
     os.ftruncate(fd, index.file_size)
     os.fchmod(fd, 0o644)
     if fsync:
@@ -226,5 +230,5 @@ def transcode(
         nevra=str(ident), name=ident.name, epoch=ident.epoch, version=ident.version,
         release=ident.release, arch=ident.arch, block_size=block_size, files=len(entries),
         data_bytes=data_bytes, size=index.file_size,
-        header_sha256=hashlib.sha256(prefix.raw).hexdigest(), sha256=sha256,
+        header_sha256=prefix.sha256(), sha256=sha256,
     )

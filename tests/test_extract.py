@@ -391,4 +391,4 @@ def test_package_files_reads_paths_and_modes_of_original_and_extents(tmp_path: P
     transcode(original, tmp_path / "s.ext")
     with ExtentsPackage.open(tmp_path / "s.ext") as pkg:
         want = [(e.path, e.mode) for e in pkg.entries()]
-    assert package_files(original) == package_files(tmp_path / "s.ext") == want
+    assert list(package_files(original)) == list(package_files(tmp_path / "s.ext")) == want

@@ -1,0 +1,232 @@
+"""A package's file list as compact columns over its signed header.
+
+rpm keeps a package's files as arrays beside the header it read them from; so does this:
+integers in arrays, strings as offsets into the header's own bytes (decoded when asked),
+the few distinct owners and capabilities once each. A whole list costs a few dozen bytes
+a file besides the header, and an Entry is made only for the file being worked on.
+Everything is checked when the list is made, as before: a path that is unsafe, a column
+of the wrong length, an extent that does not fit its file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import stat
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
+
+from rpmextents.entry import _GHOST, _TYPES, Entry, EntryType, Extent, check_path
+from rpmextents.errors import FormatError
+from rpmextents.header import HASH_ALGOS, Header, Tag
+
+_NONE = -1
+
+
+def _ints(header: Header, tag: int, n: int, what: str) -> array[int] | None:
+    """The tag's values, checked to be one per file; None when the header lacks it."""
+    values = header.int_array(tag)
+    if not values:
+        return None
+    if len(values) != n:
+        raise FormatError(f"header: {what} has {len(values)} entries for {n} files")
+    return values
+
+
+def _offsets(header: Header, tag: int, n: int, what: str) -> array[int] | None:
+    values = header.string_offsets(tag)
+    if not values:
+        return None
+    if len(values) != n:
+        raise FormatError(f"header: {what} has {len(values)} entries for {n} files")
+    return values
+
+
+def _interned(header: Header, tag: int, n: int, what: str, fill: str) -> tuple[list[str], array[int]]:
+    """(distinct values, each file's index into them): owners and caps repeat a lot."""
+    offsets = _offsets(header, tag, n, what)
+    if offsets is None:
+        return [fill], array("I", bytes(4 * n))
+    distinct: dict[str, int] = {}
+    which = array("I")
+    for o in offsets:
+        which.append(distinct.setdefault(header.string_at(o), len(distinct)))
+    return list(distinct), which
+
+
+class FileList(Sequence[Entry]):
+    """The header's files in header order; an Entry is made per access."""
+
+    def __init__(self, header: Header) -> None:
+        self.header = header
+        self._dirnames: list[str] = []
+        self._dirindexes: array[int] | None = None
+        names = header.string_offsets(Tag.BASENAMES)
+        if names:
+            self._dirnames = header.strings(Tag.DIRNAMES)
+            self._dirindexes = header.int_array(Tag.DIRINDEXES)
+            if len(self._dirindexes) != len(names):
+                raise FormatError("header: DIRINDEXES and BASENAMES differ in length")
+            if self._dirindexes and max(self._dirindexes) >= len(self._dirnames):
+                raise FormatError("header: a DIRINDEXES entry points past DIRNAMES")
+        else:
+            names = header.string_offsets(Tag.OLDFILENAMES)
+        self._names = names
+        n = self._n = len(names)
+        self.sizes = _ints(header, Tag.LONGFILESIZES, n, "LONGFILESIZES") or header.int_array(Tag.FILESIZES)
+        self.modes = header.int_array(Tag.FILEMODES)
+        if n and (len(self.sizes) != n or len(self.modes) != n):
+            raise FormatError("header: file sizes or modes do not match the file count")
+        algo_number = header.number(Tag.FILEDIGESTALGO) or 1
+        digest_algo = HASH_ALGOS.get(algo_number)
+        if digest_algo is None and n:
+            raise FormatError(f"header: unknown file digest algorithm {algo_number}")
+        self.digest_algo = digest_algo or ""
+        self._rdevs = _ints(header, Tag.FILERDEVS, n, "FILERDEVS")
+        self._mtimes = _ints(header, Tag.FILEMTIMES, n, "FILEMTIMES")
+        self.flags = _ints(header, Tag.FILEFLAGS, n, "FILEFLAGS") or array("I", bytes(4 * n))
+        self._digests = _offsets(header, Tag.FILEDIGESTS, n, "FILEDIGESTS")
+        self._linktos = _offsets(header, Tag.FILELINKTOS, n, "FILELINKTOS")
+        self._users = _interned(header, Tag.FILEUSERNAME, n, "FILEUSERNAME", "root")
+        self._groups = _interned(header, Tag.FILEGROUPNAME, n, "FILEGROUPNAME", "root")
+        self._caps = _interned(header, Tag.FILECAPS, n, "FILECAPS", "")
+        self.hardlink_keys = self._hardlink_keys()
+        self._ext_offset: array[int] | None = None
+        self._ext_length: array[int] | None = None
+        for i, path in enumerate(self.paths()):
+            check_path(path)
+            if stat.S_IFMT(self.modes[i]) not in _TYPES:
+                raise FormatError(f"header: {path} has an unknown file type in mode {self.modes[i]:o}")
+
+    def __len__(self) -> int:
+        return self._n
+
+    def stored(self, i: int) -> bool:
+        """Whether file i has content in the payload: a regular file, not a %ghost."""
+        return stat.S_ISREG(self.modes[i]) and not self.flags[i] & _GHOST
+
+    def _hardlink_keys(self) -> dict[int, int]:
+        """File index -> first index of its hardlink group (groups of one are left out).
+
+        Regular, non-ghost files sharing (device, inode) are hardlinks, as rpm groups them.
+        """
+        inodes = _ints(self.header, Tag.FILEINODES, self._n, "FILEINODES")
+        devices = _ints(self.header, Tag.FILEDEVICES, self._n, "FILEDEVICES")
+        if inodes is None:
+            return {}
+        dev = devices if devices is not None else array("I", bytes(4 * self._n))
+        last = (-1, -1)
+        for i in range(self._n):
+            if inodes[i] > 0 and self.stored(i):
+                if (dev[i], inodes[i]) <= last:
+                    break
+                last = (dev[i], inodes[i])
+        else:
+            return {}  # (device, inode) only grow in header order, as rpmbuild numbers them: no links
+        order = sorted((i for i in range(self._n) if inodes[i] > 0 and self.stored(i)),
+                       key=lambda i: (dev[i], inodes[i]))
+        keys: dict[int, int] = {}
+        # Sorting is stable: a group's members follow each other in header order.
+        for prev, i in itertools.pairwise(order):
+            if (dev[prev], inodes[prev]) == (dev[i], inodes[i]):
+                keys[i] = keys.setdefault(prev, prev)
+        return keys
+
+    def set_extents(self, data: Iterable[tuple[int, int, int]]) -> None:
+        """Give each stored file its extent from (file index, offset, length) records,
+        checked against the header; hardlinks share their group's one extent."""
+        n = self._n
+        offsets = array("q", [_NONE]) * n
+        lengths = array("q", bytes(8 * n))
+        for fx, offset, length in data:
+            if fx >= n or fx < 0:
+                raise FormatError(f"extents index refers to file {fx}, the header has {n}")
+            if not self.stored(fx) or self.sizes[fx] != length:
+                raise FormatError(f"extents index data for {self.path(fx)} does not fit its header entry")
+            key = self.hardlink_keys.get(fx, fx)
+            if offsets[key] != _NONE:
+                raise FormatError(f"extents index stores {self.path(fx)} twice")
+            offsets[key], lengths[key] = offset, length
+        for i in range(n):
+            if self.sizes[i] > 0 and self.stored(i) and offsets[self.hardlink_keys.get(i, i)] == _NONE:
+                raise FormatError(f"extents index has no data for {self.path(i)}")
+        self._ext_offset, self._ext_length = offsets, lengths
+
+    def path(self, i: int) -> str:
+        name = self.header.string_at(self._names[i])
+        dirindexes = self._dirindexes
+        return name if dirindexes is None else self._dirnames[dirindexes[i]] + name
+
+    def paths(self) -> Iterator[str]:
+        for i in range(self._n):
+            yield self.path(i)
+
+    def digest(self, i: int) -> str:
+        return self.header.string_at(self._digests[i]) if self._digests is not None else ""
+
+    def extent(self, i: int) -> Extent | None:
+        offsets, lengths = self._ext_offset, self._ext_length
+        if offsets is None or lengths is None or not self.stored(i) or self.sizes[i] <= 0:
+            return None
+        key = self.hardlink_keys.get(i, i)
+        return Extent(offsets[key], lengths[key])
+
+    def entry(self, i: int) -> Entry:
+        if i < 0:
+            i += self._n
+        mode, flags, size = self.modes[i], self.flags[i], self.sizes[i]
+        etype = _TYPES[stat.S_IFMT(mode)]
+        extent = None
+        if etype is EntryType.FILE and size > 0 and not flags & _GHOST and self._ext_offset is not None:
+            extent = self.extent(i)
+        header = self.header
+        return Entry(
+            i, self.path(i), etype, mode, self._users[0][self._users[1][i]],
+            self._groups[0][self._groups[1][i]], self._mtimes[i] if self._mtimes is not None else 0,
+            size,
+            header.string_at(self._linktos[i]) if etype is EntryType.SYMLINK and self._linktos is not None else "",
+            self._caps[0][self._caps[1][i]] or None, self._rdevs[i] if self._rdevs is not None else 0,
+            header.string_at(self._digests[i]) if self._digests is not None else "",
+            self.digest_algo, flags, self.hardlink_keys.get(i), extent,
+        )
+
+    @overload
+    def __getitem__(self, i: int) -> Entry: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Entry]: ...
+    def __getitem__(self, i: int | slice) -> Entry | list[Entry]:
+        if isinstance(i, slice):
+            return [self.entry(j) for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return self.entry(i)
+
+    def __iter__(self) -> Iterator[Entry]:
+        for i in range(self._n):
+            yield self.entry(i)
+
+    def payload_sizes(self) -> array[int]:
+        """How many data bytes rpm writes after each entry's cpio header.
+
+        Symlinks carry their target; of a hardlink set only the last member carries
+        the content (rpm's rpmfiArchiveWriteHeader).
+        """
+        last_link: dict[int, int] = {}
+        for i, key in self.hardlink_keys.items():
+            last_link[key] = max(i, last_link.get(key, i))
+        sizes = array("q", bytes(8 * self._n))
+        for i in range(self._n):
+            fmt = stat.S_IFMT(self.modes[i])
+            if fmt == stat.S_IFLNK or (fmt == stat.S_IFREG and last_link.get(
+                    self.hardlink_keys.get(i, i), i) == i):
+                sizes[i] = self.sizes[i]
+        return sizes
+
+
+def header_files(header: Header, data: Iterable[tuple[int, int, int]] | None = None) -> FileList:
+    """The header's file list; with ``data`` ((file index, offset, length) of the stored
+    content), every regular file gets its extent, hardlinks sharing one."""
+    files = FileList(header)
+    if data is not None:
+        files.set_extents(data)
+    return files
