@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._index: DigestIndex | None = None
+        self._index_lock = threading.Lock()
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.rpm"
@@ -92,15 +94,26 @@ class Store:
 
     def _content_index(self) -> DigestIndex:
         """Every stored file's data by (digest algorithm, digest); read once, then kept up to date."""
-        if self._index is None:
-            self._index = DigestIndex()
-            for sha in self:
-                try:
-                    with ExtentsPackage.open(self.path(sha)) as pkg:
-                        self._index.add(pkg.path, pkg.entries())
-                except ExtentsError as e:
-                    log.warning("%s: skipped for deduplication: %s", self.path(sha), e)
-        return self._index
+        # HTTP fetch threads ask at once (find_data): the index is built under a lock and
+        # published whole, never seen half-filled.
+        with self._index_lock:
+            if self._index is None:
+                index = DigestIndex()
+                for sha in self:
+                    try:
+                        with ExtentsPackage.open(self.path(sha)) as pkg:
+                            index.add(pkg.path, pkg.entries())
+                    except ExtentsError as e:
+                        log.warning("%s: skipped for deduplication: %s", self.path(sha), e)
+                self._index = index
+            return self._index
+
+    def find_data(self, algo: str, digest: str, length: int) -> tuple[Path, int] | None:
+        """(store file, offset) of stored file data with this digest and length, or None."""
+        found = self._content_index().get(algo, digest)
+        if found is None or found.length != length:
+            return None
+        return found.path, found.offset
 
     def file_list(self, sha256: str) -> tuple[str, FileList]:
         """(N-V-R.A, file list) of a stored package (read each time: a file list holds

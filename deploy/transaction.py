@@ -84,6 +84,8 @@ class DeployOptions:
     full: bool = False
     # A root made fresh from the image's defaults, as a first deployment's (rpmimg reset).
     fresh_root: bool = False
+    # Other http(s) URLs of the same manifest (deploy.sources.http).
+    mirrors: tuple[str, ...] = ()
     # What the admin asked for beyond an update of the same image (deploy.intent); its
     # force also makes a deployment that failed to boot the default again.
     intent: intent.Intent = field(default_factory=intent.Intent)
@@ -147,7 +149,7 @@ class SignedManifest:
 def read_manifest(system: System, options: DeployOptions) -> SignedManifest:
     """Phase 1: fetch the manifest and refuse it unless a trusted key signed it."""
     key_files = tuple(trusted_key_files(system.sysroot, options.keyrings))
-    source = open_source(options.source)
+    source = open_source(options.source, options.mirrors)
     m, sha, fingerprint = fetch_verified_manifest(source, key_files)
     checkpoint("manifest verified")
     return SignedManifest(m, sha, fingerprint, source, key_files)
@@ -231,7 +233,8 @@ def fetch_into_store(
     fetch = _missing(store, signed, current, check_all or _builds_in_full(current, options))
     _check_space(system, signed.manifest, fetch)
     jobs = [
-        FetchJob(ref, system.layout.downloads / f"{ref.sha256}.rpm", _basis(current, store, ref))
+        FetchJob(ref, system.layout.downloads / f"{ref.sha256}.rpm", _basis(current, store, ref),
+                 store.find_data)
         for ref in fetch
     ]
     pending = [j for j in jobs if not j.dest.exists()]  # complete from a killed run

@@ -40,8 +40,8 @@ from typing import BinaryIO
 
 from host.httpconn import Clock, DownloadError, Limits, Restart, Retry, exchange
 
-__all__ = ["RETRY_STATUS", "DownloadError", "Limits", "TooLarge", "Validators", "download",
-           "download_bytes", "download_file", "download_if_changed"]
+__all__ = ["RETRY_STATUS", "DownloadError", "Limits", "NoRanges", "TooLarge", "Validators",
+           "download", "download_bytes", "download_file", "download_if_changed", "download_range"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ Progress = Callable[[int], None]  # bytes added to (or, on a restart, taken from
 
 class TooLarge(DownloadError):
     """The server sent, or announced, more bytes than the download's cap."""
+
+
+class NoRanges(DownloadError):
+    """The server answered a range request with the whole file (it ignores Range)."""
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,72 @@ def download_bytes(url: str, limit: int, *, limits: Limits | None = None) -> byt
     sink = io.BytesIO()
     download(url, sink, limit=limit, limits=limits)
     return sink.getvalue()
+
+
+def _range_attempt(url: str, start: int, length: int, clock: Clock, progress: Progress) -> bytes:
+    end = start + length - 1
+    headers = {"User-Agent": "rpmimg", "Accept-Encoding": "identity", "Connection": "close",
+               "Range": f"bytes={start}-{end}"}
+    conn, response, final = exchange(url, headers, clock)
+    try:
+        status = response.status
+        if status in RETRY_STATUS:
+            raise Retry(f"HTTP {status} {response.reason}")
+        if status == 200:
+            raise NoRanges(f"{url}{_via(url, final)}: the server ignores Range requests", url, 200)
+        if status != 206:
+            raise DownloadError(f"{url}{_via(url, final)}: HTTP {status} {response.reason}", url, status)
+        value = (response.getheader("Content-Range") or "").strip()
+        m = _CONTENT_RANGE.fullmatch(value)
+        if m is None or (int(m[1]), int(m[2])) != (start, end) or (
+                response.length is not None and response.length != length):
+            raise DownloadError(f"{url}{_via(url, final)}: asked for bytes {start}-{end}, got "
+                                f"Content-Range {value!r}, Content-Length {response.length}", url, 206)
+        body = bytearray()
+        while chunk := response.read1(min(CHUNK, length - len(body) + 1)):
+            body += chunk
+            if len(body) > length:
+                raise TooLarge(f"{url}{_via(url, final)}: the server sent more than the "
+                               f"{length} bytes of range {start}-{end}", url)
+            progress(len(chunk))
+        if len(body) < length:
+            progress(-len(body))
+            raise Retry(f"connection closed after {len(body)} of {length} bytes")
+        return bytes(body)
+    finally:
+        response.close()
+        conn.close()
+
+
+def download_range(url: str, start: int, length: int, *, limits: Limits | None = None,
+                   progress: Progress | None = None) -> bytes:
+    """Bytes [start, start + length) of the file at url, exactly: a 206 answer whose
+    Content-Range is the range asked and whose body is its length, never a byte more.
+    A server that answers with the whole file raises NoRanges (its body is not read)."""
+    limits = limits or Limits()
+    if start < 0 or length <= 0:
+        raise ValueError("download_range needs a start >= 0 and a length > 0")
+    clock = Clock(limits.deadline(length), limits)
+    last = ""
+    for attempt in range(limits.attempts):
+        if attempt:
+            clock.sleep(min(limits.backoff * 2 ** (attempt - 1), 8.0))
+        try:
+            if clock.left() <= 0:
+                raise TimeoutError("deadline passed")
+            return _range_attempt(url, start, length, clock, progress or (lambda n: None))
+        except Retry as e:
+            last = str(e)
+        except DownloadError:
+            raise
+        except (OSError, http.client.HTTPException) as e:
+            if clock.left() <= 0:
+                raise DownloadError(f"{url}: bytes {start}-{start + length - 1}: gave up after "
+                                    f"{time.monotonic() - clock.start:.1f} s", url) from e
+            last = _describe(e, limits)
+        log.debug("%s: range attempt %d: %s", url, attempt + 1, last)
+    raise DownloadError(f"{url}: bytes {start}-{start + length - 1}: failed after "
+                        f"{limits.attempts} attempts: {last}", url)
 
 
 def download_if_changed(url: str, limit: int, have: Validators | None, *,

@@ -28,11 +28,20 @@ _CHECKSUM = re.compile(r"[a-z0-9]+:[0-9a-f]+")
 
 @dataclass(frozen=True)
 class ZstdCopy:
-    """The zstd-compressed copy of a package, for HTTP clients."""
+    """A zstd-compressed copy of a package, for HTTP clients.
+
+    A package's `zstd` copy is one whole-stream zstd of it (what a client fetches when it
+    has no older version). Its `seekable` copy has `table_size` and `table_sha256`: it is
+    the seekable form (rpmextents.seekable), whose last `table_size` bytes are a frame
+    table with that sha256, so a client can fetch the frames of single files with HTTP
+    ranges.
+    """
 
     location: str
     sha256: str
     size: int
+    table_size: int | None = None
+    table_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class ManifestPackage:
     source_size: int
     location: str
     zstd: ZstdCopy | None = None
+    seekable: ZstdCopy | None = None
 
     @property
     def ident(self) -> Nevra:
@@ -140,8 +150,11 @@ def _package_json(p: ManifestPackage) -> dict[str, Any]:
         "block_size": p.block_size, "source_checksum": p.source_checksum,
         "source_size": p.source_size, "location": p.location,
     }
-    if p.zstd is not None:
-        out["zstd"] = {"location": p.zstd.location, "sha256": p.zstd.sha256, "size": p.zstd.size}
+    for key, z in (("zstd", p.zstd), ("seekable", p.seekable)):
+        if z is not None:
+            out[key] = {"location": z.location, "sha256": z.sha256, "size": z.size}
+            if z.table_size is not None:
+                out[key] |= {"table_size": z.table_size, "table_sha256": z.table_sha256}
     return out
 
 
@@ -191,17 +204,30 @@ def _strings(obj: Mapping[str, Any], key: str, where: str, what: str = "field") 
     return tuple(value)
 
 
-def _zstd(obj: Mapping[str, Any], where: str) -> ZstdCopy | None:
-    z = obj.get("zstd")
+def _zstd(obj: Mapping[str, Any], where: str, key: str = "zstd") -> ZstdCopy | None:
+    """The copy under key; a `seekable` one must have its table fields."""
+    z = obj.get(key)
     if z is None:
         return None
     if not isinstance(z, dict):
-        raise ManifestError(f"{where}: field 'zstd' should be an object")
-    where += " zstd"
+        raise ManifestError(f"{where}: field {key!r} should be an object")
+    where += f" {key}"
+    if key == "seekable" and not {"table_size", "table_sha256"} <= set(z):
+        raise ManifestError(f"{where}: missing field 'table_size' or 'table_sha256'")
+    unknown = set(z) - {"location", "sha256", "size", "table_size", "table_sha256"}
+    if unknown:
+        raise ManifestError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    size = _size(z, "size", where)
+    table_size = table_sha256 = None
+    if "table_size" in z or "table_sha256" in z:
+        table_size = _size(z, "table_size", where)
+        table_sha256 = _matching(z, "table_sha256", _HEX64, where)
+        if not 0 < table_size < size:
+            raise ManifestError(f"{where}: table_size {table_size} does not fit the {size}-byte file")
     return ZstdCopy(
         location=_field(z, "location", str, where),
         sha256=_matching(z, "sha256", _HEX64, where),
-        size=_size(z, "size", where),
+        size=size, table_size=table_size, table_sha256=table_sha256,
     )
 
 
@@ -231,6 +257,7 @@ def _package(obj: Any, index: int, manifest_block_size: int) -> ManifestPackage:
         source_size=_size(obj, "source_size", where),
         location=_field(obj, "location", str, where),
         zstd=_zstd(obj, where),
+        seekable=_zstd(obj, where, "seekable"),
     )
 
 

@@ -1,7 +1,8 @@
 """The file names of a published image, relative to the output directory a server serves.
 
     pool/<sha[:2]>/<sha256>-<name>-<version>-<release>.<arch>.rpm     extents RPM
-    pool/<sha[:2]>/<sha256>-<name>-<version>-<release>.<arch>.rpm.zst zstd copy
+    pool/<sha[:2]>/<sha256>-<name>-<version>-<release>.<arch>.rpm.zst zstd copy (one stream)
+    pool/<sha[:2]>/<sha256>-<name>-<version>-<release>.<arch>.rpm.seek.zst  seekable zstd form
     pool/boot/<sha256>-vmlinuz-<kver>, pool/boot/<sha256>-initrd-<kver>   boot files
     pool/boot/<inputs>-initrd-<kver>.json      what that initrd was built from
     images/NAME/VERSION/manifest.json   (+ manifest.json.asc, changes.json)
@@ -19,6 +20,7 @@ LATEST = "latest"
 IMAGES = "images"
 POOL = "pool"
 ZSTD_SUFFIX = ".zst"
+SEEKABLE_SUFFIX = ".seek.zst"
 # From images/NAME/VERSION/manifest.json back up to the output directory.
 TO_OUTPUT = "../../../"
 
@@ -31,6 +33,11 @@ def pool_path(sha256: str, nvra: str) -> str:
 def zstd_path(pool_entry: str) -> str:
     """The path of the zstd copy beside a pool entry."""
     return pool_entry + ZSTD_SUFFIX
+
+
+def seekable_path(pool_entry: str) -> str:
+    """The path of the seekable zstd form (rpmextents.seekable) beside a pool entry."""
+    return pool_entry + SEEKABLE_SUFFIX
 
 
 def location_of(relpath: str) -> str:

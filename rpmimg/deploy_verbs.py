@@ -37,6 +37,9 @@ def register(subparsers: Any) -> None:
         p.add_argument("--full", action="store_true",
                        help="build the new /usr from the stored packages alone, not as an update of"
                        " the current default deployment")
+        p.add_argument("--mirror", action="append", default=[], metavar="URL",
+                       help="another http(s) URL of the same manifest; packages and ranges that"
+                       " fail or do not check are fetched from the next (repeatable)")
         if not switching:
             p.add_argument("--switch", action="store_true",
                            help="allow an image other than the default deployment's")
@@ -94,6 +97,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         source=args.manifest, keyrings=tuple(args.keyring), allow_downgrade=args.allow_downgrade,
         allow_unsigned_packages=args.allow_unsigned_packages, lock_wait=args.lock_wait,
         full=args.full, intent=Intent(switch=args.switch, force=args.force),
+        mirrors=tuple(args.mirror),
     )
     bars = _Bars()
     ok = False

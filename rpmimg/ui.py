@@ -48,11 +48,17 @@ class Progress:
         self._last = 0.0
         self._started = time.monotonic()
         self._shown = False
+        self._files = ""
         self._done: tuple[int, int] | None = None
+
+    def files(self, done: int, total: int) -> None:
+        """Also show how many of `total` files are complete (a fetch's packages)."""
+        self._files = f" {done}/{total} files"
+        self._last = 0.0
 
     def _amount(self, done: int, total: int) -> str:
         if self.unit == "bytes":
-            return f"{human_bytes(done)}/{human_bytes(total)}"
+            return f"{human_bytes(done)}/{human_bytes(total)}{self._files}"
         return f"{done}/{total} {self.unit}"
 
     def __call__(self, done: int, total: int) -> None:

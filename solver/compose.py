@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from imagespec.diff import PackageDiff, manifest_diff
 from imagespec.manifest import CurationReport, ImageManifest, ManifestPackage, ZstdCopy
-from imagespec.published import location_of, zstd_path
+from imagespec.published import location_of, seekable_path, zstd_path
 from rpmextents.files import package_files, refuse_package_db
 from rpmextents.nevra import Nevra
 from solver import freshness
@@ -256,7 +256,8 @@ def _known_entries(store: ImageStore, block_size: int) -> dict[str, ManifestPack
     for name in store.names():
         for version in store.versions(name):
             for p in store.manifest(name, version).packages:
-                if p.block_size == block_size and p.zstd is not None:
+                if p.block_size == block_size and p.zstd is not None \
+                        and p.seekable is not None:
                     known[p.source_checksum] = p
     return known
 
@@ -311,13 +312,16 @@ def _materialize(definition: ImageDefinition, store: ImageStore, inputs: _Inputs
 
 
 def _entry_from_record(p: ManifestPackage, rel: str) -> PoolEntry:
-    if p.zstd is None:  # _known_entries keeps only records with a zstd copy
-        raise PublishError(f"{p.nevra}: pool entry {rel} has no zstd copy")
+    if p.zstd is None or p.seekable is None or p.seekable.table_size is None \
+            or p.seekable.table_sha256 is None:  # _known_entries keeps only those with both
+        raise PublishError(f"{p.nevra}: pool entry {rel} has no zstd copies")
     return PoolEntry(
         name=p.name, epoch=p.epoch, version=p.version, release=p.release, arch=p.arch,
         relpath=rel, sha256=p.sha256, size=p.size, header_sha256=p.header_sha256,
         block_size=p.block_size, zstd_relpath=zstd_path(rel), zstd_sha256=p.zstd.sha256,
-        zstd_size=p.zstd.size,
+        zstd_size=p.zstd.size, seekable_relpath=seekable_path(rel),
+        seekable_sha256=p.seekable.sha256, seekable_size=p.seekable.size,
+        table_size=p.seekable.table_size, table_sha256=p.seekable.table_sha256,
     )
 
 
@@ -328,6 +332,8 @@ def _manifest_package(entry: PoolEntry, p: ResolvedPackage, source_size: int) ->
         block_size=entry.block_size, source_checksum=str(p.checksum), source_size=source_size,
         location=location_of(entry.relpath),
         zstd=ZstdCopy(location_of(entry.zstd_relpath), entry.zstd_sha256, entry.zstd_size),
+        seekable=ZstdCopy(location_of(entry.seekable_relpath), entry.seekable_sha256,
+                          entry.seekable_size, entry.table_size, entry.table_sha256),
     )
 
 

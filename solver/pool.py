@@ -2,7 +2,9 @@
 
 An entry is named by the sha256 of its own bytes, so it is written once and never
 rewritten: a second transcode of the same original finds the entry in place. Each
-entry has a zstd copy beside it (`….rpm.zst`) for HTTP clients.
+entry has two zstd copies beside it for HTTP clients: `….rpm.zst`, one zstd stream
+(the fewest bytes for a client that has no older version), and `….rpm.seek.zst`, the
+seekable form (rpmextents.seekable) an updating client fetches single files' frames of.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from pathlib import Path
 
 import zstandard
 
-from imagespec.published import POOL, pool_path, zstd_path
+from imagespec.published import POOL, pool_path, seekable_path, zstd_path
 from imagespec.relocation import outside_usr
-from rpmextents import ExtentsPackage, transcode
-from rpmextents.errors import ExtentsError
+from rpmextents import ExtentsPackage, seekable, transcode
+from rpmextents.errors import ExtentsError, FormatError
 from solver.confine import FILE_MODE, Output
 from solver.errors import ComposeFetchError, PublishError
 
@@ -43,6 +45,11 @@ class PoolEntry:
     zstd_relpath: str
     zstd_sha256: str
     zstd_size: int
+    seekable_relpath: str
+    seekable_sha256: str
+    seekable_size: int
+    table_size: int
+    table_sha256: str
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class PackageNotes:
 
 
 class PackagePool:
-    """OUTPUT/pool: `<sha[:2]>/<sha256>-<name>-<version>-<release>.<arch>.rpm` (+ `.zst`)."""
+    """OUTPUT/pool: `<sha[:2]>/<sha256>-<name>-<version>-<release>.<arch>.rpm` (+ `.zst`, `.seek.zst`)."""
 
     def __init__(self, output: Path) -> None:
         self.output = output
@@ -93,14 +100,18 @@ class PackagePool:
                                            f".{result.arch}")
             self._install(staged, rel)
             zstd_sha256, zstd_size = self._zstd_copy(rel, Path(tmp))
+            seek_sha256, seek_size, table_size, table_sha256 = self._seekable_copy(rel, Path(tmp))
         return PoolEntry(
             name=result.name, epoch=result.epoch, version=result.version,
             release=result.release, arch=result.arch, relpath=rel, sha256=result.sha256,
             size=result.size, header_sha256=result.header_sha256, block_size=result.block_size,
             zstd_relpath=zstd_path(rel), zstd_sha256=zstd_sha256, zstd_size=zstd_size,
+            seekable_relpath=seekable_path(rel), seekable_sha256=seek_sha256,
+            seekable_size=seek_size, table_size=table_size, table_sha256=table_sha256,
         )
 
     def _zstd_copy(self, rel: str, tmp: Path) -> tuple[str, int]:
+        """The whole-stream zstd copy beside a pool entry (made unless there): sha256, size."""
         out = self._confined()
         if not out.exists(zstd_path(rel)):
             staged = tmp / "package.rpm.zst"
@@ -110,15 +121,43 @@ class PackagePool:
                 dst.flush()
                 os.fsync(dst.fileno())  # as transcode does: a renamed pool file is complete
             self._install(staged, zstd_path(rel))
+        return self._digest(zstd_path(rel))
+
+    def _seekable_copy(self, rel: str, tmp: Path) -> tuple[str, int, int, str]:
+        """The seekable zstd form beside a pool entry (made unless a valid one is there):
+        its sha256 and size, and its frame table's size and sha256."""
+        out = self._confined()
+        with os.fdopen(out.open(rel, os.O_RDONLY), "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+        if out.exists(seekable_path(rel)):
+            try:
+                return self._seekable_facts(rel, size)
+            except FormatError:
+                pass  # not a seekable form of this entry: made again
+        staged = tmp / "package.rpm.seek.zst"
+        with open(staged, "wb") as dst:
+            seekable.compress(self.output / rel, dst, level=ZSTD_LEVEL)
+            dst.flush()
+            os.fsync(dst.fileno())
+        self._install(staged, seekable_path(rel))
+        return self._seekable_facts(rel, size)
+
+    def _seekable_facts(self, rel: str, size: int) -> tuple[str, int, int, str]:
+        with os.fdopen(self._confined().open(seekable_path(rel), os.O_RDONLY), "rb") as f:
+            _, table = seekable.read_table(f, size)
+        return (*self._digest(seekable_path(rel)), len(table), hashlib.sha256(table).hexdigest())
+
+    def _digest(self, rel: str) -> tuple[str, int]:
         h = hashlib.sha256()
-        with os.fdopen(out.open(zstd_path(rel), os.O_RDONLY), "rb") as f:
+        with os.fdopen(self._confined().open(rel, os.O_RDONLY), "rb") as f:
             size = os.fstat(f.fileno()).st_size
             while chunk := f.read(1 << 20):
                 h.update(chunk)
         return h.hexdigest(), size
 
     def has(self, relpath: str) -> bool:
-        return (self.output / relpath).is_file() and (self.output / zstd_path(relpath)).is_file()
+        return all((self.output / p).is_file()
+                   for p in (relpath, zstd_path(relpath), seekable_path(relpath)))
 
     def notes(self, relpath: str) -> PackageNotes:
         """Scriptlets, triggers and files outside /usr of a pool entry."""

@@ -41,8 +41,8 @@ from solver.pool import PackagePool
 
 _VERSION = re.compile(r"^(\d{8})\.(\d+)$")
 _OUR_LINK = re.compile(r"^images/[^/]+/(latest|\.tmp-latest-\d+)$")
-# What compose names in the pool: `<sha256>-<nevra>.rpm` and its `.zst` copy.
-_POOL_FILE = re.compile(r"^[0-9a-f]{64}-[^/]+\.rpm(\.zst)?$")
+# What compose names in the pool: `<sha256>-<nevra>.rpm` and its `.zst`, `.seek.zst` copies.
+_POOL_FILE = re.compile(r"^[0-9a-f]{64}-[^/]+\.rpm(\.zst|\.seek\.zst)?$")
 # ...and in pool/boot: kernels, initrds and the records of an initrd's inputs (solver.initrd).
 _BOOT_FILE = re.compile(r"^[0-9a-f]{64}-(vmlinuz|initrd)-[^/]+$")
 
@@ -211,7 +211,8 @@ class ImageStore:
         for name in self.names():
             for version in self.versions(name):
                 for p in self.manifest(name, version).packages:
-                    for location in (p.location, *((p.zstd.location,) if p.zstd else ())):
+                    copies = (c.location for c in (p.zstd, p.seekable) if c is not None)
+                    for location in (p.location, *copies):
                         used.add(os.path.normpath(
                             os.path.join(IMAGES, name, version, location)))
                 for b in self.manifest(name, version).boot:

@@ -20,7 +20,7 @@ import zstandard
 from deploy.sources.base import sha256_file
 from fixtures.signing import SigningKey, gnupg_home
 from imagespec.manifest import CurationReport, ImageManifest, ManifestPackage, ZstdCopy
-from imagespec.published import IMAGES, LATEST, MANIFEST, POOL, pool_path, zstd_path
+from imagespec.published import IMAGES, LATEST, MANIFEST, POOL, pool_path, seekable_path, zstd_path
 from imagespec.relocation import outside_usr
 from rpmextents.nevra import Nevra
 
@@ -67,8 +67,8 @@ def publish(
 
 def _pool_package(output: Path, version_dir: Path, rpm: Path, block_size: int,
                   zstd: bool) -> ManifestPackage:
-    """Transcode rpm into output's pool (and its zstd copy); its manifest entry."""
-    from rpmextents import transcode
+    """Transcode rpm into output's pool (and its two zstd copies); its manifest entry."""
+    from rpmextents import seekable, transcode
 
     tmp = output / POOL / "incoming.rpm"
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -77,19 +77,24 @@ def _pool_package(output: Path, version_dir: Path, rpm: Path, block_size: int,
     dest = output / pool_path(result.sha256, ident.nvra)
     dest.parent.mkdir(exist_ok=True)
     os.replace(tmp, dest)
-    copy = None
+    copy = seek = None
     if zstd:
-        zdest = output / zstd_path(pool_path(result.sha256, ident.nvra))
+        rel = pool_path(result.sha256, ident.nvra)
+        zdest, sdest = output / zstd_path(rel), output / seekable_path(rel)
         with open(dest, "rb") as fin, open(zdest, "wb") as fout:
             zstandard.ZstdCompressor(level=3).copy_stream(fin, fout)
         copy = ZstdCopy(os.path.relpath(zdest, version_dir), sha256_file(zdest),
                         zdest.stat().st_size)
+        with open(sdest, "wb") as fout:
+            table = seekable.compress(dest, fout, level=3).pack()
+        seek = ZstdCopy(os.path.relpath(sdest, version_dir), sha256_file(sdest),
+                        sdest.stat().st_size, len(table), hashlib.sha256(table).hexdigest())
     return ManifestPackage(
         name=result.name, epoch=result.epoch, version=result.version, release=result.release,
         arch=result.arch, sha256=result.sha256, size=result.size,
         header_sha256=result.header_sha256, block_size=result.block_size,
         source_checksum="sha256:" + sha256_file(rpm), source_size=rpm.stat().st_size,
-        location=os.path.relpath(dest, version_dir), zstd=copy,
+        location=os.path.relpath(dest, version_dir), zstd=copy, seekable=seek,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 from jsonschemas import validate
 
 from fixtures.build import SigningKey
@@ -21,6 +23,7 @@ from fixtures.repos import add_package, createrepo, package, solver_universe
 from fixtures.signing import generate_key
 from imagespec.manifest import ImageManifest, parse
 from rpmextents import ExtentsPackage
+from rpmextents.seekable import read_table
 from rpmimg.cli import main
 from solver.compose import compose
 from solver.definition import ImageDefinition, RepoSource
@@ -106,8 +109,18 @@ def test_compose_publishes_a_signed_static_image(world: World, tmp_path: Path) -
         assert hashlib.sha256(zst).hexdigest() == p["zstd"]["sha256"]
         # An HTTP client downloads no more than the original compressed RPM.
         assert len(zst) == p["zstd"]["size"] <= p["source_size"]
-        import zstandard
-        assert zstandard.ZstdDecompressor().decompress(zst, max_output_size=len(data)) == data
+        # The zstd copy is one zstd stream of the package.
+        assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(zst)).read(len(data) + 1) == data
+        # The seekable form: one zstd stream of frames too, with its table pinned.
+        seek = (version_dir / p["seekable"]["location"]).read_bytes()
+        assert (hashlib.sha256(seek).hexdigest(), len(seek)) == (
+            p["seekable"]["sha256"], p["seekable"]["size"])
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(seek), read_across_frames=True)
+        assert reader.read(len(data) + 1) == data
+        table, table_bytes = read_table(io.BytesIO(seek), len(data))
+        assert table.size == len(data)
+        assert (len(table_bytes), hashlib.sha256(table_bytes).hexdigest()) == (
+            p["seekable"]["table_size"], p["seekable"]["table_sha256"])
     report = raw["report"]
     assert report["scriptlets"] == ["scripted-1.0-1.noarch"]
     assert report["triggers"] == []
@@ -196,8 +209,8 @@ def _pool_files(store: ImageStore, name: str, version: str) -> set[str]:
     """Output-relative pool paths (extents RPMs and zstd copies) a published version uses."""
     files = set()
     for p in store.manifest(name, version).packages:
-        assert p.zstd is not None
-        for location in (p.location, p.zstd.location):
+        assert p.zstd is not None and p.seekable is not None
+        for location in (p.location, p.zstd.location, p.seekable.location):
             files.add(os.path.normpath(os.path.join("images", name, version, location)))
     return files
 

@@ -145,12 +145,12 @@ def _pool_entries_are_never_rewritten(repo: Path, tmp_path: Path, pool: PackageP
     original = next((repo / "Packages").glob("bash-*.rpm"))
     first = pool.add(original, "bash", block_size=4096)
     path = tmp_path / "out" / first.relpath
-    before = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (path, Path(f"{path}.zst"))]
+    before = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (path, Path(f"{path}.zst"), Path(f"{path}.seek.zst"))]
     second = pool.add(original, "bash", block_size=4096)
     assert second == first
-    after = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (path, Path(f"{path}.zst"))]
+    after = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (path, Path(f"{path}.zst"), Path(f"{path}.seek.zst"))]
     assert after == before
-    assert sorted(pool.entries()) == [first.relpath, first.zstd_relpath]
+    assert sorted(pool.entries()) == sorted([first.relpath, first.zstd_relpath, first.seekable_relpath])
     bigger = pool.add(original, "bash", block_size=8192)
     assert bigger.sha256 != first.sha256 and bigger.block_size == 8192
 

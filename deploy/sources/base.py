@@ -31,6 +31,9 @@ class FetchJob:
     ref: ManifestPackage
     dest: Path
     basis: Path | None = None
+    # Where the store holds file data by (digest algorithm, digest, length): lets an HTTP
+    # source fetch only the files it lacks (deploy.rangefetch).
+    have: Callable[[str, str, int], tuple[Path, int] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class ByteCounter:
     def __init__(self, total: int, progress: ProgressFn | None) -> None:
         self.total = total
         self.done = 0
+        self.files_done = 0
         self._progress = progress
         self._lock = threading.Lock()
 
@@ -74,6 +78,14 @@ class ByteCounter:
             self.done += n
             if self._progress is not None:
                 self._progress(self.done, self.total)
+
+    def file_done(self, files: int) -> None:
+        """One more of `files` files is complete; shown by a progress bar that counts files."""
+        with self._lock:
+            self.files_done += 1
+            show = getattr(self._progress, "files", None)
+            if show is not None:
+                show(self.files_done, files)
 
 
 def sha256_file(path: Path) -> str:
@@ -98,7 +110,7 @@ def decompress_zstd(fin: BinaryIO, dst: Path, what: str, size: int) -> None:
 
     tmp = dst.with_name(dst.name + ".unzst")
     try:
-        with zstandard.ZstdDecompressor().stream_reader(fin, closefd=False) as reader, \
+        with zstandard.ZstdDecompressor().stream_reader(fin, closefd=False, read_across_frames=True) as reader, \
                 open(tmp, "wb") as fout:
             left = size + 1
             while left and (chunk := reader.read(min(1 << 20, left))):
