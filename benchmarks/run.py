@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import metrics_format, metrics_image, metrics_scale, metrics_solve
+from benchmarks import metrics_format, metrics_image, metrics_scale, metrics_solve, metrics_system
 from benchmarks.context import CHECKOUT, Context
 from benchmarks.debcorpus import build_corpus, cache_root, summary
 from benchmarks.measure import CacheState, Row, loop_btrfs
@@ -32,6 +32,7 @@ GROUPS: dict[str, list[tuple[str, Metric]]] = {
     "compose": [("compose", metrics_image.compose_metrics)],
     "deploy": [("deploy time", metrics_image.deploy_metrics)],
     "update": [("update cost", metrics_image.update_metrics)],
+    "system": [("rpm database share", metrics_system.rpmdb_metrics)],
     "verify": [("verify time", metrics_image.verify_metrics)],
     "solve": [("solve time", metrics_solve.solve)],
     "scale": [("scaling with file count", metrics_scale.scale_metrics)],

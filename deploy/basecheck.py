@@ -20,7 +20,7 @@ from deploy.hashing import READ_FLAGS, DigestJob
 from deploy.state import State
 from deploy.store import Store
 from deploy.system import System
-from deploy.verify import verify
+from deploy.verify import accounts_root, verify
 from host import kernel
 from host.kernel import FiemapFlag
 from rpmextents import Owners
@@ -97,7 +97,7 @@ def damaged_base(system: System, current: State, full: bool) -> tuple[str, ...]:
         return ()
     try:
         # Owner names that resolve to other ids now make the build full anyway, for that reason.
-        delta.check_owners(base.owner_ids, Owners.from_root(system.sysroot))
+        delta.check_owners(base.owner_ids, Owners.from_root(accounts_root(system, base.id)))
     except delta.NoDelta:
         return ()
     store = Store(system.layout.store)

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from deploy import delta, rpmdb
 from deploy.faults import checkpoint
@@ -22,7 +23,6 @@ from deploy.store import Store
 from deploy.system import System
 from deploy.tree import HEADER_DIR, TreeBuilder
 from host import kernel
-from imagespec.manifest import ImageManifest
 from rpmextents import ExtentsPackage, refuse_package_db
 from rpmextents.files import FileList, package_files
 
@@ -45,13 +45,33 @@ class Built:
     owner_ids: Mapping[str, Mapping[str, int | None]]
 
 
+class PackageRef(Protocol):
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def nvra(self) -> str: ...
+    @property
+    def nevra(self) -> str: ...
+
+
+class Image(Protocol):
+    """What a build needs of an image: a manifest, or a deployment's record (rpmimg reset)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def packages(self) -> Sequence[PackageRef]: ...
+
+
 OwnerIds = Mapping[str, Mapping[str, int | None]]
 # Writes the deployment's own record into the finished tree: (tree, subvolume id, owner ids).
 Seal = Callable[[Path, int, OwnerIds], None]
 
 
 def build(
-    system: System, m: ImageManifest, store: Store, new_id: str, progress: ProgressFn,
+    system: System, m: Image, store: Store, new_id: str, progress: ProgressFn,
     base: DeploymentRecord | None, full: bool = False, seal: Seal | None = None,
     accounts: Path | None = None,
 ) -> Built:
@@ -102,7 +122,7 @@ def _discard(path: Path) -> None:
         kernel.subvolume_delete(path)
 
 
-def _package_database(path: Path, m: ImageManifest, base: DeploymentRecord | None) -> None:
+def _package_database(path: Path, m: Image, base: DeploymentRecord | None) -> None:
     """The tree's rpm database: base's (in the snapshot) changed where m differs, else new."""
     headers = path / HEADER_DIR
     if base is not None:
@@ -118,7 +138,7 @@ def _package_database(path: Path, m: ImageManifest, base: DeploymentRecord | Non
     rpmdb.build(path, [headers / f"{r.nvra}.rpm" for r in m.packages])
 
 
-def _full(system: System, m: ImageManifest, store: Store, path: Path, progress: ProgressFn,
+def _full(system: System, m: Image, store: Store, path: Path, progress: ProgressFn,
           owners_root: Path) -> TreeBuilder:
     kernel.subvolume_create(path)
     checkpoint("subvolume created")
@@ -149,7 +169,7 @@ def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple
 
 
 def _update(
-    system: System, m: ImageManifest, store: Store, path: Path, base: DeploymentRecord,
+    system: System, m: Image, store: Store, path: Path, base: DeploymentRecord,
     progress: ProgressFn, owners_root: Path,
 ) -> tuple[TreeBuilder, int, int]:
     """The update as a snapshot of base changed where m differs; (builder, paths written, paths kept)."""

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import bootcheck, bootselect, records, state
+from deploy import bootcheck, bootselect, records, rootfs, state
 from deploy.errors import DeploymentError, LockError
 from deploy.layout import Layout
 from deploy.lock import DEFAULT_WAIT, sysroot_lock
@@ -209,6 +209,11 @@ def cleanup(system: System, keep: int, lock_wait: float = DEFAULT_WAIT) -> Clean
                 if path.exists():
                     kernel.subvolume_delete(path)
             records.unmark(system.layout, d.id)
+        for var in rootfs.unused_vars(system):
+            try:
+                kernel.subvolume_delete(var)
+            except OSError as e:  # e.g. it holds subvolumes of its own: left for the admin
+                log.warning("%s: /var of a reset no deployment uses any more, not removed: %s", var, e)
         needed = {p.sha256 for d in keepers for p in d.packages}
         store = Store(system.layout.store)
         removed, freed = 0, 0

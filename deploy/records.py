@@ -142,12 +142,13 @@ def unexplained(system: System, current: State) -> list[str]:
     known = {d.id for d in current.deployments}
     allowed = discardable(system.layout) - system.mounted()
     layout = system.layout
+    ids = [e.name for e in sorted(layout.deployments.iterdir())
+           if e.name not in known and e.name not in allowed]
     roots = sorted(layout.roots.iterdir()) if layout.roots.is_dir() else []
-    return [
-        e.name if e.parent == layout.deployments else f"{e.name} (root)"
-        for e in [*sorted(layout.deployments.iterdir()), *roots]
-        if e.name not in known and e.name not in allowed
-    ]
+    # A root without its deployment (one with it is named by the deployment).
+    on_disk = {e.name for e in layout.deployments.iterdir()}
+    return ids + [f"{e.name} (root)" for e in roots
+                  if e.name not in known and e.name not in allowed and e.name not in on_disk]
 
 
 def stale(system: System, current: State) -> str | None:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 
+from deploy.layout import DIRNAME
 from deploy.system import System
 from host import kernel
 from host.files import write_atomically
@@ -37,6 +39,9 @@ MODES = {"tmp": 0o1777, "root": 0o700, "proc": 0o555, "sys": 0o555}
 BEGIN, END = "# rpmimg: begin", "# rpmimg: end"
 # Mount points the rpmimg block of fstab owns; other lines naming them are commented out.
 MANAGED = frozenset({"/", "/usr", "/var", *(f"/{n}" for n in SHARED)})
+
+
+_VAR_REF = re.compile(rf"subvol=/{re.escape(DIRNAME)}/(var-[0-9]+)\b")
 
 
 def staging_path(system: System, deployment_id: str) -> Path:
@@ -141,7 +146,7 @@ def unmask_tmpfiles(root: Path) -> list[str]:
 
 
 def make_root(system: System, deployment_id: str, device: str, base: str | None,
-              adopt: bool) -> Path:
+              adopt: bool, var_subvol: str | None = None) -> Path:
     """Make the root of deployment_id under staging/: a snapshot of base's root if base
     has one, else new (with the sysroot's /etc when adopt and it has one). Returns its path."""
     path = staging_path(system, deployment_id)
@@ -154,7 +159,8 @@ def make_root(system: System, deployment_id: str, device: str, base: str | None,
         if adopt and sysetc.is_dir() and not sysetc.is_symlink():
             run(["cp", "-a", "--reflink=auto", "--", os.fspath(sysetc), os.fspath(path / "etc")])
     _skeleton(path)
-    write_fstab(path, device, system.layout.var_subvol_path)
+    if var_subvol is not None or base_root is None or not (path / "etc/fstab").is_file():
+        write_fstab(path, device, var_subvol or system.layout.var_subvol_path)
     for unit in unmask_tmpfiles(path):
         log.warning("%s: unmasked %s: /var is made from tmpfiles.d at boot", path, unit)
     return path
@@ -165,6 +171,19 @@ def finish_root(system: System, path: Path, deployment_id: str) -> None:
     final = system.layout.root_of(deployment_id)
     os.rename(path, final)
     kernel.sync_filesystem(final)
+
+
+def unused_vars(system: System) -> list[Path]:
+    """The /var subvolumes of resets (TOP/@rpmimg/var-<ID>) no root's fstab mounts any more."""
+    named = set()
+    roots = system.layout.roots
+    for root in roots.iterdir() if roots.is_dir() else ():
+        try:
+            text = (root / "etc/fstab").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        named.update(_VAR_REF.findall(text))
+    return [p for p in sorted(system.layout.root.glob("var-*")) if p.name not in named]
 
 
 def discard(path: Path) -> None:

@@ -63,7 +63,7 @@ def exclusive_sizes(system: System) -> dict[str, int]:
     on its subvolume), from the cache when nothing they depend on changed."""
     ids = [d.id for d in system.load_state().deployments]
     if not ids:
-        return {}  # nothing to measure (and a state that is not written yet has no fingerprint)
+        return {}  # nothing deployed: no state file to fingerprint, nothing to measure
     key = fingerprint(system, ids)
     sizes = _cached(system, key)
     if all(d in sizes for d in ids):

@@ -75,6 +75,9 @@ def apply(root: Path, config: dict[str, bytes]) -> tuple[str, ...]:
         run(["systemd-sysusers", f"--root={root}", "-"], input=text, timeout=120)
     except CommandError as e:
         raise DeploymentError(f"{root}: creating the image's system accounts failed: {e}") from e
+    lock = root / "etc/.pwd.lock"  # left by the shadow locking: nothing holds it now
+    if lock.is_file() and not lock.is_symlink():
+        lock.unlink()
     return names
 
 

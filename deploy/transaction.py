@@ -38,6 +38,7 @@ from deploy import (
 )
 from deploy.build import Built, OwnerIds
 from deploy.errors import DowngradeError, SpaceError
+from deploy.etcmerge import EtcAction
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
@@ -82,10 +83,10 @@ class DeployOptions:
     lock_wait: float = DEFAULT_WAIT
     # Build from nothing even when the previous deployment could be updated.
     full: bool = False
-    # A root made fresh from the image's defaults, as a first deployment's (rpmimg reset).
-    fresh_root: bool = False
     # Other http(s) URLs of the same manifest (deploy.sources.http).
     mirrors: tuple[str, ...] = ()
+    # A root made fresh from the image's defaults, as a first deployment's (rpmimg reset).
+    fresh_root: bool = False
     # What the admin asked for beyond an update of the same image (deploy.intent); its
     # force also makes a deployment that failed to boot the default again.
     intent: intent.Intent = field(default_factory=intent.Intent)
@@ -116,7 +117,10 @@ class DeployResult:
     kept_paths: int = 0
     root: str = ""  # the deployment's root subvolume
     accounts_by_scriptlet: tuple[str, ...] = ()  # packages whose accounts will not exist
-    etc_added: tuple[str, ...] = ()  # vendor defaults new in the root's /etc
+    # What the /etc merge did to each path that changed (deploy.etcmerge.ACTIONS), and the
+    # notable ones: .rpmnew/.rpmsave/.rpmorig, files kept against a vendor change, blocked.
+    etc_merge: tuple[EtcAction, ...] = ()
+    etc_notable: tuple[EtcAction, ...] = ()
     # The default deployment this one replaces (None: there was none).
     replaces: intent.Ref | None = None
     # Files the base of an update differed in from its packages (deploy.basecheck).
@@ -427,7 +431,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             unknown_owners=built.unknown_owners, build=built.method,
             full_reason=basecheck.reason(current.default or "", damage) if damage else built.full_reason,
             written_paths=built.written, kept_paths=built.kept, base_damage=damage,
-            setid_dropped=setid.dropped(Store(system.layout.store), m, Owners.from_root(system.sysroot)),
+            setid_dropped=setid.dropped(Store(system.layout.store), m, Owners.from_root(tree.whole.root)),
             root=os.fspath(tree.whole.root), accounts_by_scriptlet=tree.whole.accounts.by_scriptlet,
-            etc_added=tree.whole.etc_added,
+            etc_merge=tree.whole.etc.actions, etc_notable=tree.whole.etc.notable(),
         )

@@ -14,13 +14,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import completeness
+from deploy import completeness, rpmdb
 from deploy.errors import DeploymentError, PackageError
 from deploy.hashing import READ_FLAGS, DigestJob, Hashing
 from deploy.headers import read_prefix_at
@@ -38,6 +39,8 @@ from rpmextents.errors import ExtentsError
 from rpmextents.files import header_files
 from rpmextents.header import Header, PackagePrefix
 from rpmextents.tree import Tree
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,31 @@ def _extra_headers(record: DeploymentRecord, tree: Path) -> list[Mismatch]:
     ]
 
 
+def accounts_root(system: System, deployment_id: str) -> Path:
+    """Where the deployment's owner names resolve: its root, else (made before deployments
+    had roots) the sysroot."""
+    root = system.layout.root_of(deployment_id)
+    return root if root.is_dir() else system.sysroot
+
+
+def _database(system: System, record: DeploymentRecord, tree: Path) -> list[Mismatch]:
+    """Packages the tree's rpm database lacks or has beyond the record ("rpmdb"); deployments
+    made before rpmimg wrote one (no root either) are not checked."""
+    where = f"/usr/{rpmdb.DB_DIR}"
+    if not system.layout.root_of(record.id).is_dir():
+        return []
+    if not (tree / rpmdb.DB_DIR / rpmdb.DB_FILE).is_file():
+        return [Mismatch("", where, rpmdb.DB_DIR, ("rpmdb", "missing"))]
+    try:
+        found = set(rpmdb.installed(tree))
+    except DeploymentError as e:
+        log.warning("%s", e)
+        return [Mismatch("", where, rpmdb.DB_DIR, ("rpmdb", "unreadable"))]
+    expected = {p.nvra for p in record.packages}
+    return [Mismatch(n, where, rpmdb.DB_DIR, ("rpmdb", "missing")) for n in sorted(expected - found)] + [
+        Mismatch(n, where, rpmdb.DB_DIR, ("rpmdb", "extra")) for n in sorted(found - expected)]
+
+
 # Decides, for a package's sha256 and a file's digest check, that its content is known to
 # be intact without reading it (deploy.basecheck: its extents are still the store entry's).
 ContentKnown = Callable[[str, DigestJob], bool]
@@ -284,7 +312,7 @@ def verify(
         raise DeploymentError("nothing is deployed")
     record = current.get(deployment_id)
     tree = system.layout.deployment(deployment_id)
-    owners = Owners.from_root(system.sysroot)
+    owners = Owners.from_root(accounts_root(system, deployment_id))
     files, own, pending = 0, [], _Settling()
     owned: set[str] = set()
     with Hashing() as hashing, Tree(tree, USR_TREE) as resolver:
@@ -310,7 +338,8 @@ def verify(
                     pending.settle(hashing.take_ready())
         # Hashing is the slow part, so it is what the progress display follows.
         pending.settle(hashing.results(progress))
-    mismatches = _completeness(tree, owned) + pending.mismatches + own + _extra_headers(record, tree)
+    mismatches = (_completeness(tree, owned) + pending.mismatches + own + _extra_headers(record, tree)
+                  + _database(system, record, tree))
     return VerifyResult(deployment=deployment_id, files=files, mismatches=tuple(mismatches))
 
 
@@ -368,7 +397,9 @@ def repair(
         tree = system.layout.deployment(record.id)
         extra = [m for m in before.mismatches if m.what == ("extra",)]
         unowned = [m for m in before.mismatches if m.what == ("unowned",)]
-        damaged = sorted({m.package for m in before.mismatches if m.package and m not in extra})
+        database = [m for m in before.mismatches if m.what[:1] == ("rpmdb",)]
+        damaged = sorted({m.package for m in before.mismatches
+                          if m.package and m not in extra and m not in database})
         stored = [_ensure_stored(system, record, nvra, refetch) for nvra in damaged]
         kernel.subvolume_set_readonly(tree, False)
         try:
@@ -376,11 +407,13 @@ def repair(
                 (tree / m.location).unlink(missing_ok=True)
             for m in unowned:
                 completeness.remove(tree, m.location)
-            builder = TreeBuilder(tree, system.sysroot)
+            builder = TreeBuilder(tree, accounts_root(system, record.id))
             for path in stored:
                 with ExtentsPackage.open(path) as pkg:
                     builder.add_package(pkg)
                     builder.write_header(pkg)
+            if database:  # derived from the header files: made again from them
+                rpmdb.build(tree, [tree / HEADER_DIR / f"{p.nvra}.rpm" for p in record.packages])
             kernel.sync_filesystem(tree)
         finally:
             kernel.subvolume_set_readonly(tree, True)

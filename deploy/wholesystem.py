@@ -4,7 +4,7 @@
     accounts the image's sysusers.d applied to the root (deploy.sysusers)
     /usr     built with owners resolving through those accounts, with its rpm database
     /etc     the image's vendor defaults merged into the root's /etc, before /usr is sealed
-    finish   /usr read-only in deployments/<ID>, then the root moved to roots/<ID>
+    finish   the root moved to roots/<ID>, then /usr read-only in deployments/<ID>
 
 Everything is made under the discard marker of the deployment (deploy.records): a run
 killed at any point leaves only things recover() deletes.
@@ -15,23 +15,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import bootselect, mounts, rootfs, sysusers
-from deploy.build import Built, OwnerIds, ProgressFn, Seal, build
+from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build
+from deploy.etcbase import write_records
+from deploy.etcmerge import EtcMerge, merge_etc
 from deploy.faults import checkpoint
+from deploy.headers import installed_packages
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
-from host.run import run
-from imagespec.manifest import ImageManifest
 
 log = logging.getLogger(__name__)
-
-FACTORY_ETC = "share/factory/etc"  # in the /usr tree
 
 
 @dataclass(frozen=True)
@@ -39,7 +36,7 @@ class WholeBuilt:
     built: Built
     root: Path
     accounts: sysusers.Accounts
-    etc_added: tuple[str, ...]
+    etc: EtcMerge
 
 
 def device(system: System) -> str:
@@ -47,70 +44,58 @@ def device(system: System) -> str:
     return f"UUID={uuid}" if uuid else mounts.mount_of(system.layout.top).source
 
 
-def seed_etc(root: Path, usr: Path) -> tuple[str, ...]:
-    """Copy each vendor default (usr/share/factory/etc) the root's /etc lacks, with its
-    mode, owner and times; never replaces or follows anything in the root."""
-    factory = usr / FACTORY_ETC
-    added: list[str] = []
-    if not factory.is_dir() or factory.is_symlink():
-        return ()
-    for dirpath, dirnames, filenames in os.walk(factory):
-        rel = os.path.relpath(dirpath, factory)
-        dest_dir = root / "etc" / rel if rel != "." else root / "etc"
-        if dest_dir.is_symlink() or not dest_dir.is_dir():
-            dirnames[:] = []
-            continue
-        for name in sorted([*dirnames, *filenames]):
-            src, dest = Path(dirpath) / name, dest_dir / name
-            if os.path.lexists(dest):
-                continue
-            st = os.lstat(src)
-            if stat.S_ISDIR(st.st_mode):
-                os.mkdir(dest, stat.S_IMODE(st.st_mode))
-                shutil.copystat(src, dest, follow_symlinks=False)
-                os.lchown(dest, st.st_uid, st.st_gid)
-            elif stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(src), dest)
-                os.lchown(dest, st.st_uid, st.st_gid)
-            elif stat.S_ISREG(st.st_mode):
-                run(["cp", "-a", "--reflink=auto", "--no-dereference", "--",
-                            os.fspath(src), os.fspath(dest)])
-            else:
-                continue
-            added.append(os.path.relpath(dest, root))
-    return tuple(added)
+def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None) -> EtcMerge:
+    """Merge the image's /etc into the root (deploy.etcmerge) as `rpm -U` from the packages
+    of old_usr would (`rpm -i` without one) and record it in the new /usr."""
+    old = [p.prefix.header for p in installed_packages(old_usr)] if old_usr is not None else None
+    new = [p.prefix.header for p in installed_packages(usr)]
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        usr_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            result = merge_etc(root_fd, usr_fd, old, new)
+            write_records(usr_fd, result, merged_from)
+        finally:
+            os.close(usr_fd)
+    finally:
+        os.close(root_fd)
+    return result
 
 
 def build_system(
-    system: System, m: ImageManifest, store: Store, new_id: str, progress: ProgressFn,
+    system: System, m: Image, store: Store, new_id: str, progress: ProgressFn,
     base: DeploymentRecord | None, write_record: Seal, *, full: bool = False,
-    fresh_root: bool = False,
+    fresh_root: bool = False, var_subvol: str | None = None,
 ) -> WholeBuilt:
     """Build deployment new_id of image m with its root; base is the deployment updated
     (its /usr and its root are the starting points) unless fresh_root asks for a root made
-    as a first deployment's (without adopting the sysroot's /etc: a factory reset)."""
+    as a first deployment's (without adopting the sysroot's /etc: a factory reset), whose
+    fstab mounts var_subvol (default: the shared /var)."""
     root_path = rootfs.staging_path(system, new_id)
     rootfs.ensure_var(system)
-    etc_added: list[tuple[str, ...]] = []
+    merged: list[EtcMerge] = []
     try:
         root_base = None if fresh_root or base is None else base.id
+        old_usr = system.layout.deployment(root_base) if root_base is not None else None
         root = rootfs.make_root(system, new_id, device(system), root_base,
-                                adopt=base is None and not fresh_root)
+                                adopt=base is None and not fresh_root, var_subvol=var_subvol)
         checkpoint("root created")
         accounts = sysusers.create_accounts(root, store, [r.sha256 for r in m.packages])
         checkpoint("accounts created")
 
         def seal(tree: Path, subvol_id: int, owner_ids: OwnerIds) -> None:
-            etc_added.append(seed_etc(root, tree))
+            merged.append(merge(root, tree, old_usr, root_base))
             checkpoint("etc merged")
             write_record(tree, subvol_id, owner_ids)
+            # The root goes into place before its /usr: a complete deployment always has it.
+            rootfs.finish_root(system, root, new_id)
+            checkpoint("root in place")
 
         built = build(system, m, store, new_id, progress, base, full=full, seal=seal,
                       accounts=root)
-        rootfs.finish_root(system, root, new_id)
-        checkpoint("root in place")
     except BaseException:
-        with contextlib.suppress(OSError):
-            rootfs.discard(root_path)
+        for path in (root_path, system.layout.root_of(new_id)):
+            with contextlib.suppress(OSError):
+                rootfs.discard(path)
         raise
-    return WholeBuilt(built, system.layout.root_of(new_id), accounts, etc_added[0])
+    return WholeBuilt(built, system.layout.root_of(new_id), accounts, merged[0])

@@ -106,6 +106,9 @@ class CurationReport:
     scriptlets: tuple[str, ...] = ()
     triggers: tuple[str, ...] = ()
     outside_usr: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Packages whose scriptlets create accounts (useradd ...) without shipping sysusers.d:
+    # those accounts will not exist on a client ("fix packages").
+    accounts_by_scriptlet: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,8 @@ class ImageManifest:
                 "scriptlets": list(self.report.scriptlets),
                 "triggers": list(self.report.triggers),
                 "outside_usr": {k: list(v) for k, v in sorted(self.report.outside_usr.items())},
+                **({"accounts_by_scriptlet": list(self.report.accounts_by_scriptlet)}
+                   if self.report.accounts_by_scriptlet else {}),
             },
         }
         if self.boot:  # absent, not empty, for an image without a kernel: older clients parse it
@@ -309,6 +314,8 @@ def _report(obj: Mapping[str, Any], where: str) -> CurationReport:
         scriptlets=_strings(report, "scriptlets", where),
         triggers=_strings(report, "triggers", where),
         outside_usr={k: _strings(outside, k, f"{where} field 'outside_usr'", "of") for k in outside},
+        accounts_by_scriptlet=(_strings(report, "accounts_by_scriptlet", where)
+                               if "accounts_by_scriptlet" in report else ()),
     )
 
 

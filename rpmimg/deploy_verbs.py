@@ -164,6 +164,7 @@ def report(result: DeployResult, verbose: bool) -> list[str]:
     lines += [f"  warning: {line}" for line in result.setid_dropped]
     lines += [f"  {nevra}: creates accounts in a scriptlet without sysusers.d: they will not exist"
               for nevra in result.accounts_by_scriptlet]
+    lines += [f"  {a.path}: {a.action}: {a.detail}" for a in result.etc_notable]
     if result.root:
         lines.append(f"  root: {result.root}")
     lines.append(f"default for next boot: {result.kernel_arguments}")

@@ -69,8 +69,7 @@ def details(row: dict[str, Any]) -> list[str]:
         f"      signed by: {row.get('signed_by') or '-'}",
         f"      kernel: {row.get('kernel') or '-'}",
         f"      path: {row.get('path') or row.get('subvol') or '-'}",
-        *([f"      root: {row.get('root') or row.get('root_subvol')}"]
-          if row.get("root") or row.get("root_subvol") else []),
+        f"      root: {row.get('root') or row.get('root_subvol') or '-'}",
         *(_boot_line(e) for e in row.get("boot") or ()),
         *([f"      failed to boot: {row['failed']}"] if row.get("failed") else []),
     ]

@@ -341,6 +341,7 @@ def _curation_report(store: ImageStore, entries: list[PoolEntry]) -> CurationRep
     scriptlets: list[str] = []
     triggers: list[str] = []
     outside: dict[str, tuple[str, ...]] = {}
+    accounts: list[str] = []
     for e in entries:
         notes = store.pool.notes(e.relpath)
         nevra = str(Nevra(e.name, e.epoch, e.version, e.release, e.arch))
@@ -350,4 +351,7 @@ def _curation_report(store: ImageStore, entries: list[PoolEntry]) -> CurationRep
             triggers.append(nevra)
         if notes.outside_usr:
             outside[nevra] = notes.outside_usr
-    return CurationReport(tuple(sorted(scriptlets)), tuple(sorted(triggers)), outside)
+        if notes.accounts_by_scriptlet:
+            accounts.append(nevra)
+    return CurationReport(tuple(sorted(scriptlets)), tuple(sorted(triggers)), outside,
+                          tuple(sorted(accounts)))

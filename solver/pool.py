@@ -21,6 +21,7 @@ import zstandard
 from imagespec.published import POOL, pool_path, seekable_path, zstd_path
 from imagespec.relocation import outside_usr
 from rpmextents import ExtentsPackage, seekable, transcode
+from rpmextents.accounts import accounts_without_sysusers
 from rpmextents.errors import ExtentsError, FormatError
 from solver.confine import FILE_MODE, Output
 from solver.errors import ComposeFetchError, PublishError
@@ -59,6 +60,7 @@ class PackageNotes:
     scriptlets: bool
     triggers: bool
     outside_usr: tuple[str, ...]
+    accounts_by_scriptlet: bool = False  # creates accounts in a scriptlet, ships no sysusers.d
 
 
 class PackagePool:
@@ -164,8 +166,10 @@ class PackagePool:
         path = self.output / relpath
         try:
             with ExtentsPackage.open(path) as pkg:
-                outside = tuple(e.path for e in pkg.entries() if outside_usr(e.path))
-                return PackageNotes(pkg.has_scriptlets, pkg.has_triggers, outside)
+                entries = pkg.entries()
+                outside = tuple(e.path for e in entries if outside_usr(e.path))
+                return PackageNotes(pkg.has_scriptlets, pkg.has_triggers, outside,
+                                    accounts_without_sysusers(pkg.header, entries))
         except ExtentsError as e:
             raise PublishError(f"{os.fspath(path)}: unreadable pool entry: {e}") from e
 

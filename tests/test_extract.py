@@ -366,7 +366,8 @@ def test_path_of_4094_bytes_extracts(tmp_path: Path) -> None:
     ("/usr/lib", 0o100644, True),
     ("/usr/lib/sysimage", 0o40755, False),
     ("/usr/lib/sysimage/packagesx", 0o100644, False),
-    ("/usr/lib/sysimage/rpm/Packages", 0o100644, False),
+    ("/usr/lib/sysimage/rpm/Packages", 0o100644, True),  # rpm database: derived by rpmimg
+    ("/usr/lib/sysimage/rpm", 0o40755, False),  # the directory itself a package may own
     ("/usr/lib/sysimage/rpmimg/deployment.json", 0o100644, True),
     ("/usr/lib/sysimage/rpmimg", 0o120777, True),
     ("/usr/lib/sysimage/rpmimgx", 0o40755, False),
