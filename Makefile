@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := rpm python3-rpm python3-venv btrfs-progs rsync zstd createrepo-c \
 	libsolv-tools gnupg xz-utils bzip2 cpio libcap2-bin attr time util-linux gzip \
-	qemu-system-x86 ovmf systemd-boot-efi mtools
+	qemu-system-x86 ovmf systemd-boot-efi mtools gdisk fdisk
 
 .PHONY: all deps venv fixtures test lint imports typecheck pytest demo playground bench clean \
 	docs install-docs

@@ -80,6 +80,9 @@ def serial(system: System) -> int | None:
 
 def write(system: System, current: State) -> None:
     """Make usr-default.conf name the state's default (or remove it when there is none)."""
+    from deploy import bootcheck
+
+    bootcheck.apply(system, current)  # the boot entries, when there is an ESP
     path = system.layout.boot_file
     if current.default is None:
         path.unlink(missing_ok=True)

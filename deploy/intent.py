@@ -8,6 +8,7 @@ moving `latest/`), so that `verify --repair` can refetch from it later.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from deploy.errors import DeployError
@@ -23,15 +24,20 @@ class IntentError(DeployError):
 @dataclass(frozen=True)
 class Intent:
     switch: bool = False  # another image than the default's may replace it
-    force: bool = False  # a version that was rolled back may become the default again
+    force: bool = False  # a version rolled back or failed to boot may become the default again
 
 
 def _describe(d: DeploymentRecord) -> str:
     return f"deployment {d.id} ({d.image} {d.version})"
 
 
-def check(current: State, m: ImageManifest, intent: Intent) -> None:
-    """Raise IntentError when deploying m onto current would change what the admin chose."""
+def check(current: State, m: ImageManifest, intent: Intent,
+          failed_to_boot: Mapping[str, str] | None = None) -> None:
+    """Raise IntentError when deploying m onto current would change what the admin chose.
+
+    failed_to_boot: deployments the boot check recorded as abandoned, with the reason
+    (deploy.bootcheck.failed); they are refused like rolled-back ones."""
+    failures = failed_to_boot or {}
     default = current.find(current.default)
     if default is not None and default.image != m.name and not intent.switch:
         raise IntentError(
@@ -39,7 +45,14 @@ def check(current: State, m: ImageManifest, intent: Intent) -> None:
             f" use `rpmimg switch` (or deploy --switch) to change the operating system"
         )
     same = next((d for d in current.deployments if (d.image, d.version) == (m.name, m.version)), None)
-    if same is not None and same.id in current.bad and same.id != current.default and not intent.force:
+    if same is None or same.id == current.default or intent.force:
+        return
+    if same.id in failures:
+        raise IntentError(
+            f"{m.name} {m.version} failed to boot ({_describe(same)}: {failures[same.id]});"
+            f" use --force to make it the default again"
+        )
+    if same.id in current.bad:
         raise IntentError(
             f"{m.name} {m.version} was rolled back or failed to boot ({_describe(same)} is"
             f" marked failed); use --force to make it the default again"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import bootselect, records, rootfs, state
+from deploy import bootcheck, bootselect, records, rootfs, state
 from deploy.errors import DeploymentError, LockError
 from deploy.layout import Layout
 from deploy.lock import DEFAULT_WAIT, sysroot_lock
@@ -223,6 +223,8 @@ def cleanup(system: System, keep: int, lock_wait: float = DEFAULT_WAIT) -> Clean
                 removed += 1
         shutil.rmtree(system.layout.downloads, ignore_errors=True)
         system.layout.downloads.mkdir()
+        bootcheck.forget(system, {d.id for d in keepers})
+        bootcheck.apply(system, system.load_state())
         return CleanupResult(
             removed_deployments=tuple(d.id for d in drop),
             removed_packages=removed,

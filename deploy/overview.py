@@ -32,12 +32,35 @@ class DeploymentStatus:
     exclusive_bytes: int | None
     root: str | None = None  # the writable root, reachable like path (None: none, or not reachable)
     root_subvol: str | None = None
+    boot: tuple[BootEntryStatus, ...] = ()  # its entries in the ESP
+    failed: str | None = None  # why it was abandoned at boot, when it was
+
+
+@dataclass(frozen=True)
+class BootEntryStatus:
+    entry: str
+    kernel_version: str
+    assessment: str  # good, counting, bad
+    tries_left: int | None
+    tries_done: int
+
+
+def _boot(system: System) -> tuple[dict[str, tuple[BootEntryStatus, ...]], dict[str, str]]:
+    from deploy import bootcheck, bootentries
+
+    entries = {
+        d: tuple(BootEntryStatus(e.file, e.kernel_version, e.assessment, e.left, e.done)
+                 for e in sorted(es, key=lambda e: e.kernel_version))
+        for d, es in bootentries.states(system.esp).items()
+    }
+    return entries, bootcheck.failed(system)
 
 
 def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
     """Every recorded deployment, oldest first."""
     current = system.load_state()
     booted = system.booted()
+    entries, failed = _boot(system)
     sizes = exclusive_sizes(system) if measure else {}
     out = []
     for d in current.deployments:
@@ -60,6 +83,7 @@ def status(system: System, measure: bool = True) -> list[DeploymentStatus]:
                 subvol=system.layout.subvol_path(d.id),
                 exclusive_bytes=sizes.get(d.id),
                 root=root_shown, root_subvol=system.layout.root_subvol_path(d.id) if has_root else None,
+                boot=entries.get(d.id, ()), failed=failed.get(d.id),
             )
         )
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from deploy import mounts, state
 from deploy.errors import LayoutError
+from deploy.esp import Esp
 from deploy.layout import Layout
 from deploy.state import State
 from host import kernel
@@ -23,6 +24,9 @@ class System:
     sysroot: Path
     layout: Layout
     visible: bool  # whether layout.top is visible outside this process
+    # Where boot entries go (None: none are written) and the tries of a new default's entry.
+    esp: Esp | None = None
+    tries: int | None = None
 
     def load_state(self) -> State:
         return state.load(self.layout.state_file)

@@ -25,7 +25,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import basecheck, bootselect, intent, records, rootfs, setid
+from deploy import (
+    basecheck,
+    bootcheck,
+    bootentries,
+    bootfiles,
+    bootselect,
+    intent,
+    records,
+    rootfs,
+    setid,
+)
 from deploy.build import Built, OwnerIds
 from deploy.errors import DowngradeError, SpaceError
 from deploy.etcmerge import EtcAction
@@ -77,7 +87,8 @@ class DeployOptions:
     mirrors: tuple[str, ...] = ()
     # A root made fresh from the image's defaults, as a first deployment's (rpmimg reset).
     fresh_root: bool = False
-    # What the admin asked for beyond an update of the same image (deploy.intent).
+    # What the admin asked for beyond an update of the same image (deploy.intent); its
+    # force also makes a deployment that failed to boot the default again.
     intent: intent.Intent = field(default_factory=intent.Intent)
 
 
@@ -381,7 +392,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
     signed = read_manifest(system, options)
     m = signed.manifest
     with mutating(system, options.lock_wait) as current:
-        intent.check(current, m, options.intent)
+        intent.check(current, m, options.intent, bootcheck.failed(system))
         base = functools.partial(
             DeployResult, image=m.name, version=m.version, previous_default=current.default,
             packages=len(m.packages), signed_by=signed.signed_by,
@@ -395,13 +406,19 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
         # Making an existing older deployment the default again is a downgrade too.
         _check_downgrade(current, m, options.allow_downgrade)
         if existing is not None:
+            bootcheck.reactivated(system, existing.id)
             _reactivate(system, current, existing)
             return base(outcome=Outcome.REACTIVATED, deployment=existing.id,
                         kernel_arguments=bootselect.kernel_arguments(system, existing.id))
+        kernels = bootfiles.manifest_kernels(m)
+        if system.esp is not None:  # before anything is staged
+            bootentries.check_space(system.esp, system, current, [k.files for k in kernels])
+        bootfiles.fetch(system, signed.source, kernels)
         damage = basecheck.damaged_base(system, current, options.full)
         if damage:
             options = dataclasses.replace(options, full=True)
         stored, tree = _fetch_and_build(system, signed, current, options, progress)
+        bootfiles.save(system, tree.record.id, [k.files for k in kernels])
         with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
             commit(system, signed, current, tree)
         built = tree.built

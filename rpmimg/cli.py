@@ -21,7 +21,7 @@ from rpmimg.vocab import error
 
 # Each verb module exposes register(subparsers); handlers receive the parsed arguments.
 VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client", "rpmimg.channel_cli",
-                "rpmimg.rollout_cli", "rpmimg.reset")
+                "rpmimg.rollout_cli", "rpmimg.reset", "rpmimg.boot")
 
 # Library exception families whose message is meant for the user, by module.
 USER_ERRORS = (

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rpmimg import deploy_verbs, options, table, vocab
-from rpmimg.ui import Progress, human_bytes, plural, print_json
+from rpmimg.ui import Progress, UsageError, human_bytes, plural, print_json
 
 _common = options.common
 _keyring_option = options.keyring
@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("status", help="list deployments")
     p.add_argument("--no-size", action="store_true", help="skip measuring exclusive disk use")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="show each deployment's source, signing key, kernel, path and root")
+                   help="show each deployment's source, signing key, kernel, path, root and boot entries")
     _common(p, mutating=False)
     p.set_defaults(func=cmd_status)
 
@@ -89,7 +89,24 @@ def _system(args: argparse.Namespace) -> Iterator[System]:
     from deploy.system import open_system
 
     with open_system(args.sysroot, private_namespace=True) as system:
-        yield system
+        yield _with_esp(system, args)
+
+
+def _with_esp(system: System, args: argparse.Namespace) -> System:
+    """The system with the ESP that --esp names, or that bootctl finds (none: no entries)."""
+    import dataclasses
+    import logging
+
+    from deploy.bootentries import find_esp
+    from deploy.esp import DirectoryEsp
+
+    esp = getattr(args, "esp", None) or find_esp(args.sysroot)
+    if esp is None:
+        logging.getLogger("rpmimg").info("no ESP found: boot entries are not written (see --esp)")
+        return system
+    if not esp.is_dir():
+        raise UsageError(f"--esp {esp}: not a directory")
+    return dataclasses.replace(system, esp=DirectoryEsp(esp), tries=getattr(args, "tries", None))
 
 
 def _settled(system: System) -> None:

@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
             p.add_argument("--switch", action="store_true",
                            help="allow an image other than the default deployment's")
         p.add_argument("--force", action="store_true",
-                       help="deploy a version even though it was rolled back")
+                       help="deploy a version even though it was rolled back or failed to boot")
         p.add_argument("-v", "--verbose", action="store_true",
                        help="list every file placed outside /usr and every scriptlet not run")
         options.common(p, mutating=True)
@@ -90,8 +90,8 @@ class _Bars:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from deploy.intent import Intent
-    from deploy.system import open_system
     from deploy.transaction import DeployOptions, deploy
+    from rpmimg.client import _system
 
     opts = DeployOptions(
         source=args.manifest, keyrings=tuple(args.keyring), allow_downgrade=args.allow_downgrade,
@@ -103,7 +103,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     bars = _Bars()
     ok = False
-    with open_system(args.sysroot, private_namespace=True) as system:
+    with _system(args) as system:
         try:
             result = deploy(system, opts, bars)
             ok = True
@@ -190,9 +190,9 @@ def report(result: DeployResult, verbose: bool,
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from deploy.lifecycle import rollback
-    from deploy.system import open_system
+    from rpmimg.client import _system
 
-    with open_system(args.sysroot, private_namespace=True) as system:
+    with _system(args) as system:
         result = rollback(system, args.lock_wait, args.target)
         current = system.load_state()
     default, previous = vocab.ref_by_id(current, result.default), vocab.ref_by_id(current, result.previous)

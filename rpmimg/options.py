@@ -35,7 +35,14 @@ def common(parser: argparse.ArgumentParser, mutating: bool) -> None:
         help="root of the target system as mounted (default: /); its filesystem is btrfs",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--esp", type=Path, metavar="DIR",
+        help="the mounted ESP or XBOOTLDR holding the boot entries (default: as bootctl finds"
+        " them on the running system; without one, no boot entries are written)",
+    )
     if mutating:
+        parser.add_argument("--tries", type=count, metavar="N",
+                            help="boot tries of a new default's entry (default: /etc/kernel/tries, else 3)")
         parser.add_argument(
             "--lock-wait", type=seconds, default=5.0, metavar="SECONDS",
             help="how long to wait for another rpmimg on this system (default: 5)",

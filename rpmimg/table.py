@@ -70,4 +70,12 @@ def details(row: dict[str, Any]) -> list[str]:
         f"      kernel: {row.get('kernel') or '-'}",
         f"      path: {row.get('path') or row.get('subvol') or '-'}",
         f"      root: {row.get('root') or row.get('root_subvol') or '-'}",
+        *(_boot_line(e) for e in row.get("boot") or ()),
+        *([f"      failed to boot: {row['failed']}"] if row.get("failed") else []),
     ]
+
+
+def _boot_line(e: dict[str, Any]) -> str:
+    """A boot entry: its file, kernel, assessment and tries (cut to the terminal's width)."""
+    tries = f", {e['tries_left']} tries left, {e['tries_done']} done" if e.get("tries_left") is not None else ""
+    return _cut(f"      boot: {e['entry']} ({e['kernel_version']}, {e['assessment']}{tries})", WIDTH)

@@ -40,9 +40,13 @@ def test_rpmimg_package_holds_the_client_code_units_and_key_directory(rpms: list
     assert not any(f.startswith("/usr/lib/rpmimg/python/solver") for f in files), \
         "the server part is only in a --with server build"
     units = [p.name for p in (CHECKOUT / "packaging" / "systemd").glob("*") if p.is_file()
-             and p.suffix != ".md"] if (CHECKOUT / "packaging" / "systemd").is_dir() else []
+             and p.suffix not in (".md", ".links")] if (CHECKOUT / "packaging" / "systemd").is_dir() else []
     for unit in units:
         assert f"/usr/lib/systemd/system/{unit}" in files
+    links = CHECKOUT / "packaging" / "systemd" / "enable.links"
+    for line in links.read_text().splitlines() if links.is_file() else []:
+        if line.strip() and not line.startswith("#"):
+            assert f"/usr/lib/systemd/system/{line.split()[0]}" in files  # the unit is enabled
     assert not any(f.startswith("/usr/lib/dracut") for f in files)
     requires = set(_query(main, "[%{REQUIRES}\n]"))
     assert {"python3", "python3-rpm", "python3-zstandard", "python3-cffi", "btrfs-progs"} <= requires

@@ -1,0 +1,165 @@
+"""Each deployment's kernels and initrds: which ones (a small record) and their bytes.
+
+    TOP/@rpmimg/boot/<ID>.json        {"kernels": [{"version", "kernel", "kernel_size",
+                                                    "initrd", "initrd_size"}]}
+    TOP/@rpmimg/boot/files/<sha256>   kernel and initrd files by content, verified
+
+The image's signed manifest pins them (its `boot` section, made by compose); deploy fetches
+them like packages, checks size and sha256, and keeps them so that boot entries can be
+written again (rollback, a replaced ESP) without the image's server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.errors import DeployError, DeployFetchError
+from deploy.sources import FetchJob, Source
+from deploy.system import System
+from host.files import read_limited, write_atomically
+from imagespec.manifest import ImageManifest, ManifestPackage
+
+_KVER = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+~-]{0,127}$")
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+RECORD_LIMIT = 64 << 10
+
+
+@dataclass(frozen=True)
+class KernelFiles:
+    """One kernel of a deployment and the initrd made for it."""
+
+    version: str
+    kernel: str  # sha256
+    kernel_size: int
+    initrd: str
+    initrd_size: int
+
+    def files(self) -> dict[str, int]:
+        return {self.kernel: self.kernel_size, self.initrd: self.initrd_size}
+
+
+@dataclass(frozen=True)
+class BootRef:
+    """A kernel or initrd as the manifest pins it."""
+
+    location: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ManifestKernel:
+    version: str
+    kernel: BootRef
+    initrd: BootRef
+
+    @property
+    def files(self) -> KernelFiles:
+        return KernelFiles(self.version, self.kernel.sha256, self.kernel.size,
+                           self.initrd.sha256, self.initrd.size)
+
+
+def boot_dir(system: System) -> Path:
+    return system.layout.root / "boot"
+
+
+def files_dir(system: System) -> Path:
+    return boot_dir(system) / "files"
+
+
+def _valid(k: KernelFiles, what: str) -> KernelFiles:
+    if not _KVER.match(k.version):
+        raise DeployError(f"{what}: kernel version {k.version!r} is not a plain name")
+    for sha, size in k.files().items():
+        if not _SHA.match(sha) or not 0 < size < (1 << 32):
+            raise DeployError(f"{what}: kernel {k.version}: bad sha256 or size")
+    return k
+
+
+def manifest_kernels(m: ImageManifest) -> tuple[ManifestKernel, ...]:
+    """The kernels the (verified) manifest pins; none for an image without a boot section."""
+    return tuple(
+        ManifestKernel(
+            b.kernel_version, BootRef(b.kernel.location, b.kernel.sha256, b.kernel.size),
+            BootRef(b.initrd.location, b.initrd.sha256, b.initrd.size),
+        )
+        for b in m.boot
+    )
+
+
+def load(system: System, deployment_id: str) -> tuple[KernelFiles, ...]:
+    """The deployment's kernels (none when it has no boot record)."""
+    path = boot_dir(system) / f"{deployment_id}.json"
+    try:
+        data = json.loads(read_limited(path, RECORD_LIMIT))
+        kernels = data["kernels"]
+        return tuple(_valid(KernelFiles(**k), os.fspath(path)) for k in kernels)
+    except FileNotFoundError:
+        return ()
+    except (ValueError, KeyError, TypeError) as e:
+        raise DeployError(f"{path}: not a boot record: {e}") from e
+
+
+def save(system: System, deployment_id: str, kernels: Sequence[KernelFiles]) -> None:
+    boot_dir(system).mkdir(parents=True, exist_ok=True)
+    data = {"kernels": [k.__dict__ for k in kernels]}
+    write_atomically(boot_dir(system) / f"{deployment_id}.json", json.dumps(data, indent=1).encode())
+
+
+def remove(system: System, deployment_id: str) -> None:
+    (boot_dir(system) / f"{deployment_id}.json").unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(system: System, source: Source, kernels: Sequence[ManifestKernel]) -> None:
+    """Bring every kernel and initrd into boot/files, checked against the manifest."""
+    d = files_dir(system)
+    d.mkdir(parents=True, exist_ok=True)
+    refs = {r.sha256: r for k in kernels for r in (k.kernel, k.initrd)}
+    for sha, ref in refs.items():
+        dest = d / sha
+        if dest.is_file() and dest.stat().st_size == ref.size and _sha256(dest) == sha:
+            continue
+        tmp = d / f".{sha}.part"
+        tmp.unlink(missing_ok=True)
+        # The sources fetch packages; a boot file is one more file at a pinned location.
+        as_package = ManifestPackage(
+            name=f"boot-{sha[:12]}", epoch=None, version="0", release="0", arch="boot",
+            sha256=sha, size=ref.size, header_sha256="", block_size=0, source_checksum="",
+            source_size=ref.size, location=ref.location,
+        )
+        source.fetch([FetchJob(as_package, tmp)], None)
+        got = _sha256(tmp)
+        if got != sha:
+            tmp.unlink(missing_ok=True)
+            raise DeployFetchError(f"{ref.location}: sha256 {got}, the manifest states {sha}")
+        os.rename(tmp, dest)
+
+
+def prune(system: System, keep: set[str]) -> None:
+    """Remove boot records and files no kept deployment needs."""
+    d = boot_dir(system)
+    if not d.is_dir():
+        return
+    needed: set[str] = set()
+    for rec in d.glob("*.json"):
+        if rec.stem in keep:
+            needed |= {sha for k in load(system, rec.stem) for sha in k.files()}
+        else:
+            rec.unlink()
+    for f in files_dir(system).glob("*"):
+        if f.name not in needed:
+            f.unlink()
