@@ -24,7 +24,12 @@ from deploy.esp import FatImageEsp
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root, pytest.mark.slow]
 
-CMDLINE = "console=ttyS0,115200 printk.devkmsg=on systemd.show_status=1 rd.shell=0"
+# systemd.firstboot=off: on a first boot (no /etc/machine-id) Debian's systemd-firstboot.service
+# prompts on the console for locale, timezone and root password, and waits for an answer that
+# never comes here; systemd-sysusers.service is ordered after it and systemd-udevd.service after
+# that, so without this udev never starts and every device unit times out (emergency mode).
+CMDLINE = ("console=ttyS0,115200 printk.devkmsg=on systemd.show_status=1 rd.shell=0"
+           " systemd.firstboot=off")
 DISK_SIZE = "6G"
 
 
