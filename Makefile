@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := rpm python3-rpm python3-venv btrfs-progs rsync zstd createrepo-c \
+APT_PACKAGES := rpm python3-rpm kmod python3-venv btrfs-progs rsync zstd createrepo-c \
 	libsolv-tools gnupg xz-utils bzip2 cpio libcap2-bin attr time util-linux gzip \
 	qemu-system-x86 ovmf systemd-boot-efi mtools gdisk fdisk
 

@@ -7,7 +7,8 @@ System.map move from /boot to /usr/lib/modules/KVER/ (vmlinuz, config, System.ma
 %config(noreplace), files under /usr/share/doc become %doc, and the relationship
 fields become Provides/Requires/Conflicts/Recommends/Suggests/Enhances.
 Maintainer scripts are not carried over: they are Debian-specific and rpmimg
-never runs scriptlets anyway.
+never runs scriptlets anyway; a kernel package gets the module indexes its postinst would
+make (benchmarks.kmodindex).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import zstandard
 
 from benchmarks.debian import DebianError, DebPackage, Dependency, Sense, parse_stanzas
+from benchmarks.kmodindex import with_module_indexes
 from benchmarks.rpmwriter import FileEntry, FileFlag, PackageSpec
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,8 @@ def _entries(archive: DebArchive) -> Iterator[FileEntry]:
 
 
 def file_entries(archive: DebArchive) -> list[FileEntry]:
-    """The relocated file list; hardlink sets share a key and the content; merged-/usr clashes dropped."""
+    """The relocated file list; hardlink sets share a key and the content; merged-/usr clashes
+    dropped; a kernel's module indexes added."""
     by_path: dict[str, FileEntry] = {}
     for e in _entries(archive):
         old = by_path.get(e.path)
@@ -190,7 +193,8 @@ def file_entries(archive: DebArchive) -> list[FileEntry]:
             e = replace(e, hardlink_key=e.path)
         out.append(e)
     data = {e.path: e.data for e in out if e.hardlink_key == e.path}
-    return [replace(e, data=data[e.hardlink_key]) if e.hardlink_key in data else e for e in out]
+    out = [replace(e, data=data[e.hardlink_key]) if e.hardlink_key in data else e for e in out]
+    return with_module_indexes(out)  # what the kernel's postinst would make
 
 
 def package_spec(archive: DebArchive, *, release_suffix: str = "",

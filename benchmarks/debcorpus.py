@@ -51,7 +51,7 @@ from benchmarks.rpmwriter import FileEntry, write_package
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 3  # 3: kernels at /usr/lib/modules/KVER/vmlinuz, dracut seeded
+BUILDER_VERSION = 4  # 4: kernel packages carry their module indexes; 3: kernels at /usr/lib/modules/KVER/vmlinuz, dracut seeded
 ZSTD_LEVEL = int(os.environ.get("RPMIMG_BENCH_ZSTD_LEVEL", "19"))  # rpmbuild's w19.zstdio, as distributions ship
 UPDATE_FRACTION = 0.05
 CHANGED_FILE_FRACTION = 0.4
