@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,15 +57,20 @@ TIMEOUT = 900  # seconds: a run killed in the cgroup must fail the test, never s
 
 
 def _rpmimg(limited: Limited, *args: str) -> tuple[int, str]:
-    proc = subprocess.Popen(limited.command([*rpmimg_command(), *args]), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        limited.kill_all()  # the command and any worker it forked
-        out, _ = proc.communicate()
-        return -1, f"timed out after {TIMEOUT} s (killed):\n{out}"
-    return proc.returncode, out
+    # Output goes to a file, not a pipe: when the kernel kills rpmimg in the cgroup, a hashing
+    # worker it forked may live on holding a pipe open; the test waits for rpmimg itself only.
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(limited.command([*rpmimg_command(), *args]), text=True,
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            rc = -1
+        limited.kill_all()  # whatever it left behind in the cgroup
+        proc.wait()
+        out.seek(0)
+        text = out.read()
+    return rc, text if rc != -1 else f"timed out after {TIMEOUT} s (killed):\n{text}"
 
 
 def test_the_cgroup_limits_memory(limited: Limited) -> None:
