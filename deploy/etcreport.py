@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from deploy.errors import DeploymentError
 from deploy.etcbase import read_merge_record
 from deploy.etcmerge import EtcMerge
-from deploy.overview import default_pair
+from deploy.overview import compared_pair
 from deploy.system import System
 
 
@@ -43,16 +43,7 @@ class EtcDiff:
 
 def etc_diff(system: System, old: str | None = None, new: str | None = None) -> EtcDiff:
     """The /etc merge recorded in deployment new (defaults as for `diff`)."""
-    current = system.load_state()
-    if old is None:
-        old, new = default_pair(current, system.booted())
-    elif new is None:
-        if current.default is None:
-            raise DeploymentError("nothing is deployed")
-        new = current.default
-    for d in (old, new):
-        current.get(d)
-    assert new is not None
+    old, new = compared_pair(system, old, new)
     try:
         record = read_merge_record(system.layout.deployment(new))
     except (OSError, ValueError) as e:

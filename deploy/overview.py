@@ -105,8 +105,9 @@ def default_pair(current: State, booted: str | None) -> tuple[str, str]:
     return previous.id, current.default
 
 
-def diff(system: System, old: str | None = None, new: str | None = None) -> PackageDiff:
-    """Compare two deployments' header files (defaults: see default_pair; one id: it vs default)."""
+def compared_pair(system: System, old: str | None, new: str | None) -> tuple[str, str]:
+    """The two deployments a comparison names (none: see default_pair; one id: it vs the
+    default), each checked to exist."""
     current = system.load_state()
     if old is None:
         old, new = default_pair(current, system.booted())
@@ -117,6 +118,12 @@ def diff(system: System, old: str | None = None, new: str | None = None) -> Pack
     for d in (old, new):
         current.get(d)
     assert new is not None
+    return old, new
+
+
+def diff(system: System, old: str | None = None, new: str | None = None) -> PackageDiff:
+    """Compare two deployments' header files (defaults: see compared_pair)."""
+    old, new = compared_pair(system, old, new)
     return package_diff(
         old, _idents(installed_packages(system.layout.deployment(old))),
         new, _idents(installed_packages(system.layout.deployment(new))),
