@@ -23,7 +23,7 @@ from deploy.errors import DeployError, DeployFetchError
 from deploy.sources import FetchJob, Source
 from deploy.system import System
 from host.files import read_limited, write_atomically
-from imagespec.manifest import ImageManifest, ManifestPackage
+from imagespec.manifest import BootFile, ImageManifest, ManifestPackage
 
 _KVER = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+~-]{0,127}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -45,19 +45,10 @@ class KernelFiles:
 
 
 @dataclass(frozen=True)
-class BootRef:
-    """A kernel or initrd as the manifest pins it."""
-
-    location: str
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
 class ManifestKernel:
     version: str
-    kernel: BootRef
-    initrd: BootRef
+    kernel: BootFile
+    initrd: BootFile
 
     @property
     def files(self) -> KernelFiles:
@@ -84,13 +75,7 @@ def _valid(k: KernelFiles, what: str) -> KernelFiles:
 
 def manifest_kernels(m: ImageManifest) -> tuple[ManifestKernel, ...]:
     """The kernels the (verified) manifest pins; none for an image without a boot section."""
-    return tuple(
-        ManifestKernel(
-            b.kernel_version, BootRef(b.kernel.location, b.kernel.sha256, b.kernel.size),
-            BootRef(b.initrd.location, b.initrd.sha256, b.initrd.size),
-        )
-        for b in m.boot
-    )
+    return tuple(ManifestKernel(b.kernel_version, b.kernel, b.initrd) for b in m.boot)
 
 
 def load(system: System, deployment_id: str) -> tuple[KernelFiles, ...]:
