@@ -20,6 +20,7 @@ import errno
 import fcntl
 import functools
 import os
+import signal
 import stat
 import struct
 from collections.abc import Iterable, Iterator
@@ -446,6 +447,8 @@ int cap_free(void *obj);
 int statfs(const char *path, long *buf);
 int syncfs(int fd);
 int unshare(int flags);
+int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+          unsigned long arg5);
 long syscall(long number, ...);
 """
 
@@ -499,6 +502,19 @@ def unshare_mount_namespace() -> None:
     """Move this process into a mount namespace of its own (unshare(CLONE_NEWNS))."""
     if _libc().unshare(CLONE_NEWNS) != 0:
         raise _last_error("unshare(CLONE_NEWNS)")
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send sig to this process when the thread that created it ends
+    (prctl PR_SET_PDEATHSIG), so a worker cannot outlive a parent killed with SIGKILL.
+
+    The caller checks os.getppid() afterwards: a parent that died before this call
+    took effect is not signalled for."""
+    if _libc().prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        raise _last_error("prctl(PR_SET_PDEATHSIG)")
 
 
 def set_capabilities(fd: int, text: str) -> None:
