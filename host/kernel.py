@@ -15,6 +15,7 @@ architectures with their own encoding (powerpc, mips, sparc, alpha) are not supp
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
 import errno
 import fcntl
@@ -447,8 +448,6 @@ int cap_free(void *obj);
 int statfs(const char *path, long *buf);
 int syncfs(int fd);
 int unshare(int flags);
-int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
-          unsigned long arg5);
 long syscall(long number, ...);
 """
 
@@ -513,8 +512,11 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 
     The caller checks os.getppid() afterwards: a parent that died before this call
     took effect is not signalled for."""
-    if _libc().prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-        raise _last_error("prctl(PR_SET_PDEATHSIG)")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                  ctypes.c_ulong(0)) != 0:
+        code = ctypes.get_errno()
+        raise _error(code, os.strerror(code), "prctl(PR_SET_PDEATHSIG)")
 
 
 def set_capabilities(fd: int, text: str) -> None:
