@@ -197,6 +197,40 @@ def test_the_database_directory_must_be_inside_the_tree(headers: dict[str, Path]
     assert os.listdir(outside) == []
 
 
+RELOCATABLE = """Name: reloc
+Version: 1
+Release: 1
+Summary: relocatable
+License: MIT
+BuildArch: noarch
+Prefix: /opt/reloc
+%description
+relocatable
+%install
+mkdir -p %{buildroot}/opt/reloc
+echo hi > %{buildroot}/opt/reloc/file
+%files
+/opt/reloc/file
+"""
+
+
+def test_a_relocatable_package_gets_its_install_prefixes(headers: dict[str, Path], tmp_path: Path) -> None:
+    spec = tmp_path / "reloc.spec"
+    spec.write_text(RELOCATABLE)
+    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {tmp_path / 'top'}", spec],
+                   check=True, capture_output=True)
+    (built,) = (tmp_path / "top/RPMS/noarch").glob("reloc-*.rpm")
+    header = tmp_path / built.name
+    with open(built, "rb") as f:
+        header.write_bytes(read_prefix(f).raw)
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, [header, headers["gamma-0.9-1.x86_64"]])
+    _rpm_justdb(tmp_path / "oracle", [header, headers["gamma-0.9-1.x86_64"]])
+    _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")
+    recorded = _recorded(tree / rpmdb.DB_DIR)[0]["reloc-1-1.noarch"]
+    assert recorded[rpm.RPMTAG_INSTPREFIXES] == ["/opt/reloc"]
+
+
 def _corpus_headers(tmp_path: Path) -> list[Path]:
     from benchmarks.debcorpus import cache_root
 
