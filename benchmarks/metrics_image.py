@@ -169,7 +169,8 @@ def _warm_deploys(ctx: Context, pub: Published) -> Timing:
                                  image=f"bench-warm{n}").manifest)
 
     return median_timing(ctx.runs, ctx.cache,
-                         lambda: deploy(ctx, pub.key, sysroot, os.fspath(manifests[-1]), "--full"),
+                         lambda: deploy(ctx, pub.key, sysroot, os.fspath(manifests[-1]), "--full",
+                                        "--switch"),
                          setup=publish_next)
 
 
