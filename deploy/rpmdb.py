@@ -2,23 +2,43 @@
 
 The header files in lib/sysimage/packages (lead, signature and header of each package) stay
 the source of truth; the database only lets rpm answer -qa, -qf, -ql, -V on the booted
-system. rpm itself writes it: the header files are complete packages as far as `--justdb`
-is concerned (it never reads a payload), so `rpm -i --justdb` records them without touching
-a file. An update starts from the previous deployment's database (the /usr snapshot holds
-it) and only erases and adds the packages that changed. The database is rpm's sqlite one,
-left in rollback-journal mode so that it can be read from a read-only /usr.
+system. Each package's header is recorded as `rpm -i` records it (deploy.rpmdbheader: the
+signature tags merged, the install tags added), and rpm itself makes every index.
+
+A new database is made by rpm (`rpmdb --initdb`, its schema), its index tables are dropped,
+the headers written into its Packages table (one row each, streamed from the header file),
+and `rpmdb --initdb` run again: rpm finds the indexes missing and builds them all from the
+Packages table (rpmdb.c, buildIndexes), with no transaction, file-set, dependency or fsync
+work. The cost follows the headers' bytes, and a package of 200,000 files needs little more
+memory than its header. The finished file is synced once.
+
+An update starts from the previous deployment's database (the /usr snapshot holds it): a
+copy has the packages that went deleted by their record number in every table (the number
+rpm itself gives for their N-V-R.A), and the packages that came are handed to rpm's
+`rpmdb --importdb`, which adds each to the Packages table and every index. Either way the
+database is made under a directory beside it and renamed over rpmdb.sqlite only when
+complete, so a failed or interrupted build never leaves a half-written database in place.
+It is left in rollback-journal mode (no -wal/-shm) so that rpm reads it from a read-only
+/usr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import re
 import shutil
 import sqlite3
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from deploy.errors import DeploymentError
+from deploy.rpmdbheader import Install, InstalledHeader
+from host.files import fsync_dir
 from host.run import CommandError, run
 
 log = logging.getLogger(__name__)
@@ -26,59 +46,192 @@ log = logging.getLogger(__name__)
 DB_DIR = "lib/sysimage/rpm"  # in the /usr tree
 DBPATH = "/usr/" + DB_DIR  # as rpm sees it on the booted system
 DB_FILE = "rpmdb.sqlite"
-_QUIET = ["--define", "_db_backend sqlite", "--define", "__dbi_sqlite_sync 0"]
-_JUSTDB = ["--justdb", "--nodeps", "--noscripts", "--notriggers", "--nodigest", "--nosignature",
-           "--ignoresize", "--ignorearch", "--ignoreos", "--replacefiles", "--replacepkgs"]
-# rpm reads one argument list per run; keep command lines well below ARG_MAX.
-_BATCH = 500
+_QUIET = ["--define", "_db_backend sqlite"]
+_STAGE = ".rpmimg-new-"  # prefix of the directory a database is made in
+_TABLE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
-def _rpm(tree: Path, args: Sequence[str]) -> None:
-    argv = ["rpm", "--dbpath", os.fspath(tree / DB_DIR), *_QUIET, *args]
+def _db_dir(tree: Path) -> Path:
+    """tree's database directory, made when missing; a symlink or file there is replaced."""
+    d = tree / DB_DIR
+    parent = d.parent
+    if parent.is_symlink() or not parent.is_dir() or parent.resolve() != (tree / "lib/sysimage").resolve():
+        raise DeploymentError(f"{parent}: not a directory of the tree; refusing to write the rpm database")
+    if os.path.lexists(d) and (d.is_symlink() or not d.is_dir()):
+        d.unlink()
+    d.mkdir(0o755, exist_ok=True)
+    return d
+
+
+@contextlib.contextmanager
+def _staging(d: Path) -> Iterator[Path]:
+    """A new directory beside the database (inside its directory), removed afterwards."""
+    for old in d.glob(f"{_STAGE}*"):  # left by an interrupted run
+        shutil.rmtree(old, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=_STAGE, dir=d))
     try:
-        run(argv, timeout=3600)
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@functools.cache
+def _color() -> int:
+    """rpm's transaction color on this machine (3 on x86_64: 32- and 64-bit files)."""
+    try:
+        out = run(["rpm", "--eval", "%{?_transaction_color}"], timeout=60).stdout.strip()
     except CommandError as e:
-        raise DeploymentError(f"{tree / DB_DIR}: writing the rpm database failed: {e}") from e
+        raise DeploymentError(f"rpm cannot be run: {e}") from e
+    return int(out) if out.isdigit() else 0
 
 
-def _settle(tree: Path) -> None:
-    """Leave one self-contained file: the write-ahead log folded in, rollback-journal mode."""
-    db = tree / DB_DIR / DB_FILE
+def _rpmdb(stage: Path, *args: str, stdin_path: Path | None = None) -> None:
+    try:
+        run(["rpmdb", "--dbpath", os.fspath(stage), *_QUIET, *args], stdin_path=stdin_path,
+            timeout=3600)
+    except CommandError as e:
+        raise DeploymentError(f"{stage}: rpm could not write the database: {e}") from e
+
+
+def _headers(header_files: Sequence[Path], install: Install) -> Iterator[InstalledHeader]:
+    for path in header_files:
+        try:
+            with open(path, "rb") as f:
+                yield InstalledHeader(f, install, os.fspath(path))
+        except OSError as e:
+            raise DeploymentError(f"{path}: cannot read the header file: {e}") from e
+
+
+def _fill(stage: Path, header_files: Sequence[Path], install: Install) -> None:
+    """A new database in stage recording header_files: rpm's schema, the headers written into
+    its Packages table, and every index built by rpm from them."""
+    _rpmdb(stage, "--initdb")
+    conn = sqlite3.connect(stage / DB_FILE)
+    try:
+        with conn:
+            for table in _tables(conn):
+                if table not in ("Packages", "sqlite_sequence"):
+                    conn.execute(f'DROP TABLE "{table}"')  # its indexes go with it
+            for h in _headers(header_files, install):
+                row = conn.execute("INSERT INTO Packages (blob) VALUES (zeroblob(?))", (h.size,))
+                with conn.blobopen("Packages", "blob", row.lastrowid or 0) as blob:
+                    h.write(blob.write, magic=False)
+    finally:
+        conn.close()
+    _rpmdb(stage, "--initdb")  # "Generating 18 missing index(es)": rpm's own buildIndexes
+
+
+def _import(stage: Path, header_files: Sequence[Path], install: Install) -> None:
+    """Add header_files to the database in stage through `rpmdb --importdb`."""
+    if not header_files:
+        return
+    stream = stage / "headers.stream"
+    try:
+        with open(stream, "wb") as out:
+            for h in _headers(header_files, install):
+                h.write(out.write, magic=True)
+        _rpmdb(stage, "--importdb", stdin_path=stream)
+    finally:
+        stream.unlink(missing_ok=True)
+
+
+def _tables(conn: sqlite3.Connection) -> list[str]:
+    tables = [str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    for table in tables:
+        if not _TABLE.fullmatch(table):
+            raise DeploymentError(f"unexpected table {table!r} in the rpm database")
+    return tables
+
+
+def _instances(stage: Path, nvras: Sequence[str]) -> list[int]:
+    """rpm's record numbers of the installed packages named N-V-R.A (every match of each)."""
+    if not nvras:
+        return []
+    try:  # rpm -q exits 1 when one is not installed: that one has nothing to erase
+        out = run(["rpm", "--dbpath", os.fspath(stage), *_QUIET, "-q", "--qf", "%{DBINSTANCE}\\n",
+                   "--", *nvras], allowed_codes=(0, 1), timeout=600).stdout
+    except CommandError as e:
+        raise DeploymentError(f"{stage}: the rpm database cannot be read: {e}") from e
+    return [int(line) for line in out.decode().split() if line.isdigit()]
+
+
+def _erase(db: Path, instances: Sequence[int]) -> None:
+    """Delete the packages numbered instances from the Packages table and every index."""
     conn = sqlite3.connect(db)
     try:
+        with conn:
+            for table in _tables(conn):
+                columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
+                if "hnum" in columns:
+                    conn.executemany(f'DELETE FROM "{table}" WHERE hnum = ?', [(i,) for i in instances])
+    finally:
+        conn.close()
+
+
+def _count(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM Packages").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _place(stage: Path, d: Path, expected: int) -> None:
+    """Check, settle and sync the database made in stage, then rename it over d's."""
+    db = stage / DB_FILE
+    try:
+        found = _count(db)
+    except sqlite3.Error as e:
+        raise DeploymentError(f"{db}: the new rpm database cannot be read: {e}") from e
+    if found != expected:
+        raise DeploymentError(f"{db}: the new rpm database records {found} packages, not {expected}")
+    conn = sqlite3.connect(db)
+    try:  # fold the write-ahead log in; readers of a read-only /usr need no -wal/-shm
         conn.execute("PRAGMA journal_mode=DELETE").fetchall()
     finally:
         conn.close()
-    for name in (f"{DB_FILE}-wal", f"{DB_FILE}-shm", ".rpm.lock"):
-        (tree / DB_DIR / name).unlink(missing_ok=True)
+    fd = os.open(db, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for name in (f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", ".rpm.lock"):
+        (d / name).unlink(missing_ok=True)  # a stale log must never meet the new file
+    os.rename(db, d / DB_FILE)
+    fsync_dir(d)
 
 
-def _add(tree: Path, header_files: Sequence[Path]) -> None:
-    for i in range(0, len(header_files), _BATCH):
-        _rpm(tree, ["-i", *_JUSTDB, *map(os.fspath, header_files[i : i + _BATCH])])
+def _install() -> Install:
+    now = int(time.time())
+    return Install(tid=now, time=now, color=_color())
 
 
 def build(tree: Path, header_files: Sequence[Path]) -> None:
     """Make the database of tree from nothing, recording header_files."""
-    d = tree / DB_DIR
-    if os.path.lexists(d):
-        shutil.rmtree(d) if d.is_dir() and not d.is_symlink() else d.unlink()
-    os.makedirs(d, 0o755)
-    _rpm(tree, ["--initdb"])
-    _add(tree, header_files)
-    _settle(tree)
+    d = _db_dir(tree)
+    with _staging(d) as stage:
+        _fill(stage, header_files, _install())
+        _place(stage, d, len(header_files))
+    for name in os.listdir(d):  # what an older rpmimg or rpm left beside the database
+        if name != DB_FILE and not name.startswith(_STAGE):
+            p = d / name
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def update(tree: Path, removed: Sequence[str], added: Sequence[Path]) -> None:
-    """Erase the packages named removed (N-V-R.A) and record added, in the database the
-    tree already holds (the previous deployment's); a tree without one gets it built."""
-    if not (tree / DB_DIR / DB_FILE).is_file():
-        raise FileNotFoundError(tree / DB_DIR / DB_FILE)
-    for i in range(0, len(removed), _BATCH):
-        _rpm(tree, ["-e", "--justdb", "--nodeps", "--noscripts", "--notriggers", "--allmatches",
-                    *removed[i : i + _BATCH]])
-    _add(tree, added)
-    _settle(tree)
+    """Erase the packages named removed (N-V-R.A) and record added, in a copy of the database
+    the tree already holds (the previous deployment's), renamed over it when complete."""
+    current = tree / DB_DIR / DB_FILE
+    if not current.is_file() or current.is_symlink():
+        raise FileNotFoundError(current)
+    d = _db_dir(tree)
+    with _staging(d) as stage:
+        shutil.copyfile(current, stage / DB_FILE)  # copy_file_range: a reflink on btrfs
+        before = _count(stage / DB_FILE)
+        gone = _instances(stage, removed)
+        _erase(stage / DB_FILE, gone)
+        _import(stage, added, _install())
+        _place(stage, d, before - len(set(gone)) + len(added))
 
 
 def installed(usr: Path) -> list[str]:

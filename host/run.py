@@ -47,16 +47,29 @@ def run(
     env: Mapping[str, str] | None = None,
     allowed_codes: Sequence[int] = (0,),
     timeout: float | None = None,
+    stdin_path: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv, capturing output; raise CommandError unless it exits with an allowed code.
 
-    `env` adds to the scrubbed environment; `timeout` (seconds) kills the command after it.
+    `env` adds to the scrubbed environment; `timeout` (seconds) kills the command after it;
+    `stdin_path` names a file for its standard input (streamed, never read in here).
     """
+    if stdin_path is not None:
+        with open(stdin_path, "rb") as f:
+            return _run(argv, None, env, allowed_codes, timeout, f.fileno())
+    return _run(argv, input, env, allowed_codes, timeout, None)
+
+
+def _run(argv: Sequence[str], input: bytes | None, env: Mapping[str, str] | None,
+         allowed_codes: Sequence[int], timeout: float | None, stdin: int | None,
+         ) -> subprocess.CompletedProcess[bytes]:
     log.debug("running %s", shlex.join(argv))
+    if stdin is None and input is None:
+        stdin = subprocess.DEVNULL
     try:
         proc = subprocess.run(
             list(argv), input=input, capture_output=True, env=scrubbed_env(env), check=False,
-            stdin=subprocess.DEVNULL if input is None else None, timeout=timeout,
+            stdin=stdin, timeout=timeout,
         )
     except FileNotFoundError as e:
         raise CommandError(f"{argv[0]}: command not found") from e

@@ -105,9 +105,6 @@ def test_verify_200k_files_in_128_mib(limited: Limited, big_btrfs: Path) -> None
     assert limited.oom_kills() == before
 
 
-@pytest.mark.xfail(reason="the rpm database step runs rpm --justdb on the 25 MB header of the"
-                   " 200,000-file package, and that rpm needs more than 128 MiB; known miss,"
-                   " see issue 17", strict=True)
 def test_deploy_200k_files_in_128_mib(limited: Limited, big_btrfs: Path) -> None:
     before = limited.oom_kills()
     rc, output = _deploy(big_btrfs, f"scale{FILES}", limited)

@@ -1,0 +1,254 @@
+"""The rpm database a deployment gets equals what the real `rpm -i --justdb` records.
+
+deploy.rpmdb writes the headers (as rpm would record them) into rpm's Packages table and
+lets rpm build every index; an update deletes and imports in a copy. The oracle is rpm:
+every tag of every recorded header and every row of every index table must be what
+`rpm -i --justdb` of the same packages gives (but for the install time and transaction id,
+which are the moment of each run). A broken header file leaves the previous database as it
+was and nothing beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import rpm
+from deploytools import sign_all
+
+from deploy import rpmdb
+from deploy.errors import DeploymentError
+from fixtures.build import signing_key
+from fixtures.rpmbuild import build_package
+from fixtures.spec import Config, FileKind, FileSpec, PackageSpec, Scriptlet
+from rpmextents.header import read_prefix
+
+_STAMPS = {rpm.RPMTAG_INSTALLTIME, rpm.RPMTAG_INSTALLTID}
+_JUSTDB = ["--justdb", "--nodeps", "--noscripts", "--notriggers", "--nodigest", "--nosignature",
+           "--ignoresize", "--ignorearch", "--ignoreos", "--replacefiles", "--replacepkgs"]
+
+SPECS = (
+    PackageSpec(name="alpha", version="1.0", epoch=2, requires=("beta >= 1", "/bin/sh"),
+                provides=("virtual(alpha) = 1",), conflicts=("gamma < 0.5",), obsoletes=("old-alpha",),
+                recommends=("beta",), suggests=("delta",), supplements=("beta",), enhances=("beta",),
+                files=(FileSpec("/usr/bin/alpha", content=b"#!/bin/sh\necho a\n", mode=0o755),
+                       FileSpec("/usr/share/alpha", kind=FileKind.DIR),
+                       FileSpec("/usr/share/alpha/data", content=b"data\n"),
+                       FileSpec("/etc/alpha.conf", content=b"a=1\n", config=Config.NOREPLACE),
+                       FileSpec("/usr/lib/alpha.so", kind=FileKind.SYMLINK, target="alpha.so.1")),
+                scriptlets=(Scriptlet("post", "true\n"),)),
+    PackageSpec(name="beta", version="1.5", files=(
+        FileSpec("/usr/share/beta/one", content=b"1\n"), FileSpec("/usr/share/beta/two", content=b"2\n"),
+        FileSpec("/etc/beta.conf", content=b"b\n", config=Config.PLAIN))),
+    PackageSpec(name="beta", version="2.0", files=(
+        FileSpec("/usr/share/beta/one", content=b"1 again\n"), FileSpec("/usr/share/beta/three", content=b"3\n"))),
+    PackageSpec(name="empty", version="1", arch="noarch", requires=("alpha",)),
+    PackageSpec(name="gamma", version="0.9", files=(FileSpec("/usr/share/gamma", content=b"g\n"),)),
+)
+
+
+@pytest.fixture(scope="module")
+def headers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """N-V-R.A -> header file (lead, signature, header) of each fixture package; some signed."""
+    work = tmp_path_factory.mktemp("rpmdb")
+    rpms = [build_package(spec, work / "rpms") for spec in SPECS]
+    sign_all(rpms[:2], signing_key())  # RSAHEADER etc. merged from the signature header
+    out = work / "headers"
+    out.mkdir()
+    found = {}
+    for p in rpms:
+        with open(p, "rb") as f:
+            (out / p.name).write_bytes(read_prefix(f).raw)
+        found[p.name.removesuffix(".rpm")] = out / p.name
+    return found
+
+
+def _tree(tmp_path: Path, name: str) -> Path:
+    tree = tmp_path / name
+    (tree / "lib/sysimage").mkdir(parents=True)
+    return tree
+
+
+def _rpm_justdb(dbpath: Path, files: Sequence[Path]) -> None:
+    dbpath.mkdir(parents=True)
+    subprocess.run(["rpm", "--dbpath", dbpath, "-i", *_JUSTDB, *files], check=True, capture_output=True)
+
+
+def _recorded(dbpath: Path) -> tuple[dict[str, dict[int, object]], dict[str, list[tuple[object, ...]]]]:
+    """Every recorded header's tags by N-E-V-R.A, and every index table's rows with the record
+    number replaced by that N-E-V-R.A (record numbers are rpm's to choose)."""
+    rpm.addMacro("_dbpath", os.fspath(dbpath))
+    try:
+        ts = rpm.TransactionSet()
+        ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
+        headers, names = {}, {}
+        for h in ts.dbMatch():
+            names[h["dbinstance"]] = h["nevra"]
+            headers[h["nevra"]] = {t: h[t] for t in h.keys() if t not in _STAMPS}
+        ts.closeDB()
+    finally:
+        rpm.delMacro("_dbpath")
+    conn = sqlite3.connect(dbpath / "rpmdb.sqlite")
+    try:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if t not in ("Packages", "sqlite_sequence", "sqlite_stat1", "Installtid")]
+        rows = {t: sorted((bytes(k) if isinstance(k, bytes) else k, names[h], i)
+                          for k, h, i in conn.execute(f'SELECT key, hnum, idx FROM "{t}"'))
+                for t in tables}
+    finally:
+        conn.close()
+    return headers, rows
+
+
+def _assert_same_as_rpm(ours: Path, oracle: Path) -> None:
+    got, want = _recorded(ours), _recorded(oracle)
+    assert sorted(got[0]) == sorted(want[0])
+    for nevra, tags in want[0].items():
+        assert got[0][nevra] == tags, nevra
+    assert set(got[1]) == set(want[1])
+    for table, rows in want[1].items():
+        assert got[1][table] == rows, table
+    assert any(got[1][t] for t in ("Basenames", "Providename", "Requirename", "Sigmd5", "Sha1header"))
+
+
+def test_full_build_records_what_rpm_i_records(headers: dict[str, Path], tmp_path: Path) -> None:
+    files = sorted(headers.values())
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, files)
+    _rpm_justdb(tmp_path / "oracle", files)
+    _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")
+    assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]  # no -wal, -shm, lock or stage
+    conn = sqlite3.connect(f"file:{tree / rpmdb.DB_DIR / rpmdb.DB_FILE}?mode=ro", uri=True)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+    signed = _recorded(tree / rpmdb.DB_DIR)[0]
+    assert any(rpm.RPMTAG_RSAHEADER in tags for tags in signed.values())
+    assert all(tags.get(rpm.RPMTAG_INSTALLCOLOR) is not None for tags in signed.values())
+
+
+def test_update_erases_and_adds_as_rpm_would_record_the_new_set(
+    headers: dict[str, Path], tmp_path: Path
+) -> None:
+    old = [n for n in headers if not n.startswith(("beta-2.0", "gamma"))]
+    new = [n for n in headers if not n.startswith(("beta-1.5", "empty"))]
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, [headers[n] for n in old])
+    rpmdb.update(tree, sorted(set(old) - set(new)), [headers[n] for n in sorted(set(new) - set(old))])
+    _rpm_justdb(tmp_path / "oracle", [headers[n] for n in new])
+    _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")
+    assert rpmdb.installed(tree) == sorted(new)
+    assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]
+    # A package already gone from the database has nothing left to erase.
+    rpmdb.update(tree, ["beta-1.5-1.x86_64"], [])
+    assert rpmdb.installed(tree) == sorted(new)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad magic", "absurd size", "bad offset"])
+def test_a_broken_header_file_leaves_the_previous_database_in_place(
+    headers: dict[str, Path], tmp_path: Path, damage: str
+) -> None:
+    tree = _tree(tmp_path, "tree")
+    good = sorted(headers.values())
+    rpmdb.build(tree, good)
+    before = (tree / rpmdb.DB_DIR / rpmdb.DB_FILE).read_bytes()
+    raw = bytearray(good[0].read_bytes())
+    start = len(raw) - len(read_prefix(open(good[0], "rb")).header.blob)
+    if damage == "truncated":
+        del raw[-100:]
+    elif damage == "bad magic":
+        raw[start] ^= 0xFF
+    elif damage == "absurd size":
+        raw[start + 8 : start + 12] = (0x7FFFFFFF).to_bytes(4, "big")
+    else:  # the first data entry after the region points past the data store
+        raw[start + 16 + 16 + 8 : start + 16 + 16 + 12] = (0x7FFFFFF0).to_bytes(4, "big")
+    broken = tmp_path / "broken.rpm"
+    broken.write_bytes(bytes(raw))
+    for attempt in (lambda: rpmdb.build(tree, [*good[1:], broken]),
+                    lambda: rpmdb.update(tree, [], [broken])):
+        with pytest.raises(DeploymentError):
+            attempt()
+        assert (tree / rpmdb.DB_DIR / rpmdb.DB_FILE).read_bytes() == before
+        assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]
+
+
+def test_leftovers_of_an_interrupted_run_are_cleared(headers: dict[str, Path], tmp_path: Path) -> None:
+    tree = _tree(tmp_path, "tree")
+    d = tree / rpmdb.DB_DIR
+    (d / ".rpmimg-new-crashed").mkdir(parents=True)
+    (d / ".rpmimg-new-crashed/rpmdb.sqlite").write_bytes(b"half")
+    (d / "rpmdb.sqlite-wal").write_bytes(b"stale log of another database")
+    rpmdb.build(tree, sorted(headers.values()))
+    assert os.listdir(d) == [rpmdb.DB_FILE]
+    assert rpmdb.installed(tree) == sorted(headers)
+
+
+def test_the_database_directory_must_be_inside_the_tree(headers: dict[str, Path], tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "lib").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tree / "lib/sysimage").symlink_to(outside)
+    with pytest.raises(DeploymentError, match="not a directory of the tree"):
+        rpmdb.build(tree, sorted(headers.values()))
+    assert os.listdir(outside) == []
+
+
+RELOCATABLE = """Name: reloc
+Version: 1
+Release: 1
+Summary: relocatable
+License: MIT
+BuildArch: noarch
+Prefix: /opt/reloc
+%description
+relocatable
+%install
+mkdir -p %{buildroot}/opt/reloc
+echo hi > %{buildroot}/opt/reloc/file
+%files
+/opt/reloc/file
+"""
+
+
+def test_a_relocatable_package_gets_its_install_prefixes(headers: dict[str, Path], tmp_path: Path) -> None:
+    spec = tmp_path / "reloc.spec"
+    spec.write_text(RELOCATABLE)
+    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {tmp_path / 'top'}", spec],
+                   check=True, capture_output=True)
+    (built,) = (tmp_path / "top/RPMS/noarch").glob("reloc-*.rpm")
+    header = tmp_path / built.name
+    with open(built, "rb") as f:
+        header.write_bytes(read_prefix(f).raw)
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, [header, headers["gamma-0.9-1.x86_64"]])
+    _rpm_justdb(tmp_path / "oracle", [header, headers["gamma-0.9-1.x86_64"]])
+    _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")
+    recorded = _recorded(tree / rpmdb.DB_DIR)[0]["reloc-1-1.noarch"]
+    assert recorded[rpm.RPMTAG_INSTPREFIXES] == ["/opt/reloc"]
+
+
+def _corpus_headers(tmp_path: Path) -> list[Path]:
+    from benchmarks.debcorpus import cache_root
+
+    done = sorted(cache_root().glob("*/corpus.json"))
+    if not done:
+        pytest.skip(f"no benchmark corpus cached under {cache_root()} (python -m benchmarks.debcorpus builds it)")
+    out = tmp_path / "corpus-headers"
+    out.mkdir()
+    for p in sorted((done[-1].parent / "base").rglob("*.rpm")):
+        with open(p, "rb") as f:
+            (out / p.name).write_bytes(read_prefix(f).raw)
+    return sorted(out.iterdir())
+
+
+@pytest.mark.slow
+def test_the_corpus_database_is_what_rpm_i_records(tmp_path: Path) -> None:
+    files = _corpus_headers(tmp_path)
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, files)
+    _rpm_justdb(tmp_path / "oracle", files)
+    _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")
