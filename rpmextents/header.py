@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import os
 import struct
 import sys
 from array import array
@@ -285,7 +286,20 @@ def _read_header(f: BinaryIO, offset: int, what: str) -> bytes:
     il, dl = struct.unpack_from(">II", intro, 8)
     if il < 1 or il > MAX_TAGS or dl > MAX_DATA:
         raise FormatError(f"{what} at offset {offset} has an absurd size ({il} tags, {dl} bytes)")
-    return intro + _read_exact(f, 16 * il + dl, what, offset + 16)
+    rest = 16 * il + dl
+    if rest >= 1 << 20 and _seekable(f):
+        # Read again from the magic in one piece: `intro + rest` would hold the header
+        # twice for a moment (50 MB for a package of 200,000 files).
+        f.seek(-16, os.SEEK_CUR)
+        return _read_exact(f, 16 + rest, what, offset)
+    return intro + _read_exact(f, rest, what, offset + 16)
+
+
+def _seekable(f: BinaryIO) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError):
+        return False
 
 
 @dataclass(frozen=True)
