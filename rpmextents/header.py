@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
+import operator
 import os
 import struct
 import sys
@@ -245,14 +247,24 @@ class Header:
             return offsets
         if entry.type not in (TagType.STRING_ARRAY, TagType.STRING, TagType.I18NSTRING):
             raise FormatError(f"{self.what}: tag {tag} is not a string array")
-        pos, end, find = self._store + entry.offset, self._store + self._dl, self.blob.find
-        append = offsets.append
-        for _ in range(entry.count):
-            nul = find(b"\0", pos, end)
-            if nul < 0:
-                raise FormatError(f"{self.what}: string of tag {entry.tag} is not terminated")
-            append(pos)
-            pos = nul + 1
+        pos, end, blob = self._store + entry.offset, self._store + self._dl, self.blob
+        left = entry.count
+        while left:
+            # A megabyte of strings at a time, split in C: each offset is the last one plus
+            # the string's length and its NUL (accumulate over map, no Python loop per string).
+            # (maxsplit: what follows the array, often runs of NULs, is never split up)
+            span = min(_SCAN, 256 + 128 * left)
+            parts = blob[pos:min(pos + span, end)].split(b"\0", left)[:-1]
+            if not parts:  # no NUL in the next megabyte: one long string, or none at all
+                nul = blob.find(b"\0", pos, end)
+                if nul < 0:
+                    raise FormatError(f"{self.what}: string of tag {entry.tag} is not terminated")
+                parts = [blob[pos:nul]]
+            starts = itertools.accumulate(map(operator.add, map(len, parts), itertools.repeat(1)),
+                                          initial=pos)
+            offsets.extend(itertools.islice(starts, len(parts)))
+            pos += sum(map(len, parts)) + len(parts)
+            left -= len(parts)
         return offsets
 
     def string_at(self, offset: int) -> str:
@@ -271,6 +283,8 @@ class Header:
             raise FormatError(f"{self.what}: tag {tag} is not binary")
         return value
 
+
+_SCAN = 1 << 20  # bytes of a string array split at a time (string_offsets)
 
 def _read_exact(f: BinaryIO, n: int, what: str, offset: int) -> bytes:
     data = f.read(n)
