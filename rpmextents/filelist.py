@@ -42,21 +42,30 @@ def _offsets(header: Header, tag: int, n: int, what: str) -> array[int] | None:
     return values
 
 
-def _interned(header: Header, tag: int, n: int, what: str, fill: str) -> tuple[list[str], array[int]]:
+Interned = tuple[list[str], "array[int] | None"]
+
+
+def _interned(header: Header, tag: int, n: int, what: str, fill: str) -> Interned:
     """(distinct values, each file's index into them): owners and caps repeat a lot, and
-    mostly one value fills the whole column (root, root, no capabilities)."""
+    mostly one value fills the whole column (root, root, no capabilities): then there is
+    no index at all (None)."""
     offsets = _offsets(header, tag, n, what)
     if offsets is None:
-        return [fill], array("I", bytes(4 * n))
+        return [fill], None
     first = header.string_at(offsets[0])
     one = first.encode("utf-8", "surrogateescape") + b"\0"
     if header.blob[offsets[0]:offsets[0] + len(one) * n] == one * n:
-        return [first], array("I", bytes(4 * n))
+        return [first], None
     distinct: dict[str, int] = {}
     which = array("I")
     for value in _decoded(header, offsets, 0, n):
         which.append(distinct.setdefault(value, len(distinct)))
     return list(distinct), which
+
+
+def _value(column: Interned, i: int) -> str:
+    values, which = column
+    return values[which[i]] if which is not None else values[0]
 
 
 CHUNK = 4096  # strings decoded at a time when a column is walked
@@ -210,11 +219,11 @@ class FileList(Sequence[Entry]):
             extent = self.extent(i)
         header = self.header
         return Entry(
-            i, path, etype, mode, self._users[0][self._users[1][i]],
-            self._groups[0][self._groups[1][i]], self._mtimes[i] if self._mtimes is not None else 0,
+            i, path, etype, mode, _value(self._users, i), _value(self._groups, i),
+            self._mtimes[i] if self._mtimes is not None else 0,
             size,
             header.string_at(self._linktos[i]) if etype is EntryType.SYMLINK and self._linktos is not None else "",
-            self._caps[0][self._caps[1][i]] or None, self._rdevs[i] if self._rdevs is not None else 0,
+            _value(self._caps, i) or None, self._rdevs[i] if self._rdevs is not None else 0,
             digest, self.digest_algo, flags, self.hardlink_keys.get(i), extent,
         )
 

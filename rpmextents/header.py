@@ -239,10 +239,11 @@ class Header:
         """Where each string of a string array tag starts in ``blob`` (each ends at a NUL).
 
         Checked like get(): the count strings are terminated within the data store. A
-        caller keeps 8 bytes a string and decodes one when it needs it (see string_at).
+        caller keeps 4 bytes a string (a header is far below 4 GiB: MAX_DATA) and decodes
+        one when it needs it (see string_at).
         """
         entry = self.entries.get(tag)
-        offsets = array("q")
+        offsets = array("I")
         if entry is None:
             return offsets
         if entry.type not in (TagType.STRING_ARRAY, TagType.STRING, TagType.I18NSTRING):
@@ -250,12 +251,12 @@ class Header:
         pos, end, blob = self._store + entry.offset, self._store + self._dl, self.blob
         left = entry.count
         while left:
-            # A megabyte of strings at a time, split in C: each offset is the last one plus
+            # _SCAN bytes of strings at a time, split in C: each offset is the last one plus
             # the string's length and its NUL (accumulate over map, no Python loop per string).
             # (maxsplit: what follows the array, often runs of NULs, is never split up)
             span = min(_SCAN, 256 + 128 * left)
             parts = blob[pos:min(pos + span, end)].split(b"\0", left)[:-1]
-            if not parts:  # no NUL in the next megabyte: one long string, or none at all
+            if not parts:  # no NUL in the next span: one long string, or none at all
                 nul = blob.find(b"\0", pos, end)
                 if nul < 0:
                     raise FormatError(f"{self.what}: string of tag {entry.tag} is not terminated")
@@ -284,7 +285,9 @@ class Header:
         return value
 
 
-_SCAN = 1 << 20  # bytes of a string array split at a time (string_offsets)
+# Bytes of a string array split at a time (string_offsets): the split makes an object a
+# string, so this bounds the transient memory (a column of empty strings: 16 Ki objects).
+_SCAN = 16 << 10
 
 def _read_exact(f: BinaryIO, n: int, what: str, offset: int) -> bytes:
     data = f.read(n)
