@@ -18,12 +18,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deploy.errors import DeployError, DeployFetchError
-from deploy.sources import FetchJob, Source
 from deploy.system import System
 from host.files import read_limited, write_atomically
-from imagespec.manifest import BootFile, ImageManifest, ManifestPackage
+
+if TYPE_CHECKING:  # at run time only fetch() needs them: `status` reads boot state without
+    from deploy.sources import Source  # loading the download and manifest machinery
+    from imagespec.manifest import BootFile, ImageManifest
 
 _KVER = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+~-]{0,127}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -111,6 +114,9 @@ def _sha256(path: Path) -> str:
 
 def fetch(system: System, source: Source, kernels: Sequence[ManifestKernel]) -> None:
     """Bring every kernel and initrd into boot/files, checked against the manifest."""
+    from deploy.sources import FetchJob
+    from imagespec.manifest import ManifestPackage
+
     d = files_dir(system)
     d.mkdir(parents=True, exist_ok=True)
     refs = {r.sha256: r for k in kernels for r in (k.kernel, k.initrd)}

@@ -13,7 +13,6 @@ import base64
 import dataclasses
 import datetime
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,13 +21,14 @@ from typing import Any
 
 from deploy.channel import Channel
 from deploy.channelfetch import Fetched, Remembered, fetch_latest, fetch_rollout, version_url
+from deploy.channelmemory import load_memory
+from deploy.channelmemory import save_memory as _save_memory
 from deploy.errors import DeployError
 from deploy.rollout import Decision, decide, machine_id
 from deploy.signature import trusted_key_files
 from deploy.state import DeploymentRecord, State
 from deploy.store import Store
 from deploy.system import System
-from host.files import ReadRefused, read_limited, write_atomically
 from host.http import Limits, Validators
 from imagespec import rollout as rollout_file
 from imagespec.diff import PackageDiff, package_diff
@@ -40,8 +40,6 @@ from rpmextents.nevra import Nevra, vercmp
 
 log = logging.getLogger(__name__)
 
-MEMORY = "channel.json"
-MEMORY_LIMIT = 64 << 20
 UP_TO_DATE, AVAILABLE, HELD, FAILED = "up to date", "update available", "held by rollout", "error"
 
 
@@ -108,24 +106,6 @@ def _file_from(value: Any) -> Remembered | None:
         )
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def load_memory(system: System) -> dict[str, Any]:
-    """What the last check wrote, or {} (a damaged file is ignored: the next check rewrites it)."""
-    path = system.layout.root / MEMORY
-    try:
-        value = json.loads(read_limited(path, MEMORY_LIMIT))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ReadRefused, ValueError) as e:
-        log.warning("%s: ignored: %s", path, e)
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _save_memory(system: System, value: dict[str, Any]) -> None:
-    system.layout.root.mkdir(parents=True, exist_ok=True)
-    write_atomically(system.layout.root / MEMORY, json.dumps(value, sort_keys=True).encode())
 
 
 def remember_failure(system: System, channel: Channel, error: str) -> None:
@@ -275,26 +255,3 @@ def check(system: System, channel: Channel, keyrings: Sequence[Path] = (),
         "manifest": _file_json(got.latest.file), "rollout": _file_json(rollout_mem),
     })
     return out
-
-
-def last_check(system: System) -> dict[str, Any] | None:
-    """For `status`: when the last check ran and what it found (None: never)."""
-    memory = load_memory(system)
-    if "checked" not in memory:
-        return None
-    return {k: memory.get(k) for k in ("checked", "result", "version", "mirror", "error")}
-
-
-def channel_status(system: System) -> dict[str, Any]:
-    """`status --json`'s channel part: {"channel": ..., "last_check": ...}, nulls when absent.
-
-    A channel configuration that does not parse is shown as its error, not raised: status
-    must work on a machine whose channel is broken.
-    """
-    from deploy.channel import ChannelError, load
-
-    try:
-        channel = load(system.sysroot)
-    except ChannelError as e:
-        return {"channel": {"error": str(e)}, "last_check": last_check(system)}
-    return {"channel": channel.to_json() if channel else None, "last_check": last_check(system)}

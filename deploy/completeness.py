@@ -14,6 +14,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from deploy.pathset import PathSet
 from deploy.records import RECORD_DIR
 from deploy.tree import HEADER_DIR
 
@@ -31,15 +32,14 @@ def _own(rel: str) -> bool:
     return any(rel == d or rel.startswith(d + "/") for d in OWN_DIRS)
 
 
-def unowned(tree: Path, owned: Iterable[str]) -> list[str]:
+def unowned(tree: Path, owned: Iterable[str] | PathSet) -> list[str]:
     """Tree-relative paths in tree that are neither owned (tree-relative paths of package
     files) nor parents of owned paths, nor rpmimg's own; an unowned directory is listed
-    alone, not with its contents. Symlinks are never followed."""
-    known = set(owned)
-    for rel in list(known):
-        known.update(_ancestors(rel))
+    alone, not with its contents. Symlinks are never followed. A PathSet given as owned
+    gains rpmimg's own directories."""
+    known = owned if isinstance(owned, PathSet) else PathSet(owned)
     for d in OWN_DIRS:
-        known.update(_ancestors(d + "/-"))
+        known.add(d + "/-")
     found: list[str] = []
     for top, dirs, files, _ in os.fwalk(tree, follow_symlinks=False):
         base = os.path.relpath(top, tree)

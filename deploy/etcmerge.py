@@ -80,18 +80,13 @@ class EtcMerge:
         return cls(tuple(actions))
 
 
-def _below_etc(path: str) -> bool:
-    return path == ETC or path.startswith(ETC + "/")
-
-
 def etc_entries(headers: Iterable[Header]) -> dict[str, tuple[Entry, str]]:
     """path -> (entry, NEVRA) of every entry below /etc; a later package's wins, as in the tree."""
     owned: dict[str, tuple[Entry, str]] = {}
     for header in headers:
         nevra = str(nevra_of(header))
-        for entry in header_files(header):
-            if _below_etc(entry.path):
-                owned[entry.path] = (entry, nevra)
+        for entry in header_files(header).entries_below(ETC):
+            owned[entry.path] = (entry, nevra)
     return owned
 
 

@@ -11,18 +11,18 @@ Entries are read-only and never rewritten; a new entry appears by rename.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deploy.dedupindex import DigestIndex, StoredExtent
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
-from deploy.sources.base import sha256_file
 from host import kernel
-from imagespec.manifest import ManifestPackage
 from rpmextents import ExtentsPackage, Keyring
 from rpmextents.errors import ExtentsError
 from rpmextents.extract import NO_REFLINK
@@ -30,9 +30,19 @@ from rpmextents.files import FileList
 from rpmextents.header import STRONG_HASH_ALGOS
 from rpmextents.index import align_up
 
+if TYPE_CHECKING:  # a type only: `status` and `rollback` load the store without the manifest model
+    from imagespec.manifest import ManifestPackage
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Store", "StoredExtent"]
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's content (here, not from deploy.sources: the store is loaded by
+    every command, the download machinery only by those that fetch)."""
+    with open(path, "rb", buffering=0) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class Store:

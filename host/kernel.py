@@ -481,10 +481,20 @@ def is_btrfs(path: StrPath) -> bool:
     """Whether path lies on a btrfs filesystem (statfs f_type)."""
     # struct statfs is 120 bytes on 64-bit Linux, f_type (__fsword_t, a long everywhere but
     # s390x) first; the buffer is larger than any variant.
-    buf = _ffi().new("long[64]")
-    if _libc().statfs(os.fsencode(path), buf) != 0:
-        raise _last_error(os.fspath(path))
+    buf = (ctypes.c_long * 64)()
+    if _ctypes_libc().statfs(os.fsencode(path), buf) != 0:
+        code = ctypes.get_errno()
+        raise _error(code, os.strerror(code), os.fspath(path))
     return int(buf[0]) & 0xFFFFFFFF == BTRFS_SUPER_MAGIC
+
+
+@functools.cache
+def _ctypes_libc() -> Any:
+    """libc through ctypes, for the calls every command makes (is_btrfs, openat2): loading
+    cffi's declarations costs more than a cached `status` does otherwise."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
 
 
 def sync_filesystem(path: StrPath) -> None:
@@ -569,14 +579,17 @@ def openat2(dir_fd: int, path: StrPath, flags: int, resolve: Resolve, mode: int 
     tmpfile = getattr(os, "O_TMPFILE", 0)
     if not flags & os.O_CREAT and (not tmpfile or flags & tmpfile != tmpfile):
         mode = 0
-    ffi = _ffi()
-    how = ffi.new("char[]", OPEN_HOW.pack(flags, mode, int(resolve)))
-    fd = int(_libc().syscall(
-        ffi.cast("long", SYS_openat2), ffi.cast("int", dir_fd), ffi.new("char[]", os.fsencode(path)),
-        ffi.cast("void *", how), ffi.cast("size_t", OPEN_HOW.size),
+    raw = os.fsencode(path)
+    if b"\0" in raw:  # C would see the path cut short at it: another file
+        raise _error(errno.EINVAL, "embedded null byte", os.fspath(path))
+    # Every argument a long, as syscall(2) reads them; the buffers are only read by the kernel.
+    fd = int(_ctypes_libc().syscall(
+        ctypes.c_long(SYS_openat2), ctypes.c_long(dir_fd), raw,
+        OPEN_HOW.pack(flags, mode, int(resolve)), ctypes.c_long(OPEN_HOW.size),
     ))
     if fd < 0:
-        raise _last_error(os.fspath(path))
+        code = ctypes.get_errno()
+        raise _error(code, os.strerror(code), os.fspath(path))
     return fd
 
 

@@ -42,16 +42,43 @@ def _offsets(header: Header, tag: int, n: int, what: str) -> array[int] | None:
     return values
 
 
-def _interned(header: Header, tag: int, n: int, what: str, fill: str) -> tuple[list[str], array[int]]:
-    """(distinct values, each file's index into them): owners and caps repeat a lot."""
+Interned = tuple[list[str], "array[int] | None"]
+
+
+def _interned(header: Header, tag: int, n: int, what: str, fill: str) -> Interned:
+    """(distinct values, each file's index into them): owners and caps repeat a lot, and
+    mostly one value fills the whole column (root, root, no capabilities): then there is
+    no index at all (None)."""
     offsets = _offsets(header, tag, n, what)
     if offsets is None:
-        return [fill], array("I", bytes(4 * n))
+        return [fill], None
+    first = header.string_at(offsets[0])
+    one = first.encode("utf-8", "surrogateescape") + b"\0"
+    if header.blob[offsets[0]:offsets[0] + len(one) * n] == one * n:
+        return [first], None
     distinct: dict[str, int] = {}
     which = array("I")
-    for o in offsets:
-        which.append(distinct.setdefault(header.string_at(o), len(distinct)))
+    for value in _decoded(header, offsets, 0, n):
+        which.append(distinct.setdefault(value, len(distinct)))
     return list(distinct), which
+
+
+def _value(column: Interned, i: int) -> str:
+    values, which = column
+    return values[which[i]] if which is not None else values[0]
+
+
+CHUNK = 4096  # strings decoded at a time when a column is walked
+
+
+def _decoded(header: Header, offsets: array[int], start: int, stop: int) -> Iterator[str]:
+    """The strings at offsets[start:stop], decoded CHUNK at a time: a string array's
+    elements follow each other in the header, so a run of them is one slice to split."""
+    blob = header.blob
+    for lo in range(start, stop, CHUNK):
+        hi = min(lo + CHUNK, stop)
+        end = blob.index(b"\0", offsets[hi - 1])
+        yield from blob[offsets[lo]:end].decode("utf-8", "surrogateescape").split("\0")
 
 
 class FileList(Sequence[Entry]):
@@ -93,10 +120,12 @@ class FileList(Sequence[Entry]):
         self.hardlink_keys = self._hardlink_keys()
         self._ext_offset: array[int] | None = None
         self._ext_length: array[int] | None = None
-        for i, path in enumerate(self.paths()):
+        for path in self.paths():
             check_path(path)
-            if stat.S_IFMT(self.modes[i]) not in _TYPES:
-                raise FormatError(f"header: {path} has an unknown file type in mode {self.modes[i]:o}")
+        for mode in set(self.modes):
+            if stat.S_IFMT(mode) not in _TYPES:
+                i = self.modes.index(mode)
+                raise FormatError(f"header: {self.path(i)} has an unknown file type in mode {mode:o}")
 
     def __len__(self) -> int:
         return self._n
@@ -116,11 +145,12 @@ class FileList(Sequence[Entry]):
             return {}
         dev = devices if devices is not None else array("I", bytes(4 * self._n))
         last = (-1, -1)
-        for i in range(self._n):
-            if inodes[i] > 0 and self.stored(i):
-                if (dev[i], inodes[i]) <= last:
+        modes, flags = self.modes, self.flags
+        for i, (d, ino) in enumerate(zip(dev, inodes, strict=True)):
+            if ino > 0 and modes[i] & 0o170000 == stat.S_IFREG and not flags[i] & _GHOST:
+                if (d, ino) <= last:
                     break
-                last = (dev[i], inodes[i])
+                last = (d, ino)
         else:
             return {}  # (device, inode) only grow in header order, as rpmbuild numbers them: no links
         order = sorted((i for i in range(self._n) if inodes[i] > 0 and self.stored(i)),
@@ -158,8 +188,13 @@ class FileList(Sequence[Entry]):
         return name if dirindexes is None else self._dirnames[dirindexes[i]] + name
 
     def paths(self) -> Iterator[str]:
-        for i in range(self._n):
-            yield self.path(i)
+        dirnames, dirindexes = self._dirnames, self._dirindexes
+        names = _decoded(self.header, self._names, 0, self._n)
+        if dirindexes is None:
+            yield from names
+        else:
+            for i, name in enumerate(names):
+                yield dirnames[dirindexes[i]] + name
 
     def digest(self, i: int) -> str:
         return self.header.string_at(self._digests[i]) if self._digests is not None else ""
@@ -174,6 +209,9 @@ class FileList(Sequence[Entry]):
     def entry(self, i: int) -> Entry:
         if i < 0:
             i += self._n
+        return self._entry(i, self.path(i), self.digest(i))
+
+    def _entry(self, i: int, path: str, digest: str) -> Entry:
         mode, flags, size = self.modes[i], self.flags[i], self.sizes[i]
         etype = _TYPES[stat.S_IFMT(mode)]
         extent = None
@@ -181,14 +219,21 @@ class FileList(Sequence[Entry]):
             extent = self.extent(i)
         header = self.header
         return Entry(
-            i, self.path(i), etype, mode, self._users[0][self._users[1][i]],
-            self._groups[0][self._groups[1][i]], self._mtimes[i] if self._mtimes is not None else 0,
+            i, path, etype, mode, _value(self._users, i), _value(self._groups, i),
+            self._mtimes[i] if self._mtimes is not None else 0,
             size,
             header.string_at(self._linktos[i]) if etype is EntryType.SYMLINK and self._linktos is not None else "",
-            self._caps[0][self._caps[1][i]] or None, self._rdevs[i] if self._rdevs is not None else 0,
-            header.string_at(self._digests[i]) if self._digests is not None else "",
-            self.digest_algo, flags, self.hardlink_keys.get(i), extent,
+            _value(self._caps, i) or None, self._rdevs[i] if self._rdevs is not None else 0,
+            digest, self.digest_algo, flags, self.hardlink_keys.get(i), extent,
         )
+
+    def entries_below(self, directory: str) -> Iterator[Entry]:
+        """The entries of directory and everything below it (an absolute path), in order;
+        no Entry is made for the others."""
+        below = directory.rstrip("/") + "/"
+        for i, path in enumerate(self.paths()):
+            if path.startswith(below) or path == directory:
+                yield self._entry(i, path, self.digest(i))
 
     @overload
     def __getitem__(self, i: int) -> Entry: ...
@@ -202,8 +247,11 @@ class FileList(Sequence[Entry]):
         return self.entry(i)
 
     def __iter__(self) -> Iterator[Entry]:
-        for i in range(self._n):
-            yield self.entry(i)
+        """Every entry in order; paths and digests decoded a chunk at a time."""
+        digests = (_decoded(self.header, self._digests, 0, self._n) if self._digests is not None
+                   else itertools.repeat(""))
+        for i, (path, digest) in enumerate(zip(self.paths(), digests, strict=False)):
+            yield self._entry(i, path, digest)
 
     def payload_sizes(self) -> array[int]:
         """How many data bytes rpm writes after each entry's cpio header.

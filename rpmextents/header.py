@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
+import operator
+import os
 import struct
 import sys
 from array import array
@@ -236,22 +239,33 @@ class Header:
         """Where each string of a string array tag starts in ``blob`` (each ends at a NUL).
 
         Checked like get(): the count strings are terminated within the data store. A
-        caller keeps 8 bytes a string and decodes one when it needs it (see string_at).
+        caller keeps 4 bytes a string (a header is far below 4 GiB: MAX_DATA) and decodes
+        one when it needs it (see string_at).
         """
         entry = self.entries.get(tag)
-        offsets = array("q")
+        offsets = array("I")
         if entry is None:
             return offsets
         if entry.type not in (TagType.STRING_ARRAY, TagType.STRING, TagType.I18NSTRING):
             raise FormatError(f"{self.what}: tag {tag} is not a string array")
-        pos, end, find = self._store + entry.offset, self._store + self._dl, self.blob.find
-        append = offsets.append
-        for _ in range(entry.count):
-            nul = find(b"\0", pos, end)
-            if nul < 0:
-                raise FormatError(f"{self.what}: string of tag {entry.tag} is not terminated")
-            append(pos)
-            pos = nul + 1
+        pos, end, blob = self._store + entry.offset, self._store + self._dl, self.blob
+        left = entry.count
+        while left:
+            # _SCAN bytes of strings at a time, split in C: each offset is the last one plus
+            # the string's length and its NUL (accumulate over map, no Python loop per string).
+            # (maxsplit: what follows the array, often runs of NULs, is never split up)
+            span = min(_SCAN, 256 + 128 * left)
+            parts = blob[pos:min(pos + span, end)].split(b"\0", left)[:-1]
+            if not parts:  # no NUL in the next span: one long string, or none at all
+                nul = blob.find(b"\0", pos, end)
+                if nul < 0:
+                    raise FormatError(f"{self.what}: string of tag {entry.tag} is not terminated")
+                parts = [blob[pos:nul]]
+            starts = itertools.accumulate(map(operator.add, map(len, parts), itertools.repeat(1)),
+                                          initial=pos)
+            offsets.extend(itertools.islice(starts, len(parts)))
+            pos += sum(map(len, parts)) + len(parts)
+            left -= len(parts)
         return offsets
 
     def string_at(self, offset: int) -> str:
@@ -271,6 +285,10 @@ class Header:
         return value
 
 
+# Bytes of a string array split at a time (string_offsets): the split makes an object a
+# string, so this bounds the transient memory (a column of empty strings: 16 Ki objects).
+_SCAN = 16 << 10
+
 def _read_exact(f: BinaryIO, n: int, what: str, offset: int) -> bytes:
     data = f.read(n)
     if len(data) != n:
@@ -285,7 +303,20 @@ def _read_header(f: BinaryIO, offset: int, what: str) -> bytes:
     il, dl = struct.unpack_from(">II", intro, 8)
     if il < 1 or il > MAX_TAGS or dl > MAX_DATA:
         raise FormatError(f"{what} at offset {offset} has an absurd size ({il} tags, {dl} bytes)")
-    return intro + _read_exact(f, 16 * il + dl, what, offset + 16)
+    rest = 16 * il + dl
+    if rest >= 1 << 20 and _seekable(f):
+        # Read again from the magic in one piece: `intro + rest` would hold the header
+        # twice for a moment (50 MB for a package of 200,000 files).
+        f.seek(-16, os.SEEK_CUR)
+        return _read_exact(f, 16 + rest, what, offset)
+    return intro + _read_exact(f, rest, what, offset + 16)
+
+
+def _seekable(f: BinaryIO) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError):
+        return False
 
 
 @dataclass(frozen=True)

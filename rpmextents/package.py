@@ -50,6 +50,15 @@ class _FileReader:
         self._pos += len(data)
         return data
 
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence not in (os.SEEK_SET, os.SEEK_CUR):
+            raise ValueError("seek from the end is not supported")
+        self._pos = offset + (self._pos if whence == os.SEEK_CUR else 0)
+        return self._pos
+
 
 class _Sequential:
     """Reads consecutive byte runs of a file forward, a megabyte at a time."""

@@ -144,7 +144,7 @@ def status_rows(system: System, measure: bool) -> list[dict[str, Any]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from deploy.check import channel_status
+    from deploy.channelmemory import channel_status
 
     with _system(args) as system:
         _settled(system)

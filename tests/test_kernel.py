@@ -485,6 +485,22 @@ def test_open_beneath_follows_nothing_and_stays_below(tmp_path: Path) -> None:
         os.close(rfd)
 
 
+def test_openat2_refuses_a_path_with_a_nul_byte(tmp_path: Path) -> None:
+    """C would read the path only up to the NUL: "d/file\\0x" must not open d/file."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/file").write_text("in")
+    rfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for path in ("d/file\0x", "d\0/file"):
+            with pytest.raises(OSError) as caught:
+                kernel.open_beneath(rfd, path, os.O_RDONLY)
+            assert caught.value.errno == errno.EINVAL and caught.value.filename == path
+            with pytest.raises(OSError):
+                kernel.openat2(rfd, path, os.O_RDONLY, kernel.Resolve.IN_ROOT)
+    finally:
+        os.close(rfd)
+
+
 def test_open_beneath_takes_paths_longer_than_path_max(tmp_path: Path) -> None:
     """Past PATH_MAX the path is opened a piece at a time, still refusing symlinks in every piece."""
     parts = ["p" * 250] * 20  # 5,019 bytes

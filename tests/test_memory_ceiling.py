@@ -90,9 +90,6 @@ def _deploy(sysroot: Path, image: str, limited: Limited | None) -> tuple[int, st
     return proc.returncode, proc.stdout + proc.stderr
 
 
-@pytest.mark.xfail(reason="since verify also checks the rpm database, a 200,000-file verify was"
-                   " OOM-killed in 128 MiB (not yet understood); known miss, see issue 17",
-                   strict=False)
 def test_verify_200k_files_in_128_mib(limited: Limited, big_btrfs: Path) -> None:
     rc, output = _deploy(big_btrfs, f"scale{FILES}", None)
     assert rc == 0, output

@@ -1,0 +1,127 @@
+"""The file list's columns read fast and exactly: string arrays split in C, owners
+interned, names and digests decoded a chunk at a time (issue 17), checked against a
+plain reading of the same bytes, hostile headers included."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rpmextents.errors import FormatError
+from rpmextents.filelist import CHUNK, _decoded, _interned
+from rpmextents.header import HEADER_MAGIC, Header, TagType
+
+STRINGS, AFTER = 1000, 1001
+
+
+def _blob(strings: list[bytes], after: bytes = b"", count: int | None = None,
+          terminated: bool = True) -> bytes:
+    """A header: tag STRINGS a string array of `strings`, then tag AFTER a BIN of `after`."""
+    data = b"\0".join(strings) + (b"\0" if terminated and strings else b"")
+    index = struct.pack(">IIiI", STRINGS, TagType.STRING_ARRAY, 0,
+                        len(strings) if count is None else count)
+    index += struct.pack(">IIiI", AFTER, TagType.BIN, len(data), len(after))
+    data += after
+    return HEADER_MAGIC + struct.pack(">II", 2, len(data)) + index + data
+
+
+def _plain(blob: bytes, header: Header, n: int) -> list[int]:
+    """Offsets the slow way: one find per string."""
+    pos, out = header._store, []
+    for _ in range(n):
+        out.append(pos)
+        pos = blob.index(b"\0", pos) + 1
+    return out
+
+
+names = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"x")), max_size=300)
+
+
+@settings(max_examples=150, deadline=None)
+@given(names, st.binary(max_size=600))
+def test_string_offsets_match_a_plain_reading(strings: list[bytes], after: bytes) -> None:
+    blob = _blob(strings, after)
+    h = Header(blob)
+    offsets = h.string_offsets(STRINGS)
+    assert list(offsets) == _plain(blob, h, len(strings))
+    assert [h.string_at(o).encode("utf-8", "surrogateescape") for o in offsets] == strings
+
+
+def test_long_strings_and_a_long_array() -> None:
+    """Strings longer than a scan's span, and more strings than fit one span."""
+    strings = [b"a" * 3_000_000, b"", b"b" * 70_000] + [b"%06d" % i for i in range(300_000)]
+    blob = _blob(strings, bytes(5000))
+    h = Header(blob)
+    offsets = h.string_offsets(STRINGS)
+    assert len(offsets) == len(strings)
+    assert offsets[1] == offsets[0] + 3_000_001 and h.string_at(offsets[-1]) == "299999"
+    assert list(offsets[:5]) == _plain(blob, h, 5)
+
+
+def test_an_unterminated_string_array_is_refused() -> None:
+    with pytest.raises(FormatError, match="not terminated"):
+        Header(_blob([b"abc", b"def"], terminated=False)).string_offsets(STRINGS)
+    # a count larger than the strings there: the NULs that follow in other tags don't count
+    # past the data store's end
+    with pytest.raises(FormatError, match="not terminated"):
+        Header(_blob([b"abc"], b"zz", count=3)).string_offsets(STRINGS)
+
+
+def test_a_count_beyond_the_array_reads_into_the_next_tag_as_before() -> None:
+    """rpm's own rule (each string ends at a NUL inside the store) is all that is checked."""
+    blob = _blob([b"abc"], b"x\0y\0", count=3)
+    h = Header(blob)
+    assert list(h.string_offsets(STRINGS)) == _plain(blob, h, 3)
+
+
+@pytest.mark.parametrize("values", [
+    [b"root"] * 5000,
+    [b"root"] * 4999 + [b"games"],
+    [b"games"] + [b"root"] * 4999,
+    [b"r\xe9ot", b"root", b"r\xe9ot"],  # not UTF-8: kept apart as rpm's bytes
+    [b"root", b"rootroot"[:4]] * 3,
+])
+def test_interned_owners(values: list[bytes]) -> None:
+    h = Header(_blob(values, bytes(64)))
+    distinct, which = _interned(h, STRINGS, len(values), "owners", "root")
+    indexes = which if which is not None else [0] * len(values)
+    assert (which is None) == (len(set(values)) == 1)  # one value: no per-file index at all
+    assert [distinct[i].encode("utf-8", "surrogateescape") for i in indexes] == values
+    assert len(distinct) == len(set(values))
+
+
+def test_interned_checks_the_count() -> None:
+    with pytest.raises(FormatError, match="3 entries for 4 files"):
+        _interned(Header(_blob([b"a", b"b", b"c"])), STRINGS, 4, "FILEUSERNAME", "root")
+
+
+def test_decoded_crosses_chunks() -> None:
+    strings = [f"name-{i}-\u00e9".encode() for i in range(CHUNK * 2 + 7)]
+    h = Header(_blob(strings, bytes(16)))
+    offsets = h.string_offsets(STRINGS)
+    got = list(_decoded(h, offsets, 0, len(strings)))
+    assert got == [s.decode() for s in strings]
+    assert list(_decoded(h, offsets, CHUNK - 1, CHUNK + 2)) == got[CHUNK - 1:CHUNK + 2]
+
+
+def test_entries_below_are_the_same_entries_as_a_full_walk() -> None:
+    from fixtures.build import fixture_packages
+    from rpmextents.files import header_files
+    from rpmextents.header import read_prefix
+
+    for name in ("outside-usr", *sorted(fixture_packages())[:6]):
+        with open(fixture_packages()[name], "rb") as f:
+            files = header_files(read_prefix(f).header)
+        walked = list(files)
+        assert walked == [files[i] for i in range(len(files))]  # __iter__ == entry(i)
+        for top in ("/etc", "/etc/", "/usr/share", "/e"):
+            d = top.rstrip("/")
+            want = [e for e in walked if e.path == d or e.path.startswith(d + "/")]
+            assert list(files.entries_below(top)) == want, (name, top)
+    with open(fixture_packages()["outside-usr"], "rb") as f:
+        files = header_files(read_prefix(f).header)
+    assert [e.path for e in files.entries_below("/etc")] == [
+        "/etc/outside-usr.conf", "/etc/outside-usr.d", "/etc/outside-usr.d/defaults.conf"]
