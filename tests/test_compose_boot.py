@@ -123,6 +123,8 @@ def test_compose_publishes_kernel_and_initrd_pinned_by_the_signed_manifest(image
     assert "usr/lib/rpmimg/rpmimg-etc-sync.sh" in listing
     assert "usr/bin/sha256sum" in listing and "usr/bin/comm" in listing
     assert "etc/cmdline.d/50-rpmimg.conf" in listing
+    # rd.emergency=reboot needs a reboot command (the image has no systemd-sysv links).
+    assert "usr/sbin/reboot" in listing or "usr/bin/reboot" in listing, listing
     assert not any("bootimage" in f for f in listing)  # nothing of the release package
     # The pool keeps what published versions use.
     store = ImageStore(image.output)
