@@ -109,10 +109,11 @@ def test_trickle_is_given_up_at_the_deadline(tmp_path: Path, site: Path, mode: M
     part = tmp_path / "small.part"
     with serve(site, {"/small": Rule(mode, interval=0.2)}) as web:
         started = time.monotonic()
-        with pytest.raises(DownloadError, match=r"small: gave up after 3\.\d s, past the deadline for 1000 bytes"):
+        with pytest.raises(DownloadError, match=r"small: gave up after [3-7]\.\d s, past the deadline for 1000 bytes"):
             fetch(web.url + "small", part, size=1000)
         took = time.monotonic() - started
-    assert 2.9 < took < 3.6
+    # Not early, and far from the 200 s the trickle would take: the slack is for a loaded machine.
+    assert 2.9 < took < 8
     assert part.stat().st_size < 1000  # what did arrive is kept for a resume
 
 
@@ -266,8 +267,8 @@ def test_https_checks_the_certificate_and_keeps_the_bounds(
         fetch(web.url + "small", tmp_path / "b", size=1000)
         assert (tmp_path / "b").read_bytes() == b"x" * 1000
         started = time.monotonic()
-        with pytest.raises(DownloadError, match=r"slow: gave up after 3\.\d s"):
+        with pytest.raises(DownloadError, match=r"slow: gave up after [3-7]\.\d s"):
             fetch(web.url + "slow", tmp_path / "c", size=1000)
-        assert time.monotonic() - started < 3.6
+        assert time.monotonic() - started < 8  # the 3 s deadline, with slack for a loaded machine
     # A certificate that does not verify is final: one request, no retries.
     assert [r.path for r in web.requests] == ["/small", "/slow"]
