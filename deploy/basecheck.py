@@ -7,11 +7,21 @@ first, cheaply: every file's metadata (type, mode, owner, size, mtime, link targ
 read only when its extents are no longer the store entry's (a file rewritten in place
 gets new extents when its data is written, so extents still inside the verified store
 entry's are its packaged content). A damaged base makes the deploy build in full.
+
+That walk costs more than the rest of an update, so its result is kept: right after a
+deployment is built, and after a base passed the check, TOP/@rpmimg/intact.json records
+the subvolume's id, btrfs generation and change transid (filesystem synced first, so
+every change made so far is committed and counted). Any change inside a subvolume, made
+writable and read-only again or not, raises both numbers, and they never go back; a base
+still read-only with the recorded numbers is the tree that was built or checked, and is
+not walked again. A missing, unreadable or other deployment's record means the walk.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
+import logging
 import os
 from collections.abc import Callable
 
@@ -22,8 +32,13 @@ from deploy.store import Store
 from deploy.system import System
 from deploy.verify import accounts_root, verify
 from host import kernel
+from host.files import ReadRefused, read_limited, write_atomically
 from host.kernel import FiemapFlag
 from rpmextents import Owners
+
+log = logging.getLogger(__name__)
+
+MARK_NAME = "intact.json"
 
 # Extents whose placement FIEMAP can't vouch for: their content must be read.
 _UNPLACED = FiemapFlag.UNKNOWN | FiemapFlag.DELALLOC | FiemapFlag.DATA_INLINE | FiemapFlag.ENCODED
@@ -103,9 +118,55 @@ def damaged_base(system: System, current: State, full: bool) -> tuple[str, ...]:
     store = Store(system.layout.store)
     if not all(store.has(p.sha256) for p in base.packages):
         return ()  # the build can't update from it anyway, and says why
+    if intact(system, base.id):
+        return ()
     result = verify(system, base.id, content_known=extents_shared(store))
     shared = _claimed_twice(store, [p.sha256 for p in base.packages])
-    return tuple(f"{m.path}: {', '.join(m.what)}" for m in result.mismatches if m.path not in shared)
+    damage = tuple(f"{m.path}: {', '.join(m.what)}" for m in result.mismatches if m.path not in shared)
+    if not damage:
+        record_intact(system, base.id)
+    return damage
+
+
+def _mark(system: System, deployment_id: str) -> list[int] | None:
+    """[subvolume id, generation, change transid] of a read-only deployment, every change
+    to it committed first; None when it is not a read-only subvolume."""
+    tree = system.layout.deployment(deployment_id)
+    try:
+        if not kernel.is_subvolume(tree) or not kernel.subvolume_is_readonly(tree):
+            return None
+        kernel.sync_filesystem(tree)
+        generation, ctransid = kernel.subvolume_generation(tree)
+        return [kernel.subvolume_id(tree), generation, ctransid]
+    except OSError:
+        return None
+
+
+def record_intact(system: System, deployment_id: str) -> None:
+    """Remember that the deployment, as it is now, is what its packages make (it was just
+    built from verified packages, or just passed the check). Best effort: without the
+    record the next update walks the base."""
+    mark = _mark(system, deployment_id)
+    if mark is None:
+        return
+    try:
+        write_atomically(system.layout.root / MARK_NAME,
+                         json.dumps({"deployment": deployment_id, "mark": mark}).encode())
+    except OSError as e:
+        log.debug("intact mark not written: %s", e)
+
+
+def intact(system: System, deployment_id: str) -> bool:
+    """Whether the deployment is unchanged since record_intact: same subvolume, same
+    generation and change transid, still read-only."""
+    try:
+        data = json.loads(read_limited(system.layout.root / MARK_NAME, 4096))
+    except (OSError, ValueError, ReadRefused):
+        return False
+    if not isinstance(data, dict) or data.get("deployment") != deployment_id:
+        return False
+    mark = _mark(system, deployment_id)
+    return mark is not None and data.get("mark") == mark
 
 
 def _claimed_twice(store: Store, shas: list[str]) -> set[str]:

@@ -59,6 +59,24 @@ def _differing(jobs: list[DigestJob]) -> list[bool]:
     return out
 
 
+def _worker_start(parent: int) -> None:
+    """In each pool worker: die with the process that made the pool. Without this, a
+    verify killed by SIGKILL (the OOM killer) leaves its workers running, orphaned.
+
+    The pool's workers are forked by the thread that submits the first batch (the fork
+    context starts them all at once), and verify submits from its main thread."""
+    kernel.die_with_parent()
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of forked workers that end when this process does, however it ends."""
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
+        initargs=(os.getpid(),))
+
+
 class Hashing:
     """Digest checks that run while the metadata checks go on.
 
@@ -99,8 +117,7 @@ class Hashing:
             return  # not worth the workers yet: a small deployment is hashed here
         else:
             if self._pool is None:
-                ctx = multiprocessing.get_context("fork")
-                self._pool = concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=ctx)
+                self._pool = worker_pool(self._workers)
             while len(self._futures) >= IN_FLIGHT * self._workers:
                 self._collect(self._futures.popleft()[0].result())  # back-pressure
             self._futures.append((self._pool.submit(_differing, self._batch), len(self._batch)))

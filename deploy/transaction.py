@@ -421,6 +421,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
         bootfiles.save(system, tree.record.id, [k.files for k in kernels])
         with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
             commit(system, signed, current, tree)
+        basecheck.record_intact(system, tree.record.id)  # the next update need not walk it
         built = tree.built
         return base(
             outcome=Outcome.DEPLOYED, deployment=tree.record.id, fetched=len(stored.fetched),

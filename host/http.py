@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from host.httpconn import Clock, DownloadError, Limits, Restart, Retry, exchange
 
@@ -50,6 +50,7 @@ CHUNK = 1 << 16
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
+T = TypeVar("T")
 Progress = Callable[[int], None]  # bytes added to (or, on a restart, taken from) the file
 
 
@@ -212,30 +213,41 @@ def _download(want: _Want, sink: BinaryIO, limits: Limits) -> str:
     if sink.seek(0, io.SEEK_END) > cap:
         sink.truncate(0)
     want.progress(sink.seek(0, io.SEEK_END))
+    return _retrying(
+        url, "", clock, lambda: _attempt(sink, want, clock),
+        restart=lambda: _truncate(sink, want, 0),
+        late=lambda: f", past the deadline for {cap} bytes ({sink.seek(0, io.SEEK_END)} received)")
+
+
+def _retrying(url: str, what: str, clock: Clock, attempt: Callable[[], T],
+              restart: Callable[[], None] = lambda: None, late: Callable[[], str] = str) -> T:
+    """attempt() until it returns: Retry, connection errors and cuts are tried again after
+    a doubling backoff, at most clock.limits.attempts times and within the clock's deadline;
+    a Restart first calls restart() (the partial data is no prefix). Errors name url and
+    what (", bytes A-B" for a range); late() adds to the message of a deadline passed."""
+    limits = clock.limits
     last = ""
-    for attempt in range(limits.attempts):
-        if attempt:
-            clock.sleep(min(limits.backoff * 2 ** (attempt - 1), 8.0))
+    for n in range(limits.attempts):
+        if n:
+            clock.sleep(min(limits.backoff * 2 ** (n - 1), 8.0))
         try:
             if clock.left() <= 0:
                 raise TimeoutError("deadline passed")
-            return _attempt(sink, want, clock)
+            return attempt()
         except Restart as e:
-            _truncate(sink, want, 0)
+            restart()
             last = str(e)
         except Retry as e:
             last = str(e)
         except (OSError, http.client.HTTPException) as e:
             if clock.left() <= 0:
-                got = sink.seek(0, io.SEEK_END)
-                raise DownloadError(
-                    f"{url}: gave up after {time.monotonic() - clock.start:.1f} s, past the deadline "
-                    f"for {cap} bytes ({got} received)", url) from e
+                raise DownloadError(f"{url}{what}: gave up after {time.monotonic() - clock.start:.1f} s"
+                                    f"{late()}", url) from e
             if isinstance(e, ssl.SSLCertVerificationError):
                 raise DownloadError(f"{url}: certificate verify failed: {e.verify_message}", url) from e
             last = _describe(e, limits)
-        log.debug("%s: attempt %d: %s", url, attempt + 1, last)
-    raise DownloadError(f"{url}: failed after {limits.attempts} attempts: {last}", url)
+        log.debug("%s%s: attempt %d: %s", url, what, n + 1, last)
+    raise DownloadError(f"{url}{what}: failed after {limits.attempts} attempts: {last}", url)
 
 
 def download_file(url: str, part: Path, *, size: int | None = None, limit: int | None = None,
@@ -309,26 +321,8 @@ def download_range(url: str, start: int, length: int, *, limits: Limits | None =
     if start < 0 or length <= 0:
         raise ValueError("download_range needs a start >= 0 and a length > 0")
     clock = Clock(limits.deadline(length), limits)
-    last = ""
-    for attempt in range(limits.attempts):
-        if attempt:
-            clock.sleep(min(limits.backoff * 2 ** (attempt - 1), 8.0))
-        try:
-            if clock.left() <= 0:
-                raise TimeoutError("deadline passed")
-            return _range_attempt(url, start, length, clock, progress or (lambda n: None))
-        except Retry as e:
-            last = str(e)
-        except DownloadError:
-            raise
-        except (OSError, http.client.HTTPException) as e:
-            if clock.left() <= 0:
-                raise DownloadError(f"{url}: bytes {start}-{start + length - 1}: gave up after "
-                                    f"{time.monotonic() - clock.start:.1f} s", url) from e
-            last = _describe(e, limits)
-        log.debug("%s: range attempt %d: %s", url, attempt + 1, last)
-    raise DownloadError(f"{url}: bytes {start}-{start + length - 1}: failed after "
-                        f"{limits.attempts} attempts: {last}", url)
+    return _retrying(url, f": bytes {start}-{start + length - 1}", clock,
+                     lambda: _range_attempt(url, start, length, clock, progress or (lambda n: None)))
 
 
 def download_if_changed(url: str, limit: int, have: Validators | None, *,

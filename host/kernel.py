@@ -15,11 +15,13 @@ architectures with their own encoding (powerpc, mips, sparc, alpha) are not supp
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
 import errno
 import fcntl
 import functools
 import os
+import signal
 import stat
 import struct
 from collections.abc import Iterable, Iterator
@@ -499,6 +501,22 @@ def unshare_mount_namespace() -> None:
     """Move this process into a mount namespace of its own (unshare(CLONE_NEWNS))."""
     if _libc().unshare(CLONE_NEWNS) != 0:
         raise _last_error("unshare(CLONE_NEWNS)")
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send sig to this process when the thread that created it ends
+    (prctl PR_SET_PDEATHSIG), so a worker cannot outlive a parent killed with SIGKILL.
+
+    The caller checks os.getppid() afterwards: a parent that died before this call
+    took effect is not signalled for."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                  ctypes.c_ulong(0)) != 0:
+        code = ctypes.get_errno()
+        raise _error(code, os.strerror(code), "prctl(PR_SET_PDEATHSIG)")
 
 
 def set_capabilities(fd: int, text: str) -> None:
