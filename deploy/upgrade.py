@@ -46,13 +46,14 @@ class UpgradeResult:
 
 
 def _deploy(system: System, channel: Channel, found: CheckResult, keyrings: Sequence[Path],
-            progress: ProgressFactory, lock_wait: float) -> DeployResult:
+            progress: ProgressFactory, lock_wait: float, unsigned: bool) -> DeployResult:
     mirrors = [found.mirror] + [u for u in channel.urls if u != found.mirror]
     last: Exception | None = None
     for base in mirrors:
         options = DeployOptions(
             source=version_url(base, found.image, found.version),
             keyrings=(*keyrings, *channel.key_paths(system.sysroot)), lock_wait=lock_wait,
+            allow_unsigned_packages=unsigned,
         )
         try:
             return deploy(system, options, progress)
@@ -68,13 +69,16 @@ def _deploy(system: System, channel: Channel, found: CheckResult, keyrings: Sequ
 def upgrade(system: System, channel: Channel, *, keyrings: Sequence[Path] = (),
             reboot: RebootCommands | None = None, progress: ProgressFactory | None = None,
             lock_wait: float = 5.0, limits: Limits | None = None,
-            now: datetime.datetime | None = None) -> UpgradeResult:
+            now: datetime.datetime | None = None,
+            allow_unsigned_packages: bool = False) -> UpgradeResult:
     """Deploy the channel's latest if it is new and this machine's turn; with `reboot`,
-    reboot into the default by the channel's policy when it is not what is booted."""
+    reboot into the default by the channel's policy when it is not what is booted.
+    allow_unsigned_packages: as deploy's (the signed manifest still pins every package)."""
     found = check(system, channel, keyrings, limits)
     deployed = None
     if found.update:
-        deployed = _deploy(system, channel, found, keyrings, progress or _quiet, lock_wait)
+        deployed = _deploy(system, channel, found, keyrings, progress or _quiet, lock_wait,
+                           allow_unsigned_packages)
     state = system.load_state()
     booted = system.booted()
     needed = state.default is not None and (

@@ -42,6 +42,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--reboot", action="store_true",
                    help="reboot into the new default by the channel's policy")
+    options.unsigned(p)
     options.keyring(p)
     options.common(p, mutating=True)
     p.set_defaults(func=cmd_upgrade)
@@ -121,7 +122,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         try:
             result = upgrade(system, channel, keyrings=tuple(args.keyring),
                              reboot=commands_for(channel) if args.reboot else None,
-                             progress=bars, lock_wait=args.lock_wait)
+                             progress=bars, lock_wait=args.lock_wait,
+                             allow_unsigned_packages=args.allow_unsigned_packages)
             ok = True
         finally:
             bars.close(ok)

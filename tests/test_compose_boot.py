@@ -123,6 +123,8 @@ def test_compose_publishes_kernel_and_initrd_pinned_by_the_signed_manifest(image
     assert "usr/lib/rpmimg/rpmimg-etc-sync.sh" in listing
     assert "usr/bin/sha256sum" in listing and "usr/bin/comm" in listing
     assert "etc/cmdline.d/50-rpmimg.conf" in listing
+    # rd.emergency=reboot needs a reboot command (the image has no systemd-sysv links).
+    assert "usr/sbin/reboot" in listing or "usr/bin/reboot" in listing, listing
     assert not any("bootimage" in f for f in listing)  # nothing of the release package
     # The pool keeps what published versions use.
     store = ImageStore(image.output)
@@ -143,6 +145,7 @@ def test_initrd_is_reused_when_its_inputs_are_unchanged_and_rebuilt_when_they_ch
     assert v4.kernel == v1.kernel
     listing = _initrd_listing(image.boot_file("v4", "initrd"))
     assert not any("/fs/btrfs/btrfs.ko" in f for f in listing), BROKEN_DRACUT_CONF
+    assert "etc/cmdline.d/01-default.conf" in listing  # its kernel_cmdline: rd.timeout=20
     # The record names the packages that went in; a new kernel package means new inputs.
     record = json.loads((image.output / boot_inputs_path(v1.inputs, v1.kernel_version)).read_text())
     kernel_package = next(n for n in record["packages"] if n.startswith("linux-image-6.1"))

@@ -28,4 +28,22 @@ install() {
     $SYSTEMCTL -q --root "$initdir" add-wants initrd.target rpmimg-etc-sync.service
     mkdir -p "$initdir/etc/cmdline.d"
     echo "rd.shell=0 rd.emergency=reboot" > "$initdir/etc/cmdline.d/50-rpmimg.conf"
+    # rd.emergency=reboot has dracut-emergency run `reboot`, which dracut's systemd module
+    # copies only where the image has it (e.g. Debian's systemd-sysv links); without it the
+    # failed boot stays in emergency and boot counting never falls back. systemctl called
+    # as `reboot` reboots.
+    inst_multiple -o reboot
+    local _d
+    for _d in usr/sbin usr/bin sbin bin; do
+        [ -e "$initdir/$_d/reboot" ] && return 0
+    done
+    for _d in usr/bin bin usr/sbin sbin; do
+        if [ -x "$initdir/$_d/systemctl" ]; then
+            mkdir -p "$initdir/usr/sbin"
+            ln -sfn "/$_d/systemctl" "$initdir/usr/sbin/reboot"
+            return 0
+        fi
+    done
+    derror "rpmimg: neither reboot nor systemctl in the initrd: rd.emergency=reboot cannot work"
+    return 1
 }
