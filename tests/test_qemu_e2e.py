@@ -136,7 +136,7 @@ def _self_upgrade(vm: Machine, version: str) -> str:
 
 
 def _deploy_from_host(disk: Path, installed: dict[str, Any], manifest: Path, key: Path,
-                      tries: int, mnt: Path) -> None:
+                      tries: int, mnt: Path, allow_unsigned_packages: bool = True) -> None:
     """Deploy into the powered-off disk from outside (its ESP a FAT image, with mtools)."""
     root = installed["root"]
     with mounted_partition(disk, root["offset_bytes"], root["size_bytes"], mnt) as top:
@@ -150,9 +150,10 @@ def _deploy_from_host(disk: Path, installed: dict[str, Any], manifest: Path, key
              "    esp = FatImageEsp(Path(sys.argv[2]), int(sys.argv[3]))\n"
              "    s = dataclasses.replace(s, esp=esp, tries=int(sys.argv[6]))\n"
              "    r = deploy(s, DeployOptions(source=sys.argv[4], keyrings=(Path(sys.argv[5]),),"
-             " allow_unsigned_packages=True))\n"
+             " allow_unsigned_packages=sys.argv[7] == 'yes'))\n"
              "    print(r.outcome.value, r.deployment, r.version)\n",
-             top, disk, str(installed["esp"]["offset_bytes"]), manifest, key, str(tries)],
+             top, disk, str(installed["esp"]["offset_bytes"]), manifest, key, str(tries),
+             "yes" if allow_unsigned_packages else "no"],
             check=True)
 
 
@@ -297,18 +298,8 @@ def test_systemd_boot_counts_tries_and_falls_back(tmp_path: Path) -> None:
     assert _entries(esp)["1"] == f"rpmimg-1-{kver}+2-1.conf"  # systemd-boot counted the try
 
     # Deploy v2 from outside (its ESP is a FAT image here), with 2 tries.
-    root = installed["root"]
-    with mounted_partition(disk, root["offset_bytes"], root["size_bytes"], tmp_path / "mnt") as top:
-        subprocess.run(
-            [sys.executable, "-c",
-             "import dataclasses, sys; from pathlib import Path\n"
-             "from deploy.esp import FatImageEsp\n"
-             "from deploy.system import open_system\n"
-             "from deploy.transaction import DeployOptions, deploy\n"
-             "with open_system(Path(sys.argv[1])) as s:\n"
-             "    s = dataclasses.replace(s, esp=FatImageEsp(Path(sys.argv[2]), int(sys.argv[3])), tries=2)\n"
-             "    print(deploy(s, DeployOptions(source=sys.argv[4], keyrings=(Path(sys.argv[5]),))))\n",
-             top, disk, str(installed["esp"]["offset_bytes"]), v2, key.public], check=True)
+    _deploy_from_host(disk, installed, v2, key.public, 2, tmp_path / "mnt",
+                      allow_unsigned_packages=False)
     assert _entries(esp)["2"] == f"rpmimg-2-{kver}+2.conf"
     # Its initrd fails: tried twice, then systemd-boot picks deployment 1 by itself.
     assert _booted_deployment(vm.boot("", timeout=240)) == "2"
