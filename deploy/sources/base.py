@@ -12,7 +12,7 @@ from typing import BinaryIO, Protocol
 
 from deploy.errors import DeployFetchError
 from host import files
-from host.http import DownloadError, Limits
+from host.fetchlimits import DownloadError, Limits
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
 
