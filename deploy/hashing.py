@@ -80,8 +80,8 @@ def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
 class Hashing:
     """Digest checks that run while the metadata checks go on.
 
-    Jobs are cut into batches of about BATCH_BYTES; once there is more than one batch,
-    they go to one process per core (hashlib holds the GIL between chunks, so threads
+    Jobs are cut into batches of about BATCH_BYTES or BATCH_FILES; once there are two
+    batches' worth, they go to one process per core (hashlib holds the GIL between chunks, so threads
     would contend with the metadata pass). A small deployment is hashed in this process.
     """
 
@@ -113,16 +113,22 @@ class Hashing:
             return
         if self._workers <= 1:
             self._collect(_differing(self._batch))
-        elif self._pool is None and self._bytes < self._batch_bytes and len(self._batch) < 4 * BATCH_FILES:
+        elif self._pool is None and self._bytes < self._batch_bytes and len(self._batch) < 2 * BATCH_FILES:
             return  # not worth the workers yet: a small deployment is hashed here
         else:
             if self._pool is None:
                 self._pool = worker_pool(self._workers)
-            while len(self._futures) >= IN_FLIGHT * self._workers:
-                self._collect(self._futures.popleft()[0].result())  # back-pressure
-            self._futures.append((self._pool.submit(_differing, self._batch), len(self._batch)))
+            # What waited for the pool goes as batches of BATCH_FILES, so that the workers
+            # start together and no one batch (pickled, then unpickled) is larger than that.
+            for start in range(0, len(self._batch), BATCH_FILES):
+                self._submit(self._pool, self._batch[start:start + BATCH_FILES])
         self._queued += len(self._batch)
         self._batch, self._bytes = [], 0
+
+    def _submit(self, pool: concurrent.futures.ProcessPoolExecutor, batch: list[DigestJob]) -> None:
+        while len(self._futures) >= IN_FLIGHT * self._workers:
+            self._collect(self._futures.popleft()[0].result())  # back-pressure
+        self._futures.append((pool.submit(_differing, batch), len(batch)))
 
     def _collect(self, part: list[bool]) -> None:
         self._ready.extend(part)
