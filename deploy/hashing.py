@@ -7,14 +7,16 @@ into batches handed to one process per core once there is more than one batch.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import hashlib
-import multiprocessing
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from host import kernel
+
+if TYPE_CHECKING:  # the pool's machinery (about 1 MB) is loaded when a pool starts
+    import concurrent.futures
 
 BATCH_BYTES = 16 << 20
 BATCH_FILES = 2048  # also cut a batch after this many files: small files are many jobs
@@ -72,6 +74,9 @@ def _worker_start(parent: int) -> None:
 
 def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     """A pool of forked workers that end when this process does, however it ends."""
+    import concurrent.futures
+    import multiprocessing
+
     return concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
         initargs=(os.getpid(),))
