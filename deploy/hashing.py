@@ -7,13 +7,12 @@ into batches handed to one process per core once there is more than one batch.
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from host import kernel
+from host import digest, kernel
 
 if TYPE_CHECKING:  # the pool's machinery (about 1 MB) is loaded when a pool starts
     import concurrent.futures
@@ -52,7 +51,7 @@ def _differing(jobs: list[DigestJob]) -> list[bool]:
                 if j.root not in roots:
                     roots[j.root] = os.open(j.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 with open(kernel.open_beneath(roots[j.root], j.rel, READ_FLAGS), "rb", buffering=0) as f:
-                    out.append(hashlib.file_digest(f, j.algo).hexdigest() != j.expected)
+                    out.append(digest.file_digest(f, j.algo).hexdigest() != j.expected)
             except OSError:
                 out.append(True)  # unreadable content is not the packaged content
     finally:
@@ -86,7 +85,7 @@ class Hashing:
     """Digest checks that run while the metadata checks go on.
 
     Jobs are cut into batches of about BATCH_BYTES or BATCH_FILES; once there are two
-    batches' worth, they go to one process per core (hashlib holds the GIL between chunks, so threads
+    batches' worth, they go to one process per core (the hashes hold the GIL between chunks, so threads
     would contend with the metadata pass). A small deployment is hashed in this process.
     """
 
