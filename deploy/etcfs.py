@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from deploy.errors import DeployError
 from deploy.etcrules import OnDisk
-from host import digest, kernel
+from host import digest as _digest
+from host import kernel
 from rpmextents.errors import UnsafePathError
 from rpmextents.extract import NO_REFLINK
 from rpmextents.files import EntryType
@@ -52,7 +53,7 @@ def file_digest(dir_fd: int, name: str, algo: str) -> str:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", name)
-        h = digest.new(algo, st.st_size)
+        h = _digest.new(algo, st.st_size)
         while chunk := os.read(fd, 1 << 20):
             h.update(chunk)
         return h.hexdigest()
