@@ -1,6 +1,6 @@
 """The wire under host.http: sockets whose every wait is bounded by a download's clock,
-connections (direct or through a proxy from the environment), one GET with bounded
-redirects, the limits that bound all of them, and the errors.
+connections (direct or through a proxy from the environment) and one GET with bounded
+redirects; the limits that bound all of them and the errors are host.fetchlimits'.
 
 Built on http.client over sockets this module creates: each receive sets its own timeout
 to the idle timeout or what is left of the deadline, whichever is shorter, so no server
