@@ -11,7 +11,6 @@ written again (rollback, a replaced ESP) without the image's server.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from deploy.errors import DeployError, DeployFetchError
 from deploy.system import System
+from host import digest
 from host.files import read_limited, write_atomically
 
 if TYPE_CHECKING:  # at run time only fetch() needs them: `status` reads boot state without
@@ -105,8 +105,8 @@ def remove(system: System, deployment_id: str) -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
+        h = digest.new("sha256", os.fstat(f.fileno()).st_size)
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from deploy.signature import trusted_key_files
 from deploy.state import DeploymentRecord, State
 from deploy.store import Store
 from deploy.system import System
+from host import digest
 from host.http import Limits, Validators
 from imagespec import rollout as rollout_file
 from imagespec.diff import PackageDiff, package_diff
@@ -251,7 +251,7 @@ def check(system: System, channel: Channel, keyrings: Sequence[Path] = (),
     _save_memory(system, {
         "checked": out.checked, "image": m.name, "result": result, "error": None,
         "version": m.version, "mirror": got.mirror,
-        "manifest_sha256": hashlib.sha256(got.latest.file.data).hexdigest(),
+        "manifest_sha256": digest.of("sha256", got.latest.file.data).hexdigest(),
         "manifest": _file_json(got.latest.file), "rollout": _file_json(rollout_mem),
     })
     return out

@@ -21,7 +21,6 @@ Paths holding a newline have no line of their own; the sync script leaves them a
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -29,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from host import digest as _digest
 from host import kernel
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class BaseEntry:
 def _sha256_file(dir_fd: int, name: str) -> str:
     fd = os.open(name, _READ, dir_fd=dir_fd)
     try:
-        h = hashlib.sha256()
+        h = _digest.new("sha256", os.fstat(fd).st_size)
         while chunk := os.read(fd, 1 << 20):
             h.update(chunk)
         return h.hexdigest()
@@ -83,7 +83,7 @@ def _walk(dir_fd: int, prefix: str) -> Iterator[BaseEntry]:
             kind, digest = "f", _sha256_file(dir_fd, item.name)
         elif stat.S_ISLNK(mode):
             kind = "l"
-            digest = hashlib.sha256(os.fsencode(os.readlink(item.name, dir_fd=dir_fd))).hexdigest()
+            digest = _digest.of("sha256", os.fsencode(os.readlink(item.name, dir_fd=dir_fd))).hexdigest()
         elif stat.S_ISDIR(mode):
             kind, digest = "d", "-"
         else:

@@ -10,7 +10,6 @@ the new one, never half of either.
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import os
 import stat
@@ -18,6 +17,7 @@ from collections.abc import Callable
 
 from deploy.errors import DeployError
 from deploy.etcrules import OnDisk
+from host import digest as _digest
 from host import kernel
 from rpmextents.errors import UnsafePathError
 from rpmextents.extract import NO_REFLINK
@@ -50,9 +50,10 @@ def file_digest(dir_fd: int, name: str, algo: str) -> str:
     """Hex digest of the regular file name in dir_fd, not following a symlink."""
     fd = os.open(name, _READ, dir_fd=dir_fd)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", name)
-        h = hashlib.new(algo)
+        h = _digest.new(algo, st.st_size)
         while chunk := os.read(fd, 1 << 20):
             h.update(chunk)
         return h.hexdigest()

@@ -7,21 +7,25 @@ into batches handed to one process per core once there is more than one batch.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import hashlib
-import multiprocessing
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from host import kernel
+from host import digest, kernel
+
+if TYPE_CHECKING:  # the pool's machinery (about 1 MB) is loaded when a pool starts
+    import concurrent.futures
 
 BATCH_BYTES = 16 << 20
-BATCH_FILES = 2048  # also cut a batch after this many files: small files are many jobs
+# Also cut a batch after this many files: small files are many jobs. Up to
+# IN_FLIGHT * workers + 1 batches of jobs are held at once (about 300 bytes a job);
+# 512 small files are still some 15 ms of work against a pool round trip's fraction of one.
+BATCH_FILES = 512
 IN_FLIGHT = 2  # batches queued per worker before add() waits: memory stays bounded
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DigestJob:
     """A file's content still to hash, after the metadata checks."""
 
@@ -50,7 +54,7 @@ def _differing(jobs: list[DigestJob]) -> list[bool]:
                 if j.root not in roots:
                     roots[j.root] = os.open(j.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 with open(kernel.open_beneath(roots[j.root], j.rel, READ_FLAGS), "rb", buffering=0) as f:
-                    out.append(hashlib.file_digest(f, j.algo).hexdigest() != j.expected)
+                    out.append(digest.file_digest(f, j.algo).hexdigest() != j.expected)
             except OSError:
                 out.append(True)  # unreadable content is not the packaged content
     finally:
@@ -72,6 +76,9 @@ def _worker_start(parent: int) -> None:
 
 def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     """A pool of forked workers that end when this process does, however it ends."""
+    import concurrent.futures
+    import multiprocessing
+
     return concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
         initargs=(os.getpid(),))
@@ -80,8 +87,8 @@ def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
 class Hashing:
     """Digest checks that run while the metadata checks go on.
 
-    Jobs are cut into batches of about BATCH_BYTES; once there is more than one batch,
-    they go to one process per core (hashlib holds the GIL between chunks, so threads
+    Jobs are cut into batches of about BATCH_BYTES or BATCH_FILES; once there are two
+    batches' worth, they go to one process per core (the hashes hold the GIL between chunks, so threads
     would contend with the metadata pass). A small deployment is hashed in this process.
     """
 
@@ -113,16 +120,22 @@ class Hashing:
             return
         if self._workers <= 1:
             self._collect(_differing(self._batch))
-        elif self._pool is None and self._bytes < self._batch_bytes and len(self._batch) < 4 * BATCH_FILES:
+        elif self._pool is None and self._bytes < self._batch_bytes and len(self._batch) < 2 * BATCH_FILES:
             return  # not worth the workers yet: a small deployment is hashed here
         else:
             if self._pool is None:
                 self._pool = worker_pool(self._workers)
-            while len(self._futures) >= IN_FLIGHT * self._workers:
-                self._collect(self._futures.popleft()[0].result())  # back-pressure
-            self._futures.append((self._pool.submit(_differing, self._batch), len(self._batch)))
+            # What waited for the pool goes as batches of BATCH_FILES, so that the workers
+            # start together and no one batch (pickled, then unpickled) is larger than that.
+            for start in range(0, len(self._batch), BATCH_FILES):
+                self._submit(self._pool, self._batch[start:start + BATCH_FILES])
         self._queued += len(self._batch)
         self._batch, self._bytes = [], 0
+
+    def _submit(self, pool: concurrent.futures.ProcessPoolExecutor, batch: list[DigestJob]) -> None:
+        while len(self._futures) >= IN_FLIGHT * self._workers:
+            self._collect(self._futures.popleft()[0].result())  # back-pressure
+        self._futures.append((pool.submit(_differing, batch), len(batch)))
 
     def _collect(self, part: list[bool]) -> None:
         self._ready.extend(part)

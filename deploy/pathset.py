@@ -10,10 +10,11 @@ bisection. Parent directories, far fewer, are kept in an ordinary set of hashes.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import os
 from array import array
 from collections.abc import Iterable
+
+from host import digest
 
 
 class PathSet:
@@ -27,8 +28,7 @@ class PathSet:
         self.update(paths)
 
     def _hash(self, path: str) -> int:
-        digest = hashlib.blake2b(os.fsencode(path), digest_size=8, key=self._key).digest()
-        return int.from_bytes(digest, "little")
+        return int.from_bytes(digest.blake2b(os.fsencode(path), digest_size=8, key=self._key), "little")
 
     def add(self, path: str) -> None:
         self._paths.append(self._hash(path))

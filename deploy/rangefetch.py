@@ -24,7 +24,6 @@ fetches the whole package); a package rebuilt wrongly raises DeployFetchError.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from pathlib import Path
 from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
 from deploy.sources.base import sha256_file
-from host import kernel
+from host import digest, kernel
 from host.http import DownloadError, Limits, NoRanges, download_range
 from imagespec.manifest import ManifestPackage
 from rpmextents import Entry, ExtentsPackage
@@ -134,7 +133,7 @@ def _runs(frames: Sequence[Frame]) -> list[list[Frame]]:
 def _check_file(fd: int, e: Entry, block_size: int) -> None:
     """The written data of e must hash to its header digest, and its padding be zero."""
     assert e.extent is not None
-    h = hashlib.new(e.digest_algo)
+    h = digest.new(e.digest_algo, e.extent.length)
     pos, end = e.extent.offset, e.extent.offset + e.extent.length
     while pos < end:
         chunk = os.pread(fd, min(1 << 20, end - pos), pos)
@@ -160,7 +159,7 @@ class Rebuild:
         found: list[FrameTable] = []
 
         def accept(data: bytes) -> None:
-            if hashlib.sha256(data).hexdigest() != z.table_sha256:
+            if digest.of("sha256", data).hexdigest() != z.table_sha256:
                 raise BadRange("frame table differs from the manifest's table_sha256")
             try:
                 found.append(parse_table(data, self.ref.size, z.size))
@@ -180,7 +179,7 @@ class Rebuild:
                 pkg = ExtentsPackage.open(self.part)
             except ExtentsError as e:
                 raise BadRange(f"frame 0: {e}") from e
-            if hashlib.sha256(pkg.header_bytes()).hexdigest() != self.ref.header_sha256:
+            if digest.of("sha256", pkg.header_bytes()).hexdigest() != self.ref.header_sha256:
                 pkg.close()
                 raise BadRange("header differs from the manifest's header_sha256")
             opened.append(pkg)

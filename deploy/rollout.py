@@ -10,13 +10,13 @@ machines). The published file is imagespec.rollout; it can only hold machines ba
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import DeployError
+from host import digest as _digest
 from host.kernel import Resolve, openat2
 from imagespec.rollout import Rollout
 
@@ -29,7 +29,7 @@ class RolloutHeld(DeployError):
 
 def place(machine_id: str, image: str, version: str) -> float:
     """This machine's stable place in [0, 1) for one image version."""
-    digest = hashlib.sha256(f"{machine_id}\n{image}\n{version}".encode()).digest()
+    digest = _digest.of("sha256", f"{machine_id}\n{image}\n{version}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

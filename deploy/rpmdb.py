@@ -30,11 +30,11 @@ import logging
 import os
 import re
 import shutil
-import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deploy.errors import DeploymentError
 from deploy.rpmdbheader import Install, InstalledHeader
@@ -42,6 +42,9 @@ from host import kernel
 from host.files import fsync_dir
 from host.run import CommandError, run
 from rpmextents.extract import NO_REFLINK
+
+if TYPE_CHECKING:
+    import sqlite3
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,8 @@ def _headers(header_files: Sequence[Path], install: Install) -> Iterator[Install
 def _fill(stage: Path, header_files: Sequence[Path], install: Install) -> None:
     """A new database in stage recording header_files: rpm's schema, the headers written into
     its Packages table, and every index built by rpm from them."""
+    import sqlite3  # only where a database is written: `verify` reads it through rpm
+
     _rpmdb(stage, "--initdb")
     conn = sqlite3.connect(stage / DB_FILE)
     try:
@@ -159,6 +164,8 @@ def _instances(stage: Path, nvras: Sequence[str]) -> list[int]:
 
 def _erase(db: Path, instances: Sequence[int]) -> None:
     """Delete the packages numbered instances from the Packages table and every index."""
+    import sqlite3
+
     conn = sqlite3.connect(db)
     try:
         with conn:
@@ -171,6 +178,8 @@ def _erase(db: Path, instances: Sequence[int]) -> None:
 
 
 def _count(db: Path) -> int:
+    import sqlite3
+
     conn = sqlite3.connect(db)
     try:
         return int(conn.execute("SELECT count(*) FROM Packages").fetchone()[0])
@@ -180,6 +189,8 @@ def _count(db: Path) -> int:
 
 def _place(stage: Path, d: Path, expected: int) -> None:
     """Check, settle and sync the database made in stage, then rename it over d's."""
+    import sqlite3
+
     db = stage / DB_FILE
     try:
         found = _count(db)

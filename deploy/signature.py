@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from deploy.sources import Source
+from host import digest
 from imagespec.errors import SignatureError
 from imagespec.manifest import ImageManifest, parse
 from imagespec.published import SIGNATURE
@@ -61,4 +61,4 @@ def fetch_verified_manifest(source: Source, key_files: Sequence[Path]) -> tuple[
     if signature is None:
         raise SignatureError(f"{where}: manifest is not signed (no {SIGNATURE} beside it)")
     fingerprint = verify_detached(data, signature, Keyring.from_files(key_files), where)
-    return parse(data, where), hashlib.sha256(data).hexdigest(), fingerprint
+    return parse(data, where), digest.of("sha256", data).hexdigest(), fingerprint

@@ -11,14 +11,13 @@ effort: a sysroot that can't be written to is measured every time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterable
 
 from deploy.system import System
-from host import kernel
+from host import digest, kernel
 from host.files import read_limited, write_atomically
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,8 @@ _VERSION = 1
 def fingerprint(system: System, ids: Iterable[str]) -> str:
     """What the exclusive sizes of the deployments ids depend on, as one digest."""
     layout = system.layout
-    h = hashlib.sha256(f"v{_VERSION}".encode())
+    h = digest.new("sha256", 1 << 16)  # a line per deployment
+    h.update(f"v{_VERSION}".encode())
     st = os.stat(layout.state_file)
     h.update(f"state {st.st_ino} {st.st_size} {st.st_mtime_ns}\n".encode())
     for d in sorted(ids):

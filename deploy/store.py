@@ -11,7 +11,6 @@ Entries are read-only and never rewritten; a new entry appears by rename.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import threading
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 from deploy.dedupindex import DigestIndex, StoredExtent
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
+from host import digest as _digest
 from host import kernel
 from rpmextents import ExtentsPackage, Keyring
 from rpmextents.errors import ExtentsError
@@ -42,7 +42,7 @@ def sha256_file(path: Path) -> str:
     """The sha256 of a file's content (here, not from deploy.sources: the store is loaded by
     every command, the download machinery only by those that fetch)."""
     with open(path, "rb", buffering=0) as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return _digest.file_digest(f, "sha256").hexdigest()
 
 
 class Store:

@@ -27,7 +27,7 @@ from deploy.transaction import (
     ProgressFn,
     deploy,
 )
-from host.http import Limits
+from host.fetchlimits import Limits
 from imagespec.errors import ManifestError, SignatureError
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from host.httpconn import Clock, DownloadError, Limits, Restart, Retry, exchange
+from host.fetchlimits import DownloadError, Limits
+from host.httpconn import Clock, Restart, Retry, exchange
 
 __all__ = ["RETRY_STATUS", "DownloadError", "Limits", "NoRanges", "TooLarge", "Validators",
            "download", "download_bytes", "download_file", "download_if_changed", "download_range"]

@@ -8,7 +8,6 @@ header padded to 8 bytes, then the main header. A header is a magic, an index of
 from __future__ import annotations
 
 import enum
-import hashlib
 import itertools
 import operator
 import os
@@ -18,6 +17,7 @@ from array import array
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from host import digest
 from rpmextents.errors import FormatError, UnsupportedPackageError
 
 LEAD_SIZE = 96
@@ -337,7 +337,8 @@ class PackagePrefix:
 
     def sha256(self) -> str:
         """The sha256 of ``raw``, without making it."""
-        h = hashlib.sha256(self.before_header)
+        h = digest.new("sha256", len(self.before_header) + len(self.header.blob))
+        h.update(self.before_header)
         h.update(self.header.blob)
         return h.hexdigest()
 

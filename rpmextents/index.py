@@ -18,11 +18,11 @@ either refused here or changes the rebuilt payload.
 from __future__ import annotations
 
 import enum
-import hashlib
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from host import digest as _digest
 from rpmextents.errors import FormatError
 
 MAGIC = b"RPMEXTS\0"
@@ -124,7 +124,7 @@ class Index:
         if fill < 0:
             raise ValueError("index does not fit before the data offset")
         out: list[bytes | bytearray] = [head, self.packed, self.literals, bytes(fill)]
-        digest = hashlib.sha256()
+        digest = _digest.new("sha256", self.index_size)
         for piece in out:
             digest.update(piece)
         return [*out, digest.digest()]
@@ -202,7 +202,7 @@ def parse(region: bytes, index_start: int, file_size: int) -> Index:
     if len(region) != index_size:
         raise FormatError(f"truncated extents index: {len(region)} of {index_size} bytes")
     view = memoryview(region)  # slices of it copy nothing
-    if hashlib.sha256(view[:-DIGEST_SIZE]).digest() != view[-DIGEST_SIZE:]:
+    if _digest.of("sha256", view[:-DIGEST_SIZE]).digest() != view[-DIGEST_SIZE:]:
         raise FormatError("extents index digest mismatch (the index was changed or damaged)")
     rec_end = HEAD.size + RECORD.size * count
     fill_start = rec_end + literal_size
@@ -230,7 +230,8 @@ def parse_records(read: Callable[[int, int], bytes], index_start: int, file_size
     fill_start = rec_end + literal_size
     if fill_start + DIGEST_SIZE > index_size:
         raise FormatError(f"absurd extents index size {index_size} for {count} records")
-    digest = hashlib.sha256(head)
+    digest = _digest.new("sha256", index_size)
+    digest.update(head)
     packed = read(index_start + HEAD.size, rec_end - HEAD.size)
     digest.update(packed)
     pos = rec_end

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
+from host import digest
 from rpmextents.errors import ExtentsError, FormatError, VerifyError
 from rpmextents.files import Extent, FileList, header_files
 from rpmextents.header import HASH_ALGOS, Tag, TagValue, read_prefix
@@ -208,8 +207,8 @@ class ExtentsPackage:
         alt = self.header.strings(Tag.PAYLOADDIGESTALT)
         block = self.block_size
         if alt and algo:
-            stream: Any = hashlib.new(algo)
             index, literal_start = self._read_records()
+            stream = digest.new(algo, index.stream_size)
             literals = _Sequential(self._fd, literal_start)
             for record in index.records:
                 if record.kind is RecordKind.LITERAL:
@@ -229,7 +228,7 @@ class ExtentsPackage:
                 checked.add(entry.extent.offset)
                 if not entry.digest:
                     raise VerifyError(f"{self.path}: {entry.path} has no digest to check against")
-                h = hashlib.new(entry.digest_algo)
+                h = digest.new(entry.digest_algo, entry.extent.length)
                 for chunk in self.read_extent(entry.extent):
                     h.update(chunk)
                 if h.hexdigest() != entry.digest:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bz2
-import hashlib
 import io
 import lzma
 import os
@@ -13,6 +12,7 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any, BinaryIO, cast
 
+from host import digest
 from rpmextents.errors import UnsupportedPackageError
 
 CHUNK = 1 << 20
@@ -133,14 +133,14 @@ def open_payload(raw: HashingReader, compressor: str) -> IO[bytes]:
 
 
 def new_hash(algo: str) -> Any:
-    return hashlib.new(algo)
+    return digest.new(algo, None)  # a whole payload, of unknown size: hashlib
 
 
 class Background:
     """One worker thread running submitted calls in order.
 
-    hashlib and pwrite release the GIL on large buffers, so hashing and writing
-    here overlap decompression in the caller's thread. Only immutable buffers may
+    hashlib's objects (new_hash's) and pwrite release the GIL on large buffers, so
+    hashing and writing here overlap decompression in the caller's thread. Only immutable buffers may
     be submitted. The first error is raised again by submit() or close().
     """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from host import digest as _digest
 from rpmextents.cpio import IndexTooSmall, PayloadSplitter, PayloadStream, estimate_index
 from rpmextents.errors import (
     CorruptPackageError,
@@ -174,7 +174,7 @@ def _finish(fd: int, prefix: PackagePrefix, index: Index, fsync: bool, checksum:
         os.fsync(fd)
     if not checksum:
         return ""
-    digest = hashlib.sha256()
+    digest = _digest.new("sha256", index.file_size)
     with open(fd, "rb", closefd=False) as out:
         out.seek(0)
         while chunk := out.read(CHUNK):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
@@ -102,6 +100,9 @@ def _transcode_all(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> I
             finally:
                 progress.close()
         return
+    import concurrent.futures  # a pool's machinery, only when there is more than one package
+    import multiprocessing
+
     progress = Progress("transcode", unit="packages")
     ctx = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:

@@ -176,3 +176,26 @@ def test_digest_checks_in_worker_processes_keep_their_order(tmp_path: Path) -> N
         assert hashing.results(lambda done, total: seen.append((done, total))) == expected
     assert seen[-1] == (len(jobs), len(jobs))
     assert len(seen) > 10 or os.cpu_count() == 1  # progress moves batch by batch
+
+
+def test_small_files_waiting_for_the_pool_are_handed_over_in_order(tmp_path: Path) -> None:
+    """Small files are hashed here until two batches' worth wait; those go to the workers
+    cut into batches of BATCH_FILES, and every result still comes back in job order."""
+    import hashlib
+
+    from deploy.hashing import BATCH_FILES, DigestJob, Hashing
+
+    jobs, expected = [], []
+    for i in range(3 * BATCH_FILES + 5):
+        data = i.to_bytes(4, "big")
+        (tmp_path / f"f{i}").write_bytes(data)
+        wrong = i % 1000 == 999 or i in (BATCH_FILES - 1, BATCH_FILES, 2 * BATCH_FILES)
+        digest = "0" * 64 if wrong else hashlib.sha256(data).hexdigest()
+        jobs.append(DigestJob(os.fspath(tmp_path), f"f{i}", "sha256", digest, 4))
+        expected.append(wrong)
+    with Hashing() as hashing:
+        taken: list[bool] = []
+        for job in jobs:
+            hashing.add(job)
+            taken += hashing.take_ready()
+        assert taken + hashing.results(None) == expected

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -11,8 +10,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from deploy.errors import DeployFetchError
-from host import files
-from host.http import DownloadError, Limits
+from host import digest, files
+from host.fetchlimits import DownloadError, Limits
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
 
@@ -90,7 +89,7 @@ class ByteCounter:
 
 def sha256_file(path: Path) -> str:
     with open(path, "rb", buffering=0) as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return digest.file_digest(f, "sha256").hexdigest()
 
 
 def read_limited(path: Path, limit: int, what: str) -> bytes:

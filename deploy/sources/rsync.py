@@ -38,7 +38,7 @@ from deploy.sources.base import (
     download_limits,
     read_limited,
 )
-from host.http import Limits
+from host.fetchlimits import Limits
 from host.run import CommandError, run
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage

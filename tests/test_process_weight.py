@@ -1,0 +1,107 @@
+"""What a real `pkg extract`, local `deploy` and `verify` process loads (issue 17).
+
+At 10,000 files most of rpmimg's memory is the fixed cost of what the process loads, so
+each of these runs the real command and lists the modules it had at exit: none of those
+that only downloads (http.client, ssl: 5 MB), database writes (sqlite3), cffi's parser
+(4.6 MB) or a large hashing job (hashlib's libcrypto: 3.5 MB) need may be among them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from deploytools import Images, deploy, state_of
+
+from fixtures.build import fixture_packages
+from host import digest
+
+pytest_plugins = ("deployenv",)
+
+# Runs rpmimg's main; at exit, writes the names of the loaded modules to argv[1].
+_WRAPPER = """
+import atexit, json, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+from rpmimg.cli import main
+sys.argv[0] = "rpmimg"
+sys.exit(main())
+"""
+
+NETWORK = {"http.client", "ssl", "urllib.request", "email.parser", "host.http", "host.httpconn"}
+CFFI_PARSER = {"pycparser", "cffi"}
+
+
+def loaded(tmp_path: Path, *args: str | os.PathLike[str], ok: tuple[int, ...] = (0,)) -> set[str]:
+    out = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, os.fspath(out), *map(os.fspath, args)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode in ok, proc.stderr
+    return set(json.loads(out.read_text()))
+
+
+def test_extract_of_a_small_package_loads_neither_openssl_nor_the_deploy_library(tmp_path: Path) -> None:
+    extents = tmp_path / "x"
+    extents.mkdir()
+    subprocess.run([sys.executable, "-m", "rpmimg", "pkg", "transcode", os.fspath(fixture_packages()["sizes"]),
+                    "-o", os.fspath(extents)], check=True, capture_output=True)
+    (rpm,) = extents.glob("*.rpm")
+    modules = loaded(tmp_path, "pkg", "extract", rpm, tmp_path / "tree")
+    assert (tmp_path / "tree").is_dir()
+    assert not modules & {"_hashlib", "hashlib", "sqlite3", "rpm", "concurrent.futures",
+                          "multiprocessing", *NETWORK, *CFFI_PARSER}
+    assert not {m for m in modules if m.split(".")[0] in ("deploy", "solver", "solv")}
+
+
+def test_local_deploy_and_verify_load_no_network_or_parser_modules(sysroot: Path, images: Images,
+                                                                    tmp_path: Path) -> None:
+    deploy(sysroot, images.v1, images.key)
+    modules = loaded(tmp_path, "deploy", "--sysroot", sysroot, "--keyring", images.key.public, images.v2)
+    assert len(state_of(sysroot)["deployments"]) == 2  # type: ignore[arg-type]  # it did deploy v2
+    assert not modules & {*NETWORK, *CFFI_PARSER, "concurrent.futures", "solv"}
+
+    modules = loaded(tmp_path, "verify", "--sysroot", sysroot)
+    assert "deploy.verify" in modules
+    # (24 MiB of the fixture's "bulk" package: verify's hashing pool does start here.)
+    assert not modules & {*NETWORK, *CFFI_PARSER, "sqlite3", "solv"}
+
+
+def test_small_digests_do_not_load_openssl_and_large_ones_do() -> None:
+    script = """
+import sys
+from host import digest
+small = digest.of("sha256", b"x" * 1000).hexdigest()
+assert "_hashlib" not in sys.modules, "a small digest loaded OpenSSL"
+big = digest.new("sha256", digest.BUILTIN_BUDGET + 1)
+assert "_hashlib" in sys.modules, "a job past the budget did not load OpenSSL"
+big.update(b"x" * 1000)
+assert big.hexdigest() == small  # the built-in and OpenSSL digests agree
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_digests_equal_hashlibs_either_way(tmp_path: Path) -> None:
+    import hashlib
+
+    data = os.urandom((1 << 18) * 2 + 3)  # more than one file_digest chunk
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    for name in ("md5", "sha1", "sha224", "sha256", "sha384", "sha512"):
+        want = hashlib.new(name, data).hexdigest()
+        assert digest.of(name, data).hexdigest() == want
+        builtin = digest._builtin(name)
+        assert builtin is not None and builtin(data).hexdigest() == want, name
+        with open(path, "rb", buffering=0) as f:
+            assert digest.file_digest(f, name).hexdigest() == want
+        h = digest.new(name, None)  # unknown size: hashlib
+        h.update(data[:5])
+        h.update(memoryview(data)[5:])
+        assert h.hexdigest() == want
+    key = os.urandom(16)
+    assert digest.blake2b(b"/usr/bin/x", digest_size=8, key=key) == hashlib.blake2b(
+        b"/usr/bin/x", digest_size=8, key=key).digest()
