@@ -1,0 +1,186 @@
+"""Benchmark: an update deploy of a synthetic image, against rpm -U of the changed packages.
+
+    python -m benchmarks.updatesynth [--packages 350] [--changed 18] [--runs 3] [--json]
+                                     [--profile OUT.txt]
+
+A quick stand-in for the corpus's update row (benchmarks.metrics_image), in a minute
+rather than an hour: N generated packages shaped like a distribution's (about 85 files
+each, some /etc configuration, sysusers.d accounts owning files, a few set-id programs),
+published as v1, and a v2 where `--changed` of them have a new version (a third of their
+files changed). On a loop-mounted btrfs, v1 is deployed once; each run then deploys v2
+onto a fresh copy of that state (the whole filesystem image copied), and
+`rpm -U --root --nodeps --noscripts` of the changed packages runs on the same filesystem,
+onto a reflinked copy of rpm's own v1 root. Reports the medians and their ratio. Needs root (loop mount, rpm --root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.rpmwriter import FileEntry, FileFlag, PackageSpec, write_package
+from fixtures.build import cache_root, signing_key
+
+FILES = 85
+
+
+def _files(i: int, version: str, rng: random.Random, changed: set[int]) -> list[FileEntry]:
+    name = f"synth-{i:03d}"
+    out = [FileEntry(f"/usr/lib/{name}", 0o40755), FileEntry(f"/usr/share/doc/{name}", 0o40755)]
+    user = f"synth{i}" if i % 20 == 0 else "root"
+    for j in range(FILES):
+        size = min(int(rng.lognormvariate(7.5, 1.5)), 1 << 20)
+        data = rng.randbytes(size)
+        if j in changed:
+            data = version.encode() + data
+        where = f"/usr/share/doc/{name}" if j % 4 == 0 else f"/usr/lib/{name}"
+        mode = 0o100755 if j % 7 == 0 else 0o100644
+        owner = user if j % 10 == 1 else "root"
+        out.append(FileEntry(f"{where}/f{j:03d}", mode, user=owner, group=owner,
+                             mtime=1_700_000_000 + j, data=data))
+    if i % 3 == 0:  # a package in three ships configuration
+        out.append(FileEntry(f"/etc/{name}", 0o40755))
+        for k in range(1 + i % 3):
+            conf = f"# {name} {k}\nkey = {version if k == 0 else 'same'}\n".encode()
+            out.append(FileEntry(f"/etc/{name}/{name}-{k}.conf", 0o100644, data=conf,
+                                 flags=FileFlag.CONFIG | FileFlag.NOREPLACE))
+    if i % 20 == 0:  # and one in twenty an account, owning some of its files
+        out.append(FileEntry(f"/usr/lib/sysusers.d/{name}.conf", 0o100644,
+                             data=f"u {user} - \"{name}\" /var/lib/{name}\n".encode()))
+    if i % 50 == 7:
+        out.append(FileEntry(f"/usr/bin/{name}-setuid", 0o104755, data=b"\x7fELF" + rng.randbytes(9000)))
+    return out
+
+
+def _spec(i: int, version: str) -> PackageSpec:
+    rng = random.Random(i)
+    changed = set(range(0, FILES, 3)) if version != "1" else set()
+    return PackageSpec(name=f"synth-{i:03d}", version=version, release="1", arch="x86_64",
+                       summary="synthetic", files=tuple(_files(i, version, rng, changed)))
+
+
+def packages(n: int, changed: int) -> tuple[list[Path], list[Path]]:
+    """(v1 RPMs, the changed packages' v2 RPMs), built once into the cache."""
+    top = cache_root() / f"bench-updatesynth-{n}-{changed}"
+    if not (top / "done").is_file():
+        shutil.rmtree(top, ignore_errors=True)
+        (top / "v1").mkdir(parents=True)
+        (top / "v2").mkdir()
+        for i in range(n):
+            write_package(_spec(i, "1"), top / "v1", level=3)
+        for i in _changed(n, changed):
+            write_package(_spec(i, "2"), top / "v2", level=3)
+        (top / "done").touch()
+    return sorted((top / "v1").glob("*.rpm")), sorted((top / "v2").glob("*.rpm"))
+
+
+def _changed(n: int, changed: int) -> list[int]:
+    return sorted(random.Random(7).sample(range(n), changed))
+
+
+def _timed(argv: list[str], cpu: list[float]) -> float:
+    """Wall time of one command; its CPU time (user and system, its children's included)
+    appended to cpu: the steadier figure on a shared machine."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - start
+    if status != 0:
+        raise SystemExit(f"{argv[:3]} failed ({status})")
+    cpu.append(usage.ru_utime + usage.ru_stime)
+    return elapsed
+
+
+def run(n: int, changed: int, runs: int, profile: Path | None) -> dict[str, object]:
+    sys.path.insert(0, os.fspath(Path(__file__).resolve().parent.parent / "tests"))
+    from imagepub import publish  # type: ignore[import-not-found]
+
+    v1, updates = packages(n, changed)
+    names = {p.name.rsplit("-", 2)[0] for p in updates}
+    v2 = [p for p in v1 if p.name.rsplit("-", 2)[0] not in names] + updates
+    key = signing_key()
+    rpmimg = [sys.executable, "-m", "rpmimg"]
+    with tempfile.TemporaryDirectory(prefix="rpmimg-updsynth-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        out = work / "published"
+        m1 = publish(out, "synth", "1", v1, key, zstd=False)
+        m2 = publish(out, "synth", "2", v2, key, zstd=False)
+        image = work / "fs.img"
+        with open(image, "wb") as f:
+            f.truncate(8 << 30)
+        subprocess.run(["mkfs.btrfs", "-q", os.fspath(image)], check=True)
+        mnt = work / "mnt"
+        mnt.mkdir()
+        deploy = [*rpmimg, "deploy", "--keyring", os.fspath(key.public), "--allow-unsigned-packages"]
+        subprocess.run(["mount", "-o", "loop", os.fspath(image), os.fspath(mnt)], check=True)
+        try:
+            # rpm's own v1 root on the same filesystem, outside rpmimg's directories.
+            subprocess.run(["rpm", "-i", "--root", os.fspath(mnt / "rpm-v1"), "--nodeps", "--noscripts",
+                            "--nosignature", "--ignorearch", *map(os.fspath, v1)], check=True,
+                           stderr=subprocess.DEVNULL)
+            for d in ("usr", "etc"):
+                (mnt / d).mkdir()
+            subprocess.run([*deploy, "--sysroot", os.fspath(mnt), os.fspath(m1)], check=True,
+                           stdout=subprocess.DEVNULL)
+        finally:
+            subprocess.run(["umount", os.fspath(mnt)], check=True)
+        t_deploy: list[float] = []
+        t_rpm: list[float] = []
+        c_deploy: list[float] = []
+        c_rpm: list[float] = []
+        for r in range(runs + (profile is not None)):
+            copy = work / "fs-run.img"
+            subprocess.run(["cp", "--reflink=auto", os.fspath(image), os.fspath(copy)], check=True)
+            subprocess.run(["mount", "-o", "loop", os.fspath(copy), os.fspath(mnt)], check=True)
+            try:
+                root = mnt / "rpm-run"
+                subprocess.run(["cp", "-a", "--reflink=always", os.fspath(mnt / "rpm-v1"),
+                                os.fspath(root)], check=True)
+                subprocess.run(["sync"], check=True)
+                argv = [*deploy, "--sysroot", os.fspath(mnt), os.fspath(m2)]
+                if profile is not None and r == runs:
+                    subprocess.run([os.fspath(Path(sys.executable).parent / "py-spy"), "record",
+                                    "-r", "250", "-f", "raw", "-o", os.fspath(profile), "--", *argv],
+                                   check=True, stdout=subprocess.DEVNULL)
+                else:
+                    t_deploy.append(_timed(argv, c_deploy))
+                    subprocess.run(["sync"], check=True)
+                    t_rpm.append(_timed(["rpm", "-U", "--root", os.fspath(root), "--nodeps",
+                                         "--noscripts", "--nosignature", "--ignorearch",
+                                         *map(os.fspath, updates)], c_rpm))
+            finally:
+                subprocess.run(["umount", os.fspath(mnt)], check=True)
+                copy.unlink()
+    dep, u = statistics.median(t_deploy), statistics.median(t_rpm)
+    return {"packages": n, "changed": changed, "deploy_seconds": [round(t, 3) for t in t_deploy],
+            "rpm_U_seconds": [round(t, 3) for t in t_rpm], "deploy_median": round(dep, 3),
+            "rpm_U_median": round(u, 3), "deploy_over_rpm_U": round(dep / u, 2),
+            "deploy_cpu_median": round(statistics.median(c_deploy), 3),
+            "rpm_U_cpu_median": round(statistics.median(c_rpm), 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--packages", type=int, default=350)
+    parser.add_argument("--changed", type=int, default=18)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", type=Path, help="also record one deploy with py-spy into this file (collapsed stacks)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = run(args.packages, args.changed, args.runs, args.profile)
+    print(json.dumps(result, indent=2) if args.json else
+          "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
