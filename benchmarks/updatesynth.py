@@ -149,7 +149,7 @@ def run(n: int, changed: int, runs: int, profile: Path | None) -> dict[str, obje
                 argv = [*deploy, "--sysroot", os.fspath(mnt), os.fspath(m2)]
                 if profile is not None and r == runs:
                     subprocess.run([os.fspath(Path(sys.executable).parent / "py-spy"), "record",
-                                    "-r", "250", "-f", "raw", "-o", os.fspath(profile), "--", *argv],
+                                    "-r", "250", "--idle", "-f", "raw", "-o", os.fspath(profile), "--", *argv],
                                    check=True, stdout=subprocess.DEVNULL)
                 else:
                     t_deploy.append(_timed(argv, c_deploy))
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--packages", type=int, default=350)
     parser.add_argument("--changed", type=int, default=18)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--profile", type=Path, help="also record one deploy with py-spy into this file (collapsed stacks)")
+    parser.add_argument("--profile", type=Path, help="also record one deploy with py-spy into this file (collapsed stacks, waits included)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = run(args.packages, args.changed, args.runs, args.profile)
