@@ -1,7 +1,7 @@
 """Benchmark: an update deploy of a synthetic image, against rpm -U of the changed packages.
 
     python -m benchmarks.updatesynth [--packages 350] [--changed 18] [--runs 3] [--json]
-                                     [--profile OUT.txt]
+                                     [--profile OUT.txt] [--baseline CHECKOUT]
 
 A quick stand-in for the corpus's update row (benchmarks.metrics_image), in a minute
 rather than an hour: N generated packages shaped like a distribution's (about 85 files
@@ -10,7 +10,10 @@ published as v1, and a v2 where `--changed` of them have a new version (a third 
 files changed). On a loop-mounted btrfs, v1 is deployed once; each run then deploys v2
 onto a fresh copy of that state (the whole filesystem image copied), and
 `rpm -U --root --nodeps --noscripts` of the changed packages runs on the same filesystem,
-onto a reflinked copy of rpm's own v1 root. Reports the medians and their ratio. Needs root (loop mount, rpm --root).
+onto a reflinked copy of rpm's own v1 root. Reports the medians (wall and CPU) and their
+ratio; with --baseline, the same update deployed by another checkout's code (run from
+there, `python -m rpmimg` imports it), alternating with this one's. Needs root (loop
+mount, rpm --root).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.rpmwriter import FileEntry, FileFlag, PackageSpec, write_package
@@ -87,11 +91,11 @@ def _changed(n: int, changed: int) -> list[int]:
     return sorted(random.Random(7).sample(range(n), changed))
 
 
-def _timed(argv: list[str], cpu: list[float]) -> float:
+def _timed(argv: list[str], cpu: list[float], cwd: Path | None = None) -> float:
     """Wall time of one command; its CPU time (user and system, its children's included)
     appended to cpu: the steadier figure on a shared machine."""
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.monotonic() - start
     if status != 0:
@@ -100,7 +104,8 @@ def _timed(argv: list[str], cpu: list[float]) -> float:
     return elapsed
 
 
-def run(n: int, changed: int, runs: int, profile: Path | None) -> dict[str, object]:
+def run(n: int, changed: int, runs: int, profile: Path | None,
+        baseline: Path | None = None) -> dict[str, object]:
     sys.path.insert(0, os.fspath(Path(__file__).resolve().parent.parent / "tests"))
     from imagepub import publish  # type: ignore[import-not-found]
 
@@ -133,39 +138,50 @@ def run(n: int, changed: int, runs: int, profile: Path | None) -> dict[str, obje
                            stdout=subprocess.DEVNULL)
         finally:
             subprocess.run(["umount", os.fspath(mnt)], check=True)
-        t_deploy: list[float] = []
-        t_rpm: list[float] = []
-        c_deploy: list[float] = []
-        c_rpm: list[float] = []
-        for r in range(runs + (profile is not None)):
+        times: dict[str, list[float]] = {"deploy": [], "rpm -U": [], "baseline": []}
+        cpu: dict[str, list[float]] = {k: [] for k in times}
+
+        def fresh(run: Callable[[], object]) -> None:
+            """run() on a fresh copy of the v1 filesystem, mounted."""
             copy = work / "fs-run.img"
             subprocess.run(["cp", "--reflink=auto", os.fspath(image), os.fspath(copy)], check=True)
             subprocess.run(["mount", "-o", "loop", os.fspath(copy), os.fspath(mnt)], check=True)
             try:
-                root = mnt / "rpm-run"
                 subprocess.run(["cp", "-a", "--reflink=always", os.fspath(mnt / "rpm-v1"),
-                                os.fspath(root)], check=True)
+                                os.fspath(mnt / "rpm-run")], check=True)
                 subprocess.run(["sync"], check=True)
-                argv = [*deploy, "--sysroot", os.fspath(mnt), os.fspath(m2)]
-                if profile is not None and r == runs:
-                    subprocess.run([os.fspath(Path(sys.executable).parent / "py-spy"), "record",
-                                    "-r", "250", "--idle", "-f", "raw", "-o", os.fspath(profile), "--", *argv],
-                                   check=True, stdout=subprocess.DEVNULL)
-                else:
-                    t_deploy.append(_timed(argv, c_deploy))
-                    subprocess.run(["sync"], check=True)
-                    t_rpm.append(_timed(["rpm", "-U", "--root", os.fspath(root), "--nodeps",
-                                         "--noscripts", "--nosignature", "--ignorearch",
-                                         *map(os.fspath, updates)], c_rpm))
+                run()
             finally:
                 subprocess.run(["umount", os.fspath(mnt)], check=True)
                 copy.unlink()
-    dep, u = statistics.median(t_deploy), statistics.median(t_rpm)
-    return {"packages": n, "changed": changed, "deploy_seconds": [round(t, 3) for t in t_deploy],
-            "rpm_U_seconds": [round(t, 3) for t in t_rpm], "deploy_median": round(dep, 3),
-            "rpm_U_median": round(u, 3), "deploy_over_rpm_U": round(dep / u, 2),
-            "deploy_cpu_median": round(statistics.median(c_deploy), 3),
-            "rpm_U_cpu_median": round(statistics.median(c_rpm), 3)}
+
+        argv = [*deploy, "--sysroot", os.fspath(mnt), os.fspath(m2)]
+        for _ in range(runs):
+            def ours() -> None:
+                times["deploy"].append(_timed(argv, cpu["deploy"]))
+                subprocess.run(["sync"], check=True)
+                times["rpm -U"].append(_timed(
+                    ["rpm", "-U", "--root", os.fspath(mnt / "rpm-run"), "--nodeps", "--noscripts",
+                     "--nosignature", "--ignorearch", *map(os.fspath, updates)], cpu["rpm -U"]))
+            fresh(ours)
+            if baseline is not None:
+                fresh(lambda: times["baseline"].append(
+                    _timed(argv, cpu["baseline"], cwd=baseline)))
+        if profile is not None:
+            fresh(lambda: subprocess.run(
+                [os.fspath(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "--idle",
+                 "-f", "raw", "-o", os.fspath(profile), "--", *argv], check=True, stdout=subprocess.DEVNULL))
+    result: dict[str, object] = {"packages": n, "changed": changed}
+    for what in times:
+        if times[what]:
+            result[what] = {"seconds": [round(t, 3) for t in times[what]],
+                            "median": round(statistics.median(times[what]), 3),
+                            "cpu_median": round(statistics.median(cpu[what]), 3)}
+    result["deploy_over_rpm_U"] = round(statistics.median(times["deploy"]) / statistics.median(times["rpm -U"]), 2)
+    if times["baseline"]:
+        result["baseline_over_rpm_U"] = round(
+            statistics.median(times["baseline"]) / statistics.median(times["rpm -U"]), 2)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changed", type=int, default=18)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="also record one deploy with py-spy into this file (collapsed stacks, waits included)")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of other code (git archive of a commit) whose deploy of the same"
+                             " update runs after each of this one's, on its own fresh copy")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = run(args.packages, args.changed, args.runs, args.profile)
+    result = run(args.packages, args.changed, args.runs, args.profile, args.baseline)
     print(json.dumps(result, indent=2) if args.json else
           "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
