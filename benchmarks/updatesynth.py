@@ -1,14 +1,16 @@
 """Benchmark: an update deploy of a synthetic image, against rpm -U of the changed packages.
 
     python -m benchmarks.updatesynth [--packages 350] [--changed 18] [--runs 3] [--json]
-                                     [--profile OUT.txt] [--baseline CHECKOUT]
+                                     [--profile OUT.txt] [--baseline CHECKOUT] [--corpus DIR]
 
-A quick stand-in for the corpus's update row (benchmarks.metrics_image), in a minute
+A quick stand-in for the corpus's update row (benchmarks.metrics_image), in minutes
 rather than an hour: N generated packages shaped like a distribution's (about 85 files
 each, some /etc configuration, sysusers.d accounts owning files, a few set-id programs),
 published as v1, and a v2 where `--changed` of them have a new version (a third of their
-files changed). On a loop-mounted btrfs, v1 is deployed once; each run then deploys v2
-onto a fresh copy of that state (the whole filesystem image copied), and
+files changed); or, with --corpus, a corpus of benchmarks.debcorpus (its base and its
+update set), published without compose (no initrd, no zstd copies). On a loop-mounted
+btrfs, v1 is deployed once; each run then deploys v2 onto a fresh copy of that state (the
+filesystem image reflinked on an outer btrfs), and
 `rpm -U --root --nodeps --noscripts` of the changed packages runs on the same filesystem,
 onto a reflinked copy of rpm's own v1 root. Reports the medians (wall and CPU) and their
 ratio; with --baseline, the same update deployed by another checkout's code (run from
@@ -19,6 +21,7 @@ mount, rpm --root).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from benchmarks.rpmwriter import FileEntry, FileFlag, PackageSpec, write_package
@@ -104,74 +107,117 @@ def _timed(argv: list[str], cpu: list[float], cwd: Path | None = None) -> float:
     return elapsed
 
 
-def run(n: int, changed: int, runs: int, profile: Path | None,
+def corpus_packages(corpus: Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """(v1 RPMs, (old RPM, its update) pairs) of a corpus built by benchmarks.debcorpus."""
+    info = json.loads((corpus / "corpus.json").read_text())
+    pairs = [(corpus / "base" / u["old_rpm"], corpus / "updates" / u["rpm"])
+             for u in info["update"]["packages"]]
+    return sorted((corpus / "base").glob("*.rpm")), pairs
+
+
+def synthetic_packages(n: int, changed: int) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    v1, updates = packages(n, changed)
+    by_name = {p.name.rsplit("-", 2)[0]: p for p in v1}
+    return v1, [(by_name[u.name.rsplit("-", 2)[0]], u) for u in updates]
+
+
+@contextlib.contextmanager
+def _mounted(image: Path, mnt: Path) -> Iterator[Path]:
+    subprocess.run(["mount", "-o", "loop", os.fspath(image), os.fspath(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", os.fspath(mnt)], check=True)
+
+
+def _btrfs_image(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.btrfs", "-q", os.fspath(path)], check=True, stderr=subprocess.DEVNULL)
+    return path
+
+
+def run(v1: list[Path], pairs: list[tuple[Path, Path]], runs: int, profile: Path | None,
         baseline: Path | None = None) -> dict[str, object]:
+    """v1 deployed, then v2 (v1 with each pair's old RPM replaced by its update, in place)
+    deployed onto copies of it, runs times, against rpm -U of the updates."""
     sys.path.insert(0, os.fspath(Path(__file__).resolve().parent.parent / "tests"))
     from imagepub import publish  # type: ignore[import-not-found]
 
-    v1, updates = packages(n, changed)
-    names = {p.name.rsplit("-", 2)[0] for p in updates}
-    v2 = [p for p in v1 if p.name.rsplit("-", 2)[0] not in names] + updates
+    new = dict(pairs)
+    v2 = [new.get(p, p) for p in v1]
+    updates = [u for _, u in pairs]
+    with tempfile.TemporaryDirectory(prefix="rpmimg-updsynth-", dir="/var/tmp") as tmp, \
+            contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        # The test filesystem is an image file on an outer btrfs: each run's fresh copy of it
+        # is a reflink, whatever its size.
+        (work / "outer").mkdir()
+        outer = stack.enter_context(_mounted(_btrfs_image(work / "outer.img", 64 << 30), work / "outer"))
+        result = _measure(work, outer, v1, v2, updates, runs, profile, baseline, publish)
+    result.update(packages=len(v1), changed=len(pairs))
+    return result
+
+
+def _measure(work: Path, outer: Path, v1: list[Path], v2: list[Path], updates: list[Path],
+             runs: int, profile: Path | None, baseline: Path | None,
+             publish: Callable[..., Path]) -> dict[str, object]:
+    """Publish, deploy v1 (and rpm -i it), then the timed runs, each on a fresh copy."""
     key = signing_key()
     rpmimg = [sys.executable, "-m", "rpmimg"]
-    with tempfile.TemporaryDirectory(prefix="rpmimg-updsynth-", dir="/var/tmp") as tmp:
-        work = Path(tmp)
-        out = work / "published"
-        m1 = publish(out, "synth", "1", v1, key, zstd=False)
-        m2 = publish(out, "synth", "2", v2, key, zstd=False)
-        image = work / "fs.img"
-        with open(image, "wb") as f:
-            f.truncate(8 << 30)
-        subprocess.run(["mkfs.btrfs", "-q", os.fspath(image)], check=True)
-        mnt = work / "mnt"
-        mnt.mkdir()
-        deploy = [*rpmimg, "deploy", "--keyring", os.fspath(key.public), "--allow-unsigned-packages"]
-        subprocess.run(["mount", "-o", "loop", os.fspath(image), os.fspath(mnt)], check=True)
+    out = work / "published"
+    m1 = publish(out, "synth", "1", v1, key, zstd=False)
+    m2 = publish(out, "synth", "2", v2, key, zstd=False)
+    image = _btrfs_image(outer / "fs.img", 16 << 30)
+    mnt = work / "mnt"
+    mnt.mkdir()
+    deploy = [*rpmimg, "deploy", "--keyring", os.fspath(key.public), "--allow-unsigned-packages"]
+    subprocess.run(["mount", "-o", "loop", os.fspath(image), os.fspath(mnt)], check=True)
+    try:
+        # rpm's own v1 root on the same filesystem, outside rpmimg's directories.
+        subprocess.run(["rpm", "-i", "--root", os.fspath(mnt / "rpm-v1"), "--nodeps", "--noscripts",
+                        "--nosignature", "--ignorearch", *map(os.fspath, v1)], check=True,
+                       stderr=subprocess.DEVNULL)
+        for d in ("usr", "etc"):
+            (mnt / d).mkdir()
+        subprocess.run([*deploy, "--sysroot", os.fspath(mnt), os.fspath(m1)], check=True,
+                       stdout=subprocess.DEVNULL)
+    finally:
+        subprocess.run(["umount", os.fspath(mnt)], check=True)
+    times: dict[str, list[float]] = {"deploy": [], "rpm -U": [], "baseline": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+
+    def fresh(run: Callable[[], object]) -> None:
+        """run() on a fresh copy of the v1 filesystem, mounted."""
+        copy = outer / "fs-run.img"
+        subprocess.run(["cp", "--reflink=always", os.fspath(image), os.fspath(copy)], check=True)
+        subprocess.run(["mount", "-o", "loop", os.fspath(copy), os.fspath(mnt)], check=True)
         try:
-            # rpm's own v1 root on the same filesystem, outside rpmimg's directories.
-            subprocess.run(["rpm", "-i", "--root", os.fspath(mnt / "rpm-v1"), "--nodeps", "--noscripts",
-                            "--nosignature", "--ignorearch", *map(os.fspath, v1)], check=True,
-                           stderr=subprocess.DEVNULL)
-            for d in ("usr", "etc"):
-                (mnt / d).mkdir()
-            subprocess.run([*deploy, "--sysroot", os.fspath(mnt), os.fspath(m1)], check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(["cp", "-a", "--reflink=always", os.fspath(mnt / "rpm-v1"),
+                            os.fspath(mnt / "rpm-run")], check=True)
+            subprocess.run(["sync"], check=True)
+            run()
         finally:
             subprocess.run(["umount", os.fspath(mnt)], check=True)
-        times: dict[str, list[float]] = {"deploy": [], "rpm -U": [], "baseline": []}
-        cpu: dict[str, list[float]] = {k: [] for k in times}
+            copy.unlink()
 
-        def fresh(run: Callable[[], object]) -> None:
-            """run() on a fresh copy of the v1 filesystem, mounted."""
-            copy = work / "fs-run.img"
-            subprocess.run(["cp", "--reflink=auto", os.fspath(image), os.fspath(copy)], check=True)
-            subprocess.run(["mount", "-o", "loop", os.fspath(copy), os.fspath(mnt)], check=True)
-            try:
-                subprocess.run(["cp", "-a", "--reflink=always", os.fspath(mnt / "rpm-v1"),
-                                os.fspath(mnt / "rpm-run")], check=True)
-                subprocess.run(["sync"], check=True)
-                run()
-            finally:
-                subprocess.run(["umount", os.fspath(mnt)], check=True)
-                copy.unlink()
-
-        argv = [*deploy, "--sysroot", os.fspath(mnt), os.fspath(m2)]
-        for _ in range(runs):
-            def ours() -> None:
-                times["deploy"].append(_timed(argv, cpu["deploy"]))
-                subprocess.run(["sync"], check=True)
-                times["rpm -U"].append(_timed(
-                    ["rpm", "-U", "--root", os.fspath(mnt / "rpm-run"), "--nodeps", "--noscripts",
-                     "--nosignature", "--ignorearch", *map(os.fspath, updates)], cpu["rpm -U"]))
-            fresh(ours)
-            if baseline is not None:
-                fresh(lambda: times["baseline"].append(
-                    _timed(argv, cpu["baseline"], cwd=baseline)))
-        if profile is not None:
-            fresh(lambda: subprocess.run(
-                [os.fspath(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "--idle",
-                 "-f", "raw", "-o", os.fspath(profile), "--", *argv], check=True, stdout=subprocess.DEVNULL))
-    result: dict[str, object] = {"packages": n, "changed": changed}
+    argv = [*deploy, "--sysroot", os.fspath(mnt), os.fspath(m2)]
+    for _ in range(runs):
+        def ours() -> None:
+            times["deploy"].append(_timed(argv, cpu["deploy"]))
+            subprocess.run(["sync"], check=True)
+            times["rpm -U"].append(_timed(
+                ["rpm", "-U", "--root", os.fspath(mnt / "rpm-run"), "--nodeps", "--noscripts",
+                 "--nosignature", "--ignorearch", *map(os.fspath, updates)], cpu["rpm -U"]))
+        fresh(ours)
+        if baseline is not None:
+            fresh(lambda: times["baseline"].append(
+                _timed(argv, cpu["baseline"], cwd=baseline)))
+    if profile is not None:
+        fresh(lambda: subprocess.run(
+            [os.fspath(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "--idle", "--threads",
+             "-f", "raw", "-o", os.fspath(profile), "--", *argv], check=True, stdout=subprocess.DEVNULL))
+    result: dict[str, object] = {}
     for what in times:
         if times[what]:
             result[what] = {"seconds": [round(t, 3) for t in times[what]],
@@ -193,9 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path,
                         help="a checkout of other code (git archive of a commit) whose deploy of the same"
                              " update runs after each of this one's, on its own fresh copy")
+    parser.add_argument("--corpus", type=Path,
+                        help="a corpus directory of benchmarks.debcorpus (its base as v1, its update set)"
+                             " instead of generated packages")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = run(args.packages, args.changed, args.runs, args.profile, args.baseline)
+    v1, pairs = (corpus_packages(args.corpus) if args.corpus is not None
+                 else synthetic_packages(args.packages, args.changed))
+    result = run(v1, pairs, args.runs, args.profile, args.baseline)
     print(json.dumps(result, indent=2) if args.json else
           "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # a type only: `status` and `rollback` load the store without
 log = logging.getLogger(__name__)
 
 __all__ = ["Store", "StoredExtent"]
+
+# Bytes at the start of an entry read ahead by prefetch: most packages' header and index.
+PREFETCH = 256 << 10
 
 
 def sha256_file(path: Path) -> str:
@@ -87,6 +90,22 @@ class Store:
         """Drop what was remembered of an entry (read it again when next asked)."""
         if self._read is not None:
             self._read.pop(sha256, None)
+
+    def prefetch(self, sha256s: Iterable[str]) -> None:
+        """Ask the kernel to start reading the start (header and index) of these entries:
+        reading several hundred headers one after the other from a cold cache otherwise
+        waits for the disk once for each. A hint only: nothing is read into Python."""
+        for sha in sha256s:
+            try:
+                fd = os.open(self.path(sha), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, PREFETCH, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def package(self, sha256: str) -> ExtentsPackage:
         """The stored package's header and file list, closed: its data is read by opening

@@ -216,6 +216,8 @@ def _missing(store: Store, signed: SignedManifest, current: State, full: bool) -
     against their manifest entry; their whole content too where a full build will read it."""
     base = current.find(current.default)
     in_base = {p.sha256 for p in base.packages} if base is not None else set()
+    if not full:
+        store.prefetch(r.sha256 for r in signed.manifest.packages)
     wanted: dict[str, ManifestPackage] = {}
     for ref in signed.manifest.packages:
         if ref.sha256 in wanted:
