@@ -14,8 +14,8 @@ filesystem image reflinked on an outer btrfs), and
 `rpm -U --root --nodeps --noscripts` of the changed packages runs on the same filesystem,
 onto a reflinked copy of rpm's own v1 root. Reports the medians (wall and CPU) and their
 ratio; with --baseline, the same update deployed by another checkout's code (run from
-there, `python -m rpmimg` imports it), alternating with this one's. Needs root (loop
-mount, rpm --root).
+there, `python -m rpmimg` imports it), alternating with this one's. Both checkouts are
+byte-compiled first, as an installed rpmimg is. Needs root (loop mount, rpm --root).
 """
 
 from __future__ import annotations
@@ -137,10 +137,22 @@ def _btrfs_image(path: Path, size: int) -> Path:
     return path
 
 
+def _byte_compile(checkout: Path) -> None:
+    """Byte-compile a checkout's modules, as an installed rpmimg ships them (see
+    benchmarks.metrics_scale.byte_compile): otherwise every deploy compiles its sources."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    dirs = [os.fspath(checkout / d) for d in ("rpmimg", "deploy", "host", "rpmextents", "imagespec")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
 def run(v1: list[Path], pairs: list[tuple[Path, Path]], runs: int, profile: Path | None,
         baseline: Path | None = None) -> dict[str, object]:
     """v1 deployed, then v2 (v1 with each pair's old RPM replaced by its update, in place)
     deployed onto copies of it, runs times, against rpm -U of the updates."""
+    for checkout in (Path(__file__).resolve().parent.parent, baseline):
+        if checkout is not None:
+            _byte_compile(checkout)
     sys.path.insert(0, os.fspath(Path(__file__).resolve().parent.parent / "tests"))
     from imagepub import publish  # type: ignore[import-not-found]
 
