@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -83,7 +83,7 @@ def build(
     build that fails leaves no subvolume behind.
     """
     for ref in m.packages:
-        refuse_package_db(ref.nevra, package_files(store.path(ref.sha256)))
+        refuse_package_db(ref.nevra, _claims(store, ref.sha256))
     path = system.layout.staging / f"build-{new_id}"
     owners_root = accounts if accounts is not None else system.sysroot
     method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
@@ -117,6 +117,15 @@ def build(
     )
 
 
+def _claims(store: Store, sha256: str) -> Iterable[tuple[str, int]]:
+    """(path, mode) of every file of a stored package: from the file list the store
+    remembers, else from the header alone (no index, no entries)."""
+    if store.remembers:
+        files = store.file_list(sha256)[1]
+        return zip(files.paths(), files.modes, strict=True)
+    return package_files(store.path(sha256))
+
+
 def _discard(path: Path) -> None:
     if os.path.lexists(path):
         kernel.subvolume_delete(path)
@@ -146,6 +155,7 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
     # About ten crash points spread over the build, whatever the image's size.
     step = max(1, len(m.packages) // 10)
     for i, ref in enumerate(m.packages):
+        store.forget(ref.sha256)  # held once, here, while it is extracted
         with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
             builder.add_package(pkg)
             builder.account(pkg.nevra, pkg.entries())

@@ -82,12 +82,16 @@ class DigestIndex:
         self.paths: list[Path] = []
         self.algos: list[str] = []
         self._chunks: list[_Chunk] = []
+        # Rows added since the last lookup, in the order added: sorted into a chunk when a
+        # lookup comes (the whole store is indexed once, then looked up; sorting it as one
+        # chunk costs less than merging a chunk a package).
+        self._pending = _empty()
         # Fetch threads look up while a package is added: chunks are merged and reordered
         # in place under this lock, and a lookup never sees one half reordered.
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self._chunks)
+        return sum(len(c) for c in self._chunks) + len(self._pending)
 
     def add(self, path: Path, files: FileList) -> None:
         """Index the stored files of one package at path."""
@@ -107,9 +111,8 @@ class DigestIndex:
             chunk.offsets.append(extent.offset)
             chunk.lengths.append(extent.length)
         if len(chunk):
-            _sort(chunk)  # not yet seen by lookups
             with self._lock:
-                self._push(chunk)
+                self._pending.extend(chunk)
 
     def get(self, algo: str, digest: str) -> StoredExtent | None:
         """The first-added stored copy of content with this digest, or None."""
@@ -119,6 +122,10 @@ class DigestIndex:
         want_algo = self.algos.index(algo)
         key = int.from_bytes(raw[:8], "big")
         with self._lock:
+            if len(self._pending):
+                pending, self._pending = self._pending, _empty()
+                _sort(pending)  # stable: of equal digests the one added first stays first
+                self._push(pending)
             return self._find(key, want_algo, raw, algo)
 
     def _find(self, key: int, want_algo: int, raw: bytes, algo: str) -> StoredExtent | None:

@@ -22,13 +22,13 @@ import errno
 import functools
 import os
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from deploy.tree import HEADER_DIR
 from imagespec.relocation import USR_TREE, relocate
 from rpmextents import Entry, Owners
-from rpmextents.files import EntryType
+from rpmextents.files import EntryType, FileList
 from rpmextents.header import STRONG_HASH_ALGOS
 from rpmextents.tree import Tree
 
@@ -46,6 +46,7 @@ class Placed:
 
 
 _SHIFT = 32  # a placed file is (package number << _SHIFT) | its position in the package's list
+_POSITION = (1 << _SHIFT) - 1
 
 
 @dataclass
@@ -59,26 +60,44 @@ class Placement:
 
     packages: list[tuple[str, Sequence[Entry]]] = field(default_factory=list)
     codes: dict[str, int] = field(default_factory=dict)
+    types: dict[str, EntryType] = field(default_factory=dict)  # each path's placed entry's type
     mixed: set[str] = field(default_factory=set)  # paths whose entries disagree on their type
 
     @classmethod
     def of(cls, packages: Iterable[tuple[str, Sequence[Entry]]]) -> Placement:
         layout = cls()
-        codes = layout.codes
+        codes, types = layout.codes, layout.types
         for number, (key, entries) in enumerate(packages):
             layout.packages.append((key, entries))
-            for position, e in enumerate(entries):
-                if e.ghost:
+            for position, (image_path, etype, ghost) in enumerate(_outline(entries)):
+                if ghost:
                     continue
-                path = relocate(e.path)[0]
-                before = codes.get(path)
-                if before is not None and layout.entry(before).type is not e.type:
+                path = relocate(image_path)[0]
+                before = types.get(path)
+                if before is not None and before is not etype:
                     layout.mixed.add(path)
                 codes[path] = number << _SHIFT | position
+                types[path] = etype
         return layout
 
     def entry(self, code: int) -> Entry:
-        return self.packages[code >> _SHIFT][1][code & ((1 << _SHIFT) - 1)]
+        return self.packages[code >> _SHIFT][1][code & _POSITION]
+
+    def same_entry(self, code: int, other: Placement, other_code: int) -> bool:
+        """Whether code here and other_code in other place the same package's same entry
+        (known without reading the entries when both lists are a package's file list)."""
+        mine, theirs = self.packages[code >> _SHIFT], other.packages[other_code >> _SHIFT]
+        if mine[0] != theirs[0]:
+            return False
+        if isinstance(mine[1], FileList) and isinstance(theirs[1], FileList):
+            return code & _POSITION == other_code & _POSITION  # an Entry's index is its position
+        return self.entry(code).index == other.entry(other_code).index
+
+    def hardlink_key(self, code: int) -> int | None:
+        entries = self.packages[code >> _SHIFT][1]
+        if isinstance(entries, FileList):
+            return entries.hardlink_keys.get(code & _POSITION)
+        return self.entry(code).hardlink_key
 
     def key(self, code: int) -> str:
         return self.packages[code >> _SHIFT][0]
@@ -104,6 +123,13 @@ class Placement:
                     break
                 found.add(path)
         return found
+
+
+def _outline(entries: Sequence[Entry]) -> Iterator[tuple[str, EntryType, bool]]:
+    """(path, type, %ghost) of each entry, from a file list's columns where it is one."""
+    if isinstance(entries, FileList):
+        return entries.outline()
+    return ((e.path, e.type, e.ghost) for e in entries)
 
 
 def _ancestors(path: str) -> list[str]:
@@ -158,16 +184,15 @@ def _written(old: Placement, new: Placement) -> set[str]:
         if before is None:
             write.add(path)
             continue
-        b, a = old.entry(before), new.entry(code)
-        if (old.key(before), b.index) != (new.key(code), a.index) and not same_result(b, a):
+        if not old.same_entry(before, new, code) and not same_result(old.entry(before), new.entry(code)):
             write.add(path)
     # A hardlinked file is written with every other winning member of its group.
     groups: dict[tuple[str, int], list[str]] = {}
     linked: dict[str, tuple[str, int]] = {}
     for path, code in new.codes.items():
-        e = new.entry(code)
-        if e.hardlink_key is not None:
-            linked[path] = (new.key(code), e.hardlink_key)
+        link = new.hardlink_key(code)
+        if link is not None:
+            linked[path] = (new.key(code), link)
             groups.setdefault(linked[path], []).append(path)
     for path in list(write):
         if path in linked:
@@ -191,11 +216,8 @@ def _check(old: Placement, new: Placement, changed: set[str]) -> None:
 def plan(old: Placement, new: Placement) -> Plan:
     """The smallest set of changes that makes a tree laid out as `old` equal one laid out as `new`."""
     write = _written(old, new)
-    old_types = {path: old.entry(c).type for path, c in old.codes.items()}
-    gone = {
-        path for path, etype in old_types.items()
-        if path not in new.codes or new.entry(new.codes[path]).type is not etype
-    }
+    old_types, new_types = old.types, new.types
+    gone = {path for path, etype in old_types.items() if new_types.get(path) is not etype}
     _check(old, new, write | gone)
     files = sorted(p for p in gone if old_types[p] is not EntryType.DIR)
     dirs = {p for p in gone if old_types[p] is EntryType.DIR and p not in new.parents}

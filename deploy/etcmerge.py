@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from deploy.etcbase import BaseEntry, read_merge_record, record_base, write_records
 from deploy.etcfs import EtcBlocked, EtcMergeError, EtcTree, fd_tree
 from deploy.etcrules import Fate, OnDisk, erase_fate, install_fate
-from rpmextents.files import Entry, EntryType, header_files
+from rpmextents.files import Entry, EntryType, FileList, header_files
 from rpmextents.header import Header
 from rpmextents.nevra import nevra_of
 from rpmextents.tree import Relocation
@@ -80,12 +80,14 @@ class EtcMerge:
         return cls(tuple(actions))
 
 
-def etc_entries(headers: Iterable[Header]) -> dict[str, tuple[Entry, str]]:
-    """path -> (entry, NEVRA) of every entry below /etc; a later package's wins, as in the tree."""
+def etc_entries(headers: Iterable[Header | FileList]) -> dict[str, tuple[Entry, str]]:
+    """path -> (entry, NEVRA) of every entry below /etc; a later package's wins, as in the tree.
+    A package is its header, or its file list when that was read already."""
     owned: dict[str, tuple[Entry, str]] = {}
     for header in headers:
-        nevra = str(nevra_of(header))
-        for entry in header_files(header).entries_below(ETC):
+        files = header if isinstance(header, FileList) else header_files(header)
+        nevra = str(nevra_of(files.header))
+        for entry in files.entries_below(ETC):
             owned[entry.path] = (entry, nevra)
     return owned
 
@@ -179,8 +181,8 @@ class _Merge:
             self.note(path, "removed", nevra, "removed by the vendor")
 
 
-def merge_etc(root_fd: int, usr_fd: int, old: Sequence[Header] | None,
-              new: Sequence[Header]) -> EtcMerge:
+def merge_etc(root_fd: int, usr_fd: int, old: Sequence[Header | FileList] | None,
+              new: Sequence[Header | FileList]) -> EtcMerge:
     """Merge /etc of the root at root_fd for the /usr tree at usr_fd, as rpm -U old -> new would.
 
     old None: a first deployment or a reset, merged as ``rpm -i`` onto what the root holds.

@@ -7,10 +7,12 @@ latter (see deploy.verify).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -19,6 +21,7 @@ from deploy.errors import DeploymentError
 from deploy.tree import HEADER_DIR
 from host import kernel
 from rpmextents.errors import ExtentsError
+from rpmextents.files import FileList, header_files
 from rpmextents.header import PackagePrefix, read_prefix
 from rpmextents.nevra import Nevra, nevra_of
 
@@ -72,6 +75,50 @@ def read_header(path: Path, dir_fd: int | None = None) -> InstalledPackage:
                             prefix)
 
 
+def installed_file_lists(usr: Path, known: Mapping[str, FileList]) -> Iterator[FileList]:
+    """The file list of each package of the /usr tree at usr, as installed_packages reads
+    them; a header file whose bytes hash to a key of known (header sha256 -> that header's
+    file list, already read) is hashed, not parsed again."""
+    directory = usr / HEADER_DIR
+    with _header_dir(usr) as dir_fd:
+        for name in _header_names(dir_fd):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dir_fd)
+                with os.fdopen(fd, "rb") as f:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise OSError(errno.EINVAL, "not a regular file", os.fspath(directory / name))
+                    files = known.get(hashlib.file_digest(f, "sha256").hexdigest())
+                    if files is None:
+                        f.seek(0)
+                        header = read_prefix(cast(BinaryIO, f)).header
+                        nevra_of(header)  # refused here, as installed_packages refuses it
+                        files = header_files(header)
+            except (OSError, ExtentsError) as e:
+                raise DeploymentError(f"{directory / name}: unreadable package header: {e}") from e
+            yield files
+
+
+@contextlib.contextmanager
+def _header_dir(usr: Path) -> Iterator[int]:
+    """The tree's header directory, opened below it following no symlink."""
+    root_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        dir_fd = kernel.open_beneath(root_fd, HEADER_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise DeploymentError(f"{usr / HEADER_DIR}: no package headers (not an rpmimg deployment?)") from e
+    finally:
+        os.close(root_fd)
+    try:
+        yield dir_fd
+    finally:
+        os.close(dir_fd)
+
+
+def _header_names(dir_fd: int) -> list[str]:
+    return sorted(n for n in os.listdir(dir_fd) if n.endswith(".rpm") and not n.startswith("."))
+
+
 def installed_packages(usr: Path) -> Iterator[InstalledPackage]:
     """The packages of the /usr tree at usr, by header file name.
 
@@ -79,15 +126,6 @@ def installed_packages(usr: Path) -> Iterator[InstalledPackage]:
     by name: nothing outside the tree is read.
     """
     directory = usr / HEADER_DIR
-    root_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        dir_fd = kernel.open_beneath(root_fd, HEADER_DIR, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as e:
-        raise DeploymentError(f"{directory}: no package headers (not an rpmimg deployment?)") from e
-    finally:
-        os.close(root_fd)
-    try:
-        for name in sorted(n for n in os.listdir(dir_fd) if n.endswith(".rpm") and not n.startswith(".")):
+    with _header_dir(usr) as dir_fd:
+        for name in _header_names(dir_fd):
             yield read_header(directory / name, dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -14,12 +14,16 @@ from deploy.store import Store
 from imagespec.manifest import ImageManifest
 from rpmextents import Owners
 
+_SETID = stat.S_ISUID | stat.S_ISGID
+
 
 def dropped(store: Store, m: ImageManifest, owners: Owners) -> tuple[str, ...]:
     """'PATH lost its setuid bit (user NAME is unknown here)' for each such file of m."""
     out: dict[str, str] = {}
     for ref in m.packages:
-        for e in store.file_list(ref.sha256)[1]:
+        files = store.file_list(ref.sha256)[1]
+        for i in [i for i, mode in enumerate(files.modes) if mode & _SETID]:
+            e = files.entry(i)
             if e.ghost:
                 continue
             if e.mode & stat.S_ISUID and e.user not in owners.users:

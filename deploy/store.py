@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Store", "StoredExtent"]
 
+# Bytes at the start of an entry read ahead by prefetch: most packages' header and index.
+PREFETCH = 256 << 10
+
 
 def sha256_file(path: Path) -> str:
     """The sha256 of a file's content (here, not from deploy.sources: the store is loaded by
@@ -48,10 +51,13 @@ def sha256_file(path: Path) -> str:
 class Store:
     """Content-addressed extents RPMs under one directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, remember: bool = False) -> None:
+        """remember: keep each package's header and file list once read (an update reads
+        every stored package of the old and the new image several times over)."""
         self.root = root
         self._index: DigestIndex | None = None
         self._index_lock = threading.Lock()
+        self._read: dict[str, ExtentsPackage] | None = {} if remember else None
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.rpm"
@@ -73,7 +79,44 @@ class Store:
         size = path.stat().st_size
         path.unlink()
         self._index = None  # it may point into the removed entry
+        self.forget(sha256)
         return size
+
+    @property
+    def remembers(self) -> bool:
+        return self._read is not None
+
+    def forget(self, sha256: str) -> None:
+        """Drop what was remembered of an entry (read it again when next asked)."""
+        if self._read is not None:
+            self._read.pop(sha256, None)
+
+    def prefetch(self, sha256s: Iterable[str]) -> None:
+        """Ask the kernel to start reading the start (header and index) of these entries:
+        reading several hundred headers one after the other from a cold cache otherwise
+        waits for the disk once for each. A hint only: nothing is read into Python."""
+        for sha in sha256s:
+            try:
+                fd = os.open(self.path(sha), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, PREFETCH, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def package(self, sha256: str) -> ExtentsPackage:
+        """The stored package's header and file list, closed: its data is read by opening
+        store.path(sha256). Remembered (with remember), else read each time."""
+        if self._read is not None and sha256 in self._read:
+            return self._read[sha256]
+        with ExtentsPackage.open(self.path(sha256)) as pkg:
+            pass
+        if self._read is not None:
+            self._read[sha256] = pkg
+        return pkg
 
     def damaged(self, sha256: str) -> bool:
         """Whether a stored entry no longer hashes to its name (the recorded sha256)."""
@@ -87,9 +130,9 @@ class Store:
         (PackageError when the manifest names it as something else), the whole content
         with content. A damaged entry is removed and False returned: fetch it again."""
         try:
-            with ExtentsPackage.open(self.path(ref.sha256)) as pkg:
-                _check_identity(ref, pkg)
+            _check_identity(ref, self.package(ref.sha256))
         except (PackageError, ExtentsError) as e:
+            self.forget(ref.sha256)
             if not self.damaged(ref.sha256):
                 # The entry is what its sha256 names: the manifest lies about it.
                 raise PackageError(f"{ref.nevra}: refused: the stored package with its sha256"
@@ -111,6 +154,9 @@ class Store:
                 index = DigestIndex()
                 for sha in self:
                     try:
+                        if self._read is not None and sha in self._read:
+                            index.add(self.path(sha), self._read[sha].entries())
+                            continue
                         with ExtentsPackage.open(self.path(sha)) as pkg:
                             index.add(pkg.path, pkg.entries())
                     except ExtentsError as e:
@@ -126,10 +172,11 @@ class Store:
         return found.path, found.offset
 
     def file_list(self, sha256: str) -> tuple[str, FileList]:
-        """(N-V-R.A, file list) of a stored package (read each time: a file list holds
-        its package's header, and a caller keeps only the ones it needs)."""
-        with ExtentsPackage.open(self.path(sha256)) as pkg:
-            return pkg.nevra, pkg.entries()
+        """(N-V-R.A, file list) of a stored package (read each time unless the store
+        remembers: a file list holds its package's header, and a caller keeps only the
+        ones it needs)."""
+        pkg = self.package(sha256)
+        return pkg.nevra, pkg.entries()
 
     def _matches(self, pkg: ExtentsPackage) -> list[tuple[int, int, StoredExtent]]:
         """(offset, block-aligned length, stored copy) of pkg's file data the store already holds."""

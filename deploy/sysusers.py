@@ -40,14 +40,17 @@ def image_config(store: Store, sha256s: Iterable[str]) -> tuple[dict[str, bytes]
     found: dict[str, bytes] = {}
     by_scriptlet = []
     for sha in dict.fromkeys(sha256s):
-        with ExtentsPackage.open(store.path(sha)) as pkg:
-            entries = pkg.entries()
-            if accounts_without_sysusers(pkg.header, entries):
-                by_scriptlet.append(pkg.nevra)
-            for e in sysusers_entries(entries):
-                if e.extent is None or e.size > MAX_CONFIG:
-                    continue
-                found[os.path.basename(e.path)] = b"".join(pkg.read_extent(e.extent))[: e.size]
+        pkg = store.package(sha)
+        entries = pkg.entries()
+        if accounts_without_sysusers(pkg.header, entries):
+            by_scriptlet.append(pkg.nevra)
+        wanted = [e for e in sysusers_entries(entries) if e.extent is not None and e.size <= MAX_CONFIG]
+        if not wanted:
+            continue
+        with ExtentsPackage.open(store.path(sha)) as data:
+            for e in wanted:
+                assert e.extent is not None
+                found[os.path.basename(e.path)] = b"".join(data.read_extent(e.extent))[: e.size]
     return found, sorted(by_scriptlet)
 
 

@@ -216,6 +216,8 @@ def _missing(store: Store, signed: SignedManifest, current: State, full: bool) -
     against their manifest entry; their whole content too where a full build will read it."""
     base = current.find(current.default)
     in_base = {p.sha256 for p in base.packages} if base is not None else set()
+    if not full:
+        store.prefetch(r.sha256 for r in signed.manifest.packages)
     wanted: dict[str, ManifestPackage] = {}
     for ref in signed.manifest.packages:
         if ref.sha256 in wanted:
@@ -229,11 +231,11 @@ def _missing(store: Store, signed: SignedManifest, current: State, full: bool) -
 
 def fetch_into_store(
     system: System, signed: SignedManifest, current: State, options: DeployOptions,
-    progress: ProgressFactory, check_all: bool = False,
+    progress: ProgressFactory, check_all: bool = False, store: Store | None = None,
 ) -> Stored:
     """Phase 2: bring every package of the manifest into the store, verified (with check_all,
     every stored entry re-hashed, as a full build needs)."""
-    store = Store(system.layout.store)
+    store = store if store is not None else Store(system.layout.store)
     fetch = _missing(store, signed, current, check_all or _builds_in_full(current, options))
     _check_space(system, signed.manifest, fetch)
     jobs = [
@@ -272,7 +274,7 @@ def _record(ref: ManifestPackage, source: Source) -> PackageRecord:
 
 def build_tree(
     system: System, signed: SignedManifest, current: State, options: DeployOptions,
-    progress: ProgressFactory,
+    progress: ProgressFactory, store: Store | None = None,
 ) -> Tree:
     """Phase 3: build the deployment; its record is written into it before it is read-only.
 
@@ -296,7 +298,8 @@ def build_tree(
     records.mark_discardable(system.layout, new_id)
     try:
         whole = build_system(
-            system, m, Store(system.layout.store), new_id, progress("build", "packages"),
+            system, m, store if store is not None else Store(system.layout.store), new_id,
+            progress("build", "packages"),
             current.find(current.default), seal, full=options.full, fresh_root=options.fresh_root,
         )
     except BaseException:
@@ -362,22 +365,25 @@ def _phase(
 def _fetch_and_build(
     system: System, signed: SignedManifest, current: State, options: DeployOptions,
     progress: ProgressFactory,
-) -> tuple[Stored, Tree]:
+) -> tuple[Stored, Tree, Store]:
     """Phases 2 and 3. An update that had to fall back to a full build read store entries
     the fetch phase did not re-hash: if one of them is damaged, the uncommitted tree is
-    discarded and both phases run again with every entry checked (and refetched)."""
+    discarded and both phases run again with every entry checked (and refetched).
+
+    An update reads each stored package's header and file list once for both phases (and
+    the report); a full build reads them one package at a time, to bound its memory."""
     m, layout = signed.manifest, system.layout
     check_all = False
     while True:
+        store = Store(layout.store, remember=not check_all and not _builds_in_full(current, options))
         with _phase(system, current, "fetching the packages of", m, layout.downloads):
-            stored = fetch_into_store(system, signed, current, options, progress, check_all)
+            stored = fetch_into_store(system, signed, current, options, progress, check_all, store)
         with _phase(system, current, "building", m, layout.staging / f"build-{current.next_id}"):
-            tree = build_tree(system, signed, current, options, progress)
+            tree = build_tree(system, signed, current, options, progress, store)
         if check_all or tree.built.method != "full" or _builds_in_full(current, options):
-            return stored, tree
-        store = Store(layout.store)
+            return stored, tree, store
         if not any(store.damaged(sha) for sha in {r.sha256 for r in m.packages}):
-            return stored, tree
+            return stored, tree, store
         log.warning("a store entry the full build read is damaged; building again from refetched packages")
         from deploy.lifecycle import recover
 
@@ -417,7 +423,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
         damage = basecheck.damaged_base(system, current, options.full)
         if damage:
             options = dataclasses.replace(options, full=True)
-        stored, tree = _fetch_and_build(system, signed, current, options, progress)
+        stored, tree, store = _fetch_and_build(system, signed, current, options, progress)
         bootfiles.save(system, tree.record.id, [k.files for k in kernels])
         with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
             commit(system, signed, current, tree)
@@ -432,7 +438,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             unknown_owners=built.unknown_owners, build=built.method,
             full_reason=basecheck.reason(current.default or "", damage) if damage else built.full_reason,
             written_paths=built.written, kept_paths=built.kept, base_damage=damage,
-            setid_dropped=setid.dropped(Store(system.layout.store), m, Owners.from_root(tree.whole.root)),
+            setid_dropped=setid.dropped(store, m, Owners.from_root(tree.whole.root)),
             root=os.fspath(tree.whole.root), accounts_by_scriptlet=tree.whole.accounts.by_scriptlet,
             etc_merge=tree.whole.etc.actions, etc_notable=tree.whole.etc.notable(),
         )

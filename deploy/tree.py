@@ -21,6 +21,7 @@ from host import kernel
 from imagespec.relocation import USR_TREE, relocate
 from rpmextents import PACKAGE_DB, Entry, ExtentsPackage, Owners, extract
 from rpmextents.extract import NO_REFLINK
+from rpmextents.files import FileList
 from rpmextents.index import align_up
 from rpmextents.tree import Tree
 
@@ -64,13 +65,19 @@ class TreeBuilder:
     def account(self, nevra: str, entries: Iterable[Entry]) -> None:
         """Note what a package of the image puts outside /usr and which owners it names."""
         outside = []
-        for e in entries:
-            if e.ghost:
-                continue
-            if relocate(e.path)[1]:
-                outside.append(e.path)
-            self.stats.users.add(e.user)
-            self.stats.groups.add(e.group)
+        if isinstance(entries, FileList):  # its columns, without an Entry per file
+            users, groups = entries.owner_names()
+            self.stats.users |= users
+            self.stats.groups |= groups
+            outside = [path for path, _, ghost in entries.outline() if not ghost and relocate(path)[1]]
+        else:
+            for e in entries:
+                if e.ghost:
+                    continue
+                if relocate(e.path)[1]:
+                    outside.append(e.path)
+                self.stats.users.add(e.user)
+                self.stats.groups.add(e.group)
         if outside:
             self.stats.outside_usr[nevra] = outside
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,11 @@ from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build
 from deploy.etcbase import write_records
 from deploy.etcmerge import EtcMerge, merge_etc
 from deploy.faults import checkpoint
-from deploy.headers import installed_packages
+from deploy.headers import installed_file_lists
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
+from rpmextents.files import FileList
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,14 @@ def device(system: System) -> str:
     return f"UUID={uuid}" if uuid else mounts.mount_of(system.layout.top).source
 
 
-def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None) -> EtcMerge:
+def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
+          known: Mapping[str, FileList] | None = None) -> EtcMerge:
     """Merge the image's /etc into the root (deploy.etcmerge) as `rpm -U` from the packages
-    of old_usr would (`rpm -i` without one) and record it in the new /usr."""
-    old = [p.prefix.header for p in installed_packages(old_usr)] if old_usr is not None else None
-    new = [p.prefix.header for p in installed_packages(usr)]
+    of old_usr would (`rpm -i` without one) and record it in the new /usr. The packages are
+    the trees' header files; known: file lists already read, by their header's sha256."""
+    known = known or {}
+    old = list(installed_file_lists(old_usr, known)) if old_usr is not None else None
+    new = list(installed_file_lists(usr, known))
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         usr_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -60,6 +65,19 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None) 
     finally:
         os.close(root_fd)
     return result
+
+
+def _read(store: Store, m: Image, base: DeploymentRecord | None) -> dict[str, FileList]:
+    """header sha256 -> file list of the packages of m and base the store remembers."""
+    if not store.remembers:
+        return {}
+    shas = [r.sha256 for r in m.packages] + [p.sha256 for p in (base.packages if base is not None else ())]
+    known = {}
+    for sha in dict.fromkeys(shas):
+        if store.has(sha):
+            pkg = store.package(sha)
+            known[pkg.header_sha256] = pkg.entries()
+    return known
 
 
 def build_system(
@@ -84,7 +102,7 @@ def build_system(
         checkpoint("accounts created")
 
         def seal(tree: Path, subvol_id: int, owner_ids: OwnerIds) -> None:
-            merged.append(merge(root, tree, old_usr, root_base))
+            merged.append(merge(root, tree, old_usr, root_base, _read(store, m, base)))
             checkpoint("etc merged")
             write_record(tree, subvol_id, owner_ids)
             # The root goes into place before its /usr: a complete deployment always has it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from rpmextents.files import Entry, EntryType
+from rpmextents.files import Entry, EntryType, FileList
 from rpmextents.header import Header, Tag
 
 SYSUSERS_DIR = "/usr/lib/sysusers.d/"
@@ -18,13 +18,17 @@ _SCRIPT_TAGS = (Tag.PREIN, Tag.POSTIN, Tag.PRETRANS, Tag.POSTTRANS)
 _CREATES = re.compile(rb"(?:^|[\s;&|(`/])(?:useradd|groupadd|adduser|addgroup|newusers)\b")
 
 
+def _is_config(path: str) -> bool:
+    return path.startswith(SYSUSERS_DIR) and path.endswith(".conf") and "/" not in path[len(SYSUSERS_DIR):]
+
+
 def sysusers_entries(entries: Sequence[Entry]) -> list[Entry]:
     """The package's sysusers.d configuration files (regular *.conf files, not %ghost)."""
-    return [
-        e for e in entries
-        if e.path.startswith(SYSUSERS_DIR) and e.path.endswith(".conf") and "/" not in
-        e.path[len(SYSUSERS_DIR):] and e.type is EntryType.FILE and not e.ghost
-    ]
+    if isinstance(entries, FileList):  # an Entry only for the few paths that may be one
+        found = (entries.entry(i) for i, path in enumerate(entries.paths()) if _is_config(path))
+    else:
+        found = (e for e in entries if _is_config(e.path))
+    return [e for e in found if e.type is EntryType.FILE and not e.ghost]
 
 
 def creates_accounts(header: Header) -> bool:

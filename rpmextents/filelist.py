@@ -227,6 +227,24 @@ class FileList(Sequence[Entry]):
             digest, self.digest_algo, flags, self.hardlink_keys.get(i), extent,
         )
 
+    def outline(self) -> Iterator[tuple[str, EntryType, bool]]:
+        """(path, type, %ghost) of every file in order, without making an Entry: for
+        callers that need only where each file is and what it is."""
+        for path, mode, flags in zip(self.paths(), self.modes, self.flags, strict=True):
+            yield path, _TYPES[stat.S_IFMT(mode)], bool(flags & _GHOST)
+
+    def owner_names(self) -> tuple[set[str], set[str]]:
+        """The user and the group names the files other than %ghost ones name."""
+        found: tuple[set[str], set[str]] = (set(), set())
+        flags = self.flags
+        for (values, which), out in zip((self._users, self._groups), found, strict=True):
+            if which is None:
+                if any(not f & _GHOST for f in flags):
+                    out.add(values[0])
+            else:
+                out.update(values[w] for w in {w for w, f in zip(which, flags, strict=True) if not f & _GHOST})
+        return found
+
     def entries_below(self, directory: str) -> Iterator[Entry]:
         """The entries of directory and everything below it (an absolute path), in order;
         no Entry is made for the others."""

@@ -5,6 +5,7 @@ plain reading of the same bytes, hostile headers included."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -125,3 +126,43 @@ def test_entries_below_are_the_same_entries_as_a_full_walk() -> None:
         files = header_files(read_prefix(f).header)
     assert [e.path for e in files.entries_below("/etc")] == [
         "/etc/outside-usr.conf", "/etc/outside-usr.d", "/etc/outside-usr.d/defaults.conf"]
+
+
+def test_outline_owner_names_and_setid_modes_agree_with_the_entries() -> None:
+    """The columns the update plan, the owner accounting and sysusers read instead of
+    making an Entry per file say what the entries say, %ghost files and owners included."""
+    from fixtures.build import fixture_packages
+    from rpmextents.accounts import sysusers_entries
+    from rpmextents.files import header_files
+    from rpmextents.header import read_prefix
+
+    for name in sorted(fixture_packages()):
+        with open(fixture_packages()[name], "rb") as f:
+            files = header_files(read_prefix(f).header)
+        walked = list(files)
+        assert list(files.outline()) == [(e.path, e.type, e.ghost) for e in walked], name
+        live = [e for e in walked if not e.ghost]
+        assert files.owner_names() == ({e.user for e in live}, {e.group for e in live}), name
+        assert sysusers_entries(files) == sysusers_entries(walked), name
+
+
+def test_owner_names_leave_out_the_owners_of_ghost_files_only(tmp_path: Path) -> None:
+    from benchmarks.rpmwriter import FileEntry, PackageSpec, write_package
+    from rpmextents.entry import FileFlag
+    from rpmextents.files import header_files
+    from rpmextents.header import read_prefix
+
+    ghost = int(FileFlag.GHOST)
+    spec = PackageSpec(name="ghosts", version="1", release="1", arch="x86_64", files=(
+        FileEntry("/usr/lib/ghosts", 0o40755),
+        FileEntry("/usr/lib/ghosts/live", 0o100644, user="alive", group="alive", data=b"x"),
+        FileEntry("/usr/lib/ghosts/gone", 0o100644, user="spook", group="spooks", flags=ghost),
+        FileEntry("/usr/lib/ghosts/also", 0o100644, user="alive", group="spooks", data=b"y"),
+    ))
+    written = write_package(spec, tmp_path, level=1)
+    with open(written.path, "rb") as f:
+        files = header_files(read_prefix(f).header)
+    assert files.owner_names() == ({"root", "alive"}, {"root", "alive", "spooks"})
+    assert [(p, g) for p, _, g in files.outline()] == [
+        ("/usr/lib/ghosts", False), ("/usr/lib/ghosts/also", False),
+        ("/usr/lib/ghosts/gone", True), ("/usr/lib/ghosts/live", False)]

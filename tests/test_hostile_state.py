@@ -347,6 +347,23 @@ def test_damaged_store_entry_is_found_and_refetched(sysroot: Path, images: Image
     assert rpmimg("verify", "--sysroot", sysroot, "--store").code == 0
 
 
+def test_update_reads_a_kept_package_afresh_and_refetches_it_when_changed(
+    sysroot: Path, images: Images
+) -> None:
+    """An update reads each stored package once per deploy, never from an earlier one: the
+    entry of a package v2 keeps, changed after v1 was deployed, is found and fetched again
+    (the intact mark of the base is about the deployment, not the store)."""
+    _ids(sysroot, images.v1, key=images.key)
+    entry = _store_entry(sysroot, "bulk")  # kept by v2
+    clean = entry.read_bytes()
+    _flip(entry, 100)  # in the signature header: the stored header no longer reads
+    new = deploy(sysroot, images.v2, images.key).json()
+    assert new["build"] == "update"
+    assert entry.read_bytes() == clean
+    assert rpmimg("verify", "--sysroot", sysroot, "--store").code == 0
+    assert rpmimg("verify", "--sysroot", sysroot).code == 0
+
+
 def test_update_falling_back_to_a_full_build_does_not_build_store_damage_in(
     sysroot: Path, images: Images
 ) -> None:

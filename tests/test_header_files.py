@@ -1,0 +1,74 @@
+"""A tree's package header files, as the /etc merge reads them: a file whose bytes are a
+header already read for the deploy is hashed instead of parsed again, and anything else
+(a header changed in the tree, one never read) is parsed from what the file holds."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from deploy.errors import DeploymentError
+from deploy.headers import installed_file_lists, installed_packages
+from deploy.tree import HEADER_DIR
+from fixtures.build import fixture_packages
+from rpmextents.files import FileList, header_files
+from rpmextents.header import Tag, read_prefix
+
+NAMES = ("outside-usr", "owners", "sizes")
+
+
+def _raw(name: str) -> bytes:
+    with open(fixture_packages()[name], "rb") as f:
+        return read_prefix(f).raw
+
+
+def _tree(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    usr = tmp_path / "usr"
+    (usr / HEADER_DIR).mkdir(parents=True)
+    for name, data in files.items():
+        (usr / HEADER_DIR / f"{name}.rpm").write_bytes(data)
+    return usr
+
+
+def _known(name: str) -> tuple[str, FileList]:
+    raw = _raw(name)
+    with open(fixture_packages()[name], "rb") as f:
+        return hashlib.sha256(raw).hexdigest(), header_files(read_prefix(f).header)
+
+
+def test_known_headers_are_taken_and_the_others_parsed(tmp_path: Path) -> None:
+    usr = _tree(tmp_path, {n: _raw(n) for n in NAMES})
+    sha, files = _known("owners")
+    got = list(installed_file_lists(usr, {sha: files}))
+    assert [g is files for g in got] == [False, True, False]  # sorted by file name
+    # The same packages, in the same order, as the parsing reader gives.
+    assert [g.header.get(Tag.NAME) for g in got] == [p.name for p in installed_packages(usr)]
+    assert [[e.path for e in g] for g in got] == [
+        [e.path for e in header_files(p.prefix.header)] for p in installed_packages(usr)]
+
+
+def test_a_header_file_changed_in_the_tree_is_read_from_the_file(tmp_path: Path) -> None:
+    """The file named after "owners" holds another package's header: its sha256 is not
+    that of the known header, so the merge sees what the tree holds, not the cache."""
+    usr = _tree(tmp_path, {"owners": _raw("sizes")})
+    sha, files = _known("owners")
+    (got,) = installed_file_lists(usr, {sha: files})
+    assert got is not files
+    assert [e.path for e in got] == [e.path for e in _known("sizes")[1]]
+    # One byte more than the known header: not the same bytes, parsed again.
+    usr2 = _tree(tmp_path / "2", {"owners": _raw("owners") + b"\0"})
+    (again,) = installed_file_lists(usr2, {sha: files})
+    assert again is not files and [e.path for e in again] == [e.path for e in files]
+
+
+def test_a_symlink_or_garbage_in_place_of_a_header_is_refused(tmp_path: Path) -> None:
+    usr = _tree(tmp_path, {"bad": b"not a header"})
+    with pytest.raises(DeploymentError, match="bad.rpm: unreadable package header"):
+        list(installed_file_lists(usr, {}))
+    usr = _tree(tmp_path / "2", {})
+    os.symlink(fixture_packages()["owners"], usr / HEADER_DIR / "link.rpm")
+    with pytest.raises(DeploymentError, match="link.rpm: unreadable package header"):
+        list(installed_file_lists(usr, {_known("owners")[0]: _known("owners")[1]}))

@@ -1,0 +1,69 @@
+"""A store that remembers what it read (an update deploy's): each entry's header and file
+list are parsed once, and an entry found damaged or removed is never answered from memory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deploy.store import Store, sha256_file
+from fixtures.build import fixture_packages
+from imagespec.manifest import ManifestPackage
+from rpmextents import ExtentsPackage, transcode
+
+
+def _stored(store: Store, tmp_path: Path, name: str) -> ManifestPackage:
+    out = tmp_path / f"{name}.rpm"
+    transcode(fixture_packages()[name], out)
+    sha = sha256_file(out)
+    dest = store.path(sha)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(out, dest)
+    with ExtentsPackage.open(dest) as pkg:
+        return ManifestPackage(
+            name=pkg.name, epoch=pkg.epoch, version=pkg.version, release=pkg.release,
+            arch=pkg.arch, sha256=sha, size=dest.stat().st_size, header_sha256=pkg.header_sha256,
+            block_size=pkg.block_size, source_checksum="sha256:" + "0" * 64, source_size=0,
+            location=dest.name,
+        )
+
+
+def test_each_entry_is_read_once_when_remembering(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store", remember=True)
+    ref = _stored(store, tmp_path, "owners")
+    assert store.check_stored(ref, content=False)
+    first = store.package(ref.sha256)
+    assert store.package(ref.sha256) is first
+    assert store.file_list(ref.sha256)[1] is first.entries()
+    plain = Store(tmp_path / "store")
+    assert plain.package(ref.sha256) is not plain.package(ref.sha256)  # read each time
+
+
+def test_a_damaged_entry_is_forgotten_and_refetched(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store", remember=True)
+    ref = _stored(store, tmp_path, "sizes")
+    remembered = store.package(ref.sha256)
+    path = store.path(ref.sha256)
+    with open(path, "r+b") as f:  # a byte of the payload changes: the header still reads
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    assert not store.check_stored(ref, content=True)  # damaged: removed, to be fetched again
+    assert not path.exists()
+    ref2 = _stored(store, tmp_path, "sizes")  # fetched again: the same bytes
+    assert store.package(ref2.sha256) is not remembered
+
+
+def test_an_entry_whose_header_no_longer_reads_is_removed_and_not_remembered(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store", remember=True)
+    ref = _stored(store, tmp_path, "owners")
+    path = store.path(ref.sha256)
+    path.write_bytes(b"\0" * 200)  # not an extents RPM any more
+    assert not store.check_stored(ref, content=False)
+    assert not path.exists()
+    with pytest.raises(FileNotFoundError):
+        store.package(ref.sha256)
