@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import stat
 from collections.abc import Iterator, Mapping
@@ -19,7 +18,7 @@ from typing import BinaryIO, cast
 
 from deploy.errors import DeploymentError
 from deploy.tree import HEADER_DIR
-from host import kernel
+from host import digest, kernel
 from rpmextents.errors import ExtentsError
 from rpmextents.files import FileList, header_files
 from rpmextents.header import PackagePrefix, read_prefix
@@ -88,7 +87,7 @@ def installed_file_lists(usr: Path, known: Mapping[str, FileList]) -> Iterator[F
                 with os.fdopen(fd, "rb") as f:
                     if not stat.S_ISREG(os.fstat(fd).st_mode):
                         raise OSError(errno.EINVAL, "not a regular file", os.fspath(directory / name))
-                    files = known.get(hashlib.file_digest(f, "sha256").hexdigest())
+                    files = known.get(digest.file_digest(f, "sha256").hexdigest())
                     if files is None:
                         f.seek(0)
                         header = read_prefix(cast(BinaryIO, f)).header
