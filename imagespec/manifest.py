@@ -268,6 +268,19 @@ def _package(obj: Any, index: int, manifest_block_size: int) -> ManifestPackage:
 
 # A kernel version names a directory under /usr/lib/modules and a file on the ESP.
 _KVER = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+~-]{0,127}")
+# The end of a boot entry's file name that systemd-boot reads as its tries counter.
+_COUNTER_LIKE = re.compile(r".*\+[0-9]+(-[0-9]+)?")
+
+
+def kernel_version_problem(kver: str) -> str | None:
+    """Why kver cannot name a kernel of an image, or None. Its entry file is named
+    rpmimg-ID-KVER[+LEFT[-DONE]].conf: a version ending in +N or +N-M would be read by
+    systemd-boot as a tries counter on an entry that has none."""
+    if not _KVER.fullmatch(kver) or kver in (".", ".."):
+        return "is not a kernel version (letters, digits and ._+~- only)"
+    if _COUNTER_LIKE.fullmatch(kver):
+        return "ends like a boot tries counter (+N or +N-M), which systemd-boot would count down"
+    return None
 # Kernels and initrds are tens of MiB; anything near this is not one.
 MAX_BOOT_FILE = 1 << 31
 
@@ -294,8 +307,9 @@ def _boot(obj: Mapping[str, Any], where: str) -> tuple[BootEntry, ...]:
         if not isinstance(b, dict):
             raise ManifestError(f"{at}: should be an object")
         kver = _matching(b, "kernel_version", _KVER, at)
-        if kver in (".", ".."):
-            raise ManifestError(f"{at}: field 'kernel_version' has an invalid value {kver!r}")
+        problem = kernel_version_problem(kver)
+        if problem:
+            raise ManifestError(f"{at}: field 'kernel_version' {kver!r} {problem}")
         at = f"{where}: boot entry {kver}"
         entries.append(BootEntry(kernel_version=kver, kernel=_boot_file(b, "kernel", at),
                                  initrd=_boot_file(b, "initrd", at),

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host.run import CommandError, run
-from imagespec.manifest import BootEntry, BootFile, ImageManifest
+from imagespec.manifest import BootEntry, BootFile, ImageManifest, kernel_version_problem
 from imagespec.published import BOOT, boot_inputs_path, boot_path, location_of
 from rpmextents.files import package_files
 from solver.boottree import image_root, run_in
@@ -97,6 +97,10 @@ def build_boot(store: ImageStore, packages: Sequence[ImagePackage],
             step(f"kernel {', '.join(versions)} without {' and '.join(missing)} in the image: "
                  "no initrd, no boot section")
         return ()
+    for kver in versions:
+        problem = kernel_version_problem(kver)
+        if problem:
+            raise PublishError(f"/usr/lib/modules/{kver}/vmlinuz: the kernel version {kver!r} {problem}")
     previous = {b.kernel_version: b for b in (old.boot if old else ())}
     entries: list[BootEntry] = []
     todo: list[str] = []

@@ -58,6 +58,9 @@ def _with_boot(change: Any) -> bytes:
         (lambda m: m["boot"][0].update(kernel_version=".."), "field 'kernel_version' has an invalid"),
         (lambda m: m["boot"][0].update(kernel_version="a/b"), "field 'kernel_version' has an invalid"),
         (lambda m: m["boot"][0].update(kernel_version="x" * 200), "field 'kernel_version' has an invalid"),
+        # systemd-boot would read these ends of the entry's file name as a tries counter
+        (lambda m: m["boot"][0].update(kernel_version="6.1.0+3"), "ends like a boot tries counter"),
+        (lambda m: m["boot"][0].update(kernel_version="6.1.0+1-2"), "ends like a boot tries counter"),
         (lambda m: m["boot"][0].update(kernel_version=6), "field 'kernel_version' should be str"),
         (lambda m: m["boot"][0].update(inputs="nope"), "field 'inputs' has an invalid value"),
         (lambda m: m["boot"][0].update(kernel="x"), "field 'kernel' should be dict"),
@@ -77,3 +80,8 @@ def test_boot_section_parser_names_what_is_wrong(change: Any, message: str) -> N
     text = _with_boot(change).replace(b'"DEEP"', b"[" * 10_000 + b"]" * 10_000)
     with pytest.raises(ManifestError, match=message):
         parse(text, "m.json")
+
+
+@pytest.mark.parametrize("kver", ["6.1.0+", "5.15.0+rt3", "6.1.0-13-amd64", "6.12.0+1a"])
+def test_kernel_versions_with_a_plus_that_is_no_counter_are_taken(kver: str) -> None:
+    assert parse(_with_boot(lambda m: m["boot"][0].update(kernel_version=kver)), "m.json").boot[0].kernel_version == kver
