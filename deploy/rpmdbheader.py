@@ -21,47 +21,41 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from deploy.errors import DeploymentError
+from rpmextents.errors import ExtentsError
 from rpmextents.header import (
     HEADER_MAGIC,
-    LEAD_MAGIC,
-    LEAD_SIZE,
-    MAX_DATA,
-    MAX_TAGS,
     Header,
     HeaderEntry,
     Tag,
     TagType,
+    read_exact,
+    read_intro,
+    read_signature,
+    strings_end,
 )
 
-# (signature tag, header tag, required count or 0, may be in the main header already)
+# (signature tag, header tag, the type rpm expects of it (rpmTagGetTagType; anything else is
+# refused), required count or 0, may be in the main header already)
 _MERGED = (
-    (1000, 257, 1, False),    # SIZE -> SIGSIZE
-    (1002, 259, 0, False),    # PGP -> SIGPGP
-    (1004, 261, 16, False),   # MD5 -> SIGMD5
-    (1005, 262, 0, False),    # GPG -> SIGGPG
-    (1007, 1046, 1, True),    # PAYLOADSIZE -> ARCHIVESIZE
-    (274, 5090, 0, True),     # FILESIGNATURES
-    (275, 5091, 1, True),     # FILESIGNATURELENGTH
-    (276, 276, 0, False),     # VERITYSIGNATURES
-    (277, 277, 1, False),     # VERITYSIGNATUREALGO
-    (269, 269, 1, False),     # SHA1 -> SHA1HEADER
-    (273, 273, 1, False),     # SHA256 -> SHA256HEADER
-    (267, 267, 0, False),     # DSA -> DSAHEADER
-    (268, 268, 0, False),     # RSA -> RSAHEADER
-    (270, 270, 1, False),     # LONGSIZE -> LONGSIGSIZE
-    (271, 271, 1, False),     # LONGARCHIVESIZE
+    (1000, 257, TagType.INT32, 1, False),            # SIZE -> SIGSIZE
+    (1002, 259, TagType.BIN, 0, False),              # PGP -> SIGPGP
+    (1004, 261, TagType.BIN, 16, False),             # MD5 -> SIGMD5
+    (1005, 262, TagType.BIN, 0, False),              # GPG -> SIGGPG
+    (1007, 1046, TagType.INT32, 1, True),            # PAYLOADSIZE -> ARCHIVESIZE
+    (274, 5090, TagType.STRING_ARRAY, 0, True),      # FILESIGNATURES
+    (275, 5091, TagType.INT32, 1, True),             # FILESIGNATURELENGTH
+    (276, 276, TagType.STRING_ARRAY, 0, False),      # VERITYSIGNATURES
+    (277, 277, TagType.INT32, 1, False),             # VERITYSIGNATUREALGO
+    (269, 269, TagType.STRING, 1, False),            # SHA1 -> SHA1HEADER
+    (273, 273, TagType.STRING, 1, False),            # SHA256 -> SHA256HEADER
+    (267, 267, TagType.BIN, 0, False),               # DSA -> DSAHEADER
+    (268, 268, TagType.BIN, 0, False),               # RSA -> RSAHEADER
+    (270, 270, TagType.INT64, 1, False),             # LONGSIZE -> LONGSIGSIZE
+    (271, 271, TagType.INT64, 1, False),             # LONGARCHIVESIZE
 )
-# The type rpm expects of each merged header tag (rpmTagGetTagType); anything else is refused.
-_TYPES = {257: TagType.INT32, 259: TagType.BIN, 261: TagType.BIN, 262: TagType.BIN,
-          1046: TagType.INT32, 5090: TagType.STRING_ARRAY, 5091: TagType.INT32,
-          276: TagType.STRING_ARRAY, 277: TagType.INT32, 269: TagType.STRING,
-          273: TagType.STRING, 267: TagType.BIN, 268: TagType.BIN, 270: TagType.INT64,
-          271: TagType.INT64}
 FILESTATES, INSTALLTIME, INSTALLCOLOR, INSTALLTID = 1029, 1008, 1127, 1128
 PREFIXES, INSTPREFIXES = 1098, 1099
 _ALIGN = {TagType.INT16: 2, TagType.INT32: 4, TagType.INT64: 8}
-_SIZES = {TagType.NULL: 0, TagType.CHAR: 1, TagType.INT8: 1, TagType.INT16: 2,
-          TagType.INT32: 4, TagType.INT64: 8}
 
 
 @dataclass(frozen=True)
@@ -73,50 +67,18 @@ class Install:
     color: int  # the transaction color (rpm's %_transaction_color)
 
 
-def _data_length(h: Header, e: HeaderEntry) -> int:
-    """Bytes of e's data in h's store, as rpm's dataLength counts them."""
-    il, dl = _sizes(h)
-    start, end = 16 + 16 * il + e.offset, 16 + 16 * il + dl
-    if e.type in _SIZES:
-        n = _SIZES[e.type] * e.count
-    elif e.type == TagType.BIN:
-        n = e.count
-    else:
-        pos = start
-        for _ in range(1 if e.type == TagType.STRING else e.count):
-            nul = h.blob.find(b"\0", pos, end)
-            if nul < 0:
-                raise DeploymentError(f"{h.what}: string of tag {e.tag} is not terminated")
-            pos = nul + 1
-        n = pos - start
-    if start + n > end:
-        raise DeploymentError(f"{h.what}: tag {e.tag} runs past the data store")
-    return n
-
-
-def _sizes(h: Header) -> tuple[int, int]:
-    """The header's entry count and data length, as its intro gives them."""
-    il, dl = struct.unpack_from(">II", h.blob, 8)
-    return int(il), int(dl)
-
-
-def _raw(h: Header, e: HeaderEntry) -> bytes:
-    start = 16 + 16 * _sizes(h)[0] + e.offset
-    return h.blob[start : start + _data_length(h, e)]
-
-
 def _merged(sig: Header, main: Header) -> Iterator[tuple[int, TagType, int, bytes]]:
     """The signature tags rpm merges into the header: (tag, type, count, data)."""
-    for stag, xtag, _, quirk in _MERGED:
+    for stag, xtag, _, _, quirk in _MERGED:
         if xtag in main and not (quirk and stag not in sig):
             raise DeploymentError(f"{main.what}: invalid signature tag {xtag} (in both headers)")
-    for stag, xtag, count, _ in _MERGED:
+    for stag, xtag, ttype, count, _ in _MERGED:
         e = sig.entries.get(stag)
         if e is None:
             continue
-        if e.type != _TYPES[xtag] or e.count < 1 or (count and e.count != count):
+        if e.type != ttype or e.count < 1 or (count and e.count != count):
             raise DeploymentError(f"{sig.what}: invalid signature tag {stag} (type {e.type}, count {e.count})")
-        yield xtag, e.type, e.count, _raw(sig, e)
+        yield xtag, e.type, e.count, sig.raw(stag) or b""  # never None: e is its entry
 
 
 def _file_count(h: Header) -> int:
@@ -127,23 +89,6 @@ def _file_count(h: Header) -> int:
     return 0
 
 
-def _read(f: BinaryIO, n: int, what: str) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise DeploymentError(f"{what}: truncated (wanted {n} bytes, got {len(data)})")
-    return data
-
-
-def _intro(f: BinaryIO, what: str) -> tuple[bytes, int, int]:
-    intro = _read(f, 16, what)
-    if intro[:8] != HEADER_MAGIC:
-        raise DeploymentError(f"{what}: bad magic {intro[:8].hex()}")
-    il, dl = struct.unpack_from(">II", intro, 8)
-    if il < 1 or il > MAX_TAGS or dl > MAX_DATA:
-        raise DeploymentError(f"{what}: absurd size ({il} tags, {dl} bytes)")
-    return intro, il, dl
-
-
 _CHUNK = 1 << 20
 
 
@@ -152,21 +97,21 @@ class InstalledHeader:
 
     def __init__(self, f: BinaryIO, install: Install, what: str) -> None:
         self._f, self.what = f, what
-        if _read(f, LEAD_SIZE, what)[:4] != LEAD_MAGIC:
-            raise DeploymentError(f"{what}: not an rpm header file (bad lead magic)")
-        intro, il, dl = _intro(f, f"{what}: signature header")
-        sig = Header(intro + _read(f, 16 * il + dl, f"{what}: signature header"), f"{what}: signature header")
-        _read(f, -(16 * il + dl) % 8, f"{what}: signature padding")
-        intro, self._il, self._dl = _intro(f, f"{what}: header")
-        self._index = _read(f, 16 * self._il, f"{what}: header")
-        self._data_at = f.tell()
-        try:  # the entries only: nothing of the data store is read here
+        try:  # of the header, the entries only: nothing of its data store is read here
+            before, sig_blob = read_signature(f)
+            sig = Header(sig_blob, f"{what}: signature header")
+            intro, self._il, self._dl = read_intro(f, len(before), "header")
+            self._index = read_exact(f, 16 * self._il, "header", len(before) + 16)
             main = Header(intro + self._index, f"{what}: header")
-        except ValueError as e:
-            raise DeploymentError(str(e)) from e
+        except ExtentsError as e:
+            raise DeploymentError(f"{what}: {e}") from e
+        self._data_at = f.tell()
         if Tag.HEADERIMMUTABLE not in main:
             raise DeploymentError(f"{what}: the header has no immutable region")
-        self._extra_index, self._extra_data = self._added(sig, main, install)
+        try:  # a signature tag's data or a string array that runs past its store
+            self._extra_index, self._extra_data = self._added(sig, main, install)
+        except ExtentsError as e:
+            raise DeploymentError(str(e)) from e
         # bytes written without the magic (the Packages table's blob); a stream adds 8
         self.size = 8 + len(self._index) + len(self._extra_index) + self._dl + len(self._extra_data)
 
@@ -194,13 +139,7 @@ class InstalledHeader:
         """The raw bytes of a string array entry of the header (count NUL-terminated strings)."""
         self._f.seek(self._data_at + e.offset)
         raw = self._f.read(min(self._dl - e.offset, 1 << 20))
-        pos = 0
-        for _ in range(e.count):
-            nul = raw.find(b"\0", pos)
-            if nul < 0:
-                raise DeploymentError(f"{self.what}: string of tag {e.tag} is not terminated")
-            pos = nul + 1
-        return raw[:pos]
+        return raw[:strings_end(raw, 0, len(raw), e.count, self.what, e.tag)]
 
     def write(self, write: Callable[[bytes], object], magic: bool) -> None:
         """Write the header (with its magic for a stream, without for the Packages table)."""

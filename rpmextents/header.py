@@ -190,6 +190,27 @@ class Header:
             return strings[0] if strings else ""
         return strings
 
+    def raw(self, tag: int) -> bytes | None:
+        """The bytes of tag's data in the store, as rpm's dataLength counts them (an int's
+        or a binary's size, a string's or each string of an array's NUL included), or None
+        when the header lacks it; checked like get()."""
+        entry = self.entries.get(tag)
+        if entry is None:
+            return None
+        start, end = self._store + entry.offset, self._store + self._dl
+        if entry.type in _INT_SIZES:
+            stop = start + _INT_SIZES[entry.type] * entry.count
+        elif entry.type == TagType.NULL:
+            stop = start
+        elif entry.type == TagType.BIN:
+            stop = start + entry.count
+        else:
+            count = 1 if entry.type == TagType.STRING else entry.count
+            stop = strings_end(self.blob, start, end, count, self.what, entry.tag)
+        if stop > end:
+            raise FormatError(f"{self.what}: tag {entry.tag} runs past the data store")
+        return self.blob[start:stop]
+
     def string(self, tag: int, default: str = "") -> str:
         value = self.get(tag)
         if value is None:
@@ -289,27 +310,47 @@ class Header:
 # string, so this bounds the transient memory (a column of empty strings: 16 Ki objects).
 _SCAN = 16 << 10
 
-def _read_exact(f: BinaryIO, n: int, what: str, offset: int) -> bytes:
+def strings_end(buf: bytes, start: int, end: int, count: int, what: str, tag: int) -> int:
+    """Where count NUL-terminated strings from start in buf end (past the last NUL), each
+    terminated before end."""
+    pos = start
+    for _ in range(count):
+        nul = buf.find(b"\0", pos, end)
+        if nul < 0:
+            raise FormatError(f"{what}: string of tag {tag} is not terminated")
+        pos = nul + 1
+    return pos
+
+
+def read_exact(f: BinaryIO, n: int, what: str, offset: int) -> bytes:
+    """n bytes of f, read at offset (named in the error when fewer are there)."""
     data = f.read(n)
     if len(data) != n:
         raise FormatError(f"truncated {what}: wanted {n} bytes at offset {offset}, got {len(data)}")
     return data
 
 
-def _read_header(f: BinaryIO, offset: int, what: str) -> bytes:
-    intro = _read_exact(f, 16, what, offset)
+def read_intro(f: BinaryIO, offset: int, what: str) -> tuple[bytes, int, int]:
+    """A header's first 16 bytes read at offset: (the bytes, its entry count, its data length),
+    its magic and sizes checked."""
+    intro = read_exact(f, 16, what, offset)
     if intro[:8] != HEADER_MAGIC:
         raise FormatError(f"bad {what} magic {intro[:8].hex()} at offset {offset}")
     il, dl = struct.unpack_from(">II", intro, 8)
     if il < 1 or il > MAX_TAGS or dl > MAX_DATA:
         raise FormatError(f"{what} at offset {offset} has an absurd size ({il} tags, {dl} bytes)")
+    return intro, il, dl
+
+
+def _read_header(f: BinaryIO, offset: int, what: str) -> bytes:
+    intro, il, dl = read_intro(f, offset, what)
     rest = 16 * il + dl
     if rest >= 1 << 20 and _seekable(f):
         # Read again from the magic in one piece: `intro + rest` would hold the header
         # twice for a moment (50 MB for a package of 200,000 files).
         f.seek(-16, os.SEEK_CUR)
-        return _read_exact(f, 16 + rest, what, offset)
-    return intro + _read_exact(f, rest, what, offset + 16)
+        return read_exact(f, 16 + rest, what, offset)
+    return intro + read_exact(f, rest, what, offset + 16)
 
 
 def _seekable(f: BinaryIO) -> bool:
@@ -343,9 +384,10 @@ class PackagePrefix:
         return h.hexdigest()
 
 
-def read_prefix(f: BinaryIO) -> PackagePrefix:
-    """Read lead, signature header and header from the start of ``f``."""
-    lead = _read_exact(f, LEAD_SIZE, "lead", 0)
+def read_signature(f: BinaryIO) -> tuple[bytes, bytes]:
+    """Read lead, signature header and its padding from the start of ``f``: (all of them as
+    read, the signature header's bytes); ``f`` is left where the header starts."""
+    lead = read_exact(f, LEAD_SIZE, "lead", 0)
     if lead[:4] != LEAD_MAGIC:
         raise FormatError(f"not an RPM package: bad lead magic {lead[:4].hex()}")
     # rpm writes lead version 3.0 for v4 packages too; the header tells v3 from v4.
@@ -357,8 +399,14 @@ def read_prefix(f: BinaryIO) -> PackagePrefix:
         raise UnsupportedPackageError(f"unsupported signature type {sig_type} in the lead")
     sig_blob = _read_header(f, LEAD_SIZE, "signature header")
     pad = (8 - len(sig_blob) % 8) % 8
-    sig_pad = _read_exact(f, pad, "signature padding", LEAD_SIZE + len(sig_blob))
-    header_start = LEAD_SIZE + len(sig_blob) + pad
+    sig_pad = read_exact(f, pad, "signature padding", LEAD_SIZE + len(sig_blob))
+    return lead + sig_blob + sig_pad, sig_blob
+
+
+def read_prefix(f: BinaryIO) -> PackagePrefix:
+    """Read lead, signature header and header from the start of ``f``."""
+    before, sig_blob = read_signature(f)
+    header_start = len(before)
     header_blob = _read_header(f, header_start, "header")
     signature = Header(sig_blob, "signature header")
     header = Header(header_blob, "header")
@@ -366,5 +414,4 @@ def read_prefix(f: BinaryIO) -> PackagePrefix:
         raise UnsupportedPackageError(
             "RPM v3 package format is not supported (the header has no immutable region)"
         )
-    before = lead + sig_blob + sig_pad
     return PackagePrefix(before, signature, header, header_start, len(before) + len(header_blob))
