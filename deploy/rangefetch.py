@@ -32,8 +32,8 @@ from pathlib import Path
 
 from deploy.errors import DeployFetchError
 from deploy.faults import checkpoint
-from deploy.sources.base import sha256_file
 from host import digest, kernel
+from host.digest import sha256_file
 from host.http import DownloadError, Limits, NoRanges, download_range
 from imagespec.manifest import ManifestPackage
 from rpmextents import Entry, ExtentsPackage

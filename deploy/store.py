@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 from deploy.dedupindex import DigestIndex, StoredExtent
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
-from host import digest as _digest
 from host import kernel
+from host.digest import sha256_file
 from rpmextents import ExtentsPackage, Keyring
 from rpmextents.errors import ExtentsError
 from rpmextents.extract import NO_REFLINK
@@ -39,13 +39,6 @@ __all__ = ["Store", "StoredExtent"]
 
 # Bytes at the start of an entry read ahead by prefetch: most packages' header and index.
 PREFETCH = 256 << 10
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file's content (here, not from deploy.sources: the store is loaded by
-    every command, the download machinery only by those that fetch)."""
-    with open(path, "rb", buffering=0) as f:
-        return _digest.file_digest(f, "sha256").hexdigest()
 
 
 class Store:

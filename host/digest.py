@@ -92,6 +92,12 @@ def file_digest(f: io.RawIOBase | io.BufferedReader, name: str) -> Hash:
     return h
 
 
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's whole content, as hex."""
+    with open(path, "rb", buffering=0) as f:
+        return file_digest(f, "sha256").hexdigest()
+
+
 def blake2b(data: bytes, *, digest_size: int, key: bytes) -> bytes:
     """A keyed BLAKE2b digest: CPython's own implementation, which is hashlib's too."""
     return _blake2().blake2b(data, digest_size=digest_size, key=key).digest()  # type: ignore[no-any-return]

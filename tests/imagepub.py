@@ -17,8 +17,8 @@ from pathlib import Path
 
 import zstandard
 
-from deploy.sources.base import sha256_file
 from fixtures.signing import SigningKey, gnupg_home
+from host.digest import sha256_file
 from imagespec.manifest import CurationReport, ImageManifest, ManifestPackage, ZstdCopy
 from imagespec.published import IMAGES, LATEST, MANIFEST, POOL, pool_path, seekable_path, zstd_path
 from imagespec.relocation import outside_usr

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.store import Store, sha256_file
+from deploy.store import Store
 from fixtures.build import fixture_packages
+from host.digest import sha256_file
 from imagespec.manifest import ManifestPackage
 from rpmextents import ExtentsPackage, transcode
 

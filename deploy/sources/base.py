@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from deploy.errors import DeployFetchError
-from host import digest, files
+from host import files
 from host.fetchlimits import DownloadError, Limits
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
@@ -85,11 +85,6 @@ class ByteCounter:
             show = getattr(self._progress, "files", None)
             if show is not None:
                 show(self.files_done, files)
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb", buffering=0) as f:
-        return digest.file_digest(f, "sha256").hexdigest()
 
 
 def read_limited(path: Path, limit: int, what: str) -> bytes:

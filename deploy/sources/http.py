@@ -29,9 +29,9 @@ from deploy.sources.base import (
     ProgressFn,
     decompress_zstd,
     download_limits,
-    sha256_file,
 )
 from deploy.sources.mirrorlist import published_mirrors
+from host.digest import sha256_file
 from host.http import DownloadError, Limits, NoRanges, download_bytes, download_file
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
