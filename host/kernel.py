@@ -466,15 +466,14 @@ def is_btrfs(path: StrPath) -> bool:
     # struct statfs is 120 bytes on 64-bit Linux, f_type (__fsword_t, a long everywhere but
     # s390x) first; the buffer is larger than any variant.
     buf = (ctypes.c_long * 64)()
-    if _ctypes_libc().statfs(os.fsencode(path), buf) != 0:
-        code = ctypes.get_errno()
-        raise _error(code, os.strerror(code), os.fspath(path))
+    if _libc().statfs(os.fsencode(path), buf) != 0:
+        raise _last_error(os.fspath(path))
     return int(buf[0]) & 0xFFFFFFFF == BTRFS_SUPER_MAGIC
 
 
 @functools.cache
-def _ctypes_libc() -> Any:
-    """libc through ctypes (statfs, syncfs, unshare, openat2 by syscall)."""
+def _libc() -> Any:
+    """libc through ctypes (statfs, syncfs, unshare, prctl, openat2 by syscall)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     libc.syncfs.argtypes = [ctypes.c_int]
@@ -485,7 +484,7 @@ def _ctypes_libc() -> Any:
 def sync_filesystem(path: StrPath) -> None:
     """Write out and commit everything pending on the filesystem holding path (syncfs)."""
     with _open(path, os.O_RDONLY) as fd:
-        if _ctypes_libc().syncfs(fd) != 0:
+        if _libc().syncfs(fd) != 0:
             raise _last_error(os.fspath(path))
 
 
@@ -494,7 +493,7 @@ CLONE_NEWNS = 0x00020000
 
 def unshare_mount_namespace() -> None:
     """Move this process into a mount namespace of its own (unshare(CLONE_NEWNS))."""
-    if _ctypes_libc().unshare(CLONE_NEWNS) != 0:
+    if _libc().unshare(CLONE_NEWNS) != 0:
         raise _last_error("unshare(CLONE_NEWNS)")
 
 
@@ -507,11 +506,9 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 
     The caller checks os.getppid() afterwards: a parent that died before this call
     took effect is not signalled for."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                  ctypes.c_ulong(0)) != 0:
-        code = ctypes.get_errno()
-        raise _error(code, os.strerror(code), "prctl(PR_SET_PDEATHSIG)")
+    if _libc().prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                     ctypes.c_ulong(0)) != 0:
+        raise _last_error("prctl(PR_SET_PDEATHSIG)")
 
 
 def set_capabilities(fd: int, text: str) -> None:
@@ -568,13 +565,12 @@ def openat2(dir_fd: int, path: StrPath, flags: int, resolve: Resolve, mode: int 
     if b"\0" in raw:  # C would see the path cut short at it: another file
         raise _error(errno.EINVAL, "embedded null byte", os.fspath(path))
     # Every argument a long, as syscall(2) reads them; the buffers are only read by the kernel.
-    fd = int(_ctypes_libc().syscall(
+    fd = int(_libc().syscall(
         ctypes.c_long(SYS_openat2), ctypes.c_long(dir_fd), raw,
         OPEN_HOW.pack(flags, mode, int(resolve)), ctypes.c_long(OPEN_HOW.size),
     ))
     if fd < 0:
-        code = ctypes.get_errno()
-        raise _error(code, os.strerror(code), os.fspath(path))
+        raise _last_error(os.fspath(path))
     return fd
 
 
