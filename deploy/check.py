@@ -20,8 +20,7 @@ from typing import Any
 
 from deploy.channel import Channel
 from deploy.channelfetch import Fetched, Remembered, fetch_latest, fetch_rollout, version_url
-from deploy.channelmemory import load_memory
-from deploy.channelmemory import save_memory as _save_memory
+from deploy.channelmemory import load_memory, save_memory
 from deploy.errors import DeployError
 from deploy.rollout import Decision, decide, machine_id
 from deploy.signature import trusted_key_files
@@ -113,7 +112,7 @@ def remember_failure(system: System, channel: Channel, error: str) -> None:
     memory = load_memory(system)
     memory.update({"checked": now_iso(), "image": channel.image, "result": FAILED,
                    "error": error})
-    _save_memory(system, memory)
+    save_memory(system, memory)
 
 
 # --- the check ------------------------------------------------------------------------
@@ -248,7 +247,7 @@ def check(system: System, channel: Channel, keyrings: Sequence[Path] = (),
         if newest is not None else None,
         diff=diff, download_bytes=cost[0], download_packages=cost[1], rollout=rollout,
     )
-    _save_memory(system, {
+    save_memory(system, {
         "checked": out.checked, "image": m.name, "result": result, "error": None,
         "version": m.version, "mirror": got.mirror,
         "manifest_sha256": digest.of("sha256", got.latest.file.data).hexdigest(),
