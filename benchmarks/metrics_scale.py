@@ -59,12 +59,12 @@ def published(n: int) -> Path:
     return out
 
 
-def byte_compile() -> None:
-    """Byte-compile the checkout's modules, as an installed rpmimg ships them (rpm's
+def byte_compile(checkout: Path = CHECKOUT) -> None:
+    """Byte-compile a checkout's modules, as an installed rpmimg ships them (rpm's
     brp-python-bytecompile): a fresh checkout run with PYTHONDONTWRITEBYTECODE would
     otherwise compile its sources on every command, a fixed cost larger than `status`."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    dirs = [os.fspath(CHECKOUT / d) for d in ("rpmimg", "deploy", "host", "rpmextents", "imagespec", "solver")]
+    dirs = [os.fspath(checkout / d) for d in ("rpmimg", "deploy", "host", "rpmextents", "imagespec", "solver")]
     subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True, env=env,
                    stdout=subprocess.DEVNULL)
 

@@ -31,9 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.measure import loop_btrfs
+from benchmarks.metrics_scale import byte_compile
 from benchmarks.rpmwriter import FileEntry, FileFlag, PackageSpec, write_package
 from fixtures.build import cache_root, signing_key
 
@@ -121,29 +123,11 @@ def synthetic_packages(n: int, changed: int) -> tuple[list[Path], list[tuple[Pat
     return v1, [(by_name[u.name.rsplit("-", 2)[0]], u) for u in updates]
 
 
-@contextlib.contextmanager
-def _mounted(image: Path, mnt: Path) -> Iterator[Path]:
-    subprocess.run(["mount", "-o", "loop", os.fspath(image), os.fspath(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", os.fspath(mnt)], check=True)
-
-
 def _btrfs_image(path: Path, size: int) -> Path:
     with open(path, "wb") as f:
         f.truncate(size)
     subprocess.run(["mkfs.btrfs", "-q", os.fspath(path)], check=True, stderr=subprocess.DEVNULL)
     return path
-
-
-def _byte_compile(checkout: Path) -> None:
-    """Byte-compile a checkout's modules, as an installed rpmimg ships them (see
-    benchmarks.metrics_scale.byte_compile): otherwise every deploy compiles its sources."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    dirs = [os.fspath(checkout / d) for d in ("rpmimg", "deploy", "host", "rpmextents", "imagespec")]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
 
 
 def run(v1: list[Path], pairs: list[tuple[Path, Path]], runs: int, profile: Path | None,
@@ -152,7 +136,7 @@ def run(v1: list[Path], pairs: list[tuple[Path, Path]], runs: int, profile: Path
     deployed onto copies of it, runs times, against rpm -U of the updates."""
     for checkout in (Path(__file__).resolve().parent.parent, baseline):
         if checkout is not None:
-            _byte_compile(checkout)
+            byte_compile(checkout)
     sys.path.insert(0, os.fspath(Path(__file__).resolve().parent.parent / "tests"))
     from imagepub import publish  # type: ignore[import-not-found]
 
@@ -164,8 +148,7 @@ def run(v1: list[Path], pairs: list[tuple[Path, Path]], runs: int, profile: Path
         work = Path(tmp)
         # The test filesystem is an image file on an outer btrfs: each run's fresh copy of it
         # is a reflink, whatever its size.
-        (work / "outer").mkdir()
-        outer = stack.enter_context(_mounted(_btrfs_image(work / "outer.img", 64 << 30), work / "outer"))
+        outer = stack.enter_context(loop_btrfs(work, 64 << 30))
         result = _measure(work, outer, v1, v2, updates, runs, profile, baseline, publish)
     result.update(packages=len(v1), changed=len(pairs))
     return result
