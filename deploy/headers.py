@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 from collections.abc import Iterator, Mapping
@@ -50,16 +51,24 @@ class InstalledPackage:
         return self.ident.evr
 
 
-def read_prefix_at(path: Path, dir_fd: int | None = None) -> PackagePrefix:
-    """Lead, signature header and header at the start of path (not followed if a symlink).
-
-    With dir_fd, path's name is opened in that directory; anything but a regular file is refused.
-    """
+@contextlib.contextmanager
+def _open_header_file(path: Path, dir_fd: int | None) -> Iterator[io.BufferedReader]:
+    """path opened for reading, not followed if a symlink; with dir_fd, path's name is
+    opened in that directory. Anything but a regular file is refused."""
     fd = os.open(path.name if dir_fd is not None else path,
                  os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        yield f
+
+
+def read_prefix_at(path: Path, dir_fd: int | None = None) -> PackagePrefix:
+    """Lead, signature header and header at the start of path (not followed if a symlink).
+
+    With dir_fd, path's name is opened in that directory; anything but a regular file is refused.
+    """
+    with _open_header_file(path, dir_fd) as f:
         return read_prefix(cast(BinaryIO, f))
 
 
@@ -82,11 +91,7 @@ def installed_file_lists(usr: Path, known: Mapping[str, FileList]) -> Iterator[F
     with _header_dir(usr) as dir_fd:
         for name in _header_names(dir_fd):
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             dir_fd=dir_fd)
-                with os.fdopen(fd, "rb") as f:
-                    if not stat.S_ISREG(os.fstat(fd).st_mode):
-                        raise OSError(errno.EINVAL, "not a regular file", os.fspath(directory / name))
+                with _open_header_file(directory / name, dir_fd) as f:
                     files = known.get(digest.file_digest(f, "sha256").hexdigest())
                     if files is None:
                         f.seek(0)
