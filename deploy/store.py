@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from deploy.dedupindex import DigestIndex, StoredExtent
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
+from deploy.storemarks import StoreMarks
 from host import kernel
 from host.digest import sha256_file
 from rpmextents import ExtentsPackage, Keyring
@@ -39,15 +40,20 @@ __all__ = ["Store", "StoredExtent"]
 
 # Bytes at the start of an entry read ahead by prefetch: most packages' header and index.
 PREFETCH = 256 << 10
+# Threads hashing store entries at once (no more than there are cores).
+HASH_WORKERS = 4
 
 
 class Store:
     """Content-addressed extents RPMs under one directory."""
 
-    def __init__(self, root: Path, *, remember: bool = False) -> None:
+    def __init__(self, root: Path, *, remember: bool = False, marks: Path | None = None) -> None:
         """remember: keep each package's header and file list once read (an update reads
-        every stored package of the old and the new image several times over)."""
+        every stored package of the old and the new image several times over); marks: the
+        file of deploy.storemarks, which damaged_entries then reads and keeps."""
         self.root = root
+        self._marks_path = marks
+        self._marks: StoreMarks | None = None
         self._index: DigestIndex | None = None
         self._index_lock = threading.Lock()
         self._read: dict[str, ExtentsPackage] | None = {} if remember else None
@@ -118,6 +124,31 @@ class Store:
         except OSError:
             return True
 
+    def damaged_entries(self, shas: Iterable[str]) -> set[str]:
+        """The entries of shas (all present) that no longer hash to their names. With marks,
+        an entry the filesystem shows unchanged since it last hashed right is not read again,
+        and those hashed now are marked. Hashing runs on up to HASH_WORKERS threads."""
+        wanted = list(dict.fromkeys(shas))
+        if not wanted:
+            return set()
+        if self._marks_path is None:
+            return self._hash_damaged(wanted)
+        if self._marks is None:
+            self._marks = StoreMarks(self._marks_path, self.root)
+        found = self._marks.check({sha: self.path(sha) for sha in wanted}, self._hash_damaged)
+        self._marks.save(self.has)
+        return found
+
+    def _hash_damaged(self, shas: list[str]) -> set[str]:
+        workers = min(HASH_WORKERS, os.cpu_count() or 1, len(shas))
+        if workers <= 1:
+            return {sha for sha in shas if self.damaged(sha)}
+        from concurrent.futures import ThreadPoolExecutor  # its machinery only when used
+
+        # hashlib lets go of the GIL while it hashes: the threads use every core.
+        with ThreadPoolExecutor(workers) as pool:
+            return {sha for sha, bad in zip(shas, pool.map(self.damaged, shas), strict=True) if bad}
+
     def check_stored(self, ref: ManifestPackage, content: bool) -> bool:
         """Check a package already in the store against its manifest entry: identity always
         (PackageError when the manifest names it as something else), the whole content
@@ -130,13 +161,17 @@ class Store:
                 # The entry is what its sha256 names: the manifest lies about it.
                 raise PackageError(f"{ref.nevra}: refused: the stored package with its sha256"
                                    f" does not match the manifest entry: {e}") from e
-            content = True
-        if content and self.damaged(ref.sha256):
-            log.warning("%s: store entry %s is damaged; fetching it again", ref.nevra,
-                        self.path(ref.sha256))
-            self.remove(ref.sha256)
+            self.discard_damaged(ref)
+            return False
+        if content and ref.sha256 in self.damaged_entries([ref.sha256]):
+            self.discard_damaged(ref)
             return False
         return True
+
+    def discard_damaged(self, ref: ManifestPackage) -> None:
+        """Remove an entry found damaged (damaged_entries), to be fetched again."""
+        log.warning("%s: store entry %s is damaged; fetching it again", ref.nevra, self.path(ref.sha256))
+        self.remove(ref.sha256)
 
     def _content_index(self) -> DigestIndex:
         """Every stored file's data by (digest algorithm, digest); read once, then kept up to date."""
