@@ -137,7 +137,7 @@ class RangesDifferError(OSError):
     """FIDEDUPERANGE refused because the two ranges do not hold the same bytes."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TreeItem:
     """One item of a btrfs tree as BTRFS_IOC_TREE_SEARCH_V2 returns it: its key and its bytes."""
 
@@ -445,7 +445,7 @@ def subvolume_generation(path: StrPath) -> tuple[int, int]:
         return int(fields[4]), int(fields[9])
 
 
-_SEARCH_BUFFER = 1 << 17  # larger than any item of a 64 KiB-node tree
+_SEARCH_BUFFER = 16 << 10  # about 190 file extent items a search; grown for a larger item
 _U64_MAX = (1 << 64) - 1
 
 
@@ -459,13 +459,23 @@ def inode_items(fd: int, last_type: int = BTRFS_EXTENT_DATA_KEY) -> list[TreeIte
     ino = os.fstat(fd).st_ino
     items: list[TreeItem] = []
     min_type, min_offset = BTRFS_INODE_ITEM_KEY, 0
+    size = _SEARCH_BUFFER
+    arg = bytearray(BTRFS_SEARCH_KEY.size + U64.size + size)
     while True:
-        arg = bytearray(BTRFS_SEARCH_KEY.size + U64.size + _SEARCH_BUFFER)
         # tree_id 0: the tree holding fd; every transid; as many items as fit
         BTRFS_SEARCH_KEY.pack_into(arg, 0, 0, ino, ino, min_offset, _U64_MAX, 0, _U64_MAX,
                                    min_type, last_type, 0xFFFFFFFF, 0)
-        U64.pack_into(arg, BTRFS_SEARCH_KEY.size, _SEARCH_BUFFER)
-        _ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, arg)
+        U64.pack_into(arg, BTRFS_SEARCH_KEY.size, size)
+        try:
+            _ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, arg)
+        except OSError as e:
+            # The next item alone does not fit: the kernel says how large a buffer it needs.
+            needed = U64.unpack_from(arg, BTRFS_SEARCH_KEY.size)[0]
+            if e.errno != errno.EOVERFLOW or needed <= size or needed > 16 << 20:
+                raise
+            size = needed
+            arg = bytearray(BTRFS_SEARCH_KEY.size + U64.size + size)
+            continue
         found = BTRFS_SEARCH_KEY.unpack_from(arg, 0)[9]
         pos = BTRFS_SEARCH_KEY.size + U64.size
         for _ in range(found):

@@ -103,6 +103,8 @@ def test_tree_items_of_a_file_in_many_extents_read_in_several_searches(
         whole = kernel.inode_items(fd)
         monkeypatch.setattr(kernel, "_SEARCH_BUFFER", 1024)  # a dozen items a search
         assert kernel.inode_items(fd) == whole
+        monkeypatch.setattr(kernel, "_SEARCH_BUFFER", 100)  # not even the inode item: grown
+        assert kernel.inode_items(fd) == whole
     finally:
         os.close(fd)
     assert whole[0].type == kernel.BTRFS_INODE_ITEM_KEY and whole[0].objectid == path.stat().st_ino
