@@ -30,6 +30,7 @@ from rpmextents.extract import NO_REFLINK
 from rpmextents.files import FileList
 from rpmextents.header import STRONG_HASH_ALGOS
 from rpmextents.index import align_up
+from rpmextents.package import PackageIdentity, read_identity
 
 if TYPE_CHECKING:  # a type only: `status` and `rollback` load the store without the manifest model
     from imagespec.manifest import ManifestPackage
@@ -154,7 +155,9 @@ class Store:
         (PackageError when the manifest names it as something else), the whole content
         with content. A damaged entry is removed and False returned: fetch it again."""
         try:
-            _check_identity(ref, self.package(ref.sha256))
+            # Where nothing is remembered, the header alone: the build reads the rest.
+            _check_identity(ref, self.package(ref.sha256) if self.remembers
+                            else read_identity(self.path(ref.sha256)))
         except (PackageError, ExtentsError) as e:
             self.forget(ref.sha256)
             if not self.damaged(ref.sha256):
@@ -348,7 +351,7 @@ def _copy_bytes(src: int, dst: int, offset: int, length: int) -> None:
         offset += os.pwrite(dst, chunk, offset)
 
 
-def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage) -> None:
+def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage | PackageIdentity) -> None:
     if (pkg.name, pkg.version, pkg.release, pkg.arch) != (
         ref.name, ref.version, ref.release, ref.arch,
     ) or pkg.epoch != ref.epoch:
