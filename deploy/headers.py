@@ -92,7 +92,8 @@ def installed_file_lists(usr: Path, known: Mapping[str, FileList]) -> Iterator[F
         for name in _header_names(dir_fd):
             try:
                 with _open_header_file(directory / name, dir_fd) as f:
-                    files = known.get(digest.file_digest(f, "sha256").hexdigest())
+                    # Nothing known (a full build's): no header file is worth hashing.
+                    files = known.get(digest.file_digest(f, "sha256").hexdigest()) if known else None
                     if files is None:
                         f.seek(0)
                         header = read_prefix(cast(BinaryIO, f)).header
