@@ -13,6 +13,7 @@ import stat
 from deploy.store import Store
 from imagespec.manifest import ImageManifest
 from rpmextents import Owners
+from rpmextents.files import header_file_list
 
 _SETID = stat.S_ISUID | stat.S_ISGID
 
@@ -21,7 +22,8 @@ def dropped(store: Store, m: ImageManifest, owners: Owners) -> tuple[str, ...]:
     """'PATH lost its setuid bit (user NAME is unknown here)' for each such file of m."""
     out: dict[str, str] = {}
     for ref in m.packages:
-        files = store.file_list(ref.sha256)[1]
+        # The metadata is all it needs: from the header alone unless the store has it read.
+        files = store.file_list(ref.sha256)[1] if store.remembers else header_file_list(store.path(ref.sha256))
         for i in [i for i, mode in enumerate(files.modes) if mode & _SETID]:
             e = files.entry(i)
             if e.ghost:
