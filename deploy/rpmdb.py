@@ -228,15 +228,17 @@ def build(tree: Path, header_files: Sequence[Path]) -> None:
 
 @contextlib.contextmanager
 def building(tree: Path, header_files: Sequence[Path]) -> Iterator[None]:
-    """build(), with rpm making the indexes (in a process of its own) while the block runs;
-    the database is in place when the block ends, and its staging gone however it ends."""
+    """build(), made in a thread while the block runs (the headers written in by sqlite, the
+    indexes by rpm in a process of its own: mostly outside the interpreter); the database is
+    in place when the block ends, and its staging gone however it ends."""
     d = _db_dir(tree)
+    install = _install()
     with _staging(d) as stage:
-        _fill(stage, header_files, _install())
         failed: list[BaseException] = []
 
         def index() -> None:
             try:
+                _fill(stage, header_files, install)
                 _rpmdb(stage, "--initdb")  # "Generating 18 missing index(es)": rpm's buildIndexes
             except BaseException as e:  # handed to the thread that waits for it
                 failed.append(e)
