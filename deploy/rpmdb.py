@@ -10,8 +10,9 @@ the headers written into its Packages table (one row each, streamed from the hea
 and `rpmdb --initdb` run again: rpm finds the indexes missing and builds them all from the
 Packages table (rpmdb.c, buildIndexes), with no transaction, file-set, dependency or fsync
 work. The cost follows the headers' bytes, and a package of 200,000 files needs little more
-memory than its header. A deploy lets rpm build the indexes while it merges /etc (building:
-rpm is a process of its own, so it has the other core). The finished file is synced once.
+memory than its header. A full deploy makes the database in a thread while it merges /etc
+(building: sqlite and rpm, a process of its own, work outside the interpreter, on the other
+core). The finished file is synced once.
 
 An update starts from the previous deployment's database (the /usr snapshot holds it): a
 copy has the packages that went deleted by their record number in every table (the number
