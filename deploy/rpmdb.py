@@ -13,9 +13,9 @@ work. The cost follows the headers' bytes, and a package of 200,000 files needs 
 memory than its header. The finished file is synced once.
 
 An update starts from the previous deployment's database (the /usr snapshot holds it): a
-copy has the packages that went deleted by their record number in every table (the number
-rpm itself gives for their N-V-R.A), and the packages that came are handed to rpm's
-`rpmdb --importdb`, which adds each to the Packages table and every index. Either way the
+copy has the packages that went deleted by their record number in every table (those of the
+records its Name index lists under their names whose header gives their N-V-R.A), and the
+packages that came are handed to rpm's `rpmdb --importdb`, which adds each to the Packages table and every index. Either way the
 database is made under a directory beside it and renamed over rpmdb.sqlite only when
 complete, so a failed or interrupted build never leaves a half-written database in place.
 It is left in rollback-journal mode (no -wal/-shm) so that rpm reads it from a read-only
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import os
 import re
@@ -41,7 +42,10 @@ from deploy.rpmdbheader import Install, InstalledHeader
 from host import kernel
 from host.files import fsync_dir
 from host.run import CommandError, run
+from rpmextents.errors import ExtentsError, FormatError
 from rpmextents.extract import NO_REFLINK
+from rpmextents.header import HEADER_MAGIC, Header, read_intro
+from rpmextents.nevra import nevra_of
 
 if TYPE_CHECKING:
     import sqlite3
@@ -54,6 +58,8 @@ DB_FILE = "rpmdb.sqlite"
 _QUIET = ["--define", "_db_backend sqlite"]
 _STAGE = ".rpmimg-new-"  # prefix of the directory a database is made in
 _TABLE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# The largest header record read back (rpm's own limit on a header's size, hdrblob.c).
+_BLOB_MAX = 256 << 20
 
 
 def _db_dir(tree: Path) -> Path:
@@ -150,29 +156,68 @@ def _tables(conn: sqlite3.Connection) -> list[str]:
     return tables
 
 
-def _instances(stage: Path, nvras: Sequence[str]) -> list[int]:
-    """rpm's record numbers of the installed packages named N-V-R.A (every match of each)."""
-    if not nvras:
-        return []
-    try:  # rpm -q exits 1 when one is not installed: that one has nothing to erase
-        out = run(["rpm", "--dbpath", os.fspath(stage), *_QUIET, "-q", "--qf", "%{DBINSTANCE}\\n",
-                   "--", *nvras], allowed_codes=(0, 1), timeout=600).stdout
-    except CommandError as e:
-        raise DeploymentError(f"{stage}: the rpm database cannot be read: {e}") from e
-    return [int(line) for line in out.decode().split() if line.isdigit()]
+def _instances(db: Path, nvras: Sequence[str]) -> list[int]:
+    """Record numbers of the installed packages named N-V-R.A (every match of each): the
+    rows the Name index lists under each name whose header gives that N-V-R.A. A query of
+    the file, not an `rpm -q` process; the headers are parsed as rpm would, bounded."""
+    import sqlite3
+
+    wanted: dict[str, set[str]] = {}
+    for nvra in nvras:
+        name = nvra.rsplit("-", 2)[0]
+        wanted.setdefault(name, set()).add(nvra)
+    found: list[int] = []
+    conn = sqlite3.connect(db)
+    try:
+        for name, these in wanted.items():
+            rows = conn.execute(
+                "SELECT hnum, length(blob), CASE WHEN length(blob) <= ? THEN blob END FROM Packages"
+                " WHERE hnum IN (SELECT hnum FROM Name WHERE key = ?) ORDER BY hnum",
+                (_BLOB_MAX, name)).fetchall()
+            for hnum, size, blob in rows:
+                if blob is None:
+                    raise DeploymentError(f"{db}: record {hnum} of {name} is {size} bytes, more than"
+                                          f" a header may be ({_BLOB_MAX})")
+                if _record_nvra(db, hnum, bytes(blob)) in these:
+                    found.append(int(hnum))
+    except sqlite3.Error as e:
+        raise DeploymentError(f"{db}: the rpm database cannot be read: {e}") from e
+    finally:
+        conn.close()
+    return found
+
+
+def _record_nvra(db: Path, hnum: int, blob: bytes) -> str:
+    """N-V-R.A of a Packages record (a header without its magic), its sizes checked first."""
+    whole = HEADER_MAGIC + blob
+    try:
+        _, il, dl = read_intro(io.BytesIO(whole), 0, f"record {hnum}")
+        if len(whole) != 16 + 16 * il + dl:
+            raise FormatError(f"record {hnum} is {len(blob)} bytes, its header {8 + 16 * il + dl}")
+        return nevra_of(Header(whole, f"record {hnum}")).nvra
+    except ExtentsError as e:
+        raise DeploymentError(f"{db}: record {hnum} is not a package header: {e}") from e
 
 
 def _erase(db: Path, instances: Sequence[int]) -> None:
-    """Delete the packages numbered instances from the Packages table and every index."""
+    """Delete the packages numbered instances from the Packages table and every index
+    (one statement a table: most index tables have no index on hnum, each is read once)."""
     import sqlite3
 
+    if not instances:
+        return
+    numbers = sorted(set(instances))
+    marks = ",".join("?" * len(numbers))
     conn = sqlite3.connect(db)
     try:
+        # A scratch copy, synced once when placed: no journal on disk, no sync of its own.
+        conn.execute("PRAGMA journal_mode=MEMORY").fetchall()
+        conn.execute("PRAGMA synchronous=OFF")
         with conn:
             for table in _tables(conn):
                 columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
                 if "hnum" in columns:
-                    conn.executemany(f'DELETE FROM "{table}" WHERE hnum = ?', [(i,) for i in instances])
+                    conn.execute(f'DELETE FROM "{table}" WHERE hnum IN ({marks})', numbers)
     finally:
         conn.close()
 
@@ -241,7 +286,7 @@ def update(tree: Path, removed: Sequence[str], added: Sequence[Path]) -> None:
     with _staging(d) as stage:
         _clone(current, stage / DB_FILE)
         before = _count(stage / DB_FILE)
-        gone = _instances(stage, removed)
+        gone = _instances(stage / DB_FILE, removed)
         _erase(stage / DB_FILE, gone)
         _import(stage, added, _install())
         _place(stage, d, before - len(set(gone)) + len(added))

@@ -147,6 +147,46 @@ def test_update_erases_and_adds_as_rpm_would_record_the_new_set(
     assert rpmdb.installed(tree) == sorted(new)
 
 
+def test_update_erases_each_record_whose_header_is_the_package_named(
+    headers: dict[str, Path], tmp_path: Path
+) -> None:
+    """The records to erase are found in the file, not by rpm -q: by the Name index and each
+    record's own header. A record listed under the name whose header is another version is
+    kept; one recorded twice goes twice."""
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, [headers["beta-1.5-1.x86_64"], headers["beta-2.0-1.x86_64"],
+                       headers["beta-1.5-1.x86_64"], headers["gamma-0.9-1.x86_64"]])
+    db = tree / rpmdb.DB_DIR / rpmdb.DB_FILE
+    conn = sqlite3.connect(db)
+    with conn:  # gamma's record listed under beta's name too: its header says otherwise
+        conn.execute("INSERT INTO Name (key, hnum, idx) SELECT 'beta', hnum, 0 FROM Name WHERE key = 'gamma'")
+    conn.close()
+    rpmdb.update(tree, ["beta-1.5-1.x86_64"], [])
+    assert rpmdb.installed(tree) == ["beta-2.0-1.x86_64", "gamma-0.9-1.x86_64"]
+
+
+@pytest.mark.parametrize("damage", ["not a header", "too large"])
+def test_a_damaged_record_of_a_package_to_erase_is_refused(
+    headers: dict[str, Path], tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, [headers["beta-1.5-1.x86_64"], headers["gamma-0.9-1.x86_64"]])
+    db = tree / rpmdb.DB_DIR / rpmdb.DB_FILE
+    if damage == "not a header":
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute("UPDATE Packages SET blob = x'00000001' WHERE hnum IN"
+                         " (SELECT hnum FROM Name WHERE key = 'beta')")
+        conn.close()
+    else:  # the bound is rpm's 256 MiB; a smaller one stands for it here
+        monkeypatch.setattr(rpmdb, "_BLOB_MAX", 64)
+    before = db.read_bytes()
+    with pytest.raises(DeploymentError, match="record"):
+        rpmdb.update(tree, ["beta-1.5-1.x86_64"], [])
+    assert db.read_bytes() == before
+    assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "bad magic", "absurd size", "bad offset"])
 def test_a_broken_header_file_leaves_the_previous_database_in_place(
     headers: dict[str, Path], tmp_path: Path, damage: str
