@@ -22,7 +22,7 @@ from typing import Any
 from deploy import bootselect
 from deploy.errors import LayoutError, StateError
 from deploy.layout import Layout
-from deploy.state import FORMAT, DeploymentRecord, State, deployment_from
+from deploy.state import FORMAT, DeploymentRecord, State, deployment_from, record_json
 from deploy.system import System
 from host import kernel
 from host.files import fsync_dir
@@ -51,7 +51,7 @@ def write_record(tree: Path, record: DeploymentRecord) -> None:
 
     Whatever is at that path (the previous deployment's record in a snapshot) is replaced.
     """
-    data = {"format": FORMAT, **dataclasses.asdict(dataclasses.replace(record, pinned=False))}
+    data = {"format": FORMAT, **record_json(record)}
     del data["pinned"]  # changes after the tree is read-only: only the state holds it
     text = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
     fds = [os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
