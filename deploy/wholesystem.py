@@ -75,9 +75,11 @@ def _read(store: Store, m: Image, base: DeploymentRecord | None) -> dict[str, Fi
     shas = [r.sha256 for r in m.packages] + [p.sha256 for p in (base.packages if base is not None else ())]
     known = {}
     for sha in dict.fromkeys(shas):
-        if store.has(sha):
+        try:  # remembered by now, but for an entry the build did not need
             pkg = store.package(sha)
-            known[pkg.header_sha256] = pkg.entries()
+        except FileNotFoundError:
+            continue
+        known[pkg.header_sha256] = pkg.entries()
     return known
 
 
