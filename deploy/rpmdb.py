@@ -65,6 +65,7 @@ IMPORT_IN_MEMORY = 32 << 20
 _MEMORY_DIR = "/dev/shm"
 # The largest header record read back (rpm's own limit on a header's size, hdrblob.c).
 _BLOB_MAX = 256 << 20
+_BATCH = 500  # record numbers a DELETE names at once
 
 
 def _db_dir(tree: Path) -> Path:
@@ -234,10 +235,10 @@ def _instances(db: Path, nvras: Sequence[str]) -> list[int]:
     conn = sqlite3.connect(db)
     try:
         for name, these in wanted.items():
-            rows = conn.execute(
+            rows = conn.execute(  # one record in memory at a time
                 "SELECT hnum, length(blob), CASE WHEN length(blob) <= ? THEN blob END FROM Packages"
                 " WHERE hnum IN (SELECT hnum FROM Name WHERE key = ?) ORDER BY hnum",
-                (_BLOB_MAX, name)).fetchall()
+                (_BLOB_MAX, name))
             for hnum, size, blob in rows:
                 if blob is None:
                     raise DeploymentError(f"{db}: record {hnum} of {name} is {size} bytes, more than"
@@ -271,7 +272,6 @@ def _erase(db: Path, instances: Sequence[int]) -> None:
     if not instances:
         return
     numbers = sorted(set(instances))
-    marks = ",".join("?" * len(numbers))
     conn = sqlite3.connect(db)
     try:
         # A scratch copy, synced once when placed: no journal on disk, no sync of its own.
@@ -281,7 +281,10 @@ def _erase(db: Path, instances: Sequence[int]) -> None:
             for table in _tables(conn):
                 columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
                 if "hnum" in columns:
-                    conn.execute(f'DELETE FROM "{table}" WHERE hnum IN ({marks})', numbers)
+                    for i in range(0, len(numbers), _BATCH):  # within sqlite's limit on parameters
+                        batch = numbers[i : i + _BATCH]
+                        conn.execute(f'DELETE FROM "{table}" WHERE hnum IN ({",".join("?" * len(batch))})',
+                                     batch)
     finally:
         conn.close()
 
