@@ -232,7 +232,7 @@ class Store:
                 pos = offset + length
             _copy_bytes(src, out, pos, size - pos)
             os.ftruncate(out, size)
-            os.fsync(out)
+            # Not synced here: add() syncs this same file once, after it is made read-only.
         except BaseException:
             os.unlink(tmp)
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -83,6 +84,17 @@ def test_state_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     state.save(path, s)
     assert state.load(path) == s
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("owner_ids", [None, {"users": {"root": 0, "nobody": None}, "groups": {"root": 0}}])
+def test_state_records_serialize_as_asdict_would(owner_ids: dict[str, dict[str, int | None]] | None) -> None:
+    """record_json makes each record field by field; the JSON is what dataclasses.asdict gave."""
+    pkgs = tuple(state.PackageRecord(f"p{i}", i or None, "1.0", "1", "x86_64", HEX, HEX, i, f"/p{i}")
+                 for i in range(3))
+    rec = state.DeploymentRecord("1", "demo", "1", "x86_64", "now", HEX, "/m", 256, pkgs, pinned=True,
+                                 owner_ids=owner_ids, signed_by="ab", allow_unsigned_packages=True)
+    assert json.dumps(state.record_json(rec), sort_keys=True) == json.dumps(
+        dataclasses.asdict(rec), sort_keys=True)
 
 
 def test_state_damaged_file_is_one_clear_error(tmp_path: Path) -> None:
