@@ -42,14 +42,14 @@ from deploy.etcmerge import EtcAction
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
-from deploy.signature import fetch_verified_manifest, trusted_key_files
+from deploy.signature import fetch_verified_manifest, package_keyring, trusted_key_files
 from deploy.sources import FetchJob, Source, open_source
 from deploy.state import DeploymentRecord, PackageRecord, State
 from deploy.store import Store
 from deploy.system import System
 from deploy.wholesystem import WholeBuilt, build_system
 from imagespec.manifest import ImageManifest, ManifestPackage
-from rpmextents import Keyring, Owners
+from rpmextents import Owners
 from rpmextents.errors import ExtentsError
 from rpmextents.nevra import vercmp
 
@@ -243,10 +243,13 @@ def fetch_into_store(
                  store.find_data)
         for ref in fetch
     ]
+    # rpm checks the header signatures of what is added, with keys it must be able to use:
+    # asked before the fetch, and only when there is something to add (rpm's library is 8 MB).
+    keyring = (None if options.allow_unsigned_packages or not jobs
+               else package_keyring(signed.key_files, options.keyrings))
     pending = [j for j in jobs if not j.dest.exists()]  # complete from a killed run
     stats = signed.source.fetch(pending, progress("fetch", "bytes"))
     checkpoint("fetched")
-    keyring = None if options.allow_unsigned_packages else Keyring.from_files(signed.key_files)
     deduped = 0
     verify_progress = progress("verify", "packages")
     for i, job in enumerate(jobs):
