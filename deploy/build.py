@@ -155,8 +155,7 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
     # About ten crash points spread over the build, whatever the image's size.
     step = max(1, len(m.packages) // 10)
     for i, ref in enumerate(m.packages):
-        store.forget(ref.sha256)  # held once, here, while it is extracted
-        with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
+        with store.opened(ref.sha256) as pkg:  # held once, here, while it is extracted
             builder.add_package(pkg)
             builder.account(pkg.nevra, pkg.entries())
             builder.write_header(pkg)
