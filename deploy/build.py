@@ -21,7 +21,7 @@ from deploy.faults import checkpoint
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import HEADER_DIR, TreeBuilder
+from deploy.tree import HEADER_DIR, SetidFile, TreeBuilder
 from host import kernel
 from rpmextents import ExtentsPackage, refuse_package_db
 from rpmextents.files import FileList, package_files
@@ -43,6 +43,7 @@ class Built:
     outside_usr: dict[str, list[str]]
     unknown_owners: tuple[str, ...]
     owner_ids: Mapping[str, Mapping[str, int | None]]
+    setid_files: tuple[SetidFile, ...] = ()  # every package's, noted as it was accounted for
 
 
 class PackageRef(Protocol):
@@ -113,7 +114,7 @@ def build(
         written=written, kept=kept,
         reflinked=builder.stats.reflinked, copied=builder.stats.copied,
         outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
-        owner_ids=owner_ids,
+        owner_ids=owner_ids, setid_files=tuple(builder.stats.setid),
     )
 
 
