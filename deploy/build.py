@@ -120,8 +120,9 @@ def build(
 
 def _claims(store: Store, sha256: str) -> Iterable[tuple[str, int]]:
     """(path, mode) of every file of a stored package: from the file list the store
-    remembers, else from the header alone (no index, no entries)."""
-    if store.remembers:
+    remembers or read last (not a second copy beside it), else from the header alone (no
+    index, no entries)."""
+    if store.remembers or store.at_hand(sha256):
         files = store.file_list(sha256)[1]
         return zip(files.paths(), files.modes, strict=True)
     return package_files(store.path(sha256))

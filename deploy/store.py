@@ -82,6 +82,12 @@ class Store:
     def remembers(self) -> bool:
         return self._read is not None
 
+    def at_hand(self, sha256: str) -> bool:
+        """Whether package(sha256) would answer without reading the entry."""
+        if self._read is not None:
+            return sha256 in self._read
+        return self._last is not None and self._last[0] == sha256 and self._last[1].unchanged()
+
     def forget(self, sha256: str) -> None:
         """Drop what was remembered of an entry (read it again when next asked)."""
         if self._read is not None:
@@ -271,6 +277,7 @@ class Store:
 
         Returns the bytes deduplicated. A package that fails is deleted, not stored.
         """
+        self._last = None  # read and the content index built without another package beside them
         try:
             size = fetched.stat().st_size
             if size != ref.size:

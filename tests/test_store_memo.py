@@ -45,13 +45,16 @@ def test_a_plain_store_keeps_only_the_last_entry_read_and_only_while_its_file_is
         tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     ref, other = _stored(store, tmp_path, "owners"), _stored(store, tmp_path, "sizes")
+    assert not store.at_hand(ref.sha256)
     first = store.package(ref.sha256)
+    assert store.at_hand(ref.sha256) and not store.at_hand(other.sha256)
     assert store.package(ref.sha256) is first  # read last: kept
     assert store.file_list(ref.sha256)[1] is first.entries()
     store.package(other.sha256)
     again = store.package(ref.sha256)
     assert again is not first  # another entry was read in between: read anew
     os.utime(store.path(ref.sha256), ns=(0, 0))  # the file changed since it was read
+    assert not store.at_hand(ref.sha256)
     assert store.package(ref.sha256) is not again
     kept = store.package(ref.sha256)
     with store.opened(ref.sha256) as pkg:  # extraction: the same header, its data open again
