@@ -46,11 +46,14 @@ class Store:
 
     def __init__(self, root: Path, *, remember: bool = False) -> None:
         """remember: keep each package's header and file list once read (an update reads
-        every stored package of the old and the new image several times over)."""
+        every stored package of the old and the new image several times over). Without,
+        the last one read is kept: a full build of one large package reads it for its
+        identity check, its file list, its accounts and its extraction, one after another."""
         self.root = root
         self._index: DigestIndex | None = None
         self._index_lock = threading.Lock()
         self._read: dict[str, ExtentsPackage] | None = {} if remember else None
+        self._last: tuple[str, ExtentsPackage] | None = None
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.rpm"
@@ -79,10 +82,18 @@ class Store:
     def remembers(self) -> bool:
         return self._read is not None
 
+    def at_hand(self, sha256: str) -> bool:
+        """Whether package(sha256) would answer without reading the entry."""
+        if self._read is not None:
+            return sha256 in self._read
+        return self._last is not None and self._last[0] == sha256 and self._last[1].unchanged()
+
     def forget(self, sha256: str) -> None:
         """Drop what was remembered of an entry (read it again when next asked)."""
         if self._read is not None:
             self._read.pop(sha256, None)
+        if self._last is not None and self._last[0] == sha256:
+            self._last = None
 
     def prefetch(self, sha256s: Iterable[str]) -> None:
         """Ask the kernel to start reading the start (header and index) of these entries:
@@ -102,14 +113,28 @@ class Store:
 
     def package(self, sha256: str) -> ExtentsPackage:
         """The stored package's header and file list, closed: its data is read by opening
-        store.path(sha256). Remembered (with remember), else read each time."""
+        store.path(sha256) (or `opened`). Remembered (with remember), else read again
+        unless it was the last one read and its file has not changed since."""
         if self._read is not None and sha256 in self._read:
             return self._read[sha256]
+        if self._last is not None and self._last[0] == sha256 and self._last[1].unchanged():
+            return self._last[1]
+        self._last = None  # let go of it before the next one is read
         with ExtentsPackage.open(self.path(sha256)) as pkg:
             pass
         if self._read is not None:
             self._read[sha256] = pkg
+        else:
+            self._last = (sha256, pkg)
         return pkg
+
+    def opened(self, sha256: str) -> ExtentsPackage:
+        """The stored package open for its data, for a caller that holds it while it
+        extracts it; the store itself holds it no longer (a full build's peak comes after
+        the extraction, when the package's header and file list need not be resident)."""
+        pkg = self.package(sha256)
+        self.forget(sha256)
+        return pkg.opened_again()
 
     def damaged(self, sha256: str) -> bool:
         """Whether a stored entry no longer hashes to its name (the recorded sha256)."""
@@ -252,6 +277,7 @@ class Store:
 
         Returns the bytes deduplicated. A package that fails is deleted, not stored.
         """
+        self._last = None  # read and the content index built without another package beside them
         try:
             size = fetched.stat().st_size
             if size != ref.size:

@@ -52,9 +52,12 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
     of old_usr would (`rpm -i` without one) and record it in the new /usr. The packages are
     the trees' header files; known: file lists already read, by their header's sha256."""
     known = known or {}
-    read: dict[FileIdentity, FileList] = {}  # the new tree's unchanged files are the old one's
-    old = list(installed_file_lists(old_usr, known, read)) if old_usr is not None else None
-    new = list(installed_file_lists(usr, known, read))
+    # Read as merge_etc takes their /etc entries: one package's file list at a time. For an
+    # update, read remembers the lists of the tree read first by file identity: the new
+    # tree's header files that nothing changed since the snapshot are the old tree's.
+    read: dict[FileIdentity, FileList] | None = {} if old_usr is not None else None
+    old = installed_file_lists(old_usr, known, read) if old_usr is not None else None
+    new = installed_file_lists(usr, known, read)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         usr_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
