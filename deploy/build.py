@@ -21,7 +21,7 @@ from deploy.faults import checkpoint
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import HEADER_DIR, TreeBuilder
+from deploy.tree import HEADER_DIR, SetidFile, TreeBuilder
 from host import kernel
 from rpmextents import ExtentsPackage, refuse_package_db
 from rpmextents.files import FileList, package_files
@@ -43,6 +43,7 @@ class Built:
     outside_usr: dict[str, list[str]]
     unknown_owners: tuple[str, ...]
     owner_ids: Mapping[str, Mapping[str, int | None]]
+    setid_files: tuple[SetidFile, ...] = ()  # every package's, noted as it was accounted for
 
 
 class PackageRef(Protocol):
@@ -114,14 +115,15 @@ def build(
         written=written, kept=kept,
         reflinked=builder.stats.reflinked, copied=builder.stats.copied,
         outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
-        owner_ids=owner_ids,
+        owner_ids=owner_ids, setid_files=tuple(builder.stats.setid),
     )
 
 
 def _claims(store: Store, sha256: str) -> Iterable[tuple[str, int]]:
     """(path, mode) of every file of a stored package: from the file list the store
-    remembers, else from the header alone (no index, no entries)."""
-    if store.remembers:
+    remembers or read last (not a second copy beside it), else from the header alone (no
+    index, no entries)."""
+    if store.remembers or store.at_hand(sha256):
         files = store.file_list(sha256)[1]
         return zip(files.paths(), files.modes, strict=True)
     return package_files(store.path(sha256))
@@ -161,8 +163,7 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
     # About ten crash points spread over the build, whatever the image's size.
     step = max(1, len(m.packages) // 10)
     for i, ref in enumerate(m.packages):
-        store.forget(ref.sha256)  # held once, here, while it is extracted
-        with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
+        with store.opened(ref.sha256) as pkg:  # held once, here, while it is extracted
             builder.add_package(pkg)
             builder.account(pkg.nevra, pkg.entries())
             builder.write_header(pkg)

@@ -132,12 +132,15 @@ def _mkdirs(usr_fd: int, rel: str) -> int:
 
 
 def _write(dir_fd: int, name: str, data: bytes) -> None:
+    """A file of the new /usr tree, made whole under a temporary name. Not synced here: the
+    tree is synced whole (build._finish) before the state names the deployment."""
     tmp = f".{name}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                  dir_fd=dir_fd)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     finally:
         os.close(fd)
     os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -9,7 +9,7 @@ the deployment is ever booted. The result lists what happened to every path that
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from deploy.etcbase import BaseEntry, read_merge_record, record_base, write_records
@@ -181,8 +181,8 @@ class _Merge:
             self.note(path, "removed", nevra, "removed by the vendor")
 
 
-def merge_etc(root_fd: int, usr_fd: int, old: Sequence[Header | FileList] | None,
-              new: Sequence[Header | FileList]) -> EtcMerge:
+def merge_etc(root_fd: int, usr_fd: int, old: Iterable[Header | FileList] | None,
+              new: Iterable[Header | FileList]) -> EtcMerge:
     """Merge /etc of the root at root_fd for the /usr tree at usr_fd, as rpm -U old -> new would.
 
     old None: a first deployment or a reset, merged as ``rpm -i`` onto what the root holds.

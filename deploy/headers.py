@@ -83,22 +83,38 @@ def read_header(path: Path, dir_fd: int | None = None) -> InstalledPackage:
                             prefix)
 
 
-def installed_file_lists(usr: Path, known: Mapping[str, FileList]) -> Iterator[FileList]:
+# A header file as fstat sees it: inode number, change time, modification time, size.
+FileIdentity = tuple[int, int, int, int]
+
+
+def installed_file_lists(usr: Path, known: Mapping[str, FileList],
+                         read: dict[FileIdentity, FileList] | None = None) -> Iterator[FileList]:
     """The file list of each package of the /usr tree at usr, as installed_packages reads
     them; a header file whose bytes hash to a key of known (header sha256 -> that header's
-    file list, already read) is hashed, not parsed again."""
+    file list, already read) is hashed, not parsed again.
+
+    read remembers each file read by its identity (inode number, ctime, mtime, size): the
+    tree of an update is a snapshot of the old one, whose files keep their inode numbers
+    and times there, so the new tree's header files that nothing changed since the snapshot
+    (any write or metadata change sets a new ctime; a new file gets a new inode number) are
+    taken as read from the old tree, neither hashed nor parsed again."""
     directory = usr / HEADER_DIR
     with _header_dir(usr) as dir_fd:
         for name in _header_names(dir_fd):
             try:
                 with _open_header_file(directory / name, dir_fd) as f:
-                    # Nothing known (a full build's): no header file is worth hashing.
-                    files = known.get(digest.file_digest(f, "sha256").hexdigest()) if known else None
+                    st = os.fstat(f.fileno())
+                    identity = (st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
+                    files = read.get(identity) if read is not None else None
+                    if files is None and known:  # nothing known (a full build's): no hashing
+                        files = known.get(digest.file_digest(f, "sha256").hexdigest())
                     if files is None:
                         f.seek(0)
                         header = read_prefix(cast(BinaryIO, f)).header
                         nevra_of(header)  # refused here, as installed_packages refuses it
                         files = header_files(header)
+                    if read is not None:
+                        read[identity] = files
             except (OSError, ExtentsError) as e:
                 raise DeploymentError(f"{directory / name}: unreadable package header: {e}") from e
             yield files

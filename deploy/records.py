@@ -22,7 +22,7 @@ from typing import Any
 from deploy import bootselect
 from deploy.errors import LayoutError, StateError
 from deploy.layout import Layout
-from deploy.state import FORMAT, DeploymentRecord, State, deployment_from
+from deploy.state import FORMAT, DeploymentRecord, State, deployment_from, record_json
 from deploy.system import System
 from host import kernel
 from host.files import fsync_dir
@@ -50,8 +50,10 @@ def write_record(tree: Path, record: DeploymentRecord) -> None:
     """Write record as lib/sysimage/rpmimg/deployment.json of tree, never through a symlink.
 
     Whatever is at that path (the previous deployment's record in a snapshot) is replaced.
+    Not synced here: the tree being built is synced whole (build._finish) before the state
+    names it, and until then it is a leftover that recover() deletes.
     """
-    data = {"format": FORMAT, **dataclasses.asdict(dataclasses.replace(record, pinned=False))}
+    data = {"format": FORMAT, **record_json(record)}
     del data["pinned"]  # changes after the tree is read-only: only the state holds it
     text = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
     fds = [os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
@@ -62,8 +64,9 @@ def write_record(tree: Path, record: DeploymentRecord) -> None:
             os.unlink(RECORD_NAME, dir_fd=fds[-1])
         fd = kernel.openat2(fds[-1], RECORD_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _INSIDE, 0o644)
         try:
-            os.write(fd, text)
-            os.fsync(fd)
+            view = memoryview(text)
+            while view:
+                view = view[os.write(fd, view):]
         finally:
             os.close(fd)
     except OSError as e:

@@ -15,11 +15,13 @@ memory than its header. A full deploy makes the database in a thread while it me
 core). The finished file is synced once.
 
 An update starts from the previous deployment's database (the /usr snapshot holds it): a
-copy has the packages that went deleted by their record number in every table (the number
-rpm itself gives for their N-V-R.A), and the packages that came are handed to rpm's
-`rpmdb --importdb`, which adds each to the Packages table and every index. Either way the
-database is made under a directory beside it and renamed over rpmdb.sqlite only when
-complete, so a failed or interrupted build never leaves a half-written database in place.
+copy has the packages that went deleted by their record number in every table (those of the
+records its Name index lists under their names whose header gives their N-V-R.A), and the
+packages that came are imported by rpm's `rpmdb --importdb` into a database of their own
+(on tmpfs when they are small: rpm commits and syncs after every package), whose records and
+index rows are then added to the copy in one transaction, numbered as rpm numbers them.
+Either way the database is made under a directory beside it and renamed over rpmdb.sqlite
+only when complete, so a failed or interrupted build never leaves a half-written database in place.
 It is left in rollback-journal mode (no -wal/-shm) so that rpm reads it from a read-only
 /usr.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import os
 import re
@@ -44,7 +47,10 @@ from deploy.rpmdbheader import Install, InstalledHeader
 from host import kernel
 from host.files import fsync_dir
 from host.run import CommandError, run
+from rpmextents.errors import ExtentsError, FormatError
 from rpmextents.extract import NO_REFLINK
+from rpmextents.header import HEADER_MAGIC, Header, read_intro
+from rpmextents.nevra import nevra_of
 
 if TYPE_CHECKING:
     import sqlite3
@@ -57,6 +63,12 @@ DB_FILE = "rpmdb.sqlite"
 _QUIET = ["--define", "_db_backend sqlite"]
 _STAGE = ".rpmimg-new-"  # prefix of the directory a database is made in
 _TABLE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# Header bytes of the added packages up to which their database is made on tmpfs.
+IMPORT_IN_MEMORY = 32 << 20
+_MEMORY_DIR = "/dev/shm"
+# The largest header record read back (rpm's own limit on a header's size, hdrblob.c).
+_BLOB_MAX = 256 << 20
+_BATCH = 500  # record numbers a DELETE names at once
 
 
 def _db_dir(tree: Path) -> Path:
@@ -131,50 +143,150 @@ def _fill(stage: Path, header_files: Sequence[Path], install: Install) -> None:
 
 
 def _import(stage: Path, header_files: Sequence[Path], install: Install) -> None:
-    """Add header_files to the database in stage through `rpmdb --importdb`."""
+    """Add header_files to the database in stage: `rpmdb --importdb` makes a database of
+    them alone aside (in memory when they are small), whose rows are then added to stage's
+    in one transaction. rpm commits after every package it imports, a sync each, and each
+    commit writes every index page the package touched: in the small database those are
+    few, and in memory they cost no disk. When stage's tables are not the ones rpm makes
+    now (a database of another rpm), rpm imports into stage's database itself."""
     if not header_files:
         return
-    stream = stage / "headers.stream"
+    small = sum(os.stat(p).st_size for p in header_files) <= IMPORT_IN_MEMORY
+    aside = _aside(stage, small)
     try:
+        stream = aside / "headers.stream"
         with open(stream, "wb") as out:
             for h in _headers(header_files, install):
                 h.write(out.write, magic=True)
-        _rpmdb(stage, "--importdb", stdin_path=stream)
+        _rpmdb(aside, "--importdb", stdin_path=stream)
+        if not _add_rows(stage / DB_FILE, aside / DB_FILE, len(header_files)):
+            _rpmdb(stage, "--importdb", stdin_path=stream)
     finally:
-        stream.unlink(missing_ok=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
-def _tables(conn: sqlite3.Connection) -> list[str]:
-    tables = [str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+def _aside(stage: Path, small: bool) -> Path:
+    """A new private directory for the database of the added packages: on the shared-memory
+    tmpfs when they are small and there is one (rpm commits after every package, which costs
+    a sync each on a disk), else in stage."""
+    if small and os.path.isdir(_MEMORY_DIR):
+        try:
+            return Path(tempfile.mkdtemp(prefix="rpmimg-rpmdb-", dir=_MEMORY_DIR))
+        except OSError as e:
+            log.debug("no directory in %s for the rpm database: %s", _MEMORY_DIR, e)
+    return Path(tempfile.mkdtemp(prefix="added-", dir=stage))
+
+
+def _add_rows(db: Path, added: Path, expected: int) -> bool:
+    """Add every package of the database added (rpm's own records of the new packages, and
+    their index rows) to db, numbered after db's as rpm numbers them, in one transaction;
+    False (and nothing added) when the two databases' tables differ."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA journal_mode=MEMORY").fetchall()  # a scratch copy, synced when placed
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("ATTACH DATABASE ? AS added", (os.fspath(added),))
+        tables = sorted(t for t in _tables(conn) if not t.startswith("sqlite_"))
+        if tables != sorted(t for t in _tables(conn, "added") if not t.startswith("sqlite_")):
+            log.info("%s: not the tables rpm makes now; rpm imports the new packages into it", db)
+            return False
+        with conn:
+            conn.execute("CREATE TEMP TABLE numbers (theirs INTEGER PRIMARY KEY, ours INTEGER)")
+            rows = conn.execute("SELECT hnum FROM added.Packages ORDER BY hnum").fetchall()
+            if len(rows) != expected:
+                raise DeploymentError(f"{added}: rpm recorded {len(rows)} packages, not {expected}")
+            for (theirs_hnum,) in rows:
+                ours = conn.execute("INSERT INTO main.Packages (blob) SELECT blob FROM added.Packages"
+                                    " WHERE hnum = ?", (theirs_hnum,)).lastrowid
+                conn.execute("INSERT INTO temp.numbers VALUES (?, ?)", (theirs_hnum, ours))
+            for table in tables:
+                if table == "Packages":
+                    continue
+                conn.execute(f'INSERT INTO main."{table}" (key, hnum, idx) SELECT t.key, n.ours, t.idx'
+                             f' FROM added."{table}" t JOIN temp.numbers n ON t.hnum = n.theirs'
+                             " ORDER BY t.rowid")
+        conn.execute("DETACH DATABASE added")
+        return True
+    except sqlite3.Error as e:
+        raise DeploymentError(f"{db}: the new packages' records cannot be added: {e}") from e
+    finally:
+        conn.close()
+
+
+def _tables(conn: sqlite3.Connection, schema: str = "main") -> list[str]:
+    tables = [str(r[0]) for r in conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type='table'")]
     for table in tables:
         if not _TABLE.fullmatch(table):
             raise DeploymentError(f"unexpected table {table!r} in the rpm database")
     return tables
 
 
-def _instances(stage: Path, nvras: Sequence[str]) -> list[int]:
-    """rpm's record numbers of the installed packages named N-V-R.A (every match of each)."""
-    if not nvras:
-        return []
-    try:  # rpm -q exits 1 when one is not installed: that one has nothing to erase
-        out = run(["rpm", "--dbpath", os.fspath(stage), *_QUIET, "-q", "--qf", "%{DBINSTANCE}\\n",
-                   "--", *nvras], allowed_codes=(0, 1), timeout=600).stdout
-    except CommandError as e:
-        raise DeploymentError(f"{stage}: the rpm database cannot be read: {e}") from e
-    return [int(line) for line in out.decode().split() if line.isdigit()]
+def _instances(db: Path, nvras: Sequence[str]) -> list[int]:
+    """Record numbers of the installed packages named N-V-R.A (every match of each): the
+    rows the Name index lists under each name whose header gives that N-V-R.A. A query of
+    the file, not an `rpm -q` process; the headers are parsed as rpm would, bounded."""
+    import sqlite3
+
+    wanted: dict[str, set[str]] = {}
+    for nvra in nvras:
+        name = nvra.rsplit("-", 2)[0]
+        wanted.setdefault(name, set()).add(nvra)
+    found: list[int] = []
+    conn = sqlite3.connect(db)
+    try:
+        for name, these in wanted.items():
+            rows = conn.execute(  # one record in memory at a time
+                "SELECT hnum, length(blob), CASE WHEN length(blob) <= ? THEN blob END FROM Packages"
+                " WHERE hnum IN (SELECT hnum FROM Name WHERE key = ?) ORDER BY hnum",
+                (_BLOB_MAX, name))
+            for hnum, size, blob in rows:
+                if blob is None:
+                    raise DeploymentError(f"{db}: record {hnum} of {name} is {size} bytes, more than"
+                                          f" a header may be ({_BLOB_MAX})")
+                if _record_nvra(db, hnum, bytes(blob)) in these:
+                    found.append(int(hnum))
+    except sqlite3.Error as e:
+        raise DeploymentError(f"{db}: the rpm database cannot be read: {e}") from e
+    finally:
+        conn.close()
+    return found
+
+
+def _record_nvra(db: Path, hnum: int, blob: bytes) -> str:
+    """N-V-R.A of a Packages record (a header without its magic), its sizes checked first."""
+    whole = HEADER_MAGIC + blob
+    try:
+        _, il, dl = read_intro(io.BytesIO(whole), 0, f"record {hnum}")
+        if len(whole) != 16 + 16 * il + dl:
+            raise FormatError(f"record {hnum} is {len(blob)} bytes, its header {8 + 16 * il + dl}")
+        return nevra_of(Header(whole, f"record {hnum}")).nvra
+    except ExtentsError as e:
+        raise DeploymentError(f"{db}: record {hnum} is not a package header: {e}") from e
 
 
 def _erase(db: Path, instances: Sequence[int]) -> None:
-    """Delete the packages numbered instances from the Packages table and every index."""
+    """Delete the packages numbered instances from the Packages table and every index
+    (one statement a table: most index tables have no index on hnum, each is read once)."""
     import sqlite3
 
+    if not instances:
+        return
+    numbers = sorted(set(instances))
     conn = sqlite3.connect(db)
     try:
+        # A scratch copy, synced once when placed: no journal on disk, no sync of its own.
+        conn.execute("PRAGMA journal_mode=MEMORY").fetchall()
+        conn.execute("PRAGMA synchronous=OFF")
         with conn:
             for table in _tables(conn):
                 columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
                 if "hnum" in columns:
-                    conn.executemany(f'DELETE FROM "{table}" WHERE hnum = ?', [(i,) for i in instances])
+                    for i in range(0, len(numbers), _BATCH):  # within sqlite's limit on parameters
+                        batch = numbers[i : i + _BATCH]
+                        conn.execute(f'DELETE FROM "{table}" WHERE hnum IN ({",".join("?" * len(batch))})',
+                                     batch)
     finally:
         conn.close()
 
@@ -269,7 +381,7 @@ def update(tree: Path, removed: Sequence[str], added: Sequence[Path]) -> None:
     with _staging(d) as stage:
         _clone(current, stage / DB_FILE)
         before = _count(stage / DB_FILE)
-        gone = _instances(stage, removed)
+        gone = _instances(stage / DB_FILE, removed)
         _erase(stage / DB_FILE, gone)
         _import(stage, added, _install())
         _place(stage, d, before - len(set(gone)) + len(added))

@@ -21,12 +21,28 @@ KEY_DIRS = ("etc/rpmimg/keys.d", "usr/lib/rpmimg/keys.d")
 
 
 def _not_a_key(path: Path) -> str | None:
-    """Why a keys.d file is not a usable public key file, or None when it is one."""
+    """Why a keys.d file is not a public key file, or None when it is one. (Whether rpm
+    can use its keys is asked only where packages are checked: `package_keyring`.)"""
     try:
-        Keyring.from_files([path])
+        Keyring.read_files([path])
     except ExtentsError as e:
         return str(e).removeprefix(f"{path}: ")
     return None
+
+
+def package_keyring(key_files: Sequence[Path], given: Sequence[Path]) -> Keyring:
+    """The keys rpm checks package headers against: those of every trusted key file. A keys.d
+    file with a key rpm can't use is skipped with a warning naming it, as one that holds no
+    key is; one of the given (--keyring) files is a KeyFileError."""
+    parts: list[Keyring] = []
+    for path in key_files:
+        try:
+            parts.append(Keyring.from_files([path]))
+        except ExtentsError as e:
+            if path in given:
+                raise
+            log.warning("%s: skipped: %s", path, str(e).removeprefix(f"{path}: "))
+    return Keyring(tuple(k for r in parts for k in r.keys), tuple(s for r in parts for s in r.sources))
 
 
 def trusted_key_files(sysroot: Path, keyrings: Sequence[Path] = ()) -> list[Path]:
@@ -60,5 +76,5 @@ def fetch_verified_manifest(source: Source, key_files: Sequence[Path]) -> tuple[
     where = source.manifest_location
     if signature is None:
         raise SignatureError(f"{where}: manifest is not signed (no {SIGNATURE} beside it)")
-    fingerprint = verify_detached(data, signature, Keyring.from_files(key_files), where)
+    fingerprint = verify_detached(data, signature, Keyring.read_files(key_files), where)
     return parse(data, where), digest.of("sha256", data).hexdigest(), fingerprint

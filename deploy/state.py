@@ -181,10 +181,24 @@ def deployment_from(value: Any, where: str) -> DeploymentRecord:
     )
 
 
+_PACKAGE_FIELDS = tuple(f.name for f in dataclasses.fields(PackageRecord))
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(DeploymentRecord))
+
+
+def record_json(record: DeploymentRecord) -> dict[str, Any]:
+    """A deployment record as JSON values: what dataclasses.asdict gives, made field by
+    field (asdict deep-copies every value of every package record, a state's largest part)."""
+    data = {name: getattr(record, name) for name in _RECORD_FIELDS}
+    data["packages"] = [{name: getattr(p, name) for name in _PACKAGE_FIELDS} for p in record.packages]
+    if record.owner_ids is not None:
+        data["owner_ids"] = {kind: dict(ids) for kind, ids in record.owner_ids.items()}
+    return data
+
+
 def to_json(state: State) -> dict[str, Any]:
     return {
         "format": FORMAT,
-        "deployments": [dataclasses.asdict(d) for d in state.deployments],
+        "deployments": [record_json(d) for d in state.deployments],
         "default": state.default,
         "bad": list(state.bad),
         "next_id": state.next_id,

@@ -50,14 +50,17 @@ class Store:
 
     def __init__(self, root: Path, *, remember: bool = False, marks: Path | None = None) -> None:
         """remember: keep each package's header and file list once read (an update reads
-        every stored package of the old and the new image several times over); marks: the
-        file of deploy.storemarks, which damaged_entries then reads and keeps."""
+        every stored package of the old and the new image several times over). Without,
+        the last one read is kept: a full build of one large package reads it for its
+        identity check, its file list, its accounts and its extraction, one after another.
+        marks: the file of deploy.storemarks, which damaged_entries then reads and keeps."""
         self.root = root
         self._marks_path = marks
         self._marks: StoreMarks | None = None
         self._index: DigestIndex | None = None
         self._index_lock = threading.Lock()
         self._read: dict[str, ExtentsPackage] | None = {} if remember else None
+        self._last: tuple[str, ExtentsPackage] | None = None
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.rpm"
@@ -86,10 +89,18 @@ class Store:
     def remembers(self) -> bool:
         return self._read is not None
 
+    def at_hand(self, sha256: str) -> bool:
+        """Whether package(sha256) would answer without reading the entry."""
+        if self._read is not None:
+            return sha256 in self._read
+        return self._last is not None and self._last[0] == sha256 and self._last[1].unchanged()
+
     def forget(self, sha256: str) -> None:
         """Drop what was remembered of an entry (read it again when next asked)."""
         if self._read is not None:
             self._read.pop(sha256, None)
+        if self._last is not None and self._last[0] == sha256:
+            self._last = None
 
     def prefetch(self, sha256s: Iterable[str]) -> None:
         """Ask the kernel to start reading the start (header and index) of these entries:
@@ -109,14 +120,28 @@ class Store:
 
     def package(self, sha256: str) -> ExtentsPackage:
         """The stored package's header and file list, closed: its data is read by opening
-        store.path(sha256). Remembered (with remember), else read each time."""
+        store.path(sha256) (or `opened`). Remembered (with remember), else read again
+        unless it was the last one read and its file has not changed since."""
         if self._read is not None and sha256 in self._read:
             return self._read[sha256]
+        if self._last is not None and self._last[0] == sha256 and self._last[1].unchanged():
+            return self._last[1]
+        self._last = None  # let go of it before the next one is read
         with ExtentsPackage.open(self.path(sha256)) as pkg:
             pass
         if self._read is not None:
             self._read[sha256] = pkg
+        else:
+            self._last = (sha256, pkg)
         return pkg
+
+    def opened(self, sha256: str) -> ExtentsPackage:
+        """The stored package open for its data, for a caller that holds it while it
+        extracts it; the store itself holds it no longer (a full build's peak comes after
+        the extraction, when the package's header and file list need not be resident)."""
+        pkg = self.package(sha256)
+        self.forget(sha256)
+        return pkg.opened_again()
 
     def damaged(self, sha256: str) -> bool:
         """Whether a stored entry no longer hashes to its name (the recorded sha256)."""
@@ -150,13 +175,14 @@ class Store:
         with ThreadPoolExecutor(workers) as pool:
             return {sha for sha, bad in zip(shas, pool.map(self.damaged, shas), strict=True) if bad}
 
-    def check_stored(self, ref: ManifestPackage, content: bool) -> bool:
+    def check_stored(self, ref: ManifestPackage, content: bool, keep: bool = True) -> bool:
         """Check a package already in the store against its manifest entry: identity always
         (PackageError when the manifest names it as something else), the whole content
-        with content. A damaged entry is removed and False returned: fetch it again."""
+        with content. A damaged entry is removed and False returned: fetch it again.
+        Without keep, where nothing is remembered, the identity comes from the header alone
+        (rather than a read of the whole file list that the store would keep as the last)."""
         try:
-            # Where nothing is remembered, the header alone: the build reads the rest.
-            _check_identity(ref, self.package(ref.sha256) if self.remembers
+            _check_identity(ref, self.package(ref.sha256) if self.remembers or keep
                             else read_identity(self.path(ref.sha256)))
         except (PackageError, ExtentsError) as e:
             self.forget(ref.sha256)
@@ -270,7 +296,7 @@ class Store:
                 pos = offset + length
             _copy_bytes(src, out, pos, size - pos)
             os.ftruncate(out, size)
-            os.fsync(out)
+            # Not synced here: add() syncs this same file once, after it is made read-only.
         except BaseException:
             os.unlink(tmp)
             raise
@@ -290,6 +316,7 @@ class Store:
 
         Returns the bytes deduplicated. A package that fails is deleted, not stored.
         """
+        self._last = None  # read and the content index built without another package beside them
         try:
             size = fetched.stat().st_size
             if size != ref.size:

@@ -43,7 +43,7 @@ def image_config(store: Store, sha256s: Iterable[str]) -> tuple[dict[str, bytes]
     found: dict[str, bytes] = {}
     by_scriptlet = []
     for sha in dict.fromkeys(sha256s):
-        if store.remembers:
+        if store.remembers or store.at_hand(sha):
             pkg = store.package(sha)
             header, entries, nevra = pkg.header, pkg.entries(), pkg.nevra
         else:  # the header alone: only a package with sysusers.d files is opened whole

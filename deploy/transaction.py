@@ -42,14 +42,14 @@ from deploy.etcmerge import EtcAction
 from deploy.faults import checkpoint
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
-from deploy.signature import fetch_verified_manifest, trusted_key_files
+from deploy.signature import fetch_verified_manifest, package_keyring, trusted_key_files
 from deploy.sources import FetchJob, Source, open_source
 from deploy.state import DeploymentRecord, PackageRecord, State
 from deploy.store import Store
 from deploy.system import System
 from deploy.wholesystem import WholeBuilt, build_system
 from imagespec.manifest import ImageManifest, ManifestPackage
-from rpmextents import Keyring, Owners
+from rpmextents import Owners
 from rpmextents.errors import ExtentsError
 from rpmextents.nevra import vercmp
 
@@ -227,7 +227,11 @@ def _missing(store: Store, signed: SignedManifest, current: State, full: bool) -
     for ref in stored:
         if ref.sha256 in damaged:
             store.discard_damaged(ref)
-    return [r for r in refs.values() if not store.has(r.sha256) or not store.check_stored(r, content=False)]
+    # The last one read whole stays at hand for the build (all of a one-package image's reads);
+    # of the others, only the headers.
+    last = next((r.sha256 for r in reversed(stored) if r.sha256 not in damaged), None)
+    return [r for r in refs.values() if not store.has(r.sha256)
+            or not store.check_stored(r, content=False, keep=r.sha256 == last)]
 
 
 def fetch_into_store(
@@ -244,10 +248,13 @@ def fetch_into_store(
                  store.find_data)
         for ref in fetch
     ]
+    # rpm checks the header signatures of what is added, with keys it must be able to use:
+    # asked before the fetch, and only when there is something to add (rpm's library is 8 MB).
+    keyring = (None if options.allow_unsigned_packages or not jobs
+               else package_keyring(signed.key_files, options.keyrings))
     pending = [j for j in jobs if not j.dest.exists()]  # complete from a killed run
     stats = signed.source.fetch(pending, progress("fetch", "bytes"))
     checkpoint("fetched")
-    keyring = None if options.allow_unsigned_packages else Keyring.from_files(signed.key_files)
     deduped = 0
     verify_progress = progress("verify", "packages")
     for i, job in enumerate(jobs):
@@ -366,13 +373,14 @@ def _phase(
 def _fetch_and_build(
     system: System, signed: SignedManifest, current: State, options: DeployOptions,
     progress: ProgressFactory,
-) -> tuple[Stored, Tree, Store]:
+) -> tuple[Stored, Tree]:
     """Phases 2 and 3. An update that had to fall back to a full build read store entries
     the fetch phase did not re-hash: if one of them is damaged, the uncommitted tree is
     discarded and both phases run again with every entry checked (and refetched).
 
-    An update reads each stored package's header and file list once for both phases (and
-    the report); a full build reads them one package at a time, to bound its memory."""
+    An update reads each stored package's header and file list once for both phases; a
+    full build reads them one package at a time, to bound its memory. (The report's set-id
+    files were noted by the build as it went: no package is read again for it.)"""
     m, layout = signed.manifest, system.layout
     check_all = False
     while True:
@@ -383,9 +391,9 @@ def _fetch_and_build(
         with _phase(system, current, "building", m, layout.staging / f"build-{current.next_id}"):
             tree = build_tree(system, signed, current, options, progress, store)
         if check_all or tree.built.method != "full" or _builds_in_full(current, options):
-            return stored, tree, store
+            return stored, tree
         if not store.damaged_entries(r.sha256 for r in m.packages):
-            return stored, tree, store
+            return stored, tree
         log.warning("a store entry the full build read is damaged; building again from refetched packages")
         from deploy.lifecycle import recover
 
@@ -425,7 +433,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
         damage = basecheck.damaged_base(system, current, options.full)
         if damage:
             options = dataclasses.replace(options, full=True)
-        stored, tree, store = _fetch_and_build(system, signed, current, options, progress)
+        stored, tree = _fetch_and_build(system, signed, current, options, progress)
         bootfiles.save(system, tree.record.id, [k.files for k in kernels])
         with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
             commit(system, signed, current, tree)
@@ -440,7 +448,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             unknown_owners=built.unknown_owners, build=built.method,
             full_reason=basecheck.reason(current.default or "", damage) if damage else built.full_reason,
             written_paths=built.written, kept_paths=built.kept, base_damage=damage,
-            setid_dropped=setid.dropped(store, m, Owners.from_root(tree.whole.root)),
+            setid_dropped=setid.dropped(built.setid_files, Owners.from_root(tree.whole.root)),
             root=os.fspath(tree.whole.root), accounts_by_scriptlet=tree.whole.accounts.by_scriptlet,
             etc_merge=tree.whole.etc.actions, etc_notable=tree.whole.etc.notable(),
         )

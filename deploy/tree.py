@@ -13,6 +13,7 @@ nothing is ever created, changed or read outside the tree (rpmextents.tree).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,19 @@ def header_file_name(pkg: ExtentsPackage) -> str:
     return f"{pkg.ident.nvra}.rpm"
 
 
+_SETID = stat.S_ISUID | stat.S_ISGID
+
+
+@dataclass(frozen=True)
+class SetidFile:
+    """A set-user-ID or set-group-ID file of a package, and the owner names it carries."""
+
+    path: str
+    mode: int
+    user: str
+    group: str
+
+
 @dataclass
 class TreeStats:
     entries: int = 0
@@ -42,6 +56,8 @@ class TreeStats:
     outside_usr: dict[str, list[str]] = field(default_factory=dict)
     users: set[str] = field(default_factory=lambda: {"root"})
     groups: set[str] = field(default_factory=lambda: {"root"})
+    # (path, mode, user, group) of each set-id file, package by package (deploy.setid)
+    setid: list[SetidFile] = field(default_factory=list)
 
 
 class TreeBuilder:
@@ -70,7 +86,10 @@ class TreeBuilder:
             self.stats.users |= users
             self.stats.groups |= groups
             outside = [path for path, _, ghost in entries.outline() if not ghost and relocate(path)[1]]
+            setid = [e for i, mode in enumerate(entries.modes) if mode & _SETID
+                     and not (e := entries.entry(i)).ghost]
         else:
+            setid = []
             for e in entries:
                 if e.ghost:
                     continue
@@ -78,6 +97,9 @@ class TreeBuilder:
                     outside.append(e.path)
                 self.stats.users.add(e.user)
                 self.stats.groups.add(e.group)
+                if e.mode & _SETID:
+                    setid.append(e)
+        self.stats.setid += [SetidFile(e.path, e.mode, e.user, e.group) for e in setid]
         if outside:
             self.stats.outside_usr[nevra] = outside
 

@@ -28,7 +28,7 @@ from deploy.hashing import READ_FLAGS, DigestJob, Hashing
 from deploy.headers import read_prefix_at
 from deploy.lock import DEFAULT_WAIT
 from deploy.pathset import PathSet
-from deploy.signature import fetch_verified_manifest, trusted_key_files
+from deploy.signature import fetch_verified_manifest, package_keyring, trusted_key_files
 from deploy.sources import FetchJob, open_source
 from deploy.state import DeploymentRecord, PackageRecord
 from deploy.store import Store
@@ -36,7 +36,7 @@ from deploy.system import System
 from deploy.tree import HEADER_DIR, TreeBuilder
 from host import kernel
 from imagespec.relocation import USR_TREE, relocate
-from rpmextents import Entry, ExtentsPackage, Keyring, Owners
+from rpmextents import Entry, ExtentsPackage, Owners
 from rpmextents.errors import ExtentsError
 from rpmextents.files import header_files
 from rpmextents.header import Header, PackagePrefix
@@ -457,7 +457,7 @@ def refetcher(
             source.fetch([FetchJob(ref, dest)], None)
         store = Store(system.layout.store)
         unsigned = allow_unsigned_packages or record.allow_unsigned_packages
-        store.add(ref, dest, None if unsigned else Keyring.from_files(key_files))
+        store.add(ref, dest, None if unsigned else package_keyring(key_files, keyrings))
         return store.path(ref.sha256)
 
     return refetch

@@ -24,7 +24,7 @@ from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build
 from deploy.etcbase import write_records
 from deploy.etcmerge import EtcMerge, merge_etc
 from deploy.faults import checkpoint
-from deploy.headers import installed_file_lists
+from deploy.headers import FileIdentity, installed_file_lists
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
@@ -52,8 +52,12 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
     of old_usr would (`rpm -i` without one) and record it in the new /usr. The packages are
     the trees' header files; known: file lists already read, by their header's sha256."""
     known = known or {}
-    old = list(installed_file_lists(old_usr, known)) if old_usr is not None else None
-    new = list(installed_file_lists(usr, known))
+    # Read as merge_etc takes their /etc entries: one package's file list at a time. For an
+    # update, read remembers the lists of the tree read first by file identity: the new
+    # tree's header files that nothing changed since the snapshot are the old tree's.
+    read: dict[FileIdentity, FileList] | None = {} if old_usr is not None else None
+    old = installed_file_lists(old_usr, known, read) if old_usr is not None else None
+    new = installed_file_lists(usr, known, read)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         usr_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -74,9 +78,11 @@ def _read(store: Store, m: Image, base: DeploymentRecord | None) -> dict[str, Fi
     shas = [r.sha256 for r in m.packages] + [p.sha256 for p in (base.packages if base is not None else ())]
     known = {}
     for sha in dict.fromkeys(shas):
-        if store.has(sha):
+        try:  # remembered by now, but for an entry the build did not need
             pkg = store.package(sha)
-            known[pkg.header_sha256] = pkg.entries()
+        except FileNotFoundError:
+            continue
+        known[pkg.header_sha256] = pkg.entries()
     return known
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from host.run import run
@@ -18,7 +19,12 @@ from rpmextents.keyring import Keyring
 
 
 def verify_detached(data: bytes, signature: bytes, keyring: Keyring, what: str) -> str:
-    """Check signature over data against the keyring; return the signing key's fingerprint."""
+    """Check signature over data against the keyring; return the signing key's fingerprint.
+
+    gpgv gives up on the whole keyring at some keys it can't read (an unknown key version
+    or algorithm): when it finds no answer with all the keys, each is asked alone, so that
+    one unreadable trusted key can't hide the one that signed.
+    """
     if not keyring.keys:
         raise SignatureError(
             f"{what}: no trusted keys (give --keyring FILE or install keys in "
@@ -26,11 +32,56 @@ def verify_detached(data: bytes, signature: bytes, keyring: Keyring, what: str) 
         )
     if not signature.strip():
         raise SignatureError(f"{what}: signature is empty")
+    first = _gpgv(data, signature, keyring.openpgp_bytes())
+    if first.conclusive or len(keyring.keys) == 1:
+        return first.verdict(what)
+    for key in keyring.keys:
+        alone = _gpgv(data, signature, key)
+        if alone.conclusive:
+            return alone.verdict(what)
+    return first.verdict(what)
+
+
+@dataclass(frozen=True)
+class _Gpgv:
+    """What one gpgv run said: its exit status, status lines (code -> arguments), stderr."""
+
+    returncode: int
+    codes: dict[str, list[str]]
+    stderr: str
+
+    @property
+    def conclusive(self) -> bool:
+        """A good signature, or one that a trusted key made and that is bad or expired."""
+        return (self.returncode == 0 and {"VALIDSIG", "GOODSIG"} <= self.codes.keys()) or bool(
+            self.codes.keys() & {"BADSIG", "EXPKEYSIG", "REVKEYSIG", "EXPSIG"})
+
+    def verdict(self, what: str) -> str:
+        """The signing key's fingerprint, or SignatureError saying why not."""
+        codes = self.codes
+        if self.returncode == 0 and "VALIDSIG" in codes and "GOODSIG" in codes:
+            return codes["VALIDSIG"][0]
+        if "BADSIG" in codes:
+            raise SignatureError(f"{what}: BAD signature (the content was altered after signing)")
+        for code, reason in (("EXPKEYSIG", "made by an expired key"), ("REVKEYSIG", "made by a revoked key"),
+                             ("EXPSIG", "expired")):
+            if code in codes:
+                raise SignatureError(f"{what}: signature {reason}")
+        if "NO_PUBKEY" in codes:
+            key = codes["NO_PUBKEY"][0]
+            raise SignatureError(f"{what}: signed by key {key}, which is not a trusted key")
+        if "NODATA" in codes or "ERRSIG" in codes:
+            raise SignatureError(f"{what}: signature is not a valid OpenPGP signature")
+        detail = self.stderr.strip().splitlines()
+        raise SignatureError(f"{what}: signature does not verify" + (f": {detail[-1]}" if detail else ""))
+
+
+def _gpgv(data: bytes, signature: bytes, keys: bytes) -> _Gpgv:
+    """gpgv's answer on signature over data with keys (binary OpenPGP) as its only keyring."""
     with tempfile.TemporaryDirectory(prefix="rpmimg-gpgv-") as tmp:
         home = Path(tmp)
         home.chmod(0o700)
-        for name, content in (("trusted.gpg", keyring.openpgp_bytes()), ("data", data),
-                              ("data.asc", signature)):
+        for name, content in (("trusted.gpg", keys), ("data", data), ("data.asc", signature)):
             (home / name).write_bytes(content)
         proc = run(
             ["gpgv", "--homedir", tmp, "--status-fd", "1", "--keyring",
@@ -40,18 +91,4 @@ def verify_detached(data: bytes, signature: bytes, keyring: Keyring, what: str) 
     status = proc.stdout.decode(errors="replace").splitlines()
     codes = {line.split()[1]: line.split()[2:] for line in status
              if line.startswith("[GNUPG:] ") and len(line.split()) > 1}
-    if proc.returncode == 0 and "VALIDSIG" in codes and "GOODSIG" in codes:
-        return codes["VALIDSIG"][0]
-    if "BADSIG" in codes:
-        raise SignatureError(f"{what}: BAD signature (the content was altered after signing)")
-    for code, reason in (("EXPKEYSIG", "made by an expired key"), ("REVKEYSIG", "made by a revoked key"),
-                         ("EXPSIG", "expired")):
-        if code in codes:
-            raise SignatureError(f"{what}: signature {reason}")
-    if "NO_PUBKEY" in codes:
-        key = codes["NO_PUBKEY"][0]
-        raise SignatureError(f"{what}: signed by key {key}, which is not a trusted key")
-    if "NODATA" in codes or "ERRSIG" in codes:
-        raise SignatureError(f"{what}: signature is not a valid OpenPGP signature")
-    detail = proc.stderr.decode(errors="replace").strip().splitlines()
-    raise SignatureError(f"{what}: signature does not verify" + (f": {detail[-1]}" if detail else ""))
+    return _Gpgv(proc.returncode, codes, proc.stderr.decode(errors="replace"))

@@ -158,7 +158,16 @@ class Keyring:
 
     @classmethod
     def from_files(cls, paths: Iterable[str | os.PathLike[str]]) -> Keyring:
-        """Every key in the files (armoured or binary); KeyFileError names a bad file."""
+        """Every key in the files (armoured or binary), each one rpm can use; KeyFileError
+        names a bad file."""
+        keyring = cls.read_files(paths)
+        keyring.rpm_keyring()  # fail now on a key rpm can't use, not after a long fetch
+        return keyring
+
+    @classmethod
+    def read_files(cls, paths: Iterable[str | os.PathLike[str]]) -> Keyring:
+        """Every key in the files, as from_files reads them, without asking rpm whether it
+        can use them: for gpgv alone, which then costs no rpm library (8 MB resident)."""
         keys: list[bytes] = []
         sources: list[str] = []
         for p in paths:
@@ -171,9 +180,7 @@ class Keyring:
                 raise KeyFileError(f"{where}: cannot read key: {e.strerror}") from e
             keys += read_keys(data, where)
             sources.append(where)
-        keyring = cls(tuple(keys), tuple(sources))
-        keyring.rpm_keyring()  # fail now on a key rpm can't use, not after a long fetch
-        return keyring
+        return cls(tuple(keys), tuple(sources))
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> Keyring:

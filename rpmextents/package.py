@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -108,13 +109,19 @@ def read_identity(path: str | os.PathLike[str]) -> PackageIdentity:
                            str(ident), block_size, prefix.sha256())
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 class ExtentsPackage:
     """An open extents RPM: its header, file entries and data extents."""
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd = fd
-        self.size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        self.size = st.st_size
+        self._file = _identity(st)
         self.prefix = read_prefix(_FileReader(fd))  # type: ignore[arg-type]
         self.header = self.prefix.header
         start = self.prefix.header_end
@@ -143,6 +150,30 @@ class ExtentsPackage:
         except BaseException:
             os.close(fd)
             raise
+
+    def unchanged(self) -> bool:
+        """Whether the file at path is still the one this was read from, unchanged since
+        (the same inode, size, modification and change time)."""
+        try:
+            return _identity(os.stat(self.path)) == self._file
+        except OSError:
+            return False
+
+    def opened_again(self) -> ExtentsPackage:
+        """This package open again for its data, closed or not: the header and file list
+        as read when the file at path is still the one they came from, else read anew."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            same = _identity(os.fstat(fd)) == self._file
+        except BaseException:
+            os.close(fd)
+            raise
+        if not same:
+            os.close(fd)
+            return type(self).open(self.path)
+        again = copy.copy(self)  # header, file list and index are never changed: shared
+        again._fd = fd
+        return again
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -83,6 +84,17 @@ def test_state_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     state.save(path, s)
     assert state.load(path) == s
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("owner_ids", [None, {"users": {"root": 0, "nobody": None}, "groups": {"root": 0}}])
+def test_state_records_serialize_as_asdict_would(owner_ids: dict[str, dict[str, int | None]] | None) -> None:
+    """record_json makes each record field by field; the JSON is what dataclasses.asdict gave."""
+    pkgs = tuple(state.PackageRecord(f"p{i}", i or None, "1.0", "1", "x86_64", HEX, HEX, i, f"/p{i}")
+                 for i in range(3))
+    rec = state.DeploymentRecord("1", "demo", "1", "x86_64", "now", HEX, "/m", 256, pkgs, pinned=True,
+                                 owner_ids=owner_ids, signed_by="ab", allow_unsigned_packages=True)
+    assert json.dumps(state.record_json(rec), sort_keys=True) == json.dumps(
+        dataclasses.asdict(rec), sort_keys=True)
 
 
 def test_state_damaged_file_is_one_clear_error(tmp_path: Path) -> None:
@@ -207,6 +219,48 @@ def test_signature_good_tampered_wrong_key_unsigned(tmp_path: Path, key: Signing
 def _binary(key: SigningKey) -> bytes:
     return subprocess.run(["gpg", "--dearmor"], input=key.public.read_bytes(),
                           capture_output=True, check=True).stdout
+
+
+def _unreadable(key: SigningKey) -> bytes:
+    """key with its primary key packet claiming version 5: framed as a key, but neither
+    rpm 4.18 nor gpgv reads it, and gpgv gives up on a keyring that holds it first."""
+    data = _binary(key)
+    assert data[0] == 0x99  # an old-format public key packet with a two-byte length
+    return data[:3] + b"\x05" + data[4:]
+
+
+def test_a_key_gpgv_cannot_read_does_not_hide_the_signer(tmp_path: Path, key: SigningKey,
+                                                          other_key: SigningKey) -> None:
+    from imagespec.signature import _gpgv
+
+    data = b'{"hello": 1}'
+    (tmp_path / "m.json").write_bytes(data)
+    sig = sign_file(tmp_path / "m.json", key).read_bytes()
+    broken = tmp_path / "broken.gpg"
+    broken.write_bytes(_unreadable(other_key))
+    with pytest.raises(KeyFileError, match=f"{broken}: not a usable OpenPGP public key"):
+        Keyring.from_files([broken])  # rpm refuses it
+    ring = Keyring.read_files([broken, key.public])  # read for gpgv alone, it is taken
+    assert not _gpgv(data, sig, ring.openpgp_bytes()).conclusive  # gpgv, all keys at once
+    assert verify_detached(data, sig, ring, "m") == key.fingerprint
+    with pytest.raises(SignatureError, match="BAD signature"):
+        verify_detached(b'{"hello": 2}', sig, ring, "m")
+    with pytest.raises(SignatureError, match="not a trusted key"):
+        verify_detached(data, sig, Keyring.read_files([broken]), "m")
+
+
+def test_package_keyring_skips_a_keys_d_key_rpm_cannot_use(tmp_path: Path, key: SigningKey,
+                                                           other_key: SigningKey,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from deploy.signature import package_keyring
+
+    broken = tmp_path / "broken.gpg"
+    broken.write_bytes(_unreadable(other_key))
+    ring = package_keyring([broken, key.public], given=[key.public])
+    assert ring.keys == Keyring.from_files([key.public]).keys
+    assert f"{broken}: skipped: not a usable OpenPGP public key" in caplog.text
+    with pytest.raises(KeyFileError, match=f"{broken}: not a usable"):
+        package_keyring([broken, key.public], given=[broken])  # given on the command line
 
 
 def test_armoured_and_binary_keys_read_the_same(key: SigningKey, other_key: SigningKey) -> None:

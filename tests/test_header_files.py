@@ -72,3 +72,37 @@ def test_a_symlink_or_garbage_in_place_of_a_header_is_refused(tmp_path: Path) ->
     os.symlink(fixture_packages()["owners"], usr / HEADER_DIR / "link.rpm")
     with pytest.raises(DeploymentError, match="link.rpm: unreadable package header"):
         list(installed_file_lists(usr, {_known("owners")[0]: _known("owners")[1]}))
+
+
+def test_a_snapshots_unchanged_header_files_are_taken_as_read_from_its_origin(btrfs: Path) -> None:
+    """The new tree of an update is a snapshot of the old: a header file nothing changed
+    since is the file read in the old tree (same inode, same times), taken as read. One
+    rewritten in the snapshot, even to the same size and mtime, and one added, are read
+    from what they hold."""
+    from host import kernel
+
+    old = btrfs / "old"
+    kernel.subvolume_create(old)
+    (old / HEADER_DIR).mkdir(parents=True)
+    for n in NAMES:
+        (old / HEADER_DIR / f"{n}.rpm").write_bytes(_raw(n))
+    new = btrfs / "new"
+    kernel.subvolume_snapshot(old, new)
+    changed = new / HEADER_DIR / "sizes.rpm"
+    st = changed.stat()
+    forged = bytearray(_raw("sizes"))
+    forged[-1] ^= 0xFF  # the last byte of the header's data store: still parses
+    changed.write_bytes(bytes(forged))
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (new / HEADER_DIR / "added.rpm").write_bytes(_raw("owners"))
+    read: dict[tuple[int, int, int, int], FileList] = {}
+    before = list(installed_file_lists(old, {}, read))
+    after = list(installed_file_lists(new, {}, read))
+    by_name = dict(zip(["added", *NAMES], after, strict=True))
+    assert by_name["outside-usr"] is before[0] and by_name["owners"] is before[1]
+    assert by_name["sizes"] is not before[2]
+    with open(changed, "rb") as f:
+        assert by_name["sizes"].header.blob == read_prefix(f).header.blob
+    assert by_name["added"] is not before[1]
+    # Without the memory of the old tree's reading every file is read from the new tree.
+    assert all(a is not b for a, b in zip(list(installed_file_lists(new, {})), after, strict=True))

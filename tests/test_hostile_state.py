@@ -520,6 +520,20 @@ def test_stray_file_in_keys_d_is_skipped_with_a_warning(sysroot: Path, images: I
     assert f"{keys / 'vendor.asc~'}: skipped" in r.err
 
 
+def test_keys_d_key_rpm_cannot_use_is_skipped_where_packages_are_checked(sysroot: Path, images: Images) -> None:
+    keys = sysroot / "etc/rpmimg/keys.d"
+    keys.mkdir(parents=True)
+    binary = subprocess.run(["gpg", "--dearmor"], input=images.key.public.read_bytes(),
+                            capture_output=True, check=True).stdout
+    assert binary[0] == 0x99
+    (keys / "0-broken.gpg").write_bytes(binary[:3] + b"\x05" + binary[4:])  # key version 5
+    shutil.copy(images.key.public, keys / "vendor.asc")
+    r = rpmimg("deploy", "--sysroot", sysroot, "--json", images.v0)
+    assert r.json()["outcome"] == "deployed"
+    assert r.json()["fetched"] == 1  # its signed package checked against vendor.asc alone
+    assert f"{keys / '0-broken.gpg'}: skipped: not a usable OpenPGP public key" in r.err
+
+
 def test_closed_stdout_exits_quietly(sysroot: Path, images: Images) -> None:
     for m in (images.v0, images.v1, images.v2):
         deploy(sysroot, m, images.key)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from deploytools import Images, deploy, state_of
+from imagepub import publish
 
 from fixtures.build import fixture_packages
 from host import digest
@@ -62,11 +63,20 @@ def test_local_deploy_and_verify_load_no_network_or_parser_modules(sysroot: Path
     modules = loaded(tmp_path, "deploy", "--sysroot", sysroot, "--keyring", images.key.public, images.v2)
     assert len(state_of(sysroot)["deployments"]) == 2  # type: ignore[arg-type]  # it did deploy v2
     assert not modules & {*NETWORK, *CFFI_PARSER, "concurrent.futures", "solv"}
+    assert "rpm" in modules  # v2's new packages: their header signatures are checked by rpm
 
     modules = loaded(tmp_path, "verify", "--sysroot", sysroot)
     assert "deploy.verify" in modules
     # (24 MiB of the fixture's "bulk" package: verify's hashing pool does start here.)
     assert not modules & {*NETWORK, *CFFI_PARSER, "sqlite3", "solv"}
+
+    # A deployment of packages all in the store checks no package header with rpm: its
+    # bindings (8 MB resident, with libcrypto) are not loaded, not even for the keys.
+    copy = publish(tmp_path / "copy", "demo-copy", "1", images.v1_rpms[:1], images.key)
+    modules = loaded(tmp_path, "deploy", "--sysroot", sysroot, "--keyring", images.key.public, "--switch",
+                     "--full", copy)
+    assert len(state_of(sysroot)["deployments"]) == 3  # type: ignore[arg-type]
+    assert "rpm" not in modules
 
 
 def test_small_digests_do_not_load_openssl_and_large_ones_do() -> None:

@@ -130,9 +130,15 @@ def test_full_build_records_what_rpm_i_records(headers: dict[str, Path], tmp_pat
     assert all(tags.get(rpm.RPMTAG_INSTALLCOLOR) is not None for tags in signed.values())
 
 
+@pytest.mark.parametrize("aside", ["in memory", "on disk"])
 def test_update_erases_and_adds_as_rpm_would_record_the_new_set(
-    headers: dict[str, Path], tmp_path: Path
+    headers: dict[str, Path], tmp_path: Path, aside: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The added packages' database is made aside (on tmpfs when small, else beside the
+    copy) and its rows added to the copy: the result is what rpm -i records, nothing left."""
+    if aside == "on disk":
+        monkeypatch.setattr(rpmdb, "IMPORT_IN_MEMORY", 0)
+    shm_before = set(os.listdir(rpmdb._MEMORY_DIR))
     old = [n for n in headers if not n.startswith(("beta-2.0", "gamma"))]
     new = [n for n in headers if not n.startswith(("beta-1.5", "empty"))]
     tree = _tree(tmp_path, "tree")
@@ -145,6 +151,68 @@ def test_update_erases_and_adds_as_rpm_would_record_the_new_set(
     # A package already gone from the database has nothing left to erase.
     rpmdb.update(tree, ["beta-1.5-1.x86_64"], [])
     assert rpmdb.installed(tree) == sorted(new)
+    assert set(os.listdir(rpmdb._MEMORY_DIR)) <= shm_before
+
+
+def test_an_update_of_another_rpms_database_lets_rpm_import_into_it(
+    headers: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database whose tables are not those rpm makes now (an index of another rpm version)
+    gets the new packages from rpm --importdb itself, which fills every table it knows."""
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, [headers["beta-1.5-1.x86_64"], headers["empty-1-1.noarch"]])
+    conn = sqlite3.connect(tree / rpmdb.DB_DIR / rpmdb.DB_FILE)
+    with conn:
+        conn.execute("CREATE TABLE Oldindex (key TEXT NOT NULL, hnum INTEGER NOT NULL, idx INTEGER NOT NULL)")
+    conn.close()
+    with caplog.at_level("INFO", logger="deploy.rpmdb"):
+        rpmdb.update(tree, ["beta-1.5-1.x86_64"], [headers["beta-2.0-1.x86_64"], headers["gamma-0.9-1.x86_64"]])
+    assert "not the tables rpm makes now" in caplog.text
+    assert rpmdb.installed(tree) == ["beta-2.0-1.x86_64", "empty-1-1.noarch", "gamma-0.9-1.x86_64"]
+    owner = subprocess.run(["rpm", "--dbpath", tree / rpmdb.DB_DIR, "-qf", "/usr/share/beta/three"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert owner == "beta-2.0-1.x86_64"
+
+
+def test_update_erases_each_record_whose_header_is_the_package_named(
+    headers: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records to erase are found in the file, not by rpm -q: by the Name index and each
+    record's own header. A record listed under the name whose header is another version is
+    kept; one recorded twice goes twice (here in two DELETE batches)."""
+    monkeypatch.setattr(rpmdb, "_BATCH", 1)
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, [headers["beta-1.5-1.x86_64"], headers["beta-2.0-1.x86_64"],
+                       headers["beta-1.5-1.x86_64"], headers["gamma-0.9-1.x86_64"]])
+    db = tree / rpmdb.DB_DIR / rpmdb.DB_FILE
+    conn = sqlite3.connect(db)
+    with conn:  # gamma's record listed under beta's name too: its header says otherwise
+        conn.execute("INSERT INTO Name (key, hnum, idx) SELECT 'beta', hnum, 0 FROM Name WHERE key = 'gamma'")
+    conn.close()
+    rpmdb.update(tree, ["beta-1.5-1.x86_64"], [])
+    assert rpmdb.installed(tree) == ["beta-2.0-1.x86_64", "gamma-0.9-1.x86_64"]
+
+
+@pytest.mark.parametrize("damage", ["not a header", "too large"])
+def test_a_damaged_record_of_a_package_to_erase_is_refused(
+    headers: dict[str, Path], tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, [headers["beta-1.5-1.x86_64"], headers["gamma-0.9-1.x86_64"]])
+    db = tree / rpmdb.DB_DIR / rpmdb.DB_FILE
+    if damage == "not a header":
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute("UPDATE Packages SET blob = x'00000001' WHERE hnum IN"
+                         " (SELECT hnum FROM Name WHERE key = 'beta')")
+        conn.close()
+    else:  # the bound is rpm's 256 MiB; a smaller one stands for it here
+        monkeypatch.setattr(rpmdb, "_BLOB_MAX", 64)
+    before = db.read_bytes()
+    with pytest.raises(DeploymentError, match="record"):
+        rpmdb.update(tree, ["beta-1.5-1.x86_64"], [])
+    assert db.read_bytes() == before
+    assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bad magic", "absurd size", "bad offset"])
@@ -268,4 +336,28 @@ def test_the_corpus_database_is_what_rpm_i_records(tmp_path: Path) -> None:
     tree = _tree(tmp_path, "tree")
     rpmdb.build(tree, files)
     _rpm_justdb(tmp_path / "oracle", files)
+    _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")
+
+
+@pytest.mark.slow
+def test_the_corpus_update_is_what_rpm_i_records(tmp_path: Path) -> None:
+    """The corpus v1 database updated with its update set (20 packages out, 20 in) holds what
+    `rpm -i --justdb` of v2 records."""
+    import json
+
+    from benchmarks.debcorpus import cache_root
+
+    files = _corpus_headers(tmp_path)
+    corpus = sorted(cache_root().glob("*/corpus.json"))[-1].parent
+    pairs = [(u["old_rpm"], u["rpm"]) for u in json.loads((corpus / "corpus.json").read_text())["update"]["packages"]]
+    added = []
+    for _, name in pairs:
+        with open(corpus / "updates" / name, "rb") as f:
+            (tmp_path / name).write_bytes(read_prefix(f).raw)
+        added.append(tmp_path / name)
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, files)
+    rpmdb.update(tree, [old.removesuffix(".rpm") for old, _ in pairs], added)
+    gone = {old for old, _ in pairs}
+    _rpm_justdb(tmp_path / "oracle", [f for f in files if f.name not in gone] + added)
     _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")

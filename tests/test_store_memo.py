@@ -42,8 +42,45 @@ def test_each_entry_is_read_once_when_remembering(tmp_path: Path) -> None:
     first = store.package(ref.sha256)
     assert store.package(ref.sha256) is first
     assert store.file_list(ref.sha256)[1] is first.entries()
-    plain = Store(tmp_path / "store")
-    assert plain.package(ref.sha256) is not plain.package(ref.sha256)  # read each time
+
+
+def test_a_plain_store_keeps_only_the_last_entry_read_and_only_while_its_file_is_unchanged(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    ref, other = _stored(store, tmp_path, "owners"), _stored(store, tmp_path, "sizes")
+    assert not store.at_hand(ref.sha256)
+    first = store.package(ref.sha256)
+    assert store.at_hand(ref.sha256) and not store.at_hand(other.sha256)
+    assert store.package(ref.sha256) is first  # read last: kept
+    assert store.file_list(ref.sha256)[1] is first.entries()
+    store.package(other.sha256)
+    again = store.package(ref.sha256)
+    assert again is not first  # another entry was read in between: read anew
+    os.utime(store.path(ref.sha256), ns=(0, 0))  # the file changed since it was read
+    assert not store.at_hand(ref.sha256)
+    assert store.package(ref.sha256) is not again
+    kept = store.package(ref.sha256)
+    with store.opened(ref.sha256) as pkg:  # extraction: the same header, its data open again
+        assert pkg.entries() is kept.entries()
+        e = next(e for e in pkg.entries() if e.extent is not None and e.size)
+        assert e.extent is not None
+        with ExtentsPackage.open(store.path(ref.sha256)) as fresh:  # its data reads
+            assert b"".join(pkg.read_extent(e.extent)) == b"".join(fresh.read_extent(e.extent))
+    assert store.package(ref.sha256) is not kept  # handed over: the store holds it no longer
+
+
+def test_a_package_opened_again_after_its_file_was_replaced_is_read_anew(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    ref, other = _stored(store, tmp_path, "owners"), _stored(store, tmp_path, "sizes")
+    path = store.path(ref.sha256)
+    read = store.package(ref.sha256)
+    shutil.copy(store.path(other.sha256), tmp_path / "swap.rpm")
+    os.replace(tmp_path / "swap.rpm", path)  # another package under the same name
+    assert not read.unchanged()
+    with read.opened_again() as pkg:
+        assert pkg.nevra == store.package(other.sha256).nevra != read.nevra
+    with store.opened(ref.sha256) as pkg:
+        assert pkg.nevra != read.nevra
 
 
 def test_a_damaged_entry_is_forgotten_and_refetched(tmp_path: Path) -> None:
@@ -80,9 +117,9 @@ def test_a_store_that_remembers_nothing_checks_identity_from_the_header_alone(tm
     with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
         assert (ident.nevra, ident.epoch, ident.block_size, ident.header_sha256) == (
             pkg.nevra, pkg.epoch, pkg.block_size, pkg.header_sha256)
-    assert store.check_stored(ref, content=False)
+    assert store.check_stored(ref, content=False, keep=False) and not store.at_hand(ref.sha256)
     with pytest.raises(PackageError, match="does not match the manifest entry"):
-        store.check_stored(dataclasses.replace(ref, version="9.9"), content=False)
+        store.check_stored(dataclasses.replace(ref, version="9.9"), content=False, keep=False)
     store.path(ref.sha256).write_bytes(b"\0" * 200)  # not an extents RPM any more
-    assert not store.check_stored(ref, content=False)
+    assert not store.check_stored(ref, content=False, keep=False)
     assert not store.path(ref.sha256).exists()
