@@ -2,8 +2,11 @@
 
 A deploy also makes the deployment's root, its accounts and its rpm database, and an update
 merges /etc and updates the database incrementally. The deploy group's "deploy time, warm
-store" row against `cp -a --reflink=always` (target <= 1.5x) times a full deploy with all of
-it. This group adds the update target (the v2 deploy, /etc merge and incremental database
+store" row times a full deploy with all of it against `cp -a --reflink=always` of the /usr
+alone; this group's first row holds the same deploys (shared, run once) against
+`cp -a --reflink=always` of everything they made, the /usr and the root (target <= 1.5x),
+and the first of those full deploys, which hashes every store entry (deploy.storemarks
+spares the later ones). It adds the update target (the v2 deploy, /etc merge and incremental database
 update included, faster than `rpm -U` of the same packages) and the rpm database's share of
 each: the database timed alone, built the way the deploy builds it (deploy.rpmdb: the headers
 written into rpm's Packages table, rpm building the indexes; an update deletes and imports the
@@ -21,8 +24,15 @@ from pathlib import Path
 
 from benchmarks.context import Context
 from benchmarks.image import deployments
-from benchmarks.measure import Row, Target, Timing, median_timing, not_run, row
-from benchmarks.metrics_image import Deployed, deployed, rpm_update_timing
+from benchmarks.measure import Row, Target, Timing, median_timing, not_run, row, run_timed
+from benchmarks.metrics_image import (
+    Deployed,
+    WarmDeploys,
+    deployed,
+    published,
+    rpm_update_timing,
+    warm_deploys,
+)
 from deploy import rpmdb
 
 HEADERS = "lib/sysimage/packages"
@@ -49,10 +59,42 @@ def update_vs_rpm(ctx: Context) -> list[Row]:
                      f"(fetch from the published directory, verify, build); rpm: median of {ctx.runs}")]
 
 
+def full_deploy_vs_cp(ctx: Context) -> list[Row]:
+    """A full deploy of the whole system from a warm store (the deploy group's runs: /usr,
+    root, accounts, /etc merge, rpm database) against cp -a --reflink=always of what it made."""
+    metric = "full deploy incl. root, accounts, rpm db, warm store"
+    first_metric = "full deploy incl. root, accounts, rpm db, store entries hashed"
+    peer = "cp -a --reflink=always of the deployment's /usr and root"
+    pub = published(ctx)
+    if isinstance(pub, str):
+        return [not_run(metric, peer, None, "s", pub, Target("<=", 1.5)), not_run(first_metric, peer, None, "s", pub)]
+    warm = warm_deploys(ctx, pub)
+    default = next(d for d in deployments(ctx, warm.sysroot) if d.get("default"))
+    copies = iter(range(1_000_000))
+
+    def cp() -> Timing:
+        dst = warm.sysroot / f"cp-system-{next(copies)}"  # reflinks need the same filesystem
+        dst.mkdir()
+        return run_timed([["cp", "-a", "--reflink=always", default["path"], os.fspath(dst / "usr")],
+                          ["cp", "-a", "--reflink=always", default["root"], os.fspath(dst / "root")]])
+
+    cp_t = median_timing(ctx.runs, ctx.cache, cp)
+    note = (f"issue 11: the whole system; {ctx.cache.label}; median of {ctx.runs} (cp too); "
+            "the same packages published under new image names, deployed with --switch --full")
+    return [
+        row(metric, warm.median.seconds, peer, cp_t.seconds, "s", target=Target("<=", 1.5),
+            note=f"{note}; the store entries found unchanged since an earlier full deploy hashed them"),
+        row(first_metric, warm.first.seconds, peer, cp_t.seconds, "s",
+            note="one run: the first full deploy after v1, which hashes every stored package "
+                 "(and marks it, so the later ones need not)"),
+    ]
+
+
 def rpmdb_metrics(ctx: Context) -> list[Row]:
     f = deployed(ctx)
     full_metric, upd_metric = "rpm database, full build", "rpm database, incremental update"
-    warm: Timing | None = ctx.shared.get("warm deploy")
+    warm_deploys: WarmDeploys | None = ctx.shared.get("warm deploys")
+    warm = warm_deploys.median if warm_deploys is not None else None
     full_peer = ("the whole full deploy, warm store (same run)" if warm is not None
                  else "the whole first deploy (same run)")
     upd_peer = "the whole update deploy v2 onto v1 (same run)"

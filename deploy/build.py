@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -100,11 +100,12 @@ def build(
         if method == "full":
             builder = _full(system, m, store, path, progress, owners_root)
             written, kept = builder.stats.entries, 0
-        _package_database(path, m, base if method == "update" else None)
-        checkpoint("rpm database written")
         owner_ids = builder.owner_ids()
-        if seal is not None:
-            seal(path, kernel.subvolume_id(path), owner_ids)
+        # A new database's indexes are rpm's work, done while the seal merges /etc.
+        with _package_database(path, m, base if method == "update" else None):
+            if seal is not None:
+                seal(path, kernel.subvolume_id(path), owner_ids)
+        checkpoint("rpm database written")
     except BaseException:
         with contextlib.suppress(OSError):
             _discard(path)
@@ -133,8 +134,10 @@ def _discard(path: Path) -> None:
         kernel.subvolume_delete(path)
 
 
-def _package_database(path: Path, m: Image, base: DeploymentRecord | None) -> None:
-    """The tree's rpm database: base's (in the snapshot) changed where m differs, else new."""
+@contextlib.contextmanager
+def _package_database(path: Path, m: Image, base: DeploymentRecord | None) -> Iterator[None]:
+    """The tree's rpm database: base's (in the snapshot) changed where m differs, else new;
+    in place when the block ends (a new one's indexes are built while the block runs)."""
     headers = path / HEADER_DIR
     if base is not None:
         old = {p.sha256 for p in base.packages}
@@ -143,10 +146,13 @@ def _package_database(path: Path, m: Image, base: DeploymentRecord | None) -> No
         added = sorted({r.nvra for r in m.packages if r.sha256 not in old})
         try:
             rpmdb.update(path, gone, [headers / f"{n}.rpm" for n in added])
-            return
         except FileNotFoundError:
             log.info("deployment %s has no rpm database: building it from every header", base.id)
-    rpmdb.build(path, [headers / f"{r.nvra}.rpm" for r in m.packages])
+        else:
+            yield
+            return
+    with rpmdb.building(path, [headers / f"{r.nvra}.rpm" for r in m.packages]):
+        yield
 
 
 def _full(system: System, m: Image, store: Store, path: Path, progress: ProgressFn,

@@ -106,7 +106,7 @@ def installed_file_lists(usr: Path, known: Mapping[str, FileList],
                     st = os.fstat(f.fileno())
                     identity = (st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
                     files = read.get(identity) if read is not None else None
-                    if files is None:
+                    if files is None and known:  # nothing known (a full build's): no hashing
                         files = known.get(digest.file_digest(f, "sha256").hexdigest())
                     if files is None:
                         f.seek(0)

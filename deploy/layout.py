@@ -5,6 +5,7 @@
       lock                            flock()ed by the one mutating rpmimg; holds its pid
       usr-default.conf                kernel arguments selecting the default deployment's /usr
       store/<sha[:2]>/<sha256>.rpm    verified extents RPMs, content-addressed, read-only
+      store-checked.json              which store entries hashed right, as btrfs marks (mode 0600)
       deployments/<ID>/               one read-only subvolume per deployment: its /usr tree,
                                       with its own record in lib/sysimage/rpmimg/deployment.json
       roots/<ID>/                     one writable subvolume per deployment: its / (etc/, the
@@ -52,6 +53,11 @@ class Layout:
     @property
     def store(self) -> Path:
         return self.root / "store"
+
+    @property
+    def store_marks(self) -> Path:
+        """Marks of the store entries found intact (deploy.storemarks)."""
+        return self.root / "store-checked.json"
 
     @property
     def deployments(self) -> Path:

@@ -10,7 +10,9 @@ the headers written into its Packages table (one row each, streamed from the hea
 and `rpmdb --initdb` run again: rpm finds the indexes missing and builds them all from the
 Packages table (rpmdb.c, buildIndexes), with no transaction, file-set, dependency or fsync
 work. The cost follows the headers' bytes, and a package of 200,000 files needs little more
-memory than its header. The finished file is synced once.
+memory than its header. A full deploy makes the database in a thread while it merges /etc
+(building: sqlite and rpm, a process of its own, work outside the interpreter, on the other
+core). The finished file is synced once.
 
 An update starts from the previous deployment's database (the /usr snapshot holds it): a
 copy has the packages that went deleted by their record number in every table (those of the
@@ -34,6 +36,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -120,8 +123,8 @@ def _headers(header_files: Sequence[Path], install: Install) -> Iterator[Install
 
 
 def _fill(stage: Path, header_files: Sequence[Path], install: Install) -> None:
-    """A new database in stage recording header_files: rpm's schema, the headers written into
-    its Packages table, and every index built by rpm from them."""
+    """A new database in stage recording header_files in its Packages table: rpm's schema,
+    its index tables dropped (rpm builds them from the Packages table, see building)."""
     import sqlite3  # only where a database is written: `verify` reads it through rpm
 
     _rpmdb(stage, "--initdb")
@@ -137,7 +140,6 @@ def _fill(stage: Path, header_files: Sequence[Path], install: Install) -> None:
                     h.write(blob.write, magic=False)
     finally:
         conn.close()
-    _rpmdb(stage, "--initdb")  # "Generating 18 missing index(es)": rpm's own buildIndexes
 
 
 def _import(stage: Path, header_files: Sequence[Path], install: Install) -> None:
@@ -333,9 +335,35 @@ def _install() -> Install:
 
 def build(tree: Path, header_files: Sequence[Path]) -> None:
     """Make the database of tree from nothing, recording header_files."""
+    with building(tree, header_files):
+        pass
+
+
+@contextlib.contextmanager
+def building(tree: Path, header_files: Sequence[Path]) -> Iterator[None]:
+    """build(), made in a thread while the block runs (the headers written in by sqlite, the
+    indexes by rpm in a process of its own: mostly outside the interpreter); the database is
+    in place when the block ends, and its staging gone however it ends."""
     d = _db_dir(tree)
+    install = _install()
     with _staging(d) as stage:
-        _fill(stage, header_files, _install())
+        failed: list[BaseException] = []
+
+        def index() -> None:
+            try:
+                _fill(stage, header_files, install)
+                _rpmdb(stage, "--initdb")  # "Generating 18 missing index(es)": rpm's buildIndexes
+            except BaseException as e:  # handed to the thread that waits for it
+                failed.append(e)
+
+        indexing = threading.Thread(target=index, name="rpmdb-indexes")
+        indexing.start()
+        try:
+            yield
+        finally:
+            indexing.join()  # rpm is done with stage before it goes, whatever happened
+        if failed:
+            raise failed[0]
         _place(stage, d, len(header_files))
     for name in os.listdir(d):  # what an older rpmimg or rpm left beside the database
         if name != DB_FILE and not name.startswith(_STAGE):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from deploy.dedupindex import DigestIndex, StoredExtent
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
+from deploy.storemarks import StoreMarks
 from host import kernel
 from host.digest import sha256_file
 from rpmextents import ExtentsPackage, Keyring
@@ -29,6 +30,7 @@ from rpmextents.extract import NO_REFLINK
 from rpmextents.files import FileList
 from rpmextents.header import STRONG_HASH_ALGOS
 from rpmextents.index import align_up
+from rpmextents.package import PackageIdentity, read_identity
 
 if TYPE_CHECKING:  # a type only: `status` and `rollback` load the store without the manifest model
     from imagespec.manifest import ManifestPackage
@@ -39,17 +41,22 @@ __all__ = ["Store", "StoredExtent"]
 
 # Bytes at the start of an entry read ahead by prefetch: most packages' header and index.
 PREFETCH = 256 << 10
+# Threads hashing store entries at once (no more than there are cores).
+HASH_WORKERS = 4
 
 
 class Store:
     """Content-addressed extents RPMs under one directory."""
 
-    def __init__(self, root: Path, *, remember: bool = False) -> None:
+    def __init__(self, root: Path, *, remember: bool = False, marks: Path | None = None) -> None:
         """remember: keep each package's header and file list once read (an update reads
         every stored package of the old and the new image several times over). Without,
         the last one read is kept: a full build of one large package reads it for its
-        identity check, its file list, its accounts and its extraction, one after another."""
+        identity check, its file list, its accounts and its extraction, one after another.
+        marks: the file of deploy.storemarks, which damaged_entries then reads and keeps."""
         self.root = root
+        self._marks_path = marks
+        self._marks: StoreMarks | None = None
         self._index: DigestIndex | None = None
         self._index_lock = threading.Lock()
         self._read: dict[str, ExtentsPackage] | None = {} if remember else None
@@ -143,25 +150,57 @@ class Store:
         except OSError:
             return True
 
-    def check_stored(self, ref: ManifestPackage, content: bool) -> bool:
+    def damaged_entries(self, shas: Iterable[str]) -> set[str]:
+        """The entries of shas (all present) that no longer hash to their names. With marks,
+        an entry the filesystem shows unchanged since it last hashed right is not read again,
+        and those hashed now are marked. Hashing runs on up to HASH_WORKERS threads."""
+        wanted = list(dict.fromkeys(shas))
+        if not wanted:
+            return set()
+        if self._marks_path is None:
+            return self._hash_damaged(wanted)
+        if self._marks is None:
+            self._marks = StoreMarks(self._marks_path, self.root)
+        found = self._marks.check({sha: self.path(sha) for sha in wanted}, self._hash_damaged)
+        self._marks.save(self.has)
+        return found
+
+    def _hash_damaged(self, shas: list[str]) -> set[str]:
+        workers = min(HASH_WORKERS, os.cpu_count() or 1, len(shas))
+        if workers <= 1:
+            return {sha for sha in shas if self.damaged(sha)}
+        from concurrent.futures import ThreadPoolExecutor  # its machinery only when used
+
+        # hashlib lets go of the GIL while it hashes: the threads use every core.
+        with ThreadPoolExecutor(workers) as pool:
+            return {sha for sha, bad in zip(shas, pool.map(self.damaged, shas), strict=True) if bad}
+
+    def check_stored(self, ref: ManifestPackage, content: bool, keep: bool = True) -> bool:
         """Check a package already in the store against its manifest entry: identity always
         (PackageError when the manifest names it as something else), the whole content
-        with content. A damaged entry is removed and False returned: fetch it again."""
+        with content. A damaged entry is removed and False returned: fetch it again.
+        Without keep, where nothing is remembered, the identity comes from the header alone
+        (rather than a read of the whole file list that the store would keep as the last)."""
         try:
-            _check_identity(ref, self.package(ref.sha256))
+            _check_identity(ref, self.package(ref.sha256) if self.remembers or keep
+                            else read_identity(self.path(ref.sha256)))
         except (PackageError, ExtentsError) as e:
             self.forget(ref.sha256)
             if not self.damaged(ref.sha256):
                 # The entry is what its sha256 names: the manifest lies about it.
                 raise PackageError(f"{ref.nevra}: refused: the stored package with its sha256"
                                    f" does not match the manifest entry: {e}") from e
-            content = True
-        if content and self.damaged(ref.sha256):
-            log.warning("%s: store entry %s is damaged; fetching it again", ref.nevra,
-                        self.path(ref.sha256))
-            self.remove(ref.sha256)
+            self.discard_damaged(ref)
+            return False
+        if content and ref.sha256 in self.damaged_entries([ref.sha256]):
+            self.discard_damaged(ref)
             return False
         return True
+
+    def discard_damaged(self, ref: ManifestPackage) -> None:
+        """Remove an entry found damaged (damaged_entries), to be fetched again."""
+        log.warning("%s: store entry %s is damaged; fetching it again", ref.nevra, self.path(ref.sha256))
+        self.remove(ref.sha256)
 
     def _content_index(self) -> DigestIndex:
         """Every stored file's data by (digest algorithm, digest); read once, then kept up to date."""
@@ -339,7 +378,7 @@ def _copy_bytes(src: int, dst: int, offset: int, length: int) -> None:
         offset += os.pwrite(dst, chunk, offset)
 
 
-def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage) -> None:
+def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage | PackageIdentity) -> None:
     if (pkg.name, pkg.version, pkg.release, pkg.arch) != (
         ref.name, ref.version, ref.release, ref.arch,
     ) or pkg.epoch != ref.epoch:

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import DeploymentError
+from deploy.headers import read_prefix_at
 from deploy.store import Store
 from host.run import CommandError, run
 from rpmextents import ExtentsPackage
 from rpmextents.accounts import accounts_without_sysusers, sysusers_entries
+from rpmextents.filelist import header_files
+from rpmextents.nevra import nevra_of
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +43,20 @@ def image_config(store: Store, sha256s: Iterable[str]) -> tuple[dict[str, bytes]
     found: dict[str, bytes] = {}
     by_scriptlet = []
     for sha in dict.fromkeys(sha256s):
-        pkg = store.package(sha)
-        entries = pkg.entries()
-        if accounts_without_sysusers(pkg.header, entries):
-            by_scriptlet.append(pkg.nevra)
-        wanted = [e for e in sysusers_entries(entries) if e.extent is not None and e.size <= MAX_CONFIG]
-        if not wanted:
+        if store.remembers or store.at_hand(sha):
+            pkg = store.package(sha)
+            header, entries, nevra = pkg.header, pkg.entries(), pkg.nevra
+        else:  # the header alone: only a package with sysusers.d files is opened whole
+            header = read_prefix_at(store.path(sha)).header
+            entries, nevra = header_files(header), str(nevra_of(header))
+        if accounts_without_sysusers(header, entries):
+            by_scriptlet.append(nevra)
+        if not any(e.size <= MAX_CONFIG for e in sysusers_entries(entries)):
             continue
         with ExtentsPackage.open(store.path(sha)) as data:
-            for e in wanted:
-                assert e.extent is not None
-                found[os.path.basename(e.path)] = b"".join(data.read_extent(e.extent))[: e.size]
+            for e in sysusers_entries(data.entries()):
+                if e.extent is not None and e.size <= MAX_CONFIG:
+                    found[os.path.basename(e.path)] = b"".join(data.read_extent(e.extent))[: e.size]
     return found, sorted(by_scriptlet)
 
 

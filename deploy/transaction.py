@@ -218,15 +218,20 @@ def _missing(store: Store, signed: SignedManifest, current: State, full: bool) -
     in_base = {p.sha256 for p in base.packages} if base is not None else set()
     if not full:
         store.prefetch(r.sha256 for r in signed.manifest.packages)
-    wanted: dict[str, ManifestPackage] = {}
+    refs: dict[str, ManifestPackage] = {}
     for ref in signed.manifest.packages:
-        if ref.sha256 in wanted:
-            continue
-        if not store.has(ref.sha256) or not store.check_stored(
-            ref, content=full or ref.sha256 not in in_base
-        ):
-            wanted[ref.sha256] = ref
-    return list(wanted.values())
+        refs.setdefault(ref.sha256, ref)
+    stored = [r for r in refs.values() if store.has(r.sha256)]
+    # The content of all of them at once: marks spare the unchanged ones (deploy.storemarks).
+    damaged = store.damaged_entries(r.sha256 for r in stored if full or r.sha256 not in in_base)
+    for ref in stored:
+        if ref.sha256 in damaged:
+            store.discard_damaged(ref)
+    # The last one read whole stays at hand for the build (all of a one-package image's reads);
+    # of the others, only the headers.
+    last = next((r.sha256 for r in reversed(stored) if r.sha256 not in damaged), None)
+    return [r for r in refs.values() if not store.has(r.sha256)
+            or not store.check_stored(r, content=False, keep=r.sha256 == last)]
 
 
 def fetch_into_store(
@@ -379,14 +384,15 @@ def _fetch_and_build(
     m, layout = signed.manifest, system.layout
     check_all = False
     while True:
-        store = Store(layout.store, remember=not check_all and not _builds_in_full(current, options))
+        store = Store(layout.store, remember=not check_all and not _builds_in_full(current, options),
+                      marks=layout.store_marks)
         with _phase(system, current, "fetching the packages of", m, layout.downloads):
             stored = fetch_into_store(system, signed, current, options, progress, check_all, store)
         with _phase(system, current, "building", m, layout.staging / f"build-{current.next_id}"):
             tree = build_tree(system, signed, current, options, progress, store)
         if check_all or tree.built.method != "full" or _builds_in_full(current, options):
             return stored, tree
-        if not any(store.damaged(sha) for sha in {r.sha256 for r in m.packages}):
+        if not store.damaged_entries(r.sha256 for r in m.packages):
             return stored, tree
         log.warning("a store entry the full build read is damaged; building again from refetched packages")
         from deploy.lifecycle import recover

@@ -112,15 +112,22 @@ BTRFS_IOC_SUBVOL_SETFLAGS = _IOW(BTRFS_IOCTL_MAGIC, 26, U64.size)
 # flags, three uuids, ctransid, otransid, stransid, rtransid, four timespecs, reserved[8]
 BTRFS_SUBVOL_INFO = struct.Struct("=Q256sQQQQ16s16s16sQQQQ64s64s")
 BTRFS_IOC_GET_SUBVOL_INFO = _IOR(BTRFS_IOCTL_MAGIC, 60, BTRFS_SUBVOL_INFO.size)
+# struct btrfs_ioctl_search_key: tree_id, min/max objectid, min/max offset, min/max transid,
+# min/max type, nr_items, unused, unused1-4; the search args v2 add buf_size, then the buffer
+BTRFS_SEARCH_KEY = struct.Struct("=QQQQQQQIIII32x")
+BTRFS_SEARCH_HEADER = struct.Struct("=QQQII")  # transid, objectid, offset, type, len
+BTRFS_IOC_TREE_SEARCH_V2 = _IOWR(BTRFS_IOCTL_MAGIC, 17, BTRFS_SEARCH_KEY.size + U64.size)
 # Requests only btrfs answers (FICLONE and friends began as btrfs ioctls but are generic now).
 _BTRFS_ONLY = frozenset({
-    BTRFS_IOC_SUBVOL_CREATE, BTRFS_IOC_SNAP_DESTROY, BTRFS_IOC_INO_LOOKUP,
+    BTRFS_IOC_SUBVOL_CREATE, BTRFS_IOC_SNAP_DESTROY, BTRFS_IOC_INO_LOOKUP, BTRFS_IOC_TREE_SEARCH_V2,
     BTRFS_IOC_SNAP_CREATE_V2, BTRFS_IOC_SUBVOL_GETFLAGS, BTRFS_IOC_SUBVOL_SETFLAGS,
 })
 
 # linux/btrfs_tree.h
 BTRFS_FS_TREE_OBJECTID = 5
 BTRFS_FIRST_FREE_OBJECTID = 256
+BTRFS_INODE_ITEM_KEY = 1
+BTRFS_EXTENT_DATA_KEY = 108
 
 # linux/magic.h
 BTRFS_SUPER_MAGIC = 0x9123683E
@@ -128,6 +135,16 @@ BTRFS_SUPER_MAGIC = 0x9123683E
 
 class RangesDifferError(OSError):
     """FIDEDUPERANGE refused because the two ranges do not hold the same bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class TreeItem:
+    """One item of a btrfs tree as BTRFS_IOC_TREE_SEARCH_V2 returns it: its key and its bytes."""
+
+    objectid: int
+    type: int
+    offset: int
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -426,6 +443,55 @@ def subvolume_generation(path: StrPath) -> tuple[int, int]:
         _ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, arg, os.fspath(path))
         fields = BTRFS_SUBVOL_INFO.unpack(arg)
         return int(fields[4]), int(fields[9])
+
+
+_SEARCH_BUFFER = 16 << 10  # about 190 file extent items a search; grown for a larger item
+_U64_MAX = (1 << 64) - 1
+
+
+def inode_items(fd: int, last_type: int = BTRFS_EXTENT_DATA_KEY) -> list[TreeItem]:
+    """The items keyed by the inode open on fd in its subvolume's tree, from its inode item
+    (BTRFS_INODE_ITEM_KEY) up to the type last_type (file extents by default), in key order
+    (BTRFS_IOC_TREE_SEARCH_V2; needs CAP_SYS_ADMIN).
+
+    The tree as it is now: updates of a transaction not yet committed may not show in it
+    yet (btrfs delays inode items), so sync the filesystem first to see every change."""
+    ino = os.fstat(fd).st_ino
+    items: list[TreeItem] = []
+    min_type, min_offset = BTRFS_INODE_ITEM_KEY, 0
+    size = _SEARCH_BUFFER
+    arg = bytearray(BTRFS_SEARCH_KEY.size + U64.size + size)
+    while True:
+        # tree_id 0: the tree holding fd; every transid; as many items as fit
+        BTRFS_SEARCH_KEY.pack_into(arg, 0, 0, ino, ino, min_offset, _U64_MAX, 0, _U64_MAX,
+                                   min_type, last_type, 0xFFFFFFFF, 0)
+        U64.pack_into(arg, BTRFS_SEARCH_KEY.size, size)
+        try:
+            _ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, arg)
+        except OSError as e:
+            # The next item alone does not fit: the kernel says how large a buffer it needs.
+            needed = U64.unpack_from(arg, BTRFS_SEARCH_KEY.size)[0]
+            if e.errno != errno.EOVERFLOW or needed <= size or needed > 16 << 20:
+                raise
+            size = needed
+            arg = bytearray(BTRFS_SEARCH_KEY.size + U64.size + size)
+            continue
+        found = BTRFS_SEARCH_KEY.unpack_from(arg, 0)[9]
+        pos = BTRFS_SEARCH_KEY.size + U64.size
+        for _ in range(found):
+            _, objectid, offset, type_, length = BTRFS_SEARCH_HEADER.unpack_from(arg, pos)
+            pos += BTRFS_SEARCH_HEADER.size
+            items.append(TreeItem(objectid, type_, offset, bytes(arg[pos:pos + length])))
+            pos += length
+        if found == 0:
+            return items
+        last = items[-1]
+        if last.offset < _U64_MAX:
+            min_type, min_offset = last.type, last.offset + 1
+        elif last.type < last_type:
+            min_type, min_offset = last.type + 1, 0
+        else:
+            return items
 
 
 def is_subvolume(path: StrPath) -> bool:

@@ -79,13 +79,19 @@ def package_files(path: str | os.PathLike[str]) -> Iterator[tuple[str, int]]:
 
     Much cheaper than the full file list of an ExtentsPackage: no index, no Entry objects.
     """
+    files = header_file_list(path)
+    return zip(files.paths(), files.modes, strict=True)
+
+
+def header_file_list(path: str | os.PathLike[str]) -> FileList:
+    """The file list of any RPM, original or extents, from its header alone: every
+    entry's metadata, no data extents (an extents RPM's index is not read)."""
     with open(path, "rb") as f:
         header = read_prefix(f).header
     try:
-        files = header_files(header)
+        return header_files(header)
     except FormatError as e:
         raise FormatError(f"{os.fspath(path)}: {e}") from e
-    return zip(files.paths(), files.modes, strict=True)
 
 
 def package_db_path(files: Iterable[tuple[str, int]]) -> tuple[str, str] | None:

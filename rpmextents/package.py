@@ -78,6 +78,37 @@ class _Sequential:
         return out
 
 
+@dataclass(frozen=True)
+class PackageIdentity:
+    """What names an extents RPM and its layout, from its header and index head alone."""
+
+    name: str
+    epoch: int | None
+    version: str
+    release: str
+    arch: str
+    nevra: str
+    block_size: int
+    header_sha256: str
+
+
+def read_identity(path: str | os.PathLike[str]) -> PackageIdentity:
+    """The identity of the extents RPM at path, without reading its file entries (FormatError
+    names the file); ExtentsPackage.open checks the rest."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        prefix = read_prefix(_FileReader(fd))  # type: ignore[arg-type]
+        end = prefix.header_end
+        block_size = parse_head(os.pread(fd, HEAD.size, end), end, os.fstat(fd).st_size)[0]
+        ident = nevra_of(prefix.header)
+    except ExtentsError as e:
+        raise type(e)(f"{os.fspath(path)}: {e}") from e
+    finally:
+        os.close(fd)
+    return PackageIdentity(ident.name, ident.epoch, ident.version, ident.release, ident.arch,
+                           str(ident), block_size, prefix.sha256())
+
+
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 

@@ -222,7 +222,7 @@ def test_kill9_at_every_checkpoint_then_state_lost(sysroot: Path, images: Images
     booted = _ids(sysroot, images.v1, key=images.key)[0]
     log = tmp_path / "checkpoints"
     # v1's packages again, all in the store: a sweep of it reaches every build checkpoint.
-    again = _variant(images, tmp_path, "again", lambda m: m.update(version="20300101.1"))
+    again = publish(tmp_path / "again", "demo", "20300101.1", list(images.v2_rpms), images.key)
     with _booted(sysroot, booted) as usr:
         marker = usr / "lib/sysimage/packages/sizes-1.0-1.x86_64.rpm"
         fetch_heavy = _sweep(sysroot, images.v2, images, older, log)  # an update
@@ -377,6 +377,27 @@ def test_update_falling_back_to_a_full_build_does_not_build_store_damage_in(
     assert entry.read_bytes() == clean
     assert rpmimg("verify", "--sysroot", sysroot).code == 0
     assert sorted(os.listdir(sysroot / "@rpmimg/deployments")) == ["1", str(new["deployment"]["id"])]
+
+
+def test_a_store_entry_changed_after_it_was_marked_is_found_and_refetched(
+    sysroot: Path, images: Images, tmp_path: Path
+) -> None:
+    """A full build hashes the store entries no mark vouches for and marks them
+    (deploy.storemarks); one changed since, size and times kept, is hashed again and refetched."""
+    _ids(sysroot, images.v1, key=images.key)
+    deploy(sysroot, images.v2, images.key, "--full")
+    entry = _store_entry(sysroot, "bulk")  # in both images
+    marks = json.loads((sysroot / "@rpmimg/store-checked.json").read_text())["marks"]
+    assert entry.stem in marks
+    clean = entry.read_bytes()
+    st = entry.stat()
+    _flip(entry, st.st_size // 2)
+    os.utime(entry, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = publish(tmp_path / "again", "demo", "20300101.1", list(images.v2_rpms), images.key)
+    new = deploy(sysroot, again, images.key, "--full").json()
+    assert new["build"] == "full" and new["fetched"] == 1 and entry.read_bytes() == clean
+    assert rpmimg("verify", "--sysroot", sysroot, "--store").code == 0
+    assert rpmimg("verify", "--sysroot", sysroot).code == 0
 
 
 def _variant(images: Images, tmp_path: Path, name: str, change: Callable[[dict[str, Any]], Any],

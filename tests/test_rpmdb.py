@@ -254,6 +254,23 @@ def test_leftovers_of_an_interrupted_run_are_cleared(headers: dict[str, Path], t
     assert rpmdb.installed(tree) == sorted(headers)
 
 
+def test_a_database_built_while_the_caller_works_is_in_place_when_it_is_done(
+    headers: dict[str, Path], tmp_path: Path
+) -> None:
+    tree = _tree(tmp_path, "tree")
+    d = tree / rpmdb.DB_DIR
+    with rpmdb.building(tree, sorted(headers.values())):
+        assert not (d / rpmdb.DB_FILE).exists()  # rpm still building it, aside
+        work = tmp_path / "merged"
+        work.write_text("the caller's own work meanwhile")
+    assert os.listdir(d) == [rpmdb.DB_FILE]
+    assert rpmdb.installed(tree) == sorted(headers)
+    with pytest.raises(RuntimeError, match="merge failed"), rpmdb.building(tree, sorted(headers.values())):
+        raise RuntimeError("merge failed")
+    assert os.listdir(d) == [rpmdb.DB_FILE]  # the previous one, nothing beside it
+    assert rpmdb.installed(tree) == sorted(headers)
+
+
 def test_the_database_directory_must_be_inside_the_tree(headers: dict[str, Path], tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "lib").mkdir(parents=True)

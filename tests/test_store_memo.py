@@ -3,17 +3,20 @@ list are parsed once, and an entry found damaged or removed is never answered fr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from deploy.errors import PackageError
 from deploy.store import Store
 from fixtures.build import fixture_packages
 from host.digest import sha256_file
 from imagespec.manifest import ManifestPackage
 from rpmextents import ExtentsPackage, transcode
+from rpmextents.package import read_identity
 
 
 def _stored(store: Store, tmp_path: Path, name: str) -> ManifestPackage:
@@ -105,3 +108,18 @@ def test_an_entry_whose_header_no_longer_reads_is_removed_and_not_remembered(tmp
     assert not path.exists()
     with pytest.raises(FileNotFoundError):
         store.package(ref.sha256)
+
+
+def test_a_store_that_remembers_nothing_checks_identity_from_the_header_alone(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    ref = _stored(store, tmp_path, "owners")
+    ident = read_identity(store.path(ref.sha256))
+    with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
+        assert (ident.nevra, ident.epoch, ident.block_size, ident.header_sha256) == (
+            pkg.nevra, pkg.epoch, pkg.block_size, pkg.header_sha256)
+    assert store.check_stored(ref, content=False, keep=False) and not store.at_hand(ref.sha256)
+    with pytest.raises(PackageError, match="does not match the manifest entry"):
+        store.check_stored(dataclasses.replace(ref, version="9.9"), content=False, keep=False)
+    store.path(ref.sha256).write_bytes(b"\0" * 200)  # not an extents RPM any more
+    assert not store.check_stored(ref, content=False, keep=False)
+    assert not store.path(ref.sha256).exists()
