@@ -150,16 +150,21 @@ def _overwrite_as_root(e: Entries) -> None:
         f.write(bytes([byte ^ 0xFF]))
 
 
-def _truncate_and_rewrite(e: Entries) -> None:
-    st = e.path.stat()
-    data = bytearray(e.path.read_bytes())
-    data[-1] ^= 1
-    e.path.chmod(0o644)
-    with open(e.path, "r+b") as f:
+def _rewrite_keeping_times(path: Path, data: bytes) -> None:
+    """Truncate path and write data into it, its mode and times put back as they were."""
+    st = path.stat()
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
         f.truncate(0)
         f.write(data)
-    e.path.chmod(0o444)
-    os.utime(e.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    path.chmod(0o444)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _truncate_and_rewrite(e: Entries) -> None:
+    data = bytearray(e.path.read_bytes())
+    data[-1] ^= 1
+    _rewrite_keeping_times(e.path, bytes(data))
 
 
 def _clone_into(e: Entries) -> None:
@@ -206,14 +211,7 @@ def _extent_items(path: Path) -> list[kernel.TreeItem]:
 
 
 def _same_bytes_rewritten(e: Entries) -> None:
-    data = e.path.read_bytes()
-    st = e.path.stat()
-    e.path.chmod(0o644)
-    with open(e.path, "r+b") as f:
-        f.truncate(0)
-        f.write(data)
-    e.path.chmod(0o444)
-    os.utime(e.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _rewrite_keeping_times(e.path, e.path.read_bytes())
 
 
 def _same_bytes_cloned_in(e: Entries) -> None:
