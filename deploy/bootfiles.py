@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # at run time only fetch() needs them: `status` reads boot st
     from imagespec.manifest import BootFile, ImageManifest
 
 _KVER = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+~-]{0,127}$")
-_SHA = re.compile(r"^[0-9a-f]{64}$")
 RECORD_LIMIT = 64 << 10
 
 
@@ -71,7 +70,7 @@ def _valid(k: KernelFiles, what: str) -> KernelFiles:
     if not _KVER.match(k.version):
         raise DeployError(f"{what}: kernel version {k.version!r} is not a plain name")
     for sha, size in k.files().items():
-        if not _SHA.match(sha) or not 0 < size < (1 << 32):
+        if not digest.is_sha256_hex(sha) or not 0 < size < (1 << 32):
             raise DeployError(f"{what}: kernel {k.version}: bad sha256 or size")
     return k
 

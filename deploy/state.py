@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeploymentError, StateError
+from host.digest import is_sha256_hex
 from host.files import write_atomically
 
 FORMAT = 1
@@ -96,7 +97,6 @@ class State:
         )
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _ID = re.compile(r"[1-9][0-9]{0,8}")
 
 
@@ -134,7 +134,7 @@ def _package_from(value: Any, where: str) -> PackageRecord:
     epoch = _get(data, "epoch", (int, type(None)), where)
     sha256 = _get(data, "sha256", str, where)
     header_sha256 = _get(data, "header_sha256", str, where)
-    if not _HEX64.fullmatch(sha256) or not _HEX64.fullmatch(header_sha256):
+    if not is_sha256_hex(sha256) or not is_sha256_hex(header_sha256):
         raise StateError(f"{where}: sha256 and header_sha256 should be 64 hex digits")
     return PackageRecord(
         name=_get(data, "name", str, where), epoch=epoch, version=_get(data, "version", str, where),

@@ -63,10 +63,6 @@ _INODE_ITEM_SIZE = 160
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def _hex64(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-
-
 def fingerprint(path: Path) -> str | None:
     """The digest of the btrfs items that say what the regular file at path holds (without
     following a symlink), or None when they can't vouch for it: not btrfs, no privilege to
@@ -134,7 +130,7 @@ class StoreMarks:
             data = None
         marks = data.get("marks") if isinstance(data, dict) and data.get("format") == FORMAT else None
         if (len(raw) > MAX_BYTES or not isinstance(marks, dict)
-                or not all(_hex64(k) and _hex64(v) for k, v in marks.items())):
+                or not all(digest.is_sha256_hex(k) and digest.is_sha256_hex(v) for k, v in marks.items())):
             log.warning("%s: ignored (not a store marks file)", self.path)
             return {}
         return marks

@@ -17,6 +17,7 @@ import functools
 import importlib
 import io
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from typing import Any, Protocol
 
 BUILTIN_BUDGET = 16 << 20  # bytes this process hashes before libcrypto is worth its memory
 CHUNK = 1 << 18  # as hashlib.file_digest reads
+# A sha256 as rpmimg names and records it: 64 lowercase hex digits (use fullmatch).
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 # hashlib name -> (module, constructor) of CPython's built-in implementation, newest first
 _BUILTIN = {
@@ -106,3 +109,8 @@ def blake2b(data: bytes, *, digest_size: int, key: bytes) -> bytes:
 @functools.cache
 def _blake2() -> Any:
     return importlib.import_module("_blake2")
+
+
+def is_sha256_hex(value: object) -> bool:
+    """Whether value is a sha256 as rpmimg writes one (SHA256_HEX, the whole string)."""
+    return isinstance(value, str) and SHA256_HEX.fullmatch(value) is not None

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from host.digest import SHA256_HEX
 from imagespec.errors import ManifestError
 from rpmextents.index import block_size_problem
 from rpmextents.nevra import Nevra
 
 FORMAT = 1
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 # rpm allows more, but a name that is a file name component is all the client needs.
 _NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+~^-]*")
 _EVR_PART = re.compile(r"[A-Za-z0-9._+~^]+")
@@ -226,12 +226,12 @@ def _zstd(obj: Mapping[str, Any], where: str, key: str = "zstd") -> ZstdCopy | N
     table_size = table_sha256 = None
     if "table_size" in z or "table_sha256" in z:
         table_size = _size(z, "table_size", where)
-        table_sha256 = _matching(z, "table_sha256", _HEX64, where)
+        table_sha256 = _matching(z, "table_sha256", SHA256_HEX, where)
         if not 0 < table_size < size:
             raise ManifestError(f"{where}: table_size {table_size} does not fit the {size}-byte file")
     return ZstdCopy(
         location=_field(z, "location", str, where),
-        sha256=_matching(z, "sha256", _HEX64, where),
+        sha256=_matching(z, "sha256", SHA256_HEX, where),
         size=size, table_size=table_size, table_sha256=table_sha256,
     )
 
@@ -254,9 +254,9 @@ def _package(obj: Any, index: int, manifest_block_size: int) -> ManifestPackage:
         version=_matching(obj, "version", _EVR_PART, where),
         release=_matching(obj, "release", _EVR_PART, where),
         arch=_matching(obj, "arch", _NAME, where),
-        sha256=_matching(obj, "sha256", _HEX64, where),
+        sha256=_matching(obj, "sha256", SHA256_HEX, where),
         size=_size(obj, "size", where),
-        header_sha256=_matching(obj, "header_sha256", _HEX64, where),
+        header_sha256=_matching(obj, "header_sha256", SHA256_HEX, where),
         block_size=block_size,
         source_checksum=_matching(obj, "source_checksum", _CHECKSUM, where),
         source_size=_size(obj, "source_size", where),
@@ -294,7 +294,7 @@ def _boot_file(obj: Mapping[str, Any], key: str, where: str) -> BootFile:
     size = _size(f, "size", where)
     if size == 0 or size > MAX_BOOT_FILE:
         raise ManifestError(f"{where}: field 'size' {size} is not the size of a {key}")
-    return BootFile(location=location, sha256=_matching(f, "sha256", _HEX64, where), size=size)
+    return BootFile(location=location, sha256=_matching(f, "sha256", SHA256_HEX, where), size=size)
 
 
 def _boot(obj: Mapping[str, Any], where: str) -> tuple[BootEntry, ...]:
@@ -313,7 +313,7 @@ def _boot(obj: Mapping[str, Any], where: str) -> tuple[BootEntry, ...]:
         at = f"{where}: boot entry {kver}"
         entries.append(BootEntry(kernel_version=kver, kernel=_boot_file(b, "kernel", at),
                                  initrd=_boot_file(b, "initrd", at),
-                                 inputs=_matching(b, "inputs", _HEX64, at)))
+                                 inputs=_matching(b, "inputs", SHA256_HEX, at)))
     versions = [e.kernel_version for e in entries]
     if len(set(versions)) != len(versions):
         raise ManifestError(f"{where}: a kernel version is listed twice in 'boot'")
@@ -393,7 +393,7 @@ def parse(data: bytes, where: str = "manifest") -> ImageManifest:
         version=_matching(obj, "version", _EVR_PART, where),
         arch=_matching(obj, "arch", _NAME, where),
         created=_field(obj, "created", str, where),
-        inputs_sha256=_matching(obj, "inputs_sha256", _HEX64, where),
+        inputs_sha256=_matching(obj, "inputs_sha256", SHA256_HEX, where),
         block_size=block_size,
         packages=packages,
         report=_report(obj, where),
