@@ -93,7 +93,13 @@ class Store:
         """Whether package(sha256) would answer without reading the entry."""
         if self._read is not None:
             return sha256 in self._read
-        return self._last is not None and self._last[0] == sha256 and self._last[1].unchanged()
+        return self._last_read(sha256) is not None
+
+    def _last_read(self, sha256: str) -> ExtentsPackage | None:
+        """The package last read, kept without remember, if it is sha256's and unchanged."""
+        if self._last is not None and self._last[0] == sha256 and self._last[1].unchanged():
+            return self._last[1]
+        return None
 
     def forget(self, sha256: str) -> None:
         """Drop what was remembered of an entry (read it again when next asked)."""
@@ -124,8 +130,8 @@ class Store:
         unless it was the last one read and its file has not changed since."""
         if self._read is not None and sha256 in self._read:
             return self._read[sha256]
-        if self._last is not None and self._last[0] == sha256 and self._last[1].unchanged():
-            return self._last[1]
+        if (last := self._last_read(sha256)) is not None:
+            return last
         self._last = None  # let go of it before the next one is read
         with ExtentsPackage.open(self.path(sha256)) as pkg:
             pass
