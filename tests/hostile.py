@@ -261,3 +261,16 @@ needs_repo_tools = pytest.mark.skipif(
     any(shutil.which(t) is None for t in REPO_TOOLS), reason=f"needs {', '.join(REPO_TOOLS)}"
 )
 
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Invert the byte at offset of path in place (a read-only file made writable for it,
+    its mode put back after)."""
+    mode = path.stat().st_mode
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    path.chmod(mode)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from deploytools import V0, V1, V2, Images, Result, deploy, rpmimg, state_of
+from hostile import flip_byte
 from imagepub import publish, sign_file
 from servers import http_server
 
@@ -277,17 +278,6 @@ def _writable(tree: Path) -> Iterator[Path]:
         kernel.subvolume_set_readonly(tree, True)
 
 
-def _flip(path: Path, offset: int) -> None:
-    mode = path.stat().st_mode
-    path.chmod(0o644)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    path.chmod(mode)
-
-
 def test_verify_takes_packages_from_the_record_not_the_tree(sysroot: Path, images: Images) -> None:
     d = _ids(sysroot, images.v1, key=images.key)[0]
     tree = sysroot / "@rpmimg/deployments" / d
@@ -295,10 +285,10 @@ def test_verify_takes_packages_from_the_record_not_the_tree(sysroot: Path, image
     with _writable(tree):
         # Hide the tampering of a file by deleting its package's header file...
         (headers / "sizes-1.0-1.x86_64.rpm").unlink()
-        _flip(tree / SIZES_FILE, 10)
+        flip_byte(tree / SIZES_FILE, 10)
         os.utime(tree / SIZES_FILE, (1_600_004_097, 1_600_004_097))
         # ...alter another header, and add one for a package the deployment does not have.
-        _flip(headers / "modes-1.0-1.x86_64.rpm", 200)
+        flip_byte(headers / "modes-1.0-1.x86_64.rpm", 200)
         shutil.copy(headers / "bulk-1.0-1.x86_64.rpm", headers / "evil-1.0-1.x86_64.rpm")
     r = rpmimg("verify", "--sysroot", sysroot, "--json", check=False)
     assert r.code == 1
@@ -326,7 +316,7 @@ def test_damaged_store_entry_is_found_and_refetched(sysroot: Path, images: Image
     _ids(sysroot, images.v1, key=images.key)
     entry = _store_entry(sysroot, "bulk")
     clean = entry.read_bytes()
-    _flip(entry, entry.stat().st_size // 2)  # inside a file's data
+    flip_byte(entry, entry.stat().st_size // 2)  # inside a file's data
     r = rpmimg("verify", "--sysroot", sysroot, "--store", check=False)
     assert r.code == 1 and f"damaged  {entry}" in r.out and "1 damaged" in r.out
     # A full build does not build the damage in: the entry is fetched again first.
@@ -338,9 +328,9 @@ def test_damaged_store_entry_is_found_and_refetched(sysroot: Path, images: Image
     # --repair does not re-extract damage either.
     tree = sysroot / "@rpmimg/deployments" / str(new["deployment"]["id"])
     entry = _store_entry(sysroot, "sizes")
-    _flip(entry, entry.stat().st_size - 4096 - 10)
+    flip_byte(entry, entry.stat().st_size - 4096 - 10)
     with _writable(tree):
-        _flip(tree / SIZES_FILE, 10)
+        flip_byte(tree / SIZES_FILE, 10)
     fixed = rpmimg("verify", "--sysroot", sysroot, "--repair", "--keyring", images.key.public,
                    "--json").json()
     assert fixed["mismatches"] == [] and fixed["repaired"] == ["/usr/share/sizes/size-4097"]
@@ -356,7 +346,7 @@ def test_update_reads_a_kept_package_afresh_and_refetches_it_when_changed(
     _ids(sysroot, images.v1, key=images.key)
     entry = _store_entry(sysroot, "bulk")  # kept by v2
     clean = entry.read_bytes()
-    _flip(entry, 100)  # in the signature header: the stored header no longer reads
+    flip_byte(entry, 100)  # in the signature header: the stored header no longer reads
     new = deploy(sysroot, images.v2, images.key).json()
     assert new["build"] == "update"
     assert entry.read_bytes() == clean
@@ -371,7 +361,7 @@ def test_update_falling_back_to_a_full_build_does_not_build_store_damage_in(
     _store_entry(sysroot, "empty").unlink()  # v2 drops "empty": the update can't be a delta
     entry = _store_entry(sysroot, "bulk")  # kept by v2, so not re-hashed before an update
     clean = entry.read_bytes()
-    _flip(entry, entry.stat().st_size // 2)
+    flip_byte(entry, entry.stat().st_size // 2)
     new = deploy(sysroot, images.v2, images.key).json()
     assert new["build"] == "full" and "no longer in the store" in str(new["full_reason"])
     assert entry.read_bytes() == clean
@@ -391,7 +381,7 @@ def test_a_store_entry_changed_after_it_was_marked_is_found_and_refetched(
     assert entry.stem in marks
     clean = entry.read_bytes()
     st = entry.stat()
-    _flip(entry, st.st_size // 2)
+    flip_byte(entry, st.st_size // 2)
     os.utime(entry, ns=(st.st_atime_ns, st.st_mtime_ns))
     again = publish(tmp_path / "again", "demo", "20300101.1", list(images.v2_rpms), images.key)
     new = deploy(sysroot, again, images.key, "--full").json()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hostile import flip_byte
 
 from deploy import storemarks
 from deploy.store import Store
@@ -78,13 +79,7 @@ def _marked(e: Entries) -> None:
 
 def _flip_keeping_times(path: Path, offset: int) -> None:
     st = path.stat()
-    path.chmod(0o644)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    path.chmod(0o444)
+    flip_byte(path, offset)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
