@@ -42,6 +42,16 @@ def verify_detached(data: bytes, signature: bytes, keyring: Keyring, what: str) 
     return first.verdict(what)
 
 
+# gpgv's status codes for a signature a trusted key made that is not good, in the order they are
+# reported, with what the user is told.
+_KEY_VERDICTS = (
+    ("BADSIG", "BAD signature (the content was altered after signing)"),
+    ("EXPKEYSIG", "signature made by an expired key"),
+    ("REVKEYSIG", "signature made by a revoked key"),
+    ("EXPSIG", "signature expired"),
+)
+
+
 @dataclass(frozen=True)
 class _Gpgv:
     """What one gpgv run said: its exit status, status lines (code -> arguments), stderr."""
@@ -51,22 +61,22 @@ class _Gpgv:
     stderr: str
 
     @property
+    def good(self) -> bool:
+        return self.returncode == 0 and {"VALIDSIG", "GOODSIG"} <= self.codes.keys()
+
+    @property
     def conclusive(self) -> bool:
         """A good signature, or one that a trusted key made and that is bad or expired."""
-        return (self.returncode == 0 and {"VALIDSIG", "GOODSIG"} <= self.codes.keys()) or bool(
-            self.codes.keys() & {"BADSIG", "EXPKEYSIG", "REVKEYSIG", "EXPSIG"})
+        return self.good or any(code in self.codes for code, _ in _KEY_VERDICTS)
 
     def verdict(self, what: str) -> str:
         """The signing key's fingerprint, or SignatureError saying why not."""
         codes = self.codes
-        if self.returncode == 0 and "VALIDSIG" in codes and "GOODSIG" in codes:
+        if self.good:
             return codes["VALIDSIG"][0]
-        if "BADSIG" in codes:
-            raise SignatureError(f"{what}: BAD signature (the content was altered after signing)")
-        for code, reason in (("EXPKEYSIG", "made by an expired key"), ("REVKEYSIG", "made by a revoked key"),
-                             ("EXPSIG", "expired")):
+        for code, reason in _KEY_VERDICTS:
             if code in codes:
-                raise SignatureError(f"{what}: signature {reason}")
+                raise SignatureError(f"{what}: {reason}")
         if "NO_PUBKEY" in codes:
             key = codes["NO_PUBKEY"][0]
             raise SignatureError(f"{what}: signed by key {key}, which is not a trusted key")

@@ -24,7 +24,7 @@ from deploy.signature import fetch_verified_manifest, trusted_key_files
 from deploy.sources import open_source
 from deploy.sources.rsync import join_url
 from fixtures.build import signing_key
-from fixtures.signing import SigningKey, generate_key
+from fixtures.signing import SigningKey, generate_key, gnupg_home
 from imagespec.errors import ManifestError, SignatureError
 from imagespec.manifest import CurationReport, ImageManifest, ManifestPackage, parse
 from imagespec.signature import verify_detached
@@ -215,6 +215,24 @@ def test_signature_good_tampered_wrong_key_unsigned(tmp_path: Path, key: Signing
     binary.write_bytes(_binary(other_key) + _binary(key))
     assert verify_detached(data.read_bytes(), sig, Keyring.from_files([binary]), "m") == key.fingerprint
 
+
+
+def test_expired_signature_is_refused_with_its_reason(tmp_path: Path, key: SigningKey,
+                                                     other_key: SigningKey) -> None:
+    """gpgv reports a good but expired signature as EXPSIG beside VALIDSIG: it is refused, and
+    says so, also when the keyring holds other keys (so each key is tried alone)."""
+    data = tmp_path / "m.json"
+    data.write_bytes(b'{"hello": 1}')
+    sig = tmp_path / "m.json.asc"
+    with gnupg_home(key) as home:
+        subprocess.run(["gpg", "--batch", "--armor", "--default-sig-expire", "seconds=1", "--detach-sign",
+                        "--local-user", key.fingerprint, "--output", os.fspath(sig), os.fspath(data)],
+                       env={"GNUPGHOME": os.fspath(home), "PATH": os.environ["PATH"]},
+                       check=True, capture_output=True)
+    time.sleep(2.1)
+    for keys in ([key.public], [other_key.public, key.public]):
+        with pytest.raises(SignatureError, match=r"^m: signature expired$"):
+            verify_detached(data.read_bytes(), sig.read_bytes(), Keyring.from_files(keys), "m")
 
 def _binary(key: SigningKey) -> bytes:
     return subprocess.run(["gpg", "--dearmor"], input=key.public.read_bytes(),
