@@ -12,7 +12,7 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -87,8 +87,24 @@ def read_header(path: Path, dir_fd: int | None = None) -> InstalledPackage:
 FileIdentity = tuple[int, int, int, int]
 
 
+def header_identities(usr: Path) -> set[FileIdentity]:
+    """The identity of each header file of the /usr tree at usr (as installed_file_lists
+    remembers them; anything but a regular file is left out, and read as such later)."""
+    out = set()
+    with _header_dir(usr) as dir_fd:
+        for name in _header_names(dir_fd):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out.add((st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size))
+    return out
+
+
 def installed_file_lists(usr: Path, known: Mapping[str, FileList],
-                         read: dict[FileIdentity, FileList] | None = None) -> Iterator[FileList]:
+                         read: dict[FileIdentity, FileList] | None = None,
+                         keep: Container[FileIdentity] | None = None) -> Iterator[FileList]:
     """The file list of each package of the /usr tree at usr, as installed_packages reads
     them; a header file whose bytes hash to a key of known (header sha256 -> that header's
     file list, already read) is hashed, not parsed again.
@@ -97,7 +113,9 @@ def installed_file_lists(usr: Path, known: Mapping[str, FileList],
     tree of an update is a snapshot of the old one, whose files keep their inode numbers
     and times there, so the new tree's header files that nothing changed since the snapshot
     (any write or metadata change sets a new ctime; a new file gets a new inode number) are
-    taken as read from the old tree, neither hashed nor parsed again."""
+    taken as read from the old tree, neither hashed nor parsed again. With keep, read
+    remembers only the files of those identities (the other tree's: header_identities),
+    not every file list of a tree no other file will be taken for."""
     directory = usr / HEADER_DIR
     with _header_dir(usr) as dir_fd:
         for name in _header_names(dir_fd):
@@ -113,7 +131,7 @@ def installed_file_lists(usr: Path, known: Mapping[str, FileList],
                         header = read_prefix(cast(BinaryIO, f)).header
                         nevra_of(header)  # refused here, as installed_packages refuses it
                         files = header_files(header)
-                    if read is not None:
+                    if read is not None and (keep is None or identity in keep):
                         read[identity] = files
             except (OSError, ExtentsError) as e:
                 raise DeploymentError(f"{directory / name}: unreadable package header: {e}") from e

@@ -66,6 +66,7 @@ _TABLE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 # Header bytes of the added packages up to which their database is made on tmpfs.
 IMPORT_IN_MEMORY = 32 << 20
 _MEMORY_DIR = "/dev/shm"
+FILL_CACHE_KIB = 256  # sqlite page cache while a new database is filled
 # The largest header record read back (rpm's own limit on a header's size, hdrblob.c).
 _BLOB_MAX = 256 << 20
 _BATCH = 500  # record numbers a DELETE names at once
@@ -130,6 +131,9 @@ def _fill(stage: Path, header_files: Sequence[Path], install: Install) -> None:
     _rpmdb(stage, "--initdb")
     conn = sqlite3.connect(stage / DB_FILE)
     try:
+        # Rows written once, in order, and never read back here: sqlite's default page cache
+        # (2 MB) only held them until the commit, 2 MB of a corpus deploy's peak of 27 MB.
+        conn.execute(f"PRAGMA cache_size=-{FILL_CACHE_KIB}")
         with conn:
             for table in _tables(conn):
                 if table not in ("Packages", "sqlite_sequence"):

@@ -12,6 +12,7 @@ no longer has, from the manifest the deployment came from) and verifies again.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -67,16 +68,19 @@ class VerifyResult:
 CHECK_ORDER = ("writable", "unowned", "unverifiable", "extra", "missing", "type", "mode", "owner", "group", "size", "digest", "caps", "link", "rdev", "mtime")
 
 
-def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners) -> tuple[str, list[str], DigestJob | None]:
+def _check_file(f: Entry, algo: str, tree: Tree, owners: Owners,
+                owned: PathSet | None = None) -> tuple[str, list[str], DigestJob | None]:
     """Compare one file entry of a header with what the tree holds.
 
     The path is resolved inside the tree as extraction placed it (rpmextents.tree); the
     file itself is looked at, never followed. Returns (location, what differs, the digest
-    check still to run).
+    check still to run). Where the path resolves, the resolved path is added to owned.
     """
     rel, _ = relocate(f.path)
     try:
         dir_fd, name, real = tree.find(f.path)
+        if owned is not None:
+            owned.add(real)
         st = os.lstat(name, dir_fd=dir_fd)
     except (FileNotFoundError, NotADirectoryError):
         return rel, ["missing"], None
@@ -132,12 +136,17 @@ def _has_caps(dir_fd: int, name: str) -> bool:
 _Finding = tuple[str, str, str, list[str], "DigestJob | None"]  # nvra, name, location, what, job
 
 
-def _package_findings(nvra: str, header: Header, tree: Tree, owners: Owners) -> Iterator[_Finding | None]:
-    """For each file of the package (ghosts aside), what to report or hash for it, if anything."""
+def _package_findings(nvra: str, header: Header, tree: Tree, owners: Owners,
+                      owned: PathSet) -> Iterator[_Finding | None]:
+    """For each file of the package (ghosts aside), what to report or hash for it, if anything;
+    where each file (ghosts too) is in the tree, as extraction resolved it, goes into owned.
+    One pass: resolving every path a second time for owned alone took a fifth of the time."""
     for f in header_files(header):
         if f.ghost:
+            with contextlib.suppress(OSError, ExtentsError):
+                owned.add(tree.find(f.path)[2])
             continue
-        rel, what, job = _check_file(f, f.digest_algo, tree, owners)
+        rel, what, job = _check_file(f, f.digest_algo, tree, owners, owned)
         yield (nvra, f.path, rel, what, job) if what or job is not None else None
 
 
@@ -291,15 +300,6 @@ def _database(system: System, record: DeploymentRecord, tree: Path) -> list[Mism
 ContentKnown = Callable[[str, DigestJob], bool]
 
 
-def _owned_paths(header: Header, resolver: Tree) -> Iterator[str]:
-    """Where the header's files are in the tree, as extraction resolved them."""
-    for f in header_files(header):
-        try:
-            yield resolver.find(f.path)[2]
-        except (OSError, ExtentsError):
-            continue
-
-
 def _completeness(tree: Path, owned: PathSet) -> list[Mismatch]:
     out = [
         Mismatch("", f"/usr/{rel}", rel, ("unowned",))
@@ -334,8 +334,7 @@ def verify(
                 own.append(mismatch)
             if header is None:
                 continue
-            owned.update(_owned_paths(header, resolver))
-            for finding in _package_findings(nvra, header, resolver, owners):
+            for finding in _package_findings(nvra, header, resolver, owners, owned):
                 files += 1
                 if finding is None:
                     continue

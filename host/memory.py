@@ -6,8 +6,10 @@ from the heap, and freed heap memory below anything still live is kept, not retu
 deploy reads a package's header (25 MB for 200,000 files) several times, and rpm reads it
 again to check it, so the dynamic threshold turns each transient copy into resident memory
 kept to the end of the run (about 20 MB at 200,000 files). A fixed threshold keeps every
-block of 4 MiB or more in its own mapping, returned the moment it is freed; smaller blocks
-(the 1 MiB read buffers) stay on the heap as before.
+block larger than a 1 MiB read buffer in its own mapping, returned the moment it is freed;
+the read buffers themselves (1 MiB and a bytes object's few dozen bytes), used over and over,
+stay on the heap as before. The threshold was 4 MiB: the 1.3 MB header of a 10,000-file
+package and its copies then stayed on the heap, 1.3 MB of a deploy's peak of 27 MB there.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import ctypes
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
-LARGE_BLOCK = 4 << 20
+LARGE_BLOCK = (1 << 20) + (64 << 10)  # just above a 1 MiB read buffer
 
 
 def return_large_blocks(threshold: int = LARGE_BLOCK) -> bool:

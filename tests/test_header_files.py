@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deploy.errors import DeploymentError
-from deploy.headers import installed_file_lists, installed_packages
+from deploy.headers import header_identities, installed_file_lists, installed_packages
 from deploy.tree import HEADER_DIR
 from fixtures.build import fixture_packages
 from rpmextents.files import FileList, header_files
@@ -106,3 +106,37 @@ def test_a_snapshots_unchanged_header_files_are_taken_as_read_from_its_origin(bt
     assert by_name["added"] is not before[1]
     # Without the memory of the old tree's reading every file is read from the new tree.
     assert all(a is not b for a, b in zip(list(installed_file_lists(new, {})), after, strict=True))
+
+
+def test_only_the_lists_the_other_tree_can_take_are_remembered(btrfs: Path) -> None:
+    """A full build's new tree shares no header file with the old one: remembering every
+    list of the old tree held them all to the end of the /etc merge. With keep (the other
+    tree's identities), only the lists of files both trees hold are kept."""
+    from host import kernel
+
+    old = btrfs / "old"
+    kernel.subvolume_create(old)
+    (old / HEADER_DIR).mkdir(parents=True)
+    for n in NAMES:
+        (old / HEADER_DIR / f"{n}.rpm").write_bytes(_raw(n))
+    new = btrfs / "new"
+    kernel.subvolume_snapshot(old, new)
+    (new / HEADER_DIR / "sizes.rpm").unlink()
+    (new / HEADER_DIR / "sizes.rpm").write_bytes(_raw("sizes"))  # same bytes, another file
+    os.symlink("owners.rpm", new / HEADER_DIR / "link.rpm")
+    keep = header_identities(new)
+    assert len(keep) == 3  # the symlink is no header file
+    read: dict[tuple[int, int, int, int], FileList] = {}
+    before = list(installed_file_lists(old, {}, read, keep=keep))
+    assert sorted(map(id, read.values())) == sorted(map(id, before[:2]))  # not "sizes"
+    # A fresh tree (a full build's): nothing of the old tree is kept.
+    fresh = btrfs / "fresh"
+    kernel.subvolume_create(fresh)
+    (fresh / HEADER_DIR).mkdir(parents=True)
+    for n in NAMES:
+        (fresh / HEADER_DIR / f"{n}.rpm").write_bytes(_raw(n))
+    read.clear()
+    list(installed_file_lists(old, {}, read, keep=header_identities(fresh)))
+    assert read == {}
+    list(installed_file_lists(fresh, {}, read, keep=()))
+    assert read == {}

@@ -109,6 +109,24 @@ def test_an_intact_base_is_updated_without_reading_its_content(sysroot: Path, im
     assert second["build"] == "update" and second["base_damage"] == []
 
 
+def test_verify_takes_a_ghost_made_in_the_tree_as_owned(sysroot: Path, images: Images,
+                                                        tmp_path: Path) -> None:
+    """A %ghost file is not extracted, but the package owns it: made in the tree later (as
+    the admin may), it is no unowned file. Its content is not checked (rpm -V neither)."""
+    from fixtures.build import fixture_packages
+
+    ghosts = publish(tmp_path / "out", "ghosts", "1", [fixture_packages()["ghost-config"]], images.key)
+    d = deploy(sysroot, ghosts, images.key, "--allow-unsigned-packages").json()["deployment"]["id"]  # type: ignore[index]
+    tree = _tree(sysroot, d)
+    kernel.subvolume_set_readonly(tree, False)
+    assert not (tree / "share/ghost-config/ghost-file").exists()
+    (tree / "share/ghost-config/ghost-file").write_bytes(b"made at run time\n")
+    (tree / "share/ghost-config/stray").write_bytes(b"x")
+    r = rpmimg("verify", "--sysroot", sysroot, "--json", check=False)
+    found = {m["path"]: m["what"] for m in r.json()["mismatches"]}  # type: ignore[union-attr]
+    assert found == {"/usr": ["writable"], "/usr/share/ghost-config/stray": ["unowned"]}
+
+
 def test_verify_sees_unowned_files_and_a_writable_deployment(sysroot: Path, images: Images) -> None:
     d = deploy(sysroot, images.v1, images.key).json()["deployment"]["id"]  # type: ignore[index]
     tree = _tree(sysroot, d)
