@@ -5,7 +5,8 @@ against the trusted keys; its files whose content is already in the store then s
 the stored data, so an update stores only changed files: a package that is mostly
 known data (an update) is rewritten as clones of the stored data plus its new bytes,
 one that is mostly new has its few known files deduplicated in place (FIDEDUPERANGE).
-Entries are read-only and never rewritten; a new entry appears by rename.
+Entries are read-only and never rewritten; a new entry appears by rename, and is made
+durable by the sync of the deployment that first uses it.
 """
 
 from __future__ import annotations
@@ -302,7 +303,7 @@ class Store:
                 pos = offset + length
             _copy_bytes(src, out, pos, size - pos)
             os.ftruncate(out, size)
-            # Not synced here: add() syncs this same file once, after it is made read-only.
+            # Not synced here, as no entry is (see add).
         except BaseException:
             os.unlink(tmp)
             raise
@@ -354,7 +355,10 @@ class Store:
                 if not rebuild:
                     deduped = self._dedupe(matches, fd)
                 os.fchmod(fd, 0o444)
-                os.fsync(fd)
+                # Not synced one by one: the deployment that uses an entry syncs the whole
+                # filesystem before the state names it (build._finish). An entry a crash left
+                # unsynced belongs to no deployment, and entries no deployment holds are
+                # hashed again before a deploy uses them (transaction._missing).
             finally:
                 os.close(fd)
         except ExtentsError as e:
