@@ -206,10 +206,12 @@ def _update(
     new_keys = [r.sha256 for r in m.packages]
     entries = _entries(store, old_keys, f"deployment {base.id}")
     entries.update(_entries(store, new_keys, f"{m.name} {m.version}"))
+    placed: dict[str, delta.Outline] = {}  # the packages both images have are laid out once
     plan = delta.plan(
-        delta.Placement.of((k, entries[k][1]) for k in old_keys),
-        delta.Placement.of((k, entries[k][1]) for k in new_keys),
+        delta.Placement.of(((k, entries[k][1]) for k in old_keys), placed),
+        delta.Placement.of(((k, entries[k][1]) for k in new_keys), placed),
     )
+    del placed
     for key in new_keys:
         builder.account(*entries[key])
 
