@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 from deploytools import Images, deploy, rpmimg
+from storetools import stored
 
 from deploy import layoutcache
 from deploy.layoutcache import LayoutCache
 from deploy.store import Store
-from fixtures.build import fixture_packages
-from host.digest import sha256_file
 from imagespec.manifest import ManifestPackage
-from rpmextents import ExtentsPackage, transcode
+from rpmextents import ExtentsPackage
 from rpmextents.errors import ExtentsError
 
 pytest_plugins = ("deployenv",)
@@ -28,28 +27,12 @@ pytest_plugins = ("deployenv",)
 NAMES = ("owners", "sizes", "modes")
 
 
-def _stored(store: Store, tmp_path: Path, name: str) -> ManifestPackage:
-    out = tmp_path / f"{name}.rpm"
-    transcode(fixture_packages()[name], out)
-    sha = sha256_file(out)
-    dest = store.path(sha)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(out, dest)
-    with ExtentsPackage.open(dest) as pkg:
-        return ManifestPackage(
-            name=pkg.name, epoch=pkg.epoch, version=pkg.version, release=pkg.release,
-            arch=pkg.arch, sha256=sha, size=dest.stat().st_size, header_sha256=pkg.header_sha256,
-            block_size=pkg.block_size, source_checksum="sha256:" + "0" * 64, source_size=0,
-            location=dest.name,
-        )
-
-
 @pytest.fixture
 def cached(tmp_path: Path) -> tuple[Path, Path, list[ManifestPackage]]:
     """(store root, cache file, refs): three stored packages and a cache of them."""
     root = tmp_path / "store"
     store = Store(root)
-    refs = [_stored(store, tmp_path, n) for n in NAMES]
+    refs = [stored(store, tmp_path, n) for n in NAMES]
     cache = tmp_path / "layout-cache"
     layoutcache.save(cache, layoutcache.copies(store, [r.sha256 for r in refs]))
     return root, cache, refs
