@@ -34,12 +34,12 @@ import logging
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rpmextents.errors import ExtentsError
-from rpmextents.package import read_start
+from rpmextents.package import start_size
 
 if TYPE_CHECKING:
     from deploy.store import Store
@@ -99,20 +99,40 @@ class LayoutCache:
         """Forget the copy of an entry; whether there was one."""
         return self._entries.pop(sha256, None) is not None
 
-    def start(self, sha256: str, now: os.stat_result) -> bytes | None:
-        """The copy of the entry sha256 is while the entry is the file it was copied from,
-        unchanged (now: its stat); else None."""
-        found = self.copy(sha256, now)
-        return found[0] if found is not None else None
-
-    def copy(self, sha256: str, now: os.stat_result) -> tuple[bytes, str] | None:
-        """(start, header sha256 as recorded) of the entry's copy, as start() finds it."""
+    def _found(self, sha256: str, now: os.stat_result) -> tuple[str, int, int] | None:
         found = self._entries.get(sha256)
         if found is None or self._fd < 0 or found[0] != identity(now):
             return None
-        _, header_sha, offset, length = found
-        data = os.pread(self._fd, length, offset)
-        return (data, header_sha) if len(data) == length else None
+        return found[1:]
+
+    def reader(self, sha256: str, now: os.stat_result) -> Callable[[int, int], bytes] | None:
+        """read(offset, n) of the copy of the entry sha256 (as from the entry's start) while
+        the entry is the file it was copied from, unchanged (now: its stat); else None."""
+        found = self._found(sha256, now)
+        if found is None:
+            return None
+        _, base, length = found
+        fd = self._fd
+        return lambda offset, n: os.pread(fd, max(0, min(n, length - offset)), base + offset)
+
+    def copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Iterator[bytes]] | None:
+        """(length, header sha256 as recorded, its bytes a megabyte at a time) of the entry's
+        copy, as reader() finds it."""
+        found = self._found(sha256, now)
+        if found is None:
+            return None
+        header_sha, base, length = found
+        return length, header_sha, _chunks(self._fd, base, length)
+
+
+def _chunks(fd: int, offset: int, length: int) -> Iterator[bytes]:
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(fd, min(1 << 20, end - offset), offset)
+        if not chunk:
+            raise OSError(f"{length} bytes expected, the file is shorter")
+        offset += len(chunk)
+        yield chunk
 
 
 def _check(fd: int) -> dict[str, tuple[Identity, str, int, int]]:
@@ -152,11 +172,15 @@ def _check(fd: int) -> dict[str, tuple[Identity, str, int, int]]:
     return entries
 
 
-def save(path: Path, copies: Iterable[tuple[str, os.stat_result, str, bytes]]) -> None:
-    """Write a cache of copies (entry sha256, its stat, header sha256, its bytes before its
-    data), one at a time, under a temporary name renamed over path. Not synced: a file a
-    crash cut short is not as written, and stands for nothing. The caller holds the lock
-    of the sysroot: the temporary files of killed runs are removed."""
+Copy = tuple[str, os.stat_result, str, int, Iterable[bytes]]
+
+
+def save(path: Path, copies: Iterable[Copy]) -> None:
+    """Write a cache of copies (entry sha256, its stat, header sha256, the length of its
+    bytes before its data, those bytes in chunks), one at a time, under a temporary name
+    renamed over path. Not synced: a file a crash cut short is not as written, and stands
+    for nothing. The caller holds the lock of the sysroot: the temporary files of killed
+    runs are removed."""
     for left in path.parent.glob(f".{path.name}.tmp-*"):
         left.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -171,9 +195,14 @@ def save(path: Path, copies: Iterable[tuple[str, os.stat_result, str, bytes]]) -
                     view = view[os.write(fd, view):]
 
             put(_HEAD.pack(MAGIC, FORMAT))
-            for sha, st, header_sha, start in copies:
-                put(_ENTRY.pack(bytes.fromhex(sha), *identity(st), bytes.fromhex(header_sha), len(start)))
-                put(start)
+            for sha, st, header_sha, length, chunks in copies:
+                put(_ENTRY.pack(bytes.fromhex(sha), *identity(st), bytes.fromhex(header_sha), length))
+                written = 0
+                for chunk in chunks:
+                    put(chunk)
+                    written += len(chunk)
+                if written != length:
+                    raise OSError(f"{sha}: {written} bytes copied, not {length}")
             os.write(fd, digest.digest())
         finally:
             os.close(fd)
@@ -183,11 +212,11 @@ def save(path: Path, copies: Iterable[tuple[str, os.stat_result, str, bytes]]) -
         raise
 
 
-
-def copies(store: Store, sha256s: Iterable[str]) -> Iterator[tuple[str, os.stat_result, str, bytes]]:
+def copies(store: Store, sha256s: Iterable[str]) -> Iterator[Copy]:
     """What save() takes for the store entries sha256s, one at a time: the copy the store
-    read an entry from (store.layout_copy), else the entry's own bytes (an entry changed
-    while it is read, or that is not an extents RPM, is left out)."""
+    read an entry from (store.layout_copy), else the entry's own bytes (an entry that is
+    not an extents RPM is left out; one changed while it is copied is recorded as it was
+    before, so its copy stands for nothing)."""
     for sha in dict.fromkeys(sha256s):
         fd = os.open(store.path(sha), _READ_FLAGS)
         try:
@@ -195,12 +224,11 @@ def copies(store: Store, sha256s: Iterable[str]) -> Iterator[tuple[str, os.stat_
             found = store.layout_copy(sha, st)
             if found is None:
                 try:
-                    found = read_start(fd)
+                    length, header_sha = start_size(fd)
                 except ExtentsError as e:
                     log.debug("%s: not in the layout cache: %s", store.path(sha), e)
                     continue
-                if identity(os.fstat(fd)) != identity(st):
-                    continue
+                found = length, header_sha, _chunks(fd, 0, length)
+            yield sha, st, found[1], found[0], found[2]
         finally:
             os.close(fd)
-        yield sha, st, found[1], found[0]

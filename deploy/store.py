@@ -171,10 +171,10 @@ class Store:
         path = self.path(sha256)
         try:
             st = os.stat(path, follow_symlinks=False)
-            start = self._layout.start(sha256, st)
-            if start is None:
+            read = self._layout.reader(sha256, st)
+            if read is None:
                 raise ExtentsError("the entry changed since it was copied")
-            pkg = ExtentsPackage(path, -1, (start, st))
+            pkg = ExtentsPackage(path, -1, (read, st))
             if pkg.header_sha256 != self._headers[sha256]:
                 raise ExtentsError("not the header the manifest names")
         except (OSError, ExtentsError) as e:
@@ -184,9 +184,9 @@ class Store:
         self._from_layout.add(sha256)
         return pkg
 
-    def layout_copy(self, sha256: str, now: os.stat_result) -> tuple[bytes, str] | None:
-        """The layout cache's copy of an entry (start, header sha256) when this store read
-        the entry from it (checked as above), and the entry is still as it was."""
+    def layout_copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Iterator[bytes]] | None:
+        """The layout cache's copy of an entry (as LayoutCache.copy gives it) when this store
+        read the entry from it (checked as above), and the entry is still as it was."""
         if self._layout is None or sha256 not in self._from_layout:
             return None
         return self._layout.copy(sha256, now)
@@ -283,6 +283,10 @@ class Store:
                     try:
                         if self._read is not None and sha in self._read:
                             index.add(self.path(sha), self._read[sha].entries())
+                            continue
+                        copied = self._copied(sha)  # the base's packages the image drops
+                        if copied is not None:
+                            index.add(copied.path, copied.entries())
                             continue
                         with ExtentsPackage.open(self.path(sha)) as pkg:
                             index.add(pkg.path, pkg.entries())

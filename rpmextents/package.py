@@ -92,17 +92,13 @@ class PackageIdentity:
     header_sha256: str
 
 
-def read_start(fd: int) -> tuple[bytes, str]:
-    """(the bytes of the extents RPM open as fd before its data: lead, headers and index;
-    its header's sha256), the sizes taken from the headers and the index head. Nothing past
-    them is checked: ExtentsPackage checks them all when it parses the bytes."""
+def start_size(fd: int) -> tuple[int, str]:
+    """(how many bytes of the extents RPM open as fd lie before its data: lead, headers and
+    index; its header's sha256), the sizes taken from the headers and the index head.
+    Nothing past them is checked: ExtentsPackage checks them all when it parses the bytes."""
     prefix = read_prefix(_FileReader(fd))  # type: ignore[arg-type]
     end = prefix.header_end
-    index_size = parse_head(os.pread(fd, HEAD.size, end), end, os.fstat(fd).st_size)[1]
-    start = os.pread(fd, end + index_size, 0)
-    if len(start) != end + index_size:
-        raise FormatError(f"truncated extents index: {len(start) - end} of {index_size} bytes")
-    return start, prefix.sha256()
+    return end + parse_head(os.pread(fd, HEAD.size, end), end, os.fstat(fd).st_size)[1], prefix.sha256()
 
 
 def read_identity(path: str | os.PathLike[str]) -> PackageIdentity:
@@ -129,18 +125,20 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
 class ExtentsPackage:
     """An open extents RPM: its header, file entries and data extents."""
 
-    def __init__(self, path: Path, fd: int, copied: tuple[bytes, os.stat_result] | None = None) -> None:
+    def __init__(self, path: Path, fd: int,
+                 copied: tuple[Callable[[int, int], bytes], os.stat_result] | None = None) -> None:
         """The package open as fd; or, with copied (fd -1), closed and parsed from a copy of
-        the file's bytes before its data (the lead to the end of the index), and the stat of
-        the file they are a copy of (who gives them answers for their being that file's)."""
+        the file's bytes before its data (the lead to the end of the index), read(offset, n)
+        as from the file, and the stat of the file they are a copy of (who gives them
+        answers for their being that file's)."""
         self.path = path
         self._fd = fd
+        read: Callable[[int, int], bytes]
         if copied is None:
             st = os.fstat(fd)
-            read: Callable[[int, int], bytes] = lambda offset, n: os.pread(fd, n, offset)  # noqa: E731
+            read = lambda offset, n: os.pread(fd, n, offset)  # noqa: E731
         else:
-            start, st = copied
-            read = lambda offset, n: start[offset:offset + n]  # noqa: E731
+            read, st = copied
         self.size = st.st_size
         self._file = _identity(st)
         self.prefix = read_prefix(_FileReader(fd, read))  # type: ignore[arg-type]
