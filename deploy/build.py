@@ -53,6 +53,8 @@ class PackageRef(Protocol):
     def nvra(self) -> str: ...
     @property
     def nevra(self) -> str: ...
+    @property
+    def header_sha256(self) -> str: ...
 
 
 class Image(Protocol):
@@ -69,11 +71,14 @@ class Image(Protocol):
 OwnerIds = Mapping[str, Mapping[str, int | None]]
 # Writes the deployment's own record into the finished tree: (tree, subvolume id, owner ids).
 Seal = Callable[[Path, int, OwnerIds], None]
+# What build() calls on the finished tree: a Seal's arguments and whether the tree is an
+# update of base (its snapshot, changed where the image differs) rather than a full build.
+BuildSeal = Callable[[Path, int, OwnerIds, bool], None]
 
 
 def build(
     system: System, m: Image, store: Store, new_id: str, progress: ProgressFn,
-    base: DeploymentRecord | None, full: bool = False, seal: Seal | None = None,
+    base: DeploymentRecord | None, full: bool = False, seal: BuildSeal | None = None,
     accounts: Path | None = None,
 ) -> Built:
     """Build image m as deployment new_id; base is the deployment to update from. seal
@@ -104,7 +109,7 @@ def build(
         # A new database's indexes are rpm's work, done while the seal merges /etc.
         with _package_database(path, m, base if method == "update" else None):
             if seal is not None:
-                seal(path, kernel.subvolume_id(path), owner_ids)
+                seal(path, kernel.subvolume_id(path), owner_ids, method == "update")
         checkpoint("rpm database written")
     except BaseException:
         with contextlib.suppress(OSError):
@@ -201,10 +206,12 @@ def _update(
     new_keys = [r.sha256 for r in m.packages]
     entries = _entries(store, old_keys, f"deployment {base.id}")
     entries.update(_entries(store, new_keys, f"{m.name} {m.version}"))
+    placed: dict[str, delta.Outline] = {}  # the packages both images have are laid out once
     plan = delta.plan(
-        delta.Placement.of((k, entries[k][1]) for k in old_keys),
-        delta.Placement.of((k, entries[k][1]) for k in new_keys),
+        delta.Placement.of(((k, entries[k][1]) for k in old_keys), placed),
+        delta.Placement.of(((k, entries[k][1]) for k in new_keys), placed),
     )
+    del placed
     for key in new_keys:
         builder.account(*entries[key])
 

@@ -22,6 +22,7 @@ import errno
 import functools
 import os
 import stat
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -64,19 +65,27 @@ class Placement:
     mixed: set[str] = field(default_factory=set)  # paths whose entries disagree on their type
 
     @classmethod
-    def of(cls, packages: Iterable[tuple[str, Sequence[Entry]]]) -> Placement:
+    def of(cls, packages: Iterable[tuple[str, Sequence[Entry]]],
+           placed: dict[str, Outline] | None = None) -> Placement:
+        """The layout of packages (key, file list) in order. placed: each package's outline
+        by key, filled as they are made; the old and the new image of an update share most
+        packages, whose paths are then relocated once."""
         layout = cls()
         codes, types = layout.codes, layout.types
+        mixed_add = layout.mixed.add
         for number, (key, entries) in enumerate(packages):
             layout.packages.append((key, entries))
-            for position, (image_path, etype, ghost) in enumerate(_outline(entries)):
-                if ghost:
-                    continue
-                path = relocate(image_path)[0]
+            outline = placed.get(key) if placed is not None else None
+            if outline is None:
+                outline = _placed_outline(entries)
+                if placed is not None:
+                    placed[key] = outline
+            base = number << _SHIFT
+            for position, path, etype in zip(*outline, strict=True):
                 before = types.get(path)
                 if before is not None and before is not etype:
-                    layout.mixed.add(path)
-                codes[path] = number << _SHIFT | position
+                    mixed_add(path)
+                codes[path] = base | position
                 types[path] = etype
         return layout
 
@@ -123,6 +132,22 @@ class Placement:
                     break
                 found.add(path)
         return found
+
+
+# A package's entries but %ghost ones: (their positions, tree-relative paths, types).
+Outline = tuple["array[int]", list[str], list[EntryType]]
+
+
+def _placed_outline(entries: Sequence[Entry]) -> Outline:
+    positions: array[int] = array("I")
+    paths: list[str] = []
+    types: list[EntryType] = []
+    for position, (image_path, etype, ghost) in enumerate(_outline(entries)):
+        if not ghost:
+            positions.append(position)
+            paths.append(relocate(image_path)[0])
+            types.append(etype)
+    return positions, paths, types
 
 
 def _outline(entries: Sequence[Entry]) -> Iterator[tuple[str, EntryType, bool]]:

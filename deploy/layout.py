@@ -60,6 +60,11 @@ class Layout:
         return self.root / "store-checked.json"
 
     @property
+    def layout_cache(self) -> Path:
+        """The default deployment's store entries up to their data (deploy.layoutcache)."""
+        return self.root / "layout-cache"
+
+    @property
     def deployments(self) -> Path:
         return self.root / "deployments"
 

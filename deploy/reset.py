@@ -40,6 +40,7 @@ class _Ref:
     sha256: str
     nvra: str
     nevra: str
+    header_sha256: str
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class _Image:
 
 
 def _ref(p: PackageRecord) -> _Ref:
-    return _Ref(p.sha256, p.nvra, str(Nevra(p.name, p.epoch, p.version, p.release, p.arch)))
+    return _Ref(p.sha256, p.nvra, str(Nevra(p.name, p.epoch, p.version, p.release, p.arch)),
+                p.header_sha256)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ against the trusted keys; its files whose content is already in the store then s
 the stored data, so an update stores only changed files: a package that is mostly
 known data (an update) is rewritten as clones of the stored data plus its new bytes,
 one that is mostly new has its few known files deduplicated in place (FIDEDUPERANGE).
-Entries are read-only and never rewritten; a new entry appears by rename.
+Entries are read-only and never rewritten; a new entry appears by rename, and is made
+durable by the sync of the deployment that first uses it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploy.dedupindex import DigestIndex, StoredExtent
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
+from deploy.layoutcache import LayoutCache
 from deploy.storemarks import StoreMarks
 from host import kernel
 from host.digest import sha256_file
@@ -61,6 +63,22 @@ class Store:
         self._index_lock = threading.Lock()
         self._read: dict[str, ExtentsPackage] | None = {} if remember else None
         self._last: tuple[str, ExtentsPackage] | None = None
+        self._layout: LayoutCache | None = None
+        self._headers: dict[str, str] = {}
+        self._from_layout: set[str] = set()  # packages read from the layout cache's copies
+
+    @property
+    def layout(self) -> LayoutCache | None:
+        return self._layout
+
+    def use_layout(self, cache: LayoutCache | None, headers: Mapping[str, str]) -> None:
+        """Read the packages the layout cache has a copy of from it while their entries
+        are unchanged (deploy.layoutcache), when the store remembers what it reads. headers:
+        entry sha256 -> the header sha256 a signed manifest (or a deployment's record) names
+        for it; a copy is used only for these entries, and only when its header is that one."""
+        if self._read is not None:
+            self._layout = cache
+            self._headers = dict(headers)
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.rpm"
@@ -111,8 +129,11 @@ class Store:
     def prefetch(self, sha256s: Iterable[str]) -> None:
         """Ask the kernel to start reading the start (header and index) of these entries:
         reading several hundred headers one after the other from a cold cache otherwise
-        waits for the disk once for each. A hint only: nothing is read into Python."""
+        waits for the disk once for each. A hint only: nothing is read into Python. Not
+        for entries the layout cache has copies of: those are read from it."""
         for sha in sha256s:
+            if self._layout is not None and sha in self._layout:
+                continue
             try:
                 fd = os.open(self.path(sha), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:
@@ -133,18 +154,59 @@ class Store:
         if (last := self._last_read(sha256)) is not None:
             return last
         self._last = None  # let go of it before the next one is read
-        with ExtentsPackage.open(self.path(sha256)) as pkg:
-            pass
+        pkg = self._copied(sha256)
+        if pkg is None:
+            with ExtentsPackage.open(self.path(sha256)) as pkg:
+                pass
         if self._read is not None:
             self._read[sha256] = pkg
         else:
             self._last = (sha256, pkg)
         return pkg
 
+    def _copied(self, sha256: str) -> ExtentsPackage | None:
+        """The package from the layout cache's copy of its entry, if it has a good one."""
+        if self._layout is None or sha256 not in self._layout or sha256 not in self._headers:
+            return None
+        path = self.path(sha256)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            read = self._layout.reader(sha256, st)
+            if read is None:
+                raise ExtentsError("the entry changed since it was copied")
+            pkg = ExtentsPackage(path, -1, (read, st))
+            if pkg.header_sha256 != self._headers[sha256]:
+                raise ExtentsError("not the header the manifest names")
+        except (OSError, ExtentsError) as e:
+            log.debug("%s: its layout cache copy not used: %s", path, e)
+            self._layout.drop(sha256)
+            return None
+        self._from_layout.add(sha256)
+        return pkg
+
+    def layout_copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Iterator[bytes]] | None:
+        """The layout cache's copy of an entry (as LayoutCache.copy gives it) when this store
+        read the entry from it (checked as above), and the entry is still as it was."""
+        if self._layout is None or sha256 not in self._from_layout:
+            return None
+        return self._layout.copy(sha256, now)
+
+    def _uncopied(self, sha256: str) -> bool:
+        """Stop using the layout cache's copy of an entry; whether it was in use."""
+        if sha256 not in self._from_layout:
+            return False
+        self._from_layout.discard(sha256)
+        if self._layout is not None:
+            self._layout.drop(sha256)
+        self.forget(sha256)
+        return True
+
     def opened(self, sha256: str) -> ExtentsPackage:
         """The stored package open for its data, for a caller that holds it while it
         extracts it; the store itself holds it no longer (a full build's peak comes after
-        the extraction, when the package's header and file list need not be resident)."""
+        the extraction, when the package's header and file list need not be resident).
+        Data is only ever located through the entry's own index, never a cached copy's."""
+        self._uncopied(sha256)
         pkg = self.package(sha256)
         self.forget(sha256)
         return pkg.opened_again()
@@ -191,6 +253,8 @@ class Store:
             _check_identity(ref, self.package(ref.sha256) if self.remembers or keep
                             else read_identity(self.path(ref.sha256)))
         except (PackageError, ExtentsError) as e:
+            if self._uncopied(ref.sha256):  # the cache's copy, not the entry: read the entry
+                return self.check_stored(ref, content, keep)
             self.forget(ref.sha256)
             if not self.damaged(ref.sha256):
                 # The entry is what its sha256 names: the manifest lies about it.
@@ -219,6 +283,10 @@ class Store:
                     try:
                         if self._read is not None and sha in self._read:
                             index.add(self.path(sha), self._read[sha].entries())
+                            continue
+                        copied = self._copied(sha)  # the base's packages the image drops
+                        if copied is not None:
+                            index.add(copied.path, copied.entries())
                             continue
                         with ExtentsPackage.open(self.path(sha)) as pkg:
                             index.add(pkg.path, pkg.entries())
@@ -302,7 +370,7 @@ class Store:
                 pos = offset + length
             _copy_bytes(src, out, pos, size - pos)
             os.ftruncate(out, size)
-            # Not synced here: add() syncs this same file once, after it is made read-only.
+            # Not synced here, as no entry is (see add).
         except BaseException:
             os.unlink(tmp)
             raise
@@ -354,7 +422,10 @@ class Store:
                 if not rebuild:
                     deduped = self._dedupe(matches, fd)
                 os.fchmod(fd, 0o444)
-                os.fsync(fd)
+                # Not synced one by one: the deployment that uses an entry syncs the whole
+                # filesystem before the state names it (build._finish). An entry a crash left
+                # unsynced belongs to no deployment, and entries no deployment holds are
+                # hashed again before a deploy uses them (transaction._missing).
             finally:
                 os.close(fd)
         except ExtentsError as e:

@@ -32,6 +32,7 @@ from deploy import (
     bootfiles,
     bootselect,
     intent,
+    layoutcache,
     records,
     rootfs,
     setid,
@@ -40,6 +41,7 @@ from deploy.build import Built, OwnerIds
 from deploy.errors import DowngradeError, SpaceError
 from deploy.etcmerge import EtcAction
 from deploy.faults import checkpoint
+from deploy.layoutcache import LayoutCache
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
 from deploy.signature import fetch_verified_manifest, package_keyring, trusted_key_files
@@ -373,7 +375,7 @@ def _phase(
 def _fetch_and_build(
     system: System, signed: SignedManifest, current: State, options: DeployOptions,
     progress: ProgressFactory,
-) -> tuple[Stored, Tree]:
+) -> tuple[Stored, Tree, Store]:
     """Phases 2 and 3. An update that had to fall back to a full build read store entries
     the fetch phase did not re-hash: if one of them is damaged, the uncommitted tree is
     discarded and both phases run again with every entry checked (and refetched).
@@ -386,19 +388,38 @@ def _fetch_and_build(
     while True:
         store = Store(layout.store, remember=not check_all and not _builds_in_full(current, options),
                       marks=layout.store_marks)
+        if store.remembers:
+            base = current.find(current.default)
+            headers = {p.sha256: p.header_sha256 for p in (base.packages if base is not None else ())}
+            headers.update((r.sha256, r.header_sha256) for r in m.packages)
+            store.use_layout(LayoutCache.load(layout.layout_cache), headers)
         with _phase(system, current, "fetching the packages of", m, layout.downloads):
             stored = fetch_into_store(system, signed, current, options, progress, check_all, store)
         with _phase(system, current, "building", m, layout.staging / f"build-{current.next_id}"):
             tree = build_tree(system, signed, current, options, progress, store)
         if check_all or tree.built.method != "full" or _builds_in_full(current, options):
-            return stored, tree
+            return stored, tree, store
         if not store.damaged_entries(r.sha256 for r in m.packages):
-            return stored, tree
+            return stored, tree, store
         log.warning("a store entry the full build read is damaged; building again from refetched packages")
         from deploy.lifecycle import recover
 
         recover(system, current)  # the tree is marked and not in the state: it goes
         check_all = True
+
+
+def _save_layout(system: System, store: Store, record: DeploymentRecord) -> None:
+    """Write the layout cache of the new default (deploy.layoutcache). Best effort: without
+    it the next update reads the store entries."""
+    previous = store.layout
+    try:
+        layoutcache.save(system.layout.layout_cache,
+                         layoutcache.copies(store, (p.sha256 for p in record.packages)))
+    except (OSError, ExtentsError) as e:
+        log.warning("%s: not written: %s", system.layout.layout_cache, e)
+    finally:
+        if previous is not None:
+            previous.close()
 
 
 def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _noop_progress) -> DeployResult:
@@ -433,11 +454,12 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
         damage = basecheck.damaged_base(system, current, options.full)
         if damage:
             options = dataclasses.replace(options, full=True)
-        stored, tree = _fetch_and_build(system, signed, current, options, progress)
+        stored, tree, store = _fetch_and_build(system, signed, current, options, progress)
         bootfiles.save(system, tree.record.id, [k.files for k in kernels])
         with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
             commit(system, signed, current, tree)
         basecheck.record_intact(system, tree.record.id)  # the next update need not walk it
+        _save_layout(system, store, tree.record)  # nor read every store entry
         built = tree.built
         return base(
             outcome=Outcome.DEPLOYED, deployment=tree.record.id, fetched=len(stored.fetched),

@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from deploy import bootselect, mounts, rootfs, sysusers
 from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build
@@ -47,20 +48,28 @@ def device(system: System) -> str:
 
 
 def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
-          known: Mapping[str, FileList] | None = None) -> EtcMerge:
+          known: Mapping[str, FileList] | None = None,
+          lists: tuple[Sequence[FileList], Sequence[FileList]] | None = None) -> EtcMerge:
     """Merge the image's /etc into the root (deploy.etcmerge) as `rpm -U` from the packages
     of old_usr would (`rpm -i` without one) and record it in the new /usr. The packages are
-    the trees' header files; known: file lists already read, by their header's sha256."""
+    the trees' header files; known: file lists already read, by their header's sha256;
+    lists: the old and the new tree's file lists in header file order, when the caller
+    knows what both trees hold (tree_lists): then no header file is read."""
     known = known or {}
-    # Read as merge_etc takes their /etc entries: one package's file list at a time. For an
-    # update, read remembers the lists of the tree read first by file identity: the new
-    # tree's header files that nothing changed since the snapshot are the old tree's. Only
-    # those are kept: a tree built in full shares no header file with the old one, and
-    # keeping every list of the old tree held 20 MB more at the benchmark corpus's peak.
-    read: dict[FileIdentity, FileList] = {}
-    old = (installed_file_lists(old_usr, known, read, keep=header_identities(usr))
-           if old_usr is not None else None)
-    new = installed_file_lists(usr, known, read, keep=())
+    old: Iterable[FileList] | None
+    new: Iterable[FileList]
+    if lists is not None and old_usr is not None:
+        old, new = lists
+    else:
+        # Read as merge_etc takes their /etc entries: one package's file list at a time. For
+        # an update, read remembers the lists of the tree read first by file identity: the new
+        # tree's header files that nothing changed since the snapshot are the old tree's. Only
+        # those are kept: a tree built in full shares no header file with the old one, and
+        # keeping every list of the old tree held 20 MB more at the benchmark corpus's peak.
+        read: dict[FileIdentity, FileList] = {}
+        old = (installed_file_lists(old_usr, known, read, keep=header_identities(usr))
+               if old_usr is not None else None)
+        new = installed_file_lists(usr, known, read, keep=())
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         usr_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -72,6 +81,25 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
     finally:
         os.close(root_fd)
     return result
+
+
+def tree_lists(known: Mapping[str, FileList], base: DeploymentRecord, m: Image
+               ) -> tuple[list[FileList], list[FileList]] | None:
+    """The file lists of base's tree and of its update to m, in header file order, from
+    known (header sha256 -> file list); None unless known has all of them.
+
+    Only for a tree built as an update of base: base was found intact first (its header
+    files are its packages' headers, deploy.basecheck), and the update removed the header
+    files of the packages m drops and wrote those of the packages it adds, so the new
+    tree's header files are m's packages'. Neither tree's header files need to be read."""
+    def in_order(packages: Iterable[tuple[str, str]]) -> list[FileList] | None:
+        # (header file name, header sha256), sorted by name as the header files are read
+        found = [known.get(sha) for _, sha in sorted(packages)]
+        return None if any(f is None for f in found) else cast(list[FileList], found)
+
+    old = in_order((f"{p.nvra}.rpm", p.header_sha256) for p in base.packages)
+    new = in_order((f"{r.nvra}.rpm", r.header_sha256) for r in m.packages)
+    return None if old is None or new is None else (old, new)
 
 
 def _read(store: Store, m: Image, base: DeploymentRecord | None) -> dict[str, FileList]:
@@ -110,8 +138,11 @@ def build_system(
         accounts = sysusers.create_accounts(root, store, [r.sha256 for r in m.packages])
         checkpoint("accounts created")
 
-        def seal(tree: Path, subvol_id: int, owner_ids: OwnerIds) -> None:
-            merged.append(merge(root, tree, old_usr, root_base, _read(store, m, base)))
+        def seal(tree: Path, subvol_id: int, owner_ids: OwnerIds, updated: bool) -> None:
+            known = _read(store, m, base)
+            lists = (tree_lists(known, base, m)
+                     if updated and base is not None and root_base == base.id else None)
+            merged.append(merge(root, tree, old_usr, root_base, known, lists))
             checkpoint("etc merged")
             write_record(tree, subvol_id, owner_ids)
             # The root goes into place before its /usr: a complete deployment always has it.

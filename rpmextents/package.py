@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,14 +39,14 @@ class VerifyReport:
 
 
 class _FileReader:
-    """A minimal binary reader over an fd, for read_prefix."""
+    """A minimal binary reader over an fd (or over read(offset, n)), for read_prefix."""
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
+    def __init__(self, fd: int, read: Callable[[int, int], bytes] | None = None) -> None:
+        self._read = read if read is not None else (lambda offset, n: os.pread(fd, n, offset))
         self._pos = 0
 
     def read(self, n: int) -> bytes:
-        data = os.pread(self._fd, n, self._pos)
+        data = self._read(self._pos, n)
         self._pos += len(data)
         return data
 
@@ -92,6 +92,15 @@ class PackageIdentity:
     header_sha256: str
 
 
+def start_size(fd: int) -> tuple[int, str]:
+    """(how many bytes of the extents RPM open as fd lie before its data: lead, headers and
+    index; its header's sha256), the sizes taken from the headers and the index head.
+    Nothing past them is checked: ExtentsPackage checks them all when it parses the bytes."""
+    prefix = read_prefix(_FileReader(fd))  # type: ignore[arg-type]
+    end = prefix.header_end
+    return end + parse_head(os.pread(fd, HEAD.size, end), end, os.fstat(fd).st_size)[1], prefix.sha256()
+
+
 def read_identity(path: str | os.PathLike[str]) -> PackageIdentity:
     """The identity of the extents RPM at path, without reading its file entries (FormatError
     names the file); ExtentsPackage.open checks the rest."""
@@ -116,18 +125,27 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
 class ExtentsPackage:
     """An open extents RPM: its header, file entries and data extents."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int,
+                 copied: tuple[Callable[[int, int], bytes], os.stat_result] | None = None) -> None:
+        """The package open as fd; or, with copied (fd -1), closed and parsed from a copy of
+        the file's bytes before its data (the lead to the end of the index), read(offset, n)
+        as from the file, and the stat of the file they are a copy of (who gives them
+        answers for their being that file's)."""
         self.path = path
         self._fd = fd
-        st = os.fstat(fd)
+        read: Callable[[int, int], bytes]
+        if copied is None:
+            st = os.fstat(fd)
+            read = lambda offset, n: os.pread(fd, n, offset)  # noqa: E731
+        else:
+            read, st = copied
         self.size = st.st_size
         self._file = _identity(st)
-        self.prefix = read_prefix(_FileReader(fd))  # type: ignore[arg-type]
+        self.prefix = read_prefix(_FileReader(fd, read))  # type: ignore[arg-type]
         self.header = self.prefix.header
-        start = self.prefix.header_end
-        head = os.pread(fd, HEAD.size, start)
-        _, self._index_size, *_ = parse_head(head, start, self.size)
-        index, self._literal_start = self._read_records()
+        start_at = self.prefix.header_end
+        _, self._index_size, *_ = parse_head(read(start_at, HEAD.size), start_at, self.size)
+        index, self._literal_start = parse_records(read, start_at, self.size)
         self._entries = header_files(self.header, index.data_triples())
         self.data_bytes = sum(b for _, _, b in index.data_triples())
         # The records and literals (about 150 bytes a file) are read again when needed.
@@ -136,6 +154,11 @@ class ExtentsPackage:
         self.name, self.epoch, self.version = self.ident.name, self.ident.epoch, self.ident.version
         self.release, self.arch = self.ident.release, self.ident.arch
         self.nevra = str(self.ident)
+
+    @property
+    def data_offset(self) -> int:
+        """Where the data begins: the lead, headers and index lie before it."""
+        return self._index_head.data_offset
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ExtentsPackage:

@@ -10,6 +10,7 @@ against rpm -i of them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from collections.abc import Sequence
@@ -20,13 +21,17 @@ import pytest
 from deploytools import deploy, rpmimg, sign_all
 from imagepub import publish
 
-from deploy import rpmdb
+from deploy import rpmdb, state
+from deploy.headers import installed_file_lists
+from deploy.store import Store
+from deploy.wholesystem import tree_lists
 from fixtures import catalog
 from fixtures.build import signing_key
 from fixtures.rpmbuild import build_package
 from fixtures.signing import SigningKey
 from fixtures.spec import FileKind, FileSpec
 from host import kernel
+from rpmextents.nevra import nevra_of
 
 from oracle import assert_same_tree, rpm_install, seed_accounts, snapshot
 
@@ -259,3 +264,31 @@ def test_update_survives_a_missing_store_entry_of_the_base(sysroot: Path, update
 def _names(stored: Path) -> str:
     return subprocess.run(["rpm", "-qp", "--nosignature", "--qf", "%{NAME}", stored],
                           capture_output=True, text=True, check=True).stdout
+
+
+def test_the_etc_merge_of_an_update_takes_both_trees_lists_as_their_header_files_hold_them(
+    sysroot: Path, update_images: UpdateImages
+) -> None:
+    """An update's /etc merge reads no header file: tree_lists gives the file lists of the
+    base and of the update from their records, in the order installed_file_lists reads the
+    trees' header files (a later package's /etc entry wins), or None when one is unknown."""
+    imgs = update_images
+    deploy(sysroot, imgs.v1, imgs.key)
+    assert deploy(sysroot, imgs.v2, imgs.key).json()["build"] == "update"
+    old, new = state.load(sysroot / "@rpmimg/state.json").deployments
+    store = Store(sysroot / "@rpmimg/store", remember=True)
+    known = {store.package(p.sha256).header_sha256: store.package(p.sha256).entries()
+             for d in (old, new) for p in d.packages}
+    lists = tree_lists(known, old, new)
+    assert lists is not None
+    for made, record in zip(lists, (old, new), strict=True):
+        tree = sysroot / "@rpmimg/deployments" / record.id
+        read = list(installed_file_lists(tree, {}))
+        assert [str(nevra_of(f.header)) for f in made] == [str(nevra_of(f.header)) for f in read]
+        assert [list(f.paths()) for f in made] == [list(f.paths()) for f in read]
+    # The order is the header files', not the manifest's.
+    backwards = tree_lists(known, dataclasses.replace(old, packages=old.packages[::-1]), new)
+    assert backwards is not None
+    assert [nevra_of(f.header).name for f in backwards[0]] == ["alpha", "beta", "gamma"]
+    del known[new.packages[-1].header_sha256]
+    assert tree_lists(known, old, new) is None

@@ -9,35 +9,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from storetools import stored
 
 from deploy.errors import PackageError
 from deploy.store import Store
-from fixtures.build import fixture_packages
-from host.digest import sha256_file
-from imagespec.manifest import ManifestPackage
-from rpmextents import ExtentsPackage, transcode
+from rpmextents import ExtentsPackage
 from rpmextents.package import read_identity
-
-
-def _stored(store: Store, tmp_path: Path, name: str) -> ManifestPackage:
-    out = tmp_path / f"{name}.rpm"
-    transcode(fixture_packages()[name], out)
-    sha = sha256_file(out)
-    dest = store.path(sha)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(out, dest)
-    with ExtentsPackage.open(dest) as pkg:
-        return ManifestPackage(
-            name=pkg.name, epoch=pkg.epoch, version=pkg.version, release=pkg.release,
-            arch=pkg.arch, sha256=sha, size=dest.stat().st_size, header_sha256=pkg.header_sha256,
-            block_size=pkg.block_size, source_checksum="sha256:" + "0" * 64, source_size=0,
-            location=dest.name,
-        )
 
 
 def test_each_entry_is_read_once_when_remembering(tmp_path: Path) -> None:
     store = Store(tmp_path / "store", remember=True)
-    ref = _stored(store, tmp_path, "owners")
+    ref = stored(store, tmp_path, "owners")
     assert store.check_stored(ref, content=False)
     first = store.package(ref.sha256)
     assert store.package(ref.sha256) is first
@@ -47,7 +29,7 @@ def test_each_entry_is_read_once_when_remembering(tmp_path: Path) -> None:
 def test_a_plain_store_keeps_only_the_last_entry_read_and_only_while_its_file_is_unchanged(
         tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
-    ref, other = _stored(store, tmp_path, "owners"), _stored(store, tmp_path, "sizes")
+    ref, other = stored(store, tmp_path, "owners"), stored(store, tmp_path, "sizes")
     assert not store.at_hand(ref.sha256)
     first = store.package(ref.sha256)
     assert store.at_hand(ref.sha256) and not store.at_hand(other.sha256)
@@ -71,7 +53,7 @@ def test_a_plain_store_keeps_only_the_last_entry_read_and_only_while_its_file_is
 
 def test_a_package_opened_again_after_its_file_was_replaced_is_read_anew(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
-    ref, other = _stored(store, tmp_path, "owners"), _stored(store, tmp_path, "sizes")
+    ref, other = stored(store, tmp_path, "owners"), stored(store, tmp_path, "sizes")
     path = store.path(ref.sha256)
     read = store.package(ref.sha256)
     shutil.copy(store.path(other.sha256), tmp_path / "swap.rpm")
@@ -85,7 +67,7 @@ def test_a_package_opened_again_after_its_file_was_replaced_is_read_anew(tmp_pat
 
 def test_a_damaged_entry_is_forgotten_and_refetched(tmp_path: Path) -> None:
     store = Store(tmp_path / "store", remember=True)
-    ref = _stored(store, tmp_path, "sizes")
+    ref = stored(store, tmp_path, "sizes")
     remembered = store.package(ref.sha256)
     path = store.path(ref.sha256)
     with open(path, "r+b") as f:  # a byte of the payload changes: the header still reads
@@ -95,13 +77,13 @@ def test_a_damaged_entry_is_forgotten_and_refetched(tmp_path: Path) -> None:
         f.write(bytes([last[0] ^ 0xFF]))
     assert not store.check_stored(ref, content=True)  # damaged: removed, to be fetched again
     assert not path.exists()
-    ref2 = _stored(store, tmp_path, "sizes")  # fetched again: the same bytes
+    ref2 = stored(store, tmp_path, "sizes")  # fetched again: the same bytes
     assert store.package(ref2.sha256) is not remembered
 
 
 def test_an_entry_whose_header_no_longer_reads_is_removed_and_not_remembered(tmp_path: Path) -> None:
     store = Store(tmp_path / "store", remember=True)
-    ref = _stored(store, tmp_path, "owners")
+    ref = stored(store, tmp_path, "owners")
     path = store.path(ref.sha256)
     path.write_bytes(b"\0" * 200)  # not an extents RPM any more
     assert not store.check_stored(ref, content=False)
@@ -112,7 +94,7 @@ def test_an_entry_whose_header_no_longer_reads_is_removed_and_not_remembered(tmp
 
 def test_a_store_that_remembers_nothing_checks_identity_from_the_header_alone(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
-    ref = _stored(store, tmp_path, "owners")
+    ref = stored(store, tmp_path, "owners")
     ident = read_identity(store.path(ref.sha256))
     with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
         assert (ident.nevra, ident.epoch, ident.block_size, ident.header_sha256) == (

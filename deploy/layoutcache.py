@@ -1,0 +1,234 @@
+"""A copy of the default deployment's store entries up to their data, read as one file.
+
+An update reads the header and file list of every package of the old and the new image
+(the plan, owner names, the package database check, set-id files, sysusers, the /etc merge
+and the store's content index all go through deploy.store). Read from several hundred
+store entries on a cold cache, that is most of an update's time; read from this one file,
+it is a sequential read. TOP/@rpmimg/layout-cache holds, for each package of the default
+deployment, the bytes of its store entry before its data (lead, signature header, header
+and extents index) and the entry as fstat saw it when they were copied:
+
+    "RPMIMGLC", u32 format 1
+    entries to the end: sha256 of the store entry (32 bytes); its inode, size, mtime and
+             ctime in ns (u64, u64, i64, i64); its header's sha256 (32 bytes);
+             u32 length; the bytes
+    sha256 of everything before it (32 bytes)
+    all little-endian
+
+A copy stands for an entry only while the entry is the same file unchanged (inode, size,
+mtime and ctime, as deploy.store already trusts the package it read last), and it is
+parsed with the same strict checks as the entry itself; the store then checks its header
+against the manifest as it would the entry's, and reads the entry itself when that fails.
+A copy never gives data to extract (deploy.store opens the entry for that): its extents only
+point the content index at stored data, which sharing checks again. A file not as written
+(truncated, changed, another format), not a regular file of this user writable only by
+it, or of another filesystem (other inodes and times) stands for nothing: the entries are
+read. What it does not cover, as with deploy.storemarks: a file forged by someone who can
+already write TOP/@rpmimg as root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rpmextents.errors import ExtentsError
+from rpmextents.package import start_size
+
+if TYPE_CHECKING:
+    from deploy.store import Store
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"RPMIMGLC"
+FORMAT = 1
+_HEAD = struct.Struct("<8sI")
+_ENTRY = struct.Struct("<32sQQqq32sI")
+_DIGEST = 32
+MAX_BYTES = 4 << 30
+MAX_START = 256 << 20  # bytes before the data of one entry
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+Identity = tuple[int, int, int, int]  # inode, size, mtime ns, ctime ns
+
+
+def identity(st: os.stat_result) -> Identity:
+    # Not the device: btrfs gives each mount its own, so it changes at every boot.
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class LayoutCache:
+    """The copies a layout-cache file holds, read one at a time (the file stays open)."""
+
+    def __init__(self, fd: int, entries: dict[str, tuple[Identity, str, int, int]]) -> None:
+        self._fd = fd
+        self._entries = entries  # sha256 -> (identity, header sha256, offset, length)
+
+    @classmethod
+    def load(cls, path: Path) -> LayoutCache | None:
+        """The cache at path, or None (logged) when there is none to trust."""
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except OSError as e:
+            if not isinstance(e, FileNotFoundError):
+                log.debug("%s: not read: %s", path, e)
+            return None
+        try:
+            entries = _check(fd)
+        except (OSError, ValueError) as e:
+            os.close(fd)
+            log.warning("%s: ignored (%s); the store entries are read instead", path, e)
+            return None
+        return cls(fd, entries)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __contains__(self, sha256: str) -> bool:
+        return sha256 in self._entries
+
+    def drop(self, sha256: str) -> bool:
+        """Forget the copy of an entry; whether there was one."""
+        return self._entries.pop(sha256, None) is not None
+
+    def _found(self, sha256: str, now: os.stat_result) -> tuple[str, int, int] | None:
+        found = self._entries.get(sha256)
+        if found is None or self._fd < 0 or found[0] != identity(now):
+            return None
+        return found[1:]
+
+    def reader(self, sha256: str, now: os.stat_result) -> Callable[[int, int], bytes] | None:
+        """read(offset, n) of the copy of the entry sha256 (as from the entry's start) while
+        the entry is the file it was copied from, unchanged (now: its stat); else None."""
+        found = self._found(sha256, now)
+        if found is None:
+            return None
+        _, base, length = found
+        fd = self._fd
+        return lambda offset, n: os.pread(fd, max(0, min(n, length - offset)), base + offset)
+
+    def copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Iterator[bytes]] | None:
+        """(length, header sha256 as recorded, its bytes a megabyte at a time) of the entry's
+        copy, as reader() finds it."""
+        found = self._found(sha256, now)
+        if found is None:
+            return None
+        header_sha, base, length = found
+        return length, header_sha, _chunks(self._fd, base, length)
+
+
+def _chunks(fd: int, offset: int, length: int) -> Iterator[bytes]:
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(fd, min(1 << 20, end - offset), offset)
+        if not chunk:
+            raise OSError(f"{length} bytes expected, the file is shorter")
+        offset += len(chunk)
+        yield chunk
+
+
+def _check(fd: int) -> dict[str, tuple[Identity, str, int, int]]:
+    """The entries of the file open as fd, after its digest and structure are checked."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ValueError("not a regular file of this user writable only by it")
+    if not _HEAD.size + _DIGEST <= st.st_size <= MAX_BYTES:
+        raise ValueError(f"{st.st_size} bytes")
+    digest = hashlib.sha256()
+    end = st.st_size - _DIGEST
+    pos = 0
+    while pos < end:
+        chunk = os.pread(fd, min(1 << 20, end - pos), pos)
+        if not chunk:
+            raise ValueError("shorter than it was")
+        digest.update(chunk)
+        pos += len(chunk)
+    if os.pread(fd, _DIGEST, end) != digest.digest():
+        raise ValueError("digest mismatch: not as written")
+    magic, version = _HEAD.unpack(os.pread(fd, _HEAD.size, 0))
+    if magic != MAGIC or version != FORMAT:
+        raise ValueError(f"not a layout cache of format {FORMAT}")
+    entries = {}
+    pos = _HEAD.size
+    while pos < end:
+        if pos + _ENTRY.size > end:
+            raise ValueError("an entry runs past the end")
+        sha, ino, size, mtime, ctime, header_sha, length = _ENTRY.unpack(os.pread(fd, _ENTRY.size, pos))
+        pos += _ENTRY.size
+        if length > MAX_START or pos + length > end:
+            raise ValueError("an entry runs past the end")
+        entries[sha.hex()] = ((ino, size, mtime, ctime), header_sha.hex(), pos, length)
+        pos += length
+    if pos != end:
+        raise ValueError("bytes after the last entry")
+    return entries
+
+
+Copy = tuple[str, os.stat_result, str, int, Iterable[bytes]]
+
+
+def save(path: Path, copies: Iterable[Copy]) -> None:
+    """Write a cache of copies (entry sha256, its stat, header sha256, the length of its
+    bytes before its data, those bytes in chunks), one at a time, under a temporary name
+    renamed over path. Not synced: a file a crash cut short is not as written, and stands
+    for nothing. The caller holds the lock of the sysroot: the temporary files of killed
+    runs are removed."""
+    for left in path.parent.glob(f".{path.name}.tmp-*"):
+        left.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            def put(data: bytes) -> None:
+                digest.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+
+            put(_HEAD.pack(MAGIC, FORMAT))
+            for sha, st, header_sha, length, chunks in copies:
+                put(_ENTRY.pack(bytes.fromhex(sha), *identity(st), bytes.fromhex(header_sha), length))
+                written = 0
+                for chunk in chunks:
+                    put(chunk)
+                    written += len(chunk)
+                if written != length:
+                    raise OSError(f"{sha}: {written} bytes copied, not {length}")
+            os.write(fd, digest.digest())
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def copies(store: Store, sha256s: Iterable[str]) -> Iterator[Copy]:
+    """What save() takes for the store entries sha256s, one at a time: the copy the store
+    read an entry from (store.layout_copy), else the entry's own bytes (an entry that is
+    not an extents RPM is left out; one changed while it is copied is recorded as it was
+    before, so its copy stands for nothing)."""
+    for sha in dict.fromkeys(sha256s):
+        fd = os.open(store.path(sha), _READ_FLAGS)
+        try:
+            st = os.fstat(fd)
+            found = store.layout_copy(sha, st)
+            if found is None:
+                try:
+                    length, header_sha = start_size(fd)
+                except ExtentsError as e:
+                    log.debug("%s: not in the layout cache: %s", store.path(sha), e)
+                    continue
+                found = length, header_sha, _chunks(fd, 0, length)
+            yield sha, st, found[1], found[0], found[2]
+        finally:
+            os.close(fd)

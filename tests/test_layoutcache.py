@@ -1,0 +1,244 @@
+"""The layout cache (deploy.layoutcache): an update reads the unchanged packages' headers
+and file lists from one file, and a stale, planted, truncated, altered or foreign cache is
+ignored (the store entries are read), never trusted for data."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from deploytools import Images, deploy, rpmimg
+from storetools import stored
+
+from deploy import layoutcache
+from deploy.layoutcache import LayoutCache
+from deploy.store import Store
+from imagespec.manifest import ManifestPackage
+from rpmextents import ExtentsPackage
+from rpmextents.errors import ExtentsError
+
+pytest_plugins = ("deployenv",)
+
+NAMES = ("owners", "sizes", "modes")
+
+
+@pytest.fixture
+def cached(tmp_path: Path) -> tuple[Path, Path, list[ManifestPackage]]:
+    """(store root, cache file, refs): three stored packages and a cache of them."""
+    root = tmp_path / "store"
+    store = Store(root)
+    refs = [stored(store, tmp_path, n) for n in NAMES]
+    cache = tmp_path / "layout-cache"
+    layoutcache.save(cache, layoutcache.copies(store, [r.sha256 for r in refs]))
+    return root, cache, refs
+
+
+@pytest.fixture
+def opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    """The paths ExtentsPackage.open opens from now on."""
+    seen: list[Path] = []
+    real = ExtentsPackage.open.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[ExtentsPackage], path: str | os.PathLike[str]) -> ExtentsPackage:
+        seen.append(Path(path))
+        return real(cls, path)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(ExtentsPackage, "open", classmethod(counting))
+    yield seen
+
+
+def _store(root: Path, cache: Path, refs: list[ManifestPackage]) -> Store:
+    store = Store(root, remember=True)
+    store.use_layout(LayoutCache.load(cache), {r.sha256: r.header_sha256 for r in refs})
+    return store
+
+
+def test_unchanged_entries_are_read_from_the_cache_as_from_themselves(
+        cached: tuple[Path, Path, list[ManifestPackage]], opens: list[Path]) -> None:
+    root, cache, refs = cached
+    assert cache.stat().st_mode & 0o777 == 0o600
+    store = _store(root, cache, refs)
+    for ref in refs:
+        assert store.check_stored(ref, content=False)
+        pkg = store.package(ref.sha256)
+        with ExtentsPackage.open(store.path(ref.sha256)) as real:
+            assert pkg.header_bytes() == real.header_bytes()
+            assert list(pkg.entries().paths()) == list(real.entries().paths())
+            files, real_files = pkg.entries(), real.entries()
+            assert [files.extent(i) for i in range(len(files))] == [
+                real_files.extent(i) for i in range(len(real_files))]
+            assert pkg.data_offset == real.data_offset and pkg.unchanged()
+    assert opens == [store.path(r.sha256) for r in refs]  # this test's own reads only
+    # Data is never located through a copy: opened() reads the entry itself.
+    with store.opened(refs[0].sha256) as pkg:
+        assert opens[-1] == store.path(refs[0].sha256) and pkg.fileno() >= 0
+
+
+def test_a_changed_or_replaced_entry_is_read_again(
+        cached: tuple[Path, Path, list[ManifestPackage]], opens: list[Path]) -> None:
+    root, cache, refs = cached
+    store = Store(root)
+    replaced = store.path(refs[0].sha256)
+    shutil.copy(replaced, replaced.with_suffix(".new"))
+    os.rename(replaced.with_suffix(".new"), replaced)  # same bytes, another file
+    touched = store.path(refs[1].sha256)
+    os.utime(touched, ns=(0, 0))
+    store = _store(root, cache, refs)
+    for ref in refs:
+        assert store.check_stored(ref, content=False)
+    assert opens == [replaced, touched]
+
+
+def _copy(cache: LayoutCache, sha256: str, now: os.stat_result) -> tuple[bytes, str]:
+    """(bytes, header sha256) of a copy the cache has."""
+    found = cache.copy(sha256, now)
+    assert found is not None
+    length, header_sha, chunks = found
+    data = b"".join(chunks)
+    assert len(data) == length
+    return data, header_sha
+
+
+def _reader(data: bytes) -> Callable[[int, int], bytes]:
+    return lambda offset, n: data[offset:offset + n]
+
+
+def _rewrite(cache: Path, body: Callable[[bytes], bytes]) -> None:
+    """Change the cache's entries and write its digest anew, as a forger would."""
+    data = cache.read_bytes()[:-32]
+    data = body(data)
+    cache.write_bytes(data + hashlib.sha256(data).digest())
+
+
+def _spoilers() -> list[tuple[str, Callable[[Path], None]]]:
+    def truncate(cache: Path) -> None:
+        with open(cache, "r+b") as f:
+            f.truncate(cache.stat().st_size // 2)
+
+    def flip(cache: Path) -> None:
+        data = bytearray(cache.read_bytes())
+        data[len(data) // 2] ^= 1
+        cache.write_bytes(bytes(data))
+
+    def other_format(cache: Path) -> None:
+        _rewrite(cache, lambda d: d[:8] + struct.pack("<I", 2) + d[12:])
+
+    def writable(cache: Path) -> None:
+        cache.chmod(0o666)
+
+    def other_owner(cache: Path) -> None:
+        os.chown(cache, 65534, 65534)
+
+    def a_link(cache: Path) -> None:
+        target = cache.with_name("elsewhere")
+        os.rename(cache, target)
+        cache.symlink_to(target)
+
+    def empty(cache: Path) -> None:
+        cache.write_bytes(b"")
+
+    return [("truncated", truncate), ("a flipped byte", flip), ("another format", other_format),
+            ("writable by others", writable), ("another owner's", other_owner),
+            ("a symlink", a_link), ("empty", empty)]
+
+
+@pytest.mark.parametrize(("what", "spoil"), _spoilers(), ids=[w for w, _ in _spoilers()])
+def test_a_cache_not_as_written_stands_for_nothing(
+        cached: tuple[Path, Path, list[ManifestPackage]], opens: list[Path], what: str,
+        spoil: Callable[[Path], None]) -> None:
+    root, cache, refs = cached
+    spoil(cache)
+    assert LayoutCache.load(cache) is None, what
+    store = _store(root, cache, refs)
+    for ref in refs:
+        assert store.check_stored(ref, content=False)
+    assert len(opens) == len(refs)
+
+
+def test_a_forged_copy_is_caught_by_the_manifest_and_the_entry_read(
+        cached: tuple[Path, Path, list[ManifestPackage]], opens: list[Path]) -> None:
+    """A cache rewritten with its digest made anew: the first entry's copy replaced by the
+    second's. Its header is not the one the manifest names for that entry: the store reads
+    the entry itself, and the deploy goes on (no 'the manifest lies' refusal). An entry no
+    manifest or record names a header for is never read from a copy."""
+    root, cache, refs = cached
+    entries = LayoutCache.load(cache)
+    assert entries is not None
+    store = Store(root)
+    first, second = (os.stat(store.path(r.sha256)) for r in refs[:2])
+    copy_of_second = _copy(entries, refs[1].sha256, second)
+    entries.close()
+    layoutcache.save(cache, [(refs[0].sha256, first, copy_of_second[1], len(copy_of_second[0]),
+                              [copy_of_second[0]])])
+    store = _store(root, cache, refs)
+    assert store.check_stored(refs[0], content=False)
+    assert store.package(refs[0].sha256).header_sha256 == refs[0].header_sha256
+    assert opens == [store.path(refs[0].sha256)]
+    # A copy that parses as the entry itself would, but for one byte of its header, read
+    # without a manifest entry to check it against (as a package only the base has).
+    path = store.path(refs[0].sha256)
+    st = os.stat(path)
+    with ExtentsPackage.open(path) as pkg:
+        start = bytearray(os.pread(pkg.fileno(), pkg.data_offset, 0))
+        end = pkg.header_end
+    for at in range(end - 1, 0, -1):
+        start[at] ^= 0x01
+        try:
+            ExtentsPackage(path, -1, (_reader(bytes(start)), st))
+            break
+        except ExtentsError:
+            start[at] ^= 0x01
+    layoutcache.save(cache, [(refs[0].sha256, st, refs[0].header_sha256, len(start), [bytes(start)])])
+    store = _store(root, cache, refs)
+    assert store.package(refs[0].sha256).header_sha256 == refs[0].header_sha256
+    assert opens[-1] == path
+    layoutcache.save(cache, layoutcache.copies(Store(root), [r.sha256 for r in refs]))
+    store = _store(root, cache, refs[1:])
+    store.package(refs[0].sha256)
+    assert opens[-1] == store.path(refs[0].sha256)
+
+
+def test_a_foreign_cache_stands_for_nothing(
+        cached: tuple[Path, Path, list[ManifestPackage]], opens: list[Path], tmp_path: Path) -> None:
+    """The same packages stored elsewhere (another machine's store, a restored copy): other
+    inodes and times, so none of its copies is used."""
+    root, cache, refs = cached
+    other = tmp_path / "other-store"
+    shutil.copytree(root, other)
+    store = _store(other, cache, refs)
+    for ref in refs:
+        assert store.check_stored(ref, content=False)
+    assert len(opens) == len(refs)
+
+
+def test_an_update_uses_the_cache_and_survives_a_forged_one(sysroot: Path, images: Images) -> None:
+    """A deploy leaves the cache of the new default; an update whose cache was forged (each
+    entry's copy swapped with another's, digest made anew) still deploys and verifies."""
+    deploy(sysroot, images.v1, images.key)
+    cache = sysroot / "@rpmimg/layout-cache"
+    loaded = LayoutCache.load(cache)
+    assert loaded is not None and len(loaded._entries) > 1
+    store = Store(sysroot / "@rpmimg/store")
+    shas = sorted(loaded._entries)
+    copies = [_copy(loaded, s, os.stat(store.path(s))) for s in shas]
+    loaded.close()
+    rotated = copies[1:] + copies[:1]
+    layoutcache.save(cache, [(s, os.stat(store.path(s)), c[1], len(c[0]), [c[0]])
+                             for s, c in zip(shas, rotated, strict=True)])
+    new = deploy(sysroot, images.v2, images.key).json()
+    assert new["build"] == "update"
+    assert rpmimg("verify", "--sysroot", sysroot).code == 0
+    # The new default's cache is as written again: every copy stands for its entry.
+    again = LayoutCache.load(cache)
+    assert again is not None
+    for sha in again._entries:
+        copy = _copy(again, sha, os.stat(store.path(sha)))
+        with ExtentsPackage.open(store.path(sha)) as pkg:
+            assert copy[0] == pkg.header_bytes() + os.pread(pkg.fileno(), pkg.data_offset - pkg.header_end,
+                                                            pkg.header_end)
+            assert copy[1] == pkg.header_sha256
