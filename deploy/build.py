@@ -21,7 +21,7 @@ from deploy.faults import checkpoint
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import HEADER_DIR, SetidFile, TreeBuilder
+from deploy.tree import HEADER_DIR, SetidFile, TreeBuilder, header_file_name
 from host import kernel
 from rpmextents import ExtentsPackage, refuse_package_db
 from rpmextents.files import FileList, package_files
@@ -69,16 +69,19 @@ class Image(Protocol):
 OwnerIds = Mapping[str, Mapping[str, int | None]]
 # Writes the deployment's own record into the finished tree: (tree, subvolume id, owner ids).
 Seal = Callable[[Path, int, OwnerIds], None]
+# Told of each package a full build extracts: (its header file's name in the tree, its files).
+Noted = Callable[[str, FileList], None]
 
 
 def build(
     system: System, m: Image, store: Store, new_id: str, progress: ProgressFn,
     base: DeploymentRecord | None, full: bool = False, seal: Seal | None = None,
-    accounts: Path | None = None,
+    accounts: Path | None = None, noted: Noted | None = None,
 ) -> Built:
     """Build image m as deployment new_id; base is the deployment to update from. seal
     writes the deployment's record into the tree before it is made read-only. Owner names
-    resolve through the accounts of the root `accounts` (default: the sysroot's).
+    resolve through the accounts of the root `accounts` (default: the sysroot's). A full
+    build tells noted of each package it writes, in the manifest's order.
 
     A package claiming rpmimg's package database is refused before anything is built; a
     build that fails leaves no subvolume behind.
@@ -98,7 +101,7 @@ def build(
                 log.info("building %s %s from scratch: %s", m.name, m.version, reason)
                 _discard(path)
         if method == "full":
-            builder = _full(system, m, store, path, progress, owners_root)
+            builder = _full(system, m, store, path, progress, owners_root, noted)
             written, kept = builder.stats.entries, 0
         owner_ids = builder.owner_ids()
         # A new database's indexes are rpm's work, done while the seal merges /etc.
@@ -156,7 +159,7 @@ def _package_database(path: Path, m: Image, base: DeploymentRecord | None) -> It
 
 
 def _full(system: System, m: Image, store: Store, path: Path, progress: ProgressFn,
-          owners_root: Path) -> TreeBuilder:
+          owners_root: Path, noted: Noted | None) -> TreeBuilder:
     kernel.subvolume_create(path)
     checkpoint("subvolume created")
     builder = TreeBuilder(path, owners_root)
@@ -167,6 +170,8 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
             builder.add_package(pkg)
             builder.account(pkg.nevra, pkg.entries())
             builder.write_header(pkg)
+            if noted is not None:
+                noted(header_file_name(pkg), pkg.entries())
         progress(i + 1, len(m.packages))
         if i % step == 0:
             checkpoint("package built")

@@ -15,16 +15,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import bootselect, mounts, rootfs, sysusers
 from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build
 from deploy.etcbase import write_records
-from deploy.etcmerge import EtcMerge, merge_etc
+from deploy.etcmerge import EtcMerge, EtcPart, merge_etc
 from deploy.faults import checkpoint
-from deploy.headers import FileIdentity, installed_file_lists
+from deploy.headers import FileIdentity, header_names, installed_file_lists
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
@@ -47,17 +47,19 @@ def device(system: System) -> str:
 
 
 def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
-          known: Mapping[str, FileList] | None = None) -> EtcMerge:
+          known: Mapping[str, FileList] | None = None,
+          written: Mapping[str, EtcPart] | None = None) -> EtcMerge:
     """Merge the image's /etc into the root (deploy.etcmerge) as `rpm -U` from the packages
     of old_usr would (`rpm -i` without one) and record it in the new /usr. The packages are
-    the trees' header files; known: file lists already read, by their header's sha256."""
+    the trees' header files; known: file lists already read, by their header's sha256;
+    written: what a full build wrote into usr, by header file name (see _new_packages)."""
     known = known or {}
     # Read as merge_etc takes their /etc entries: one package's file list at a time. For an
     # update, read remembers the lists of the tree read first by file identity: the new
     # tree's header files that nothing changed since the snapshot are the old tree's.
     read: dict[FileIdentity, FileList] | None = {} if old_usr is not None else None
     old = installed_file_lists(old_usr, known, read) if old_usr is not None else None
-    new = installed_file_lists(usr, known, read)
+    new = _new_packages(usr, known, read, written)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         usr_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -69,6 +71,17 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
     finally:
         os.close(root_fd)
     return result
+
+
+def _new_packages(usr: Path, known: Mapping[str, FileList], read: dict[FileIdentity, FileList] | None,
+                  written: Mapping[str, EtcPart] | None) -> Iterable[FileList | EtcPart]:
+    """The packages of the new tree at usr as the merge reads them (header files by name):
+    what the build noted as it wrote each header file, when the tree holds exactly those
+    (a full build makes the tree, and with it the header directory, new), else each header
+    file read again."""
+    if written and header_names(usr) == sorted(written):
+        return [written[name] for name in sorted(written)]
+    return installed_file_lists(usr, known, read)
 
 
 def _read(store: Store, m: Image, base: DeploymentRecord | None) -> dict[str, FileList]:
@@ -107,8 +120,14 @@ def build_system(
         accounts = sysusers.create_accounts(root, store, [r.sha256 for r in m.packages])
         checkpoint("accounts created")
 
+        written: dict[str, EtcPart] = {}
+
+        def noted(name: str, files: FileList) -> None:
+            # Its header file was written under name, over any earlier one of that name.
+            written[name] = EtcPart.of(files)
+
         def seal(tree: Path, subvol_id: int, owner_ids: OwnerIds) -> None:
-            merged.append(merge(root, tree, old_usr, root_base, _read(store, m, base)))
+            merged.append(merge(root, tree, old_usr, root_base, _read(store, m, base), written))
             checkpoint("etc merged")
             write_record(tree, subvol_id, owner_ids)
             # The root goes into place before its /usr: a complete deployment always has it.
@@ -116,7 +135,7 @@ def build_system(
             checkpoint("root in place")
 
         built = build(system, m, store, new_id, progress, base, full=full, seal=seal,
-                      accounts=root)
+                      accounts=root, noted=noted)
     except BaseException:
         for path in (root_path, system.layout.root_of(new_id)):
             with contextlib.suppress(OSError):
