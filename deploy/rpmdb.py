@@ -130,6 +130,11 @@ def _fill(stage: Path, header_files: Sequence[Path], install: Install) -> None:
     _rpmdb(stage, "--initdb")
     conn = sqlite3.connect(stage / DB_FILE)
     try:
+        # A scratch database, synced once when placed: no journal on disk, no sync per commit,
+        # and the tables dropped in the one transaction (each alone would commit, and sync).
+        conn.execute("PRAGMA journal_mode=MEMORY").fetchall()
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("BEGIN")
         with conn:
             for table in _tables(conn):
                 if table not in ("Packages", "sqlite_sequence"):
