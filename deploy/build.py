@@ -76,18 +76,20 @@ Noted = Callable[[str, FileList], None]
 def build(
     system: System, m: Image, store: Store, new_id: str, progress: ProgressFn,
     base: DeploymentRecord | None, full: bool = False, seal: Seal | None = None,
-    accounts: Path | None = None, noted: Noted | None = None,
+    accounts: Path | None = None, noted: Noted | None = None, claims_checked: bool = False,
 ) -> Built:
     """Build image m as deployment new_id; base is the deployment to update from. seal
     writes the deployment's record into the tree before it is made read-only. Owner names
     resolve through the accounts of the root `accounts` (default: the sysroot's). A full
     build tells noted of each package it writes, in the manifest's order.
 
-    A package claiming rpmimg's package database is refused before anything is built; a
-    build that fails leaves no subvolume behind.
+    A package claiming rpmimg's package database is refused before anything is built (unless
+    the caller did that already, claims_checked: see refuse_claims); a build that fails
+    leaves no subvolume behind.
     """
-    for ref in m.packages:
-        refuse_package_db(ref.nevra, _claims(store, ref.sha256))
+    if not claims_checked:
+        for ref in m.packages:
+            refuse_package_db(ref.nevra, _claims(store, ref.sha256))
     path = system.layout.staging / f"build-{new_id}"
     owners_root = accounts if accounts is not None else system.sysroot
     method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
@@ -120,6 +122,12 @@ def build(
         outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
         owner_ids=owner_ids, setid_files=tuple(builder.stats.setid),
     )
+
+
+def refuse_claims(nevra: str, files: FileList) -> None:
+    """What build() checks of each package before it builds, for a caller that reads every
+    package's file list before that anyway (the accounts)."""
+    refuse_package_db(nevra, zip(files.paths(), files.modes, strict=True))
 
 
 def _claims(store: Store, sha256: str) -> Iterable[tuple[str, int]]:

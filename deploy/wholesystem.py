@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import bootselect, mounts, rootfs, sysusers
-from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build
+from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build, refuse_claims
 from deploy.etcbase import write_records
 from deploy.etcmerge import EtcMerge, EtcPart, merge_etc
 from deploy.faults import checkpoint
@@ -117,7 +117,11 @@ def build_system(
         root = rootfs.make_root(system, new_id, device(system), root_base,
                                 adopt=base is None and not fresh_root, var_subvol=var_subvol)
         checkpoint("root created")
-        accounts = sysusers.create_accounts(root, store, [r.sha256 for r in m.packages])
+        # A full build's claims on the package database are checked on the accounts' pass
+        # over the headers (an update's, by build: it may read them from the store's memory).
+        claims_checked = full or base is None
+        accounts = sysusers.create_accounts(root, store, [r.sha256 for r in m.packages],
+                                            refuse_claims if claims_checked else None)
         checkpoint("accounts created")
 
         written: dict[str, EtcPart] = {}
@@ -135,7 +139,7 @@ def build_system(
             checkpoint("root in place")
 
         built = build(system, m, store, new_id, progress, base, full=full, seal=seal,
-                      accounts=root, noted=noted)
+                      accounts=root, noted=noted, claims_checked=claims_checked)
     except BaseException:
         for path in (root_path, system.layout.root_of(new_id)):
             with contextlib.suppress(OSError):
