@@ -56,8 +56,9 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
     known = known or {}
     # Read as merge_etc takes their /etc entries: one package's file list at a time. For an
     # update, read remembers the lists of the tree read first by file identity: the new
-    # tree's header files that nothing changed since the snapshot are the old tree's.
-    read: dict[FileIdentity, FileList] | None = {} if old_usr is not None else None
+    # tree's header files that nothing changed since the snapshot are the old tree's. A
+    # full build's tree is new (and its packages noted): nothing to remember them for.
+    read: dict[FileIdentity, FileList] | None = {} if old_usr is not None and not written else None
     old = installed_file_lists(old_usr, known, read) if old_usr is not None else None
     new = _new_packages(usr, known, read, written)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
