@@ -21,7 +21,7 @@ from deploy.faults import checkpoint
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import HEADER_DIR, SetidFile, TreeBuilder
+from deploy.tree import HEADER_DIR, SetidFile, TreeBuilder, header_file_name
 from host import kernel
 from rpmextents import ExtentsPackage, refuse_package_db
 from rpmextents.files import FileList, package_files
@@ -74,22 +74,27 @@ Seal = Callable[[Path, int, OwnerIds], None]
 # What build() calls on the finished tree: a Seal's arguments and whether the tree is an
 # update of base (its snapshot, changed where the image differs) rather than a full build.
 BuildSeal = Callable[[Path, int, OwnerIds, bool], None]
+# Told of each package a full build extracts: (its header file's name in the tree, its files).
+Noted = Callable[[str, FileList], None]
 
 
 def build(
     system: System, m: Image, store: Store, new_id: str, progress: ProgressFn,
     base: DeploymentRecord | None, full: bool = False, seal: BuildSeal | None = None,
-    accounts: Path | None = None,
+    accounts: Path | None = None, noted: Noted | None = None, claims_checked: bool = False,
 ) -> Built:
     """Build image m as deployment new_id; base is the deployment to update from. seal
     writes the deployment's record into the tree before it is made read-only. Owner names
-    resolve through the accounts of the root `accounts` (default: the sysroot's).
+    resolve through the accounts of the root `accounts` (default: the sysroot's). A full
+    build tells noted of each package it writes, in the manifest's order.
 
-    A package claiming rpmimg's package database is refused before anything is built; a
-    build that fails leaves no subvolume behind.
+    A package claiming rpmimg's package database is refused before anything is built (unless
+    the caller did that already, claims_checked: see refuse_claims); a build that fails
+    leaves no subvolume behind.
     """
-    for ref in m.packages:
-        refuse_package_db(ref.nevra, _claims(store, ref.sha256))
+    if not claims_checked:
+        for ref in m.packages:
+            refuse_package_db(ref.nevra, _claims(store, ref.sha256))
     path = system.layout.staging / f"build-{new_id}"
     owners_root = accounts if accounts is not None else system.sysroot
     method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
@@ -103,7 +108,7 @@ def build(
                 log.info("building %s %s from scratch: %s", m.name, m.version, reason)
                 _discard(path)
         if method == "full":
-            builder = _full(system, m, store, path, progress, owners_root)
+            builder = _full(system, m, store, path, progress, owners_root, noted)
             written, kept = builder.stats.entries, 0
         owner_ids = builder.owner_ids()
         # A new database's indexes are rpm's work, done while the seal merges /etc.
@@ -122,6 +127,12 @@ def build(
         outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
         owner_ids=owner_ids, setid_files=tuple(builder.stats.setid),
     )
+
+
+def refuse_claims(nevra: str, files: FileList) -> None:
+    """What build() checks of each package before it builds, for a caller that reads every
+    package's file list before that anyway (the accounts)."""
+    refuse_package_db(nevra, zip(files.paths(), files.modes, strict=True))
 
 
 def _claims(store: Store, sha256: str) -> Iterable[tuple[str, int]]:
@@ -161,7 +172,7 @@ def _package_database(path: Path, m: Image, base: DeploymentRecord | None) -> It
 
 
 def _full(system: System, m: Image, store: Store, path: Path, progress: ProgressFn,
-          owners_root: Path) -> TreeBuilder:
+          owners_root: Path, noted: Noted | None) -> TreeBuilder:
     kernel.subvolume_create(path)
     checkpoint("subvolume created")
     builder = TreeBuilder(path, owners_root)
@@ -172,6 +183,8 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
             builder.add_package(pkg)
             builder.account(pkg.nevra, pkg.entries())
             builder.write_header(pkg)
+            if noted is not None:
+                noted(header_file_name(pkg), pkg.entries())
         progress(i + 1, len(m.packages))
         if i % step == 0:
             checkpoint("package built")

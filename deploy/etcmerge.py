@@ -20,7 +20,7 @@ from rpmextents.header import Header
 from rpmextents.nevra import nevra_of
 from rpmextents.tree import Relocation
 
-__all__ = ["ACTIONS", "NOTABLE", "EtcAction", "EtcMerge", "EtcMergeError", "merge_etc",
+__all__ = ["ACTIONS", "NOTABLE", "EtcAction", "EtcMerge", "EtcMergeError", "EtcPart", "merge_etc",
            "read_merge_record", "write_records"]
 
 ETC = "/etc"
@@ -80,15 +80,31 @@ class EtcMerge:
         return cls(tuple(actions))
 
 
-def etc_entries(headers: Iterable[Header | FileList]) -> dict[str, tuple[Entry, str]]:
+@dataclass(frozen=True)
+class EtcPart:
+    """All the merge needs of one package: its NEVRA and its entries below /etc, in order
+    (a full build notes it as it extracts the package, rather than read its header again)."""
+
+    nevra: str
+    entries: tuple[Entry, ...]
+
+    @classmethod
+    def of(cls, files: FileList) -> EtcPart:
+        return cls(str(nevra_of(files.header)), tuple(files.entries_below(ETC)))
+
+
+Package = Header | FileList | EtcPart
+
+
+def etc_entries(headers: Iterable[Package]) -> dict[str, tuple[Entry, str]]:
     """path -> (entry, NEVRA) of every entry below /etc; a later package's wins, as in the tree.
-    A package is its header, or its file list when that was read already."""
+    A package is its header, its file list when that was read already, or its EtcPart."""
     owned: dict[str, tuple[Entry, str]] = {}
     for header in headers:
-        files = header if isinstance(header, FileList) else header_files(header)
-        nevra = str(nevra_of(files.header))
-        for entry in files.entries_below(ETC):
-            owned[entry.path] = (entry, nevra)
+        part = header if isinstance(header, EtcPart) else EtcPart.of(
+            header if isinstance(header, FileList) else header_files(header))
+        for entry in part.entries:
+            owned[entry.path] = (entry, part.nevra)
     return owned
 
 
@@ -181,8 +197,8 @@ class _Merge:
             self.note(path, "removed", nevra, "removed by the vendor")
 
 
-def merge_etc(root_fd: int, usr_fd: int, old: Iterable[Header | FileList] | None,
-              new: Iterable[Header | FileList]) -> EtcMerge:
+def merge_etc(root_fd: int, usr_fd: int, old: Iterable[Package] | None,
+              new: Iterable[Package]) -> EtcMerge:
     """Merge /etc of the root at root_fd for the /usr tree at usr_fd, as rpm -U old -> new would.
 
     old None: a first deployment or a reset, merged as ``rpm -i`` onto what the root holds.

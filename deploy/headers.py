@@ -158,6 +158,12 @@ def _header_names(dir_fd: int) -> list[str]:
     return sorted(n for n in os.listdir(dir_fd) if n.endswith(".rpm") and not n.startswith("."))
 
 
+def header_names(usr: Path) -> list[str]:
+    """The names of the header files of the /usr tree at usr, in the order they are read."""
+    with _header_dir(usr) as dir_fd:
+        return _header_names(dir_fd)
+
+
 def installed_packages(usr: Path) -> Iterator[InstalledPackage]:
     """The packages of the /usr tree at usr, by header file name.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from deploy.store import Store
 from host.run import CommandError, run
 from rpmextents import ExtentsPackage
 from rpmextents.accounts import accounts_without_sysusers, sysusers_entries
-from rpmextents.filelist import header_files
+from rpmextents.filelist import FileList, header_files
 from rpmextents.nevra import nevra_of
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,11 @@ class Accounts:
     by_scriptlet: tuple[str, ...]  # packages creating accounts in scriptlets without sysusers.d
 
 
-def image_config(store: Store, sha256s: Iterable[str]) -> tuple[dict[str, bytes], list[str]]:
+def image_config(store: Store, sha256s: Iterable[str],
+                 each: Callable[[str, FileList], None] | None = None) -> tuple[dict[str, bytes], list[str]]:
     """name -> content of every sysusers.d file of the packages; and the packages that
-    create accounts in scriptlets without shipping one."""
+    create accounts in scriptlets without shipping one. each, if given, is shown every
+    package's NEVRA and file list as they are read (another check on the same pass)."""
     found: dict[str, bytes] = {}
     by_scriptlet = []
     for sha in dict.fromkeys(sha256s):
@@ -49,6 +51,8 @@ def image_config(store: Store, sha256s: Iterable[str]) -> tuple[dict[str, bytes]
         else:  # the header alone: only a package with sysusers.d files is opened whole
             header = read_prefix_at(store.path(sha)).header
             entries, nevra = header_files(header), str(nevra_of(header))
+        if each is not None:
+            each(nevra, entries)
         if accounts_without_sysusers(header, entries):
             by_scriptlet.append(nevra)
         if not any(e.size <= MAX_CONFIG for e in sysusers_entries(entries)):
@@ -90,8 +94,9 @@ def apply(root: Path, config: dict[str, bytes]) -> tuple[str, ...]:
     return names
 
 
-def create_accounts(root: Path, store: Store, sha256s: Iterable[str]) -> Accounts:
-    config, by_scriptlet = image_config(store, sha256s)
+def create_accounts(root: Path, store: Store, sha256s: Iterable[str],
+                    each: Callable[[str, FileList], None] | None = None) -> Accounts:
+    config, by_scriptlet = image_config(store, sha256s, each)
     for nevra in by_scriptlet:
         log.warning("%s creates accounts in a scriptlet and ships no sysusers.d file: they will not exist",
                     nevra)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import cast
 
 from deploy import bootselect, mounts, rootfs, sysusers
-from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build
+from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build, refuse_claims
 from deploy.etcbase import write_records
-from deploy.etcmerge import EtcMerge, merge_etc
+from deploy.etcmerge import EtcMerge, EtcPart, merge_etc
 from deploy.faults import checkpoint
-from deploy.headers import FileIdentity, header_identities, installed_file_lists
+from deploy.headers import FileIdentity, header_identities, header_names, installed_file_lists
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
@@ -49,15 +49,17 @@ def device(system: System) -> str:
 
 def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
           known: Mapping[str, FileList] | None = None,
-          lists: tuple[Sequence[FileList], Sequence[FileList]] | None = None) -> EtcMerge:
+          lists: tuple[Sequence[FileList], Sequence[FileList]] | None = None,
+          written: Mapping[str, EtcPart] | None = None) -> EtcMerge:
     """Merge the image's /etc into the root (deploy.etcmerge) as `rpm -U` from the packages
     of old_usr would (`rpm -i` without one) and record it in the new /usr. The packages are
     the trees' header files; known: file lists already read, by their header's sha256;
     lists: the old and the new tree's file lists in header file order, when the caller
-    knows what both trees hold (tree_lists): then no header file is read."""
+    knows what both trees hold (tree_lists): then no header file is read; written: what a
+    full build wrote into usr, by header file name (see _new_packages)."""
     known = known or {}
     old: Iterable[FileList] | None
-    new: Iterable[FileList]
+    new: Iterable[FileList | EtcPart]
     if lists is not None and old_usr is not None:
         old, new = lists
     else:
@@ -66,10 +68,12 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
         # tree's header files that nothing changed since the snapshot are the old tree's. Only
         # those are kept: a tree built in full shares no header file with the old one, and
         # keeping every list of the old tree held 20 MB more at the benchmark corpus's peak.
-        read: dict[FileIdentity, FileList] = {}
-        old = (installed_file_lists(old_usr, known, read, keep=header_identities(usr))
+        # A full build's tree is new (and its packages noted): nothing to remember.
+        read: dict[FileIdentity, FileList] | None = {} if old_usr is not None and not written else None
+        old = (installed_file_lists(old_usr, known, read,
+                                    keep=header_identities(usr) if read is not None else ())
                if old_usr is not None else None)
-        new = installed_file_lists(usr, known, read, keep=())
+        new = _new_packages(usr, known, read, written)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         usr_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -100,6 +104,17 @@ def tree_lists(known: Mapping[str, FileList], base: DeploymentRecord, m: Image
     old = in_order((f"{p.nvra}.rpm", p.header_sha256) for p in base.packages)
     new = in_order((f"{r.nvra}.rpm", r.header_sha256) for r in m.packages)
     return None if old is None or new is None else (old, new)
+
+
+def _new_packages(usr: Path, known: Mapping[str, FileList], read: dict[FileIdentity, FileList] | None,
+                  written: Mapping[str, EtcPart] | None) -> Iterable[FileList | EtcPart]:
+    """The packages of the new tree at usr as the merge reads them (header files by name):
+    what the build noted as it wrote each header file, when the tree holds exactly those
+    (a full build makes the tree, and with it the header directory, new), else each header
+    file read again."""
+    if written and header_names(usr) == sorted(written):
+        return [written[name] for name in sorted(written)]
+    return installed_file_lists(usr, known, read, keep=())
 
 
 def _read(store: Store, m: Image, base: DeploymentRecord | None) -> dict[str, FileList]:
@@ -135,14 +150,24 @@ def build_system(
         root = rootfs.make_root(system, new_id, device(system), root_base,
                                 adopt=base is None and not fresh_root, var_subvol=var_subvol)
         checkpoint("root created")
-        accounts = sysusers.create_accounts(root, store, [r.sha256 for r in m.packages])
+        # A full build's claims on the package database are checked on the accounts' pass
+        # over the headers (an update's, by build: it may read them from the store's memory).
+        claims_checked = full or base is None
+        accounts = sysusers.create_accounts(root, store, [r.sha256 for r in m.packages],
+                                            refuse_claims if claims_checked else None)
         checkpoint("accounts created")
+
+        written: dict[str, EtcPart] = {}
+
+        def noted(name: str, files: FileList) -> None:
+            # Its header file was written under name, over any earlier one of that name.
+            written[name] = EtcPart.of(files)
 
         def seal(tree: Path, subvol_id: int, owner_ids: OwnerIds, updated: bool) -> None:
             known = _read(store, m, base)
             lists = (tree_lists(known, base, m)
                      if updated and base is not None and root_base == base.id else None)
-            merged.append(merge(root, tree, old_usr, root_base, known, lists))
+            merged.append(merge(root, tree, old_usr, root_base, known, lists, written))
             checkpoint("etc merged")
             write_record(tree, subvol_id, owner_ids)
             # The root goes into place before its /usr: a complete deployment always has it.
@@ -150,7 +175,7 @@ def build_system(
             checkpoint("root in place")
 
         built = build(system, m, store, new_id, progress, base, full=full, seal=seal,
-                      accounts=root)
+                      accounts=root, noted=noted, claims_checked=claims_checked)
     except BaseException:
         for path in (root_path, system.layout.root_of(new_id)):
             with contextlib.suppress(OSError):

@@ -161,6 +161,7 @@ def _replacing(
     return create(*args, **kw)
 
 
+_SPECIAL = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -232,12 +233,24 @@ class _Run:
             finally:
                 os.close(src_fd)
             return
-        fd = _replacing(self.tree, entry, dir_fd, name, os.open, name, _NEW_FILE, 0o600, dir_fd=dir_fd)
+        mode, uid, gid = self.owners.mode_and_ids(entry)
+        # Made with its mode unless it has set-id bits (chown and writes clear them): then a
+        # file that is also its owner's needs no chown nor chmod, two inode updates.
+        fd = _replacing(self.tree, entry, dir_fd, name, os.open, name, _NEW_FILE,
+                        0o600 if mode & _SPECIAL else mode, dir_fd=dir_fd)
         try:
             if entry.extent is not None:
                 self.writer.write(entry.extent, fd)
                 self.written += entry.extent.length
-            _apply_meta(entry, self.owners, fd, name, dir_fd)
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
+                os.fchmod(fd, mode)
+            elif stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+            if entry.caps:
+                kernel.set_capabilities(fd, entry.caps)
+            os.utime(fd, (entry.mtime, entry.mtime))
         finally:
             os.close(fd)
         self.files += 1

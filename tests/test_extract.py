@@ -304,6 +304,37 @@ def test_reserved_directory_is_refused_under_any_name(tmp_path: Path) -> None:
     assert not (dest / "usr/lib/sysimage/packages/fake.rpm").exists()
 
 
+def test_a_file_made_in_another_packages_set_group_id_directory_is_owned_as_its_package_says(
+        tmp_path: Path) -> None:
+    """A new file takes the group of a set-group-ID directory it is made in, and the mode
+    the umask leaves it: rpm sets owner and mode whatever the file was made with, and so
+    does extract, even where it makes a file with its mode to spare a chown and a chmod."""
+    from fixtures.spec import FileKind, FileSpec, PackageSpec
+
+    directory = PackageSpec(name="sgdir", files=(
+        FileSpec("/usr/share/sg", kind=FileKind.DIR, mode=0o2775, group="rpmimg-group"),))
+    files = PackageSpec(name="sgfiles", files=(
+        FileSpec("/usr/share/sg/root-file", content=b"r", mode=0o644),
+        FileSpec("/usr/share/sg/user-file", content=b"u", mode=0o644, user="rpmimg-user"),
+        FileSpec("/usr/share/shared", content=b"s", mode=0o666),
+    ))
+    built = _build_and_transcode([directory, files], tmp_path)
+    expected, actual = tmp_path / "expected", tmp_path / "actual"
+    rpm_install([rpm for rpm, _ in built], expected, passwd=PASSWD, group=GROUP)
+    seed_accounts(actual, PASSWD, GROUP)
+    mask = os.umask(0o022)
+    try:
+        for _, ext in built:
+            with ExtentsPackage.open(ext) as pkg:
+                extract(pkg, actual)
+    finally:
+        os.umask(mask)
+    st = os.lstat(actual / "usr/share/sg/root-file")
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    assert os.lstat(actual / "usr/share/shared").st_mode & 0o7777 == 0o666
+    assert_same_tree(expected, actual)
+
+
 def test_owner_names_are_read_inside_destination(tmp_path: Path) -> None:
     """DEST/etc a symlink to a host directory: its passwd is looked up inside DEST, as under
     rpm's chroot, so the host's accounts don't decide owners."""

@@ -140,3 +140,29 @@ def test_only_the_lists_the_other_tree_can_take_are_remembered(btrfs: Path) -> N
     assert read == {}
     list(installed_file_lists(fresh, {}, read, keep=()))
     assert read == {}
+
+
+def test_a_full_builds_notes_stand_for_its_header_files_only_when_the_tree_holds_exactly_those(
+        tmp_path: Path) -> None:
+    """The /etc merge of a full build takes each package's /etc entries as the build noted
+    them (in the header directory's order, not the manifest's: a later package's entry wins
+    there), and reads the header files again when the tree holds any other set of them."""
+    from deploy.etcmerge import EtcPart, etc_entries
+    from deploy.wholesystem import _new_packages
+
+    usr = _tree(tmp_path, {n: _raw(n) for n in NAMES})
+    lists = {n: _known(n)[1] for n in NAMES}
+    # Noted in another order than the names'.
+    written = {f"{n}.rpm": EtcPart.of(lists[n]) for n in reversed(NAMES)}
+    got = list(_new_packages(usr, {}, None, written))
+    assert got == [written[f"{n}.rpm"] for n in NAMES]
+    parsed = list(installed_file_lists(usr, {}))
+    assert etc_entries(got) == etc_entries(parsed) != {}
+    assert list(etc_entries(got)) == list(etc_entries(parsed))
+    # A header file more, or one less, than the build noted: every file is read again.
+    (usr / HEADER_DIR / "planted.rpm").write_bytes(_raw("owners"))
+    got = list(_new_packages(usr, {}, None, written))
+    assert [type(g) for g in got] == [FileList] * 4
+    del written["sizes.rpm"]
+    (usr / HEADER_DIR / "planted.rpm").unlink()
+    assert [type(g) for g in _new_packages(usr, {}, None, written)] == [FileList] * 3

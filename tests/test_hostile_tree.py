@@ -125,12 +125,14 @@ def _build(host: Host, name: str, *files: FileSpec) -> Path:
 # --- packages claiming the package database -------------------------------------------------
 
 
+@pytest.mark.parametrize("how", ["update", "full"])
 @pytest.mark.parametrize("case", ["header-file", "header-dir", "parent-dir", "ghost"])
 def test_package_claiming_the_package_database_is_refused(
-    case: str, sysroot: Path, host: Host, tmp_path: Path
+    case: str, how: str, sysroot: Path, host: Host, tmp_path: Path
 ) -> None:
     """A header-file symlink (to a host file), the header directory or its parent as a symlink
-    (to a host directory), a %ghost below it: refused before anything is built."""
+    (to a host directory), a %ghost below it: refused before anything is built, by an update
+    and by a full build (which checks it on the accounts' pass over the headers)."""
     name = f"claim-{case}"
     own = f"{PACKAGES_DIR}/{name}-1.0-1.noarch.rpm"
     path, spec = {
@@ -142,7 +144,8 @@ def test_package_claiming_the_package_database_is_refused(
     }[case]
     v1, v2 = _publish(host, tmp_path, [_build(host, name, spec)])
     _deploy(sysroot, host, v1)
-    result = _deploy(sysroot, host, v2, check=False)
+    full = ("--full",) if how == "full" else ()
+    result = deploy(sysroot, v2, host.key, "--allow-unsigned-packages", *full, check=False)
     _assert_refused(sysroot, result, f"{name}-1.0-1.noarch", path, "package database")
 
 
