@@ -29,7 +29,6 @@ already write TOP/@rpmimg as root.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -38,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from host import digest as hashed
 from rpmextents.errors import ExtentsError
 from rpmextents.package import start_size
 
@@ -142,8 +142,8 @@ def _check(fd: int) -> dict[str, tuple[Identity, str, int, int]]:
         raise ValueError("not a regular file of this user writable only by it")
     if not _HEAD.size + _DIGEST <= st.st_size <= MAX_BYTES:
         raise ValueError(f"{st.st_size} bytes")
-    digest = hashlib.sha256()
     end = st.st_size - _DIGEST
+    digest = hashed.new("sha256", end)
     pos = 0
     while pos < end:
         chunk = os.pread(fd, min(1 << 20, end - pos), pos)
@@ -184,12 +184,10 @@ def save(path: Path, copies: Iterable[Copy]) -> None:
     for left in path.parent.glob(f".{path.name}.tmp-*"):
         left.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    digest = hashlib.sha256()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             def put(data: bytes) -> None:
-                digest.update(data)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
@@ -203,7 +201,13 @@ def save(path: Path, copies: Iterable[Copy]) -> None:
                     written += len(chunk)
                 if written != length:
                     raise OSError(f"{sha}: {written} bytes copied, not {length}")
-            os.write(fd, digest.digest())
+            # Hashed once written, read back from the page cache: with its size known, a cache
+            # of a few megabytes is hashed without loading libcrypto (host.digest).
+            size = os.lseek(fd, 0, os.SEEK_CUR)
+            digest = hashed.new("sha256", size)
+            for chunk in _chunks(fd, 0, size):
+                digest.update(chunk)
+            os.pwrite(fd, digest.digest(), size)
         finally:
             os.close(fd)
         os.rename(tmp, path)
