@@ -1,7 +1,8 @@
 """Crash points for fault-injection tests.
 
 Tests set RPMIMG_KILL_AT=N to make the process SIGKILL itself at the Nth checkpoint
-it passes, and RPMIMG_CHECKPOINT_LOG=FILE to record the checkpoints' labels (to
+it passes (or RPMIMG_KILL_AT=LABEL: at the first checkpoint of that label, where the
+count before it depends on how threads interleave), and RPMIMG_CHECKPOINT_LOG=FILE to record the checkpoints' labels (to
 learn how many there are). Unset, a checkpoint costs one dictionary lookup.
 """
 
@@ -28,5 +29,5 @@ def checkpoint(label: str) -> None:
         if log_path is not None:
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(f"{_count} {label}\n")
-        if kill_at is not None and _count == int(kill_at):
+        if kill_at is not None and (_count == int(kill_at) if kill_at.isdigit() else label == kill_at):
             os.kill(os.getpid(), signal.SIGKILL)

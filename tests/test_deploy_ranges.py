@@ -161,16 +161,12 @@ def test_kill_9_in_the_middle_of_a_ranged_fetch_resumes(sysroot: Path, images: I
         deploy(sysroot, _url(server, images.output, images.v1), images.key)
         before = state_of(sysroot)
         source = _url(server, images.output, images.v2)
-        # Killed at checkpoint 1, 2, ... until the kill falls right after a range arrived.
-        for kill_at in range(1, 40):
-            log.unlink(missing_ok=True)
-            killed = deploy(sysroot, source, images.key, check=False,
-                            env={"RPMIMG_KILL_AT": str(kill_at), "RPMIMG_CHECKPOINT_LOG": os.fspath(log)})
-            assert killed.code == -9, killed.err
-            if log.read_text().splitlines()[-1].endswith("fetched range"):
-                break
-        else:
-            raise AssertionError("no ranged fetch was killed")
+        # Killed right after a range arrived. Not by its count: the fetch workers' checkpoints
+        # interleave, and a run killed after another package was stored has fewer of them.
+        killed = deploy(sysroot, source, images.key, check=False,
+                        env={"RPMIMG_KILL_AT": "fetched range", "RPMIMG_CHECKPOINT_LOG": os.fspath(log)})
+        assert killed.code == -9, killed.err
+        assert log.read_text().splitlines()[-1].endswith(" fetched range")
         assert state_of(sysroot) == before
         result = deploy(sysroot, source, images.key).json()
     assert result["outcome"] == "deployed"
