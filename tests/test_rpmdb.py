@@ -116,10 +116,23 @@ def _assert_same_as_rpm(ours: Path, oracle: Path) -> None:
     assert any(got[1][t] for t in ("Basenames", "Providename", "Requirename", "Sigmd5", "Sha1header"))
 
 
-def test_full_build_records_what_rpm_i_records(headers: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["in memory", "on disk"])
+def test_full_build_records_what_rpm_i_records(headers: dict[str, Path], tmp_path: Path, where: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made on tmpfs when the headers are small (then copied in), else in the tree: the same
+    database as rpm -i records, settled into one file, nothing left in either place."""
+    if where == "on disk":
+        monkeypatch.setattr(rpmdb, "BUILD_IN_MEMORY", 0)
+    shm_before = set(os.listdir(rpmdb._MEMORY_DIR))
+    made: list[str] = []
+    real_rpmdb = rpmdb._rpmdb
+    monkeypatch.setattr(rpmdb, "_rpmdb", lambda stage, *a, **k: (made.append(os.fspath(stage)),
+                                                                  real_rpmdb(stage, *a, **k))[1])
     files = sorted(headers.values())
     tree = _tree(tmp_path, "tree")
     rpmdb.build(tree, files)
+    assert made and all(m.startswith(rpmdb._MEMORY_DIR + "/") == (where == "in memory") for m in made)
+    assert set(os.listdir(rpmdb._MEMORY_DIR)) <= shm_before
     _rpm_justdb(tmp_path / "oracle", files)
     _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")
     assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]  # no -wal, -shm, lock or stage
