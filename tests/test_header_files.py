@@ -74,6 +74,17 @@ def test_a_symlink_or_garbage_in_place_of_a_header_is_refused(tmp_path: Path) ->
         list(installed_file_lists(usr, {_known("owners")[0]: _known("owners")[1]}))
 
 
+
+def _subvolume_of_headers(path: Path) -> Path:
+    """A new subvolume at path holding the header files of NAMES, as a /usr tree does."""
+    from host import kernel
+
+    kernel.subvolume_create(path)
+    (path / HEADER_DIR).mkdir(parents=True)
+    for n in NAMES:
+        (path / HEADER_DIR / f"{n}.rpm").write_bytes(_raw(n))
+    return path
+
 def test_a_snapshots_unchanged_header_files_are_taken_as_read_from_its_origin(btrfs: Path) -> None:
     """The new tree of an update is a snapshot of the old: a header file nothing changed
     since is the file read in the old tree (same inode, same times), taken as read. One
@@ -81,11 +92,7 @@ def test_a_snapshots_unchanged_header_files_are_taken_as_read_from_its_origin(bt
     from what they hold."""
     from host import kernel
 
-    old = btrfs / "old"
-    kernel.subvolume_create(old)
-    (old / HEADER_DIR).mkdir(parents=True)
-    for n in NAMES:
-        (old / HEADER_DIR / f"{n}.rpm").write_bytes(_raw(n))
+    old = _subvolume_of_headers(btrfs / "old")
     new = btrfs / "new"
     kernel.subvolume_snapshot(old, new)
     changed = new / HEADER_DIR / "sizes.rpm"
@@ -114,11 +121,7 @@ def test_only_the_lists_the_other_tree_can_take_are_remembered(btrfs: Path) -> N
     tree's identities), only the lists of files both trees hold are kept."""
     from host import kernel
 
-    old = btrfs / "old"
-    kernel.subvolume_create(old)
-    (old / HEADER_DIR).mkdir(parents=True)
-    for n in NAMES:
-        (old / HEADER_DIR / f"{n}.rpm").write_bytes(_raw(n))
+    old = _subvolume_of_headers(btrfs / "old")
     new = btrfs / "new"
     kernel.subvolume_snapshot(old, new)
     (new / HEADER_DIR / "sizes.rpm").unlink()
@@ -130,11 +133,7 @@ def test_only_the_lists_the_other_tree_can_take_are_remembered(btrfs: Path) -> N
     before = list(installed_file_lists(old, {}, read, keep=keep))
     assert sorted(map(id, read.values())) == sorted(map(id, before[:2]))  # not "sizes"
     # A fresh tree (a full build's): nothing of the old tree is kept.
-    fresh = btrfs / "fresh"
-    kernel.subvolume_create(fresh)
-    (fresh / HEADER_DIR).mkdir(parents=True)
-    for n in NAMES:
-        (fresh / HEADER_DIR / f"{n}.rpm").write_bytes(_raw(n))
+    fresh = _subvolume_of_headers(btrfs / "fresh")
     read.clear()
     list(installed_file_lists(old, {}, read, keep=header_identities(fresh)))
     assert read == {}
