@@ -2,8 +2,8 @@
 
 Tests set RPMIMG_KILL_AT=N to make the process SIGKILL itself at the Nth checkpoint
 it passes (or RPMIMG_KILL_AT=LABEL: at the first checkpoint of that label, where the
-count before it depends on how threads interleave), and RPMIMG_CHECKPOINT_LOG=FILE to record the checkpoints' labels (to
-learn how many there are). Unset, a checkpoint costs one dictionary lookup.
+count before it depends on how threads interleave), and RPMIMG_CHECKPOINT_LOG=FILE to
+record the checkpoints' labels (to learn how many there are). Unset, a checkpoint costs one dictionary lookup.
 """
 
 from __future__ import annotations

@@ -133,8 +133,15 @@ class DataWriter:
 def _apply_meta(entry: Entry, owners: Owners, fd: int | None, name: str, dir_fd: int | None) -> None:
     mode, uid, gid = owners.mode_and_ids(entry)
     if fd is not None:
-        os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
-        os.fchmod(fd, mode)
+        # Owner and mode set only where the kernel made them otherwise (the umask, a
+        # set-group-ID directory's group, set-id bits a file is made without): each is an
+        # inode update, and most files and directories are made as they should be.
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
+            os.fchmod(fd, mode)
+        elif stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
         if entry.caps and entry.type is EntryType.FILE:
             kernel.set_capabilities(fd, entry.caps)
         os.utime(fd, (entry.mtime, entry.mtime))
@@ -233,24 +240,16 @@ class _Run:
             finally:
                 os.close(src_fd)
             return
-        mode, uid, gid = self.owners.mode_and_ids(entry)
+        mode = self.owners.mode_and_ids(entry)[0]
         # Made with its mode unless it has set-id bits (chown and writes clear them): then a
-        # file that is also its owner's needs no chown nor chmod, two inode updates.
+        # file that is also its owner's needs no chown nor chmod (_apply_meta).
         fd = _replacing(self.tree, entry, dir_fd, name, os.open, name, _NEW_FILE,
                         0o600 if mode & _SPECIAL else mode, dir_fd=dir_fd)
         try:
             if entry.extent is not None:
                 self.writer.write(entry.extent, fd)
                 self.written += entry.extent.length
-            st = os.fstat(fd)
-            if (st.st_uid, st.st_gid) != (uid, gid):
-                os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
-                os.fchmod(fd, mode)
-            elif stat.S_IMODE(st.st_mode) != mode:
-                os.fchmod(fd, mode)
-            if entry.caps:
-                kernel.set_capabilities(fd, entry.caps)
-            os.utime(fd, (entry.mtime, entry.mtime))
+            _apply_meta(entry, self.owners, fd, name, dir_fd)
         finally:
             os.close(fd)
         self.files += 1
