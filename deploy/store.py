@@ -66,6 +66,7 @@ class Store:
         self._layout: LayoutCache | None = None
         self._headers: dict[str, str] = {}
         self._from_layout: set[str] = set()  # packages read from the layout cache's copies
+        self._added: list[str] = []  # entries add() moved in, not yet marked
 
     @property
     def layout(self) -> LayoutCache | None:
@@ -217,6 +218,20 @@ class Store:
             return sha256_file(self.path(sha256)) != sha256
         except OSError:
             return True
+
+    def mark_added(self) -> None:
+        """Mark the entries this store added (deploy.storemarks) so that no deploy hashes
+        them again while the filesystem shows them unchanged. Each hashed to its name as
+        add() moved it in; only root can write the store's read-only entries since, and
+        root could write the marks file as well. Best effort, as the marks are."""
+        added = [sha for sha in dict.fromkeys(self._added) if self.has(sha)]
+        self._added.clear()
+        if self._marks_path is None or not added:
+            return
+        if self._marks is None:
+            self._marks = StoreMarks(self._marks_path, self.root)
+        self._marks.mark({sha: self.path(sha) for sha in added})
+        self._marks.save(self.has)
 
     def damaged_entries(self, shas: Iterable[str]) -> set[str]:
         """The entries of shas (all present) that no longer hash to their names. With marks,
@@ -437,6 +452,7 @@ class Store:
         dest = self.path(ref.sha256)
         dest.parent.mkdir(exist_ok=True)
         os.rename(fetched, dest)
+        self._added.append(ref.sha256)
         del pkg  # its header lives on in files, once; not read again for the index
         if self._index is not None:
             # The verified file list stands for the stored copy: sharing data kept its sha256.

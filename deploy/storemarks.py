@@ -159,6 +159,17 @@ class StoreMarks:
                     self._changed = True
         return found
 
+    def mark(self, paths: dict[str, Path]) -> None:
+        """Mark entries (sha256 -> path) known to hold what hashed to their names, without
+        hashing them here: the store's own additions, hashed as they were added (Store.add).
+        The filesystem is synced first, so that the marks are of what is on disk."""
+        kernel.sync_filesystem(self.store_root)
+        for sha, path in paths.items():
+            mark = fingerprint(path)
+            if mark is not None and self._marks.get(sha) != mark:
+                self._marks[sha] = mark
+                self._changed = True
+
     def _forget(self, sha256: str) -> None:
         if self._marks.pop(sha256, None) is not None:
             self._changed = True

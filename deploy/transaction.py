@@ -265,6 +265,46 @@ def fetch_into_store(
     return Stored(tuple(fetch), stats.transferred, deduped)
 
 
+@dataclass(frozen=True)
+class Downloaded:
+    """What `deploy --download-only` brought into the store."""
+
+    image: str
+    version: str
+    packages: int
+    fetched: int = 0
+    fetched_bytes: int = 0
+    transferred_bytes: int = 0
+    deduplicated_bytes: int = 0
+    signed_by: str = ""
+    deployment: str | None = None  # the deployment that already has this version
+
+
+def download(system: System, options: DeployOptions, progress: ProgressFactory = _noop_progress) -> Downloaded:
+    """Fetch and verify an image version's packages (and its kernels and initrds) into the
+    store, refused as deploy would refuse the version; no deployment, state or boot entry
+    changes. A later deploy of it fetches nothing; `cleanup` removes what no deployment uses."""
+    signed = read_manifest(system, options)
+    m = signed.manifest
+    with mutating(system, options.lock_wait) as current:
+        intent.check(current, m, options.intent, bootcheck.failed(system))
+        result = functools.partial(Downloaded, image=m.name, version=m.version,
+                                   packages=len(m.packages), signed_by=signed.signed_by)
+        existing = next(
+            (d for d in current.deployments if (d.image, d.version) == (m.name, m.version)), None
+        )
+        if existing is not None:
+            return result(deployment=existing.id)
+        _check_downgrade(current, m, options.allow_downgrade)
+        bootfiles.fetch(system, signed.source, bootfiles.manifest_kernels(m))
+        store = Store(system.layout.store, marks=system.layout.store_marks)
+        with _phase(system, current, "fetching the packages of", m, system.layout.downloads):
+            stored = fetch_into_store(system, signed, current, options, progress, store=store)
+        store.mark_added()
+    return result(fetched=len(stored.fetched), fetched_bytes=sum(r.size for r in stored.fetched),
+                  transferred_bytes=stored.transferred, deduplicated_bytes=stored.deduplicated)
+
+
 # --- phase 3: the tree, with its own record, read-only in deployments/ -----------------------
 
 @dataclass(frozen=True)
@@ -459,6 +499,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
         with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
             commit(system, signed, current, tree)
         basecheck.record_intact(system, tree.record.id)  # the next update need not walk it
+        store.mark_added()  # nor a full deploy hash the new store entries again
         _save_layout(system, store, tree.record)  # nor read every store entry
         built = tree.built
         return base(

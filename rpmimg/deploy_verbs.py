@@ -11,7 +11,7 @@ from rpmimg import options, vocab
 from rpmimg.ui import Progress, human_bytes, plural, print_json
 
 if TYPE_CHECKING:
-    from deploy.transaction import DeployResult
+    from deploy.transaction import DeployOptions, DeployResult
 
 
 def register(subparsers: Any) -> None:
@@ -47,6 +47,9 @@ def register(subparsers: Any) -> None:
                        help="deploy a version even though it was rolled back or failed to boot")
         p.add_argument("-v", "--verbose", action="store_true",
                        help="list every file placed outside /usr and every scriptlet not run")
+        p.add_argument("--download-only", action="store_true",
+                       help="only fetch and verify the version's packages and boot files into the"
+                       " store, for a later deploy that fetches nothing")
         options.common(p, mutating=True)
         p.set_defaults(func=cmd_deploy, **({"switch": True} if switching else {}))
 
@@ -99,6 +102,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         full=args.full, intent=Intent(switch=args.switch, force=args.force),
         mirrors=tuple(args.mirror),
     )
+    if args.download_only:
+        return _download(args, opts)
     from deploy.outside import new_outside_usr
 
     bars = _Bars()
@@ -116,6 +121,35 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 0
     for line in report(result, args.verbose, new):
         print(line)
+    return 0
+
+
+def _download(args: argparse.Namespace, opts: DeployOptions) -> int:
+    from deploy.transaction import download
+    from rpmimg.client import _system
+
+    bars = _Bars()
+    ok = False
+    with _system(args) as system:
+        try:
+            got = download(system, opts, bars)
+            ok = True
+        finally:
+            bars.close(ok)
+    if args.json:
+        value = vocab.jsonable(got)
+        for key in ("image", "version"):
+            del value[key]
+        # The version, as a deployment when one already has it, else with "id": null.
+        value["deployment"] = {"id": got.deployment, "image": got.image, "version": got.version}
+        print_json(value)
+        return 0
+    if got.deployment is not None:
+        print(f"{got.image} {got.version} is already deployment {got.deployment}: nothing fetched")
+        return 0
+    print(f"downloaded {got.image} {got.version}: {plural(got.fetched, 'package')} fetched,"
+          f" {human_bytes(got.transferred_bytes)} transferred,"
+          f" {human_bytes(got.deduplicated_bytes)} deduplicated; `rpmimg deploy` builds it")
     return 0
 
 

@@ -35,6 +35,8 @@ def schema_name(argv: Sequence[str]) -> str:
         verb = f"{verb}-{words[1]}"
     if verb == "diff" and "--etc" in words:
         verb = "diff-etc"
+    if verb in ("deploy", "switch") and "--download-only" in words:
+        verb = "download"
     return verb
 
 

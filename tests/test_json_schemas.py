@@ -16,13 +16,12 @@ from rpmimg.cli import build_parser
 def _json_commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()
                    ) -> list[tuple[str, ...]]:
     """Each command line (verb, or group and sub-verb) whose parser accepts --json, with
-    `--etc` added for a verb that takes it (its output has its own schema)."""
+    `--etc` or `--download-only` added for a verb that takes it (its output has its own schema)."""
     found = []
     options = {o for a in parser._actions for o in a.option_strings}
     if "--json" in options:
         found.append(words)
-        if "--etc" in options:
-            found.append((*words, "--etc"))
+        found += [(*words, flag) for flag in ("--etc", "--download-only") if flag in options]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, child in action.choices.items():
@@ -36,7 +35,7 @@ COMMANDS = _json_commands(build_parser())
 def test_the_walk_sees_the_verbs_it_should() -> None:
     # The walk itself could be wrong: it must see top-level verbs and grouped sub-verbs.
     seen = {" ".join(c) for c in COMMANDS}
-    assert {"deploy", "status", "pkg info", "image diff", "diff --etc"} <= seen
+    assert {"deploy", "status", "pkg info", "image diff", "diff --etc", "deploy --download-only"} <= seen
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=" ".join)
