@@ -2,6 +2,7 @@
 
     python -m benchmarks.updatesynth [--packages 350] [--changed 18] [--runs 3] [--json]
                                      [--profile OUT.txt] [--baseline CHECKOUT] [--corpus DIR]
+                                     [--download-first]
 
 A quick stand-in for the corpus's update row (benchmarks.metrics_image), in minutes
 rather than an hour: N generated packages shaped like a distribution's (about 85 files
@@ -15,7 +16,10 @@ filesystem image reflinked on an outer btrfs), and
 onto a reflinked copy of rpm's own v1 root. Reports the medians (wall and CPU) and their
 ratio; with --baseline, the same update deployed by another checkout's code (run from
 there, `python -m rpmimg` imports it), alternating with this one's. Both checkouts are
-byte-compiled first, as an installed rpmimg is. Needs root (loop mount, rpm --root).
+byte-compiled first, as an installed rpmimg is. With --download-first, each run (the
+baseline's too) first fetches v2 with `deploy --download-only`, timed on its own ("download"),
+and the deploy timed is that of a version already in the store: issue 13's update deploy
+"fetch from a local directory excluded". Needs root (loop mount, rpm --root).
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ def _btrfs_image(path: Path, size: int) -> Path:
 
 
 def run(v1: list[Path], pairs: list[tuple[Path, Path]], runs: int, profile: Path | None,
-        baseline: Path | None = None) -> dict[str, object]:
+        baseline: Path | None = None, download_first: bool = False) -> dict[str, object]:
     """v1 deployed, then v2 (v1 with each pair's old RPM replaced by its update, in place)
     deployed onto copies of it, runs times, against rpm -U of the updates."""
     for checkout in (Path(__file__).resolve().parent.parent, baseline):
@@ -149,14 +153,14 @@ def run(v1: list[Path], pairs: list[tuple[Path, Path]], runs: int, profile: Path
         # The test filesystem is an image file on an outer btrfs: each run's fresh copy of it
         # is a reflink, whatever its size.
         outer = stack.enter_context(loop_btrfs(work, 64 << 30))
-        result = _measure(work, outer, v1, v2, updates, runs, profile, baseline, publish)
+        result = _measure(work, outer, v1, v2, updates, runs, profile, baseline, publish, download_first)
     result.update(packages=len(v1), changed=len(pairs))
     return result
 
 
 def _measure(work: Path, outer: Path, v1: list[Path], v2: list[Path], updates: list[Path],
              runs: int, profile: Path | None, baseline: Path | None,
-             publish: Callable[..., Path]) -> dict[str, object]:
+             publish: Callable[..., Path], download_first: bool = False) -> dict[str, object]:
     """Publish, deploy v1 (and rpm -i it), then the timed runs, each on a fresh copy."""
     key = signing_key()
     rpmimg = [sys.executable, "-m", "rpmimg"]
@@ -179,7 +183,8 @@ def _measure(work: Path, outer: Path, v1: list[Path], v2: list[Path], updates: l
                        stdout=subprocess.DEVNULL)
     finally:
         subprocess.run(["umount", os.fspath(mnt)], check=True)
-    times: dict[str, list[float]] = {"deploy": [], "rpm -U": [], "baseline": []}
+    times: dict[str, list[float]] = {"deploy": [], "rpm -U": [], "baseline": [], "download": [],
+                                     "baseline download": []}
     cpu: dict[str, list[float]] = {k: [] for k in times}
 
     def fresh(run: Callable[[], object]) -> None:
@@ -197,8 +202,16 @@ def _measure(work: Path, outer: Path, v1: list[Path], v2: list[Path], updates: l
             copy.unlink()
 
     argv = [*deploy, "--sysroot", os.fspath(mnt), os.fspath(m2)]
+    fetch = [*argv[:-1], "--download-only", argv[-1]]
+
+    def download(what: str, cwd: Path | None = None) -> None:
+        if download_first:
+            times[what].append(_timed(fetch, cpu[what], cwd=cwd))
+            subprocess.run(["sync"], check=True)
+
     for _ in range(runs):
         def ours() -> None:
+            download("download")
             times["deploy"].append(_timed(argv, cpu["deploy"]))
             subprocess.run(["sync"], check=True)
             times["rpm -U"].append(_timed(
@@ -206,12 +219,17 @@ def _measure(work: Path, outer: Path, v1: list[Path], v2: list[Path], updates: l
                  "--nosignature", "--ignorearch", *map(os.fspath, updates)], cpu["rpm -U"]))
         fresh(ours)
         if baseline is not None:
-            fresh(lambda: times["baseline"].append(
-                _timed(argv, cpu["baseline"], cwd=baseline)))
+            def theirs(checkout: Path = baseline) -> None:
+                download("baseline download", checkout)
+                times["baseline"].append(_timed(argv, cpu["baseline"], cwd=checkout))
+            fresh(theirs)
     if profile is not None:
-        fresh(lambda: subprocess.run(
-            [os.fspath(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "--idle", "--threads",
-             "-f", "raw", "-o", os.fspath(profile), "--", *argv], check=True, stdout=subprocess.DEVNULL))
+        def profiled(out: Path = profile) -> None:
+            download("download")
+            subprocess.run([os.fspath(Path(sys.executable).parent / "py-spy"), "record", "-r", "250",
+                            "--idle", "--threads", "-f", "raw", "-o", os.fspath(out), "--", *argv],
+                           check=True, stdout=subprocess.DEVNULL)
+        fresh(profiled)
     result: dict[str, object] = {}
     for what in times:
         if times[what]:
@@ -237,11 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path,
                         help="a corpus directory of benchmarks.debcorpus (its base as v1, its update set)"
                              " instead of generated packages")
+    parser.add_argument("--download-first", action="store_true",
+                        help="fetch v2 with `deploy --download-only` before each timed deploy (timed apart)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     v1, pairs = (corpus_packages(args.corpus) if args.corpus is not None
                  else synthetic_packages(args.packages, args.changed))
-    result = run(v1, pairs, args.runs, args.profile, args.baseline)
+    result = run(v1, pairs, args.runs, args.profile, args.baseline, args.download_first)
     print(json.dumps(result, indent=2) if args.json else
           "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
