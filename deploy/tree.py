@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host import kernel
-from imagespec.relocation import USR_TREE, relocate
+from imagespec.relocation import USR_TREE, outside_usr
 from rpmextents import PACKAGE_DB, Entry, ExtentsPackage, Owners, extract
 from rpmextents.extract import NO_REFLINK
 from rpmextents.files import FileList
@@ -85,7 +85,7 @@ class TreeBuilder:
             users, groups = entries.owner_names()
             self.stats.users |= users
             self.stats.groups |= groups
-            outside = [path for path, _, ghost in entries.outline() if not ghost and relocate(path)[1]]
+            outside = [path for path, _, ghost in entries.outline() if not ghost and outside_usr(path)]
             setid = [e for i, mode in enumerate(entries.modes) if mode & _SETID
                      and not (e := entries.entry(i)).ghost]
         else:
@@ -93,7 +93,7 @@ class TreeBuilder:
             for e in entries:
                 if e.ghost:
                     continue
-                if relocate(e.path)[1]:
+                if outside_usr(e.path):
                     outside.append(e.path)
                 self.stats.users.add(e.user)
                 self.stats.groups.add(e.group)
