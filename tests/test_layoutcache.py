@@ -4,10 +4,10 @@ ignored (the store entries are read), never trusted for data."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -109,10 +109,10 @@ def _reader(data: bytes) -> Callable[[int, int], bytes]:
 
 
 def _rewrite(cache: Path, body: Callable[[bytes], bytes]) -> None:
-    """Change the cache's entries and write its digest anew, as a forger would."""
-    data = cache.read_bytes()[:-32]
+    """Change the cache's entries and write its checksum anew, as a forger would."""
+    data = cache.read_bytes()[:-4]
     data = body(data)
-    cache.write_bytes(data + hashlib.sha256(data).digest())
+    cache.write_bytes(data + zlib.crc32(data).to_bytes(4, "little"))
 
 
 def _spoilers() -> list[tuple[str, Callable[[Path], None]]]:
@@ -126,7 +126,7 @@ def _spoilers() -> list[tuple[str, Callable[[Path], None]]]:
         cache.write_bytes(bytes(data))
 
     def other_format(cache: Path) -> None:
-        _rewrite(cache, lambda d: d[:8] + struct.pack("<I", 2) + d[12:])
+        _rewrite(cache, lambda d: d[:8] + struct.pack("<I", 1) + d[12:])
 
     def writable(cache: Path) -> None:
         cache.chmod(0o666)
@@ -162,7 +162,7 @@ def test_a_cache_not_as_written_stands_for_nothing(
 
 def test_a_forged_copy_is_caught_by_the_manifest_and_the_entry_read(
         cached: tuple[Path, Path, list[ManifestPackage]], opens: list[Path]) -> None:
-    """A cache rewritten with its digest made anew: the first entry's copy replaced by the
+    """A cache rewritten with its checksum made anew: the first entry's copy replaced by the
     second's. Its header is not the one the manifest names for that entry: the store reads
     the entry itself, and the deploy goes on (no 'the manifest lies' refusal). An entry no
     manifest or record names a header for is never read from a copy."""
@@ -218,7 +218,7 @@ def test_a_foreign_cache_stands_for_nothing(
 
 def test_an_update_uses_the_cache_and_survives_a_forged_one(sysroot: Path, images: Images) -> None:
     """A deploy leaves the cache of the new default; an update whose cache was forged (each
-    entry's copy swapped with another's, digest made anew) still deploys and verifies."""
+    entry's copy swapped with another's, checksum made anew) still deploys and verifies."""
     deploy(sysroot, images.v1, images.key)
     cache = sysroot / "@rpmimg/layout-cache"
     loaded = LayoutCache.load(cache)
