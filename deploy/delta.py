@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from deploy.tree import HEADER_DIR
-from imagespec.relocation import USR_TREE, relocate
+from imagespec.relocation import USR_TREE
 from rpmextents import Entry, Owners
 from rpmextents.files import EntryType, FileList
 from rpmextents.header import STRONG_HASH_ALGOS
@@ -142,10 +142,11 @@ def _placed_outline(entries: Sequence[Entry]) -> Outline:
     positions: array[int] = array("I")
     paths: list[str] = []
     types: list[EntryType] = []
+    tree_path = USR_TREE.tree_path
     for position, (image_path, etype, ghost) in enumerate(_outline(entries)):
         if not ghost:
             positions.append(position)
-            paths.append(relocate(image_path)[0])
+            paths.append(tree_path(image_path))
             types.append(etype)
     return positions, paths, types
 
@@ -204,17 +205,33 @@ def _depth_first(paths: Iterable[str]) -> list[str]:
 def _written(old: Placement, new: Placement) -> set[str]:
     """Paths of new whose entry differs from what old leaves there."""
     write: set[str] = set()
+    old_codes = old.codes
+    # A path both place from the same package's file list at the same position is the same
+    # entry (same_entry's first case), known here without a call for each of the paths.
+    old_lists = [k if isinstance(e, FileList) else None for k, e in old.packages]
+    new_lists = [k if isinstance(e, FileList) else None for k, e in new.packages]
     for path, code in new.codes.items():
-        before = old.codes.get(path)
+        before = old_codes.get(path)
         if before is None:
             write.add(path)
             continue
+        key = new_lists[code >> _SHIFT]
+        if key is not None and key == old_lists[before >> _SHIFT] and before & _POSITION == code & _POSITION:
+            continue
         if not old.same_entry(before, new, code) and not same_result(old.entry(before), new.entry(code)):
             write.add(path)
-    # A hardlinked file is written with every other winning member of its group.
+    # A hardlinked file is written with every other winning member of its group: looked for
+    # in the packages written paths are placed from, where any of them has hardlinks.
+    keys = {new.packages[new.codes[path] >> _SHIFT][0] for path in write}
+    linking = {n for n, (k, e) in enumerate(new.packages)
+               if k in keys and (not isinstance(e, FileList) or e.hardlink_keys)}
+    if not linking:
+        return write
     groups: dict[tuple[str, int], list[str]] = {}
     linked: dict[str, tuple[str, int]] = {}
     for path, code in new.codes.items():
+        if code >> _SHIFT not in linking:
+            continue
         link = new.hardlink_key(code)
         if link is not None:
             linked[path] = (new.key(code), link)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 import pytest
 
 from deploy.delta import NoDelta, Placement, plan
-from rpmextents import Entry
+from fixtures.build import fixture_packages
+from rpmextents import Entry, ExtentsPackage, transcode
 from rpmextents.files import EntryType
 
 _MODES = {EntryType.FILE: stat.S_IFREG | 0o644, EntryType.DIR: stat.S_IFDIR | 0o755,
@@ -74,3 +76,22 @@ def test_a_directory_losing_its_owner_but_not_its_children_is_reset() -> None:
     child = [entry(0, "/usr/share/owned/file")]
     p = plan(Placement.of([("O", owner), ("C", child)]), Placement.of([("C", child)]))
     assert p.reset_dirs == ("share/owned",) and p.delete == ()
+
+
+def test_file_lists_of_real_packages_plan_like_their_entries(tmp_path: Path) -> None:
+    """Placements of packages' own file lists (columns, no Entry per file) plan as the same
+    packages' entries do: nothing for an unchanged image, a hardlink group whole when one of
+    its paths comes back from another package, and not the other groups."""
+    out = tmp_path / "hardlinks.rpm"
+    transcode(fixture_packages()["hardlinks"], out)
+    with ExtentsPackage.open(out) as pkg:
+        files = pkg.entries()
+    entries = list(files)
+    group = {e.index for e in entries if e.path.endswith(("/a", "/b", "/c"))}
+    assert len(group) == 3
+    other = [entry(0, "/usr/share/hardlinks/b", digest="dd" * 32)]
+    for listed in (files, entries):
+        same = plan(Placement.of([("H", listed)]), Placement.of([("H", listed)]))
+        assert dict(same.write) == {} and same.kept == len(Placement.of([("H", listed)]).codes)
+        back = plan(Placement.of([("H", listed), ("O", other)]), Placement.of([("H", listed)]))
+        assert dict(back.write) == {"H": frozenset(group)}
