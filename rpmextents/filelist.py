@@ -168,17 +168,20 @@ class FileList(Sequence[Entry]):
         n = self._n
         offsets = array("q", [_NONE]) * n
         lengths = array("q", bytes(8 * n))
+        # stored() written out: this runs for every file of every package an update reads.
+        modes, flags, sizes, links = self.modes, self.flags, self.sizes, self.hardlink_keys
         for fx, offset, length in data:
             if fx >= n or fx < 0:
                 raise FormatError(f"extents index refers to file {fx}, the header has {n}")
-            if not self.stored(fx) or self.sizes[fx] != length:
+            if modes[fx] & 0o170000 != stat.S_IFREG or flags[fx] & _GHOST or sizes[fx] != length:
                 raise FormatError(f"extents index data for {self.path(fx)} does not fit its header entry")
-            key = self.hardlink_keys.get(fx, fx)
+            key = links.get(fx, fx)
             if offsets[key] != _NONE:
                 raise FormatError(f"extents index stores {self.path(fx)} twice")
             offsets[key], lengths[key] = offset, length
         for i in range(n):
-            if self.sizes[i] > 0 and self.stored(i) and offsets[self.hardlink_keys.get(i, i)] == _NONE:
+            if (sizes[i] > 0 and offsets[links.get(i, i)] == _NONE
+                    and modes[i] & 0o170000 == stat.S_IFREG and not flags[i] & _GHOST):
                 raise FormatError(f"extents index has no data for {self.path(i)}")
         self._ext_offset, self._ext_length = offsets, lengths
 
