@@ -73,6 +73,13 @@ RESERVED_BELOW = {
 }
 
 
+# What package_db_path looks at closer, the few paths of an image that can claim one: those
+# below the reserved directories' common parent, and (as "/x/" stands for "/x") their parents.
+_RESERVED_TOP = os.path.commonpath([*RESERVED, *RESERVED_BELOW]) + "/"
+_RESERVED_PARENTS = {r[:i] for r in (*RESERVED, *RESERVED_BELOW) for i, c in enumerate(r) if c == "/"} | {
+    *RESERVED, *RESERVED_BELOW}
+
+
 def package_files(path: str | os.PathLike[str]) -> Iterator[tuple[str, int]]:
     """(path, mode) of every file of any RPM, original or extents, from its header alone,
     one at a time (a package of 200,000 files is not a list of 200,000 tuples).
@@ -102,6 +109,8 @@ def package_db_path(files: Iterable[tuple[str, int]]) -> tuple[str, str] | None:
     parents as anything but a directory (a symlink there would move it elsewhere).
     """
     for p, mode in files:
+        if not p.startswith(_RESERVED_TOP) and p.rstrip("/") not in _RESERVED_PARENTS:
+            continue  # neither in the reserved directories' tree nor one of their parents
         for reserved in RESERVED:
             if p == reserved or p.startswith(reserved + "/"):
                 return p, reserved

@@ -404,6 +404,11 @@ def test_path_of_4094_bytes_extracts(tmp_path: Path) -> None:
     ("/usr/lib/sysimage/rpmimgx", 0o40755, False),
     ("/lib/sysimage/packages/x.rpm", 0o100644, False),
     ("/", 0o40755, False),
+    ("/", 0o120777, True),  # every reserved directory's parent, as a symlink
+    ("/usr/", 0o120777, True),
+    ("/usr/lib/sysimage/rpm", 0o100644, True),  # the one a package may own, not as a file
+    ("/usr/share/sysimage", 0o120777, False),
+    ("/usr/lib/sysimag", 0o120777, False),
 ])
 def test_package_database_predicate(path: str, mode: int, claims: bool) -> None:
     from rpmextents import refuse_package_db
