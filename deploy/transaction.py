@@ -445,6 +445,8 @@ def _fetch_and_build(
         from deploy.lifecycle import recover
 
         recover(system, current)  # the tree is marked and not in the state: it goes
+        if store.layout is not None:  # the next round reads every entry itself
+            store.layout.close()
         check_all = True
 
 
