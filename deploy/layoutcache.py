@@ -17,8 +17,9 @@ and extents index) and the entry as fstat saw it when they were copied:
 
 A copy stands for an entry only while the entry is the same file unchanged (inode, size,
 mtime and ctime, as deploy.store already trusts the package it read last), and it is
-parsed with the same strict checks as the entry itself; the store then checks its header
-against the manifest as it would the entry's, and reads the entry itself when that fails.
+parsed with the same strict checks as the entry itself (its extents index when first asked
+for: rpmextents.package); the store then checks its header against the manifest as it would
+the entry's, and reads the entry itself when that fails.
 A copy never gives data to extract (deploy.store opens the entry for that): its extents only
 point the content index at stored data, which sharing checks again. A file not as written
 (truncated, changed, another format), not a regular file of this user writable only by
@@ -36,6 +37,7 @@ against the manifest, its extents again when data is shared.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -119,8 +121,14 @@ class LayoutCache:
         if found is None:
             return None
         _, base, length = found
-        fd = self._fd
-        return lambda offset, n: os.pread(fd, max(0, min(n, length - offset)), base + offset)
+        return lambda offset, n: self._pread(base + offset, max(0, min(n, length - offset)))
+
+    def _pread(self, offset: int, n: int) -> bytes:
+        """Bytes of the file, never of whatever file took its descriptor's number once
+        closed (a package read from a copy may read its index later: rpmextents.package)."""
+        if self._fd < 0:
+            raise OSError(errno.EBADF, "the layout cache is closed")
+        return os.pread(self._fd, n, offset)
 
     def copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Iterator[bytes]] | None:
         """(length, header sha256 as recorded, its bytes a megabyte at a time) of the entry's

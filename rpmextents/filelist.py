@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import stat
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import overload
 
 from rpmextents.entry import _GHOST, _TYPES, Entry, EntryType, Extent, check_path
@@ -120,6 +120,7 @@ class FileList(Sequence[Entry]):
         self.hardlink_keys = self._hardlink_keys()
         self._ext_offset: array[int] | None = None
         self._ext_length: array[int] | None = None
+        self._extents_from: Callable[[], Iterable[tuple[int, int, int]]] | None = None
         for path in self.paths():
             check_path(path)
         for mode in set(self.modes):
@@ -162,6 +163,18 @@ class FileList(Sequence[Entry]):
                 keys[i] = keys.setdefault(prev, prev)
         return keys
 
+    def defer_extents(self, source: Callable[[], Iterable[tuple[int, int, int]]]) -> None:
+        """Give the files their extents from source() (as set_extents takes them) when one
+        is first asked for, not now; an error then is raised to whoever asked."""
+        self._extents_from = source
+
+    def load_extents(self) -> None:
+        """The deferred extents, now (nothing when there are none to load); when they fail
+        to load, every later ask fails too."""
+        if self._extents_from is not None:
+            self.set_extents(self._extents_from())
+            self._extents_from = None
+
     def set_extents(self, data: Iterable[tuple[int, int, int]]) -> None:
         """Give each stored file its extent from (file index, offset, length) records,
         checked against the header; hardlinks share their group's one extent."""
@@ -203,6 +216,8 @@ class FileList(Sequence[Entry]):
         return self.header.string_at(self._digests[i]) if self._digests is not None else ""
 
     def extent(self, i: int) -> Extent | None:
+        if self._extents_from is not None:
+            self.load_extents()
         offsets, lengths = self._ext_offset, self._ext_length
         if offsets is None or lengths is None or not self.stored(i) or self.sizes[i] <= 0:
             return None
@@ -218,6 +233,8 @@ class FileList(Sequence[Entry]):
         mode, flags, size = self.modes[i], self.flags[i], self.sizes[i]
         etype = _TYPES[stat.S_IFMT(mode)]
         extent = None
+        if self._extents_from is not None:
+            self.load_extents()
         if etype is EntryType.FILE and size > 0 and not flags & _GHOST and self._ext_offset is not None:
             extent = self.extent(i)
         header = self.header

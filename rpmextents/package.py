@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -144,16 +143,46 @@ class ExtentsPackage:
         self.prefix = read_prefix(_FileReader(fd, read))  # type: ignore[arg-type]
         self.header = self.prefix.header
         start_at = self.prefix.header_end
-        _, self._index_size, *_ = parse_head(read(start_at, HEAD.size), start_at, self.size)
-        index, self._literal_start = parse_records(read, start_at, self.size)
-        self._entries = header_files(self.header, index.data_triples())
-        self.data_bytes = sum(b for _, _, b in index.data_triples())
+        block_size, self._index_size, data_size, stream_size, *_ = parse_head(
+            read(start_at, HEAD.size), start_at, self.size)
         # The records and literals (about 150 bytes a file) are read again when needed.
-        self._index_head = dataclasses.replace(index, packed=b"", literals=b"")
+        self._index_head = Index(block_size, start_at, start_at + self._index_size, data_size,
+                                 stream_size, b"", b"")
+        self._data_bytes: int | None = None
+        if copied is None:
+            self._entries = header_files(self.header, self._records(read))
+        else:
+            # A copy's extents only ever point the content index at stored data, which
+            # sharing checks again (deploy.layoutcache): its index is read and checked when
+            # that first asks, and an update that fetches nothing never does.
+            self._entries = header_files(self.header)
+            self._entries.defer_extents(lambda: self._copied_records(read))
         self.ident = nevra_of(self.header)
         self.name, self.epoch, self.version = self.ident.name, self.ident.epoch, self.ident.version
         self.release, self.arch = self.ident.release, self.ident.arch
         self.nevra = str(self.ident)
+
+    def _records(self, read: Callable[[int, int], bytes]) -> Iterator[tuple[int, int, int]]:
+        """(file index, offset, length) of each data record, the whole index checked."""
+        index, _ = parse_records(read, self.prefix.header_end, self.size)
+        if (index.block_size, index.data_offset) != (self.block_size, self.data_offset):
+            raise FormatError("extents index head changed since it was read")
+        self._data_bytes = sum(b for _, _, b in index.data_triples())
+        return index.data_triples()
+
+    def _copied_records(self, read: Callable[[int, int], bytes]) -> Iterator[tuple[int, int, int]]:
+        try:
+            return self._records(read)
+        except OSError as e:
+            raise FormatError(f"{self.path}: the copy of its index is gone: {e}") from e
+
+    @property
+    def data_bytes(self) -> int:
+        """The bytes of file data in the payload (before block alignment)."""
+        if self._data_bytes is None:
+            self._entries.load_extents()  # a copy's index, read now
+        assert self._data_bytes is not None
+        return self._data_bytes
 
     @property
     def data_offset(self) -> int:

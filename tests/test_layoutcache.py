@@ -4,6 +4,7 @@ ignored (the store entries are read), never trusted for data."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import struct
@@ -21,6 +22,7 @@ from deploy.store import Store
 from imagespec.manifest import ManifestPackage
 from rpmextents import ExtentsPackage
 from rpmextents.errors import ExtentsError
+from rpmextents.index import HEAD
 
 pytest_plugins = ("deployenv",)
 
@@ -201,6 +203,59 @@ def test_a_forged_copy_is_caught_by_the_manifest_and_the_entry_read(
     store = _store(root, cache, refs[1:])
     store.package(refs[0].sha256)
     assert opens[-1] == store.path(refs[0].sha256)
+
+
+def test_a_copys_index_is_read_when_asked_and_a_damaged_one_only_costs_its_sharing(
+        cached: tuple[Path, Path, list[ManifestPackage]], caplog: pytest.LogCaptureFixture) -> None:
+    """A package read from a copy has its header and file list at once; its extents index
+    (only ever used to find stored data to share, which sharing checks again) is read and
+    checked when first asked for. A copy whose index was changed (checksum made anew) is
+    refused then, and the content index leaves that package out rather than fail; once the
+    cache is closed, an index not read yet is an error too, never another file's bytes."""
+    root, cache, refs = cached
+    store = Store(root)
+    path = store.path(refs[0].sha256)
+    st = os.stat(path)
+    with ExtentsPackage.open(path) as real:
+        start = bytearray(os.pread(real.fileno(), real.data_offset, 0))
+        at = real.header_end + HEAD.size + 5  # in the index's first record, past its head
+        extents = [real.entries().extent(i) for i in range(len(real.entries()))]
+        shared = next((i, e) for i, e in enumerate(real.entries()) if e.extent is not None and e.digest)
+    start[at] ^= 0x01
+    # copies() is read as save() writes (each copy's chunks come from the entry it has open)
+    layoutcache.save(cache, itertools.chain(
+        [(refs[0].sha256, st, refs[0].header_sha256, len(start), [bytes(start)])],
+        layoutcache.copies(Store(root), [r.sha256 for r in refs[1:]])))
+    store = _store(root, cache, refs)
+    assert store.check_stored(refs[0], content=False)  # header and file list: as the entry's
+    pkg = store.package(refs[0].sha256)
+    assert pkg.entries()._extents_from is not None  # from the copy, its index not read yet
+    assert list(pkg.entries().paths()) == [e.path for e in ExtentsPackage.open(path).entries()]
+    with pytest.raises(ExtentsError):
+        pkg.entries().extent(0)
+    i, entry = shared[0], shared[1]
+    assert entry.extent is not None and extents[i] == entry.extent
+    with caplog.at_level("WARNING"):
+        assert store.find_data(pkg.entries().digest_algo, entry.digest, entry.size) is None
+    assert "skipped for deduplication" in caplog.text
+    # Intact copies: their extents are the entries' own.
+    store = _store(root, cache, refs)
+    other = store.package(refs[1].sha256)
+    assert other.entries()._extents_from is not None
+    with ExtentsPackage.open(store.path(refs[1].sha256)) as real:
+        assert [other.entries().extent(i) for i in range(len(other.entries()))] == [
+            real.entries().extent(i) for i in range(len(real.entries()))]
+        assert other.data_bytes == real.data_bytes
+    third = store.package(refs[2].sha256)
+    assert third.entries()._extents_from is not None
+    assert store.layout is not None
+    store.layout.close()
+    taken = os.open("/dev/zero", os.O_RDONLY)  # most likely the number the cache had
+    try:
+        with pytest.raises(ExtentsError, match="copy of its index is gone"):
+            third.entries().extent(0)
+    finally:
+        os.close(taken)
 
 
 def test_a_foreign_cache_stands_for_nothing(
