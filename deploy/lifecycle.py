@@ -17,7 +17,6 @@ from deploy.errors import DeploymentError, LockError
 from deploy.layout import Layout
 from deploy.lock import DEFAULT_WAIT, sysroot_lock
 from deploy.state import DeploymentRecord, State
-from deploy.store import Store
 from deploy.system import System
 from host import kernel
 
@@ -215,6 +214,8 @@ def cleanup(system: System, keep: int, lock_wait: float = DEFAULT_WAIT) -> Clean
             except OSError as e:  # e.g. it holds subvolumes of its own: left for the admin
                 log.warning("%s: /var of a reset no deployment uses any more, not removed: %s", var, e)
         needed = {p.sha256 for d in keepers for p in d.packages}
+        from deploy.store import Store  # the package reader, only for cleanup
+
         store = Store(system.layout.store)
         removed, freed = 0, 0
         for sha in list(store):

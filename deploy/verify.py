@@ -26,7 +26,7 @@ from typing import BinaryIO
 from deploy import completeness, rpmdb
 from deploy.errors import DeploymentError, PackageError
 from deploy.hashing import READ_FLAGS, DigestJob, Hashing
-from deploy.headers import read_prefix_at
+from deploy.headers import HEADER_DIR, read_prefix_at
 from deploy.lock import DEFAULT_WAIT
 from deploy.pathset import PathSet
 from deploy.signature import fetch_verified_manifest, package_keyring, trusted_key_files
@@ -34,7 +34,7 @@ from deploy.sources import FetchJob, open_source
 from deploy.state import DeploymentRecord, PackageRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import HEADER_DIR, TreeBuilder
+from deploy.tree import TreeBuilder
 from host import kernel
 from imagespec.relocation import USR_TREE, relocate
 from rpmextents import Entry, ExtentsPackage, Owners
