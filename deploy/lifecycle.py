@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,8 @@ def _delete_subvolume_or_tree(path: Path) -> None:
     if kernel.is_subvolume(path):
         kernel.subvolume_delete(path)
     elif path.is_dir() and not path.is_symlink():
+        import shutil  # here: shutil loads bz2 and lzma, and read-only verbs never delete
+
         shutil.rmtree(path)
     else:
         path.unlink()
@@ -222,6 +223,8 @@ def cleanup(system: System, keep: int, lock_wait: float = DEFAULT_WAIT) -> Clean
             if sha not in needed:
                 freed += store.remove(sha)
                 removed += 1
+        import shutil
+
         shutil.rmtree(system.layout.downloads, ignore_errors=True)
         system.layout.downloads.mkdir()
         bootcheck.forget(system, {d.id for d in keepers})

@@ -74,3 +74,16 @@ def test_a_verb_loads_no_other_verb_module() -> None:
     loaded = set(proc.stdout.strip().splitlines()[-1].split())
     assert "rpmimg.pkg" in loaded, proc.stderr
     assert not loaded & {m for m in cli.VERB_MODULES if m != "rpmimg.pkg"}
+
+
+@pytest.mark.parametrize("columns", [None, "37", "0", "wide", "250"])
+def test_help_is_as_wide_as_argparse_makes_it(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+    # cli._Formatter finds the width without shutil; argparse's own formatter uses shutil.
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert cli._Formatter("rpmimg")._width == argparse.HelpFormatter("rpmimg")._width
+    parser = cli.build_parser("deploy")
+    assert parser.formatter_class is cli._Formatter
+    assert all(p.formatter_class is cli._Formatter for p in _verbs(parser).values())
