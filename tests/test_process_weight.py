@@ -163,3 +163,25 @@ def test_a_small_files_digest_takes_no_chunk_sized_buffer(tmp_path: Path) -> Non
     empty.write_bytes(b"")
     with open(empty, "rb", buffering=0) as f:
         assert digest.file_digest(f, "sha256").hexdigest() == digest.of("sha256", b"").hexdigest()
+
+
+def test_the_format_package_loads_each_name_from_its_module_when_asked() -> None:
+    script = """
+import importlib, sys
+import rpmextents.errors, rpmextents.nevra
+heavy = {"rpmextents.extract", "rpmextents.transcode", "rpmextents.package", "rpmextents.cpio"}
+assert not heavy & set(sys.modules), heavy & set(sys.modules)
+import rpmextents
+assert sorted(rpmextents.__all__) == sorted(rpmextents._HOMES)
+for name in rpmextents.__all__:
+    home = importlib.import_module("rpmextents." + rpmextents._HOMES[name])
+    assert getattr(rpmextents, name) is getattr(home, name), name
+from rpmextents import ExtentsPackage, extract
+assert extract is sys.modules["rpmextents.extract"]  # the module: extract.extract is the function
+try:
+    rpmextents.no_such_name
+except AttributeError:
+    print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert proc.stdout.strip() == "ok", proc.stderr
