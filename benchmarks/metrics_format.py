@@ -26,7 +26,7 @@ MB = 1e6
 _TRANSCODE_IN_PROCESS = """
 import sys
 from pathlib import Path
-from rpmextents import transcode
+from rpmextents.transcode import transcode
 out = Path(sys.argv[1])
 for src in sys.argv[2:]:
     transcode(src, out / Path(src).name)
@@ -34,7 +34,8 @@ for src in sys.argv[2:]:
 
 _EXTRACT_IN_PROCESS = """
 import sys
-from rpmextents import ExtentsPackage, extract
+from rpmextents import ExtentsPackage
+from rpmextents.extract import extract
 dest = sys.argv[1]
 for path in sys.argv[2:]:
     with ExtentsPackage.open(path) as pkg:

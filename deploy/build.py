@@ -18,10 +18,11 @@ from typing import Protocol
 
 from deploy import delta, rpmdb
 from deploy.faults import checkpoint
+from deploy.headers import HEADER_DIR
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import HEADER_DIR, SetidFile, TreeBuilder, header_file_name
+from deploy.tree import SetidFile, TreeBuilder, header_file_name
 from host import kernel
 from rpmextents import ExtentsPackage, refuse_package_db
 from rpmextents.files import FileList, package_files

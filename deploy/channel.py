@@ -23,21 +23,22 @@ the file and the key. Library code raises ChannelError.
 
 from __future__ import annotations
 
-import datetime
 import enum
 import json
 import os
 import re
 import stat
-import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploy.errors import DeployError
 from host.kernel import Resolve, openat2
+
+if TYPE_CHECKING:
+    import datetime
 
 CONFIG_LIMIT = 64 << 10
 MAIN = ("usr/lib/rpmimg/channel.conf", "etc/rpmimg/channel.conf")
@@ -120,6 +121,8 @@ def parse_reboot(value: str, where: str) -> RebootPolicy:
     h1, m1, h2, m2 = (int(g) for g in m.groups())
     if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
         raise ChannelError(f"{where}: reboot: {value!r} is not a time of day")
+    import datetime  # here: status reads channel files without a reboot window
+
     start, end = datetime.time(h1, m1), datetime.time(h2, m2)
     if start == end:
         raise ChannelError(f"{where}: reboot: the window {value!r} is empty")
@@ -174,6 +177,8 @@ def _check_value(key: str, value: Any, where: str) -> Any:
 
 def parse(data: bytes, where: str) -> dict[str, Any]:
     """The keys one file sets, checked."""
+    import tomllib  # here: commands on a system without a channel file never parse one
+
     try:
         table = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

@@ -14,9 +14,9 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from deploy.headers import HEADER_DIR
 from deploy.pathset import PathSet
 from deploy.records import RECORD_DIR
-from deploy.tree import HEADER_DIR
 
 # Tree-relative directories rpmimg itself keeps in every deployment.
 OWN_DIRS = (HEADER_DIR, RECORD_DIR, "lib/sysimage/rpm")

@@ -26,7 +26,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from deploy.tree import HEADER_DIR
+from deploy.headers import HEADER_DIR
 from imagespec.relocation import USR_TREE
 from rpmextents import Entry, Owners
 from rpmextents.files import EntryType, FileList

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -214,6 +213,8 @@ class FatImageEsp:
     def write(self, rel: str, src: Path | bytes) -> None:
         _check(rel)
         self._mkdirs(rel)
+        import tempfile  # here: only an ESP image file (mtools) is written through one
+
         with tempfile.TemporaryDirectory(prefix="rpmimg-esp-") as d:
             local = src if isinstance(src, Path) else Path(d) / "data"
             if isinstance(src, bytes):

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from deploy.errors import DeploymentError
-from deploy.tree import HEADER_DIR
 from host import digest, kernel
+from imagespec.relocation import USR_TREE
 from rpmextents.errors import ExtentsError
-from rpmextents.files import FileList, header_files
+from rpmextents.files import PACKAGE_DB, FileList, header_files
 from rpmextents.header import PackagePrefix, read_prefix
 from rpmextents.nevra import Nevra, nevra_of
+
+# Where a deployment keeps its packages' headers, in the /usr tree.
+HEADER_DIR = USR_TREE.tree_path(PACKAGE_DB)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,6 @@ from deploy.errors import DeploymentError, LockError
 from deploy.layout import Layout
 from deploy.lock import DEFAULT_WAIT, sysroot_lock
 from deploy.state import DeploymentRecord, State
-from deploy.store import Store
 from deploy.system import System
 from host import kernel
 
@@ -42,6 +40,8 @@ def _delete_subvolume_or_tree(path: Path) -> None:
     if kernel.is_subvolume(path):
         kernel.subvolume_delete(path)
     elif path.is_dir() and not path.is_symlink():
+        import shutil  # here: shutil loads bz2 and lzma, and read-only verbs never delete
+
         shutil.rmtree(path)
     else:
         path.unlink()
@@ -215,12 +215,16 @@ def cleanup(system: System, keep: int, lock_wait: float = DEFAULT_WAIT) -> Clean
             except OSError as e:  # e.g. it holds subvolumes of its own: left for the admin
                 log.warning("%s: /var of a reset no deployment uses any more, not removed: %s", var, e)
         needed = {p.sha256 for d in keepers for p in d.packages}
+        from deploy.store import Store  # the package reader, only for cleanup
+
         store = Store(system.layout.store)
         removed, freed = 0, 0
         for sha in list(store):
             if sha not in needed:
                 freed += store.remove(sha)
                 removed += 1
+        import shutil
+
         shutil.rmtree(system.layout.downloads, ignore_errors=True)
         system.layout.downloads.mkdir()
         bootcheck.forget(system, {d.id for d in keepers})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +125,8 @@ def toplevel(sysroot: Path, *, private_namespace: bool = False) -> Iterator[Path
             if e.errno not in (errno.EINVAL, errno.EPERM):
                 raise
             raise LayoutError(f"cannot create a private mount namespace: {e.strerror}") from e
+    import tempfile  # here: a sysroot that is btrfs's top level needs no mount point
+
     with tempfile.TemporaryDirectory(prefix="rpmimg-top-") as tmp:
         run(["mount", "-t", "btrfs", "-o", "subvolid=5", source, tmp])
         try:

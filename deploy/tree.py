@@ -18,15 +18,14 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.headers import HEADER_DIR
 from host import kernel
 from imagespec.relocation import USR_TREE, outside_usr
-from rpmextents import PACKAGE_DB, Entry, ExtentsPackage, Owners, extract
-from rpmextents.extract import NO_REFLINK
+from rpmextents import PACKAGE_DB, Entry, ExtentsPackage, Owners
+from rpmextents.extract import NO_REFLINK, extract
 from rpmextents.files import FileList
 from rpmextents.index import align_up
 from rpmextents.tree import Tree
-
-HEADER_DIR = USR_TREE.tree_path(PACKAGE_DB)
 
 
 def header_file_name(pkg: ExtentsPackage) -> str:

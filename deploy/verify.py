@@ -26,15 +26,12 @@ from typing import BinaryIO
 from deploy import completeness, rpmdb
 from deploy.errors import DeploymentError, PackageError
 from deploy.hashing import READ_FLAGS, DigestJob, Hashing
-from deploy.headers import read_prefix_at
+from deploy.headers import HEADER_DIR, read_prefix_at
 from deploy.lock import DEFAULT_WAIT
 from deploy.pathset import PathSet
-from deploy.signature import fetch_verified_manifest, package_keyring, trusted_key_files
-from deploy.sources import FetchJob, open_source
 from deploy.state import DeploymentRecord, PackageRecord
 from deploy.store import Store
 from deploy.system import System
-from deploy.tree import HEADER_DIR, TreeBuilder
 from host import kernel
 from imagespec.relocation import USR_TREE, relocate
 from rpmextents import Entry, ExtentsPackage, Owners
@@ -400,6 +397,7 @@ def repair(
     restores hardlink groups and directory metadata that a single file would not.
     """
     from deploy.lifecycle import mutating
+    from deploy.tree import TreeBuilder  # the extractor: only a repair writes files
 
     with mutating(system, lock_wait) as current:
         before = verify(system, deployment_id)
@@ -442,6 +440,10 @@ def refetcher(
     trust terms it was deployed with."""
 
     def refetch(record: DeploymentRecord, nvra: str) -> Path:
+        # Here: the download and signature machinery, which verify alone never needs.
+        from deploy.signature import fetch_verified_manifest, package_keyring, trusted_key_files
+        from deploy.sources import FetchJob, open_source
+
         key_files = trusted_key_files(system.sysroot, keyrings)
         source = open_source(record.source)
         m, manifest_sha, _ = fetch_verified_manifest(source, key_files)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
-import subprocess
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,10 @@ def run(
 def _run(argv: Sequence[str], input: bytes | None, env: Mapping[str, str] | None,
          allowed_codes: Sequence[int], timeout: float | None, stdin: int | None,
          ) -> subprocess.CompletedProcess[bytes]:
+    # Imported here: most modules import this one, and many commands run nothing.
+    import shlex
+    import subprocess
+
     log.debug("running %s", shlex.join(argv))
     if stdin is None and input is None:
         stdin = subprocess.DEVNULL

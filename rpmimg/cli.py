@@ -20,8 +20,22 @@ from rpmimg.ui import UsageError, print_json
 from rpmimg.vocab import error
 
 # Each verb module exposes register(subparsers); handlers receive the parsed arguments.
-VERB_MODULES = ("rpmimg.pkg", "rpmimg.server", "rpmimg.client", "rpmimg.channel_cli",
-                "rpmimg.rollout_cli", "rpmimg.reset", "rpmimg.boot")
+# VERBS names the module that registers each verb (in --help's order): a command line that
+# names a verb builds only that module's parsers, not every verb's (tests/test_cli_verbs.py
+# holds the table to what the modules register).
+VERBS = {
+    "pkg": "rpmimg.pkg",
+    "compose": "rpmimg.server",
+    "image": "rpmimg.server",
+    **dict.fromkeys(("deploy", "switch", "rollback", "status", "diff", "verify", "pin", "state",
+                     "cleanup"), "rpmimg.client"),
+    "check": "rpmimg.channel_cli",
+    "upgrade": "rpmimg.channel_cli",
+    "rollout": "rpmimg.rollout_cli",
+    "reset": "rpmimg.reset",
+    **dict.fromkeys(("health-check", "boot-check", "install"), "rpmimg.boot"),
+}
+VERB_MODULES = tuple(dict.fromkeys(VERBS.values()))
 
 # Library exception families whose message is meant for the user, by module.
 USER_ERRORS = (
@@ -55,10 +69,42 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _terminal_columns() -> int:
+    """shutil.get_terminal_size().columns: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    stdout = sys.__stdout__
+    if stdout is None:
+        return 80
+    try:
+        return os.get_terminal_size(stdout.fileno()).columns or 80
+    except (ValueError, OSError):  # closed, detached, or not a terminal
+        return 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's, with the width found as argparse finds it but without importing shutil
+    (which loads bz2 and lzma): argparse makes a formatter for every argument added."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as a JSON object on stdout too when --json was asked for."""
 
     json_errors = False
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
 
     def error(self, message: str) -> NoReturn:
         if self.json_errors:
@@ -67,7 +113,9 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given a known verb, only the parsers of the module that has
+    it (its usage and errors are the same either way, and a verb-less parse lists all)."""
     parser = _Parser(
         prog="rpmimg",
         description="Image-based, transactional OS updates built from RPM packages.",
@@ -75,7 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and commands run")
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for name in VERB_MODULES:
+    if verb not in VERBS or not _register(sub, (VERBS[verb],)):
+        _register(sub, VERB_MODULES)
+    _every_verb(parser)
+    return parser
+
+
+def _register(sub: Any, modules: Sequence[str]) -> bool:
+    """Let each verb module present (a client-only install has no server) add its verbs."""
+    found = False
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -83,8 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
-    _every_verb(parser)
-    return parser
+        found = True
+    return found
+
+
+def _named_verb(words: Sequence[str]) -> str | None:
+    """The verb a command line names, when only --debug comes before it: any other
+    top-level option (--help, --version, an abbreviation) gets the whole parser."""
+    for word in words:
+        if word != "--debug":
+            return word
+    return None
 
 
 def _every_verb(parser: argparse.ArgumentParser) -> None:
@@ -125,8 +191,8 @@ def _closed_stdout() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     memory.return_large_blocks()  # transient header copies are not kept resident
-    parser = build_parser()
     words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_named_verb(words))
     _Parser.json_errors = "--json" in words
     args, extra = parser.parse_known_args(words)
     if extra:

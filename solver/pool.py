@@ -20,9 +20,10 @@ import zstandard
 
 from imagespec.published import POOL, pool_path, seekable_path, zstd_path
 from imagespec.relocation import outside_usr
-from rpmextents import ExtentsPackage, seekable, transcode
+from rpmextents import ExtentsPackage, seekable
 from rpmextents.accounts import accounts_without_sysusers
 from rpmextents.errors import ExtentsError, FormatError
+from rpmextents.transcode import transcode
 from solver.confine import FILE_MODE, Output
 from solver.errors import ComposeFetchError, PublishError
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from fixtures.catalog import GROUP, PASSWD
 from fixtures.rpmbuild import build_package
 from fixtures.spec import Config, FileKind, FileSpec, PackageSpec
-from rpmextents import ExtentsPackage, extract, transcode
-from rpmextents.extract import Owners
+from rpmextents import ExtentsPackage
+from rpmextents.extract import Owners, extract
 from rpmextents.header import Header, read_prefix
+from rpmextents.transcode import transcode
 from rpmextents.tree import Relocation
 
 from oracle import RPM_INSTALL, OracleError, rpm_install

@@ -68,7 +68,8 @@ def publish(
 def _pool_package(output: Path, version_dir: Path, rpm: Path, block_size: int,
                   zstd: bool) -> ManifestPackage:
     """Transcode rpm into output's pool (and its two zstd copies); its manifest entry."""
-    from rpmextents import seekable, transcode
+    from rpmextents import seekable
+    from rpmextents.transcode import transcode
 
     tmp = output / POOL / "incoming.rpm"
     tmp.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,8 @@ from deploy.store import Store
 from fixtures.build import fixture_packages
 from host.digest import sha256_file
 from imagespec.manifest import ManifestPackage
-from rpmextents import ExtentsPackage, transcode
+from rpmextents import ExtentsPackage
+from rpmextents.transcode import transcode
 
 
 def stored(store: Store, tmp_path: Path, name: str) -> ManifestPackage:

@@ -9,8 +9,9 @@ import pytest
 
 from deploy.delta import NoDelta, Placement, plan
 from fixtures.build import fixture_packages
-from rpmextents import Entry, ExtentsPackage, transcode
+from rpmextents import Entry, ExtentsPackage
 from rpmextents.files import EntryType
+from rpmextents.transcode import transcode
 
 _MODES = {EntryType.FILE: stat.S_IFREG | 0o644, EntryType.DIR: stat.S_IFDIR | 0o755,
           EntryType.SYMLINK: stat.S_IFLNK | 0o777}

@@ -16,8 +16,8 @@ from deploy.etcbase import BASE_DIR, MERGE_RECORD, read_merge_record, write_reco
 from deploy.etcmerge import EtcAction, EtcMerge, merge_etc
 from fixtures.rpmbuild import build_package
 from fixtures.spec import Config, FileKind, FileSpec, PackageSpec
-from rpmextents import transcode
 from rpmextents.header import read_prefix
+from rpmextents.transcode import transcode
 
 from conftest import btrfs_unavailable_reason, loop_btrfs
 from oracle import rpm_unavailable_reason, snapshot

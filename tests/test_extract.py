@@ -11,8 +11,9 @@ import pytest
 from fixtures.build import fixture_packages, large_file_package
 from fixtures.catalog import GROUP, PASSWD
 from host import kernel
-from rpmextents import ExtentsPackage, UnsafePathError, UnsupportedPackageError, extract, transcode
-from rpmextents.extract import ExtractError
+from rpmextents import ExtentsPackage, UnsafePathError, UnsupportedPackageError
+from rpmextents.extract import ExtractError, extract
+from rpmextents.transcode import transcode
 
 from conftest import SHARED_CORPUS, btrfs_unavailable_reason, loop_btrfs
 from oracle import assert_same_tree, rpm_install, rpm_unavailable_reason, seed_accounts, snapshot

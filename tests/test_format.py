@@ -22,8 +22,8 @@ from rpmextents import (
     UnsupportedPackageError,
     VerifyError,
     index,
-    transcode,
 )
+from rpmextents.transcode import transcode
 
 from conftest import SHARED_CORPUS
 

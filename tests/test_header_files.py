@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from deploy.errors import DeploymentError
-from deploy.headers import header_identities, installed_file_lists, installed_packages
-from deploy.tree import HEADER_DIR
+from deploy.headers import HEADER_DIR, header_identities, installed_file_lists, installed_packages
 from fixtures.build import fixture_packages
 from rpmextents.files import FileList, header_files
 from rpmextents.header import Tag, read_prefix

@@ -34,6 +34,13 @@ sys.exit(main())
 
 NETWORK = {"http.client", "ssl", "urllib.request", "email.parser", "host.http", "host.httpconn"}
 CFFI_PARSER = {"pycparser", "cffi"}
+# Loaded only where used: the channel file's parser (tomllib 1.4 MB), a temporary directory
+# (tempfile 1.1 MB, with shutil, bz2 and lzma), a command run (subprocess 0.9 MB), the
+# transcoder, and the parsers of verbs the command line did not name.
+CHANNEL_FILE = {"tomllib", "datetime"}
+TRANSCODER = {"rpmextents.transcode", "rpmextents.cpio", "rpmextents.payload"}
+OTHER_VERBS = {"rpmimg.server", "rpmimg.channel_cli", "rpmimg.rollout_cli", "rpmimg.reset",
+               "rpmimg.boot", "rpmimg.install", "solver"}
 
 
 def loaded(tmp_path: Path, *args: str | os.PathLike[str], ok: tuple[int, ...] = (0,)) -> set[str]:
@@ -55,6 +62,20 @@ def test_extract_of_a_small_package_loads_neither_openssl_nor_the_deploy_library
     assert not modules & {"_hashlib", "hashlib", "sqlite3", "rpm", "concurrent.futures",
                           "multiprocessing", *NETWORK, *CFFI_PARSER}
     assert not {m for m in modules if m.split(".")[0] in ("deploy", "solver", "solv")}
+    assert not modules & {"tempfile", "shutil", "lzma", "subprocess", *CHANNEL_FILE, *TRANSCODER,
+                          *OTHER_VERBS, "rpmimg.client"}
+
+
+def test_status_loads_what_it_reads_and_nothing_else(sysroot: Path, images: Images,
+                                                     tmp_path: Path) -> None:
+    deploy(sysroot, images.v1, images.key)
+    for _ in range(2):  # the first status measures the sizes, the next reads them back
+        modules = loaded(tmp_path, "status", "--sysroot", sysroot)
+        assert {"deploy.overview", "deploy.headers"} <= modules
+        assert not modules & {"tempfile", "shutil", "lzma", "subprocess", "sqlite3", "hashlib",
+                              "_hashlib", "rpm", "rpmextents.extract", "deploy.store", "deploy.tree",
+                              "multiprocessing", *CHANNEL_FILE, *TRANSCODER, *OTHER_VERBS,
+                              *NETWORK, *CFFI_PARSER}
 
 
 def test_local_deploy_and_verify_load_no_network_or_parser_modules(sysroot: Path, images: Images,
@@ -62,13 +83,15 @@ def test_local_deploy_and_verify_load_no_network_or_parser_modules(sysroot: Path
     deploy(sysroot, images.v1, images.key)
     modules = loaded(tmp_path, "deploy", "--sysroot", sysroot, "--keyring", images.key.public, images.v2)
     assert len(state_of(sysroot)["deployments"]) == 2  # type: ignore[arg-type]  # it did deploy v2
-    assert not modules & {*NETWORK, *CFFI_PARSER, "concurrent.futures", "solv"}
+    assert not modules & {*NETWORK, *CFFI_PARSER, "concurrent.futures", "solv", "tomllib",
+                          *TRANSCODER, *OTHER_VERBS}
     assert "rpm" in modules  # v2's new packages: their header signatures are checked by rpm
 
     modules = loaded(tmp_path, "verify", "--sysroot", sysroot)
     assert "deploy.verify" in modules
     # (24 MiB of the fixture's "bulk" package: verify's hashing pool does start here.)
-    assert not modules & {*NETWORK, *CFFI_PARSER, "sqlite3", "solv"}
+    assert not modules & {*NETWORK, *CFFI_PARSER, "sqlite3", "solv", *CHANNEL_FILE, *TRANSCODER,
+                          *OTHER_VERBS, "deploy.tree", "deploy.signature", "deploy.sources"}
 
     # A deployment of packages all in the store checks no package header with rpm: its
     # bindings (8 MB resident, with libcrypto) are not loaded, not even for the keys.
@@ -140,3 +163,25 @@ def test_a_small_files_digest_takes_no_chunk_sized_buffer(tmp_path: Path) -> Non
     empty.write_bytes(b"")
     with open(empty, "rb", buffering=0) as f:
         assert digest.file_digest(f, "sha256").hexdigest() == digest.of("sha256", b"").hexdigest()
+
+
+def test_the_format_package_loads_each_name_from_its_module_when_asked() -> None:
+    script = """
+import importlib, sys
+import rpmextents.errors, rpmextents.nevra
+heavy = {"rpmextents.extract", "rpmextents.transcode", "rpmextents.package", "rpmextents.cpio"}
+assert not heavy & set(sys.modules), heavy & set(sys.modules)
+import rpmextents
+assert sorted(rpmextents.__all__) == sorted(rpmextents._HOMES)
+for name in rpmextents.__all__:
+    home = importlib.import_module("rpmextents." + rpmextents._HOMES[name])
+    assert getattr(rpmextents, name) is getattr(home, name), name
+from rpmextents import ExtentsPackage, extract
+assert extract is sys.modules["rpmextents.extract"]  # the module: extract.extract is the function
+try:
+    rpmextents.no_such_name
+except AttributeError:
+    print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert proc.stdout.strip() == "ok", proc.stderr

@@ -16,10 +16,11 @@ from fixtures.build import fixture_packages
 from host.http import DownloadError, Limits, NoRanges, download_range
 from imagespec.errors import ManifestError
 from imagespec.manifest import parse
-from rpmextents import ExtentsPackage, transcode
+from rpmextents import ExtentsPackage
 from rpmextents.errors import FormatError
 from rpmextents.index import align_up
 from rpmextents.seekable import FrameTable, compress, decompress_frame, parse_table, read_table
+from rpmextents.transcode import transcode
 
 FAST = Limits(attempts=2, backoff=0.0, idle_timeout=5.0, deadline_base=10.0)
 

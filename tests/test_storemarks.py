@@ -20,7 +20,7 @@ from deploy.storemarks import StoreMarks, fingerprint
 from fixtures.build import fixture_packages
 from host import kernel
 from host.digest import sha256_file
-from rpmextents import transcode
+from rpmextents.transcode import transcode
 
 BLOCK = 4096
 
