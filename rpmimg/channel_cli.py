@@ -115,18 +115,13 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     from deploy.reboot import commands_for
     from deploy.upgrade import upgrade
 
-    bars = _Bars()
     with _system(args) as system:
         channel = _channel(system)
-        ok = False
-        try:
+        with _Bars() as bars:
             result = upgrade(system, channel, keyrings=tuple(args.keyring),
                              reboot=commands_for(channel) if args.reboot else None,
                              progress=bars, lock_wait=args.lock_wait,
                              allow_unsigned_packages=args.allow_unsigned_packages)
-            ok = True
-        finally:
-            bars.close(ok)
     if args.json:
         print_json(_upgrade_json(result))
         return 0

@@ -64,8 +64,9 @@ def register(subparsers: Any) -> None:
 
 
 class _Bars:
-    """Progress bars for the deploy phases. Off a terminal, the plain line of each slow
-    phase is written when the deploy succeeds: a failure stays one line."""
+    """Progress bars for the deploy phases, for the length of a `with` block. Off a
+    terminal, the plain line of each slow phase is written when the block ends without an
+    error: a failure stays one line."""
 
     def __init__(self) -> None:
         self.bars: list[Progress] = []
@@ -85,9 +86,12 @@ class _Bars:
             bar.close(plain=False)
         self.bars = []
 
-    def close(self, ok: bool) -> None:
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         self._close_all()
-        if ok:
+        if exc_type is None:
             sys.stderr.write("".join(self.lines))
 
 
@@ -106,14 +110,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return _download(args, opts)
     from deploy.outside import new_outside_usr
 
-    bars = _Bars()
-    ok = False
     with _system(args) as system:
-        try:
+        with _Bars() as bars:
             result = deploy(system, opts, bars)
-            ok = True
-        finally:
-            bars.close(ok)
         new = new_outside_usr(system, result.replaces.id if result.replaces else None,
                               result.outside_usr)
     if args.json:
@@ -128,14 +127,8 @@ def _download(args: argparse.Namespace, opts: DeployOptions) -> int:
     from deploy.transaction import download
     from rpmimg.client import _system
 
-    bars = _Bars()
-    ok = False
-    with _system(args) as system:
-        try:
-            got = download(system, opts, bars)
-            ok = True
-        finally:
-            bars.close(ok)
+    with _system(args) as system, _Bars() as bars:
+        got = download(system, opts, bars)
     if args.json:
         value = vocab.jsonable(got)
         for key in ("image", "version"):
