@@ -216,6 +216,47 @@ def save(path: Path, copies: Iterable[Copy]) -> None:
         raise
 
 
+def refresh(path: Path, store: Store, sha256s: Iterable[str]) -> bool:
+    """Make the cache at path hold the copies of the store entries sha256s, as
+    save(path, copies(store, sha256s)) writes it; whether it was written. A cache that is
+    that file already (intact, mode 0600, a copy of exactly those entries in that order, each
+    recorded with the entry's inode, size and times as they are now, so each copy is what
+    copies() would take from the entry) is left as it is: a full deploy of the packages the
+    cache holds reads it once instead of every entry's start, and writes nothing."""
+    shas = list(dict.fromkeys(sha256s))
+    if _holds(path, store, shas):
+        for left in path.parent.glob(f".{path.name}.tmp-*"):
+            left.unlink(missing_ok=True)  # as save() removes them
+        return False
+    save(path, copies(store, shas))
+    return True
+
+
+def _holds(path: Path, store: Store, shas: list[str]) -> bool:
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return False
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+            return False
+        entries = _check(fd)
+    except (OSError, ValueError):
+        return False
+    finally:
+        os.close(fd)
+    if list(entries) != shas:
+        return False
+    for sha in shas:
+        try:
+            now = os.stat(store.path(sha), follow_symlinks=False)
+        except OSError:
+            return False
+        if not stat.S_ISREG(now.st_mode) or entries[sha][0] != identity(now):
+            return False
+    return True
+
+
 def copies(store: Store, sha256s: Iterable[str]) -> Iterator[Copy]:
     """What save() takes for the store entries sha256s, one at a time: the copy the store
     read an entry from (store.layout_copy), else the entry's own bytes (an entry that is
