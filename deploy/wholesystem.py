@@ -22,7 +22,7 @@ from typing import cast
 
 from deploy import bootselect, mounts, rootfs, sysusers
 from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build, refuse_claims
-from deploy.etcbase import write_records
+from deploy.etcbase import recorded_files, write_records
 from deploy.etcmerge import EtcMerge, EtcPart, merge_etc
 from deploy.faults import checkpoint
 from deploy.headers import FileIdentity, Listed, header_identities, header_names, installed_file_lists
@@ -82,7 +82,9 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
     try:
         usr_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            result = merge_etc(root_fd, usr_fd, old, new)
+            # The root is a snapshot of merged_from's, which old_usr's record describes.
+            recorded = recorded_files(old_usr) if old_usr is not None and merged_from is not None else None
+            result = merge_etc(root_fd, usr_fd, old, new, recorded)
             write_records(usr_fd, result, merged_from)
         finally:
             os.close(usr_fd)
