@@ -25,7 +25,13 @@ from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build, refuse
 from deploy.etcbase import recorded_files, write_records
 from deploy.etcmerge import EtcMerge, EtcPart, merge_etc
 from deploy.faults import checkpoint
-from deploy.headers import FileIdentity, Listed, header_identities, header_names, installed_file_lists
+from deploy.headers import (
+    FileIdentity,
+    Listed,
+    header_identities,
+    header_names,
+    installed_file_lists,
+)
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
