@@ -97,3 +97,36 @@ def test_a_record_that_does_not_pair_up_gives_nothing(top: Path) -> None:
     entries.write_bytes(good[0])
     assert recorded_files(usr) == {}  # a symlink is not followed
     assert recorded_files(top / "nowhere") == {}
+
+
+def test_the_merge_takes_a_files_sha256_from_the_base_record_while_its_stamp_holds(top: Path) -> None:
+    """EtcTree.look's digest of a root file is the base record's (forged here, to show it)
+    while the file keeps the stamp recorded; read again once it was changed in any way, and
+    for another algorithm."""
+    import hashlib
+
+    from deploy.etcfs import EtcTree, fd_tree
+
+    root = top / "root"
+    (root / "etc").mkdir(parents=True)
+    for name in ("kept", "written", "chowned"):
+        (root / "etc" / name).write_text(f"{name}\n")
+    known = {f"/etc/{e.path}": ((e.mode, e.uid, e.gid, e.ino, e.ctime_ns), "f" * 64)
+             for e in _base(root) if e.type == "f"}
+    (root / "etc/written").write_text("edited\n")
+    os.chown(root / "etc/chowned", 1, 1)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    tree = EtcTree(fd_tree(fd), known)
+    try:
+        def digest(name: str, algo: str = "sha256") -> str:
+            disk = tree.look(f"/etc/{name}")
+            assert disk is not None
+            return disk.digest(algo)
+
+        assert digest("kept") == "f" * 64
+        assert digest("kept", "md5") == hashlib.md5(b"kept\n").hexdigest()
+        assert digest("written") == hashlib.sha256(b"edited\n").hexdigest()
+        assert digest("chowned") == hashlib.sha256(b"chowned\n").hexdigest()
+    finally:
+        tree.close()
+        os.close(fd)
