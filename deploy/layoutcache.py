@@ -153,6 +153,12 @@ def _check(fd: int) -> dict[str, tuple[Identity, str, int, int]]:
         pos += len(chunk)
     if os.pread(fd, _DIGEST, end) != digest.digest():
         raise ValueError("digest mismatch: not as written")
+    return _entries(fd, end)
+
+
+def _entries(fd: int, end: int) -> dict[str, tuple[Identity, str, int, int]]:
+    """The entries of a cache whose digest lies at end, as its structure gives them (the
+    digest not checked: _check does)."""
     magic, version = _HEAD.unpack(os.pread(fd, _HEAD.size, 0))
     if magic != MAGIC or version != FORMAT:
         raise ValueError(f"not a layout cache of format {FORMAT}")
@@ -238,13 +244,22 @@ def _holds(path: Path, store: Store, shas: list[str]) -> bool:
     except OSError:
         return False
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+        st = os.fstat(fd)
+        if stat.S_IMODE(st.st_mode) != 0o600 or not _HEAD.size + _DIGEST <= st.st_size <= MAX_BYTES:
             return False
-        entries = _check(fd)
-    except (OSError, ValueError):
+        # What it holds first, read from its entry heads alone: a cache of other entries (an
+        # update's) is not hashed for nothing.
+        if not _same(_entries(fd, st.st_size - _DIGEST), store, shas):
+            return False
+        return _same(_check(fd), store, shas)
+    except (OSError, ValueError, struct.error):
         return False
     finally:
         os.close(fd)
+
+
+def _same(entries: dict[str, tuple[Identity, str, int, int]], store: Store, shas: list[str]) -> bool:
+    """Whether entries are a copy of each of shas in that order, recorded with its stat now."""
     if list(entries) != shas:
         return False
     for sha in shas:
