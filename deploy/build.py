@@ -75,8 +75,9 @@ Seal = Callable[[Path, int, OwnerIds], None]
 # What build() calls on the finished tree: a Seal's arguments and whether the tree is an
 # update of base (its snapshot, changed where the image differs) rather than a full build.
 BuildSeal = Callable[[Path, int, OwnerIds, bool], None]
-# Told of each package a full build extracts: (its header file's name in the tree, its files).
-Noted = Callable[[str, FileList], None]
+# Told of each package a full build extracts: (its header file's name in the tree, the sha256
+# of that file's bytes, its files).
+Noted = Callable[[str, str, FileList], None]
 
 
 def build(
@@ -185,7 +186,7 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
             builder.account(pkg.nevra, pkg.entries())
             builder.write_header(pkg)
             if noted is not None:
-                noted(header_file_name(pkg), pkg.entries())
+                noted(header_file_name(pkg), pkg.header_sha256, pkg.entries())
         progress(i + 1, len(m.packages))
         if i % step == 0:
             checkpoint("package built")

@@ -24,7 +24,7 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -74,13 +74,24 @@ def _sha256_file(dir_fd: int, name: str) -> str:
         os.close(fd)
 
 
-def _walk(dir_fd: int, prefix: str) -> Iterator[BaseEntry]:
+# A regular file as a stamp shows it: mode, uid, gid, inode number, ctime in ns.
+Stamp = tuple[int, int, int, int, int]
+# path (relative to /etc) -> (its stamp, the sha256 of its content) of the files a record holds
+Recorded = Mapping[str, tuple[Stamp, str]]
+
+
+def _walk(dir_fd: int, prefix: str, recorded: Recorded) -> Iterator[BaseEntry]:
     for item in sorted(os.scandir(dir_fd), key=lambda d: d.name):
         rel = f"{prefix}{item.name}"
         st = item.stat(follow_symlinks=False)
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            kind, digest = "f", _sha256_file(dir_fd, item.name)
+            hit = recorded.get(rel)
+            if hit is not None and hit[0] == (stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_ino,
+                                               st.st_ctime_ns):
+                kind, digest = "f", hit[1]  # untouched since it was recorded: no write keeps a ctime
+            else:
+                kind, digest = "f", _sha256_file(dir_fd, item.name)
         elif stat.S_ISLNK(mode):
             kind = "l"
             digest = _digest.of("sha256", os.fsencode(os.readlink(item.name, dir_fd=dir_fd))).hexdigest()
@@ -94,13 +105,18 @@ def _walk(dir_fd: int, prefix: str) -> Iterator[BaseEntry]:
         if kind == "d":
             sub = os.open(item.name, _DIR, dir_fd=dir_fd)
             try:
-                yield from _walk(sub, rel + "/")
+                yield from _walk(sub, rel + "/", recorded)
             finally:
                 os.close(sub)
 
 
-def record_base(root_fd: int) -> tuple[BaseEntry, ...]:
-    """Every entry below the root's etc/ (not following symlinks); () when there is none."""
+def record_base(root_fd: int, recorded: Recorded | None = None) -> tuple[BaseEntry, ...]:
+    """Every entry below the root's etc/ (not following symlinks); () when there is none.
+
+    recorded: what an earlier record of this root's subvolume holds (recorded_files): a
+    file with the inode number, ctime, mode and owner a stamp there gives it has that
+    stamp's digest, and is not read again (the root is a snapshot of the one recorded, whose
+    inodes keep their numbers and times; any write, chmod, chown or rename sets a new ctime)."""
     try:
         fd = kernel.open_beneath(root_fd, "etc", _DIR)
     except OSError as e:
@@ -108,9 +124,47 @@ def record_base(root_fd: int) -> tuple[BaseEntry, ...]:
             return ()
         raise
     try:
-        return tuple(_walk(fd, ""))
+        return tuple(_walk(fd, "", recorded or {}))
     finally:
         os.close(fd)
+
+
+def recorded_files(usr: str | os.PathLike[str]) -> dict[str, tuple[Stamp, str]]:
+    """The regular files the etc-base record of a /usr tree holds, with their stamps and
+    digests (record_base's `recorded`): {} when it has none, or when its entries and stamps
+    do not pair line by line as write_records writes them (nothing is taken from it then)."""
+    try:
+        root = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            texts = [_read_record(root, f"{BASE_DIR}/{name}") for name in ("entries", "stamps")]
+        finally:
+            os.close(root)
+        found = {}
+        entries, stamps = (t.decode("utf-8", "surrogateescape").split("\n") for t in texts)
+        if len(entries) != len(stamps) or entries[-1] != "" or stamps[-1] != "":
+            return {}
+        for line, stamp in zip(entries[:-1], stamps[:-1], strict=True):
+            kind, mode, uid, gid, digest, path = line.split(" ", 5)
+            kind2, mode2, uid2, gid2, ino, ctime, path2 = stamp.split(" ", 6)
+            if (kind, mode, uid, gid, path) != (kind2, mode2, uid2, gid2, path2):
+                return {}
+            if kind != "f":
+                continue
+            sec, _, ns = ctime.partition(".")
+            if not _digest.SHA256_HEX.fullmatch(digest) or len(ns) != 9 or not (sec + ns).isdigit():
+                return {}
+            found[path] = ((int(mode, 8), int(uid), int(gid), int(ino), int(sec) * 10**9 + int(ns)), digest)
+        return found
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_record(root_fd: int, rel: str) -> bytes:
+    fd = kernel.open_beneath(root_fd, rel, _READ)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", rel)
+        return f.read(64 << 20)
 
 
 def _mkdirs(usr_fd: int, rel: str) -> int:

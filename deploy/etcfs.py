@@ -13,7 +13,7 @@ import errno
 import itertools
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from deploy.errors import DeployError
 from deploy.etcrules import OnDisk
@@ -67,10 +67,16 @@ def fd_tree(fd: int, relocation: Relocation | None = None) -> Tree:
 
 
 class EtcTree:
-    """Image paths below /etc of one tree, read and written without leaving it."""
+    """Image paths below /etc of one tree, read and written without leaving it.
 
-    def __init__(self, tree: Tree) -> None:
+    known: image path -> ((mode, uid, gid, inode number, ctime ns), sha256) of regular files
+    hashed already (the merge's base record): a file look() finds with that stamp has that
+    sha256 without being read again (any write, chmod, chown or rename sets a new ctime)."""
+
+    def __init__(self, tree: Tree,
+                 known: Mapping[str, tuple[tuple[int, int, int, int, int], str]] | None = None) -> None:
         self.tree = tree
+        self.known = known or {}
 
     def close(self) -> None:
         self.tree.close()
@@ -99,6 +105,10 @@ class EtcTree:
         etype = entry_type(st.st_mode)
         linkto = os.readlink(name, dir_fd=fd) if etype is EntryType.SYMLINK else ""
         memo: dict[str, str] = {}
+        hit = self.known.get(path) if etype is EntryType.FILE else None
+        if hit is not None and hit[0] == (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_ino,
+                                          st.st_ctime_ns):
+            memo["sha256"] = hit[1]
 
         def digest(algo: str) -> str:
             if algo not in memo:

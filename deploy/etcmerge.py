@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from deploy.etcbase import BaseEntry, read_merge_record, record_base, write_records
+from deploy.etcbase import BaseEntry, Recorded, read_merge_record, record_base, write_records
 from deploy.etcfs import EtcBlocked, EtcMergeError, EtcTree, fd_tree
 from deploy.etcrules import Fate, OnDisk, erase_fate, install_fate
 from rpmextents.files import Entry, EntryType, FileList, header_files
@@ -198,16 +198,20 @@ class _Merge:
 
 
 def merge_etc(root_fd: int, usr_fd: int, old: Iterable[Package] | None,
-              new: Iterable[Package]) -> EtcMerge:
+              new: Iterable[Package], recorded: Recorded | None = None) -> EtcMerge:
     """Merge /etc of the root at root_fd for the /usr tree at usr_fd, as rpm -U old -> new would.
 
     old None: a first deployment or a reset, merged as ``rpm -i`` onto what the root holds.
+    recorded: the files an earlier record of the root holds (deploy.etcbase.recorded_files),
+    whose digests stand for the untouched ones in the base record made here.
     Raises EtcMergeError naming the path when the root can't take the result.
     """
     new_owned = etc_entries(new)
     old_owned = etc_entries(old or ())
-    base = record_base(root_fd)
-    root, factory = EtcTree(fd_tree(root_fd)), EtcTree(fd_tree(usr_fd, FACTORY))
+    base = record_base(root_fd, recorded)
+    hashed = {f"{ETC}/{e.path}": ((e.mode, e.uid, e.gid, e.ino, e.ctime_ns), e.digest)
+              for e in base if e.type == "f"}
+    root, factory = EtcTree(fd_tree(root_fd), hashed), EtcTree(fd_tree(usr_fd, FACTORY))
     try:
         run = _Merge(root, factory)
         for path in sorted(new_owned):

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, TypeAlias, cast
 
 from deploy.errors import DeploymentError
 from host import digest, kernel
@@ -27,6 +27,12 @@ from rpmextents.nevra import Nevra, nevra_of
 
 # Where a deployment keeps its packages' headers, in the /usr tree.
 HEADER_DIR = USR_TREE.tree_path(PACKAGE_DB)
+
+if TYPE_CHECKING:
+    from deploy.etcmerge import EtcPart
+
+# A package as the /etc merge takes it: its file list, or only its entries below /etc.
+Listed: TypeAlias = "FileList | EtcPart"
 
 
 @dataclass(frozen=True)
@@ -105,12 +111,12 @@ def header_identities(usr: Path) -> set[FileIdentity]:
     return out
 
 
-def installed_file_lists(usr: Path, known: Mapping[str, FileList],
-                         read: dict[FileIdentity, FileList] | None = None,
-                         keep: Container[FileIdentity] | None = None) -> Iterator[FileList]:
+def installed_file_lists(usr: Path, known: Mapping[str, Listed],
+                         read: dict[FileIdentity, Listed] | None = None,
+                         keep: Container[FileIdentity] | None = None) -> Iterator[Listed]:
     """The file list of each package of the /usr tree at usr, as installed_packages reads
     them; a header file whose bytes hash to a key of known (header sha256 -> that header's
-    file list, already read) is hashed, not parsed again.
+    file list, or its /etc part, already read) is hashed, not parsed again.
 
     read remembers each file read by its identity (inode number, ctime, mtime, size): the
     tree of an update is a snapshot of the old one, whose files keep their inode numbers
@@ -126,7 +132,7 @@ def installed_file_lists(usr: Path, known: Mapping[str, FileList],
                 with _open_header_file(directory / name, dir_fd) as f:
                     st = os.fstat(f.fileno())
                     identity = (st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
-                    files = read.get(identity) if read is not None else None
+                    files: Listed | None = read.get(identity) if read is not None else None
                     if files is None and known:  # nothing known (a full build's): no hashing
                         files = known.get(digest.file_digest(f, "sha256").hexdigest())
                     if files is None:

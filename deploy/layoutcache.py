@@ -168,6 +168,12 @@ def _check(fd: int) -> dict[str, tuple[Identity, str, int, int]]:
         pos += len(chunk)
     if os.pread(fd, _CHECKSUM.size, end) != _CHECKSUM.pack(crc):
         raise ValueError("checksum mismatch: not as written")
+    return _entries(fd, end)
+
+
+def _entries(fd: int, end: int) -> dict[str, tuple[Identity, str, int, int]]:
+    """The entries of a cache whose checksum lies at end, as its structure gives them (the
+    checksum not checked: _check does)."""
     magic, version = _HEAD.unpack(os.pread(fd, _HEAD.size, 0))
     if magic != MAGIC or version != FORMAT:
         raise ValueError(f"not a layout cache of format {FORMAT}")
@@ -227,6 +233,56 @@ def save(path: Path, copies: Iterable[Copy]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def refresh(path: Path, store: Store, sha256s: Iterable[str]) -> bool:
+    """Make the cache at path hold the copies of the store entries sha256s, as
+    save(path, copies(store, sha256s)) writes it; whether it was written. A cache that is
+    that file already (intact, mode 0600, a copy of exactly those entries in that order, each
+    recorded with the entry's inode, size and times as they are now, so each copy is what
+    copies() would take from the entry) is left as it is: a full deploy of the packages the
+    cache holds reads it once instead of every entry's start, and writes nothing."""
+    shas = list(dict.fromkeys(sha256s))
+    if _holds(path, store, shas):
+        for left in path.parent.glob(f".{path.name}.tmp-*"):
+            left.unlink(missing_ok=True)  # as save() removes them
+        return False
+    save(path, copies(store, shas))
+    return True
+
+
+def _holds(path: Path, store: Store, shas: list[str]) -> bool:
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if stat.S_IMODE(st.st_mode) != 0o600 or not _HEAD.size + _CHECKSUM.size <= st.st_size <= MAX_BYTES:
+            return False
+        # What it holds first, read from its entry heads alone: a cache of other entries (an
+        # update's) is not checksummed for nothing.
+        if not _same(_entries(fd, st.st_size - _CHECKSUM.size), store, shas):
+            return False
+        return _same(_check(fd), store, shas)
+    except (OSError, ValueError, struct.error):
+        return False
+    finally:
+        os.close(fd)
+
+
+def _same(entries: dict[str, tuple[Identity, str, int, int]], store: Store, shas: list[str]) -> bool:
+    """Whether entries are a copy of each of shas in that order, recorded with its stat now."""
+    if list(entries) != shas:
+        return False
+    for sha in shas:
+        try:
+            now = os.stat(store.path(sha), follow_symlinks=False)
+        except OSError:
+            return False
+        if not stat.S_ISREG(now.st_mode) or entries[sha][0] != identity(now):
+            return False
+    return True
 
 
 def copies(store: Store, sha256s: Iterable[str]) -> Iterator[Copy]:

@@ -22,10 +22,16 @@ from typing import cast
 
 from deploy import bootselect, mounts, rootfs, sysusers
 from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build, refuse_claims
-from deploy.etcbase import write_records
+from deploy.etcbase import recorded_files, write_records
 from deploy.etcmerge import EtcMerge, EtcPart, merge_etc
 from deploy.faults import checkpoint
-from deploy.headers import FileIdentity, header_identities, header_names, installed_file_lists
+from deploy.headers import (
+    FileIdentity,
+    Listed,
+    header_identities,
+    header_names,
+    installed_file_lists,
+)
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
@@ -50,16 +56,20 @@ def device(system: System) -> str:
 def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
           known: Mapping[str, FileList] | None = None,
           lists: tuple[Sequence[FileList], Sequence[FileList]] | None = None,
-          written: Mapping[str, EtcPart] | None = None) -> EtcMerge:
+          written: Mapping[str, tuple[str, EtcPart]] | None = None) -> EtcMerge:
     """Merge the image's /etc into the root (deploy.etcmerge) as `rpm -U` from the packages
     of old_usr would (`rpm -i` without one) and record it in the new /usr. The packages are
     the trees' header files; known: file lists already read, by their header's sha256;
     lists: the old and the new tree's file lists in header file order, when the caller
     knows what both trees hold (tree_lists): then no header file is read; written: what a
-    full build wrote into usr, by header file name (see _new_packages)."""
-    known = known or {}
-    old: Iterable[FileList] | None
-    new: Iterable[FileList | EtcPart]
+    full build wrote into usr, by header file name: (the sha256 of that header file, its
+    /etc part) (see _new_packages). An old tree's header file that hashes to one of those
+    is taken as that part, not parsed again (a full build of packages old_usr has too)."""
+    reuse: Mapping[str, Listed] = known or {}
+    if written:
+        reuse = {**reuse, **{sha: part for sha, part in written.values()}}
+    old: Iterable[Listed] | None
+    new: Iterable[Listed]
     if lists is not None and old_usr is not None:
         old, new = lists
     else:
@@ -69,16 +79,18 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
         # those are kept: a tree built in full shares no header file with the old one, and
         # keeping every list of the old tree held 20 MB more at the benchmark corpus's peak.
         # A full build's tree is new (and its packages noted): nothing to remember.
-        read: dict[FileIdentity, FileList] | None = {} if old_usr is not None and not written else None
-        old = (installed_file_lists(old_usr, known, read,
+        read: dict[FileIdentity, Listed] | None = {} if old_usr is not None and not written else None
+        old = (installed_file_lists(old_usr, reuse, read,
                                     keep=header_identities(usr) if read is not None else ())
                if old_usr is not None else None)
-        new = _new_packages(usr, known, read, written)
+        new = _new_packages(usr, known or {}, read, written)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         usr_fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            result = merge_etc(root_fd, usr_fd, old, new)
+            # The root is a snapshot of merged_from's, which old_usr's record describes.
+            recorded = recorded_files(old_usr) if old_usr is not None and merged_from is not None else None
+            result = merge_etc(root_fd, usr_fd, old, new, recorded)
             write_records(usr_fd, result, merged_from)
         finally:
             os.close(usr_fd)
@@ -106,14 +118,14 @@ def tree_lists(known: Mapping[str, FileList], base: DeploymentRecord, m: Image
     return None if old is None or new is None else (old, new)
 
 
-def _new_packages(usr: Path, known: Mapping[str, FileList], read: dict[FileIdentity, FileList] | None,
-                  written: Mapping[str, EtcPart] | None) -> Iterable[FileList | EtcPart]:
+def _new_packages(usr: Path, known: Mapping[str, FileList], read: dict[FileIdentity, Listed] | None,
+                  written: Mapping[str, tuple[str, EtcPart]] | None) -> Iterable[Listed]:
     """The packages of the new tree at usr as the merge reads them (header files by name):
     what the build noted as it wrote each header file, when the tree holds exactly those
     (a full build makes the tree, and with it the header directory, new), else each header
     file read again."""
     if written and header_names(usr) == sorted(written):
-        return [written[name] for name in sorted(written)]
+        return [written[name][1] for name in sorted(written)]
     return installed_file_lists(usr, known, read, keep=())
 
 
@@ -157,11 +169,11 @@ def build_system(
                                             refuse_claims if claims_checked else None)
         checkpoint("accounts created")
 
-        written: dict[str, EtcPart] = {}
+        written: dict[str, tuple[str, EtcPart]] = {}
 
-        def noted(name: str, files: FileList) -> None:
+        def noted(name: str, header_sha256: str, files: FileList) -> None:
             # Its header file was written under name, over any earlier one of that name.
-            written[name] = EtcPart.of(files)
+            written[name] = header_sha256, EtcPart.of(files)
 
         def seal(tree: Path, subvol_id: int, owner_ids: OwnerIds, updated: bool) -> None:
             known = _read(store, m, base)

@@ -104,7 +104,10 @@ class DataWriter:
             try:
                 length = align_up(extent.length, self.pkg.block_size)
                 kernel.clone_range(self.pkg.fileno(), extent.offset, length, fd, 0)
-                os.ftruncate(fd, extent.length)
+                if length != extent.length:
+                    # The clone ends at the block's end: cut it at the file's. (A truncate
+                    # costs about as much as the clone; a file of whole blocks needs none.)
+                    os.ftruncate(fd, extent.length)
                 self.reflinked += 1
                 return
             except OSError as e:
@@ -130,8 +133,11 @@ class DataWriter:
             done += os.pwrite(fd, chunk, done)
 
 
-def _apply_meta(entry: Entry, owners: Owners, fd: int | None, name: str, dir_fd: int | None) -> None:
-    mode, uid, gid = owners.mode_and_ids(entry)
+def _apply_meta(entry: Entry, owners: Owners, fd: int | None, name: str, dir_fd: int | None,
+                meta: tuple[int, int, int] | None = None) -> None:
+    """Owner, mode, capabilities and mtime of an entry just made; meta: its
+    owners.mode_and_ids when the caller has it already."""
+    mode, uid, gid = meta if meta is not None else owners.mode_and_ids(entry)
     if fd is not None:
         # Owner and mode set only where the kernel made them otherwise (the umask, a
         # set-group-ID directory's group, set-id bits a file is made without): each is an
@@ -159,13 +165,18 @@ def _replacing(
     try:
         return create(*args, **kw)
     except FileExistsError:
-        mode = os.lstat(at_name, dir_fd=at_fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise ExtractError(f"{entry.path}: a directory is in the way") from None
-        os.unlink(at_name, dir_fd=at_fd)
-        if stat.S_ISLNK(mode):
-            tree.forget(entry.path)  # paths below it may have been resolved through it
+        _clear(tree, entry, at_fd, at_name)
     return create(*args, **kw)
+
+
+def _clear(tree: Tree, entry: Entry, at_fd: int, at_name: str) -> None:
+    """Remove what stands where entry is to be made, unless it is a directory."""
+    mode = os.lstat(at_name, dir_fd=at_fd).st_mode
+    if stat.S_ISDIR(mode):
+        raise ExtractError(f"{entry.path}: a directory is in the way") from None
+    os.unlink(at_name, dir_fd=at_fd)
+    if stat.S_ISLNK(mode):
+        tree.forget(entry.path)  # paths below it may have been resolved through it
 
 
 _SPECIAL = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
@@ -240,16 +251,21 @@ class _Run:
             finally:
                 os.close(src_fd)
             return
-        mode = self.owners.mode_and_ids(entry)[0]
+        meta = self.owners.mode_and_ids(entry)
         # Made with its mode unless it has set-id bits (chown and writes clear them): then a
         # file that is also its owner's needs no chown nor chmod (_apply_meta).
-        fd = _replacing(self.tree, entry, dir_fd, name, os.open, name, _NEW_FILE,
-                        0o600 if mode & _SPECIAL else mode, dir_fd=dir_fd)
+        made = 0o600 if meta[0] & _SPECIAL else meta[0]
         try:
-            if entry.extent is not None:
-                self.writer.write(entry.extent, fd)
-                self.written += entry.extent.length
-            _apply_meta(entry, self.owners, fd, name, dir_fd)
+            fd = os.open(name, _NEW_FILE, made, dir_fd=dir_fd)
+        except FileExistsError:
+            _clear(self.tree, entry, dir_fd, name)
+            fd = os.open(name, _NEW_FILE, made, dir_fd=dir_fd)
+        try:
+            extent = entry.extent
+            if extent is not None:
+                self.writer.write(extent, fd)
+                self.written += extent.length
+            _apply_meta(entry, self.owners, fd, name, dir_fd, meta)
         finally:
             os.close(fd)
         self.files += 1

@@ -151,9 +151,9 @@ def test_a_full_builds_notes_stand_for_its_header_files_only_when_the_tree_holds
     usr = _tree(tmp_path, {n: _raw(n) for n in NAMES})
     lists = {n: _known(n)[1] for n in NAMES}
     # Noted in another order than the names'.
-    written = {f"{n}.rpm": EtcPart.of(lists[n]) for n in reversed(NAMES)}
+    written = {f"{n}.rpm": (_known(n)[0], EtcPart.of(lists[n])) for n in reversed(NAMES)}
     got = list(_new_packages(usr, {}, None, written))
-    assert got == [written[f"{n}.rpm"] for n in NAMES]
+    assert got == [written[f"{n}.rpm"][1] for n in NAMES]
     parsed = list(installed_file_lists(usr, {}))
     assert etc_entries(got) == etc_entries(parsed) != {}
     assert list(etc_entries(got)) == list(etc_entries(parsed))
@@ -164,3 +164,22 @@ def test_a_full_builds_notes_stand_for_its_header_files_only_when_the_tree_holds
     del written["sizes.rpm"]
     (usr / HEADER_DIR / "planted.rpm").unlink()
     assert [type(g) for g in _new_packages(usr, {}, None, written)] == [FileList] * 3
+
+
+def test_an_old_trees_header_files_are_taken_as_the_parts_a_full_build_noted_when_they_hash_to_them(
+        tmp_path: Path) -> None:
+    """A full build over a root whose deployment has the same packages: the old tree's header
+    files whose bytes hash to a header the build noted are taken as its /etc part, not parsed;
+    any other (a header of another package, or one byte changed) is parsed, so the merge sees
+    the same /etc entries either way."""
+    from deploy.etcmerge import EtcPart, etc_entries
+
+    parts = {sha: EtcPart.of(files) for sha, files in (_known(n) for n in NAMES[:2])}
+    changed = bytearray(_raw("owners"))
+    changed[-1] ^= 1  # the last byte of its header's data: still a header, another one
+    usr = _tree(tmp_path, {**{n: _raw(n) for n in NAMES}, "x-changed": bytes(changed)})
+    got = list(installed_file_lists(usr, parts))
+    assert [type(g) for g in got] == [EtcPart, EtcPart, FileList, FileList]
+    assert got[:2] == list(parts.values())
+    parsed = list(installed_file_lists(usr, {}))
+    assert etc_entries(got[:3]) == etc_entries(parsed[:3]) != {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -297,3 +298,44 @@ def test_an_update_uses_the_cache_and_survives_a_forged_one(sysroot: Path, image
             assert copy[0] == pkg.header_bytes() + os.pread(pkg.fileno(), pkg.data_offset - pkg.header_end,
                                                             pkg.header_end)
             assert copy[1] == pkg.header_sha256
+
+
+def test_refresh_leaves_a_cache_that_is_already_as_written(
+        cached: tuple[Path, Path, list[ManifestPackage]], tmp_path: Path) -> None:
+    """A cache holding exactly the entries asked for, each unchanged since it was copied, is
+    the file save() would write: refresh leaves it (same inode, same bytes). Anything else —
+    an entry changed, another set or order of entries, a cache not as written, another mode —
+    is written anew, to the bytes save() writes."""
+    root, cache, refs = cached
+    store = Store(root)
+    shas = [r.sha256 for r in refs]
+    fresh = tmp_path / "fresh"
+
+    def as_saved(order: list[str]) -> bytes:
+        layoutcache.save(fresh, layoutcache.copies(store, order))
+        return fresh.read_bytes()
+
+    (tmp_path / ".layout-cache.tmp-1").write_bytes(b"left by a killed run")
+    before = os.stat(cache)
+    assert not layoutcache.refresh(cache, store, shas + shas[:1])  # a repeated entry is one
+    assert os.stat(cache).st_ino == before.st_ino and cache.read_bytes() == as_saved(shas)
+    assert not (tmp_path / ".layout-cache.tmp-1").exists()
+
+    os.utime(store.path(shas[1]), ns=(0, 0))  # a changed entry: its copy is taken again
+    assert layoutcache.refresh(cache, store, shas)
+    assert cache.read_bytes() == as_saved(shas)
+    assert not layoutcache.refresh(cache, store, shas)
+
+    for order in (shas[::-1], shas[:2]):
+        assert layoutcache.refresh(cache, store, order)
+        assert cache.read_bytes() == as_saved(order)
+
+    for what, spoil in _spoilers():
+        layoutcache.save(cache, layoutcache.copies(store, shas))
+        spoil(cache)
+        assert layoutcache.refresh(cache, store, shas), what
+        assert not cache.is_symlink() and cache.read_bytes() == as_saved(shas), what
+        assert stat.S_IMODE(os.stat(cache).st_mode) == 0o600 and os.stat(cache).st_uid == os.geteuid()
+    os.chmod(cache, 0o400)  # as written but for its mode
+    assert layoutcache.refresh(cache, store, shas)
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o600
