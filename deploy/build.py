@@ -155,21 +155,18 @@ def _discard(path: Path) -> None:
 @contextlib.contextmanager
 def _package_database(path: Path, m: Image, base: DeploymentRecord | None) -> Iterator[None]:
     """The tree's rpm database: base's (in the snapshot) changed where m differs, else new;
-    in place when the block ends (a new one's indexes are built while the block runs)."""
+    made while the block runs, in place when it ends."""
     headers = path / HEADER_DIR
+    every = [headers / f"{r.nvra}.rpm" for r in m.packages]
     if base is not None:
         old = {p.sha256 for p in base.packages}
         new = {r.sha256 for r in m.packages}
         gone = sorted({p.nvra for p in base.packages if p.sha256 not in new})
         added = sorted({r.nvra for r in m.packages if r.sha256 not in old})
-        try:
-            rpmdb.update(path, gone, [headers / f"{n}.rpm" for n in added])
-        except FileNotFoundError:
-            log.info("deployment %s has no rpm database: building it from every header", base.id)
-        else:
+        with rpmdb.updating(path, gone, [headers / f"{n}.rpm" for n in added], every):
             yield
-            return
-    with rpmdb.building(path, [headers / f"{r.nvra}.rpm" for r in m.packages]):
+        return
+    with rpmdb.building(path, every):
         yield
 
 

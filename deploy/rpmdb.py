@@ -408,6 +408,37 @@ def building(tree: Path, header_files: Sequence[Path]) -> Iterator[None]:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
+@contextlib.contextmanager
+def updating(tree: Path, removed: Sequence[str], added: Sequence[Path],
+             every: Sequence[Path]) -> Iterator[None]:
+    """update(), made in a thread while the block runs (rpm's import in a process of its own,
+    sqlite's work outside the interpreter, as building() is); in place when the block ends.
+    A tree whose database update() can't find is given one built from every (header files).
+    """
+    failed: list[BaseException] = []
+
+    def change() -> None:
+        try:
+            update(tree, removed, added)
+        except FileNotFoundError:
+            log.info("%s has no rpm database: building it from every header", tree)
+            try:
+                build(tree, every)
+            except BaseException as e:
+                failed.append(e)
+        except BaseException as e:  # handed to the thread that waits for it
+            failed.append(e)
+
+    changing = threading.Thread(target=change, name="rpmdb-update")
+    changing.start()
+    try:
+        yield
+    finally:
+        changing.join()
+    if failed:
+        raise failed[0]
+
+
 def update(tree: Path, removed: Sequence[str], added: Sequence[Path]) -> None:
     """Erase the packages named removed (N-V-R.A) and record added, in a copy of the database
     the tree already holds (the previous deployment's), renamed over it when complete."""

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from deploy.errors import DeploymentError
 from fixtures.build import signing_key
 from fixtures.rpmbuild import build_package
 from fixtures.spec import Config, FileKind, FileSpec, PackageSpec, Scriptlet
+from rpmextents.errors import ExtentsError
 from rpmextents.header import read_prefix
 
 _STAMPS = {rpm.RPMTAG_INSTALLTIME, rpm.RPMTAG_INSTALLTID}
@@ -166,6 +168,41 @@ def test_update_erases_and_adds_as_rpm_would_record_the_new_set(
     rpmdb.update(tree, ["beta-1.5-1.x86_64"], [])
     assert rpmdb.installed(tree) == sorted(new)
     assert set(os.listdir(rpmdb._MEMORY_DIR)) <= shm_before
+
+
+def test_updating_changes_the_database_while_the_block_runs_or_builds_a_missing_one(
+    headers: dict[str, Path], tmp_path: Path
+) -> None:
+    """updating() is update() in a thread beside the block (which does not wait for rpm); a
+    tree without a database gets one of every header; an update that fails is raised when
+    the block ends, the database as it was and nothing left beside it."""
+    old = [n for n in headers if not n.startswith(("beta-2.0", "gamma"))]
+    new = [n for n in headers if not n.startswith(("beta-1.5", "empty"))]
+    tree = _tree(tmp_path, "tree")
+    rpmdb.build(tree, [headers[n] for n in old])
+    threads: list[str] = []
+    with rpmdb.updating(tree, sorted(set(old) - set(new)), [headers[n] for n in sorted(set(new) - set(old))],
+                        [headers[n] for n in new]):
+        threads = [t.name for t in threading.enumerate()]
+    assert "rpmdb-update" in threads
+    assert rpmdb.installed(tree) == sorted(new)
+    assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]
+
+    bare = _tree(tmp_path, "bare")
+    with rpmdb.updating(bare, ["beta-1.5-1.x86_64"], [], [headers[n] for n in new]):
+        pass
+    assert rpmdb.installed(bare) == sorted(new)
+
+    before = (tree / rpmdb.DB_DIR / rpmdb.DB_FILE).read_bytes()
+    not_a_header = tmp_path / "junk-1-1.x86_64.rpm"
+    not_a_header.write_bytes(b"\0" * 64)
+    ran = False
+    with pytest.raises((DeploymentError, ExtentsError)):
+        with rpmdb.updating(tree, [], [not_a_header], []):
+            ran = True
+    assert ran
+    assert (tree / rpmdb.DB_DIR / rpmdb.DB_FILE).read_bytes() == before
+    assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]
 
 
 def test_an_update_of_another_rpms_database_lets_rpm_import_into_it(
