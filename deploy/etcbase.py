@@ -76,6 +76,13 @@ def _sha256_file(dir_fd: int, name: str) -> str:
 
 # A regular file as a stamp shows it: mode, uid, gid, inode number, ctime in ns.
 Stamp = tuple[int, int, int, int, int]
+
+
+def stamp_of(st: os.stat_result) -> Stamp:
+    """The stamp of a file as stat gives it (what a recorded digest is held to)."""
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_ino, st.st_ctime_ns
+
+
 # path (relative to /etc) -> (its stamp, the sha256 of its content) of the files a record holds
 Recorded = Mapping[str, tuple[Stamp, str]]
 
@@ -87,8 +94,7 @@ def _walk(dir_fd: int, prefix: str, recorded: Recorded) -> Iterator[BaseEntry]:
         mode = st.st_mode
         if stat.S_ISREG(mode):
             hit = recorded.get(rel)
-            if hit is not None and hit[0] == (stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_ino,
-                                               st.st_ctime_ns):
+            if hit is not None and hit[0] == stamp_of(st):
                 kind, digest = "f", hit[1]  # untouched since it was recorded: no write keeps a ctime
             else:
                 kind, digest = "f", _sha256_file(dir_fd, item.name)

@@ -13,9 +13,10 @@ import errno
 import itertools
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from deploy.errors import DeployError
+from deploy.etcbase import Recorded, stamp_of
 from deploy.etcrules import OnDisk
 from host import digest as _digest
 from host import kernel
@@ -73,8 +74,7 @@ class EtcTree:
     hashed already (the merge's base record): a file look() finds with that stamp has that
     sha256 without being read again (any write, chmod, chown or rename sets a new ctime)."""
 
-    def __init__(self, tree: Tree,
-                 known: Mapping[str, tuple[tuple[int, int, int, int, int], str]] | None = None) -> None:
+    def __init__(self, tree: Tree, known: Recorded | None = None) -> None:
         self.tree = tree
         self.known = known or {}
 
@@ -106,8 +106,7 @@ class EtcTree:
         linkto = os.readlink(name, dir_fd=fd) if etype is EntryType.SYMLINK else ""
         memo: dict[str, str] = {}
         hit = self.known.get(path) if etype is EntryType.FILE else None
-        if hit is not None and hit[0] == (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_ino,
-                                          st.st_ctime_ns):
+        if hit is not None and hit[0] == stamp_of(st):
             memo["sha256"] = hit[1]
 
         def digest(algo: str) -> str:
