@@ -185,7 +185,7 @@ class Store:
         self._from_layout.add(sha256)
         return pkg
 
-    def layout_copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Iterator[bytes]] | None:
+    def layout_copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Iterator[memoryview]] | None:
         """The layout cache's copy of an entry (as LayoutCache.copy gives it) when this store
         read the entry from it (checked as above), and the entry is still as it was."""
         if self._layout is None or sha256 not in self._from_layout:
