@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from deploy.channelmemory import load_memory, save_memory
 from deploy.errors import DeployError
 from deploy.rollout import Decision, decide, machine_id
 from deploy.signature import trusted_key_files
-from deploy.state import DeploymentRecord, State
+from deploy.state import DeploymentRecord, State, now_iso
 from deploy.store import Store
 from deploy.system import System
 from host import digest
@@ -75,10 +74,6 @@ class CheckResult:
             "download_bytes": self.download_bytes, "download_packages": self.download_packages,
             "rollout": self.rollout.to_json(),
         }
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- what the last check remembered ----------------------------------------------------

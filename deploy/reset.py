@@ -14,7 +14,6 @@ Rolling back past the reset returns the old /var with the old root.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from deploy.build import OwnerIds
 from deploy.errors import DeploymentError
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
-from deploy.state import DeploymentRecord, PackageRecord
+from deploy.state import DeploymentRecord, PackageRecord, now_iso
 from deploy.store import Store
 from deploy.system import System
 from deploy.wholesystem import build_system
@@ -87,7 +86,7 @@ def reset(system: System, keep_var: bool = False, lock_wait: float = DEFAULT_WAI
             if not store.has(p.sha256):
                 raise DeploymentError(f"{p.nvra}: no longer in the store; deploy {base.image} again instead")
         new_id = str(current.next_id)
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = now_iso()
         record = dataclasses.replace(base, id=new_id, created=now, subvol_id=0, pinned=False,
                                      owner_ids=None)
         sealed: list[DeploymentRecord] = []

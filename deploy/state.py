@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,12 @@ from typing import Any
 from deploy.errors import DeploymentError, StateError
 from host.digest import is_sha256_hex
 from host.files import write_atomically
+
+
+def now_iso() -> str:
+    """Now, as records and the check's memory write it: 2026-12-02T23:59:59Z (UTC)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
 
 FORMAT = 1
 REBUILD_HINT = "`rpmimg state rebuild` rebuilds it from the deployments' own records"

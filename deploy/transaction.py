@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import enum
 import errno
 import functools
@@ -46,7 +45,7 @@ from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
 from deploy.signature import fetch_verified_manifest, package_keyring, trusted_key_files
 from deploy.sources import FetchJob, Source, open_source
-from deploy.state import DeploymentRecord, PackageRecord, State
+from deploy.state import DeploymentRecord, PackageRecord, State, now_iso
 from deploy.store import Store
 from deploy.system import System
 from deploy.wholesystem import WholeBuilt, build_system
@@ -133,10 +132,6 @@ class DeployResult:
 
 def _noop_progress(label: str, unit: str) -> ProgressFn:
     return lambda done, total: None
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- phase 1: the signed manifest, and what to do with it -----------------------------------
@@ -333,7 +328,7 @@ def build_tree(
     m = signed.manifest
     new_id = str(current.next_id)
     record = DeploymentRecord(
-        id=new_id, image=m.name, version=m.version, arch=m.arch, created=_now(),
+        id=new_id, image=m.name, version=m.version, arch=m.arch, created=now_iso(),
         manifest_sha256=signed.sha256, subvol_id=0,
         source=intent.versioned_location(signed.source.manifest_location, m),
         packages=tuple(_record(r, signed.source) for r in m.packages), signed_by=signed.signed_by,
