@@ -191,6 +191,7 @@ def _closed_stdout() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     memory.return_large_blocks()  # transient header copies are not kept resident
+    memory.one_arena()  # nor what a thread freed (the rpm database's, beside the /etc merge)
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_named_verb(words))
     _Parser.json_errors = "--json" in words

@@ -52,3 +52,34 @@ def test_a_freed_large_block_is_returned(kib: int) -> None:
 def test_a_read_buffer_stays_below_the_threshold() -> None:
     # Reads of 1 MiB, repeated file after file, are not worth a mapping each.
     assert len(bytes(1 << 20)) + sys.getsizeof(b"") < memory.LARGE_BLOCK
+
+
+# In a fresh interpreter: where a thread's malloc lands, with one arena or glibc's default.
+_THREAD_PROBE = """
+import ctypes, sys, threading
+from host import memory
+if sys.argv[1] == "one":
+    assert memory.one_arena()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.malloc(1 << 10)  # the main heap exists
+got = []
+t = threading.Thread(target=lambda: got.append(libc.malloc(1 << 10)))
+t.start()
+t.join()
+with open("/proc/self/maps") as f:
+    heap = [line.split()[0] for line in f if line.rstrip().endswith("[heap]")]
+lo, hi = (int(x, 16) for x in heap[0].split("-"))
+print("main" if lo <= got[0] < hi else "other")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_thread_allocates_from_the_main_heap_with_one_arena() -> None:
+    def lands(mode: str) -> str:
+        return subprocess.run([sys.executable, "-c", _THREAD_PROBE, mode], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert lands("one") == "main"
+    assert lands("default") == "other"  # the case one_arena is for
