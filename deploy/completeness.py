@@ -9,7 +9,6 @@ Anything else was put there by something other than rpmimg.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from deploy.headers import HEADER_DIR
 from deploy.pathset import PathSet
 from deploy.records import RECORD_DIR
+from host.files import remove_tree
 
 # Tree-relative directories rpmimg itself keeps in every deployment.
 OWN_DIRS = (HEADER_DIR, RECORD_DIR, "lib/sysimage/rpm")
@@ -66,6 +66,6 @@ def remove(tree: Path, rel: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(mode):
-        shutil.rmtree(path)
+        remove_tree(path)
     else:
         os.unlink(path)

@@ -34,8 +34,6 @@ import io
 import logging
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +43,7 @@ from typing import TYPE_CHECKING
 from deploy.errors import DeploymentError
 from deploy.rpmdbheader import Install, InstalledHeader
 from host import kernel
-from host.files import fsync_dir
+from host.files import fsync_dir, make_private_dir, remove_tree
 from host.run import CommandError, run
 from rpmextents.errors import ExtentsError, FormatError
 from rpmextents.extract import NO_REFLINK
@@ -92,12 +90,12 @@ def _db_dir(tree: Path) -> Path:
 def _staging(d: Path) -> Iterator[Path]:
     """A new directory beside the database (inside its directory), removed afterwards."""
     for old in d.glob(f"{_STAGE}*"):  # left by an interrupted run
-        shutil.rmtree(old, ignore_errors=True)
-    stage = Path(tempfile.mkdtemp(prefix=_STAGE, dir=d))
+        remove_tree(old, ignore_errors=True)
+    stage = make_private_dir(d, _STAGE)
     try:
         yield stage
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        remove_tree(stage, ignore_errors=True)
 
 
 @functools.cache
@@ -175,21 +173,21 @@ def _import(stage: Path, header_files: Sequence[Path], install: Install) -> None
         if not _add_rows(stage / DB_FILE, aside / DB_FILE, len(header_files)):
             _rpmdb(stage, "--importdb", stdin_path=stream)
     finally:
-        shutil.rmtree(aside, ignore_errors=True)
+        remove_tree(aside, ignore_errors=True)
 
 
 def _aside(stage: Path, small: bool) -> Path:
     """A new private directory for the database of the added packages: on the shared-memory
     tmpfs when they are small and there is one (rpm commits after every package, which costs
     a sync each on a disk), else in stage."""
-    return (_in_memory() if small else None) or Path(tempfile.mkdtemp(prefix="added-", dir=stage))
+    return (_in_memory() if small else None) or make_private_dir(stage, "added-")
 
 
 def _in_memory() -> Path | None:
     """A new private directory on the shared-memory tmpfs, or None where there is none."""
     if os.path.isdir(_MEMORY_DIR):
         try:
-            return Path(tempfile.mkdtemp(prefix="rpmimg-rpmdb-", dir=_MEMORY_DIR))
+            return make_private_dir(_MEMORY_DIR, "rpmimg-rpmdb-")
         except OSError as e:
             log.debug("no directory in %s for the rpm database: %s", _MEMORY_DIR, e)
     return None
@@ -386,12 +384,12 @@ def building(tree: Path, header_files: Sequence[Path]) -> Iterator[None]:
                 _rpmdb(aside or stage, "--initdb")  # "Generating 18 missing index(es)": rpm's buildIndexes
                 if aside is not None:
                     _settle(aside / DB_FILE)
-                    shutil.copyfile(aside / DB_FILE, stage / DB_FILE)
+                    _copy(aside / DB_FILE, stage / DB_FILE)
             except BaseException as e:  # handed to the thread that waits for it
                 failed.append(e)
             finally:
                 if aside is not None:
-                    shutil.rmtree(aside, ignore_errors=True)
+                    remove_tree(aside, ignore_errors=True)
 
         indexing = threading.Thread(target=index, name="rpmdb-indexes")
         indexing.start()
@@ -405,7 +403,7 @@ def building(tree: Path, header_files: Sequence[Path]) -> Iterator[None]:
     for name in os.listdir(d):  # what an older rpmimg or rpm left beside the database
         if name != DB_FILE and not name.startswith(_STAGE):
             p = d / name
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            remove_tree(p)
 
 
 @contextlib.contextmanager
@@ -457,14 +455,26 @@ def update(tree: Path, removed: Sequence[str], added: Sequence[Path]) -> None:
 
 def _clone(src: Path, dst: Path) -> None:
     """Copy src to dst sharing its data (FICLONE): sqlite then writes only the pages the
-    update changes. Python 3.11's shutil.copyfile uses sendfile, which copies every byte."""
+    update changes. A copy by sendfile (Python 3.11's shutil.copyfile) writes every byte."""
     with open(src, "rb") as s, open(dst, "xb") as d:
         try:
             kernel.clone_file(s.fileno(), d.fileno())
         except OSError as e:
             if e.errno not in NO_REFLINK:
                 raise
-            shutil.copyfileobj(s, d, 1 << 20)
+            _copy_fd(s.fileno(), d.fileno())
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with open(src, "rb") as s, open(dst, "xb") as d:
+        _copy_fd(s.fileno(), d.fileno())
+
+
+def _copy_fd(src: int, dst: int) -> None:
+    """Every byte of src from its offset to dst's (by sendfile, as shutil.copyfile does:
+    deploy and verify do not load shutil, see host.files)."""
+    while os.sendfile(dst, src, None, 1 << 30):
+        pass
 
 
 def installed(usr: Path) -> list[str]:

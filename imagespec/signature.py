@@ -9,10 +9,9 @@ signatures made by a key in the keyrings it is given, which is exactly the polic
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
+from host.files import private_dir
 from host.run import run
 from imagespec.errors import SignatureError
 from rpmextents.keyring import Keyring
@@ -88,9 +87,8 @@ class _Gpgv:
 
 def _gpgv(data: bytes, signature: bytes, keys: bytes) -> _Gpgv:
     """gpgv's answer on signature over data with keys (binary OpenPGP) as its only keyring."""
-    with tempfile.TemporaryDirectory(prefix="rpmimg-gpgv-") as tmp:
-        home = Path(tmp)
-        home.chmod(0o700)
+    with private_dir("rpmimg-gpgv-") as home:
+        tmp = os.fspath(home)
         for name, content in (("trusted.gpg", keys), ("data", data), ("data.asc", signature)):
             (home / name).write_bytes(content)
         proc = run(

@@ -38,6 +38,8 @@ CFFI_PARSER = {"pycparser", "cffi"}
 # (tempfile 1.1 MB, with shutil, bz2 and lzma), a command run (subprocess 0.9 MB), the
 # transcoder, and the parsers of verbs the command line did not name.
 CHANNEL_FILE = {"tomllib", "datetime"}
+# tempfile and shutil, with what they bring: deploy and verify use host.files instead.
+TEMPFILE = {"tempfile", "shutil", "random", "bz2", "lzma"}
 TRANSCODER = {"rpmextents.transcode", "rpmextents.cpio", "rpmextents.payload"}
 OTHER_VERBS = {"rpmimg.server", "rpmimg.channel_cli", "rpmimg.rollout_cli", "rpmimg.reset",
                "rpmimg.boot", "rpmimg.install", "solver"}
@@ -84,7 +86,7 @@ def test_local_deploy_and_verify_load_no_network_or_parser_modules(sysroot: Path
     modules = loaded(tmp_path, "deploy", "--sysroot", sysroot, "--keyring", images.key.public, images.v2)
     assert len(state_of(sysroot)["deployments"]) == 2  # type: ignore[arg-type]  # it did deploy v2
     assert not modules & {*NETWORK, *CFFI_PARSER, "concurrent.futures", "solv", "tomllib",
-                          *TRANSCODER, *OTHER_VERBS}
+                          *TEMPFILE, *TRANSCODER, *OTHER_VERBS}
     assert "rpm" in modules  # v2's new packages: their header signatures are checked by rpm
 
     modules = loaded(tmp_path, "verify", "--sysroot", sysroot)
@@ -100,6 +102,7 @@ def test_local_deploy_and_verify_load_no_network_or_parser_modules(sysroot: Path
                      "--full", copy)
     assert len(state_of(sysroot)["deployments"]) == 3  # type: ignore[arg-type]
     assert "rpm" not in modules
+    assert not modules & TEMPFILE
     # Nor libcrypto (3.5 MB): the store's marks vouch for its entries, and a mark is a
     # digest of a few hundred bytes of btrfs items.
     assert "_hashlib" not in modules
