@@ -100,6 +100,7 @@ def build(
     path = system.layout.staging / f"build-{new_id}"
     owners_root = accounts if accounts is not None else system.sysroot
     method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
+    imported: rpmdb.Importing | None = None
     try:
         if base is not None and not full:
             try:
@@ -110,15 +111,18 @@ def build(
                 log.info("building %s %s from scratch: %s", m.name, m.version, reason)
                 _discard(path)
         if method == "full":
-            builder = _full(system, m, store, path, progress, owners_root, noted)
+            imported = rpmdb.Importing()  # the database, made by rpm while the packages are laid out
+            builder = _full(system, m, store, path, progress, owners_root, noted, imported)
             written, kept = builder.stats.entries, 0
         owner_ids = builder.owner_ids()
         # A new database's indexes are rpm's work, done while the seal merges /etc.
-        with _package_database(path, m, base if method == "update" else None):
+        with _package_database(path, m, base if method == "update" else None, imported):
             if seal is not None:
                 seal(path, kernel.subvolume_id(path), owner_ids, method == "update")
         checkpoint("rpm database written")
     except BaseException:
+        if imported is not None:
+            imported.abandon()
         with contextlib.suppress(OSError):
             _discard(path)
         raise
@@ -153,9 +157,10 @@ def _discard(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _package_database(path: Path, m: Image, base: DeploymentRecord | None) -> Iterator[None]:
-    """The tree's rpm database: base's (in the snapshot) changed where m differs, else new;
-    made while the block runs, in place when it ends."""
+def _package_database(path: Path, m: Image, base: DeploymentRecord | None,
+                      imported: rpmdb.Importing | None) -> Iterator[None]:
+    """The tree's rpm database: base's (in the snapshot) changed where m differs, else new
+    (imported has it, when it could make it); made while the block runs, in place when it ends."""
     headers = path / HEADER_DIR
     every = [headers / f"{r.nvra}.rpm" for r in m.packages]
     if base is not None:
@@ -166,12 +171,12 @@ def _package_database(path: Path, m: Image, base: DeploymentRecord | None) -> It
         with rpmdb.updating(path, gone, [headers / f"{n}.rpm" for n in added], every):
             yield
         return
-    with rpmdb.building(path, every):
+    with rpmdb.building(path, every, imported):
         yield
 
 
 def _full(system: System, m: Image, store: Store, path: Path, progress: ProgressFn,
-          owners_root: Path, noted: Noted | None) -> TreeBuilder:
+          owners_root: Path, noted: Noted | None, imported: rpmdb.Importing) -> TreeBuilder:
     kernel.subvolume_create(path)
     checkpoint("subvolume created")
     builder = TreeBuilder(path, owners_root)
@@ -182,8 +187,11 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
             builder.add_package(pkg)
             builder.account(pkg.nevra, pkg.entries())
             builder.write_header(pkg)
+            name = header_file_name(pkg)
             if noted is not None:
-                noted(header_file_name(pkg), pkg.header_sha256, pkg.entries())
+                noted(name, pkg.header_sha256, pkg.entries())
+        # Once the package is let go of: its header is read again, a piece at a time.
+        imported.add(store.path(ref.sha256), name)  # its first bytes are the header file's
         progress(i + 1, len(m.packages))
         if i % step == 0:
             checkpoint("package built")

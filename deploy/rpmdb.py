@@ -34,6 +34,7 @@ import io
 import logging
 import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -329,18 +330,20 @@ def _settle(db: Path) -> None:
         conn.close()
 
 
-def _place(stage: Path, d: Path, expected: int) -> None:
-    """Check, settle and sync the database made in stage, then rename it over d's."""
-    import sqlite3
-
+def _place(stage: Path, d: Path, expected: int | None) -> None:
+    """Check (unless expected is None: checked already), settle and sync the database made
+    in stage, then rename it over d's."""
     db = stage / DB_FILE
-    try:
-        found = _count(db)
-    except sqlite3.Error as e:
-        raise DeploymentError(f"{db}: the new rpm database cannot be read: {e}") from e
-    if found != expected:
-        raise DeploymentError(f"{db}: the new rpm database records {found} packages, not {expected}")
-    _settle(db)
+    if expected is not None:
+        import sqlite3
+
+        try:
+            found = _count(db)
+        except sqlite3.Error as e:
+            raise DeploymentError(f"{db}: the new rpm database cannot be read: {e}") from e
+        if found != expected:
+            raise DeploymentError(f"{db}: the new rpm database records {found} packages, not {expected}")
+        _settle(db)
     fd = os.open(db, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -352,9 +355,122 @@ def _place(stage: Path, d: Path, expected: int) -> None:
     fsync_dir(d)
 
 
+_SQLITE_MAGIC = b"SQLite format 3\0"
+_VERSIONS = slice(18, 20)  # the file format's write and read versions: 1 rollback journal, 2 WAL
+
+
+def _rollback_journal(db: Path) -> None:
+    """Turn a closed database rpm left in WAL mode, its log checkpointed (rpm truncates it
+    when it closes the database), back to rollback-journal mode, as sqlite's own
+    `PRAGMA journal_mode=DELETE` does: the two version bytes of its header set to 1 and the
+    empty log and its index removed (the sqlite file format, section 1.3.3)."""
+    wal, shm = db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")
+    with open(db, "r+b") as f:
+        head = f.read(100)
+        if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
+            raise DeploymentError(f"{db}: not an sqlite database")
+        if head[_VERSIONS] == b"\2\2":
+            if os.path.lexists(wal) and os.lstat(wal).st_size:
+                raise DeploymentError(f"{db}: rpm left changes in its write-ahead log")
+            f.seek(_VERSIONS.start)
+            f.write(b"\1\1")
+        elif head[_VERSIONS] != b"\1\1":
+            raise DeploymentError(f"{db}: an sqlite file format this rpmimg does not know")
+    wal.unlink(missing_ok=True)
+    shm.unlink(missing_ok=True)
+
+
 def _install() -> Install:
     now = int(time.time())
     return Install(tid=now, time=now, color=_color())
+
+
+class Importing:
+    """A new database made on tmpfs by `rpmdb --importdb` while the tree is built: each
+    package's header goes to rpm as soon as the package is laid out, so that rpm's work,
+    in a process of its own on the other core, overlaps the extraction instead of following
+    it, and this process loads no sqlite (1.3 MB resident). It stands aside (building()
+    then makes the database as before) where there is no tmpfs, or once the headers
+    outgrow BUILD_IN_MEMORY; abandon() ends it, whatever state it is in."""
+
+    def __init__(self) -> None:
+        self._install = _install()
+        self._bytes = 0
+        self._broken: OSError | None = None
+        self.count = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._aside = _in_memory()
+        if self._aside is None:
+            return
+        with open(self._aside / "errors", "wb") as errors:  # rpm's stderr, read if it fails
+            try:
+                self._proc = subprocess.Popen(
+                    ["rpmdb", "--dbpath", os.fspath(self._aside), *_QUIET, "--importdb"],
+                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+            except OSError as e:
+                log.debug("rpmdb --importdb not started: %s", e)
+                self.abandon()
+
+    @property
+    def active(self) -> bool:
+        return self._proc is not None
+
+    def add(self, package: Path, what: str) -> None:
+        """Hand rpm the header of the package file (or header file) package, as rpm -i
+        records it; what names it in errors."""
+        if self._proc is None:
+            return
+        with open(package, "rb") as f:
+            h = InstalledHeader(f, self._install, what)
+            self._bytes += h.size
+            if self._bytes > BUILD_IN_MEMORY:
+                log.debug("the headers outgrow %d bytes: the database is made on the disk", BUILD_IN_MEMORY)
+                self.abandon()
+                return
+            if self._broken is None:
+                assert self._proc.stdin is not None
+                try:
+                    h.write(self._proc.stdin.write, magic=True)
+                except OSError as e:  # rpm ended: finish() says why
+                    self._broken = e
+        self.count += 1
+
+    def finish(self, stage: Path, expected: int) -> None:
+        """Wait for rpm, check what it recorded (expected packages), and put the database,
+        in rollback-journal mode, into stage."""
+        proc, aside = self._proc, self._aside
+        assert proc is not None and proc.stdin is not None and aside is not None
+        try:
+            try:
+                proc.stdin.close()
+            except OSError as e:
+                self._broken = self._broken or e
+            if proc.wait(timeout=3600) != 0 or self._broken is not None:
+                said = (aside / "errors").read_bytes().decode("utf-8", "replace").strip().splitlines()
+                raise DeploymentError(f"{aside}: rpm could not write the database: "
+                                      + (said[-1] if said else f"exit status {proc.returncode}"))
+            if self.count != expected:
+                raise DeploymentError(f"{aside}: {self.count} headers handed to rpm, not {expected}")
+            found = len(installed_in(aside))
+            if found != expected:
+                raise DeploymentError(f"{aside / DB_FILE}: rpm recorded {found} packages, not {expected}")
+            _rollback_journal(aside / DB_FILE)
+            _copy(aside / DB_FILE, stage / DB_FILE)
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        if self._aside is not None:
+            remove_tree(self._aside, ignore_errors=True)
+            self._aside = None
 
 
 def build(tree: Path, header_files: Sequence[Path]) -> None:
@@ -364,16 +480,25 @@ def build(tree: Path, header_files: Sequence[Path]) -> None:
 
 
 @contextlib.contextmanager
-def building(tree: Path, header_files: Sequence[Path]) -> Iterator[None]:
+def building(tree: Path, header_files: Sequence[Path], imported: Importing | None = None) -> Iterator[None]:
     """build(), made in a thread while the block runs (the headers written in by sqlite, the
-    indexes by rpm in a process of its own: mostly outside the interpreter); the database is
-    in place when the block ends, and its staging gone however it ends."""
+    indexes by rpm in a process of its own: mostly outside the interpreter), or finished
+    there by imported, which was handed every header of header_files already; the database
+    is in place when the block ends, and its staging gone however it ends."""
     d = _db_dir(tree)
     install = _install()
     with _staging(d) as stage:
         failed: list[BaseException] = []
+        checked: list[bool] = []  # counted and settled by imported
 
         def index() -> None:
+            if imported is not None and imported.active:
+                try:
+                    imported.finish(stage, len(header_files))
+                    checked.append(True)
+                except BaseException as e:
+                    failed.append(e)
+                return
             # Made aside (on tmpfs when the headers are small: rpm's index build writes its
             # write-ahead log page by page and syncs it 55 times for the benchmark corpus,
             # 0.4 s on btrfs against 0.2 s in memory), then copied into stage.
@@ -399,7 +524,7 @@ def building(tree: Path, header_files: Sequence[Path]) -> Iterator[None]:
             indexing.join()  # rpm is done with stage before it goes, whatever happened
         if failed:
             raise failed[0]
-        _place(stage, d, len(header_files))
+        _place(stage, d, None if checked else len(header_files))
     for name in os.listdir(d):  # what an older rpmimg or rpm left beside the database
         if name != DB_FILE and not name.startswith(_STAGE):
             p = d / name
@@ -479,9 +604,14 @@ def _copy_fd(src: int, dst: int) -> None:
 
 def installed(usr: Path) -> list[str]:
     """N-V-R.A of every package the database of a /usr tree records (read-only query)."""
+    return installed_in(usr / DB_DIR)
+
+
+def installed_in(dbpath: Path) -> list[str]:
+    """N-V-R.A of every package the database in dbpath records (read-only query)."""
     try:
-        out = run(["rpm", "--dbpath", os.fspath(usr / DB_DIR), *_QUIET, "-qa",
+        out = run(["rpm", "--dbpath", os.fspath(dbpath), *_QUIET, "-qa",
                    "--qf", "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\\n"], timeout=600).stdout
     except CommandError as e:
-        raise DeploymentError(f"{usr / DB_DIR}: the rpm database cannot be read: {e}") from e
+        raise DeploymentError(f"{dbpath}: the rpm database cannot be read: {e}") from e
     return sorted(out.decode("utf-8", "surrogateescape").splitlines())

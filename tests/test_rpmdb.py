@@ -451,3 +451,136 @@ def test_filling_a_database_does_not_cache_what_it_wrote(headers: dict[str, Path
                          capture_output=True, text=True, check=True)
     assert int(out.stdout) < 1024, out.stdout  # KiB
     assert rpmdb._count(stage / "db" / rpmdb.DB_FILE) == len(paths)
+
+
+def test_a_built_database_is_read_by_rpm_from_a_read_only_directory(headers: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    """rpm made it in WAL mode: turned to rollback-journal mode, it needs no -wal or -shm
+    beside it, so rpm reads it where it can write nothing (a read-only /usr)."""
+    tree = _tree(tmp_path, "tree")
+    files = sorted(headers.values())
+    imported = rpmdb.Importing()
+    for f in files:
+        imported.add(f, f.name)
+    with rpmdb.building(tree, files, imported):
+        pass
+    db_dir = tree / rpmdb.DB_DIR
+    assert (db_dir / rpmdb.DB_FILE).read_bytes()[18:20] == b"\1\1"
+    subprocess.run(["mount", "--bind", db_dir, db_dir], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", db_dir], check=True)
+        assert rpmdb.installed(tree) == sorted(p.name.removesuffix(".rpm") for p in headers.values())
+    finally:
+        subprocess.run(["umount", db_dir], check=True)
+    assert os.listdir(db_dir) == [rpmdb.DB_FILE]
+
+
+def _wal_database(path: Path) -> Path:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()  # the last connection: sqlite checkpoints and deletes the log
+    assert path.read_bytes()[18:20] == b"\2\2"
+    return path
+
+
+def test_rollback_journal_mode_as_sqlite_sets_it(tmp_path: Path) -> None:
+    db = _wal_database(tmp_path / "db.sqlite")
+    (tmp_path / "db.sqlite-wal").write_bytes(b"")  # as rpm leaves them: the log truncated
+    (tmp_path / "db.sqlite-shm").write_bytes(b"\0" * 32768)
+    rpmdb._rollback_journal(db)
+    assert os.listdir(tmp_path) == ["db.sqlite"]
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    rpmdb._rollback_journal(db)  # already so: unchanged
+    assert db.read_bytes()[18:20] == b"\1\1"
+
+
+@pytest.mark.parametrize("case", ["log not empty", "not sqlite", "short", "unknown version"])
+def test_rollback_journal_refuses_what_it_cannot_vouch_for(tmp_path: Path, case: str) -> None:
+    db = _wal_database(tmp_path / "db.sqlite")
+    if case == "log not empty":
+        (tmp_path / "db.sqlite-wal").write_bytes(b"a committed page")
+    elif case == "not sqlite":
+        db.write_bytes(b"\0" * 4096)
+    elif case == "short":
+        db.write_bytes(db.read_bytes()[:50])
+    else:
+        data = bytearray(db.read_bytes())
+        data[18:20] = b"\3\3"
+        db.write_bytes(bytes(data))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(DeploymentError, match="db.sqlite"):
+        rpmdb._rollback_journal(db)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing changed
+
+
+def _rpm_processes() -> set[int]:
+    return {int(p) for p in os.listdir("/proc") if p.isdigit()
+            and _comm(p) in ("rpmdb", "rpm")}
+
+
+def _comm(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("case", ["all", "outgrown"])
+def test_imported_while_built_records_what_rpm_i_records(headers: dict[str, Path], tmp_path: Path,
+                                                         case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headers handed to rpm one by one as the packages are laid out make the database rpm -i
+    records; headers that outgrow BUILD_IN_MEMORY leave it to building(), same result."""
+    files = sorted(headers.values())
+    if case == "outgrown":
+        monkeypatch.setattr(rpmdb, "BUILD_IN_MEMORY", files[0].stat().st_size + 1)
+    shm_before = set(os.listdir(rpmdb._MEMORY_DIR))
+    imported = rpmdb.Importing()
+    assert imported.active
+    for f in files:
+        imported.add(f, f.name)
+    assert imported.active == (case == "all")
+    tree = _tree(tmp_path, "tree")
+    with rpmdb.building(tree, files, imported):
+        pass
+    _rpm_justdb(tmp_path / "oracle", files)
+    _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")
+    assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]
+    assert set(os.listdir(rpmdb._MEMORY_DIR)) <= shm_before
+
+
+@pytest.mark.parametrize("case", ["missing header", "damaged header", "abandoned"])
+def test_imported_failures_are_one_line_and_leave_nothing(headers: dict[str, Path], tmp_path: Path,
+                                                          case: str) -> None:
+    files = sorted(headers.values())
+    shm_before = set(os.listdir(rpmdb._MEMORY_DIR))
+    rpm_before = _rpm_processes()
+    imported = rpmdb.Importing()
+    tree = _tree(tmp_path, "tree")
+    if case == "damaged header":
+        bad = tmp_path / "bad.rpm"
+        data = bytearray(files[0].read_bytes())
+        data[-40:] = b"\xff" * 40  # the header's data store cut into
+        bad.write_bytes(bytes(data[:-16]))
+        with pytest.raises(DeploymentError, match="bad.rpm"):
+            imported.add(bad, "bad.rpm")
+        imported.abandon()  # as build() does when a package fails
+    elif case == "abandoned":
+        imported.add(files[0], files[0].name)
+        imported.abandon()
+        imported.abandon()  # twice: nothing more
+    else:
+        for f in files[1:]:
+            imported.add(f, f.name)
+        with pytest.raises(DeploymentError, match="handed to rpm, not") as e, \
+                rpmdb.building(tree, files, imported):
+            pass
+        assert "\n" not in str(e.value)
+        assert not (tree / rpmdb.DB_DIR / rpmdb.DB_FILE).exists()
+    assert not imported.active
+    assert set(os.listdir(rpmdb._MEMORY_DIR)) <= shm_before
+    assert _rpm_processes() <= rpm_before
