@@ -34,6 +34,7 @@ import io
 import logging
 import os
 import re
+import stat
 import subprocess
 import threading
 import time
@@ -184,14 +185,53 @@ def _aside(stage: Path, small: bool) -> Path:
     return (_in_memory() if small else None) or make_private_dir(stage, "added-")
 
 
+_MEMORY_PREFIX = "rpmimg-rpmdb-"
+
+
 def _in_memory() -> Path | None:
-    """A new private directory on the shared-memory tmpfs, or None where there is none."""
+    """A new private directory on the shared-memory tmpfs, named after this process, or
+    None where there is none. What killed processes left there is removed first."""
     if os.path.isdir(_MEMORY_DIR):
+        sweep_memory()
         try:
-            return make_private_dir(_MEMORY_DIR, "rpmimg-rpmdb-")
+            return make_private_dir(_MEMORY_DIR, f"{_MEMORY_PREFIX}{os.getpid()}-")
         except OSError as e:
             log.debug("no directory in %s for the rpm database: %s", _MEMORY_DIR, e)
     return None
+
+
+def sweep_memory() -> list[str]:
+    """Remove the directories _in_memory made for processes that no longer run (killed:
+    tmpfs holds them until the next boot); their names. Only this user's directories are
+    touched, and none is followed: the tmpfs is writable by everyone."""
+    gone: list[str] = []
+    try:
+        names = os.listdir(_MEMORY_DIR)
+    except OSError:
+        return gone
+    for name in names:
+        pid, _, rest = name.removeprefix(_MEMORY_PREFIX).partition("-")
+        if not name.startswith(_MEMORY_PREFIX) or not pid.isdigit() or not rest or _running(int(pid)):
+            continue
+        path = os.path.join(_MEMORY_DIR, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            remove_tree(path, ignore_errors=True)
+            gone.append(name)
+    return gone
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _add_rows(db: Path, added: Path, expected: int) -> bool:

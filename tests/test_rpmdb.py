@@ -27,6 +27,7 @@ from deploy.errors import DeploymentError
 from fixtures.build import signing_key
 from fixtures.rpmbuild import build_package
 from fixtures.spec import Config, FileKind, FileSpec, PackageSpec, Scriptlet
+from host.files import remove_tree
 from rpmextents.errors import ExtentsError
 from rpmextents.header import read_prefix
 
@@ -584,3 +585,39 @@ def test_imported_failures_are_one_line_and_leave_nothing(headers: dict[str, Pat
     assert not imported.active
     assert set(os.listdir(rpmdb._MEMORY_DIR)) <= shm_before
     assert _rpm_processes() <= rpm_before
+
+
+def test_directories_of_killed_processes_are_swept_and_nothing_else(tmp_path: Path) -> None:
+    """A deploy killed while rpm wrote its database on tmpfs leaves a directory there until the
+    next boot; the next database made there removes it, and only such directories: those
+    of live processes, of other users, symlinks (the tmpfs is everyone's) stay."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mem = Path(rpmdb._MEMORY_DIR)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    made = {
+        "dead": mem / f"rpmimg-rpmdb-{dead.pid}-aaaa",
+        "live": mem / f"rpmimg-rpmdb-{os.getpid()}-bbbb",
+        "other user": mem / f"rpmimg-rpmdb-{dead.pid}-cccc",
+        "symlink": mem / f"rpmimg-rpmdb-{dead.pid}-dddd",
+        "not ours": mem / f"rpmimg-rpmdbx-{dead.pid}-eeee",
+    }
+    try:
+        for what, path in made.items():
+            if what == "symlink":
+                path.symlink_to(outside)
+            else:
+                (path / "sub").mkdir(parents=True)
+                (path / "sub" / "rpmdb.sqlite").write_bytes(b"x")
+        os.chown(made["other user"], 65534, 65534)
+        fresh = rpmdb._in_memory()
+        assert fresh is not None and fresh.name.startswith(f"rpmimg-rpmdb-{os.getpid()}-")
+        fresh.rmdir()
+        assert not os.path.lexists(made["dead"])
+        assert all(os.path.lexists(p) for what, p in made.items() if what != "dead")
+        assert (outside / "keep").read_text() == "keep"
+    finally:
+        for path in made.values():
+            remove_tree(path, ignore_errors=True)
