@@ -20,8 +20,8 @@ from deploy.etcbase import Recorded, stamp_of
 from deploy.etcrules import OnDisk
 from host import digest as _digest
 from host import kernel
+from host.kernel import NO_REFLINK
 from rpmextents.errors import UnsafePathError
-from rpmextents.extract import NO_REFLINK
 from rpmextents.files import EntryType
 from rpmextents.tree import ExtractError, Relocation, Tree
 

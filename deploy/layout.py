@@ -54,6 +54,10 @@ class Layout:
     def store(self) -> Path:
         return self.root / "store"
 
+    def store_entry(self, sha256: str) -> Path:
+        """Where the store keeps the package whose file hashes to sha256 (deploy.store)."""
+        return self.store / sha256[:2] / f"{sha256}.rpm"
+
     @property
     def store_marks(self) -> Path:
         """Marks of the store entries found intact (deploy.storemarks)."""

@@ -35,10 +35,10 @@ from deploy.faults import checkpoint
 from host import digest, kernel
 from host.digest import sha256_file
 from host.http import DownloadError, Limits, NoRanges, download_range
+from host.kernel import NO_REFLINK
 from imagespec.manifest import ManifestPackage
 from rpmextents import Entry, ExtentsPackage
 from rpmextents.errors import ExtentsError
-from rpmextents.extract import NO_REFLINK
 from rpmextents.header import STRONG_HASH_ALGOS
 from rpmextents.index import align_up
 from rpmextents.seekable import Frame, FrameTable, decompress_frame, parse_table

@@ -46,9 +46,9 @@ from deploy.errors import DeploymentError
 from deploy.rpmdbheader import Install, InstalledHeader
 from host import kernel
 from host.files import fsync_dir, make_private_dir, remove_tree
+from host.kernel import NO_REFLINK
 from host.run import CommandError, run
 from rpmextents.errors import ExtentsError, FormatError
-from rpmextents.extract import NO_REFLINK
 from rpmextents.header import HEADER_MAGIC, Header, read_intro
 from rpmextents.nevra import nevra_of
 

@@ -26,9 +26,9 @@ from deploy.layoutcache import LayoutCache
 from deploy.storemarks import StoreMarks
 from host import kernel
 from host.digest import sha256_file
+from host.kernel import NO_REFLINK
 from rpmextents import ExtentsPackage, Keyring
 from rpmextents.errors import ExtentsError
-from rpmextents.extract import NO_REFLINK
 from rpmextents.files import FileList
 from rpmextents.header import STRONG_HASH_ALGOS
 from rpmextents.index import align_up

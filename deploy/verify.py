@@ -30,11 +30,10 @@ from deploy.headers import HEADER_DIR, read_prefix_at
 from deploy.lock import DEFAULT_WAIT
 from deploy.pathset import PathSet
 from deploy.state import DeploymentRecord, PackageRecord
-from deploy.store import Store
 from deploy.system import System
 from host import kernel
 from imagespec.relocation import USR_TREE, relocate
-from rpmextents import Entry, ExtentsPackage, Owners
+from rpmextents import Entry, Owners
 from rpmextents.errors import ExtentsError
 from rpmextents.files import header_files
 from rpmextents.header import Header, PackagePrefix
@@ -232,12 +231,11 @@ def _anchored(
     hashes to the header_sha256 the signed manifest gave; with neither, the package's
     files can't be checked and that is itself a mismatch.
     """
-    store = Store(system.layout.store)
     headers = _header_dir(tree)
     try:
         for p in record.packages:
             location = f"{HEADER_DIR}/{p.nvra}.rpm"
-            expected = _prefix_if(store.path(p.sha256), p.header_sha256)
+            expected = _prefix_if(system.layout.store_entry(p.sha256), p.header_sha256)
             if expected is None and headers is not None:
                 expected = _prefix_if(tree / location, p.header_sha256, headers)
             what = _header_file(headers, p, expected)
@@ -360,6 +358,8 @@ class StoreResult:
 
 def verify_store(system: System, progress: Callable[[int, int], None] | None = None) -> StoreResult:
     """Re-hash every store entry against the sha256 it was recorded (and is named) by."""
+    from deploy.store import Store  # here: verify opens no entry as a package
+
     store = Store(system.layout.store)
     shas = list(store)
     damaged = []
@@ -375,6 +375,8 @@ Refetch = Callable[[DeploymentRecord, str], Path]
 
 
 def _ensure_stored(system: System, record: DeploymentRecord, nvra: str, refetch: Refetch) -> Path:
+    from deploy.store import Store  # here: verify opens no entry as a package
+
     store = Store(system.layout.store)
     package = next((p for p in record.packages if p.nvra == nvra), None)
     if package is None:
@@ -398,6 +400,7 @@ def repair(
     """
     from deploy.lifecycle import mutating
     from deploy.tree import TreeBuilder  # the extractor: only a repair writes files
+    from rpmextents import ExtentsPackage
 
     with mutating(system, lock_wait) as current:
         before = verify(system, deployment_id)
@@ -456,6 +459,8 @@ def refetcher(
         dest = system.layout.downloads / f"{ref.sha256}.rpm"
         if not dest.exists():
             source.fetch([FetchJob(ref, dest)], None)
+        from deploy.store import Store  # here: verify opens no entry as a package
+
         store = Store(system.layout.store)
         unsigned = allow_unsigned_packages or record.allow_unsigned_packages
         store.add(ref, dest, None if unsigned else package_keyring(key_files, keyrings))

@@ -232,6 +232,10 @@ def _parent_and_name(path: StrPath) -> tuple[str, bytes]:
 # --- reflinks and dedupe ---------------------------------------------------------------------
 
 
+# Errors that mean "this pair of files cannot share extents", so copying is the answer.
+NO_REFLINK = (errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY, errno.ENOSYS, errno.EPERM)
+
+
 def clone_range(src_fd: int, src_offset: int, length: int, dst_fd: int, dst_offset: int) -> None:
     """Make [dst_offset, +length) of dst share src's [src_offset, +length) (FICLONERANGE).
 

@@ -8,18 +8,18 @@ import stat
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host import kernel
+from host.kernel import NO_REFLINK
 from rpmextents.files import Entry, EntryType, Extent, FileFlag
 from rpmextents.index import align_up
-from rpmextents.package import ExtentsPackage
 from rpmextents.tree import ExtractError, Relocation, Tree
 
-__all__ = ["NO_REFLINK", "ExtractError", "ExtractReport", "Owners", "Relocation", "Tree", "extract"]
+if TYPE_CHECKING:  # the package is opened by the caller: a verify reads none
+    from rpmextents.package import ExtentsPackage
 
-# Errors that mean "this pair of files cannot share extents", so copying is the answer.
-NO_REFLINK = (errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY, errno.ENOSYS, errno.EPERM)
+__all__ = ["NO_REFLINK", "ExtractError", "ExtractReport", "Owners", "Relocation", "Tree", "extract"]
 
 
 @dataclass(frozen=True)

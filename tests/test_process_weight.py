@@ -91,6 +91,8 @@ def test_local_deploy_and_verify_load_no_network_or_parser_modules(sysroot: Path
 
     modules = loaded(tmp_path, "verify", "--sysroot", sysroot)
     assert "deploy.verify" in modules
+    # verify reads headers, never a package: no store, index or keyring machinery.
+    assert not modules & {"deploy.store", "rpmextents.package", "rpmextents.keyring"}
     # (24 MiB of the fixture's "bulk" package: verify's hashing pool does start here.)
     assert not modules & {*NETWORK, *CFFI_PARSER, "sqlite3", "solv", *CHANNEL_FILE, *TRANSCODER,
                           *OTHER_VERBS, "deploy.tree", "deploy.signature", "deploy.sources"}
