@@ -27,6 +27,11 @@ from pathlib import Path
 DIRNAME = "@rpmimg"
 
 
+def entry_path(store: Path, sha256: str) -> Path:
+    """The file of the store entry sha256 in the store directory store."""
+    return store / sha256[:2] / f"{sha256}.rpm"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Paths of rpmimg's data under a mounted btrfs top level."""
@@ -56,7 +61,7 @@ class Layout:
 
     def store_entry(self, sha256: str) -> Path:
         """Where the store keeps the package whose file hashes to sha256 (deploy.store)."""
-        return self.store / sha256[:2] / f"{sha256}.rpm"
+        return entry_path(self.store, sha256)
 
     @property
     def store_marks(self) -> Path:

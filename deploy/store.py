@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from deploy.dedupindex import DigestIndex, StoredExtent
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
+from deploy.layout import entry_path
 from deploy.layoutcache import LayoutCache
 from deploy.storemarks import StoreMarks
 from host import kernel
@@ -82,7 +83,7 @@ class Store:
             self._headers = dict(headers)
 
     def path(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / f"{sha256}.rpm"
+        return entry_path(self.root, sha256)
 
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
