@@ -47,7 +47,7 @@ from deploy.rpmdbheader import Install, InstalledHeader
 from host import kernel
 from host.files import fsync_dir, make_private_dir, remove_tree
 from host.kernel import NO_REFLINK
-from host.run import CommandError, run
+from host.run import CommandError, run, running
 from rpmextents.errors import ExtentsError, FormatError
 from rpmextents.header import HEADER_MAGIC, Header, read_intro
 from rpmextents.nevra import nevra_of
@@ -211,7 +211,7 @@ def sweep_memory() -> list[str]:
         return gone
     for name in names:
         pid, _, rest = name.removeprefix(_MEMORY_PREFIX).partition("-")
-        if not name.startswith(_MEMORY_PREFIX) or not pid.isdigit() or not rest or _running(int(pid)):
+        if not name.startswith(_MEMORY_PREFIX) or not pid.isdigit() or not rest or running(int(pid)):
             continue
         path = os.path.join(_MEMORY_DIR, name)
         try:
@@ -222,16 +222,6 @@ def sweep_memory() -> list[str]:
             remove_tree(path, ignore_errors=True)
             gone.append(name)
     return gone
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _add_rows(db: Path, added: Path, expected: int) -> bool:

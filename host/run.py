@@ -28,6 +28,18 @@ class CommandError(Exception):
     """An external command was not found, was killed, timed out or failed."""
 
 
+def running(pid: int) -> bool:
+    """Whether a process with this pid exists (another user's too): a directory named after
+    a pid that does not is what a killed process left."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
     env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

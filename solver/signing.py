@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from host.run import CommandError, run
+from host.run import CommandError, run, running
 from solver.errors import PublishError
 from solver.trust import MAX_KEY, read_capped
 
@@ -60,7 +60,7 @@ def remove_stale_homes(root: Path) -> list[str]:
     removed: list[str] = []
     for entry in root.iterdir():
         pid = entry.name.split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+        if pid.isdigit() and running(int(pid)) and int(pid) != os.getpid():
             continue
         if entry.is_dir() and not entry.is_symlink():
             stop_agent(entry)
@@ -69,16 +69,6 @@ def remove_stale_homes(root: Path) -> list[str]:
             entry.unlink(missing_ok=True)
         removed.append(entry.name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _OPEN: set[Signer] = set()  # live signers, for close_all
