@@ -114,6 +114,12 @@ def _serve(jobs: int, answers: int) -> None:
         _write_all(answers, answer)
 
 
+def _alone() -> bool:
+    """Whether this is the main thread and no other runs: a child forked while another
+    thread held a lock (the heap's, a logging handler's) would wait for it forever."""
+    return threading.current_thread() is threading.main_thread() and threading.active_count() == 1
+
+
 @dataclass(slots=True)
 class _Batch:
     size: int  # jobs
@@ -137,8 +143,7 @@ class WorkerPool:
     write of jobs to it, however long their paths, ends once it reads again."""
 
     def __init__(self, workers: int) -> None:
-        # A child forked while another thread held a lock would wait for it forever.
-        if threading.current_thread() is not threading.main_thread() or threading.active_count() > 1:
+        if not _alone():
             raise RuntimeError("the hashing pool forks only from the main thread, no other running")
         self._workers: list[_Worker] = []
         self._batches: collections.deque[_Batch] = collections.deque()  # not taken, oldest first
@@ -249,7 +254,8 @@ class Hashing:
 
     Jobs are cut into batches of about BATCH_BYTES or BATCH_FILES; once there are two
     batches' worth, they go to one process per core (the hashes hold the GIL between chunks, so threads
-    would contend with the metadata pass). A small deployment is hashed in this process.
+    would contend with the metadata pass). A small deployment is hashed in this process, and
+    so is any while another thread runs (no fork then).
     """
 
     def __init__(self, batch_bytes: int = BATCH_BYTES) -> None:
@@ -261,7 +267,7 @@ class Hashing:
         self._ready: list[bool] = []  # results not yet taken
         self._parts: list[int] = []  # sizes of the batches done since results() last reported
         self._pool: WorkerPool | None = None
-        self._workers = os.cpu_count() or 1
+        self._workers = (os.cpu_count() or 1) if _alone() else 1  # else: no fork, hash here
 
     def __enter__(self) -> Hashing:
         return self

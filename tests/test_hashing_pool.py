@@ -128,6 +128,35 @@ def test_a_worker_killed_mid_batch_fails_the_check(huge: Path, victim: int) -> N
     assert all(_gone(p) for p in pids)
 
 
+def test_no_fork_while_another_thread_runs(tmp_path: Path) -> None:
+    import hashlib
+    import threading
+
+    from deploy.hashing import BATCH_FILES
+
+    jobs, expected = [], []
+    for i in range(3 * BATCH_FILES):
+        (tmp_path / f"f{i}").write_bytes(b"%d" % i)
+        wrong = i % 100 == 7
+        digest = "0" * 64 if wrong else hashlib.sha256(b"%d" % i).hexdigest()
+        jobs.append(DigestJob(os.fspath(tmp_path), f"f{i}", "sha256", digest, 4))
+        expected.append(wrong)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with pytest.raises(RuntimeError, match="no other running"):
+            WorkerPool(2)
+        with Hashing() as hashing:  # hashes in this process instead
+            for job in jobs:
+                hashing.add(job)
+            assert hashing._pool is None
+            assert hashing.results(None) == expected
+    finally:
+        stop.set()
+        other.join()
+
+
 def test_verify_fails_with_one_line_when_a_worker_dies(sysroot: Path, images: Images) -> None:
     deploy(sysroot, images.v1, images.key)  # its "bulk" package (24 MiB) starts the pool
     r = rpmimg("verify", "--sysroot", sysroot, env={"RPMIMG_KILL_AT": "hashing worker answers"},
