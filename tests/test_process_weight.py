@@ -45,10 +45,11 @@ OTHER_VERBS = {"rpmimg.server", "rpmimg.channel_cli", "rpmimg.rollout_cli", "rpm
                "rpmimg.boot", "rpmimg.install", "solver"}
 
 
-def loaded(tmp_path: Path, *args: str | os.PathLike[str], ok: tuple[int, ...] = (0,)) -> set[str]:
+def loaded(tmp_path: Path, *args: str | os.PathLike[str], ok: tuple[int, ...] = (0,),
+           env: dict[str, str] | None = None) -> set[str]:
     out = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
     proc = subprocess.run([sys.executable, "-c", _WRAPPER, os.fspath(out), *map(os.fspath, args)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
     assert proc.returncode in ok, proc.stderr
     return set(json.loads(out.read_text()))
 
@@ -89,13 +90,18 @@ def test_local_deploy_and_verify_load_no_network_or_parser_modules(sysroot: Path
                           *TEMPFILE, *TRANSCODER, *OTHER_VERBS}
     assert "rpm" in modules  # v2's new packages: their header signatures are checked by rpm
 
-    modules = loaded(tmp_path, "verify", "--sysroot", sysroot)
+    log = tmp_path / "checkpoints"
+    modules = loaded(tmp_path, "verify", "--sysroot", sysroot, env={"RPMIMG_CHECKPOINT_LOG": os.fspath(log)})
     assert "deploy.verify" in modules
     # verify reads headers, never a package: no store, index or keyring machinery.
     assert not modules & {"deploy.store", "rpmextents.package", "rpmextents.keyring"}
-    # (24 MiB of the fixture's "bulk" package: verify's hashing pool does start here.)
+    # 24 MiB of the fixture's "bulk" package: verify's hashing pool starts, its workers answer.
+    assert "hashing worker answers" in log.read_text()
     assert not modules & {*NETWORK, *CFFI_PARSER, "sqlite3", "solv", *CHANNEL_FILE, *TRANSCODER,
-                          *OTHER_VERBS, "deploy.tree", "deploy.signature", "deploy.sources"}
+                          *TEMPFILE, *OTHER_VERBS, "deploy.tree", "deploy.signature", "deploy.sources"}
+    # The pool is os.fork() and pipes: none of multiprocessing's machinery (1.5 MB).
+    assert not {m for m in modules if m.split(".")[0] in ("multiprocessing", "concurrent")}
+    assert not modules & {"pickle", "_pickle", "socket", "_socket", "queue"}
 
     # A deployment of packages all in the store checks no package header with rpm: its
     # bindings (8 MB resident, with libcrypto) are not loaded, not even for the keys.
