@@ -190,6 +190,7 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
             name = header_file_name(pkg)
             if noted is not None:
                 noted(name, pkg.header_sha256, pkg.entries())
+        del pkg  # (the with statement leaves the name bound: the package would live on)
         # Once the package is let go of: its header is read again, a piece at a time.
         imported.add(store.path(ref.sha256), name)  # its first bytes are the header file's
         progress(i + 1, len(m.packages))

@@ -236,7 +236,7 @@ def parse_records(read: Callable[[int, int], bytes], index_start: int, file_size
     digest.update(packed)
     pos = rec_end
     while pos < index_size - DIGEST_SIZE:
-        chunk = read(index_start + pos, min(1 << 20, index_size - DIGEST_SIZE - pos))
+        chunk = read(index_start + pos, min(1 << 18, index_size - DIGEST_SIZE - pos))
         if not chunk:
             raise FormatError(f"truncated extents index at offset {index_start + pos}")
         digest.update(chunk)
