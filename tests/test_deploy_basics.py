@@ -97,6 +97,37 @@ def test_state_records_serialize_as_asdict_would(owner_ids: dict[str, dict[str, 
         dataclasses.asdict(rec), sort_keys=True)
 
 
+def test_state_file_is_a_line_a_package_and_deployments_share_their_records(tmp_path: Path) -> None:
+    """The file is written a line at a time (C encoder, never whole in memory); it reads
+    back as the same state whatever its layout, and a package in several deployments is
+    one record."""
+    shared = [state.PackageRecord(f"p{i}", i or None, "1.0", "1", "x86_64", HEX, HEX, i, f"/p{i}")
+              for i in range(4)]
+    recs = tuple(state.DeploymentRecord(str(n), "demo", str(n), "x86_64", "now", HEX, "/m", 256 + n,
+                                        (*shared[:3], state.PackageRecord("own", 0, "1", str(n), "noarch",
+                                                                          HEX, HEX, 7, "/own")),
+                                        owner_ids={"users": {"root": 0}, "groups": {}} if n % 2 else None)
+                 for n in range(1, 4))
+    s = state.State(deployments=recs, default="3", bad=("2",), next_id=4, newest={"demo": "3"}, serial=9)
+    path = tmp_path / "state.json"
+    state.save(path, s)
+    text = path.read_text()
+    assert json.loads(text) == state.to_json(s)
+    lines = text.splitlines()
+    assert len(lines) == 1 + 3 * (1 + 4) + 1  # the state's fields, each deployment and its packages, the end
+    assert all(json.loads(line.rstrip(",").removesuffix("]}")) for line in lines if line.startswith('{"arch"'))
+    loaded = state.load(path)
+    assert loaded == s
+    assert loaded.deployments[0].packages[1] is loaded.deployments[2].packages[1]
+    assert loaded.deployments[0].packages[3] is not loaded.deployments[1].packages[3]  # release differs
+    # An older state file, indented as json.dumps wrote it, reads as the same state.
+    path.write_text(json.dumps(state.to_json(s), indent=1, sort_keys=True))
+    assert state.load(path) == s
+    s0 = state.State()
+    state.save(path, s0)
+    assert state.load(path) == s0
+
+
 def test_state_damaged_file_is_one_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     path.write_text('{"format": 1, "deployments": [{"id": 1}]')

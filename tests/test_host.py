@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,21 @@ def test_write_atomically_keeps_the_old_content_when_the_rename_fails(tmp_path: 
         write_atomically(target, b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]  # no temp file left
     assert (target / "inside").read_text() == "x"
+
+
+def test_write_atomically_of_pieces_keeps_the_old_content_when_making_them_fails(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    target.write_text("old")
+    write_atomically(target, iter([b"n", b"", b"ew"]))
+    assert target.read_bytes() == b"new"
+
+    def pieces() -> Iterator[bytes]:
+        yield b"half of it"
+        raise ValueError("the writer failed")
+    with pytest.raises(ValueError):
+        write_atomically(target, pieces())
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
 
 
 def test_write_new_refuses_existing_files_and_symlinks(tmp_path: Path) -> None:

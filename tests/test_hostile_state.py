@@ -143,12 +143,39 @@ def test_older_state_naming_every_deployment_is_still_recognised(sysroot: Path, 
     assert (sysroot / "@rpmimg/usr-default.conf").read_text() == boot
 
 
+def _changed(change: Callable[[dict[str, Any]], object]) -> Callable[[str], str]:
+    """A damage made to the parsed state (the file's layout is rpmimg's business)."""
+    def damage(text: str) -> str:
+        state = json.loads(text)
+        change(state)
+        return json.dumps(state)
+    return damage
+
+
+def _last_package(state: dict[str, Any]) -> dict[str, Any]:
+    return state["deployments"][-1]["packages"][0]  # type: ignore[no-any-return]
+
+
+def _epoch_false(state: dict[str, Any]) -> None:
+    """A package both deployments have gets epoch 0 in the first, false in the second."""
+    first, last = state["deployments"][0]["packages"], state["deployments"][-1]["packages"]
+    both = {p["sha256"] for p in first} & {p["sha256"] for p in last}
+    assert both, "the fixture's two deployments should share a package"
+    for packages, epoch in ((first, 0), (last, False)):
+        next(p for p in packages if p["sha256"] in both)["epoch"] = epoch
+
+
 BROKEN_STATES: dict[str, Callable[[str], str]] = {
     "truncated": lambda text: text[: len(text) // 2],
     "a list": lambda text: "[]",
     "deployments a string": lambda text: json.dumps({**json.loads(text), "deployments": "1"}),
-    "id a number": lambda text: text.replace('"id": "1"', '"id": 1'),
-    "package sha256 not hex": lambda text: text.replace('"sha256": "', '"sha256": "zz', 1),
+    "id a number": _changed(lambda s: s["deployments"][0].update(id=1)),
+    "package sha256 not hex": _changed(lambda s: _last_package(s).update(sha256="zz" + _last_package(s)["sha256"])),
+    # The later deployment's copy of a package the first one also has: records read once
+    # are shared, but true == 1 and a list has no hash, so neither may pass as one.
+    "package epoch false": _changed(_epoch_false),
+    "package name a list": _changed(lambda s: _last_package(s).update(name=[_last_package(s)["name"]])),
+    "owner_ids a package": _changed(lambda s: s["deployments"][0].update(owner_ids=_last_package(s))),
     "default unknown": lambda text: json.dumps({**json.loads(text), "default": "7"}),
     "newest a list": lambda text: json.dumps({**json.loads(text), "newest": []}),
     "nested deeply": lambda text: "[" * 5000 + "]" * 5000,
