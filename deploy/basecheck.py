@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import logging
 import os
 from collections.abc import Callable
 
@@ -34,9 +33,10 @@ from deploy.verify import accounts_root, verify
 from host import kernel
 from host.files import ReadRefused, read_limited, write_atomically
 from host.kernel import FiemapFlag
+from host.log import get as logger
 from rpmextents import Owners
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 MARK_NAME = "intact.json"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -26,9 +25,10 @@ from deploy.errors import DeployError
 from deploy.state import State
 from deploy.system import System
 from host.files import read_limited, write_atomically
+from host.log import get as logger
 from host.run import CommandError, run
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 HEALTH_DIRS = ("usr/lib/rpmimg/health.d", "etc/rpmimg/health.d")
 # openSUSE health-checker's plugins, run with "check" as it does.

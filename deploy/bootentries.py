@@ -19,7 +19,6 @@ temporary name and renamed; systemd-boot reads only `*.conf`.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from deploy.esp import Esp
 from deploy.state import State
 from deploy.system import System
 from host.files import read_limited
+from host.log import get as logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 ENTRIES = "loader/entries"
 FILES = "rpmimg"

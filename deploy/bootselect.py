@@ -11,7 +11,6 @@ the file is the better witness, and `rpmimg state rebuild` reads it.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from pathlib import Path
@@ -21,9 +20,10 @@ from deploy.layout import DIRNAME
 from deploy.state import State
 from deploy.system import System
 from host.files import write_atomically
+from host.log import get as logger
 from host.run import CommandError, run
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 _SERIAL = re.compile(r"^# state serial ([0-9]+)$", re.MULTILINE)
 _SELECTED = re.compile(rf"mount\.usrflags=subvol=/{re.escape(DIRNAME)}/deployments/([0-9]+),ro\b")

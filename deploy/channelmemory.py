@@ -8,13 +8,13 @@ remembered result without loading the HTTP and manifest machinery it never uses.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from deploy.system import System
 from host.files import ReadRefused, read_limited, write_atomically
+from host.log import get as logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 MEMORY = "channel.json"
 MEMORY_LIMIT = 64 << 20

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from deploy.store import Store
 from deploy.system import System
 from host import digest
 from host.http import Limits, Validators
+from host.log import get as logger
 from imagespec import rollout as rollout_file
 from imagespec.diff import PackageDiff, package_diff
 from imagespec.errors import ImageSpecError, ManifestError, SignatureError
@@ -36,7 +36,7 @@ from imagespec.signature import verify_detached
 from rpmextents.keyring import Keyring
 from rpmextents.nevra import Nevra, vercmp
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 UP_TO_DATE, AVAILABLE, HELD, FAILED = "up to date", "update available", "held by rollout", "error"
 

@@ -38,7 +38,6 @@ against the manifest, its extents again when data is shared.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 import struct
@@ -47,13 +46,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from host.log import get as logger
 from rpmextents.errors import ExtentsError
 from rpmextents.package import start_size
 
 if TYPE_CHECKING:
     from deploy.store import Store
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 MAGIC = b"RPMIMGLC"
 FORMAT = 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +17,9 @@ from deploy.lock import DEFAULT_WAIT, sysroot_lock
 from deploy.state import DeploymentRecord, State
 from deploy.system import System
 from host import kernel
+from host.log import get as logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 
 @contextlib.contextmanager

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 from deploy.errors import LockError
 from host.lock import LockHeld, file_lock
+from host.log import get as logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 DEFAULT_WAIT = 5.0
 

@@ -24,7 +24,6 @@ fetches the whole package); a package rebuilt wrongly raises DeployFetchError.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from host import digest, kernel
 from host.digest import sha256_file
 from host.http import DownloadError, Limits, NoRanges, download_range
 from host.kernel import NO_REFLINK
+from host.log import get as logger
 from imagespec.manifest import ManifestPackage
 from rpmextents import Entry, ExtentsPackage
 from rpmextents.errors import ExtentsError
@@ -43,7 +43,7 @@ from rpmextents.header import STRONG_HASH_ALGOS
 from rpmextents.index import align_up
 from rpmextents.seekable import Frame, FrameTable, decompress_frame, parse_table
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 # (digest algorithm, digest, length) -> (store file, offset) of that content, or None.
 Lookup = Callable[[str, str, int], "tuple[Path, int] | None"]

@@ -10,7 +10,6 @@ is a value of RebootCommands, so tests run real substitutes and never reboot the
 from __future__ import annotations
 
 import datetime
-import logging
 import os
 import shlex
 import shutil
@@ -18,9 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from deploy.channel import Channel, RebootPolicy
+from host.log import get as logger
 from host.run import CommandError, run
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 REBOOT_ENV = "RPMIMG_REBOOT_COMMAND"
 _WHAT = {"shutdown", "sleep", "idle", "handle-power-key", "handle-suspend-key",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,10 @@ from deploy.state import FORMAT, DeploymentRecord, State, deployment_from, recor
 from deploy.system import System
 from host import kernel
 from host.files import fsync_dir
+from host.log import get as logger
 from rpmextents.nevra import vercmp
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 RECORD_DIR = "lib/sysimage/rpmimg"
 RECORD_NAME = "deployment.json"

@@ -16,7 +16,6 @@ marker (deploy.records), so a killed run leaves nothing half made.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import stat
@@ -26,9 +25,10 @@ from deploy.layout import DIRNAME
 from deploy.system import System
 from host import kernel
 from host.files import write_atomically
+from host.log import get as logger
 from host.run import run
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 MOUNT_POINTS = ("usr", "var", "proc", "sys", "dev", "run", "tmp", "boot", "efi", "mnt", "media")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import logging
 import os
 import re
 import stat
@@ -47,6 +46,7 @@ from deploy.rpmdbheader import Install, InstalledHeader
 from host import kernel
 from host.files import fsync_dir, make_private_dir, remove_tree
 from host.kernel import NO_REFLINK
+from host.log import get as logger
 from host.run import CommandError, run, running
 from rpmextents.errors import ExtentsError, FormatError
 from rpmextents.header import HEADER_MAGIC, Header, read_intro
@@ -55,7 +55,7 @@ from rpmextents.nevra import nevra_of
 if TYPE_CHECKING:
     import sqlite3
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 DB_DIR = "lib/sysimage/rpm"  # in the /usr tree
 DBPATH = "/usr/" + DB_DIR  # as rpm sees it on the booted system

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from deploy.sources import Source
 from host import digest
+from host.log import get as logger
 from imagespec.errors import SignatureError
 from imagespec.manifest import ImageManifest, parse
 from imagespec.published import SIGNATURE
@@ -15,7 +15,7 @@ from imagespec.signature import verify_detached
 from rpmextents.errors import ExtentsError
 from rpmextents.keyring import Keyring
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 KEY_DIRS = ("etc/rpmimg/keys.d", "usr/lib/rpmimg/keys.d")
 

@@ -12,15 +12,15 @@ effort: a sysroot that can't be written to is measured every time.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Iterable
 
 from deploy.system import System
 from host import digest, kernel
 from host.files import read_limited, write_atomically
+from host.log import get as logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 CACHE_NAME = "sizes.json"
 CACHE_LIMIT = 1 << 20

@@ -12,7 +12,6 @@ durable by the sync of the deployment that first uses it.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -28,6 +27,7 @@ from deploy.storemarks import StoreMarks
 from host import kernel
 from host.digest import sha256_file
 from host.kernel import NO_REFLINK
+from host.log import get as logger
 from rpmextents import ExtentsPackage, Keyring
 from rpmextents.errors import ExtentsError
 from rpmextents.files import FileList
@@ -38,7 +38,7 @@ from rpmextents.package import PackageIdentity, read_identity
 if TYPE_CHECKING:  # a type only: `status` and `rollback` load the store without the manifest model
     from imagespec.manifest import ManifestPackage
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 __all__ = ["Store", "StoredExtent"]
 

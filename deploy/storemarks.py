@@ -33,7 +33,6 @@ writable by no one else, and it is written with mode 0600; anything else in it i
 from __future__ import annotations
 
 import json
-import logging
 import os
 import stat
 from collections.abc import Callable
@@ -41,8 +40,9 @@ from pathlib import Path
 
 from host import digest, kernel
 from host.files import write_atomically
+from host.log import get as logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 FORMAT = 1
 # A mark is about 140 bytes in the file: ten thousand store entries take 1.4 MB.

@@ -10,7 +10,6 @@ then resolve through these accounts (deploy.tree).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,13 +18,14 @@ from pathlib import Path
 from deploy.errors import DeploymentError
 from deploy.headers import read_prefix_at
 from deploy.store import Store
+from host.log import get as logger
 from host.run import CommandError, run
 from rpmextents import ExtentsPackage
 from rpmextents.accounts import accounts_without_sysusers, sysusers_entries
 from rpmextents.filelist import FileList, header_files
 from rpmextents.nevra import nevra_of
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 MAX_CONFIG = 1 << 20
 ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")

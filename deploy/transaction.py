@@ -18,7 +18,6 @@ import dataclasses
 import enum
 import errno
 import functools
-import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,12 +48,13 @@ from deploy.state import DeploymentRecord, PackageRecord, State, now_iso
 from deploy.store import Store
 from deploy.system import System
 from deploy.wholesystem import WholeBuilt, build_system
+from host.log import get as logger
 from imagespec.manifest import ImageManifest, ManifestPackage
 from rpmextents import Owners
 from rpmextents.errors import ExtentsError
 from rpmextents.nevra import vercmp
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 # Makes a progress callback for a labelled phase ("fetch", "build") counting a unit.

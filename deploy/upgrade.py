@@ -8,7 +8,6 @@ with every check `deploy` makes, from the mirror that answered, else the next on
 from __future__ import annotations
 
 import datetime
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,10 @@ from deploy.transaction import (
     deploy,
 )
 from host.fetchlimits import Limits
+from host.log import get as logger
 from imagespec.errors import ManifestError, SignatureError
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 
 def _quiet(label: str, unit: str) -> ProgressFn:

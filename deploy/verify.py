@@ -15,7 +15,6 @@ import collections
 import contextlib
 import dataclasses
 import errno
-import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,6 +31,7 @@ from deploy.pathset import PathSet
 from deploy.state import DeploymentRecord, PackageRecord
 from deploy.system import System
 from host import kernel
+from host.log import get as logger
 from imagespec.relocation import USR_TREE, relocate
 from rpmextents import Entry, Owners
 from rpmextents.errors import ExtentsError
@@ -39,7 +39,7 @@ from rpmextents.files import header_files
 from rpmextents.header import Header, PackagePrefix
 from rpmextents.tree import Tree
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 
 @dataclass(frozen=True)

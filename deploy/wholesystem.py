@@ -13,7 +13,6 @@ killed at any point leaves only things recover() deletes.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,9 +34,10 @@ from deploy.headers import (
 from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
+from host.log import get as logger
 from rpmextents.files import FileList
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 
 @dataclass(frozen=True)

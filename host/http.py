@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import logging
 import os
 import re
 import socket
@@ -40,11 +39,12 @@ from typing import BinaryIO, TypeVar
 
 from host.fetchlimits import DownloadError, Limits
 from host.httpconn import Clock, Restart, Retry, exchange
+from host.log import get as logger
 
 __all__ = ["RETRY_STATUS", "DownloadError", "Limits", "NoRanges", "TooLarge", "Validators",
            "download", "download_bytes", "download_file", "download_if_changed", "download_range"]
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 CHUNK = 1 << 16
 # Answers worth another attempt: the server or a proxy had a moment. Any other is final.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import functools
 import http.client
-import logging
 import socket
 import ssl
 import time
@@ -21,11 +20,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit, urlunsplit
 
 from host.fetchlimits import DownloadError, Limits
+from host.log import get as logger
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 

@@ -9,16 +9,17 @@ signal", "did not finish" and "exited N" happened, with the command's last error
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from host.log import get as logger
+
 if TYPE_CHECKING:
     import subprocess
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 # Only what the tools we call need; no locale surprises in parsed output.
 _KEEP_ENV = ("PATH", "TMPDIR")

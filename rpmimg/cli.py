@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from host import log as hostlog
 from host import memory
 from rpmimg.ui import UsageError, print_json
 from rpmimg.vocab import error
@@ -200,10 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Named by the verb's own usage, not the top level's.
         verb_parser: argparse.ArgumentParser = getattr(args, "_parser", parser)
         verb_parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="rpmimg: %(message)s",
-    )
+    # logging itself is loaded only for a message to show (host.log).
+    hostlog.configure(hostlog.DEBUG if args.debug else hostlog.WARNING, format="rpmimg: %(message)s")
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         code = handler(args)

@@ -95,14 +95,14 @@ def _system(args: argparse.Namespace) -> Iterator[System]:
 def _with_esp(system: System, args: argparse.Namespace) -> System:
     """The system with the ESP that --esp names, or that bootctl finds (none: no entries)."""
     import dataclasses
-    import logging
 
     from deploy.bootentries import find_esp
     from deploy.esp import DirectoryEsp
+    from host.log import get as logger
 
     esp = getattr(args, "esp", None) or find_esp(args.sysroot)
     if esp is None:
-        logging.getLogger("rpmimg").info("no ESP found: boot entries are not written (see --esp)")
+        logger("rpmimg").info("no ESP found: boot entries are not written (see --esp)")
         return system
     if not esp.is_dir():
         raise UsageError(f"--esp {esp}: not a directory")

@@ -10,7 +10,6 @@ anything is verified, past MANIFEST_LIMIT and SIGNATURE_LIMIT.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import urllib.parse
@@ -33,11 +32,12 @@ from deploy.sources.base import (
 from deploy.sources.mirrorlist import published_mirrors
 from host.digest import sha256_file
 from host.http import DownloadError, Limits, NoRanges, download_bytes, download_file
+from host.log import get as logger
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
 from imagespec.published import MANIFEST, SIGNATURE
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 WORKERS = 4
 

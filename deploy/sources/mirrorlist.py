@@ -10,13 +10,13 @@ a list that can't be fetched is logged and ignored.
 
 from __future__ import annotations
 
-import logging
 import urllib.parse
 
 from host.http import DownloadError, Limits, download_bytes
+from host.log import get as logger
 from imagespec.published import MANIFEST
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 MIRRORS = "mirrors.txt"
 MIRRORS_LIMIT = 64 << 10

@@ -13,7 +13,6 @@ list can't pass either: rsync runs under RLIMIT_FSIZE of that size (`prlimit`).
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import posixpath
@@ -39,12 +38,13 @@ from deploy.sources.base import (
     read_limited,
 )
 from host.fetchlimits import Limits
+from host.log import get as logger
 from host.run import CommandError, run
 from imagespec.errors import ManifestError
 from imagespec.manifest import ManifestPackage
 from imagespec.published import MANIFEST, SIGNATURE
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 WORKERS = 2
 _LITERAL = re.compile(r"Literal data: ([\d,]+) bytes")
