@@ -91,6 +91,8 @@ def reactivated(system: System, deployment_id: str) -> None:
 
 @dataclass(frozen=True)
 class Abandoned:
+    """A deployment the boot check gave up on, and why."""
+
     deployment: str
     reason: str
 

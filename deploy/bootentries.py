@@ -47,6 +47,8 @@ _NAME = re.compile(
 
 @dataclass(frozen=True)
 class EntryName:
+    """The parts of a boot entry's file name: deployment, kernel, and its boot counters."""
+
     deployment: str
     kernel_version: str
     left: int | None = None  # None: no counter (blessed, or never counted)

@@ -48,6 +48,8 @@ class KernelFiles:
 
 @dataclass(frozen=True)
 class ManifestKernel:
+    """A kernel and its initrd as a manifest names them."""
+
     version: str
     kernel: BootFile
     initrd: BootFile

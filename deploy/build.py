@@ -34,6 +34,8 @@ ProgressFn = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Built:
+    """A tree built: its subvolume, how it was built, and what the build counted."""
+
     subvol_id: int
     method: str  # "update" (from the previous deployment) or "full"
     full_reason: str  # why a full build, when it is one

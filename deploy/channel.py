@@ -62,6 +62,8 @@ class Reboot(enum.Enum):
 
 @dataclass(frozen=True)
 class RebootPolicy:
+    """When a channel's upgrade may reboot: never, always, or within a time window."""
+
     kind: Reboot = Reboot.NEVER
     start: datetime.time | None = None  # of the window, local time
     end: datetime.time | None = None

@@ -47,6 +47,8 @@ class ChannelFetchError(DeployError):
 
 @dataclass(frozen=True)
 class CheckResult:
+    """What a check for updates found: the image, the result, and the mirror asked."""
+
     checked: str  # ISO 8601 UTC
     image: str
     result: str  # UP_TO_DATE, AVAILABLE or HELD
@@ -140,6 +142,8 @@ def _cost(system: System, m: ImageManifest, over_http: bool) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class _FromMirror:
+    """A mirror's newest manifest, fetched and verified."""
+
     mirror: str
     latest: Fetched
     manifest: ImageManifest

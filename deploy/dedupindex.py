@@ -23,6 +23,8 @@ _WIDTH = 32  # digest bytes compared (sha512 is compared on its first 256 bits)
 
 @dataclass(frozen=True)
 class StoredExtent:
+    """Where a stored file's data lies: its store entry, offset and length, and its digest."""
+
     path: Path
     offset: int
     length: int
@@ -31,6 +33,8 @@ class StoredExtent:
 
 @dataclass
 class _Chunk:
+    """A sorted run of the deduplication index, as columns."""
+
     keys: array[int]  # first 8 bytes of the digest, ascending
     digests: bytearray  # _WIDTH bytes a row
     algos: bytearray  # index into DigestIndex.algos

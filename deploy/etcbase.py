@@ -46,6 +46,8 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass(frozen=True)
 class BaseEntry:
+    """One /etc entry as a deployment's root had it after the merge: its type, metadata and digest."""
+
     path: str    # relative to /etc
     type: str    # f, d, l or o
     mode: int    # permission bits
@@ -237,6 +239,8 @@ def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None) -> N
 
 @dataclass(frozen=True)
 class MergeRecord:
+    """A root's /etc merge as recorded: the deployment it was merged from, and the merge."""
+
     merged_from: str | None  # the deployment whose root was merged; None: a first root or reset
     merge: EtcMerge
 

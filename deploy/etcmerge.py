@@ -43,6 +43,8 @@ NOTABLE = frozenset({"kept-vendor-changed", "rpmnew", "rpmsave", "rpmorig", "blo
 
 @dataclass(frozen=True)
 class EtcAction:
+    """What the /etc merge did with one path, and why."""
+
     path: str            # image path, "/etc/foo.conf"
     action: str          # one of ACTIONS
     package: str | None  # NEVRA of the package owning the path (new, else old)
@@ -51,6 +53,8 @@ class EtcAction:
 
 @dataclass(frozen=True)
 class EtcMerge:
+    """The /etc merge of one deployment: what it did, and the base it recorded."""
+
     actions: tuple[EtcAction, ...]
     # Every entry of the root's /etc before the merge: what first-boot sync compares against.
     base: tuple[BaseEntry, ...] = field(default=(), compare=False)

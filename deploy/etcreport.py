@@ -13,6 +13,8 @@ from deploy.system import System
 
 @dataclass(frozen=True)
 class EtcDiff:
+    """The /etc differences between two deployments' roots, with the newer one's merge."""
+
     old: str
     new: str
     merged_from: str | None  # whose root new's /etc was merged from (None: a fresh root)

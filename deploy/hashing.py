@@ -122,12 +122,16 @@ def _alone() -> bool:
 
 @dataclass(slots=True)
 class _Batch:
+    """Files handed to a hashing worker at once: their count, then the worker's answers."""
+
     size: int  # jobs
     answer: list[bool] | None = None
 
 
 @dataclass(slots=True)
 class _Worker:
+    """A forked hashing worker: its pid, its pipes' counts, and the batches in flight."""
+
     pid: int  # 0 once reaped
     jobs: int  # the write end of its jobs pipe
     answers: int  # the read end of its answers pipe

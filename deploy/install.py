@@ -32,6 +32,8 @@ SECTOR = 512
 
 @dataclass(frozen=True)
 class Partition:
+    """A partition made by install: where it lies and its UUID."""
+
     offset: int
     size: int
     uuid: str = ""
@@ -39,6 +41,8 @@ class Partition:
 
 @dataclass(frozen=True)
 class InstallResult:
+    """What install made: the disk's partitions and the first deployment."""
+
     disk: str
     esp: Partition
     root: Partition

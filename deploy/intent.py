@@ -23,6 +23,8 @@ class IntentError(DeployError):
 
 @dataclass(frozen=True)
 class Intent:
+    """What the administrator allowed a deploy: to switch images, or to go back (force)."""
+
     switch: bool = False  # another image than the default's may replace it
     force: bool = False  # a version rolled back or failed to boot may become the default again
 

@@ -138,6 +138,8 @@ def previous_of(current: State, deployment_id: str) -> DeploymentRecord | None:
 
 @dataclass(frozen=True)
 class RollbackResult:
+    """A rollback: the default before it and the default now."""
+
     previous: str
     default: str
 
@@ -174,6 +176,8 @@ def pin(system: System, deployment_id: str, pinned: bool, lock_wait: float = DEF
 
 @dataclass(frozen=True)
 class CleanupResult:
+    """What cleanup removed: deployments, store entries and their bytes, leftovers."""
+
     removed_deployments: tuple[str, ...]
     removed_packages: int
     freed_store_bytes: int

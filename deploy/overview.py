@@ -18,6 +18,8 @@ from rpmextents.nevra import Nevra
 
 @dataclass(frozen=True)
 class DeploymentStatus:
+    """One deployment as status shows it."""
+
     id: str
     image: str
     version: str
@@ -38,6 +40,8 @@ class DeploymentStatus:
 
 @dataclass(frozen=True)
 class BootEntryStatus:
+    """One boot entry as status shows it: its kernel and boot assessment."""
+
     entry: str
     kernel_version: str
     assessment: str  # good, counting, bad

@@ -67,6 +67,8 @@ class NotWorthIt(NoRanges):
 
 @dataclass
 class RangeStats:
+    """What ranged fetches transferred, in how many requests, and what was cloned instead."""
+
     transferred: int = 0
     requests: int = 0
     cloned: int = 0

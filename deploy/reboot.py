@@ -29,6 +29,8 @@ _WHAT = {"shutdown", "sleep", "idle", "handle-power-key", "handle-suspend-key",
 
 @dataclass(frozen=True)
 class RebootCommands:
+    """The commands that reboot, list inhibitors, or hand the reboot to rebootmgr."""
+
     reboot: tuple[str, ...]
     list_inhibitors: tuple[str, ...] | None  # None: systemd-inhibit is not installed
     rebootmgr: tuple[str, ...] | None  # None: rebootmgr is not installed
@@ -64,6 +66,8 @@ def blocking_inhibitors(listing: str) -> list[str]:
 
 @dataclass(frozen=True)
 class RebootDecision:
+    """Whether an upgrade rebooted, and why (not)."""
+
     rebooted: bool
     reason: str  # why not, or how
 

@@ -36,6 +36,8 @@ ProgressFn = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class _Ref:
+    """A package of a deployment's record, as reset rebuilds from it."""
+
     sha256: str
     nvra: str
     nevra: str
@@ -44,6 +46,8 @@ class _Ref:
 
 @dataclass(frozen=True)
 class _Image:
+    """A deployment's record as the image reset builds again."""
+
     name: str
     version: str
     packages: tuple[_Ref, ...]
@@ -56,6 +60,8 @@ def _ref(p: PackageRecord) -> _Ref:
 
 @dataclass(frozen=True)
 class ResetResult:
+    """A reset: the new deployment, the default before, and the image it was built from."""
+
     deployment: str
     previous_default: str
     image: str

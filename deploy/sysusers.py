@@ -33,6 +33,8 @@ ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
 
 @dataclass(frozen=True)
 class Accounts:
+    """The accounts made for a tree: from sysusers.d files, and those only scriptlets make."""
+
     files: tuple[str, ...]  # the sysusers.d files applied, by name
     by_scriptlet: tuple[str, ...]  # packages creating accounts in scriptlets without sysusers.d
 

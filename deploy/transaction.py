@@ -75,6 +75,8 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class DeployOptions:
+    """How to deploy: the source, the keys, and what the administrator allowed."""
+
     source: str
     keyrings: tuple[Path, ...] = ()
     allow_downgrade: bool = False
@@ -95,6 +97,8 @@ class DeployOptions:
 
 @dataclass(frozen=True)
 class DeployResult:
+    """What a deploy did, and what it found on the way."""
+
     outcome: Outcome
     deployment: str
     image: str
@@ -176,6 +180,8 @@ def _reactivate(system: System, current: State, existing: DeploymentRecord) -> N
 
 @dataclass(frozen=True)
 class Stored:
+    """Every package of the manifest in the store: those fetched, and the bytes it took."""
+
     fetched: tuple[ManifestPackage, ...]
     transferred: int
     deduplicated: int
@@ -304,6 +310,8 @@ def download(system: System, options: DeployOptions, progress: ProgressFactory =
 
 @dataclass(frozen=True)
 class Tree:
+    """The tree built for a deployment, with its record."""
+
     record: DeploymentRecord
     built: Built
     whole: WholeBuilt

@@ -47,6 +47,8 @@ class SetidFile:
 
 @dataclass
 class TreeStats:
+    """What a tree build counted: entries, files, and how their data got there."""
+
     entries: int = 0
     files: int = 0
     reflinked: int = 0

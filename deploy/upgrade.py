@@ -39,6 +39,8 @@ def _quiet(label: str, unit: str) -> ProgressFn:
 
 @dataclass(frozen=True)
 class UpgradeResult:
+    """An upgrade: the check, the deploy, and the reboot."""
+
     check: CheckResult
     deployed: DeployResult | None
     reboot_needed: bool

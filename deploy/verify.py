@@ -54,6 +54,8 @@ class Mismatch:
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """What verify found of a deployment: its files and their mismatches."""
+
     deployment: str
     files: int
     mismatches: tuple[Mismatch, ...]
@@ -352,6 +354,8 @@ def verify(
 
 @dataclass(frozen=True)
 class StoreResult:
+    """What verify --store found: the entries checked and the damaged ones."""
+
     entries: int
     damaged: tuple[str, ...]  # paths of entries that no longer hash to their sha256
 

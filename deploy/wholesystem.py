@@ -42,6 +42,8 @@ log = logger(__name__)
 
 @dataclass(frozen=True)
 class WholeBuilt:
+    """A whole deployment built: its /usr, its root, its accounts and its /etc merge."""
+
     built: Built
     root: Path
     accounts: sysusers.Accounts

@@ -77,6 +77,8 @@ class _NotModified(Exception):
 
 @dataclass
 class _Want:
+    """One download asked for: where from, its size if known, its cap, its progress."""
+
     url: str
     size: int | None  # the exact size expected, when known
     cap: int  # never more bytes than this

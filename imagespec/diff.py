@@ -31,6 +31,8 @@ class ChangeKind(enum.StrEnum):
 
 @dataclass(frozen=True)
 class PackageChange:
+    """One package's difference between two manifests: added, removed or changed."""
+
     kind: ChangeKind
     name: str
     arch: str

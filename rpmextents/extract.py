@@ -24,6 +24,8 @@ __all__ = ["NO_REFLINK", "ExtractError", "ExtractReport", "Owners", "Relocation"
 
 @dataclass(frozen=True)
 class ExtractReport:
+    """What an extraction did: entries, those placed, files made and how their data got there."""
+
     entries: int
     placed: int  # entries written (ghosts and entries not selected are not)
     files: int

@@ -46,6 +46,8 @@ class RecordKind(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Record:
+    """One record of the extents index: a literal run or a file's data extent."""
+
     kind: RecordKind
     fx: int  # header file index of DATA records, -1 for literals
     a: int
@@ -75,6 +77,8 @@ def check_block_size(block_size: int) -> None:
 
 @dataclass(frozen=True)
 class Index:
+    """A package's extents index: its place in the file, the data area, and the packed records."""
+
     block_size: int
     index_start: int
     data_offset: int

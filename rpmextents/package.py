@@ -29,6 +29,8 @@ TRIGGER_TAGS = (Tag.TRIGGERSCRIPTS, Tag.FILETRIGGERSCRIPTS, Tag.TRANSFILETRIGGER
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """What `pkg verify` found of one extents RPM: its identity, signature and payload checks."""
+
     path: str
     nevra: str
     method: str  # "payload-digest" or "file-digests"

@@ -60,6 +60,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class FrameTable:
+    """The seekable zstd frames of a payload copy, in order."""
+
     frames: tuple[Frame, ...]
 
     @property

@@ -39,6 +39,8 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class TranscodeResult:
+    """One package transcoded: its identity, the extents RPM written, and their sizes."""
+
     nevra: str
     name: str
     epoch: int | None

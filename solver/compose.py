@@ -65,6 +65,8 @@ class _Silent:
 
 @dataclass(frozen=True)
 class ComposeResult:
+    """What a compose published: the image version, whether it changed, and its manifest."""
+
     name: str
     version: str | None  # the newest published version after this run
     changed: bool
@@ -91,6 +93,8 @@ class ComposeResult:
 
 @dataclass(frozen=True)
 class _Inputs:
+    """The repositories and keyrings a compose solves from, and the digest of them all."""
+
     repos: tuple[Repository, ...]
     keyrings: dict[str, RepoKeyring]
     digest: str

@@ -55,6 +55,8 @@ class ResolvedPackage:
 
 @dataclass(frozen=True)
 class SolveResult:
+    """The packages an image definition resolved to."""
+
     packages: tuple[ResolvedPackage, ...]  # sorted by name, then arch, then rpm's version order
     filelists_loaded: bool
 

@@ -42,6 +42,9 @@ CHANNEL_FILE = {"tomllib", "datetime"}
 TEMPFILE = {"tempfile", "shutil", "random", "bz2", "lzma"}
 # logging, with what it brings: loaded only for a message to show (host.log).
 LOGGING = {"logging", "traceback"}
+# inspect, with ast and dis: dataclasses loads it only for a class without a docstring
+# (host.dataclasses_lean).
+INSPECT = {"inspect", "ast", "dis"}
 TRANSCODER = {"rpmextents.transcode", "rpmextents.cpio", "rpmextents.payload"}
 OTHER_VERBS = {"rpmimg.server", "rpmimg.channel_cli", "rpmimg.rollout_cli", "rpmimg.reset",
                "rpmimg.boot", "rpmimg.install", "solver"}
@@ -101,7 +104,7 @@ def test_local_deploy_and_verify_load_no_network_or_parser_modules(sysroot: Path
     # 24 MiB of the fixture's "bulk" package: verify's hashing pool starts, its workers answer.
     assert "hashing worker answers" in log.read_text()
     assert not modules & {*NETWORK, *CFFI_PARSER, "sqlite3", "solv", *CHANNEL_FILE, *TRANSCODER,
-                          *TEMPFILE, *LOGGING, *OTHER_VERBS, "deploy.tree", "deploy.signature",
+                          *TEMPFILE, *LOGGING, *INSPECT, *OTHER_VERBS, "deploy.tree", "deploy.signature",
                           "deploy.sources"}
     # The pool is os.fork() and pipes: none of multiprocessing's machinery (1.5 MB).
     assert not {m for m in modules if m.split(".")[0] in ("multiprocessing", "concurrent")}
@@ -115,7 +118,7 @@ def test_local_deploy_and_verify_load_no_network_or_parser_modules(sysroot: Path
     assert len(state_of(sysroot)["deployments"]) == 3  # type: ignore[arg-type]
     assert "rpm" not in modules
     # Nor tempfile and shutil, nor sqlite (with datetime): rpm alone makes its database.
-    assert not modules & {*TEMPFILE, *LOGGING, "sqlite3", "datetime"}
+    assert not modules & {*TEMPFILE, *LOGGING, *INSPECT, "sqlite3", "datetime"}
     # Nor libcrypto (3.5 MB): the store's marks vouch for its entries, and a mark is a
     # digest of a few hundred bytes of btrfs items.
     assert "_hashlib" not in modules

@@ -37,6 +37,8 @@ class FetchJob:
 
 @dataclass(frozen=True)
 class FetchStats:
+    """What a fetch brought: packages and bytes transferred."""
+
     packages: int = 0
     transferred: int = 0  # bytes that crossed the wire (compressed or literal rsync data)
 
