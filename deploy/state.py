@@ -186,9 +186,8 @@ def _owner_ids(value: Any, where: str) -> Mapping[str, Mapping[str, int | None]]
     return out
 
 
-def deployment_from(value: Any, where: str, known: Known | None = None) -> DeploymentRecord:
-    """A deployment record from JSON, every field checked (StateError names the bad one);
-    its package records shared with those in known (and added to it)."""
+def deployment_from(value: Any, where: str) -> DeploymentRecord:
+    """A deployment record from JSON, every field checked (StateError names the bad one)."""
     data = _object(value, where)
     deployment_id = _get(data, "id", str, where)
     if not _ID.fullmatch(deployment_id):
@@ -201,7 +200,7 @@ def deployment_from(value: Any, where: str, known: Known | None = None) -> Deplo
         created=_get(data, "created", str, where),
         manifest_sha256=_get(data, "manifest_sha256", str, where),
         source=_get(data, "source", str, where), subvol_id=_get(data, "subvol_id", int, where),
-        packages=tuple(_package_from(p, f"{where} package #{i}", known) for i, p in enumerate(packages)),
+        packages=tuple(_package_from(p, f"{where} package #{i}") for i, p in enumerate(packages)),
         pinned=_get(data, "pinned", bool, where) if "pinned" in data else False,
         owner_ids=_owner_ids(data.get("owner_ids"), f"{where} owner_ids"),
         signed_by=_get(data, "signed_by", str, where) if "signed_by" in data else "",
@@ -219,11 +218,19 @@ _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(DeploymentRecord))
 def record_json(record: DeploymentRecord) -> dict[str, Any]:
     """A deployment record as JSON values: what dataclasses.asdict gives, made field by
     field (asdict deep-copies every value of every package record, a state's largest part)."""
-    data = {name: getattr(record, name) for name in _RECORD_FIELDS}
-    data["packages"] = [{name: getattr(p, name) for name in _PACKAGE_FIELDS} for p in record.packages]
+    return {**_own_json(record), "packages": [_package_json(p) for p in record.packages]}
+
+
+def _own_json(record: DeploymentRecord) -> dict[str, Any]:
+    """The record's fields but its packages."""
+    data = {name: getattr(record, name) for name in _RECORD_FIELDS if name != "packages"}
     if record.owner_ids is not None:
         data["owner_ids"] = {kind: dict(ids) for kind, ids in record.owner_ids.items()}
     return data
+
+
+def _package_json(p: PackageRecord) -> dict[str, Any]:
+    return {name: getattr(p, name) for name in _PACKAGE_FIELDS}
 
 
 def _head_json(state: State) -> dict[str, Any]:
@@ -250,13 +257,9 @@ def _lines(state: State) -> Iterator[bytes]:
     encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
     yield f'{encode(_head_json(state))[:-1]},"deployments":[\n'.encode()
     for n, d in enumerate(state.deployments, 1):
-        own = {name: getattr(d, name) for name in _RECORD_FIELDS if name != "packages"}
-        if d.owner_ids is not None:
-            own["owner_ids"] = {kind: dict(ids) for kind, ids in d.owner_ids.items()}
-        packages = ",\n".join(encode({name: getattr(p, name) for name in _PACKAGE_FIELDS})
-                               for p in d.packages)
+        packages = ",\n".join(encode(_package_json(p)) for p in d.packages)
         end = "," if n < len(state.deployments) else ""
-        yield f'{encode(own)[:-1]},"packages":[\n{packages}]}}{end}\n'.encode()
+        yield f'{encode(_own_json(d))[:-1]},"packages":[\n{packages}]}}{end}\n'.encode()
     yield b"]}\n"
 
 
@@ -265,12 +268,10 @@ def from_json(value: Any, where: str = "state") -> State:
     data = _object(value, where)
     if data.get("format") != FORMAT:
         raise StateError(f"{where}: unsupported state format {data.get('format')!r}")
-    known: Known = {}
     deployments = tuple(
-        deployment_from(d, f"{where}: deployments[{i}]", known)
+        deployment_from(d, f"{where}: deployments[{i}]")
         for i, d in enumerate(_list(data, "deployments", where))
     )
-    del known
     ids = [d.id for d in deployments]
     if len(set(ids)) != len(ids):
         raise StateError(f"{where}: a deployment id is listed twice")
