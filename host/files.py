@@ -111,39 +111,30 @@ def remove_tree(path: str | os.PathLike[str], ignore_errors: bool = False) -> No
     each directory is opened with O_NOFOLLOW and its entries removed relative to that fd,
     so a symlink swapped in for a directory is removed, never entered."""
     try:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            if e.errno not in (errno.ENOTDIR, errno.ELOOP):
-                raise
-            os.unlink(path)  # a file or a symlink
-            return
-        try:
-            _empty(fd)
-        finally:
-            os.close(fd)
-        os.rmdir(path)
+        _remove(path, None)
     except OSError:
         if not ignore_errors:
             raise
 
 
-def _empty(dir_fd: int) -> None:
-    with os.scandir(dir_fd) as entries:
-        names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-    for name, is_dir in names:
-        if is_dir:
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            except OSError as e:
-                if e.errno not in (errno.ENOTDIR, errno.ELOOP):
-                    raise
-                os.unlink(name, dir_fd=dir_fd)  # swapped for a file or a symlink meanwhile
-                continue
-            try:
-                _empty(fd)
-            finally:
-                os.close(fd)
-            os.rmdir(name, dir_fd=dir_fd)
-        else:
-            os.unlink(name, dir_fd=dir_fd)
+def _remove(name: str | os.PathLike[str], dir_fd: int | None) -> None:
+    """Remove name (relative to dir_fd, when given): a directory with all below it, anything
+    else (a file, a symlink, or a directory swapped for one meanwhile) by unlink."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    try:
+        with os.scandir(fd) as entries:
+            names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for entry, is_dir in names:
+            if is_dir:
+                _remove(entry, fd)
+            else:
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
