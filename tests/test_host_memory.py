@@ -9,17 +9,21 @@ import pytest
 
 from host import memory
 
-# In a fresh interpreter: free a block of argv[2] KiB after glibc's dynamic threshold has
-# risen (a first large block freed), and report how many KiB of it go back.
-_PROBE = """
+# The probes' start: glibc's malloc and free, declared for ctypes.
+_LIBC = """
 import ctypes, sys
 from host import memory
-if sys.argv[1] == "fixed":
-    assert memory.return_large_blocks()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
+"""
+
+# In a fresh interpreter: free a block of argv[2] KiB after glibc's dynamic threshold has
+# risen (a first large block freed), and report how many KiB of it go back.
+_PROBE = _LIBC + """
+if sys.argv[1] == "fixed":
+    assert memory.return_large_blocks()
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
@@ -55,14 +59,10 @@ def test_a_read_buffer_stays_below_the_threshold() -> None:
 
 
 # In a fresh interpreter: where a thread's malloc lands, with one arena or glibc's default.
-_THREAD_PROBE = """
-import ctypes, sys, threading
-from host import memory
+_THREAD_PROBE = _LIBC + """
+import threading
 if sys.argv[1] == "one":
     assert memory.one_arena()
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc.argtypes = [ctypes.c_size_t]
 libc.malloc(1 << 10)  # the main heap exists
 got = []
 t = threading.Thread(target=lambda: got.append(libc.malloc(1 << 10)))
