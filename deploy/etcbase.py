@@ -15,6 +15,10 @@ rpmimg-etc-sync.sh) needs to carry edits made in the old root after the deploy:
   touched since keeps its inode and ctime, and the sync hashes only the entries that differ;
 - ``merged``: one line per path (relative to /etc) the merge changed in the new root.
 
+A first deployment (or a reset) has no old root: it writes neither old-deployment nor
+merged, and its entries and stamps are those of its own root's /etc as the merge left it
+(record_after), for its first update to take the digests of untouched files from.
+
 Paths holding a newline have no line of their own; the sync script leaves them alone.
 """
 
@@ -59,6 +63,10 @@ class BaseEntry:
 
     def line(self) -> str:
         return f"{self.type} {self.mode:o} {self.uid} {self.gid} {self.digest} {self.path}"
+
+    def recorded(self) -> tuple[Stamp, str]:
+        """(its stamp, its digest): what a record holds of a file (Recorded's values)."""
+        return (self.mode, self.uid, self.gid, self.ino, self.ctime_ns), self.digest
 
     def stamp(self) -> str:
         ctime = f"{self.ctime_ns // 10**9}.{self.ctime_ns % 10**9:09d}"
@@ -137,6 +145,12 @@ def record_base(root_fd: int, recorded: Recorded | None = None) -> tuple[BaseEnt
         os.close(fd)
 
 
+def record_after(root_fd: int, merge: EtcMerge) -> tuple[BaseEntry, ...]:
+    """The root's /etc entries as the merge left them (as record_base gives them): the files
+    the merge did not touch keep the stamps, and so take the digests, its base recorded."""
+    return record_base(root_fd, {e.path: e.recorded() for e in merge.base if e.type == "f"})
+
+
 def recorded_files(usr: str | os.PathLike[str]) -> dict[str, tuple[Stamp, str]]:
     """The regular files the etc-base record of a /usr tree holds, with their stamps and
     digests (record_base's `recorded`): {} when it has none, or when its entries and stamps
@@ -208,12 +222,15 @@ def _write(dir_fd: int, name: str, data: bytes) -> None:
     os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
-def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None) -> None:
+def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None,
+                  after: tuple[BaseEntry, ...] = ()) -> None:
     """Record the merge and its base in the new /usr tree (before it is made read-only).
 
     old_deployment: the id of the deployment whose root the new root was made from, or
-    None (first deployment, reset): then there is nothing to carry over at first boot and
-    no etc-base is written.
+    None (first deployment, reset): then there is nothing to carry over at first boot, no
+    old-deployment is written (so the sync does nothing), and entries and stamps hold
+    after: the new root's own /etc as the merge left it (record_after), which the first
+    update takes its digests from (recorded_files) instead of reading every file again.
     """
     if old_deployment is not None and ("\n" in old_deployment or "/" in old_deployment):
         raise ValueError(f"bad deployment id {old_deployment!r}")
@@ -223,13 +240,17 @@ def write_records(usr_fd: int, merge: EtcMerge, old_deployment: str | None) -> N
         _write(fd, "etc-merge.json", json.dumps(record, indent=1).encode() + b"\n")
     finally:
         os.close(fd)
-    if old_deployment is None:
+    if old_deployment is None and not after:
         return
+    entries = merge.base if old_deployment is not None else after
     fd = _mkdirs(usr_fd, BASE_DIR)
     try:
+        _write(fd, "entries", "".join(e.line() + "\n" for e in entries).encode("utf-8", "surrogateescape"))
+        _write(fd, "stamps", "".join(e.stamp() + "\n" for e in entries).encode("utf-8", "surrogateescape"))
+        if old_deployment is None:
+            return
+        # Last: the sync script takes a record with this file as one to carry edits by.
         _write(fd, "old-deployment", old_deployment.encode() + b"\n")
-        _write(fd, "entries", "".join(e.line() + "\n" for e in merge.base).encode("utf-8", "surrogateescape"))
-        _write(fd, "stamps", "".join(e.stamp() + "\n" for e in merge.base).encode("utf-8", "surrogateescape"))
         merged = sorted(p[len("/etc/"):] for p in merged_paths(merge))
         _write(fd, "merged", "".join(p + "\n" for p in merged if "\n" not in p)
                .encode("utf-8", "surrogateescape"))

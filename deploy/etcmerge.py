@@ -213,8 +213,7 @@ def merge_etc(root_fd: int, usr_fd: int, old: Iterable[Package] | None,
     new_owned = etc_entries(new)
     old_owned = etc_entries(old or ())
     base = record_base(root_fd, recorded)
-    hashed = {f"{ETC}/{e.path}": ((e.mode, e.uid, e.gid, e.ino, e.ctime_ns), e.digest)
-              for e in base if e.type == "f"}
+    hashed = {f"{ETC}/{e.path}": e.recorded() for e in base if e.type == "f"}
     root, factory = EtcTree(fd_tree(root_fd), hashed), EtcTree(fd_tree(usr_fd, FACTORY))
     try:
         run = _Merge(root, factory)

@@ -21,7 +21,7 @@ from typing import cast
 
 from deploy import bootselect, mounts, rootfs, sysusers
 from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build, refuse_claims
-from deploy.etcbase import recorded_files, write_records
+from deploy.etcbase import record_after, recorded_files, write_records
 from deploy.etcmerge import EtcMerge, EtcPart, merge_etc
 from deploy.faults import checkpoint
 from deploy.headers import (
@@ -93,7 +93,9 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
             # The root is a snapshot of merged_from's, which old_usr's record describes.
             recorded = recorded_files(old_usr) if old_usr is not None and merged_from is not None else None
             result = merge_etc(root_fd, usr_fd, old, new, recorded)
-            write_records(usr_fd, result, merged_from)
+            # A fresh root has no earlier record: its first update takes its digests from this.
+            after = record_after(root_fd, result) if merged_from is None else ()
+            write_records(usr_fd, result, merged_from, after)
         finally:
             os.close(usr_fd)
     finally:

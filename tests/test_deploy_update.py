@@ -11,6 +11,7 @@ against rpm -i of them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import subprocess
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from deploytools import deploy, rpmimg, sign_all
 from imagepub import publish
 
 from deploy import rpmdb, state
+from deploy.etcbase import BASE_DIR, recorded_files, stamp_of
 from deploy.headers import installed_file_lists
 from deploy.store import Store
 from deploy.wholesystem import tree_lists
@@ -211,6 +213,30 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_first_deployment_records_its_etc_for_the_first_update(
+    sysroot: Path, update_images: UpdateImages
+) -> None:
+    """The first deployment's /usr records its root's /etc as the merge left it (every
+    digest true of the file while its stamp holds), with no old deployment for first-boot
+    sync; the update's base record agrees with it on every file (deploy.etcbase takes the
+    digests of untouched files from it: test_etc_base)."""
+    imgs = update_images
+    first = deploy(sysroot, imgs.v1, imgs.key).json()
+    tree, root = _tree(sysroot, first), sysroot / "@rpmimg/roots" / str(first["deployment"]["id"])
+    assert not (tree / BASE_DIR / "old-deployment").exists()
+    recorded = recorded_files(tree)
+    etc_files = {str(p.relative_to(root / "etc")) for p in (root / "etc").rglob("*")
+                 if p.is_file() and not p.is_symlink()}
+    assert "gamma.conf" in recorded and set(recorded) <= etc_files
+    for path, (stamp, digest) in recorded.items():
+        if stamp_of(os.lstat(root / "etc" / path)) == stamp:
+            assert digest == hashlib.sha256((root / "etc" / path).read_bytes()).hexdigest(), path
+    second = deploy(sysroot, imgs.v2, imgs.key).json()
+    base = {line.split(" ", 5)[5]: line.split(" ")[4]
+            for line in (_tree(sysroot, second) / BASE_DIR / "entries").read_text().splitlines()}
+    assert all(base[path] == digest for path, (_, digest) in recorded.items() if path in base)
 
 
 def test_update_falls_back_to_full_when_it_cannot_be_exact(sysroot: Path, update_images: UpdateImages) -> None:

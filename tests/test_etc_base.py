@@ -4,12 +4,20 @@ any other is hashed, as is everything when the record is missing or does not pai
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 
-from deploy.etcbase import BASE_DIR, BaseEntry, record_base, recorded_files, write_records
+from deploy.etcbase import (
+    BASE_DIR,
+    BaseEntry,
+    record_after,
+    record_base,
+    recorded_files,
+    write_records,
+)
 from deploy.etcmerge import EtcMerge
 from host import kernel
 
@@ -67,6 +75,50 @@ def test_untouched_files_take_the_recorded_digest_and_changed_ones_are_hashed(to
     # The real record gives the same base as hashing everything.
     assert _base(new, recorded) == fresh
     assert [(e.ino, e.ctime_ns) for e in _base(new, recorded)] == [(e.ino, e.ctime_ns) for e in fresh]
+
+
+def test_a_fresh_root_records_its_etc_as_the_merge_left_it_for_its_first_update(top: Path) -> None:
+    """A first deployment's record (no old deployment to carry edits from) holds its own
+    root's /etc after the merge: what the merge did not touch keeps the base's digest
+    (forged here, to show it is taken), what it wrote is hashed; no old-deployment is
+    written, so first-boot sync has nothing to do."""
+    import hashlib
+
+    root = top / "root"
+    (root / "etc/sub").mkdir(parents=True)
+    for name in ("adopted", "vendor", "sub/deep"):
+        (root / "etc" / name).write_text(f"{name}\n")
+    base = tuple(dataclasses.replace(e, digest="f" * 64) if e.type == "f" else e for e in _base(root))
+    (root / "etc/vendor").write_text("as the vendor ships it\n")  # the merge wrote it
+    (root / "etc/new.conf").write_text("new\n")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        after = record_after(fd, EtcMerge((), base))
+    finally:
+        os.close(fd)
+    digests = {e.path: e.digest for e in after}
+    assert digests == {"adopted": "f" * 64, "sub": "-", "sub/deep": "f" * 64,
+                       "vendor": hashlib.sha256(b"as the vendor ships it\n").hexdigest(),
+                       "new.conf": hashlib.sha256(b"new\n").hexdigest()}
+    usr = top / "usr"
+    usr.mkdir()
+    ufd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        write_records(ufd, EtcMerge((), base), None, after)
+    finally:
+        os.close(ufd)
+    assert sorted(os.listdir(usr / BASE_DIR)) == ["entries", "stamps"]
+    assert {path: digest for path, (_, digest) in recorded_files(usr).items()} == \
+        {p: d for p, d in digests.items() if d != "-"}
+    # Without it (a record written by an older rpmimg), nothing is recorded: the update hashes.
+    other = top / "usr2"
+    other.mkdir()
+    ufd = os.open(other, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        write_records(ufd, EtcMerge((), base), None)
+    finally:
+        os.close(ufd)
+    assert not (other / BASE_DIR).exists() and recorded_files(other) == {}
 
 
 def test_a_record_that_does_not_pair_up_gives_nothing(top: Path) -> None:

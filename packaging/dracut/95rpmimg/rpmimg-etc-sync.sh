@@ -9,6 +9,7 @@
 #   old-deployment  the id of the deployment whose root the new root was made from
 #   entries         "TYPE MODE UID GID SHA256 PATH" of every entry of that root's /etc then
 #   stamps          "TYPE MODE UID GID INODE CTIME PATH" of the same entries
+# (A first deployment writes entries and stamps of its own /etc, and no old-deployment.)
 #   merged          every path (relative to /etc) the /etc merge wrote or removed in the new root
 # The old root is RPMIMG_OLD_ROOT if set, else TOP/@rpmimg/roots/<old-deployment>, TOP being
 # the top level (subvolid=5) of NEW_ROOT's btrfs, mounted read-only for the run.
