@@ -381,11 +381,19 @@ class PackagePrefix:
         return self.before_header + self.header.blob
 
     def sha256(self) -> str:
-        """The sha256 of ``raw``, without making it."""
+        """The sha256 of ``raw``, without making it; worked out once when the bytes are
+        immutable (an update's deploy asks for each of its hundreds of headers' three times:
+        the store's identity check, the build and the /etc merge)."""
+        known: str | None = self.__dict__.get("_sha256")
+        if known is not None:
+            return known
         h = digest.new("sha256", len(self.before_header) + len(self.header.blob))
         h.update(self.before_header)
         h.update(self.header.blob)
-        return h.hexdigest()
+        known = h.hexdigest()
+        if type(self.before_header) is bytes and type(self.header.blob) is bytes:
+            object.__setattr__(self, "_sha256", known)  # a frozen instance's memo, not a field
+        return known
 
 
 def read_signature(f: BinaryIO) -> tuple[bytes, bytes]:

@@ -183,3 +183,32 @@ def test_an_old_trees_header_files_are_taken_as_the_parts_a_full_build_noted_whe
     assert got[:2] == list(parts.values())
     parsed = list(installed_file_lists(usr, {}))
     assert etc_entries(got[:3]) == etc_entries(parsed[:3]) != {}
+
+
+def test_a_prefix_digest_is_worked_out_once_and_only_for_immutable_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PackagePrefix.sha256 is the sha256 of raw, hashed once per prefix of bytes; a prefix
+    built over mutable bytes is hashed on every call (what it holds may have changed)."""
+    import dataclasses
+
+    from host import digest
+    from rpmextents.header import Header
+
+    with open(fixture_packages()["owners"], "rb") as f:
+        prefix = read_prefix(f)
+    made = []
+    real = digest.new
+
+    def counted(name: str, size: int | None) -> digest.Hash:
+        made.append(name)
+        return real(name, size)
+
+    monkeypatch.setattr(digest, "new", counted)
+    expected = hashlib.sha256(prefix.raw).hexdigest()
+    assert [prefix.sha256() for _ in range(3)] == [expected] * 3
+    assert made == ["sha256"]
+    blob = bytearray(prefix.header.blob)
+    mutable = dataclasses.replace(prefix, header=Header(blob))  # type: ignore[arg-type]
+    assert mutable.sha256() == expected
+    blob[-1] ^= 1
+    assert mutable.sha256() != expected
+    assert len(made) == 3
