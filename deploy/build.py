@@ -103,26 +103,33 @@ def build(
     owners_root = accounts if accounts is not None else system.sysroot
     method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
     imported: rpmdb.Importing | None = None
+    # The tree's rpm database, made while the rest is built (see _package_database); every
+    # way out of here waits for it before its tree is discarded or put in place.
+    database = contextlib.ExitStack()
     try:
         if base is not None and not full:
             try:
-                builder, written, kept = _update(system, m, store, path, base, progress, owners_root)
+                builder, written, kept = _update(system, m, store, path, base, progress, owners_root,
+                                                 database)
                 method = "update"
             except delta.NoDelta as e:
                 reason = str(e)
                 log.info("building %s %s from scratch: %s", m.name, m.version, reason)
+                _abandon(database)
                 _discard(path)
         if method == "full":
             imported = rpmdb.Importing()  # the database, made by rpm while the packages are laid out
             builder = _full(system, m, store, path, progress, owners_root, noted, imported)
             written, kept = builder.stats.entries, 0
+            # A new database's indexes are rpm's work, done while the seal merges /etc.
+            database.enter_context(_package_database(path, m, None, imported))
         owner_ids = builder.owner_ids()
-        # A new database's indexes are rpm's work, done while the seal merges /etc.
-        with _package_database(path, m, base if method == "update" else None, imported):
+        with database:
             if seal is not None:
                 seal(path, kernel.subvolume_id(path), owner_ids, method == "update")
         checkpoint("rpm database written")
     except BaseException:
+        _abandon(database)
         if imported is not None:
             imported.abandon()
         with contextlib.suppress(OSError):
@@ -156,6 +163,15 @@ def _claims(store: Store, sha256: str) -> Iterable[tuple[str, int]]:
 def _discard(path: Path) -> None:
     if os.path.lexists(path):
         kernel.subvolume_delete(path)
+
+
+def _abandon(database: contextlib.ExitStack) -> None:
+    """Wait for a database being made (if one is) whose tree is to be discarded; how it
+    went no longer matters."""
+    try:
+        database.close()
+    except Exception as e:
+        log.debug("the rpm database of a tree given up: %s", e)
 
 
 @contextlib.contextmanager
@@ -220,9 +236,11 @@ def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple
 
 def _update(
     system: System, m: Image, store: Store, path: Path, base: DeploymentRecord,
-    progress: ProgressFn, owners_root: Path,
+    progress: ProgressFn, owners_root: Path, database: contextlib.ExitStack,
 ) -> tuple[TreeBuilder, int, int]:
-    """The update as a snapshot of base changed where m differs; (builder, paths written, paths kept)."""
+    """The update as a snapshot of base changed where m differs; (builder, paths written,
+    paths kept). The snapshot's rpm database is changed (entered into database) while the
+    changed packages are laid out and the /etc merge runs."""
     base_path = system.layout.deployment(base.id)
     if base.owner_ids is None:
         raise delta.NoDelta(f"deployment {base.id} predates updates built from a previous deployment")
@@ -250,13 +268,17 @@ def _update(
     for p in base.packages:
         if p.sha256 not in new_set:
             builder.remove_header(f"{p.nvra}.rpm")
-    todo = [r for r in m.packages if r.sha256 in plan.write or r.sha256 not in old_set]
-    for i, ref in enumerate(todo):
-        with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
-            if ref.sha256 in plan.write:
-                builder.add_package(pkg, only=plan.write[ref.sha256])
-            if ref.sha256 not in old_set:
+    # The added packages' header files first (reflinked from the store entries, headers read
+    # already): the database update starts from them while the packages' files are written.
+    for ref in m.packages:
+        if ref.sha256 not in old_set:
+            with store.package(ref.sha256).opened_again() as pkg:
                 builder.write_header(pkg)
+    database.enter_context(_package_database(path, m, base, None))
+    todo = [r for r in m.packages if r.sha256 in plan.write]
+    for i, ref in enumerate(todo):
+        with ExtentsPackage.open(store.path(ref.sha256)) as pkg:  # its data by the entry's own index
+            builder.add_package(pkg, only=plan.write[ref.sha256])
         progress(i + 1, len(todo))
         checkpoint("package built")
     return builder, sum(len(v) for v in plan.write.values()), plan.kept

@@ -167,10 +167,11 @@ def make_root(system: System, deployment_id: str, device: str, base: str | None,
 
 
 def finish_root(system: System, path: Path, deployment_id: str) -> None:
-    """Move a root built under staging/ into roots/."""
-    final = system.layout.root_of(deployment_id)
-    os.rename(path, final)
-    kernel.sync_filesystem(final)
+    """Move a root built under staging/ into roots/. Not synced here: its /usr goes into
+    place after it on the same filesystem, whose one sync (build._finish) then commits both
+    before the state names the deployment. A btrfs commit holds every change made before
+    it, so no crash leaves the /usr in place without its root."""
+    os.rename(path, system.layout.root_of(deployment_id))
 
 
 def unused_vars(system: System) -> list[Path]:
