@@ -458,7 +458,8 @@ def _save_layout(system: System, store: Store, record: DeploymentRecord) -> None
     it the next update reads the store entries."""
     previous = store.layout
     try:
-        layoutcache.refresh(system.layout.layout_cache, store, (p.sha256 for p in record.packages))
+        layoutcache.refresh(system.layout.layout_cache, store, (p.sha256 for p in record.packages),
+                            {p.sha256: p.header_sha256 for p in record.packages})
     except (OSError, ExtentsError) as e:
         log.warning("%s: not written: %s", system.layout.layout_cache, e)
     finally:

@@ -12,7 +12,7 @@ from types import TracebackType
 from host import digest
 from rpmextents.errors import ExtentsError, FormatError, VerifyError
 from rpmextents.files import Extent, FileList, header_files
-from rpmextents.header import HASH_ALGOS, Tag, TagValue, read_prefix
+from rpmextents.header import HASH_ALGOS, PackagePrefix, Tag, TagValue, read_prefix
 from rpmextents.index import HEAD, Index, RecordKind, align_up, parse_head, parse_records
 from rpmextents.index import parse as parse_index
 from rpmextents.keyring import Keyring, check_header
@@ -93,13 +93,13 @@ class PackageIdentity:
     header_sha256: str
 
 
-def start_size(fd: int) -> tuple[int, str]:
+def start_size(fd: int) -> tuple[int, PackagePrefix]:
     """(how many bytes of the extents RPM open as fd lie before its data: lead, headers and
-    index; its header's sha256), the sizes taken from the headers and the index head.
-    Nothing past them is checked: ExtentsPackage checks them all when it parses the bytes."""
+    index; its lead, signature and header), the sizes taken from the headers and the index
+    head. Nothing past them is checked: ExtentsPackage checks them all when it parses the bytes."""
     prefix = read_prefix(_FileReader(fd))  # type: ignore[arg-type]
     end = prefix.header_end
-    return end + parse_head(os.pread(fd, HEAD.size, end), end, os.fstat(fd).st_size)[1], prefix.sha256()
+    return end + parse_head(os.pread(fd, HEAD.size, end), end, os.fstat(fd).st_size)[1], prefix
 
 
 def read_identity(path: str | os.PathLike[str]) -> PackageIdentity:

@@ -339,3 +339,37 @@ def test_refresh_leaves_a_cache_that_is_already_as_written(
     os.chmod(cache, 0o400)  # as written but for its mode
     assert layoutcache.refresh(cache, store, shas)
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o600
+
+
+def test_a_header_digest_the_caller_knows_is_recorded_without_hashing_and_decides_nothing(
+        cached: tuple[Path, Path, list[ManifestPackage]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """copies() records the header sha256 a caller gives for an entry instead of hashing
+    the header again (anything but 64 hex digits given is ignored: the header is hashed);
+    a copy recorded with a wrong one is still checked against the manifest by the store."""
+    from host import digest
+
+    root, _, refs = cached
+    store = Store(root)
+    shas = [r.sha256 for r in refs]
+    hashed: list[int | None] = []
+    real = digest.new
+
+    def counted(name: str, size: int | None) -> digest.Hash:
+        hashed.append(size)
+        return real(name, size)
+
+    monkeypatch.setattr(digest, "new", counted)
+    given = {shas[0]: "0" * 64, shas[1]: "not a digest"}
+    recorded = {sha: header for sha, _, header, _, _ in
+                ((c[0], c[1], c[2], c[3], list(c[4])) for c in layoutcache.copies(store, shas, given))}
+    assert recorded[shas[0]] == "0" * 64
+    assert recorded[shas[1]] == refs[1].header_sha256 and recorded[shas[2]] == refs[2].header_sha256
+    assert len(hashed) == 2  # the second and third entries' headers alone
+    cache = tmp_path / "given"
+    monkeypatch.setattr(digest, "new", real)
+    layoutcache.save(cache, layoutcache.copies(store, shas, given))
+    reader = _store(root, cache, refs)
+    for ref in refs:
+        assert reader.check_stored(ref, content=False)
+        assert reader.package(ref.sha256).header_sha256 == ref.header_sha256
