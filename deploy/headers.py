@@ -113,10 +113,13 @@ def header_identities(usr: Path) -> set[FileIdentity]:
 
 def installed_file_lists(usr: Path, known: Mapping[str, Listed],
                          read: dict[FileIdentity, Listed] | None = None,
-                         keep: Container[FileIdentity] | None = None) -> Iterator[Listed]:
+                         keep: Container[FileIdentity] | None = None,
+                         names: Mapping[str, str] | None = None) -> Iterator[Listed]:
     """The file list of each package of the /usr tree at usr, as installed_packages reads
     them; a header file whose bytes hash to a key of known (header sha256 -> that header's
-    file list, or its /etc part, already read) is hashed, not parsed again.
+    file list, or its /etc part, already read) is hashed, not parsed again. names: the
+    sha256 of the header files of a tree known to hold exactly those bytes (by file name:
+    a deployment found intact, deploy.basecheck), taken instead of hashing them.
 
     read remembers each file read by its identity (inode number, ctime, mtime, size): the
     tree of an update is a snapshot of the old one, whose files keep their inode numbers
@@ -134,7 +137,8 @@ def installed_file_lists(usr: Path, known: Mapping[str, Listed],
                     identity = (st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
                     files: Listed | None = read.get(identity) if read is not None else None
                     if files is None and known:  # nothing known (a full build's): no hashing
-                        files = known.get(digest.file_digest(f, "sha256").hexdigest())
+                        sha = names.get(name) if names is not None else None
+                        files = known.get(sha if sha is not None else digest.file_digest(f, "sha256").hexdigest())
                     if files is None:
                         f.seek(0)
                         header = read_prefix(cast(BinaryIO, f)).header

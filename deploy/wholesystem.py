@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from deploy import bootselect, mounts, rootfs, sysusers
+from deploy import basecheck, bootselect, mounts, rootfs, sysusers
 from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build, refuse_claims
 from deploy.etcbase import record_after, recorded_files, write_records
 from deploy.etcmerge import EtcMerge, EtcPart, merge_etc
@@ -58,7 +58,8 @@ def device(system: System) -> str:
 def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
           known: Mapping[str, FileList] | None = None,
           lists: tuple[Sequence[FileList], Sequence[FileList]] | None = None,
-          written: Mapping[str, tuple[str, EtcPart]] | None = None) -> EtcMerge:
+          written: Mapping[str, tuple[str, EtcPart]] | None = None,
+          old_names: Mapping[str, str] | None = None) -> EtcMerge:
     """Merge the image's /etc into the root (deploy.etcmerge) as `rpm -U` from the packages
     of old_usr would (`rpm -i` without one) and record it in the new /usr. The packages are
     the trees' header files; known: file lists already read, by their header's sha256;
@@ -66,7 +67,9 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
     knows what both trees hold (tree_lists): then no header file is read; written: what a
     full build wrote into usr, by header file name: (the sha256 of that header file, its
     /etc part) (see _new_packages). An old tree's header file that hashes to one of those
-    is taken as that part, not parsed again (a full build of packages old_usr has too)."""
+    is taken as that part, not parsed again (a full build of packages old_usr has too);
+    old_names: the sha256 of old_usr's header files by name, when the tree is known to hold
+    exactly its record's (installed_file_lists' names), so that none of them is hashed."""
     reuse: Mapping[str, Listed] = known or {}
     if written:
         reuse = {**reuse, **{sha: part for sha, part in written.values()}}
@@ -83,7 +86,8 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
         # A full build's tree is new (and its packages noted): nothing to remember.
         read: dict[FileIdentity, Listed] | None = {} if old_usr is not None and not written else None
         old = (installed_file_lists(old_usr, reuse, read,
-                                    keep=header_identities(usr) if read is not None else ())
+                                    keep=header_identities(usr) if read is not None else (),
+                                    names=old_names)
                if old_usr is not None else None)
         new = _new_packages(usr, known or {}, read, written)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -148,6 +152,16 @@ def _read(store: Store, m: Image, base: DeploymentRecord | None) -> dict[str, Fi
     return known
 
 
+def _header_names_if_intact(system: System, base: DeploymentRecord | None) -> dict[str, str] | None:
+    """The sha256 of base's header files by name, as its record gives them, when its tree
+    is as it was built (deploy.basecheck.intact: an update found it so, or it was not
+    changed since it was built or checked); else None (the files are hashed: a full build
+    of the benchmark corpus hashed 5.5 MB of them, past host.digest's budget)."""
+    if base is None or not basecheck.intact(system, base.id):
+        return None
+    return {f"{p.nvra}.rpm": p.header_sha256 for p in base.packages}
+
+
 def build_system(
     system: System, m: Image, store: Store, new_id: str, progress: ProgressFn,
     base: DeploymentRecord | None, write_record: Seal, *, full: bool = False,
@@ -183,7 +197,8 @@ def build_system(
             known = _read(store, m, base)
             lists = (tree_lists(known, base, m)
                      if updated and base is not None and root_base == base.id else None)
-            merged.append(merge(root, tree, old_usr, root_base, known, lists, written))
+            names = _header_names_if_intact(system, base) if lists is None and root_base is not None else None
+            merged.append(merge(root, tree, old_usr, root_base, known, lists, written, names))
             checkpoint("etc merged")
             write_record(tree, subvol_id, owner_ids)
             # The root goes into place before its /usr: a complete deployment always has it.

@@ -68,3 +68,30 @@ def test_a_forged_or_broken_mark_means_the_walk(sysroot: Path, images: Images) -
     # The walk finds the base intact and marks it again; the update is built from it.
     second = deploy(sysroot, images.v2, images.key).json()
     assert second["build"] == "update" and second["base_damage"] == []
+
+
+def test_an_intact_bases_header_files_are_named_by_its_record_and_a_changed_ones_are_not(
+        sysroot: Path, images: Images) -> None:
+    """A full build's /etc merge takes the digests of the old tree's header files from its
+    deployment's record only while the intact mark vouches for the tree: then each named
+    file's bytes hash to what the record says; once a header file is changed, nothing is named."""
+    import hashlib
+
+    from deploy import state
+    from deploy.wholesystem import _header_names_if_intact
+
+    first = str(deploy(sysroot, images.v1, images.key).json()["deployment"]["id"])  # type: ignore[index]
+    record = state.load(sysroot / "@rpmimg/state.json").find(first)
+    tree = sysroot / "@rpmimg/deployments" / first
+    with open_system(sysroot) as system:
+        names = _header_names_if_intact(system, record)
+        assert _header_names_if_intact(system, None) is None
+    assert names is not None and len(names) == len(record.packages)  # type: ignore[union-attr]
+    for name, sha in names.items():
+        assert hashlib.sha256((tree / "lib/sysimage/packages" / name).read_bytes()).hexdigest() == sha
+    kernel.subvolume_set_readonly(tree, False)
+    victim = tree / "lib/sysimage/packages" / sorted(names)[0]
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\1")
+    kernel.subvolume_set_readonly(tree, True)
+    with open_system(sysroot) as system:
+        assert _header_names_if_intact(system, record) is None

@@ -185,6 +185,35 @@ def test_an_old_trees_header_files_are_taken_as_the_parts_a_full_build_noted_whe
     assert etc_entries(got[:3]) == etc_entries(parsed[:3]) != {}
 
 
+def test_an_intact_trees_header_files_are_named_by_its_record_not_hashed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With names (the header files' sha256 by name, as an intact deployment's record gives
+    them), a named header file is looked up by its name's digest without being read for a
+    hash; a file the names leave out is hashed as before."""
+    from deploy import headers
+    from deploy.etcmerge import EtcPart
+
+    parts = {sha: EtcPart.of(files) for sha, files in (_known(n) for n in NAMES)}
+    shas = list(parts)
+    usr = _tree(tmp_path, {n: _raw(n) for n in NAMES})
+    hashed: list[object] = []
+    real = headers.digest.file_digest
+
+    def counted(f: object, name: str) -> object:
+        hashed.append(f)
+        return real(f, name)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(headers.digest, "file_digest", counted)
+    names = {f"{NAMES[0]}.rpm": shas[0], f"{NAMES[1]}.rpm": shas[1]}
+    got = list(installed_file_lists(usr, parts, names=names))
+    assert got == [parts[sha] for sha in shas]
+    assert len(hashed) == 1  # the third file's, which names leave out
+    # A name given another package's digest takes that part: names stand for the tree's
+    # bytes, which is why only an intact deployment's record gives them.
+    swapped = {f"{NAMES[0]}.rpm": shas[1]}
+    assert next(iter(installed_file_lists(usr, parts, names=swapped))) == parts[shas[1]]
+
+
 def test_a_prefix_digest_is_worked_out_once_and_only_for_immutable_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     """PackagePrefix.sha256 is the sha256 of raw, hashed once per prefix of bytes; a prefix
     built over mutable bytes is hashed on every call (what it holds may have changed)."""
