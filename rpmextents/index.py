@@ -219,12 +219,16 @@ def parse(region: bytes, index_start: int, file_size: int) -> Index:
                  bytes(view[rec_end:fill_start]))
 
 
-def parse_records(read: Callable[[int, int], bytes], index_start: int, file_size: int) -> tuple[Index, int]:
+def parse_records(read: Callable[[int, int], bytes], index_start: int, file_size: int,
+                  check_digest: bool = True) -> tuple[Index, int]:
     """Parse and check the index like parse(), reading it with read(offset, n) in chunks and
     keeping only its records: (the index without its literals, where they start in the file).
 
     The literal bytes (the cpio headers and names, most of a big index) are hashed on the
-    way and dropped; whoever needs them reads them again from the file.
+    way and dropped; whoever needs them reads them again from the file. Without
+    check_digest (a file whose whole content was just found to hash to what names it, which
+    covers the index and its digest) the literals are not read and the index's own digest
+    is not worked out; the head, the records and the fill are checked all the same.
     """
     head = read(index_start, HEAD.size)
     block_size, index_size, data_size, stream_size, count, literal_size = parse_head(
@@ -234,21 +238,24 @@ def parse_records(read: Callable[[int, int], bytes], index_start: int, file_size
     fill_start = rec_end + literal_size
     if fill_start + DIGEST_SIZE > index_size:
         raise FormatError(f"absurd extents index size {index_size} for {count} records")
-    digest = _digest.new("sha256", index_size)
-    digest.update(head)
+    digest = _digest.new("sha256", index_size) if check_digest else None
     packed = read(index_start + HEAD.size, rec_end - HEAD.size)
-    digest.update(packed)
-    pos = rec_end
+    if digest is not None:
+        digest.update(head)
+        digest.update(packed)
+    pos = rec_end if digest is not None else fill_start
     while pos < index_size - DIGEST_SIZE:
         chunk = read(index_start + pos, min(1 << 18, index_size - DIGEST_SIZE - pos))
         if not chunk:
             raise FormatError(f"truncated extents index at offset {index_start + pos}")
-        digest.update(chunk)
+        if digest is not None:
+            digest.update(chunk)
         zero_from = max(fill_start - pos, 0)
         if zero_from < len(chunk) and chunk.count(0, zero_from) != len(chunk) - zero_from:
             raise FormatError("extents index fill is not zero")
         pos += len(chunk)
-    if len(packed) != rec_end - HEAD.size or digest.digest() != read(index_start + index_size - DIGEST_SIZE, DIGEST_SIZE):
+    if len(packed) != rec_end - HEAD.size or (
+            digest is not None and digest.digest() != read(index_start + index_size - DIGEST_SIZE, DIGEST_SIZE)):
         raise FormatError("extents index digest mismatch (the index was changed or damaged)")
     data_offset = index_start + index_size
     _check_records(packed, data_offset, block_size, data_size, stream_size, literal_size)

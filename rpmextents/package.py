@@ -127,13 +127,17 @@ class ExtentsPackage:
     """An open extents RPM: its header, file entries and data extents."""
 
     def __init__(self, path: Path, fd: int,
-                 copied: tuple[Callable[[int, int], bytes], os.stat_result] | None = None) -> None:
+                 copied: tuple[Callable[[int, int], bytes], os.stat_result] | None = None,
+                 whole_checked: bool = False) -> None:
         """The package open as fd; or, with copied (fd -1), closed and parsed from a copy of
         the file's bytes before its data (the lead to the end of the index), read(offset, n)
         as from the file, and the stat of the file they are a copy of (who gives them
-        answers for their being that file's)."""
+        answers for their being that file's). whole_checked: the caller found the whole file
+        to hash to what names it just now (a store entry it checked): the index's own digest,
+        part of those bytes, is not worked out again (index.parse_records)."""
         self.path = path
         self._fd = fd
+        self._index_digest = copied is not None or not whole_checked
         read: Callable[[int, int], bytes]
         if copied is None:
             st = os.fstat(fd)
@@ -166,7 +170,7 @@ class ExtentsPackage:
 
     def _records(self, read: Callable[[int, int], bytes]) -> Iterator[tuple[int, int, int]]:
         """(file index, offset, length) of each data record, the whole index checked."""
-        index, _ = parse_records(read, self.prefix.header_end, self.size)
+        index, _ = parse_records(read, self.prefix.header_end, self.size, self._index_digest)
         if (index.block_size, index.data_offset) != (self.block_size, self.data_offset):
             raise FormatError("extents index head changed since it was read")
         self._data_bytes = sum(b for _, _, b in index.data_triples())
@@ -192,12 +196,13 @@ class ExtentsPackage:
         return self._index_head.data_offset
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> ExtentsPackage:
-        """Open and structurally check an extents RPM (FormatError names the file)."""
+    def open(cls, path: str | os.PathLike[str], whole_checked: bool = False) -> ExtentsPackage:
+        """Open and structurally check an extents RPM (FormatError names the file);
+        whole_checked as for the constructor."""
         p = Path(path)
         fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return cls(p, fd)
+            return cls(p, fd, whole_checked=whole_checked)
         except ExtentsError as e:
             os.close(fd)
             raise type(e)(f"{p}: {e}") from e

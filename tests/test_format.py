@@ -354,3 +354,40 @@ def test_gzip_reader_members_padding_and_truncation() -> None:
     with pytest.raises(EOFError):
         while truncated.read(65536):
             pass
+
+
+def test_an_index_read_without_its_digest_is_still_checked_for_its_records_and_fill(tmp_path: Path) -> None:
+    """parse_records without check_digest (for a file whose whole content was just hashed)
+    reads no literal and works out no digest, but refuses a bad record or fill as before;
+    with it, a changed literal is caught."""
+    from fixtures.build import fixture_packages
+    from rpmextents.index import HEAD, RECORD, parse_head, parse_records
+
+    good = tmp_path / "good.rpm"
+    transcode(fixture_packages()["sizes"], good)
+    data = good.read_bytes()
+    with ExtentsPackage.open(good) as pkg:
+        start = pkg.header_end
+    _, index_size, _, _, count, literal_size = parse_head(data[start:start + HEAD.size], start, len(data))
+    literal = start + HEAD.size + RECORD.size * count
+    fill = literal + literal_size
+    assert fill < start + index_size - 32  # the fixture's index has fill to spoil
+
+    def parsed(blob: bytes, check: bool) -> int:
+        index, _ = parse_records(lambda offset, n: blob[offset:offset + n], start, len(blob), check)
+        return len(list(index.data_triples()))
+
+    def changed(at: int) -> bytes:
+        spoiled = bytearray(data)
+        spoiled[at] ^= 0x20
+        return bytes(spoiled)
+
+    assert parsed(data, True) == parsed(data, False) > 0
+    with pytest.raises(FormatError, match="digest mismatch"):
+        parsed(changed(literal), True)
+    assert parsed(changed(literal), False) == parsed(data, False)  # not read: the caller hashed it
+    for check in (True, False):
+        with pytest.raises(FormatError, match="fill is not zero"):
+            parsed(changed(fill), check)
+        with pytest.raises(FormatError):
+            parsed(changed(start + HEAD.size + 4), check)  # a record's file index

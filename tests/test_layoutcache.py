@@ -47,9 +47,10 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
     seen: list[Path] = []
     real = ExtentsPackage.open.__func__  # type: ignore[attr-defined]
 
-    def counting(cls: type[ExtentsPackage], path: str | os.PathLike[str]) -> ExtentsPackage:
+    def counting(cls: type[ExtentsPackage], path: str | os.PathLike[str],
+                 whole_checked: bool = False) -> ExtentsPackage:
         seen.append(Path(path))
-        return real(cls, path)  # type: ignore[no-any-return]
+        return real(cls, path, whole_checked)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(ExtentsPackage, "open", classmethod(counting))
     yield seen

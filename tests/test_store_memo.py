@@ -14,6 +14,7 @@ from storetools import stored
 from deploy.errors import PackageError
 from deploy.store import Store
 from rpmextents import ExtentsPackage
+from rpmextents.errors import ExtentsError
 from rpmextents.package import read_identity
 
 
@@ -105,3 +106,66 @@ def test_a_store_that_remembers_nothing_checks_identity_from_the_header_alone(tm
     store.path(ref.sha256).write_bytes(b"\0" * 200)  # not an extents RPM any more
     assert not store.check_stored(ref, content=False, keep=False)
     assert not store.path(ref.sha256).exists()
+
+
+def _index_digests(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """The sizes of the extents-index digests worked out from now on."""
+    from rpmextents import index
+
+    sizes: list[int | None] = []
+    real = index._digest.new
+
+    def counted(name: str, size: int | None) -> object:
+        sizes.append(size)
+        return real(name, size)
+
+    monkeypatch.setattr(index._digest, "new", counted)
+    return sizes
+
+
+def _literal_offset(path: Path) -> int:
+    """Where the first literal byte of the entry's extents index is."""
+    from rpmextents.index import HEAD, RECORD, parse_head
+
+    with ExtentsPackage.open(path) as pkg:
+        start = pkg.header_end
+    with open(path, "rb") as f:
+        f.seek(start)
+        _, _, _, _, count, literal_size = parse_head(f.read(HEAD.size), start, path.stat().st_size)
+    assert literal_size > 0
+    return start + HEAD.size + RECORD.size * count
+
+
+def test_an_entry_found_whole_is_read_without_its_index_digest_and_only_then(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry read before any check has its extents index's digest worked out; one the
+    store just found to hash to its name (damaged_entries) is read without it. An entry
+    damaged in its index is found damaged, so it is never read on that check's word."""
+    root = tmp_path / "store"
+    ref = stored(Store(root), tmp_path, "sizes")
+    digests = _index_digests(monkeypatch)
+    store = Store(root)
+    store.package(ref.sha256)
+    assert len(digests) == 1  # not checked yet: the index's own digest is checked
+    store.forget(ref.sha256)
+    assert store.damaged_entries([ref.sha256]) == set()
+    digests.clear()
+    with store.opened(ref.sha256) as pkg:
+        assert pkg.data_bytes > 0  # its records read and checked
+    assert digests == []  # nothing hashed: neither the index nor anything else
+
+    path = store.path(ref.sha256)
+    os.chmod(path, 0o644)
+    at = _literal_offset(path)
+    with open(path, "r+b") as f:  # a byte of a cpio name in the index: still parses
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x20]))
+    fresh = Store(root)
+    assert fresh.damaged_entries([ref.sha256]) == {ref.sha256}
+    with pytest.raises(ExtentsError, match="digest mismatch"):
+        fresh.package(ref.sha256)
+    # And a store that found it whole before it was damaged forgets that when it removes it.
+    store.remove(ref.sha256)
+    assert ref.sha256 not in store._whole
