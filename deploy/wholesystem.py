@@ -177,6 +177,10 @@ def build_system(
     try:
         root_base = None if fresh_root or base is None else base.id
         old_usr = system.layout.deployment(root_base) if root_base is not None else None
+        # Asked before anything is built: the check syncs the filesystem, which costs nothing
+        # yet (asked at the merge, it waited a quarter of a second for the build's writes).
+        # An update's merge reads no header file of either tree (tree_lists).
+        old_names = _header_names_if_intact(system, base) if full and root_base is not None else None
         root = rootfs.make_root(system, new_id, device(system), root_base,
                                 adopt=base is None and not fresh_root, var_subvol=var_subvol)
         checkpoint("root created")
@@ -197,8 +201,8 @@ def build_system(
             known = _read(store, m, base)
             lists = (tree_lists(known, base, m)
                      if updated and base is not None and root_base == base.id else None)
-            names = _header_names_if_intact(system, base) if lists is None and root_base is not None else None
-            merged.append(merge(root, tree, old_usr, root_base, known, lists, written, names))
+            merged.append(merge(root, tree, old_usr, root_base, known, lists, written,
+                                old_names if lists is None else None))
             checkpoint("etc merged")
             write_record(tree, subvol_id, owner_ids)
             # The root goes into place before its /usr: a complete deployment always has it.
