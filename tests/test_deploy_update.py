@@ -318,3 +318,76 @@ def test_the_etc_merge_of_an_update_takes_both_trees_lists_as_their_header_files
     assert [nevra_of(f.header).name for f in backwards[0]] == ["alpha", "beta", "gamma"]
     del known[new.packages[-1].header_sha256]
     assert tree_lists(known, old, new) is None
+
+
+def _in_process_update(sysroot: Path, source: Path, key: SigningKey) -> object:
+    from deploy.system import open_system
+    from deploy.transaction import DeployOptions
+    from deploy.transaction import deploy as deploy_now
+
+    with open_system(sysroot) as system:
+        return deploy_now(system, DeployOptions(source=os.fspath(source), keyrings=(key.public,)))
+
+
+def test_an_update_that_fails_after_its_database_started_waits_for_it_and_leaves_nothing(
+    sysroot: Path, update_images: UpdateImages, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database update starts before the changed files are written (build._update); a
+    failure while they are written waits for it before the tree is discarded: no thread
+    outlives the deploy, and the state, the deployments and staging are as they were."""
+    import threading
+
+    from deploy.tree import TreeBuilder
+
+    imgs = update_images
+    deploy(sysroot, imgs.v1, imgs.key)
+    top = sysroot / "@rpmimg"
+    before = (state.load(top / "state.json"), sorted(os.listdir(top / "deployments")),
+              sorted(os.listdir(top / "staging")))
+    running: list[bool] = []
+
+    def failing(self: TreeBuilder, *args: object, **kw: object) -> object:
+        running.append(any(t.name == "rpmdb-update" for t in threading.enumerate()))
+        raise OSError(5, "injected failure")
+
+    monkeypatch.setattr(TreeBuilder, "add_package", failing)
+    with pytest.raises(OSError, match="injected failure"):
+        _in_process_update(sysroot, imgs.v2, imgs.key)
+    assert running and running[0]  # the database was being changed as files were written
+    assert not any(t.name == "rpmdb-update" for t in threading.enumerate())
+    assert (state.load(top / "state.json"), sorted(os.listdir(top / "deployments")),
+            sorted(os.listdir(top / "staging"))) == before
+
+
+def test_an_update_found_inexact_while_its_files_are_written_is_built_in_full(
+    sysroot: Path, update_images: UpdateImages, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NoDelta raised after the database update started: it is waited for and dropped with
+    the tree, and the full build that follows makes its own database, recording v2."""
+    from deploy import delta
+    from deploy.tree import TreeBuilder
+
+    imgs = update_images
+    deploy(sysroot, imgs.v1, imgs.key)
+    staging = sorted(os.listdir(sysroot / "@rpmimg/staging"))
+    real = TreeBuilder.add_package
+    calls: list[bool] = []
+
+    def inexact(self: TreeBuilder, pkg: object, *args: object, **kw: object) -> object:
+        if kw.get("only") is not None and not calls:
+            calls.append(True)
+            raise delta.NoDelta("injected: not exact")
+        return real(self, pkg, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TreeBuilder, "add_package", inexact)
+    result = _in_process_update(sysroot, imgs.v2, imgs.key)
+    assert calls and result.build == "full" and "injected" in result.full_reason  # type: ignore[attr-defined]
+    tree = sysroot / "@rpmimg/deployments" / result.deployment  # type: ignore[attr-defined]
+    assert sorted(rpmdb.installed(tree)) == sorted(
+        f"{nevra_of_file(p)}" for p in imgs.v2_rpms)
+    assert sorted(os.listdir(sysroot / "@rpmimg/staging")) == staging
+
+
+def nevra_of_file(rpm: Path) -> str:
+    return subprocess.run(["rpm", "-qp", "--nosignature", "--qf", "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}", rpm],
+                          capture_output=True, text=True, check=True).stdout
