@@ -201,8 +201,7 @@ def build_system(
             known = _read(store, m, base)
             lists = (tree_lists(known, base, m)
                      if updated and base is not None and root_base == base.id else None)
-            merged.append(merge(root, tree, old_usr, root_base, known, lists, written,
-                                old_names if lists is None else None))
+            merged.append(merge(root, tree, old_usr, root_base, known, lists, written, old_names))
             checkpoint("etc merged")
             write_record(tree, subvol_id, owner_ids)
             # The root goes into place before its /usr: a complete deployment always has it.
