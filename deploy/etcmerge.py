@@ -9,7 +9,7 @@ the deployment is ever booted. The result lists what happened to every path that
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from deploy.etcbase import BaseEntry, Recorded, read_merge_record, record_base, write_records
@@ -100,13 +100,20 @@ class EtcPart:
 Package = Header | FileList | EtcPart
 
 
-def etc_entries(headers: Iterable[Package]) -> dict[str, tuple[Entry, str]]:
+def etc_entries(headers: Iterable[Package], parts: dict[int, EtcPart] | None = None
+                ) -> dict[str, tuple[Entry, str]]:
     """path -> (entry, NEVRA) of every entry below /etc; a later package's wins, as in the tree.
-    A package is its header, its file list when that was read already, or its EtcPart."""
+    A package is its header, its file list when that was read already, or its EtcPart.
+    parts: the parts worked out already, by id() of their package, which the caller keeps
+    alive as long as the dict (so no id stands for another object); filled in here."""
     owned: dict[str, tuple[Entry, str]] = {}
     for header in headers:
-        part = header if isinstance(header, EtcPart) else EtcPart.of(
-            header if isinstance(header, FileList) else header_files(header))
+        part = parts.get(id(header)) if parts is not None else None
+        if part is None:
+            part = header if isinstance(header, EtcPart) else EtcPart.of(
+                header if isinstance(header, FileList) else header_files(header))
+            if parts is not None:
+                parts[id(header)] = part
         for entry in part.entries:
             owned[entry.path] = (entry, part.nevra)
     return owned
@@ -210,8 +217,11 @@ def merge_etc(root_fd: int, usr_fd: int, old: Iterable[Package] | None,
     whose digests stand for the untouched ones in the base record made here.
     Raises EtcMergeError naming the path when the root can't take the result.
     """
-    new_owned = etc_entries(new)
-    old_owned = etc_entries(old or ())
+    # Both trees' packages given as sequences (an update's lists): those the trees share are
+    # the same objects, held by the sequences for the whole merge, and parsed for /etc once.
+    parts: dict[int, EtcPart] | None = {} if isinstance(new, Sequence) and isinstance(old, Sequence) else None
+    new_owned = etc_entries(new, parts)
+    old_owned = etc_entries(old or (), parts)
     base = record_base(root_fd, recorded)
     hashed = {f"{ETC}/{e.path}": e.recorded() for e in base if e.type == "f"}
     root, factory = EtcTree(fd_tree(root_fd), hashed), EtcTree(fd_tree(usr_fd, FACTORY))

@@ -23,7 +23,7 @@ from host import kernel
 from imagespec.relocation import USR_TREE, outside_usr
 from rpmextents import PACKAGE_DB, Entry, ExtentsPackage, Owners
 from rpmextents.extract import NO_REFLINK, extract
-from rpmextents.files import FileList
+from rpmextents.files import FileFlag, FileList
 from rpmextents.index import align_up
 from rpmextents.tree import Tree
 
@@ -33,6 +33,7 @@ def header_file_name(pkg: ExtentsPackage) -> str:
 
 
 _SETID = stat.S_ISUID | stat.S_ISGID
+_USR_BELOW = USR_TREE.top + "/"  # a directory name (DIRNAMES) starting so is inside /usr
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ class TreeBuilder:
             users, groups = entries.owner_names()
             self.stats.users |= users
             self.stats.groups |= groups
-            outside = [path for path, _, ghost in entries.outline() if not ghost and outside_usr(path)]
+            # A path with its directory name below /usr/ is inside: only the others are asked.
+            outside = [path for i, path in entries.paths_in(lambda d: not d.startswith(_USR_BELOW))
+                       if not entries.flags[i] & FileFlag.GHOST and outside_usr(path)]
             setid = [e for i, mode in enumerate(entries.modes) if mode & _SETID
                      and not (e := entries.entry(i)).ghost]
         else:

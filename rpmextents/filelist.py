@@ -269,9 +269,28 @@ class FileList(Sequence[Entry]):
         """The entries of directory and everything below it (an absolute path), in order;
         no Entry is made for the others."""
         below = directory.rstrip("/") + "/"
-        for i, path in enumerate(self.paths()):
-            if path.startswith(below) or path == directory:
+        # A path below starts with its directory name: that name starts with below, or
+        # below with it ("/", "/etc/"); of any other, no path can be directory or below it.
+        for i, path in self.paths_in(lambda d: d.startswith(below) or below.startswith(d)):
+            if path.startswith(below) or path == below[:-1]:
                 yield self._entry(i, path, self.digest(i))
+
+    def paths_in(self, directories: Callable[[str], bool]) -> Iterator[tuple[int, str]]:
+        """(index, path) in order of the files whose directory name (DIRNAMES, "/usr/bin/")
+        directories() holds for, decoding no other name: a caller that wants the paths
+        below (or outside) some directory asks it of the names that may lead to one, then
+        checks each path. Old-style file names have no directory names: every path."""
+        dirindexes = self._dirindexes
+        if dirindexes is None:
+            yield from enumerate(self.paths())
+            return
+        wanted = [directories(d) for d in self._dirnames]
+        if not any(wanted):
+            return  # the common case: no file of this package, and nothing decoded
+        dirnames, string_at, names = self._dirnames, self.header.string_at, self._names
+        for i, k in enumerate(dirindexes):
+            if wanted[k]:
+                yield i, dirnames[k] + string_at(names[i])
 
     @overload
     def __getitem__(self, i: int) -> Entry: ...

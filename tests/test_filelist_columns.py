@@ -8,11 +8,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rpmextents.errors import FormatError
-from rpmextents.filelist import CHUNK, _decoded, _interned
+from rpmextents.filelist import CHUNK, FileList, _decoded, _interned
 from rpmextents.header import HEADER_MAGIC, Header, TagType
 
 STRINGS, AFTER = 1000, 1001
@@ -166,3 +166,58 @@ def test_owner_names_leave_out_the_owners_of_ghost_files_only(tmp_path: Path) ->
     assert [(p, g) for p, _, g in files.outline()] == [
         ("/usr/lib/ghosts", False), ("/usr/lib/ghosts/also", False),
         ("/usr/lib/ghosts/gone", True), ("/usr/lib/ghosts/live", False)]
+
+
+def _split_list(dirnames: list[str], files: list[tuple[int, str]]) -> FileList:
+    """A file list whose paths are DIRNAMES[i] + BASENAMES as given, however odd the split."""
+    from benchmarks.rpmwriter import Header as HeaderWriter
+    from benchmarks.rpmwriter import TagType as Kind
+    from rpmextents.header import Tag
+
+    w = HeaderWriter()
+    w.add(Tag.DIRNAMES, Kind.STRING_ARRAY, dirnames)
+    w.add(Tag.BASENAMES, Kind.STRING_ARRAY, [name for _, name in files])
+    w.add(Tag.DIRINDEXES, Kind.INT32, [k for k, _ in files])
+    w.add(Tag.FILEMODES, Kind.INT16, [0o100644] * len(files))
+    w.add(Tag.FILESIZES, Kind.INT32, [0] * len(files))
+    w.add(Tag.FILEFLAGS, Kind.INT32, [64 if i % 3 == 0 else 0 for i in range(len(files))])
+    return FileList(Header(w.blob(63)))
+
+
+# Directory names that end mid-name, hold no slash at the end, or are "/" itself: rpmbuild
+# writes none of them, a hostile header may.
+_DIRNAMES = ["/", "/etc/", "/et", "/etc", "/etcx/", "/usr/", "/usr", "/usr/lib/", "/u", "", "/etc/a/"]
+_BASENAMES = ["etc", "c", "c/x", "/x", "x", "usr", "sr/x", "r", "usr/x", "etc/y"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(_DIRNAMES) - 1), st.sampled_from(_BASENAMES)),
+                min_size=1, max_size=40))
+def test_entries_below_and_paths_in_agree_with_every_path(files: list[tuple[int, str]]) -> None:
+    """entries_below and account's outside-/usr list ask only the directory names that may
+    lead to a wanted path (paths_in): the same answer as looking at every path."""
+    from deploy.tree import TreeBuilder
+    from imagespec.relocation import outside_usr
+
+    try:
+        fl = _split_list(_DIRNAMES, files)
+    except FormatError:
+        assume(False)  # a path the file list refuses (relative, "//"): no list to ask
+    walked = list(fl)
+    for top in ("/etc", "/etc/", "/usr", "/e"):
+        d = top.rstrip("/")
+        assert list(fl.entries_below(top)) == [e for e in walked if e.path == d or e.path.startswith(d + "/")]
+    builder = TreeBuilder.__new__(TreeBuilder)
+    builder.stats = type("S", (), {"users": set(), "groups": set(), "setid": [], "outside_usr": {}})()
+    builder.account("p-1-1.noarch", fl)
+    want = [e.path for e in walked if not e.ghost and outside_usr(e.path)]
+    assert builder.stats.outside_usr.get("p-1-1.noarch", []) == want
+
+
+def test_paths_in_decodes_nothing_of_a_package_without_wanted_directories() -> None:
+    fl = _split_list(["/usr/bin/", "/usr/lib/"], [(0, "a"), (1, "b"), (0, "c")])
+    assert list(fl.entries_below("/etc")) == []
+    asked: list[str] = []
+    assert list(fl.paths_in(lambda d: asked.append(d) or False)) == []
+    assert asked == ["/usr/bin/", "/usr/lib/"]
+    assert list(fl.paths_in(lambda d: d == "/usr/lib/")) == [(1, "/usr/lib/b")]

@@ -241,3 +241,46 @@ def test_a_prefix_digest_is_worked_out_once_and_only_for_immutable_bytes(monkeyp
     blob[-1] ^= 1
     assert mutable.sha256() != expected
     assert len(made) == 3
+
+
+def test_an_updates_shared_file_lists_are_parsed_for_etc_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update's merge gets both trees' file lists as sequences: a package both trees
+    have is one object, whose /etc part is worked out once; the merge is the same as with
+    every list parsed on its own. Lists given one at a time (a full build's) are not kept."""
+    import os
+    import shutil
+
+    from deploy.etcmerge import EtcPart, merge_etc
+
+    of = EtcPart.of
+    calls: list[FileList] = []
+    monkeypatch.setattr(EtcPart, "of", classmethod(lambda cls, files: calls.append(files) or of(files)))
+    shared = [_known(n)[1] for n in NAMES]
+    alone = _known("sizes")[1]
+    from rpmextents.transcode import transcode
+    from tests.etcfixture import build_usr
+
+    root, usr = tmp_path / "root", tmp_path / "usr"
+    (root / "etc").mkdir(parents=True)
+    for n in NAMES:  # the new /usr, /etc under share/factory
+        transcode(fixture_packages()[n], tmp_path / f"{n}.rpm", fsync=False)
+        build_usr(tmp_path / f"{n}.rpm", usr, root)
+
+    def merged(old: object, new: object) -> tuple[object, ...]:
+        fresh = tmp_path / f"root-{len(os.listdir(tmp_path))}"  # each merge onto the same root
+        shutil.copytree(root, fresh, symlinks=True)
+        fds = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in (fresh, usr)]
+        try:
+            return merge_etc(fds[0], fds[1], old, new).actions  # type: ignore[arg-type]
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    once = merged([*shared[:2], alone], shared)
+    assert once  # it did merge: the packages' /etc entries were created
+    assert [id(f) for f in calls] == [id(f) for f in shared] + [id(alone)]
+    calls.clear()
+    each = merged(iter([_known(n)[1] for n in NAMES]), iter([_known(n)[1] for n in NAMES]))
+    assert len(calls) == 6
+    assert once == each
