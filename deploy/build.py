@@ -25,7 +25,7 @@ from deploy.tree import SetidFile, TreeBuilder, header_file_name
 from host import kernel
 from host.log import get as logger
 from rpmextents import ExtentsPackage, refuse_package_db
-from rpmextents.files import FileList, package_files
+from rpmextents.files import FileList, claim_candidates, package_files
 
 log = logger(__name__)
 
@@ -147,7 +147,7 @@ def build(
 def refuse_claims(nevra: str, files: FileList) -> None:
     """What build() checks of each package before it builds, for a caller that reads every
     package's file list before that anyway (the accounts)."""
-    refuse_package_db(nevra, zip(files.paths(), files.modes, strict=True))
+    refuse_package_db(nevra, claim_candidates(files))
 
 
 def _claims(store: Store, sha256: str) -> Iterable[tuple[str, int]]:
@@ -155,8 +155,7 @@ def _claims(store: Store, sha256: str) -> Iterable[tuple[str, int]]:
     remembers or read last (not a second copy beside it), else from the header alone (no
     index, no entries)."""
     if store.remembers or store.at_hand(sha256):
-        files = store.file_list(sha256)[1]
-        return zip(files.paths(), files.modes, strict=True)
+        return claim_candidates(store.file_list(sha256)[1])
     return package_files(store.path(sha256))
 
 

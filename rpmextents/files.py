@@ -21,6 +21,7 @@ __all__ = [
     "FileFlag",
     "FileList",
     "check_path",
+    "claim_candidates",
     "file_paths",
     "header_files",
     "package_db_path",
@@ -122,6 +123,23 @@ def package_db_path(files: Iterable[tuple[str, int]]) -> tuple[str, str] | None:
             if not stat.S_ISDIR(mode) and (p == reserved or reserved.startswith(p.rstrip("/") + "/")):
                 return p, reserved
     return None
+
+
+def _may_claim(dirname: str) -> bool:
+    """Whether a path with this directory name (DIRNAMES) may be one package_db_path looks
+    at: one starting with _RESERVED_TOP (the name starts with it, or it with the name), or
+    one of _RESERVED_PARENTS, each of which lies along _RESERVED_TOP or below it, so that
+    its directory name passes one of the tests (a parent with slashes after it is no path a
+    FileList takes)."""
+    return dirname.startswith(_RESERVED_TOP) or _RESERVED_TOP.startswith(dirname)
+
+
+def claim_candidates(files: FileList) -> Iterator[tuple[str, int]]:
+    """(path, mode) of the files of the list, in order, that package_db_path looks at closer,
+    decoding no other path (for most packages, none): the same claim as of every file."""
+    modes = files.modes
+    for i, path in files.paths_in(_may_claim):
+        yield path, modes[i]
 
 
 def refuse_package_db(nevra: str, files: Iterable[tuple[str, int]]) -> None:

@@ -186,13 +186,16 @@ def _split_list(dirnames: list[str], files: list[tuple[int, str]]) -> FileList:
 
 # Directory names that end mid-name, hold no slash at the end, or are "/" itself: rpmbuild
 # writes none of them, a hostile header may.
-_DIRNAMES = ["/", "/etc/", "/et", "/etc", "/etcx/", "/usr/", "/usr", "/usr/lib/", "/u", "", "/etc/a/"]
-_BASENAMES = ["etc", "c", "c/x", "/x", "x", "usr", "sr/x", "r", "usr/x", "etc/y"]
+_DIRNAMES = ["/", "/etc/", "/et", "/etc", "/etcx/", "/usr/", "/usr", "/usr/lib/", "/u", "", "/etc/a/",
+             "/usr/lib/sysimage/", "/usr/lib/sysimage", "/usr/lib/sysimage/rpm/", "/usr/lib/sys",
+             "/usr/lib/sysusers.d/", "/usr/lib/sysusers.d"]
+_BASENAMES = ["etc", "c", "c/x", "/x", "x", "usr", "sr/x", "r", "usr/x", "etc/y", "rpm", "rpmimg",
+              "rpm/x", "image/rpmimg/y", "sysimage", "lib/sysimage", "a.conf", "/a.conf", "users.d/b.conf"]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, len(_DIRNAMES) - 1), st.sampled_from(_BASENAMES)),
-                min_size=1, max_size=40))
+                min_size=1, max_size=12))
 def test_entries_below_and_paths_in_agree_with_every_path(files: list[tuple[int, str]]) -> None:
     """entries_below and account's outside-/usr list ask only the directory names that may
     lead to a wanted path (paths_in): the same answer as looking at every path."""
@@ -207,6 +210,14 @@ def test_entries_below_and_paths_in_agree_with_every_path(files: list[tuple[int,
     for top in ("/etc", "/etc/", "/usr", "/e"):
         d = top.rstrip("/")
         assert list(fl.entries_below(top)) == [e for e in walked if e.path == d or e.path.startswith(d + "/")]
+    # The package database claim, and the sysusers.d files, from the candidates alone.
+    from rpmextents.accounts import sysusers_entries
+    from rpmextents.files import claim_candidates, package_db_path
+
+    candidates = list(claim_candidates(fl))
+    assert package_db_path(candidates) == package_db_path((e.path, e.mode) for e in walked)
+    assert set(candidates) <= {(e.path, e.mode) for e in walked}
+    assert sysusers_entries(fl) == sysusers_entries(walked)
     builder = TreeBuilder.__new__(TreeBuilder)
     builder.stats = type("S", (), {"users": set(), "groups": set(), "setid": [], "outside_usr": {}})()
     builder.account("p-1-1.noarch", fl)
