@@ -255,9 +255,19 @@ def _lines(state: State) -> Iterator[bytes]:
     whole of to_json is ever in memory: at fifteen deployments of 347 packages the text is
     2.3 MB and the indented dump of to_json took 9 MB more than the records."""
     encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+    # Deployments share most of their packages' records (equal, most often the same
+    # objects): each distinct record is encoded once.
+    encoded: dict[PackageRecord, str] = {}
+
+    def package_line(p: PackageRecord) -> str:
+        line = encoded.get(p)
+        if line is None:
+            line = encoded[p] = encode(_package_json(p))
+        return line
+
     yield f'{encode(_head_json(state))[:-1]},"deployments":[\n'.encode()
     for n, d in enumerate(state.deployments, 1):
-        packages = ",\n".join(encode(_package_json(p)) for p in d.packages)
+        packages = ",\n".join(package_line(p) for p in d.packages)
         end = "," if n < len(state.deployments) else ""
         yield f'{encode(_own_json(d))[:-1]},"packages":[\n{packages}]}}{end}\n'.encode()
     yield b"]}\n"

@@ -97,10 +97,11 @@ def test_state_records_serialize_as_asdict_would(owner_ids: dict[str, dict[str, 
         dataclasses.asdict(rec), sort_keys=True)
 
 
-def test_state_file_is_a_line_a_package_and_deployments_share_their_records(tmp_path: Path) -> None:
-    """The file is written a line at a time (C encoder, never whole in memory); it reads
-    back as the same state whatever its layout, and a package in several deployments is
-    one record."""
+def test_state_file_is_a_line_a_package_and_deployments_share_their_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is written a line at a time (C encoder, never whole in memory), each distinct
+    package record encoded once; it reads back as the same state whatever its layout, and a
+    package in several deployments is one record."""
     shared = [state.PackageRecord(f"p{i}", i or None, "1.0", "1", "x86_64", HEX, HEX, i, f"/p{i}")
               for i in range(4)]
     recs = tuple(state.DeploymentRecord(str(n), "demo", str(n), "x86_64", "now", HEX, "/m", 256 + n,
@@ -110,7 +111,11 @@ def test_state_file_is_a_line_a_package_and_deployments_share_their_records(tmp_
                  for n in range(1, 4))
     s = state.State(deployments=recs, default="3", bad=("2",), next_id=4, newest={"demo": "3"}, serial=9)
     path = tmp_path / "state.json"
+    encoded: list[str] = []
+    package_json = state._package_json
+    monkeypatch.setattr(state, "_package_json", lambda p: encoded.append(p.name) or package_json(p))
     state.save(path, s)
+    assert sorted(encoded) == ["own", "own", "own", "p0", "p1", "p2"]  # 12 packages, 6 distinct
     text = path.read_text()
     assert json.loads(text) == state.to_json(s)
     lines = text.splitlines()
