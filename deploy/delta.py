@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from deploy.headers import HEADER_DIR
 from imagespec.relocation import USR_TREE
 from rpmextents import Entry, Owners
-from rpmextents.files import EntryType, FileList
+from rpmextents.files import EntryType, FileFlag, FileList, entry_type
 from rpmextents.header import STRONG_HASH_ALGOS
 from rpmextents.tree import Tree
 
@@ -139,6 +139,8 @@ Outline = tuple["array[int]", list[str], list[EntryType]]
 
 
 def _placed_outline(entries: Sequence[Entry]) -> Outline:
+    if isinstance(entries, FileList):
+        return _list_outline(entries)
     positions: array[int] = array("I")
     paths: list[str] = []
     types: list[EntryType] = []
@@ -148,6 +150,33 @@ def _placed_outline(entries: Sequence[Entry]) -> Outline:
             positions.append(position)
             paths.append(tree_path(image_path))
             types.append(etype)
+    return positions, paths, types
+
+
+_USR = USR_TREE.top
+_GHOST = int(FileFlag.GHOST)  # an int: IntFlag's & is Python code, run for every file
+
+
+def _usr_prefix(dirname: str) -> str | None:
+    """Where the files of a directory name below /usr/ are in the tree ("/usr/bin/" ->
+    "bin/"): what tree_path makes of each (a file list's paths are normalised, so no name
+    after such a directory name starts with "/"); None for the others."""
+    return dirname[len(_USR):].lstrip("/") if dirname.startswith(_USR + "/") else None
+
+
+def _list_outline(files: FileList) -> Outline:
+    """_placed_outline of a file list from its columns: the paths relocated by directory
+    name, the types by mode, no Entry made."""
+    positions: array[int] = array("I")
+    paths: list[str] = []
+    types: list[EntryType] = []
+    type_of = {mode: entry_type(mode) for mode in set(files.modes)}
+    rel_paths = files.mapped_paths(_usr_prefix, USR_TREE.tree_path)
+    for position, (rel, mode, flags) in enumerate(zip(rel_paths, files.modes, files.flags, strict=True)):
+        if not flags & _GHOST:
+            positions.append(position)
+            paths.append(rel)
+            types.append(type_of[mode])
     return positions, paths, types
 
 

@@ -33,6 +33,7 @@ def header_file_name(pkg: ExtentsPackage) -> str:
 
 
 _SETID = stat.S_ISUID | stat.S_ISGID
+_GHOST = int(FileFlag.GHOST)  # an int: IntFlag's & is Python code
 _USR_BELOW = USR_TREE.top + "/"  # a directory name (DIRNAMES) starting so is inside /usr
 
 
@@ -89,7 +90,7 @@ class TreeBuilder:
             self.stats.groups |= groups
             # A path with its directory name below /usr/ is inside: only the others are asked.
             outside = [path for i, path in entries.paths_in(lambda d: not d.startswith(_USR_BELOW))
-                       if not entries.flags[i] & FileFlag.GHOST and outside_usr(path)]
+                       if not entries.flags[i] & _GHOST and outside_usr(path)]
             setid = [e for i, mode in enumerate(entries.modes) if mode & _SETID
                      and not (e := entries.entry(i)).ghost]
         else:

@@ -31,6 +31,12 @@ _TYPES = {
 }
 
 
+def entry_type(mode: int) -> EntryType:
+    """The type of a file of this mode (a header's FILEMODES value); KeyError for none of them
+    (a FileList refuses such a mode when it is made)."""
+    return _TYPES[stat.S_IFMT(mode)]
+
+
 class FileFlag(enum.IntFlag):
     """RPMFILE_* attributes (rpmfiles.h)."""
 

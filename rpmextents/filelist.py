@@ -253,6 +253,20 @@ class FileList(Sequence[Entry]):
         for path, mode, flags in zip(self.paths(), self.modes, self.flags, strict=True):
             yield path, _TYPES[stat.S_IFMT(mode)], bool(flags & _GHOST)
 
+    def mapped_paths(self, by_dirname: Callable[[str], str | None], each: Callable[[str], str]) -> Iterator[str]:
+        """Every file's path mapped, in order: prefix + name where by_dirname gives a prefix
+        for the file's directory name (asked once a name), else each(path). For a mapping
+        that moves whole directories (a relocation): most paths cost one concatenation."""
+        dirindexes = self._dirindexes
+        if dirindexes is None:
+            yield from map(each, self.paths())
+            return
+        dirnames = self._dirnames
+        prefixes = [by_dirname(d) for d in dirnames]
+        for name, k in zip(_decoded(self.header, self._names, 0, self._n), dirindexes, strict=True):
+            prefix = prefixes[k]
+            yield prefix + name if prefix is not None else each(dirnames[k] + name)
+
     def owner_names(self) -> tuple[set[str], set[str]]:
         """The user and the group names the files other than %ghost ones name."""
         found: tuple[set[str], set[str]] = (set(), set())

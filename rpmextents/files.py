@@ -6,7 +6,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 
-from rpmextents.entry import _TYPES, Entry, EntryType, Extent, FileFlag, check_path
+from rpmextents.entry import _TYPES, Entry, EntryType, Extent, FileFlag, check_path, entry_type
 from rpmextents.errors import FormatError, UnsafePathError
 from rpmextents.filelist import FileList, header_files
 from rpmextents.header import Header, read_prefix
@@ -22,6 +22,7 @@ __all__ = [
     "FileList",
     "check_path",
     "claim_candidates",
+    "entry_type",
     "file_paths",
     "header_files",
     "package_db_path",

@@ -109,6 +109,7 @@ def test_decoded_crosses_chunks() -> None:
 
 
 def test_entries_below_are_the_same_entries_as_a_full_walk() -> None:
+    from deploy.delta import _placed_outline
     from fixtures.build import fixture_packages
     from rpmextents.files import header_files
     from rpmextents.header import read_prefix
@@ -122,6 +123,8 @@ def test_entries_below_are_the_same_entries_as_a_full_walk() -> None:
             d = top.rstrip("/")
             want = [e for e in walked if e.path == d or e.path.startswith(d + "/")]
             assert list(files.entries_below(top)) == want, (name, top)
+        by_columns, by_entries = _placed_outline(files), _placed_outline(walked)
+        assert (list(by_columns[0]), *by_columns[1:]) == (list(by_entries[0]), *by_entries[1:]), name
     with open(fixture_packages()["outside-usr"], "rb") as f:
         files = header_files(read_prefix(f).header)
     assert [e.path for e in files.entries_below("/etc")] == [
@@ -218,6 +221,11 @@ def test_entries_below_and_paths_in_agree_with_every_path(files: list[tuple[int,
     assert package_db_path(candidates) == package_db_path((e.path, e.mode) for e in walked)
     assert set(candidates) <= {(e.path, e.mode) for e in walked}
     assert sysusers_entries(fl) == sysusers_entries(walked)
+    # The update plan's outline, relocated by directory name, as the path-by-path one.
+    from deploy.delta import _placed_outline
+
+    by_columns, by_entries = _placed_outline(fl), _placed_outline(walked)
+    assert (list(by_columns[0]), *by_columns[1:]) == (list(by_entries[0]), *by_entries[1:])
     builder = TreeBuilder.__new__(TreeBuilder)
     builder.stats = type("S", (), {"users": set(), "groups": set(), "setid": [], "outside_usr": {}})()
     builder.account("p-1-1.noarch", fl)
