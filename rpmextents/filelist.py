@@ -81,6 +81,14 @@ def _decoded(header: Header, offsets: array[int], start: int, stop: int) -> Iter
         yield from blob[offsets[lo]:end].decode("utf-8", "surrogateescape").split("\0")
 
 
+def _checked(path: str) -> bool:
+    try:
+        check_path(path)
+    except FormatError:
+        return False
+    return True
+
+
 class FileList(Sequence[Entry]):
     """The header's files in header order; an Entry is made per access."""
 
@@ -121,8 +129,9 @@ class FileList(Sequence[Entry]):
         self._ext_offset: array[int] | None = None
         self._ext_length: array[int] | None = None
         self._extents_from: Callable[[], Iterable[tuple[int, int, int]]] | None = None
-        for path in self.paths():
-            check_path(path)
+        if not self._plain_paths():
+            for path in self.paths():
+                check_path(path)
         for mode in set(self.modes):
             if stat.S_IFMT(mode) not in _TYPES:
                 i = self.modes.index(mode)
@@ -130,6 +139,22 @@ class FileList(Sequence[Entry]):
 
     def __len__(self) -> int:
         return self._n
+
+    def _plain_paths(self) -> bool:
+        """Whether every path is one of the directory names, each absolute, normalised and
+        ending in "/", and one name with no "/" that is not "", "." or "..": paths that
+        check_path takes, known without making one (the names' bytes are looked at in C).
+        Where this can't tell, each path is checked (as old-style file names always are)."""
+        names, dirindexes = self._names, self._dirindexes
+        if dirindexes is None or not names:
+            return False
+        for d in self._dirnames:
+            if d != "/" and not (d[:1] == "/" and d[-1:] == "/" and len(d) > 2 and _checked(d[:-1])):
+                return False
+        blob = self.header.blob
+        end = blob.index(b"\0", names[-1])  # the names lie one after the other (string_offsets)
+        region = b"\0" + blob[names[0]:end] + b"\0"
+        return not any(bad in region for bad in (b"/", b"\0\0", b"\0.\0", b"\0..\0"))
 
     def stored(self, i: int) -> bool:
         """Whether file i has content in the payload: a regular file, not a %ghost."""

@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from rpmextents.errors import FormatError
@@ -240,3 +240,56 @@ def test_paths_in_decodes_nothing_of_a_package_without_wanted_directories() -> N
     assert list(fl.paths_in(lambda d: asked.append(d) or False)) == []
     assert asked == ["/usr/bin/", "/usr/lib/"]
     assert list(fl.paths_in(lambda d: d == "/usr/lib/")) == [(1, "/usr/lib/b")]
+
+
+_PIECES = st.lists(st.sampled_from(["/", "a", ".", "..", "b", "/.", "é"]), max_size=5).map("".join)
+
+
+@settings(max_examples=600, deadline=None)
+@example(["/a/"], [(0, ".")]).via("a name that is '.'")
+@example(["/a/"], [(0, "b"), (0, "..")]).via("a name that is '..'")
+@example(["/a/"], [(0, "b"), (0, "")]).via("an empty name")
+@example(["/a/"], [(0, ""), (0, "b")]).via("an empty first name")
+@example(["/a/"], [(0, "."), (0, "b")]).via("a first name that is '.'")
+@example(["//"], [(0, "b")]).via("a directory name that is two slashes")
+@example(["/a/"], [(0, "b/c")]).via("a name with a slash")
+@given(st.lists(_PIECES, min_size=1, max_size=4),
+       st.lists(st.tuples(st.integers(0, 3), _PIECES), min_size=1, max_size=6))
+def test_a_file_list_takes_exactly_the_paths_check_path_takes(
+        dirnames: list[str], files: list[tuple[int, str]]) -> None:
+    """Most file lists' paths are taken on a look at their directory names and the names'
+    bytes; whatever the split, a list is refused exactly when one of its paths (a directory
+    name any file uses, and the file's name) is one check_path refuses."""
+    from rpmextents.entry import check_path
+
+    files = [(k % len(dirnames), name) for k, name in files]
+    if any("\0" in d for d in dirnames):
+        return
+    paths = [dirnames[k] + name for k, name in files]
+    try:
+        for p in paths:
+            check_path(p)
+        want = None
+    except FormatError as e:
+        want = str(e)
+    try:
+        fl = _split_list(dirnames, files)
+    except FormatError as e:
+        assert want is not None, f"{paths} refused: {e}"
+        return
+    assert want is None, f"{paths} taken, but {want}"
+    assert list(fl.paths()) == paths
+
+
+def test_plain_paths_are_taken_without_a_check_of_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual split (directory names ending in "/", plain names) checks no path one by one;
+    a list with one name that is not plain checks each of them."""
+    import rpmextents.filelist as filelist
+
+    checked: list[str] = []
+    monkeypatch.setattr(filelist, "check_path", lambda p: checked.append(p))
+    _split_list(["/usr/bin/", "/etc/"], [(0, "ls"), (1, ".hidden"), (0, "..x")])
+    assert checked == ["/usr/bin", "/etc"]  # the directory names, not the paths
+    checked.clear()
+    _split_list(["/usr/"], [(0, "bin/ls"), (0, "cat")])
+    assert checked == ["/usr", "/usr/bin/ls", "/usr/cat"]  # its directory name, then each path
