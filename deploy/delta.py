@@ -90,7 +90,12 @@ class Placement:
         return layout
 
     def entry(self, code: int) -> Entry:
-        return self.packages[code >> _SHIFT][1][code & _POSITION]
+        """The placed entry, its metadata alone where it is a file list's (the plan compares
+        what the headers say; nothing reads its data through it)."""
+        entries = self.packages[code >> _SHIFT][1]
+        if isinstance(entries, FileList):
+            return entries.metadata(code & _POSITION)
+        return entries[code & _POSITION]
 
     def same_entry(self, code: int, other: Placement, other_code: int) -> bool:
         """Whether code here and other_code in other place the same package's same entry

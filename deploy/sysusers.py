@@ -60,9 +60,11 @@ def image_config(store: Store, sha256s: Iterable[str],
         if not any(e.size <= MAX_CONFIG for e in sysusers_entries(entries)):
             continue
         with ExtentsPackage.open(store.path(sha)) as data:
-            for e in sysusers_entries(data.entries()):
-                if e.extent is not None and e.size <= MAX_CONFIG:
-                    found[os.path.basename(e.path)] = b"".join(data.read_extent(e.extent))[: e.size]
+            files = data.entries()
+            for e in sysusers_entries(files):
+                extent = files.extent(e.index)
+                if extent is not None and e.size <= MAX_CONFIG:
+                    found[os.path.basename(e.path)] = b"".join(data.read_extent(extent))[: e.size]
     return found, sorted(by_scriptlet)
 
 

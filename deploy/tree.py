@@ -92,7 +92,7 @@ class TreeBuilder:
             outside = [path for i, path in entries.paths_in(lambda d: not d.startswith(_USR_BELOW))
                        if not entries.flags[i] & _GHOST and outside_usr(path)]
             setid = [e for i, mode in enumerate(entries.modes) if mode & _SETID
-                     and not (e := entries.entry(i)).ghost]
+                     and not (e := entries.metadata(i)).ghost]
         else:
             setid = []
             for e in entries:

@@ -23,10 +23,11 @@ def _is_config(path: str) -> bool:
 
 
 def sysusers_entries(entries: Sequence[Entry]) -> list[Entry]:
-    """The package's sysusers.d configuration files (regular *.conf files, not %ghost)."""
+    """The package's sysusers.d configuration files (regular *.conf files, not %ghost); of a
+    file list, their metadata (FileList.metadata: no extent)."""
     if isinstance(entries, FileList):  # an Entry only for the few paths that may be one
         # Only a directory name starting SYSUSERS_DIR, or a start of it, can lead there.
-        found = (entries.entry(i) for i, path in entries.paths_in(
+        found = (entries.metadata(i) for i, path in entries.paths_in(
             lambda d: d.startswith(SYSUSERS_DIR) or SYSUSERS_DIR.startswith(d)) if _is_config(path))
     else:
         found = (e for e in entries if _is_config(e.path))

@@ -254,13 +254,23 @@ class FileList(Sequence[Entry]):
             i += self._n
         return self._entry(i, self.path(i), self.digest(i))
 
-    def _entry(self, i: int, path: str, digest: str) -> Entry:
+    def metadata(self, i: int) -> Entry:
+        """Entry i as the header describes it, its extent left None (the extents index is
+        not read for it): for callers after the file's metadata alone (the update plan, the
+        /etc merge, set-id files), which would otherwise read the index of every package
+        they look at."""
+        if i < 0:
+            i += self._n
+        return self._entry(i, self.path(i), self.digest(i), with_extent=False)
+
+    def _entry(self, i: int, path: str, digest: str, with_extent: bool = True) -> Entry:
         mode, flags, size = self.modes[i], self.flags[i], self.sizes[i]
         etype = _TYPES[stat.S_IFMT(mode)]
         extent = None
-        if self._extents_from is not None:
+        if with_extent and self._extents_from is not None:
             self.load_extents()
-        if etype is EntryType.FILE and size > 0 and not flags & _GHOST and self._ext_offset is not None:
+        if (with_extent and etype is EntryType.FILE and size > 0 and not flags & _GHOST
+                and self._ext_offset is not None):
             extent = self.extent(i)
         header = self.header
         return Entry(
@@ -305,14 +315,14 @@ class FileList(Sequence[Entry]):
         return found
 
     def entries_below(self, directory: str) -> Iterator[Entry]:
-        """The entries of directory and everything below it (an absolute path), in order;
-        no Entry is made for the others."""
+        """The entries of directory and everything below it (an absolute path), in order, as
+        metadata() makes them (no extent); no Entry is made for the others."""
         below = directory.rstrip("/") + "/"
         # A path below starts with its directory name: that name starts with below, or
         # below with it ("/", "/etc/"); of any other, no path can be directory or below it.
         for i, path in self.paths_in(lambda d: d.startswith(below) or below.startswith(d)):
             if path.startswith(below) or path == below[:-1]:
-                yield self._entry(i, path, self.digest(i))
+                yield self._entry(i, path, self.digest(i), with_extent=False)
 
     def paths_in(self, directories: Callable[[str], bool]) -> Iterator[tuple[int, str]]:
         """(index, path) in order of the files whose directory name (DIRNAMES, "/usr/bin/")
