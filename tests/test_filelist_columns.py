@@ -251,6 +251,8 @@ _PIECES = st.lists(st.sampled_from(["/", "a", ".", "..", "b", "/.", "é"]), max_
 @example(["/a/"], [(0, "b"), (0, "")]).via("an empty name")
 @example(["/a/"], [(0, ""), (0, "b")]).via("an empty first name")
 @example(["/a/"], [(0, "."), (0, "b")]).via("a first name that is '.'")
+@example(["/a/"], [(0, ".."), (0, "b")]).via("a first name that is '..'")
+@example(["/a/"], [(0, "b"), (0, "."), (0, "c")]).via("a later name that is '.'")
 @example(["//"], [(0, "b")]).via("a directory name that is two slashes")
 @example(["/a/"], [(0, "b/c")]).via("a name with a slash")
 @given(st.lists(_PIECES, min_size=1, max_size=4),
