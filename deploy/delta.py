@@ -23,7 +23,7 @@ import functools
 import os
 import stat
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from deploy.headers import HEADER_DIR
@@ -150,23 +150,15 @@ def _placed_outline(entries: Sequence[Entry]) -> Outline:
     paths: list[str] = []
     types: list[EntryType] = []
     tree_path = USR_TREE.tree_path
-    for position, (image_path, etype, ghost) in enumerate(_outline(entries)):
-        if not ghost:
+    for position, e in enumerate(entries):
+        if not e.ghost:
             positions.append(position)
-            paths.append(tree_path(image_path))
-            types.append(etype)
+            paths.append(tree_path(e.path))
+            types.append(e.type)
     return positions, paths, types
 
 
-_USR = USR_TREE.top
 _GHOST = int(FileFlag.GHOST)  # an int: IntFlag's & is Python code, run for every file
-
-
-def _usr_prefix(dirname: str) -> str | None:
-    """Where the files of a directory name below /usr/ are in the tree ("/usr/bin/" ->
-    "bin/"): what tree_path makes of each (a file list's paths are normalised, so no name
-    after such a directory name starts with "/"); None for the others."""
-    return dirname[len(_USR):].lstrip("/") if dirname.startswith(_USR + "/") else None
 
 
 def _list_outline(files: FileList) -> Outline:
@@ -176,20 +168,13 @@ def _list_outline(files: FileList) -> Outline:
     paths: list[str] = []
     types: list[EntryType] = []
     type_of = {mode: entry_type(mode) for mode in set(files.modes)}
-    rel_paths = files.mapped_paths(_usr_prefix, USR_TREE.tree_path)
+    rel_paths = files.mapped_paths(USR_TREE.tree_dir, USR_TREE.tree_path)
     for position, (rel, mode, flags) in enumerate(zip(rel_paths, files.modes, files.flags, strict=True)):
         if not flags & _GHOST:
             positions.append(position)
             paths.append(rel)
             types.append(type_of[mode])
     return positions, paths, types
-
-
-def _outline(entries: Sequence[Entry]) -> Iterator[tuple[str, EntryType, bool]]:
-    """(path, type, %ghost) of each entry, from a file list's columns where it is one."""
-    if isinstance(entries, FileList):
-        return entries.outline()
-    return ((e.path, e.type, e.ghost) for e in entries)
 
 
 def _ancestors(path: str) -> list[str]:

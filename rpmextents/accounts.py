@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from rpmextents.filelist import may_lead_to
 from rpmextents.files import Entry, EntryType, FileList
 from rpmextents.header import Header, Tag
 
@@ -26,9 +27,8 @@ def sysusers_entries(entries: Sequence[Entry]) -> list[Entry]:
     """The package's sysusers.d configuration files (regular *.conf files, not %ghost); of a
     file list, their metadata (FileList.metadata: no extent)."""
     if isinstance(entries, FileList):  # an Entry only for the few paths that may be one
-        # Only a directory name starting SYSUSERS_DIR, or a start of it, can lead there.
-        found = (entries.metadata(i) for i, path in entries.paths_in(
-            lambda d: d.startswith(SYSUSERS_DIR) or SYSUSERS_DIR.startswith(d)) if _is_config(path))
+        found = (entries.metadata(i) for i, path in entries.paths_in(lambda d: may_lead_to(d, SYSUSERS_DIR))
+                 if _is_config(path))
     else:
         found = (e for e in entries if _is_config(e.path))
     return [e for e in found if e.type is EntryType.FILE and not e.ghost]

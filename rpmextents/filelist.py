@@ -81,6 +81,13 @@ def _decoded(header: Header, offsets: array[int], start: int, stop: int) -> Iter
         yield from blob[offsets[lo]:end].decode("utf-8", "surrogateescape").split("\0")
 
 
+def may_lead_to(dirname: str, start: str) -> bool:
+    """Whether a path with this directory name (DIRNAMES) may start with start: it starts
+    with the name, so the name starts with start, or start with the name ("/", "/etc/").
+    A path of any other directory name differs from start within both."""
+    return dirname.startswith(start) or start.startswith(dirname)
+
+
 def _checked(path: str) -> bool:
     try:
         check_path(path)
@@ -322,9 +329,7 @@ class FileList(Sequence[Entry]):
         """The entries of directory and everything below it (an absolute path), in order, as
         metadata() makes them (no extent); no Entry is made for the others."""
         below = directory.rstrip("/") + "/"
-        # A path below starts with its directory name: that name starts with below, or
-        # below with it ("/", "/etc/"); of any other, no path can be directory or below it.
-        for i, path in self.paths_in(lambda d: d.startswith(below) or below.startswith(d)):
+        for i, path in self.paths_in(lambda d: may_lead_to(d, below)):
             if path.startswith(below) or path == below[:-1]:
                 yield self._entry(i, path, self.digest(i), with_extent=False)
 

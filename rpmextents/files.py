@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from rpmextents.entry import _TYPES, Entry, EntryType, Extent, FileFlag, check_path, entry_type
 from rpmextents.errors import FormatError, UnsafePathError
-from rpmextents.filelist import FileList, header_files
+from rpmextents.filelist import FileList, header_files, may_lead_to
 from rpmextents.header import Header, read_prefix
 
 __all__ = [
@@ -128,11 +128,10 @@ def package_db_path(files: Iterable[tuple[str, int]]) -> tuple[str, str] | None:
 
 def _may_claim(dirname: str) -> bool:
     """Whether a path with this directory name (DIRNAMES) may be one package_db_path looks
-    at: one starting with _RESERVED_TOP (the name starts with it, or it with the name), or
-    one of _RESERVED_PARENTS, each of which lies along _RESERVED_TOP or below it, so that
-    its directory name passes one of the tests (a parent with slashes after it is no path a
-    FileList takes)."""
-    return dirname.startswith(_RESERVED_TOP) or _RESERVED_TOP.startswith(dirname)
+    at: one starting with _RESERVED_TOP, or one of _RESERVED_PARENTS, each of which lies
+    along _RESERVED_TOP or below it, so that its directory name leads to _RESERVED_TOP too
+    (a parent with slashes after it is no path a FileList takes)."""
+    return may_lead_to(dirname, _RESERVED_TOP)
 
 
 def claim_candidates(files: FileList) -> Iterator[tuple[str, int]]:

@@ -63,6 +63,14 @@ class Relocation:
             path = self.outside + path.rstrip("/")
         return path[len(self.top):].lstrip("/")
 
+    def tree_dir(self, dirname: str) -> str | None:
+        """Where the files of a directory name (DIRNAMES: "/usr/bin/") lie in the tree, as
+        tree_path places each ("bin/"), for one below top: a normalised file list's names
+        after it hold no leading "/", so each file's tree path is this and its name. None
+        for any other directory name (outside top, or top itself): ask tree_path."""
+        below = self.top.rstrip("/") + "/"
+        return dirname[len(self.top):].lstrip("/") if dirname.startswith(below) else None
+
     def image_path(self, rel: str) -> str:
         """The image path below top of a tree-relative path."""
         return f"{self.top.rstrip('/')}/{rel}" if rel else self.top

@@ -317,3 +317,18 @@ def test_metadata_and_etc_entries_leave_the_extents_index_unread() -> None:
     assert asked == []
     fl.entry(0)
     assert asked == [1]
+
+
+def test_a_relocations_directory_prefix_is_what_tree_path_makes_of_each_file() -> None:
+    """Relocation.tree_dir gives a directory name's tree prefix only where tree_path of each
+    of its (normalised) files is that prefix and the name; other names get None."""
+    from rpmextents.tree import Relocation
+
+    for relocation in (Relocation("/usr", "/usr/share/factory"), Relocation("/")):
+        for d in ("/", "/usr/", "/usr/bin/", "/usrx/", "/etc/", "/usr/lib/x/"):
+            prefix = relocation.tree_dir(d)
+            if prefix is not None:
+                assert prefix + "name" == relocation.tree_path(d + "name"), (relocation, d)
+        assert relocation.tree_dir("/usr/bin/") == ("bin/" if relocation.top == "/usr" else "usr/bin/")
+    assert Relocation("/usr", "/usr/share/factory").tree_dir("/etc/") is None
+    assert Relocation("/usr", "/usr/share/factory").tree_dir("/usr/") == ""
