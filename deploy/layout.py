@@ -6,6 +6,7 @@
       usr-default.conf                kernel arguments selecting the default deployment's /usr
       store/<sha[:2]>/<sha256>.rpm    verified extents RPMs, content-addressed, read-only
       store-checked.json              which store entries hashed right, as btrfs marks (mode 0600)
+      boot-checked.json               which kernels and initrds in boot/files hashed right, the same
       deployments/<ID>/               one read-only subvolume per deployment: its /usr tree,
                                       with its own record in lib/sysimage/rpmimg/deployment.json
       roots/<ID>/                     one writable subvolume per deployment: its / (etc/, the
@@ -67,6 +68,11 @@ class Layout:
     def store_marks(self) -> Path:
         """Marks of the store entries found intact (deploy.storemarks)."""
         return self.root / "store-checked.json"
+
+    @property
+    def boot_marks(self) -> Path:
+        """Marks of the kernels and initrds in boot/files found intact (deploy.bootfiles)."""
+        return self.root / "boot-checked.json"
 
     @property
     def layout_cache(self) -> Path:
