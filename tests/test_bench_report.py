@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.measure import Target, not_run, row, run_timed, stderr_tail
+from benchmarks.metrics_image import Sent, new_boot_bytes, sent_by_kind
 from benchmarks.report import markdown, write_results
 from fixtures.rsyncd import rsync_daemon, url_of
 
@@ -79,4 +80,41 @@ def test_rsync_daemon_counts_bytes_sent(tmp_path: Path) -> None:
         subprocess.run(["rsync", "--no-whole-file", "-I", url_of(daemon, served, served / "a.bin"),
                         os.fspath(dest)], check=True)
         assert daemon.bytes_sent() - first < 20_000
+        (served / "pool").mkdir()
+        (served / "pool" / "b.bin").write_bytes(os.urandom(100_000))
+        subprocess.run(["rsync", url_of(daemon, served, served / "pool" / "b.bin"), os.fspath(dest)], check=True)
+        by_path = daemon.sent_by_path()
     assert (dest / "a.bin").read_bytes() == (served / "a.bin").read_bytes()
+    # Each file's bytes under its path in the module: what a benchmark splits by kind.
+    assert sorted(by_path) == ["a.bin", "pool/b.bin"]
+    assert 100_000 <= by_path["pool/b.bin"] < 110_000
+    assert sum(by_path.values()) == daemon.bytes_sent()
+
+
+def test_bytes_sent_by_kind() -> None:
+    """The update and full-image rows count the pool's package files; kernels and initrds
+    (pool/boot/) and the manifest with its signature are reported beside them."""
+    by_path = {
+        "/pool/ab/ab12-bash-5.2-1.x86_64.rpm.seek.zst": 1000,
+        "pool/cd/cd34-glibc-2.36-1.x86_64.rpm.zst": 500,  # an rsync module path: no "/"
+        "/pool/boot/ef56-initrd": 70_000,
+        "pool/boot/0a1b-vmlinuz": 8_000,
+        "/images/os/20261203.1/manifest.json": 300,
+        "images/os/20261203.1/manifest.json.asc": 20,
+    }
+    sent = sent_by_kind(by_path, requests=7)
+    assert sent == Sent(packages=1500, boot=78_000, metadata=320, requests=7)
+    assert sent.total == sum(by_path.values())
+    later = sent_by_kind({**by_path, "/pool/ab/ab12-bash-5.2-1.x86_64.rpm.seek.zst": 1600}, requests=9)
+    assert later.minus(sent) == Sent(packages=600, boot=0, metadata=0, requests=2)
+
+
+def test_new_boot_bytes() -> None:
+    def boot(*files: tuple[str, int]) -> dict[str, object]:
+        k, i = files
+        return {"boot": [{"kernel": {"sha256": k[0], "size": k[1]}, "initrd": {"sha256": i[0], "size": i[1]}}]}
+
+    v1 = boot(("k1", 8_000), ("i1", 70_000))
+    assert new_boot_bytes(v1, boot(("k1", 8_000), ("i2", 71_000))) == 71_000  # the same kernel, a new initrd
+    assert new_boot_bytes(v1, v1) == 0
+    assert new_boot_bytes({"packages": []}, v1) == 78_000  # an image without boot files before
