@@ -119,6 +119,13 @@ def _assert_same_as_rpm(ours: Path, oracle: Path) -> None:
     assert any(got[1][t] for t in ("Basenames", "Providename", "Requirename", "Sigmd5", "Sha1header"))
 
 
+def _scratch_of_this_process() -> set[str]:
+    """rpmimg's scratch directories in /dev/shm made by this process: another rpmimg at
+    work at the same time (a second test run) has its own, named by its pid."""
+    prefix = f"rpmimg-rpmdb-{os.getpid()}-"
+    return {name for name in os.listdir(rpmdb._MEMORY_DIR) if name.startswith(prefix)}
+
+
 @pytest.mark.parametrize("where", ["in memory", "on disk"])
 def test_full_build_records_what_rpm_i_records(headers: dict[str, Path], tmp_path: Path, where: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,7 +133,7 @@ def test_full_build_records_what_rpm_i_records(headers: dict[str, Path], tmp_pat
     database as rpm -i records, settled into one file, nothing left in either place."""
     if where == "on disk":
         monkeypatch.setattr(rpmdb, "BUILD_IN_MEMORY", 0)
-    shm_before = set(os.listdir(rpmdb._MEMORY_DIR))
+    shm_before = _scratch_of_this_process()
     made: list[str] = []
     real_rpmdb = rpmdb._rpmdb
     monkeypatch.setattr(rpmdb, "_rpmdb", lambda stage, *a, **k: (made.append(os.fspath(stage)),
@@ -135,7 +142,7 @@ def test_full_build_records_what_rpm_i_records(headers: dict[str, Path], tmp_pat
     tree = _tree(tmp_path, "tree")
     rpmdb.build(tree, files)
     assert made and all(m.startswith(rpmdb._MEMORY_DIR + "/") == (where == "in memory") for m in made)
-    assert set(os.listdir(rpmdb._MEMORY_DIR)) <= shm_before
+    assert _scratch_of_this_process() <= shm_before
     _rpm_justdb(tmp_path / "oracle", files)
     _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")
     assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]  # no -wal, -shm, lock or stage
@@ -155,7 +162,7 @@ def test_update_erases_and_adds_as_rpm_would_record_the_new_set(
     copy) and its rows added to the copy: the result is what rpm -i records, nothing left."""
     if aside == "on disk":
         monkeypatch.setattr(rpmdb, "IMPORT_IN_MEMORY", 0)
-    shm_before = set(os.listdir(rpmdb._MEMORY_DIR))
+    shm_before = _scratch_of_this_process()
     old = [n for n in headers if not n.startswith(("beta-2.0", "gamma"))]
     new = [n for n in headers if not n.startswith(("beta-1.5", "empty"))]
     tree = _tree(tmp_path, "tree")
@@ -168,7 +175,7 @@ def test_update_erases_and_adds_as_rpm_would_record_the_new_set(
     # A package already gone from the database has nothing left to erase.
     rpmdb.update(tree, ["beta-1.5-1.x86_64"], [])
     assert rpmdb.installed(tree) == sorted(new)
-    assert set(os.listdir(rpmdb._MEMORY_DIR)) <= shm_before
+    assert _scratch_of_this_process() <= shm_before
 
 
 def test_updating_changes_the_database_while_the_block_runs_or_builds_a_missing_one(
@@ -539,7 +546,7 @@ def test_imported_while_built_records_what_rpm_i_records(headers: dict[str, Path
     files = sorted(headers.values())
     if case == "outgrown":
         monkeypatch.setattr(rpmdb, "BUILD_IN_MEMORY", files[0].stat().st_size + 1)
-    shm_before = set(os.listdir(rpmdb._MEMORY_DIR))
+    shm_before = _scratch_of_this_process()
     imported = rpmdb.Importing()
     assert imported.active
     for f in files:
@@ -551,14 +558,14 @@ def test_imported_while_built_records_what_rpm_i_records(headers: dict[str, Path
     _rpm_justdb(tmp_path / "oracle", files)
     _assert_same_as_rpm(tree / rpmdb.DB_DIR, tmp_path / "oracle")
     assert os.listdir(tree / rpmdb.DB_DIR) == [rpmdb.DB_FILE]
-    assert set(os.listdir(rpmdb._MEMORY_DIR)) <= shm_before
+    assert _scratch_of_this_process() <= shm_before
 
 
 @pytest.mark.parametrize("case", ["missing header", "damaged header", "abandoned"])
 def test_imported_failures_are_one_line_and_leave_nothing(headers: dict[str, Path], tmp_path: Path,
                                                           case: str) -> None:
     files = sorted(headers.values())
-    shm_before = set(os.listdir(rpmdb._MEMORY_DIR))
+    shm_before = _scratch_of_this_process()
     rpm_before = _rpm_processes()
     imported = rpmdb.Importing()
     tree = _tree(tmp_path, "tree")
@@ -583,7 +590,7 @@ def test_imported_failures_are_one_line_and_leave_nothing(headers: dict[str, Pat
         assert "\n" not in str(e.value)
         assert not (tree / rpmdb.DB_DIR / rpmdb.DB_FILE).exists()
     assert not imported.active
-    assert set(os.listdir(rpmdb._MEMORY_DIR)) <= shm_before
+    assert _scratch_of_this_process() <= shm_before
     assert _rpm_processes() <= rpm_before
 
 
