@@ -282,18 +282,18 @@ def update_metrics(ctx: Context) -> list[Row]:
                         note="bytes an rsync daemon on 127.0.0.1 sent (its %b log) for the packages while "
                              f"rpmimg deployed v2 over rsync:// onto v1; {sent.note()}"))
     disk_metric, disk_peer = "update disk cost", "bytes of changed files (physical limit)"
+    rpmimg_disk: float | None = None
     if isinstance(dep, str):
         rows.append(not_run(disk_metric, disk_peer, limit / MB, "MB", dep, Target("<=", 1.1)))
     else:
         boot = new_boot_bytes(dep.pub.v1.data, dep.pub.v2.data)
-        rows.append(row(disk_metric, (dep.update_disk - boot) / MB, disk_peer, limit / MB, "MB",
+        rpmimg_disk = (dep.update_disk - boot) / MB
+        rows.append(row(disk_metric, rpmimg_disk, disk_peer, limit / MB, "MB",
                         target=Target("<=", 1.1),
                         note=f"btrfs data growth while deploying v2 ({dep.update_disk / MB:.2f} MB) less the "
                              f"{boot / MB:.2f} MB of its new kernels and initrds (kept once each in "
                              f"@rpmimg/boot/files); {note}"))
     rows.append(_update_time(ctx, dep, note))
-    rpmimg_disk = (dep.update_disk - new_boot_bytes(dep.pub.v1.data, dep.pub.v2.data)) / MB \
-        if isinstance(dep, Deployed) else None
     rows.append(row("update disk cost vs ostree", rpmimg_disk, "ostree repo growth", ostree_growth / MB,
                     "MB", note="bare repository; informational"))
     rows.append(row("update wire bytes: peers", None, "casync new chunks + index", casync / MB, "MB",
