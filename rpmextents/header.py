@@ -14,6 +14,7 @@ import os
 import struct
 import sys
 from array import array
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
 
@@ -112,6 +113,8 @@ class TagType(enum.IntEnum):
 
 _TAG_TYPES = {int(t): t for t in TagType}  # a lookup, not an enum call, for each index entry
 _INDEX_ENTRY = struct.Struct(">IIiI")  # tag, type, offset, count
+_KNOWN_TYPES = frozenset(_TAG_TYPES)
+_INT32_MAX = (1 << 31) - 1
 
 
 # OpenPGP hash algorithm numbers (RFC 4880) as rpm stores them, by hashlib name.
@@ -136,6 +139,53 @@ class HeaderEntry(NamedTuple):
     count: int  # type: ignore[assignment]  # the field, as rpm names it, over tuple.count
 
 
+class _Index(Mapping[int, HeaderEntry]):
+    """A header's index entries by tag (the last of a tag that repeats), each made when it
+    is asked for: a reader asks for a few of a header's dozens of tags, and the header of
+    every package an update has is parsed. All of them are checked here, as they were when
+    each was made at once: a known type, an offset and count within the data store."""
+
+    __slots__ = ("_at", "_counts", "_offsets", "_types")
+
+    def __init__(self, index: bytes, dl: int, what: str) -> None:
+        if len(index) % _INDEX_ENTRY.size:
+            raise struct.error(f"an index of {len(index)} bytes is not whole entries")
+        words = array("I")
+        words.frombytes(index)
+        if sys.byteorder == "little":
+            words.byteswap()
+        tags, types, offsets, counts = words[0::4], words[1::4], words[2::4], words[3::4]
+        # An offset is signed (rpm's int32): read unsigned, a negative one is past 2**31 - 1.
+        if tags and not (set(types) <= _KNOWN_TYPES and max(offsets) <= min(dl, _INT32_MAX)
+                         and max(counts) <= dl + 1):
+            for tag, typ, offset, count in _INDEX_ENTRY.iter_unpack(index):
+                if typ not in _KNOWN_TYPES:
+                    raise FormatError(f"{what}: tag {tag} has unknown type {typ}")
+                if offset < 0 or offset > dl or count > dl + 1:
+                    raise FormatError(f"{what}: tag {tag} points outside the data store")
+        self._at = dict(zip(tags, range(len(tags)), strict=True))
+        self._types, self._offsets, self._counts = types, offsets, counts
+
+    def _entry(self, tag: int, i: int) -> HeaderEntry:
+        return HeaderEntry(tag, _TAG_TYPES[self._types[i]], self._offsets[i], self._counts[i])
+
+    def __getitem__(self, tag: int) -> HeaderEntry:
+        return self._entry(tag, self._at[tag])
+
+    def get(self, tag: int, default: HeaderEntry | None = None) -> HeaderEntry | None:  # type: ignore[override]
+        i = self._at.get(tag)
+        return default if i is None else self._entry(tag, i)
+
+    def __contains__(self, tag: object) -> bool:
+        return tag in self._at
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._at)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+
 class Header:
     """One parsed header structure: an index of entries over a data store."""
 
@@ -145,17 +195,10 @@ class Header:
         if blob[:8] != HEADER_MAGIC:
             raise FormatError(f"bad {what} magic {blob[:8].hex()}")
         il, dl = struct.unpack_from(">II", blob, 8)
-        self.entries: dict[int, HeaderEntry] = {}
         store = 16 + 16 * il
         self._store = store
         self._dl = dl
-        for tag, typ, offset, count in _INDEX_ENTRY.iter_unpack(memoryview(blob)[16:store]):
-            ttype = _TAG_TYPES.get(typ)
-            if ttype is None:
-                raise FormatError(f"{what}: tag {tag} has unknown type {typ}")
-            if offset < 0 or offset > dl or count > dl + 1:
-                raise FormatError(f"{what}: tag {tag} points outside the data store")
-            self.entries[tag] = HeaderEntry(tag, ttype, offset, count)
+        self.entries = _Index(blob[16:store], dl, what)
 
     def __contains__(self, tag: int) -> bool:
         return tag in self.entries
