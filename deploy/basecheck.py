@@ -128,25 +128,29 @@ def damaged_base(system: System, current: State, full: bool) -> tuple[str, ...]:
     return damage
 
 
-def _mark(system: System, deployment_id: str) -> list[int] | None:
+def _mark(system: System, deployment_id: str, synced: bool = False) -> list[int] | None:
     """[subvolume id, generation, change transid] of a read-only deployment, every change
-    to it committed first; None when it is not a read-only subvolume."""
+    to it committed first (synced: the caller committed them, nothing changed it since);
+    None when it is not a read-only subvolume."""
     tree = system.layout.deployment(deployment_id)
     try:
         if not kernel.is_subvolume(tree) or not kernel.subvolume_is_readonly(tree):
             return None
-        kernel.sync_filesystem(tree)
+        if not synced:
+            kernel.sync_filesystem(tree)
         generation, ctransid = kernel.subvolume_generation(tree)
         return [kernel.subvolume_id(tree), generation, ctransid]
     except OSError:
         return None
 
 
-def record_intact(system: System, deployment_id: str) -> None:
+def record_intact(system: System, deployment_id: str, synced: bool = False) -> None:
     """Remember that the deployment, as it is now, is what its packages make (it was just
     built from verified packages, or just passed the check). Best effort: without the
-    record the next update walks the base."""
-    mark = _mark(system, deployment_id)
+    record the next update walks the base. synced: the filesystem was synced after the
+    deployment's last change (as a build does when it makes it read-only), so its numbers
+    are committed already and are read without another sync."""
+    mark = _mark(system, deployment_id, synced)
     if mark is None:
         return
     try:
