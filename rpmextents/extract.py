@@ -316,11 +316,12 @@ def extract(
     with Tree(root, relocation, reserved) as tree:
         run = _Run(pkg, tree, owners if owners is not None else Owners.from_root(root),
                    DataWriter(pkg, method), {}, [])
-        for entry in entries:
+        # Only the entries asked for are made (in header order): an update rewriting a few
+        # files of a large package does not decode all of its paths.
+        chosen = entries if only is None else (entries[i] for i in sorted(only) if 0 <= i < len(entries))
+        for entry in chosen:
             if entry.flags & _GHOST:
                 continue  # rpm records %ghost files but does not create them
-            if only is not None and entry.index not in only:
-                continue
             placed += 1
             try:
                 run.place(entry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -433,3 +434,27 @@ def test_package_files_reads_paths_and_modes_of_original_and_extents(tmp_path: P
     with ExtentsPackage.open(tmp_path / "s.ext") as pkg:
         want = [(e.path, e.mode) for e in pkg.entries()]
     assert list(package_files(original)) == list(package_files(tmp_path / "s.ext")) == want
+
+
+@pytest.mark.parametrize("name", ["modes", "symlinks", "hardlinks"])
+def test_only_the_chosen_entries_are_made_each_as_a_whole_extraction_makes_it(name: str, tmp_path: Path) -> None:
+    extents = tmp_path / "pkg.rpm"
+    transcode(fixture_packages()[name], extents)
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    with ExtentsPackage.open(extents) as pkg:
+        entries = list(pkg.entries())
+        extract(pkg, whole)
+        chosen = {e.index for e in entries[::2] if not e.ghost}
+        # Indices past either end stand for nothing.
+        extract(pkg, part, only={*chosen, -1, len(entries), 10**6})
+    want, got = snapshot(whole), snapshot(part)
+    chosen_paths = {entries[i].path for i in chosen}
+    left_out = {e.path for e in entries if e.index not in chosen and e.type.value != "dir"} - chosen_paths
+    assert chosen_paths and left_out, "the fixture should have entries on both sides"
+    for path in chosen_paths:
+        # A hardlinked file is linked only to the members of its group that are chosen too.
+        linked = want[path].links & chosen_paths
+        assert got[path].links == (linked if len(linked) > 1 else frozenset()), path
+        assert dataclasses.replace(got[path], links=frozenset()) == dataclasses.replace(
+            want[path], links=frozenset()), path
+    assert not left_out & set(got), "entries not chosen were made"
