@@ -19,6 +19,7 @@ from deploy import mounts
 from deploy.layout import DIRNAME
 from deploy.state import State
 from deploy.system import System
+from host import kernel
 from host.files import write_atomically
 from host.log import get as logger
 from host.run import CommandError, run
@@ -30,7 +31,12 @@ _SELECTED = re.compile(rf"mount\.usrflags=subvol=/{re.escape(DIRNAME)}/deploymen
 
 
 def fs_uuid(system: System) -> str | None:
-    """The btrfs filesystem UUID, from sysfs (blkid's cache can be stale for loop devices)."""
+    """The btrfs filesystem UUID: the filesystem's own answer (blkid's cache can be stale for
+    loop devices), else sysfs's directory that lists the device, else blkid's probe."""
+    try:
+        return kernel.filesystem_uuid(system.layout.top)
+    except OSError as e:
+        log.debug("%s: no filesystem UUID from btrfs: %s", system.layout.top, e)
     source = mounts.mount_of(system.layout.top).source
     device = os.path.basename(os.path.realpath(source))
     for devices in Path("/sys/fs/btrfs").glob("*/devices"):

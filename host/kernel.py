@@ -112,6 +112,11 @@ BTRFS_IOC_SUBVOL_SETFLAGS = _IOW(BTRFS_IOCTL_MAGIC, 26, U64.size)
 # flags, three uuids, ctransid, otransid, stransid, rtransid, four timespecs, reserved[8]
 BTRFS_SUBVOL_INFO = struct.Struct("=Q256sQQQQ16s16s16sQQQQ64s64s")
 BTRFS_IOC_GET_SUBVOL_INFO = _IOR(BTRFS_IOCTL_MAGIC, 60, BTRFS_SUBVOL_INFO.size)
+# struct btrfs_ioctl_fs_info_args: max_id, num_devices, fsid[16], then what is not read here
+# (node, sector and clone sizes, checksum type and size, flags, generation, metadata_uuid,
+# padding to 1 KiB)
+BTRFS_FS_INFO = struct.Struct("=QQ16s992x")  # 1 KiB
+BTRFS_IOC_FS_INFO = _IOR(BTRFS_IOCTL_MAGIC, 31, BTRFS_FS_INFO.size)
 # struct btrfs_ioctl_search_key: tree_id, min/max objectid, min/max offset, min/max transid,
 # min/max type, nr_items, unused, unused1-4; the search args v2 add buf_size, then the buffer
 BTRFS_SEARCH_KEY = struct.Struct("=QQQQQQQIIII32x")
@@ -447,6 +452,16 @@ def subvolume_generation(path: StrPath) -> tuple[int, int]:
         _ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, arg, os.fspath(path))
         fields = BTRFS_SUBVOL_INFO.unpack(arg)
         return int(fields[4]), int(fields[9])
+
+
+def filesystem_uuid(path: StrPath) -> str:
+    """The UUID of the btrfs holding path, as blkid and /sys/fs/btrfs name it
+    (BTRFS_IOC_FS_INFO, no privileges needed)."""
+    with _open(path, os.O_RDONLY) as fd:
+        arg = bytearray(BTRFS_FS_INFO.size)
+        _ioctl(fd, BTRFS_IOC_FS_INFO, arg, os.fspath(path))
+        h = BTRFS_FS_INFO.unpack(arg)[2].hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _SEARCH_BUFFER = 16 << 10  # about 190 file extent items a search; grown for a larger item

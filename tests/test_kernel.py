@@ -530,3 +530,15 @@ def test_open_beneath_takes_paths_longer_than_path_max(tmp_path: Path) -> None:
         assert kernel.exclusive_bytes([tmp_path]) >= 0
     finally:
         os.close(rfd)
+
+
+def test_filesystem_uuid_is_blkids_from_anywhere_in_the_filesystem(btrfs: Path) -> None:
+    probed = subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", os.fspath(btrfs.parent / "fs.img")],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    kernel.subvolume_create(btrfs / "sub")
+    (btrfs / "sub/dir").mkdir()
+    assert probed and kernel.filesystem_uuid(btrfs) == probed
+    assert kernel.filesystem_uuid(btrfs / "sub/dir") == probed
+    assert (Path("/sys/fs/btrfs") / probed).is_dir()
+    with pytest.raises(OSError):
+        kernel.filesystem_uuid("/proc")  # not a btrfs
