@@ -458,3 +458,48 @@ def test_only_the_chosen_entries_are_made_each_as_a_whole_extraction_makes_it(na
         assert dataclasses.replace(got[path], links=frozenset()) == dataclasses.replace(
             want[path], links=frozenset()), path
     assert not left_out & set(got), "entries not chosen were made"
+
+
+@pytest.mark.parametrize("name", ["caps", "modes", "hardlinks", "owners"])
+def test_files_written_over_existing_ones_are_as_new_ones(name: str, btrfs: Path) -> None:
+    """An update extracts over its base's files: a regular file standing at a file's path
+    is emptied and refilled in place. Nothing of it may stay: not its content, owner, mode,
+    set-id bits, capabilities or other extended attributes; and another name of its inode
+    (a hardlink outside the package) keeps the old content."""
+    extents = btrfs / "pkg.rpm"
+    transcode(fixture_packages()[name], extents)
+    fresh, over = btrfs / "fresh", btrfs / "over"
+    seed_accounts(fresh, PASSWD, GROUP)
+    seed_accounts(over, PASSWD, GROUP)
+    with ExtentsPackage.open(extents) as pkg:
+        entries = [e for e in pkg.entries() if not e.ghost]
+        extract(pkg, fresh)
+        files = [e for e in entries if e.type.value == "file"]
+        assert files
+        for e in entries:
+            if e.type.value == "dir":
+                (over / e.path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        for i, e in enumerate(files):
+            old = over / e.path.lstrip("/")
+            old.parent.mkdir(parents=True, exist_ok=True)
+            if old.exists():
+                continue  # another name of a hardlink group made it
+            old.write_bytes(b"the base's content, longer than any fixture's file\n" * 50)
+            os.chown(old, 1234, 1234)
+            os.chmod(old, 0o6755)
+            os.setxattr(old, "user.left-over", b"1")
+            fd = os.open(old, os.O_RDONLY)
+            try:
+                kernel.set_capabilities(fd, "cap_net_raw=ep")
+            finally:
+                os.close(fd)
+            if i == 0:
+                os.link(old, over / "other-name")  # two names: this one must not be emptied
+        extract(pkg, over)
+    want, got = snapshot(fresh), snapshot(over)
+    for e in entries:
+        assert got[e.path] == want[e.path], e.path
+        if e.type.value == "file":
+            assert "user.left-over" not in os.listxattr(over / e.path.lstrip("/"), follow_symlinks=False)
+    assert (over / "other-name").read_bytes().startswith(b"the base's content")
+    assert os.stat(over / "other-name").st_nlink == 1
