@@ -10,6 +10,7 @@ of the wrong length, an extent that does not fit its file.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import stat
 from array import array
@@ -88,7 +89,10 @@ def may_lead_to(dirname: str, start: str) -> bool:
     return dirname.startswith(start) or start.startswith(dirname)
 
 
+@functools.lru_cache(maxsize=4096)
 def _checked(path: str) -> bool:
+    """Whether check_path takes path; remembered, as most packages' directory names are
+    other packages' too (a deploy reads hundreds of lists naming /usr/share/doc/...)."""
     try:
         check_path(path)
     except FormatError:
@@ -180,6 +184,8 @@ class FileList(Sequence[Entry]):
         devices = _ints(self.header, Tag.FILEDEVICES, self._n, "FILEDEVICES")
         if inodes is None:
             return {}
+        if len(set(inodes)) == self._n:
+            return {}  # no two files share an inode number, so no (device, inode): no links
         dev = devices if devices is not None else array("I", bytes(4 * self._n))
         last = (-1, -1)
         modes, flags = self.modes, self.flags

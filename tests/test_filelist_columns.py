@@ -290,11 +290,16 @@ def test_plain_paths_are_taken_without_a_check_of_each(monkeypatch: pytest.Monke
 
     checked: list[str] = []
     monkeypatch.setattr(filelist, "check_path", lambda p: checked.append(p))
+    filelist._checked.cache_clear()  # directory names other lists had are not checked again
     _split_list(["/usr/bin/", "/etc/"], [(0, "ls"), (1, ".hidden"), (0, "..x")])
     assert checked == ["/usr/bin", "/etc"]  # the directory names, not the paths
     checked.clear()
     _split_list(["/usr/"], [(0, "bin/ls"), (0, "cat")])
     assert checked == ["/usr", "/usr/bin/ls", "/usr/cat"]  # its directory name, then each path
+    checked.clear()
+    _split_list(["/usr/bin/", "/usr/"], [(0, "ls"), (1, "cat")])
+    assert checked == []  # both directory names checked before, and taken
+    filelist._checked.cache_clear()
 
 
 def test_metadata_and_etc_entries_leave_the_extents_index_unread() -> None:
@@ -332,3 +337,41 @@ def test_a_relocations_directory_prefix_is_what_tree_path_makes_of_each_file() -
         assert relocation.tree_dir("/usr/bin/") == ("bin/" if relocation.top == "/usr" else "usr/bin/")
     assert Relocation("/usr", "/usr/share/factory").tree_dir("/etc/") is None
     assert Relocation("/usr", "/usr/share/factory").tree_dir("/usr/") == ""
+
+
+def _linked_list(files: list[tuple[int, int, int, bool]], devices: bool) -> FileList:
+    """A file list of (mode, device, inode, ghost) files, each in /usr/ under its own name."""
+    from benchmarks.rpmwriter import Header as HeaderWriter
+    from benchmarks.rpmwriter import TagType as Kind
+    from rpmextents.header import Tag
+
+    w = HeaderWriter()
+    w.add(Tag.DIRNAMES, Kind.STRING_ARRAY, ["/usr/"])
+    w.add(Tag.BASENAMES, Kind.STRING_ARRAY, [f"f{i}" for i in range(len(files))])
+    w.add(Tag.DIRINDEXES, Kind.INT32, [0] * len(files))
+    w.add(Tag.FILEMODES, Kind.INT16, [mode for mode, _, _, _ in files])
+    w.add(Tag.FILESIZES, Kind.INT32, [0] * len(files))
+    w.add(Tag.FILEFLAGS, Kind.INT32, [64 if ghost else 0 for _, _, _, ghost in files])
+    w.add(Tag.FILEINODES, Kind.INT32, [ino for _, _, ino, _ in files])
+    if devices:
+        w.add(Tag.FILEDEVICES, Kind.INT32, [dev for _, dev, _, _ in files])
+    return FileList(Header(w.blob(63)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0o100644, 0o100755, 0o40755, 0o120777]), st.integers(0, 2),
+                          st.integers(0, 6), st.booleans()), min_size=1, max_size=10),
+       st.booleans())
+@example([(0o100644, 0, 1, False), (0o100644, 1, 1, False)], True)  # one inode, two devices
+@example([(0o100644, 0, 1, False), (0o100644, 0, 2, False)], True)  # distinct: no links
+@example([(0o100644, 0, 3, False), (0o100644, 0, 3, False)], False)  # no FILEDEVICES
+def test_hardlink_groups_are_regular_files_sharing_device_and_inode(
+        files: list[tuple[int, int, int, bool]], devices: bool) -> None:
+    """Each member of a group of two or more regular, non-%ghost files with the same
+    (device, inode) (device 0 without FILEDEVICES, inode 0 never a link) maps to the first."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (mode, dev, ino, ghost) in enumerate(files):
+        if mode & 0o170000 == 0o100000 and not ghost and ino > 0:
+            groups.setdefault((dev if devices else 0, ino), []).append(i)
+    expected = {i: members[0] for members in groups.values() if len(members) > 1 for i in members}
+    assert _linked_list(files, devices).hardlink_keys == expected
