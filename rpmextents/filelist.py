@@ -22,6 +22,7 @@ from rpmextents.errors import FormatError
 from rpmextents.header import HASH_ALGOS, Header, Tag
 
 _NONE = -1
+_SMALL = 1024  # files: a list this size or smaller is looked at in ways that copy a column
 
 
 def _ints(header: Header, tag: int, n: int, what: str) -> array[int] | None:
@@ -89,10 +90,11 @@ def may_lead_to(dirname: str, start: str) -> bool:
     return dirname.startswith(start) or start.startswith(dirname)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=512)
 def _checked(path: str) -> bool:
     """Whether check_path takes path; remembered, as most packages' directory names are
-    other packages' too (a deploy reads hundreds of lists naming /usr/share/doc/...)."""
+    other packages' too (a deploy reads hundreds of lists naming /usr/share/doc/...); a few
+    hundred at most, held at every deploy's peak."""
     try:
         check_path(path)
     except FormatError:
@@ -184,8 +186,11 @@ class FileList(Sequence[Entry]):
         devices = _ints(self.header, Tag.FILEDEVICES, self._n, "FILEDEVICES")
         if inodes is None:
             return {}
-        if len(set(inodes)) == self._n:
-            return {}  # no two files share an inode number, so no (device, inode): no links
+        if self._n <= _SMALL and len(set(inodes)) == self._n:
+            # No two files share an inode number, so no (device, inode): no links. Told in C
+            # for the small lists most packages have; a large one is walked below rather than
+            # have a set of all its inode numbers (megabytes for 200,000 files) at the peak.
+            return {}
         dev = devices if devices is not None else array("I", bytes(4 * self._n))
         last = (-1, -1)
         modes, flags = self.modes, self.flags
