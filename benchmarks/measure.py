@@ -138,6 +138,11 @@ def median_timing(runs: int, cache: CacheState, once: Callable[[], Timing],
             setup()
         cache.prepare()
         timings.append(once())
+    return median_of(timings)
+
+
+def median_of(timings: Sequence[Timing]) -> Timing:
+    """The median wall time of timings, with the largest RSS of any of them."""
     return Timing(statistics.median(t.seconds for t in timings), max(t.max_rss for t in timings))
 
 

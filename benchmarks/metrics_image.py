@@ -7,7 +7,6 @@ The peers always run; when an rpmimg verb is missing or fails, its row says
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from benchmarks.measure import (
     Target,
     Timing,
     btrfs_data_used,
+    median_of,
     median_timing,
     not_run,
     row,
@@ -85,8 +85,7 @@ class Deployed:
         first = deploy(ctx, pub.key, self.sysroot, os.fspath(pub.v2.manifest))
         self.update_disk = btrfs_data_used(self.sysroot) - before
         self.update_runs = [first, *(self._update_elsewhere(ctx) for _ in range(ctx.runs - 1))]
-        self.deploy_v2 = Timing(statistics.median(t.seconds for t in self.update_runs),
-                                max(t.max_rss for t in self.update_runs))
+        self.deploy_v2 = median_of(self.update_runs)
 
     def _update_elsewhere(self, ctx: Context) -> Timing:
         sysroot = ctx.new_sysroot()

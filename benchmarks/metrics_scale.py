@@ -16,14 +16,13 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.context import CHECKOUT, Context, rpmimg_command
-from benchmarks.measure import Row, Target, Timing, loop_btrfs, row, run_timed
+from benchmarks.measure import Row, Target, Timing, loop_btrfs, median_of, row, run_timed
 from benchmarks.report import markdown
 from benchmarks.scalepkg import package
 from benchmarks.scaleplot import write_plot
@@ -110,7 +109,7 @@ def measure_size(n: int, fs: Path) -> Figures:
     # Cached status is a fraction of a second: one run is at the mercy of whatever else the
     # machine does at that moment, so it is the median of three.
     runs = [run_timed([status]) for _ in range(3)]
-    f["status"] = Timing(statistics.median(t.seconds for t in runs), max(t.max_rss for t in runs))
+    f["status"] = median_of(runs)
     for copy in ("cp", "cp-synced"):
         subprocess.run(["btrfs", "subvolume", "delete", os.fspath(work / copy)], check=False, capture_output=True)
     shutil.rmtree(work, ignore_errors=True)
