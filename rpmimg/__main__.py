@@ -1,5 +1,5 @@
 import sys
 
-from rpmimg.cli import main
+from rpmimg.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -7,6 +7,7 @@ exits. Verb groups are imported lazily so that a client never loads libsolv.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import signal
@@ -220,6 +221,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, _user_error_types()):
             return _fail(args, e, _describe(e), 1)
         return _fail(args, e, f"{type(e).__name__}: {e} (run with --debug for a traceback)", 70)
+
+
+def entry() -> int:
+    """main() as the rpmimg command runs it (its console script, `python -m rpmimg`): the
+    objects left at the end are frozen out of the garbage collector, so that the
+    interpreter's shutdown frees them without walking them all first (about 20 ms of the
+    30 ms an update of the benchmark image took to exit). Not for main() called in a
+    process that goes on (the tests'): nothing frozen is ever collected."""
+    try:
+        return main()
+    finally:
+        gc.freeze()
 
 
 def _fail(args: argparse.Namespace, e: BaseException, message: str, code: int) -> int:
