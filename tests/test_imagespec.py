@@ -176,3 +176,58 @@ def test_manifest_parser_names_what_is_wrong(change: Any, message: str) -> None:
     text = json.dumps(data).replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
     with pytest.raises(ManifestError, match=message):
         parse(text.encode(), "m.json")
+
+
+def _depth_walked(data: bytes, limit: int) -> bool:
+    """check_depth's definition, a byte at a time: whether data nests deeper than limit
+    (brackets inside strings don't count; a string never closed runs to the end)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def _refused(data: bytes, limit: int) -> bool:
+    from imagespec.manifest import check_depth
+
+    try:
+        check_depth(data, "m", limit)
+    except ManifestError as e:
+        assert str(e) == f"m: JSON nested deeper than {limit} levels"
+        return True
+    return False
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b"a", b"\n", b"\\\"", b'\\\\"']),
+                max_size=60).map(b"".join), st.integers(0, 4))
+@example(b'"[[[[', 1)  # never closed: no structure after it
+@example(b'"a\\"[[[', 1)  # an escaped quote does not close it
+@example(b'"a\\\\"[[[', 1)  # an escaped backslash does not escape the quote
+@example(b'"a\\', 0)  # a string ending in a lone backslash
+@example(b'][[[', 1)  # closing first does not go below zero's meaning
+def test_check_depth_is_its_definition(data, limit):
+    assert _refused(data, limit) == _depth_walked(data, limit)
+
+
+def test_check_depth_of_hostile_strings_ends():
+    """An unclosed string followed by many escaped quotes is read once, not once per quote
+    (a regular expression retried at each quote would take quadratic time here)."""
+    data = b'"' + b'\\"[' * 200_000
+    assert not _refused(data, 1)
+    assert _refused(b"[" * 17 + data, 16)
