@@ -197,6 +197,16 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
     kernel.subvolume_create(path)
     checkpoint("subvolume created")
     builder = TreeBuilder(path, owners_root)
+    try:
+        _extract_all(m, store, builder, progress, noted, imported)
+        builder.finish()
+    finally:
+        builder.close()
+    return builder
+
+
+def _extract_all(m: Image, store: Store, builder: TreeBuilder, progress: ProgressFn,
+                 noted: Noted | None, imported: rpmdb.Importing) -> None:
     # About ten crash points spread over the build, whatever the image's size.
     step = max(1, len(m.packages) // 10)
     for i, ref in enumerate(m.packages):
@@ -218,7 +228,6 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
         progress(i + 1, len(m.packages))
         if i % step == 0:
             checkpoint("package built")
-    return builder
 
 
 def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple[str, FileList]]:
@@ -275,11 +284,15 @@ def _update(
                 builder.write_header(pkg)
     database.enter_context(_package_database(path, m, base, None))
     todo = [r for r in m.packages if r.sha256 in plan.write]
-    for i, ref in enumerate(todo):
-        with ExtentsPackage.open(store.path(ref.sha256)) as pkg:  # its data by the entry's own index
-            builder.add_package(pkg, only=plan.write[ref.sha256])
-        progress(i + 1, len(todo))
-        checkpoint("package built")
+    try:
+        for i, ref in enumerate(todo):
+            with ExtentsPackage.open(store.path(ref.sha256)) as pkg:  # its data by the entry's own index
+                builder.add_package(pkg, only=plan.write[ref.sha256])
+            progress(i + 1, len(todo))
+            checkpoint("package built")
+        builder.finish()
+    finally:
+        builder.close()
     return builder, sum(len(v) for v in plan.write.values()), plan.kept
 
 

@@ -22,7 +22,7 @@ from deploy.headers import HEADER_DIR
 from host import kernel
 from imagespec.relocation import USR_TREE, outside_usr
 from rpmextents import PACKAGE_DB, Entry, ExtentsPackage, Owners
-from rpmextents.extract import NO_REFLINK, extract
+from rpmextents.extract import NO_REFLINK, DeferredDirs, extract
 from rpmextents.files import FileFlag, FileList
 from rpmextents.index import align_up
 from rpmextents.tree import Tree
@@ -70,16 +70,38 @@ class TreeBuilder:
         self.root = root
         self.owners = Owners.from_root(sysroot)
         self.stats = TreeStats()
+        # One tree for every package (a directory one resolved is known to the next), and
+        # the directories' metadata once each at the end (rpmextents.extract.DeferredDirs).
+        self._tree: Tree | None = None
+        self._dirs = DeferredDirs()
 
     def add_package(self, pkg: ExtentsPackage, only: Collection[int] | None = None) -> None:
-        """Write every entry of pkg (ghosts excepted, as with rpm), or those `only` names."""
+        """Write every entry of pkg (ghosts excepted, as with rpm), or those `only` names;
+        finish() completes what the packages added."""
+        if self._tree is None:
+            self._tree = Tree(self.root, USR_TREE, (HEADER_DIR,))
         report = extract(pkg, self.root, method="auto", owners=self.owners, relocation=USR_TREE,
-                         reserved=(HEADER_DIR,), only=only)
+                         reserved=(HEADER_DIR,), only=only, tree=self._tree, dirs=self._dirs)
         self.stats.entries += report.placed
         self.stats.files += report.files
         self.stats.reflinked += report.reflinked
         self.stats.copied += report.copied
         self.stats.bytes += report.bytes
+
+    def finish(self) -> None:
+        """Give the directories the packages made or own their metadata; then close (after
+        the last add_package, before anything reads the tree)."""
+        if self._tree is not None:
+            try:
+                self._dirs.finish(self._tree)
+            finally:
+                self.close()
+
+    def close(self) -> None:
+        """Let go of the tree (a build given up: what is pending is dropped with it)."""
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
 
     def account(self, nevra: str, entries: Iterable[Entry]) -> None:
         """Note what a package of the image puts outside /usr and which owners it names."""

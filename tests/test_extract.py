@@ -503,3 +503,65 @@ def test_files_written_over_existing_ones_are_as_new_ones(name: str, btrfs: Path
             assert "user.left-over" not in os.listxattr(over / e.path.lstrip("/"), follow_symlinks=False)
     assert (over / "other-name").read_bytes().startswith(b"the base's content")
     assert os.stat(over / "other-name").st_nlink == 1
+
+
+def _dir_sharing_specs() -> list[object]:
+    """Packages owning the same directories with other metadata, adding to each other's
+    directories, and a set-group-ID directory that parents made later in it inherit from,
+    until a later owner takes the bit away."""
+    from fixtures.spec import FileKind, FileSpec, PackageSpec
+
+    def d(path: str, mode: int, mtime: int, group: str = "root") -> FileSpec:
+        return FileSpec(path, kind=FileKind.DIR, mode=mode, group=group, mtime=mtime)
+
+    return [
+        PackageSpec(name="first", files=(
+            d("/usr/share/d", 0o750, 1_000_000, "rpmimg-group"), FileSpec("/usr/share/d/a", content=b"a"),
+            d("/usr/share/sg", 0o2775, 1_000_000, "rpmimg-group"), FileSpec("/usr/share/sg/inner/x", content=b"x"))),
+        PackageSpec(name="second", files=(
+            d("/usr/share/d", 0o755, 2_000_000), FileSpec("/usr/share/d/b", content=b"b"),
+            FileSpec("/usr/share/sg/made/f", content=b"f"))),
+        PackageSpec(name="third", files=(
+            FileSpec("/usr/share/d/c", content=b"c"), d("/usr/share/sg", 0o755, 3_000_000),
+            FileSpec("/usr/share/sg/later/g", content=b"g"))),
+    ]
+
+
+def test_directories_shared_by_packages_end_as_one_by_one_and_as_rpm(tmp_path: Path) -> None:
+    """Packages extracted into one tree with their directories' metadata deferred
+    (DeferredDirs) make the tree each extracted on its own makes, and rpm's: every shared
+    directory has its last owner's mode and owner, and a directory made below a set-group-ID
+    one has its group and bit only while the bit is there."""
+    from rpmextents.extract import DeferredDirs, Tree
+
+    from oracle import RPM_INSTALL
+
+    built = _build_and_transcode(_dir_sharing_specs(), tmp_path)
+    expected, alone, shared = tmp_path / "expected", tmp_path / "alone", tmp_path / "shared"
+    # One at a time, in order, as extract is run: the directories' metadata differ, which
+    # rpm calls a conflict unless told to replace.
+    for dest in (expected, alone, shared):
+        seed_accounts(dest, PASSWD, GROUP)
+    for rpm, _ in built:
+        subprocess.run([*RPM_INSTALL, "--replacefiles", "--root", os.fspath(expected), os.fspath(rpm)],
+                       check=True, capture_output=True)
+    for _, ext in built:
+        with ExtentsPackage.open(ext) as pkg:
+            extract(pkg, alone)
+    later = DeferredDirs()
+    with Tree(shared) as tree:
+        for _, ext in built:
+            with ExtentsPackage.open(ext) as pkg:
+                extract(pkg, shared, tree=tree, dirs=later)
+        # Nothing applied yet but to the set-group-ID directory, as its entries came.
+        assert os.lstat(shared / "usr/share/d").st_mode & 0o7777 == 0o700
+        later.finish(tree)
+    assert_same_tree(expected, alone)
+    assert_same_tree(expected, shared)
+    inner, made = os.lstat(shared / "usr/share/sg/inner"), os.lstat(shared / "usr/share/sg/made")
+    after = os.lstat(shared / "usr/share/sg/later")
+    assert inner.st_mode & 0o2000 and made.st_mode & 0o2000 and inner.st_gid == made.st_gid != 0
+    assert not after.st_mode & 0o2000 and after.st_gid == 0
+    # Once each, the last owner's: its mtime, though a later package's file went in after.
+    assert os.lstat(shared / "usr/share/d").st_mtime == 2_000_000
+    assert os.lstat(alone / "usr/share/d").st_mtime != 2_000_000
