@@ -35,6 +35,7 @@ from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
 from host.log import get as logger
+from rpmextents import Owners
 from rpmextents.files import FileList
 
 log = logger(__name__)
@@ -59,7 +60,8 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
           known: Mapping[str, FileList] | None = None,
           lists: tuple[Sequence[FileList], Sequence[FileList]] | None = None,
           written: Mapping[str, tuple[str, EtcPart]] | None = None,
-          old_names: Mapping[str, str] | None = None) -> EtcMerge:
+          old_names: Mapping[str, str] | None = None,
+          owner_ids: OwnerIds | None = None) -> EtcMerge:
     """Merge the image's /etc into the root (deploy.etcmerge) as `rpm -U` from the packages
     of old_usr would (`rpm -i` without one) and record it in the new /usr. The packages are
     the trees' header files; known: file lists already read, by their header's sha256;
@@ -69,7 +71,9 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
     /etc part) (see _new_packages). An old tree's header file that hashes to one of those
     is taken as that part, not parsed again (a full build of packages old_usr has too);
     old_names: the sha256 of old_usr's header files by name, when the tree is known to hold
-    exactly its record's (installed_file_lists' names), so that none of them is hashed."""
+    exactly its record's (installed_file_lists' names), so that none of them is hashed;
+    owner_ids: the ids the build of usr resolved the image's owner names to (Built.owner_ids),
+    so that a root file already as built is known without a look at usr's factory."""
     reuse: Mapping[str, Listed] = known or {}
     if written:
         reuse = {**reuse, **{sha: part for sha, part in written.values()}}
@@ -96,7 +100,10 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
         try:
             # The root is a snapshot of merged_from's, which old_usr's record describes.
             recorded = recorded_files(old_usr) if old_usr is not None and merged_from is not None else None
-            result = merge_etc(root_fd, usr_fd, old, new, recorded)
+            owners = None if owner_ids is None else Owners(
+                *({name: i for name, i in owner_ids.get(kind, {}).items() if i is not None}
+                  for kind in ("users", "groups")))
+            result = merge_etc(root_fd, usr_fd, old, new, recorded, owners)
             # A fresh root has no earlier record: its first update takes its digests from this.
             after = record_after(root_fd, result) if merged_from is None else ()
             write_records(usr_fd, result, merged_from, after)
@@ -201,7 +208,7 @@ def build_system(
             known = _read(store, m, base)
             lists = (tree_lists(known, base, m)
                      if updated and base is not None and root_base == base.id else None)
-            merged.append(merge(root, tree, old_usr, root_base, known, lists, written, old_names))
+            merged.append(merge(root, tree, old_usr, root_base, known, lists, written, old_names, owner_ids))
             checkpoint("etc merged")
             write_record(tree, subvol_id, owner_ids)
             # The root goes into place before its /usr: a complete deployment always has it.
