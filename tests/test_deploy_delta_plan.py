@@ -6,8 +6,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from deploy.delta import NoDelta, Placement, plan
+from deploy.delta import NoDelta, Placement, plan, same_result
 from fixtures.build import fixture_packages
 from rpmextents import Entry, ExtentsPackage
 from rpmextents.files import EntryType
@@ -96,3 +98,105 @@ def test_file_lists_of_real_packages_plan_like_their_entries(tmp_path: Path) -> 
         assert dict(same.write) == {} and same.kept == len(Placement.of([("H", listed)]).codes)
         back = plan(Placement.of([("H", listed), ("O", other)]), Placement.of([("H", listed)]))
         assert dict(back.write) == {"H": frozenset(group)}
+
+
+# --- the plan against its definition: old's tree, changed as the plan says, is new's -------
+
+_UNIVERSE = {  # image path -> its type (one type a path: disagreeing packages are tested above)
+    "/usr/a": EntryType.DIR, "/usr/a/b": EntryType.DIR, "/usr/c": EntryType.DIR,
+    "/usr/a/f1": EntryType.FILE, "/usr/a/b/f2": EntryType.FILE, "/usr/c/f3": EntryType.FILE,
+    "/usr/f4": EntryType.FILE, "/usr/a/b/deep/f5": EntryType.FILE,
+    "/usr/a/l1": EntryType.SYMLINK, "/usr/c/l2": EntryType.SYMLINK,  # never anything's parent
+}
+
+
+@st.composite
+def _package(draw: st.DrawFn) -> list[Entry]:
+    paths = draw(st.lists(st.sampled_from(sorted(_UNIVERSE)), unique=True, max_size=6))
+    out = []
+    for i, path in enumerate(paths):
+        kind = _UNIVERSE[path]
+        bits = draw(st.sampled_from([0o755, 0o700] if kind is EntryType.DIR else [0o644, 0o600]))
+        out.append(entry(i, path, kind, digest=draw(st.sampled_from(["aa" * 32, "bb" * 32])),
+                         linkto=draw(st.sampled_from(["x", "y"])) if kind is EntryType.SYMLINK else "",
+                         mode=_MODES[kind] & ~0o7777 | (0o777 if kind is EntryType.SYMLINK else bits)))
+    return out
+
+
+@st.composite
+def _update(draw: st.DrawFn) -> tuple[list[tuple[str, list[Entry]]], list[tuple[str, list[Entry]]]]:
+    pool = draw(st.lists(_package(), min_size=1, max_size=5))
+    keys = [f"P{i}" for i in range(len(pool))]
+    old = draw(st.permutations(keys).flatmap(lambda ks: st.lists(st.sampled_from(ks), unique=True)))
+    new = draw(st.permutations(keys).flatmap(lambda ks: st.lists(st.sampled_from(ks), unique=True)))
+    return [(k, pool[int(k[1:])]) for k in old], [(k, pool[int(k[1:])]) for k in new]
+
+
+_PARENT = "made as a parent"
+
+
+def _fresh(layout: Placement) -> dict[str, object]:
+    """What a fresh build of a layout leaves: each placed path's entry, and the directories
+    only made as parents."""
+    tree: dict[str, object] = {path: layout.entry(code) for path, code in layout.codes.items()}
+    for path in layout.parents:
+        tree.setdefault(path, _PARENT)
+    return tree
+
+
+def _applied(old: Placement, new: Placement, p: object) -> dict[str, object] | None:
+    """old's tree changed as plan p says, as deploy.delta.remove and the extraction of the
+    entries to write do; None where the removal would refuse (a directory not empty)."""
+    tree = _fresh(old)
+    for path in p.delete:  # type: ignore[attr-defined]
+        if any(other.startswith(path + "/") for other in tree):
+            return None
+        tree.pop(path, None)
+    for path in p.reset_dirs:  # type: ignore[attr-defined]
+        tree[path] = _PARENT
+    by_key = dict(new.packages)
+    for key, indices in p.write.items():  # type: ignore[attr-defined]
+        for i in indices:
+            e = by_key[key][i]
+            rel = e.path.removeprefix("/usr/")
+            tree[rel] = e
+            parts = rel.split("/")
+            for n in range(1, len(parts)):
+                tree.setdefault("/".join(parts[:n]), _PARENT)
+    tree.setdefault("", _PARENT)
+    return tree
+
+
+def _as_parent(e: object) -> bool:
+    """Whether an entry leaves what a directory made only as a parent is: root's, 0755."""
+    return (isinstance(e, Entry) and e.type is EntryType.DIR and e.mode & 0o7777 == 0o755
+            and (e.user, e.group) == ("root", "root"))
+
+
+def _same(a: object, b: object) -> bool:
+    if a is _PARENT or b is _PARENT:
+        return a is b or _as_parent(a if b is _PARENT else b)
+    return same_result(a, b)  # type: ignore[arg-type]
+
+
+@settings(max_examples=400, deadline=None)
+@given(_update())
+def test_the_plan_turns_the_old_tree_into_the_new_one(images) -> None:
+    """Whatever two images are (packages shared, added, removed, reordered; directories,
+    files and symlinks whose owners and metadata change), the old image's fresh tree changed
+    as the plan says is the new image's fresh tree (a directory a package owns with root's
+    0755 is what one made only as a parent is), or the plan refuses."""
+    old_images, new_images = images
+    old, new = Placement.of(old_images), Placement.of(new_images)
+    try:
+        p = plan(old, new)
+    except NoDelta:
+        return
+    got = _applied(old, new, p)
+    if got is None:
+        return
+    want = _fresh(new)
+    want.setdefault("", _PARENT)
+    assert sorted(got) == sorted(want)
+    for path in want:
+        assert _same(got[path], want[path]), (path, got[path], want[path])
