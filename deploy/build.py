@@ -196,38 +196,29 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
           owners_root: Path, noted: Noted | None, imported: rpmdb.Importing) -> TreeBuilder:
     kernel.subvolume_create(path)
     checkpoint("subvolume created")
-    builder = TreeBuilder(path, owners_root)
-    try:
-        _extract_all(m, store, builder, progress, noted, imported)
-        builder.finish()
-    finally:
-        builder.close()
+    with TreeBuilder(path, owners_root) as builder:
+        # About ten crash points spread over the build, whatever the image's size.
+        step = max(1, len(m.packages) // 10)
+        for i, ref in enumerate(m.packages):
+            with store.opened(ref.sha256) as pkg:  # held once, here, while it is extracted
+                builder.add_package(pkg)
+                builder.account(pkg.nevra, pkg.entries())
+                builder.write_header(pkg)
+                name = header_file_name(pkg)
+                if noted is not None:
+                    # The manifest's header digest, which the stored entry's header was checked
+                    # to have before the build (Store.check_stored): not hashed a second time
+                    # (5.5 MB of headers on the benchmark corpus). Only a change to the entry in
+                    # between, which only root can make, would make them differ: the merge would
+                    # then take an old header file of the manifest's digest for this /etc part.
+                    noted(name, ref.header_sha256, pkg.entries())
+            del pkg  # (the with statement leaves the name bound: the package would live on)
+            # Once the package is let go of: its header is read again, a piece at a time.
+            imported.add(store.path(ref.sha256), name)  # its first bytes are the header file's
+            progress(i + 1, len(m.packages))
+            if i % step == 0:
+                checkpoint("package built")
     return builder
-
-
-def _extract_all(m: Image, store: Store, builder: TreeBuilder, progress: ProgressFn,
-                 noted: Noted | None, imported: rpmdb.Importing) -> None:
-    # About ten crash points spread over the build, whatever the image's size.
-    step = max(1, len(m.packages) // 10)
-    for i, ref in enumerate(m.packages):
-        with store.opened(ref.sha256) as pkg:  # held once, here, while it is extracted
-            builder.add_package(pkg)
-            builder.account(pkg.nevra, pkg.entries())
-            builder.write_header(pkg)
-            name = header_file_name(pkg)
-            if noted is not None:
-                # The manifest's header digest, which the stored entry's header was checked
-                # to have before the build (Store.check_stored): not hashed a second time
-                # (5.5 MB of headers on the benchmark corpus). Only a change to the entry in
-                # between, which only root can make, would make them differ: the merge would
-                # then take an old header file of the manifest's digest for this /etc part.
-                noted(name, ref.header_sha256, pkg.entries())
-        del pkg  # (the with statement leaves the name bound: the package would live on)
-        # Once the package is let go of: its header is read again, a piece at a time.
-        imported.add(store.path(ref.sha256), name)  # its first bytes are the header file's
-        progress(i + 1, len(m.packages))
-        if i % step == 0:
-            checkpoint("package built")
 
 
 def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple[str, FileList]]:
@@ -284,15 +275,12 @@ def _update(
                 builder.write_header(pkg)
     database.enter_context(_package_database(path, m, base, None))
     todo = [r for r in m.packages if r.sha256 in plan.write]
-    try:
+    with builder:
         for i, ref in enumerate(todo):
             with ExtentsPackage.open(store.path(ref.sha256)) as pkg:  # its data by the entry's own index
                 builder.add_package(pkg, only=plan.write[ref.sha256])
             progress(i + 1, len(todo))
             checkpoint("package built")
-        builder.finish()
-    finally:
-        builder.close()
     return builder, sum(len(v) for v in plan.write.values()), plan.kept
 
 

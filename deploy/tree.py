@@ -77,7 +77,7 @@ class TreeBuilder:
 
     def add_package(self, pkg: ExtentsPackage, only: Collection[int] | None = None) -> None:
         """Write every entry of pkg (ghosts excepted, as with rpm), or those `only` names;
-        finish() completes what the packages added."""
+        the end of the builder's with block completes what the packages added."""
         if self._tree is None:
             self._tree = Tree(self.root, USR_TREE, (HEADER_DIR,))
         report = extract(pkg, self.root, method="auto", owners=self.owners, relocation=USR_TREE,
@@ -88,18 +88,19 @@ class TreeBuilder:
         self.stats.copied += report.copied
         self.stats.bytes += report.bytes
 
-    def finish(self) -> None:
-        """Give the directories the packages made or own their metadata; then close (after
-        the last add_package, before anything reads the tree)."""
-        if self._tree is not None:
-            try:
-                self._dirs.finish(self._tree)
-            finally:
-                self.close()
+    def __enter__(self) -> TreeBuilder:
+        return self
 
-    def close(self) -> None:
-        """Let go of the tree (a build given up: what is pending is dropped with it)."""
-        if self._tree is not None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """After the last add_package, before anything reads the tree: the directories the
+        packages made or own get their metadata (not for a build given up: what is pending
+        is dropped), and the tree is let go of."""
+        if self._tree is None:
+            return
+        try:
+            if exc_type is None:
+                self._dirs.finish(self._tree)
+        finally:
             self._tree.close()
             self._tree = None
 

@@ -424,15 +424,11 @@ def repair(
                 (tree / m.location).unlink(missing_ok=True)
             for m in unowned:
                 completeness.remove(tree, m.location)
-            builder = TreeBuilder(tree, accounts_root(system, record.id))
-            try:
+            with TreeBuilder(tree, accounts_root(system, record.id)) as builder:
                 for path in stored:
                     with ExtentsPackage.open(path) as pkg:
                         builder.add_package(pkg)
                         builder.write_header(pkg)
-                builder.finish()
-            finally:
-                builder.close()
             if database:  # derived from the header files: made again from them
                 rpmdb.build(tree, [tree / HEADER_DIR / f"{p.nvra}.rpm" for p in record.packages])
             kernel.sync_filesystem(tree)

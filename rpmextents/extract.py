@@ -256,27 +256,35 @@ class DeferredDirs:
     are the latter; neither `rpm -V` nor the trees' comparison with rpm's checks them)."""
 
     def __init__(self) -> None:
-        # tree path -> (image path, mode, uid, gid, mtime) of its last owner's entry
-        self._pending: dict[str, tuple[str, int, int, int, int]] = {}
+        self._pending: dict[str, DirMeta] = {}  # tree path -> its last owner's
 
-    def defer(self, rel: str, entry: Entry, meta: tuple[int, int, int]) -> None:
-        """Take a directory's metadata (owners.mode_and_ids of its entry) for finish()."""
-        self._pending[rel] = (entry.path, *meta, entry.mtime)
+    def defer(self, rel: str, meta: DirMeta) -> None:
+        """Take a directory's metadata for finish()."""
+        self._pending[rel] = meta
 
     def finish(self, tree: Tree) -> None:
         """Apply what is pending, deepest directories first, in tree (the one extracted into)."""
         pending, self._pending = self._pending, {}
         for rel in sorted(pending, key=lambda r: -r.count("/")):
-            path, mode, uid, gid, mtime = pending[rel]
-            try:
-                fd = tree.open_dir(rel)
-                try:
-                    _set_meta(fd, mode, uid, gid)
-                    os.utime(fd, (mtime, mtime))
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                raise ExtractError(f"{path}: {e.strerror or e}") from e
+            _dir_meta(tree, rel, pending[rel])
+
+
+# A directory entry's image path, then its mode, uid and gid (Owners.mode_and_ids) and mtime.
+DirMeta = tuple[str, int, int, int, int]
+
+
+def _dir_meta(tree: Tree, rel: str, meta: DirMeta) -> None:
+    """Give the directory at tree path rel its metadata."""
+    path, mode, uid, gid, mtime = meta
+    try:
+        fd = tree.open_dir(rel)
+        try:
+            _set_meta(fd, mode, uid, gid)
+            os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise ExtractError(f"{path}: {e.strerror or e}") from e
 
 
 def _set_meta(fd: int, mode: int, uid: int, gid: int) -> None:
@@ -380,17 +388,11 @@ class _Run:
         entries = self.pkg.entries()
         for rel, index in reversed(self.dirs):
             entry = entries[index]
+            meta = (entry.path, *self.owners.mode_and_ids(entry), entry.mtime)
             if self.later is not None:
-                self.later.defer(rel, entry, self.owners.mode_and_ids(entry))
-                continue
-            try:
-                fd = self.tree.open_dir(rel)
-                try:
-                    _apply_meta(entry, self.owners, fd, "", None)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                raise ExtractError(f"{entry.path}: {e.strerror or e}") from e
+                self.later.defer(rel, meta)
+            else:
+                _dir_meta(self.tree, rel, meta)
 
 
 def extract(
