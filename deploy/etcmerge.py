@@ -151,11 +151,10 @@ class _Merge:
         known without looking at the factory. Most /etc files of an update are: the
         benchmark image's update looks up 148 paths of the new /usr's factory, not 535.
         Only the answer yes is taken: else the factory is looked at as before."""
-        if self.owners is None or new.type is not EntryType.FILE or disk.type is not EntryType.FILE:
+        if self.owners is None or new.type is not EntryType.FILE:
             return False
-        mode, uid, gid = self.owners.mode_and_ids(new)
-        return ((disk.mode, disk.uid, disk.gid) == (mode, uid, gid)
-                and bool(new.digest) and disk.digest(new.digest_algo) == new.digest)
+        built = OnDisk(EntryType.FILE, *self.owners.mode_and_ids(new), "", disk.digest)
+        return _same_as_vendor(disk, built, new)
 
     def note(self, path: str, action: str, nevra: str | None, detail: str) -> None:
         self.actions.append(EtcAction(path, action, nevra, detail))
