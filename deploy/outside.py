@@ -7,6 +7,7 @@ update of the same image would otherwise reprint every /etc and /var file it rel
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 from deploy.system import System
 from imagespec.relocation import USR_TREE
@@ -14,10 +15,13 @@ from rpmextents.errors import ExtentsError
 from rpmextents.tree import Tree
 
 
-def new_outside_usr(system: System, replaced: str | None,
-                    outside: dict[str, list[str]]) -> dict[str, list[str]] | None:
+def new_outside_usr(system: System, replaced: str | None, outside: dict[str, list[str]],
+                    had: Collection[str] = ()) -> dict[str, list[str]] | None:
     """outside (package -> paths) less the paths deployment `replaced` holds under
     share/factory; None when nothing was replaced or its tree is gone (nothing to compare).
+    had: the packages (NEVRA) that `replaced` has too, the very same (sha256): what they place
+    is in its tree already, so their paths are not looked up (an update's hundreds of
+    unchanged packages cost nothing here).
 
     Paths resolve inside the replaced tree as extraction resolves them: a symlink it holds
     is never followed out of it, and a path it cannot resolve counts as new.
@@ -31,6 +35,8 @@ def new_outside_usr(system: System, replaced: str | None,
     fresh: dict[str, list[str]] = {}
     with tree:
         for nevra, paths in outside.items():
+            if nevra in had:
+                continue
             new = [p for p in paths if not _holds(tree, p)]
             if new:
                 fresh[nevra] = new

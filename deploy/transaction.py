@@ -43,6 +43,7 @@ from deploy.faults import checkpoint
 from deploy.layoutcache import LayoutCache
 from deploy.lifecycle import mutating
 from deploy.lock import DEFAULT_WAIT
+from deploy.outside import new_outside_usr
 from deploy.signature import fetch_verified_manifest, package_keyring, trusted_key_files
 from deploy.sources import FetchJob, Source, open_source
 from deploy.state import DeploymentRecord, PackageRecord, State, now_iso
@@ -115,6 +116,8 @@ class DeployResult:
     signed_by: str = ""
     kernel_arguments: str = ""
     outside_usr: dict[str, list[str]] = field(default_factory=dict)
+    # Of those, the ones the replaced deployment lacks (None: nothing replaced, or its tree is gone).
+    outside_usr_new: dict[str, list[str]] | None = None
     scriptlets_not_run: tuple[str, ...] = ()
     unknown_owners: tuple[str, ...] = ()
     build: str = ""  # "update" (from the previous deployment) or "full"
@@ -498,6 +501,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             DeployResult, image=m.name, version=m.version, previous_default=current.default,
             packages=len(m.packages), signed_by=signed.signed_by,
             replaces=intent.ref_of(current.find(current.default)),
+            outside_usr_new={} if current.default is not None else None,
         )
         existing = next(
             (d for d in current.deployments if (d.image, d.version) == (m.name, m.version)), None
@@ -528,12 +532,16 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             basecheck.record_intact(system, tree.record.id, synced=True)
             store.mark_added()  # nor a full deploy hash the new store entries again
         built = tree.built
+        replaced = current.find(current.default)
+        kept = {p.sha256 for p in replaced.packages} if replaced is not None else set()
+        new_outside = new_outside_usr(system, replaced.id if replaced is not None else None,
+                                      built.outside_usr, {r.nevra for r in m.packages if r.sha256 in kept})
         return base(
             outcome=Outcome.DEPLOYED, deployment=tree.record.id, fetched=len(stored.fetched),
             fetched_bytes=sum(r.size for r in stored.fetched), transferred_bytes=stored.transferred,
             deduplicated_bytes=stored.deduplicated, reflinked_files=built.reflinked,
             copied_files=built.copied, kernel_arguments=bootselect.kernel_arguments(system, tree.record.id),
-            outside_usr=built.outside_usr, scriptlets_not_run=m.report.scriptlets,
+            outside_usr=built.outside_usr, outside_usr_new=new_outside, scriptlets_not_run=m.report.scriptlets,
             unknown_owners=built.unknown_owners, build=built.method,
             full_reason=basecheck.reason(current.default or "", damage) if damage else built.full_reason,
             written_paths=built.written, kept_paths=built.kept, base_damage=damage,

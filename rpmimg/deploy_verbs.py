@@ -108,17 +108,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )
     if args.download_only:
         return _download(args, opts)
-    from deploy.outside import new_outside_usr
-
-    with _system(args) as system:
-        with _Bars() as bars:
-            result = deploy(system, opts, bars)
-        new = new_outside_usr(system, result.replaces.id if result.replaces else None,
-                              result.outside_usr)
+    with _system(args) as system, _Bars() as bars:
+        result = deploy(system, opts, bars)
     if args.json:
-        print_json({**deploy_json(result), "outside_usr_new": new})
+        print_json(deploy_json(result))
         return 0
-    for line in report(result, args.verbose, new):
+    for line in report(result, args.verbose):
         print(line)
     return 0
 
@@ -161,8 +156,7 @@ def _replaces(result: DeployResult) -> str:
     return f", replacing {r.image} {r.version} (deployment {r.id})"
 
 
-def _outside_lines(result: DeployResult, verbose: bool,
-                   new: dict[str, list[str]] | None) -> list[str]:
+def _outside_lines(result: DeployResult, verbose: bool) -> list[str]:
     outside = sum(len(p) for p in result.outside_usr.values())
     if not outside:
         return []
@@ -170,6 +164,7 @@ def _outside_lines(result: DeployResult, verbose: bool,
     if verbose:
         return [head] + [f"    {nevra}: {', '.join(paths)}"
                          for nevra, paths in sorted(result.outside_usr.items())]
+    new = result.outside_usr_new
     if new is None or result.replaces is None:
         return [head + " (--verbose lists them)"]
     count = sum(len(p) for p in new.values())
@@ -177,10 +172,9 @@ def _outside_lines(result: DeployResult, verbose: bool,
     return [head] + [f"    {nevra}: {', '.join(paths)}" for nevra, paths in sorted(new.items())]
 
 
-def report(result: DeployResult, verbose: bool,
-           new_outside: dict[str, list[str]] | None = None) -> list[str]:
-    """A few lines with counts; the outside-/usr files new since the replaced deployment
-    (new_outside), and every one and every scriptlet only when verbose."""
+def report(result: DeployResult, verbose: bool) -> list[str]:
+    """A few lines with counts; the outside-/usr files new since the replaced deployment,
+    and every one and every scriptlet only when verbose."""
     from deploy.transaction import Outcome
 
     name = f"{result.image} {result.version}"
@@ -199,7 +193,7 @@ def report(result: DeployResult, verbose: bool,
                      f" {plural(result.written_paths, 'path')} written, {result.kept_paths} kept")
     elif result.full_reason:
         lines.append(f"  built in full: {result.full_reason}")
-    lines += _outside_lines(result, verbose, new_outside)
+    lines += _outside_lines(result, verbose)
     if result.scriptlets_not_run:
         lines.append(f"  {plural(len(result.scriptlets_not_run), 'package')} with scriptlets that were not run"
                      + (": " + ", ".join(result.scriptlets_not_run) if verbose else " (--verbose lists them)"))

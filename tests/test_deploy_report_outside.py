@@ -91,3 +91,18 @@ def test_a_symlink_in_the_replaced_tree_is_not_followed_out_of_it(tmp_path: Path
     (tree / "share/factory").rmdir()
     (tree / "share/factory").symlink_to(escape)
     assert new_outside_usr(system, "1", outside) == outside
+
+
+def test_packages_the_replaced_deployment_has_bring_nothing_new(tmp_path: Path) -> None:
+    # A package the replaced deployment has too (the same sha256) is not looked up: even a
+    # path its tree lacks is not new from it; another package's same path still is.
+    from deploy.layout import Layout
+    from deploy.outside import new_outside_usr
+    from deploy.system import System
+
+    layout = Layout(top=tmp_path, sysroot=tmp_path)
+    (layout.deployment("1") / "share/factory/etc").mkdir(parents=True)
+    system = System(tmp_path, layout, visible=True)
+    outside = {"p-1-1.x86_64": ["/etc/gone.conf"], "q-2-1.x86_64": ["/etc/gone.conf"]}
+    assert new_outside_usr(system, "1", outside, had={"p-1-1.x86_64"}) == {"q-2-1.x86_64": ["/etc/gone.conf"]}
+    assert new_outside_usr(system, "1", outside) == outside
