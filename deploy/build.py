@@ -40,7 +40,7 @@ class Built:
     method: str  # "update" (from the previous deployment) or "full"
     full_reason: str  # why a full build, when it is one
     written: int  # paths written (all of them in a full build)
-    kept: int  # paths carried over from the previous deployment untouched
+    kept: int  # paths the update compared and left untouched (deploy.delta.plan_update)
     reflinked: int
     copied: int
     outside_usr: dict[str, list[str]]
@@ -251,12 +251,7 @@ def _update(
     new_keys = [r.sha256 for r in m.packages]
     entries = _entries(store, old_keys, f"deployment {base.id}")
     entries.update(_entries(store, new_keys, f"{m.name} {m.version}"))
-    placed: dict[str, delta.Outline] = {}  # the packages both images have are laid out once
-    plan = delta.plan(
-        delta.Placement.of(((k, entries[k][1]) for k in old_keys), placed),
-        delta.Placement.of(((k, entries[k][1]) for k in new_keys), placed),
-    )
-    del placed
+    plan = delta.plan_update([(k, entries[k][1]) for k in old_keys], [(k, entries[k][1]) for k in new_keys])
     for key in new_keys:
         builder.account(*entries[key])
 

@@ -300,6 +300,120 @@ def plan(old: Placement, new: Placement) -> Plan:
     )
 
 
+def plan_update(old: Sequence[tuple[str, Sequence[Entry]]],
+                new: Sequence[tuple[str, Sequence[Entry]]]) -> Plan:
+    """plan() of the images old and new (each package's key and file list, in order, as
+    Placement.of takes them), comparing only the paths where they can differ.
+
+    Those are the paths of the packages one image has and the other lacks, the directories
+    that lie above paths of one image and not of the other, and the other paths of a
+    hardlink group any of those is in. Every other path is owned by the same packages in
+    both, and the same one wins it, when the packages both images have stand in the same
+    order in both: an update of the benchmark image compares a few hundred of its paths, not
+    all 80,000. Where that order differs (or a key repeats), every path is compared.
+    kept counts the compared paths left as they were."""
+    old_keys, new_keys = [k for k, _ in old], [k for k, _ in new]
+    in_old, in_new = set(old_keys), set(new_keys)
+    if (len(in_old) < len(old_keys) or len(in_new) < len(new_keys)
+            or [k for k in old_keys if k in in_new] != [k for k in new_keys if k in in_old]):
+        placed: dict[str, Outline] = {}
+        return plan(Placement.of(old, placed), Placement.of(new, placed))
+    lists = {**dict(old), **dict(new)}
+    outlines = {k: _placed_outline(lists[k]) for k in in_old ^ in_new}
+    parent_dirs = {k: _parent_dirs(entries) for k, entries in lists.items()}
+    old_parents = _with_ancestors(d for k in old_keys for d in parent_dirs[k])
+    new_parents = _with_ancestors(d for k in new_keys for d in parent_dirs[k])
+    paths = {path for _, placed_paths, _ in outlines.values() for path in placed_paths}
+    paths |= old_parents ^ new_parents
+    shared = [k for k in old_keys if k in in_new]
+    while True:
+        dirs = {rel.rpartition("/")[0] for rel in paths}
+        for k in shared:
+            outlines[k] = _outline_within(lists[k], paths, dirs)
+        linked = {path for k in shared for path in _group_paths(lists[k], outlines[k][0])}
+        if linked <= paths:
+            break
+        paths |= linked
+    old_layout, new_layout = Placement.of(old, outlines), Placement.of(new, outlines)
+    # Every path's ancestors, not only the compared paths': the checks ask about all of them.
+    old_layout.parents, new_layout.parents = old_parents, new_parents
+    return plan(old_layout, new_layout)
+
+
+def _parent_dirs(entries: Sequence[Entry]) -> set[str]:
+    """The tree-relative parents of a package's placed (not %ghost) paths: of a file list,
+    from its directory names, decoding the names of files outside /usr's directories only."""
+    tree_path = USR_TREE.tree_path
+    dirnames = entries.placed_dirnames() if isinstance(entries, FileList) else None
+    if dirnames is None:
+        return {rel.rpartition("/")[0] for rel in _placed_outline(entries)[1] if rel}
+    found = {parent for d in dirnames if (parent := _tree_parent(d)) is not None}
+    assert isinstance(entries, FileList)
+    for i, path in entries.paths_in(lambda d: _tree_parent(d) is None):
+        rel = tree_path(path)
+        if rel and not entries.flags[i] & _GHOST:
+            found.add(rel.rpartition("/")[0])
+    return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _tree_parent(dirname: str) -> str | None:
+    """The tree-relative parent of the files of a directory name below /usr ("/usr/bin/":
+    "bin"), None for any other (their tree paths are asked one by one). Remembered: most
+    directory names are many packages' ("/usr/share/doc/"), and asked again at every pass."""
+    prefix = USR_TREE.tree_dir(dirname)
+    return None if prefix is None else prefix.rstrip("/")
+
+
+def _with_ancestors(dirs: Iterable[str]) -> set[str]:
+    """dirs and all their ancestors, with what every tree has (as Placement.parents)."""
+    found = {"", *_ancestors(f"{HEADER_DIR}/-")}
+    for path in dirs:
+        while path not in found:
+            found.add(path)
+            path = path.rpartition("/")[0]
+    return found
+
+
+def _outline_within(entries: Sequence[Entry], paths: set[str], dirs: set[str]) -> Outline:
+    """A package's outline, only the paths of it in paths (whose parents are dirs); of a
+    plain file list, only the names in those directories are decoded."""
+    if not isinstance(entries, FileList) or not entries.split_by_dirname():
+        positions_all, rels_all, types_all = _placed_outline(entries)
+        keep = [n for n, rel in enumerate(rels_all) if rel in paths]
+        return (array("I", [positions_all[n] for n in keep]), [rels_all[n] for n in keep],
+                [types_all[n] for n in keep])
+    tree_path = USR_TREE.tree_path
+
+    def wanted(d: str) -> bool:
+        parent = _tree_parent(d)
+        return parent is None or parent in dirs
+
+    positions: array[int] = array("I")
+    rels: list[str] = []
+    types: list[EntryType] = []
+    modes, flags = entries.modes, entries.flags
+    for i, path in entries.paths_in(wanted):
+        # tree_path, its common case written out: a path below /usr loses "/usr/".
+        rel = path[5:] if path.startswith("/usr/") else tree_path(path)
+        if not flags[i] & _GHOST and rel in paths:
+            positions.append(i)
+            rels.append(rel)
+            types.append(entry_type(modes[i]))
+    return positions, rels, types
+
+
+def _group_paths(entries: Sequence[Entry], positions: Iterable[int]) -> set[str]:
+    """The tree paths of every member of the hardlink groups of the entries at positions."""
+    tree_path = USR_TREE.tree_path
+    if isinstance(entries, FileList):
+        keys = entries.hardlink_keys
+        groups = {keys[i] for i in positions if i in keys}
+        return {tree_path(entries.path(j)) for j, g in keys.items() if g in groups} if groups else set()
+    groups_of = {entries[i].hardlink_key for i in positions} - {None}
+    return {tree_path(e.path) for e in entries if e.hardlink_key in groups_of and not e.ghost}
+
+
 def check_owners(recorded: Mapping[str, Mapping[str, int | None]], owners: Owners) -> None:
     """Raise NoDelta when a name the base deployment used now resolves to another id."""
     for kind, table in (("users", owners.users), ("groups", owners.groups)):

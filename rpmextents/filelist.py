@@ -142,7 +142,8 @@ class FileList(Sequence[Entry]):
         self._ext_offset: array[int] | None = None
         self._ext_length: array[int] | None = None
         self._extents_from: Callable[[], Iterable[tuple[int, int, int]]] | None = None
-        if not self._plain_paths():
+        self._plain = self._plain_paths()
+        if not self._plain:
             for path in self.paths():
                 check_path(path)
         for mode in set(self.modes):
@@ -323,6 +324,26 @@ class FileList(Sequence[Entry]):
         for name, k in zip(_decoded(self.header, self._names, 0, self._n), dirindexes, strict=True):
             prefix = prefixes[k]
             yield prefix + name if prefix is not None else each(dirnames[k] + name)
+
+    def split_by_dirname(self) -> bool:
+        """Whether every path is one of the directory names and a name without "/" (checked
+        as the list was made): each file's parent is then its directory name."""
+        return self._dirindexes is not None and self._plain
+
+    def placed_dirnames(self) -> list[str] | None:
+        """The directory names (DIRNAMES) of the files other than %ghost ones, each once, when
+        every path is one of them and a name without "/" (so each such file's parent is its
+        directory name); None where that is not so (old-style names, or a name holding "/"):
+        then a caller asks paths(). Of a package without %ghost files, told in C."""
+        dirindexes = self._dirindexes
+        if dirindexes is None or not self.split_by_dirname():
+            return None
+        flags = self.flags
+        if any(f & _GHOST for f in set(flags)):
+            used = {k for k, f in zip(dirindexes, flags, strict=True) if not f & _GHOST}
+        else:
+            used = set(dirindexes)
+        return [self._dirnames[k] for k in sorted(used)]
 
     def owner_names(self) -> tuple[set[str], set[str]]:
         """The user and the group names the files other than %ghost ones name."""

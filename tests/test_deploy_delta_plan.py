@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from pathlib import Path
 
@@ -9,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploy.delta import NoDelta, Placement, plan, same_result
+from deploy.delta import NoDelta, Placement, plan, plan_update, same_result
 from fixtures.build import fixture_packages
 from rpmextents import Entry, ExtentsPackage
-from rpmextents.files import EntryType
+from rpmextents.files import EntryType, FileList
+from rpmextents.header import Header
 from rpmextents.transcode import transcode
 
 _MODES = {EntryType.FILE: stat.S_IFREG | 0o644, EntryType.DIR: stat.S_IFDIR | 0o755,
@@ -123,11 +125,17 @@ def _package(draw: st.DrawFn) -> list[Entry]:
     return out
 
 
+def _pool(draw: st.DrawFn, package: st.SearchStrategy[list[Entry]], most: int
+          ) -> tuple[list[list[Entry]], list[str], list[str]]:
+    """Packages P0, P1, ..., their keys, and the old image: some of them in some order."""
+    pool = draw(st.lists(package, min_size=1, max_size=most))
+    keys = [f"P{i}" for i in range(len(pool))]
+    return pool, keys, draw(st.permutations(keys).flatmap(lambda ks: st.lists(st.sampled_from(ks), unique=True)))
+
+
 @st.composite
 def _update(draw: st.DrawFn) -> tuple[list[tuple[str, list[Entry]]], list[tuple[str, list[Entry]]]]:
-    pool = draw(st.lists(_package(), min_size=1, max_size=5))
-    keys = [f"P{i}" for i in range(len(pool))]
-    old = draw(st.permutations(keys).flatmap(lambda ks: st.lists(st.sampled_from(ks), unique=True)))
+    pool, keys, old = _pool(draw, _package(), 5)
     new = draw(st.permutations(keys).flatmap(lambda ks: st.lists(st.sampled_from(ks), unique=True)))
     return [(k, pool[int(k[1:])]) for k in old], [(k, pool[int(k[1:])]) for k in new]
 
@@ -200,3 +208,146 @@ def test_the_plan_turns_the_old_tree_into_the_new_one(images) -> None:
     assert sorted(got) == sorted(want)
     for path in want:
         assert _same(got[path], want[path]), (path, got[path], want[path])
+
+
+# --- the update's plan, comparing only where the images can differ, is the whole plan ---------
+
+# Paths with the types a package may give them (some disagree: those plans refuse), "/usr"
+# itself, paths outside /usr (placed under share/factory, one of them where a /usr path is).
+_KINDS = {
+    "/usr": [EntryType.DIR], "/usr/a": [EntryType.DIR, EntryType.SYMLINK], "/usr/a/b": [EntryType.DIR],
+    "/usr/a/f1": [EntryType.FILE], "/usr/a/b/f2": [EntryType.FILE], "/usr/a/b/deep/f5": [EntryType.FILE],
+    "/usr/f4": [EntryType.FILE, EntryType.DIR], "/usr/a/l1": [EntryType.SYMLINK],
+    "/usr/c/f3": [EntryType.FILE], "/etc": [EntryType.DIR], "/etc/e1": [EntryType.FILE],
+    "/usr/share/factory/etc/e1": [EntryType.FILE], "/var/lib/v": [EntryType.DIR],
+}
+_GHOST_FLAG = 64
+
+
+@st.composite
+def _linked_package(draw: st.DrawFn) -> list[Entry]:
+    """Entries of one package: some %ghost, some of its files one hardlink group."""
+    paths = draw(st.lists(st.sampled_from(sorted(_KINDS)), unique=True, max_size=7))
+    out: list[Entry] = []
+    for i, path in enumerate(paths):
+        kind = draw(st.sampled_from(_KINDS[path]))
+        e = entry(i, path, kind, digest=draw(st.sampled_from(["aa" * 32, "bb" * 32])),
+                  linkto=draw(st.sampled_from(["x", "y"])) if kind is EntryType.SYMLINK else "")
+        ghost = draw(st.integers(0, 5)) == 0
+        out.append(dataclasses.replace(e, flags=_GHOST_FLAG if ghost else 0))
+    linked = [e.index for e in out if e.type is EntryType.FILE and not e.ghost and draw(st.booleans())]
+    if len(linked) >= 2:
+        out = [dataclasses.replace(e, hardlink_key=linked[0]) if e.index in linked else e for e in out]
+    return out
+
+
+@st.composite
+def _ordered_update(draw: st.DrawFn) -> tuple[list[tuple[str, list[Entry]]], list[tuple[str, list[Entry]]]]:
+    """Two images whose shared packages mostly keep their order (as updates do), sometimes not."""
+    pool, keys, old = _pool(draw, _linked_package(), 6)
+    new = [k for k in old if draw(st.integers(0, 3)) > 0]
+    for k in keys:
+        if k not in old and draw(st.booleans()):
+            new.insert(draw(st.integers(0, len(new))), k)
+    if draw(st.integers(0, 4)) == 0:
+        new = draw(st.permutations(new))
+    return [(k, pool[int(k[1:])]) for k in old], [(k, pool[int(k[1:])]) for k in new]
+
+
+def _file_list(entries: list[Entry], split: bool) -> FileList:
+    """The entries as a package header's file list: paths split at their last "/" as rpmbuild
+    writes them, or (split) each below "/usr/" or "/" whole, a name holding "/"."""
+    from benchmarks.rpmwriter import Header as HeaderWriter
+    from benchmarks.rpmwriter import TagType as Kind
+    from rpmextents.header import Tag
+
+    parts = []
+    for e in entries:
+        head, _, name = e.path.rpartition("/")
+        if split and e.path.startswith("/usr/") and "/" in e.path[5:]:
+            head, name = "/usr", e.path[5:]
+        parts.append((head + "/", name))
+    dirnames = list(dict.fromkeys(d for d, _ in parts))
+    w = HeaderWriter()
+    w.add(Tag.DIRNAMES, Kind.STRING_ARRAY, dirnames)
+    w.add(Tag.BASENAMES, Kind.STRING_ARRAY, [n for _, n in parts])
+    w.add(Tag.DIRINDEXES, Kind.INT32, [dirnames.index(d) for d, _ in parts])
+    w.add(Tag.FILEMODES, Kind.INT16, [e.mode for e in entries])
+    w.add(Tag.FILESIZES, Kind.INT32, [e.size for e in entries])
+    w.add(Tag.FILEFLAGS, Kind.INT32, [e.flags for e in entries])
+    w.add(Tag.FILEMTIMES, Kind.INT32, [e.mtime for e in entries])
+    w.add(Tag.FILEDIGESTS, Kind.STRING_ARRAY, [e.digest for e in entries])
+    w.add(Tag.FILELINKTOS, Kind.STRING_ARRAY, [e.linkto for e in entries])
+    w.add(Tag.FILEUSERNAME, Kind.STRING_ARRAY, [e.user for e in entries])
+    w.add(Tag.FILEGROUPNAME, Kind.STRING_ARRAY, [e.group for e in entries])
+    w.add(Tag.FILEDIGESTALGO, Kind.INT32, [8])
+    w.add(Tag.FILEINODES, Kind.INT32, [e.hardlink_key + 1 if e.hardlink_key is not None else 100 + e.index
+                                        for e in entries])
+    files = FileList(Header(w.blob(63)))
+    assert [(e.path, e.type, e.hardlink_key) for e in files] == [(e.path, e.type, e.hardlink_key) for e in entries]
+    return files
+
+
+def _outcome(old: list, new: list, whole: bool) -> object:
+    try:
+        if whole:
+            p = plan(Placement.of(old), Placement.of(new))
+        else:
+            p = plan_update(old, new)
+    except NoDelta:
+        return NoDelta
+    return p.delete, p.reset_dirs, dict(p.write)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_ordered_update(), st.booleans())
+def test_the_updates_plan_is_the_whole_plan(images, split: bool) -> None:
+    """Whatever two images are (packages kept in order or not, added, removed; %ghost files,
+    hardlink groups, paths outside /usr, paths whose packages disagree on their type), the
+    plan that compares only the paths that can differ deletes, resets and writes what the
+    plan comparing every path does, or both refuse: of entry lists and of file lists (their
+    names split as rpmbuild writes them, or not)."""
+    old, new = images
+    want = _outcome(old, new, whole=True)
+    assert _outcome(old, new, whole=False) == want
+    as_lists = {k: _file_list(e, split) for k, e in [*old, *new]}
+    old_lists, new_lists = [(k, as_lists[k]) for k, _ in old], [(k, as_lists[k]) for k, _ in new]
+    assert _outcome(old_lists, new_lists, whole=True) == want
+    assert _outcome(old_lists, new_lists, whole=False) == want
+
+
+def test_an_update_compares_only_the_changed_packages_paths() -> None:
+    """Of a hundred packages, one replaced: the plan looks at its paths and their parents
+    (kept counts those left as they were), not the others', and still finds another
+    package's file that the removed one had covered."""
+    others = [(f"K{i}", [entry(0, f"/usr/share/k{i}", EntryType.DIR), entry(1, f"/usr/share/k{i}/f")])
+              for i in range(100)]
+    shadowed = ("S", [entry(0, "/usr/share/cover/f", digest="dd" * 32)])
+    old_pkg = ("A1", [entry(0, "/usr/share/cover/f"), entry(1, "/usr/share/a/same"), entry(2, "/usr/share/a/gone")])
+    new_pkg = ("A2", [entry(1, "/usr/share/a/same"), entry(2, "/usr/share/a/new")])
+    old, new = [shadowed, *others, old_pkg], [shadowed, *others, new_pkg]
+    p = plan_update(old, new)
+    assert p.delete == ("share/a/gone",)
+    assert dict(p.write) == {"S": frozenset({0}), "A2": frozenset({2})}
+    assert p.kept == 1  # share/a/same: A2's is what A1's was
+    whole = plan(Placement.of(old), Placement.of(new))
+    assert (whole.delete, dict(whole.write)) == (p.delete, dict(p.write)) and whole.kept > 200
+
+
+def test_shared_packages_in_another_order_are_compared_everywhere() -> None:
+    """Two packages both images have, both placing one path, swap places: the other one wins
+    it now, though neither package changed."""
+    first, second = ("F", [entry(0, "/usr/share/both", digest="aa" * 32)]), ("G", [entry(0, "/usr/share/both", digest="bb" * 32)])
+    extra = ("X", [entry(0, "/usr/share/x")])
+    p = plan_update([first, second], [second, first, extra])
+    assert dict(p.write) == {"F": frozenset({0}), "X": frozenset({0})}
+
+
+def test_a_directory_a_removed_package_filled_stays_when_another_package_owns_it() -> None:
+    """Only the removed package's file lay below a directory an unchanged package owns: the
+    directory is no one's parent now, but is still placed, so it is not deleted."""
+    owner = ("K", [entry(0, "/usr/share/kept", EntryType.DIR)])
+    filler = ("A", [entry(0, "/usr/share/kept/f")])
+    p = plan_update([owner, filler], [owner])
+    assert p.delete == ("share/kept/f",) and dict(p.write) == {}
+    assert (p.delete, p.reset_dirs) == (plan(Placement.of([owner, filler]), Placement.of([owner])).delete, ())

@@ -226,6 +226,18 @@ def test_entries_below_and_paths_in_agree_with_every_path(files: list[tuple[int,
 
     by_columns, by_entries = _placed_outline(fl), _placed_outline(walked)
     assert (list(by_columns[0]), *by_columns[1:]) == (list(by_entries[0]), *by_entries[1:])
+    # The update plan's parents, and its outline of some paths, by directory name too.
+    from deploy.delta import _outline_within, _parent_dirs
+
+    rels = by_entries[1]
+    assert _parent_dirs(fl) == {rel.rpartition("/")[0] for rel in rels if rel}
+    dirnames = fl.placed_dirnames()
+    if dirnames is not None:
+        assert set(dirnames) == {e.path.rpartition("/")[0] + "/" for e in walked if not e.ghost}
+    some = set(rels[::2])
+    within = _outline_within(fl, some, {rel.rpartition("/")[0] for rel in some})
+    assert list(zip(list(within[0]), *within[1:], strict=True)) == [
+        t for t in zip(list(by_entries[0]), *by_entries[1:], strict=True) if t[1] in some]
     builder = TreeBuilder.__new__(TreeBuilder)
     builder.stats = type("S", (), {"users": set(), "groups": set(), "setid": [], "outside_usr": {}})()
     builder.account("p-1-1.noarch", fl)
