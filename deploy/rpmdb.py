@@ -35,7 +35,6 @@ import os
 import re
 import stat
 import subprocess
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING
 from deploy.errors import DeploymentError
 from deploy.rpmdbheader import Install, InstalledHeader
 from host import kernel
+from host.alongside import alongside
 from host.files import fsync_dir, make_private_dir, remove_tree
 from host.kernel import NO_REFLINK
 from host.log import get as logger
@@ -518,16 +518,12 @@ def building(tree: Path, header_files: Sequence[Path], imported: Importing | Non
     d = _db_dir(tree)
     install = _install()
     with _staging(d) as stage:
-        failed: list[BaseException] = []
         checked: list[bool] = []  # counted and settled by imported
 
         def index() -> None:
             if imported is not None and imported.active:
-                try:
-                    imported.finish(stage, len(header_files))
-                    checked.append(True)
-                except BaseException as e:
-                    failed.append(e)
+                imported.finish(stage, len(header_files))
+                checked.append(True)
                 return
             # Made aside (on tmpfs when the headers are small: rpm's index build writes its
             # write-ahead log page by page and syncs it 55 times for the benchmark corpus,
@@ -540,20 +536,13 @@ def building(tree: Path, header_files: Sequence[Path], imported: Importing | Non
                 if aside is not None:
                     _settle(aside / DB_FILE)
                     _copy(aside / DB_FILE, stage / DB_FILE)
-            except BaseException as e:  # handed to the thread that waits for it
-                failed.append(e)
             finally:
                 if aside is not None:
                     remove_tree(aside, ignore_errors=True)
 
-        indexing = threading.Thread(target=index, name="rpmdb-indexes")
-        indexing.start()
-        try:
+        # rpm is done with stage before it goes, whatever happened.
+        with alongside(index, "rpmdb-indexes"):
             yield
-        finally:
-            indexing.join()  # rpm is done with stage before it goes, whatever happened
-        if failed:
-            raise failed[0]
         _place(stage, d, None if checked else len(header_files))
     for name in os.listdir(d):  # what an older rpmimg or rpm left beside the database
         if name != DB_FILE and not name.startswith(_STAGE):
@@ -568,28 +557,15 @@ def updating(tree: Path, removed: Sequence[str], added: Sequence[Path],
     sqlite's work outside the interpreter, as building() is); in place when the block ends.
     A tree whose database update() can't find is given one built from every (header files).
     """
-    failed: list[BaseException] = []
-
     def change() -> None:
         try:
             update(tree, removed, added)
         except FileNotFoundError:
             log.info("%s has no rpm database: building it from every header", tree)
-            try:
-                build(tree, every)
-            except BaseException as e:
-                failed.append(e)
-        except BaseException as e:  # handed to the thread that waits for it
-            failed.append(e)
+            build(tree, every)
 
-    changing = threading.Thread(target=change, name="rpmdb-update")
-    changing.start()
-    try:
+    with alongside(change, "rpmdb-update"):
         yield
-    finally:
-        changing.join()
-    if failed:
-        raise failed[0]
 
 
 def update(tree: Path, removed: Sequence[str], added: Sequence[Path]) -> None:
