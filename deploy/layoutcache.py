@@ -132,14 +132,34 @@ class LayoutCache:
             raise OSError(errno.EBADF, "the layout cache is closed")
         return os.pread(self._fd, n, offset)
 
-    def copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Iterator[memoryview]] | None:
+    def copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Span] | None:
         """(length, header sha256 as recorded, its bytes a chunk at a time, as _chunks gives
         them) of the entry's copy, as reader() finds it."""
         found = self._found(sha256, now)
         if found is None:
             return None
         header_sha, base, length = found
-        return length, header_sha, _chunks(self._fd, base, length)
+        # The head as it lies before the copy in this file: _entries read these values from it.
+        head = _ENTRY.pack(bytes.fromhex(sha256), *identity(now), bytes.fromhex(header_sha), length)
+        return length, header_sha, Span(self._fd, base, length, head)
+
+
+class Span:
+    """length bytes of an open file from offset, a chunk at a time as _chunks gives them:
+    a copy's bytes where they lie in the cache it was read from. save() copies a run of
+    such copies that lie one after the other there, each behind the same entry head it
+    writes, in one piece: an update's cache is mostly the previous one's runs of unchanged
+    entries, and one read and one write for each of several hundred entries (the copying
+    thread's, which waits for the GIL after each while the deploy works on) made it the
+    last thing an update waited for."""
+
+    __slots__ = ("fd", "head", "length", "offset")
+
+    def __init__(self, fd: int, offset: int, length: int, head: bytes) -> None:
+        self.fd, self.offset, self.length, self.head = fd, offset, length, head
+
+    def __iter__(self) -> Iterator[memoryview]:
+        return _chunks(self.fd, self.offset, self.length)
 
 
 def _chunks(fd: int, offset: int, length: int) -> Iterator[memoryview]:
@@ -219,15 +239,38 @@ def save(path: Path, copies: Iterable[Copy]) -> None:
                 while view:
                     view = view[os.write(fd, view):]
 
+            run: list[int] = []  # [fd, start, end]: whole entries of a cache still to copy
+
+            def copy_run() -> None:
+                if run:
+                    source, start, end = run
+                    run.clear()
+                    copied = 0
+                    for chunk in _chunks(source, start, end - start):
+                        put(chunk)
+                        copied += len(chunk)
+                    if copied != end - start:
+                        raise OSError(f"{end - start} bytes of a layout cache expected, {copied} read")
+
             put(_HEAD.pack(MAGIC, FORMAT))
             for sha, st, header_sha, length, chunks in copies:
-                put(_ENTRY.pack(bytes.fromhex(sha), *identity(st), bytes.fromhex(header_sha), length))
+                head = _ENTRY.pack(bytes.fromhex(sha), *identity(st), bytes.fromhex(header_sha), length)
+                if isinstance(chunks, Span) and chunks.head == head:
+                    # The entry as it lies in that cache, head and bytes: joined to the run.
+                    if not (run and run[0] == chunks.fd and run[2] == chunks.offset - _ENTRY.size):
+                        copy_run()
+                        run[:] = [chunks.fd, chunks.offset - _ENTRY.size, 0]
+                    run[2] = chunks.offset + length
+                    continue
+                copy_run()
+                put(head)
                 written = 0
                 for chunk in chunks:
                     put(chunk)
                     written += len(chunk)
                 if written != length:
                     raise OSError(f"{sha}: {written} bytes copied, not {length}")
+            copy_run()
             put(_CHECKSUM.pack(crc))
         finally:
             os.close(fd)

@@ -22,7 +22,7 @@ from deploy.dedupindex import DigestIndex, StoredExtent
 from deploy.errors import PackageError
 from deploy.faults import checkpoint
 from deploy.layout import entry_path
-from deploy.layoutcache import LayoutCache
+from deploy.layoutcache import LayoutCache, Span
 from deploy.storemarks import StoreMarks
 from host import kernel
 from host.digest import sha256_file
@@ -198,7 +198,7 @@ class Store:
         self._from_layout.add(sha256)
         return pkg
 
-    def layout_copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Iterator[memoryview]] | None:
+    def layout_copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Span] | None:
         """The layout cache's copy of an entry (as LayoutCache.copy gives it) when this store
         read the entry from it (checked as above), and the entry is still as it was."""
         if self._layout is None or sha256 not in self._from_layout:

@@ -374,3 +374,47 @@ def test_a_header_digest_the_caller_knows_is_recorded_without_hashing_and_decide
     for ref in refs:
         assert reader.check_stored(ref, content=False)
         assert reader.package(ref.sha256).header_sha256 == ref.header_sha256
+
+
+def test_runs_of_copies_from_the_previous_cache_are_copied_whole_to_the_same_bytes(
+        cached: tuple[Path, Path, list[ManifestPackage]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache an update writes from the previous one's copies is byte for byte the cache
+    written from the store entries themselves, whatever the order, with entries changed or
+    added between; copies lying one after the other in the previous cache are read as one
+    piece (one run of reads), not entry by entry."""
+    root, cache, refs = cached
+    extra = stored(Store(root), tmp_path, "hardlinks")
+    shas = [r.sha256 for r in refs]
+    plain = Store(root)  # no layout cache: every copy from the entry itself
+    runs: list[int] = []
+    real_chunks = layoutcache._chunks
+
+    def counted(fd: int, offset: int, length: int) -> Iterator[memoryview]:
+        runs.append(length)
+        return real_chunks(fd, offset, length)
+
+    out, expected = tmp_path / "from-copies", tmp_path / "from-entries"
+    for order, pieces in ((shas, 1), (shas[::-1], 3), ([shas[0], extra.sha256, *shas[1:]], 3),
+                          (shas[1:], 1), ([shas[0], shas[2]], 2)):
+        store = _store(root, cache, [*refs, extra])
+        for ref in refs:
+            assert store.check_stored(ref, content=False)  # read from the cache's copies
+        monkeypatch.setattr(layoutcache, "_chunks", counted)
+        runs.clear()
+        layoutcache.save(out, layoutcache.copies(store, order))
+        monkeypatch.setattr(layoutcache, "_chunks", real_chunks)
+        layoutcache.save(expected, layoutcache.copies(plain, order))
+        assert out.read_bytes() == expected.read_bytes(), order
+        assert len(runs) == pieces, order  # the previous cache read in that many pieces
+        assert set(LayoutCache.load(out)._entries) == set(order)  # type: ignore[union-attr]
+        store.layout.close()  # type: ignore[union-attr]
+
+    # An entry changed since its copy was made is read from itself, between two runs.
+    os.utime(plain.path(shas[1]), ns=(0, 0))
+    store = _store(root, cache, refs)
+    for ref in refs:
+        assert store.check_stored(ref, content=False)
+    layoutcache.save(out, layoutcache.copies(store, shas))
+    layoutcache.save(expected, layoutcache.copies(plain, shas))
+    assert out.read_bytes() == expected.read_bytes()
