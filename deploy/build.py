@@ -221,9 +221,11 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
     return builder
 
 
-def _entries(store: Store, sha256s: Sequence[str], what: str) -> dict[str, tuple[str, FileList]]:
-    """sha256 -> (N-V-R.A, entries) of stored packages."""
-    found: dict[str, tuple[str, FileList]] = {}
+def _entries(store: Store, sha256s: Sequence[str], what: str,
+             found: dict[str, tuple[str, FileList]] | None = None) -> dict[str, tuple[str, FileList]]:
+    """sha256 -> (N-V-R.A, entries) of stored packages, added to found (those in it already
+    are not asked again: the packages both images of an update have)."""
+    found = {} if found is None else found
     for sha in sha256s:
         if sha in found:
             continue
@@ -249,8 +251,8 @@ def _update(
     delta.check_owners(base.owner_ids, builder.owners)
     old_keys = [p.sha256 for p in base.packages]
     new_keys = [r.sha256 for r in m.packages]
-    entries = _entries(store, old_keys, f"deployment {base.id}")
-    entries.update(_entries(store, new_keys, f"{m.name} {m.version}"))
+    entries = _entries(store, new_keys, f"{m.name} {m.version}",
+                       _entries(store, old_keys, f"deployment {base.id}"))
     plan = delta.plan_update([(k, entries[k][1]) for k in old_keys], [(k, entries[k][1]) for k in new_keys])
     for key in new_keys:
         builder.account(*entries[key])
