@@ -149,9 +149,9 @@ class Span:
     a copy's bytes where they lie in the cache it was read from. save() copies a run of
     such copies that lie one after the other there, each behind the same entry head it
     writes, in one piece: an update's cache is mostly the previous one's runs of unchanged
-    entries, and one read and one write for each of several hundred entries (the copying
-    thread's, which waits for the GIL after each while the deploy works on) made it the
-    last thing an update waited for."""
+    entries, and a read and a write for each of several hundred entries, each a wait for the
+    GIL while the deploy works on, kept the copying thread busy 42 ms on the benchmark
+    update (30 ms copied in runs)."""
 
     __slots__ = ("fd", "head", "length", "offset")
 
