@@ -344,7 +344,7 @@ def copies(store: Store, sha256s: Iterable[str], headers: Mapping[str, str] | No
         fd = os.open(store.path(sha), _READ_FLAGS)
         try:
             st = os.fstat(fd)
-            found = store.layout_copy(sha, st)
+            found: tuple[int, str, Iterable[bytes | memoryview]] | None = store.layout_copy(sha, st)
             if found is None:
                 try:
                     length, prefix = start_size(fd)
