@@ -128,15 +128,7 @@ class Placement:
     @functools.cached_property
     def parents(self) -> set[str]:
         """Every directory some path lies below: the tree-relative ancestors of all paths."""
-        # The header files' directory stands in every deployment.
-        found = {"", *_ancestors(f"{HEADER_DIR}/-")}
-        for path in self.codes:
-            while path:
-                path = path.rpartition("/")[0]
-                if path in found:
-                    break
-                found.add(path)
-        return found
+        return _with_ancestors(path.rpartition("/")[0] for path in self.codes)
 
 
 # A package's entries but %ghost ones: (their positions, tree-relative paths, types).
@@ -366,7 +358,8 @@ def _tree_parent(dirname: str) -> str | None:
 
 
 def _with_ancestors(dirs: Iterable[str]) -> set[str]:
-    """dirs and all their ancestors, with what every tree has (as Placement.parents)."""
+    """dirs and all their ancestors, with what every tree has ("" and the header files'
+    directory, which stands in every deployment)."""
     found = {"", *_ancestors(f"{HEADER_DIR}/-")}
     for path in dirs:
         while path not in found:
