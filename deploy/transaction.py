@@ -497,10 +497,11 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
     m = signed.manifest
     with mutating(system, options.lock_wait) as current:
         intent.check(current, m, options.intent, bootcheck.failed(system))
+        replaced = current.find(current.default)
         base = functools.partial(
             DeployResult, image=m.name, version=m.version, previous_default=current.default,
             packages=len(m.packages), signed_by=signed.signed_by,
-            replaces=intent.ref_of(current.find(current.default)),
+            replaces=intent.ref_of(replaced),
             outside_usr_new={} if current.default is not None else None,
         )
         existing = next(
@@ -532,7 +533,6 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
             basecheck.record_intact(system, tree.record.id, synced=True)
             store.mark_added()  # nor a full deploy hash the new store entries again
         built = tree.built
-        replaced = current.find(current.default)
         kept = {p.sha256 for p in replaced.packages} if replaced is not None else set()
         new_outside = new_outside_usr(system, replaced.id if replaced is not None else None,
                                       built.outside_usr, {r.nevra for r in m.packages if r.sha256 in kept})
