@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.context import CHECKOUT, Context, rpmimg_command
+from benchmarks.context import CHECKOUT, Context, byte_compile, rpmimg_command
 from benchmarks.measure import Row, Target, Timing, loop_btrfs, median_of, row, run_timed
 from benchmarks.report import markdown
 from benchmarks.scalepkg import package
@@ -56,16 +56,6 @@ def published(n: int) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
-
-
-def byte_compile(checkout: Path = CHECKOUT) -> None:
-    """Byte-compile a checkout's modules, as an installed rpmimg ships them (rpm's
-    brp-python-bytecompile): a fresh checkout run with PYTHONDONTWRITEBYTECODE would
-    otherwise compile its sources on every command, a fixed cost larger than `status`."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    dirs = [os.fspath(checkout / d) for d in ("rpmimg", "deploy", "host", "rpmextents", "imagespec", "solver")]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
 
 
 def measure_size(n: int, fs: Path) -> Figures:

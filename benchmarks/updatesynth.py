@@ -38,8 +38,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.context import byte_compile
 from benchmarks.measure import loop_btrfs
-from benchmarks.metrics_scale import byte_compile
 from benchmarks.rpmwriter import FileEntry, FileFlag, PackageSpec, write_package
 from fixtures.build import cache_root, signing_key
 
