@@ -89,21 +89,23 @@ class Deployed:
         subprocess.run(["sync"], check=True)
         first = deploy(ctx, pub.key, self.sysroot, os.fspath(pub.v2.manifest))
         self.update_disk = btrfs_data_used(self.sysroot) - before
-        runs = [(first, _rpm_update(ctx, rpm_root, keep=False)),
+        runs = [(first, *_rpm_update(ctx, rpm_root, keep=False)),
                 *(self._update_elsewhere(ctx) for _ in range(ctx.runs - 1))]
-        self.update_runs = [ours for ours, _ in runs]
-        self.rpm_update_runs = [theirs for _, theirs in runs]
+        self.update_runs = [ours for ours, _, _ in runs]
+        self.rpm_update_runs = [theirs for _, theirs, _ in runs]
+        self.rpm_update_synced_runs = [synced for _, _, synced in runs]
         self.deploy_v2 = median_of(self.update_runs)
         self.rpm_update = median_of(self.rpm_update_runs)
+        self.rpm_update_synced = median_of(self.rpm_update_synced_runs)
 
-    def _update_elsewhere(self, ctx: Context) -> tuple[Timing, Timing]:
+    def _update_elsewhere(self, ctx: Context) -> tuple[Timing, Timing, Timing]:
         sysroot = ctx.new_sysroot()
         deploy(ctx, self.pub.key, sysroot, os.fspath(self.pub.v1.manifest))
         rpm_root = _rpm_root_beside(ctx, sysroot)
         deploy(ctx, self.pub.key, sysroot, os.fspath(self.pub.v2.manifest), "--download-only")
         subprocess.run(["sync"], check=True)
         ours = deploy(ctx, self.pub.key, sysroot, os.fspath(self.pub.v2.manifest))
-        return ours, _rpm_update(ctx, rpm_root, keep=True)
+        return ours, *_rpm_update(ctx, rpm_root, keep=True)
 
     @property
     def update_runs_note(self) -> str:
@@ -122,16 +124,19 @@ def _rpm_root_beside(ctx: Context, sysroot: Path) -> Path:
     return root
 
 
-def _rpm_update(ctx: Context, root: Path, keep: bool) -> Timing:
-    """rpm -U of the changed packages onto root (after a sync, as the update deploy before it);
-    the root removed afterwards unless keep (the kept sysroot's other rows never see it)."""
+def _rpm_update(ctx: Context, root: Path, keep: bool) -> tuple[Timing, Timing]:
+    """rpm -U of the changed packages onto root (after a sync, as the update deploy before it):
+    its time, and its time with the `sync -f` that follows it (rpmimg's update is on the disk
+    when it returns, rpm's once that sync has written it back); the root removed afterwards
+    unless keep (the kept sysroot's other rows never see it)."""
     updated = [ctx.corpus.updates / u["rpm"] for u in ctx.update_packages()]
     subprocess.run(["sync"], check=True)
     timing = run_timed([["rpm", "-U", "--root", os.fspath(root), "--nodeps", "--noscripts", "--nosignature",
                          "--ignorearch", *map(os.fspath, updated)]])
+    written_back = run_timed([["sync", "-f", os.fspath(root)]])
     if not keep:
         subprocess.run(["rm", "-rf", "--one-file-system", os.fspath(root)], check=True)
-    return timing
+    return timing, Timing(timing.seconds + written_back.seconds, timing.max_rss)
 
 
 def _once(ctx: Context, key: str, verbs: tuple[str, ...], make: Callable[[], T]) -> T | str:
