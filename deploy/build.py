@@ -241,7 +241,9 @@ def _update(
 ) -> tuple[TreeBuilder, int, int]:
     """The update as a snapshot of base changed where m differs; (builder, paths written,
     paths kept). The snapshot's rpm database is changed (entered into database) while the
-    changed packages are laid out and the /etc merge runs."""
+    update is planned, the changed packages are laid out and the /etc merge runs: it starts
+    as soon as the snapshot holds the new header files, as the longest piece of the update
+    after the plan (a plan that refuses, NoDelta, leaves it to _abandon)."""
     base_path = system.layout.deployment(base.id)
     if base.owner_ids is None:
         raise delta.NoDelta(f"deployment {base.id} predates updates built from a previous deployment")
@@ -253,24 +255,25 @@ def _update(
     new_keys = [r.sha256 for r in m.packages]
     entries = _entries(store, new_keys, f"{m.name} {m.version}",
                        _entries(store, old_keys, f"deployment {base.id}"))
-    plan = delta.plan_update([(k, entries[k][1]) for k in old_keys], [(k, entries[k][1]) for k in new_keys])
-    for key in new_keys:
-        builder.account(*entries[key])
 
     kernel.subvolume_snapshot(base_path, path, readonly=False)
     checkpoint("subvolume created")
-    delta.remove(os.fspath(path), plan)
     old_set, new_set = set(old_keys), set(new_keys)
     for p in base.packages:
         if p.sha256 not in new_set:
             builder.remove_header(f"{p.nvra}.rpm")
     # The added packages' header files first (reflinked from the store entries, headers read
-    # already): the database update starts from them while the packages' files are written.
+    # already): the database update starts from them while the update is planned and the
+    # packages' files are written.
     for ref in m.packages:
         if ref.sha256 not in old_set:
             with store.package(ref.sha256).opened_again() as pkg:
                 builder.write_header(pkg)
     database.enter_context(_package_database(path, m, base, None))
+    plan = delta.plan_update([(k, entries[k][1]) for k in old_keys], [(k, entries[k][1]) for k in new_keys])
+    for key in new_keys:
+        builder.account(*entries[key])
+    delta.remove(os.fspath(path), plan)
     todo = [r for r in m.packages if r.sha256 in plan.write]
     with builder:
         for i, ref in enumerate(todo):

@@ -44,7 +44,7 @@ from deploy.errors import DeploymentError
 from deploy.rpmdbheader import Install, InstalledHeader
 from host import kernel
 from host.alongside import alongside
-from host.files import fsync_dir, make_private_dir, remove_tree
+from host.files import make_private_dir, remove_tree
 from host.kernel import NO_REFLINK
 from host.log import get as logger
 from host.run import CommandError, run, running
@@ -361,8 +361,9 @@ def _settle(db: Path) -> None:
 
 
 def _place(stage: Path, d: Path, expected: int | None) -> None:
-    """Check (unless expected is None: checked already), settle and sync the database made
-    in stage, then rename it over d's."""
+    """Check (unless expected is None: checked already) and settle the database made in
+    stage, then rename it over d's. Not synced here: every caller syncs the whole tree
+    before anything names it (build._finish, verify's repair), as the tree's other files."""
     db = stage / DB_FILE
     if expected is not None:
         import sqlite3
@@ -374,15 +375,9 @@ def _place(stage: Path, d: Path, expected: int | None) -> None:
         if found != expected:
             raise DeploymentError(f"{db}: the new rpm database records {found} packages, not {expected}")
         _settle(db)
-    fd = os.open(db, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     for name in (f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", ".rpm.lock"):
         (d / name).unlink(missing_ok=True)  # a stale log must never meet the new file
     os.rename(db, d / DB_FILE)
-    fsync_dir(d)
 
 
 _SQLITE_MAGIC = b"SQLite format 3\0"
