@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,6 +113,12 @@ def settle(system: System) -> State:
                 bootselect.write(system, current)
     except LockError:
         pass
+    except OSError as e:
+        # A sysroot mounted read-only (a rescue system, a disk looked at): the view needs no
+        # write, and the boot selection can't have changed since it was mounted so.
+        if e.errno != errno.EROFS:
+            raise
+        log.debug("%s: the boot selection is not checked: %s", layout.lock_file, e.strerror)
     return current
 
 

@@ -296,6 +296,24 @@ def test_killed_between_state_and_boot_selection_status_settles_it(
     assert f"/deployments/{new_default}," in boot.read_text()
 
 
+def test_read_only_views_work_on_a_sysroot_mounted_read_only(sysroot: Path, images: Images) -> None:
+    # A rescue system or a disk looked at: the lock can't be taken (EROFS), and the views
+    # need none; a change is still refused in one line.
+    deployed = deploy(sysroot, images.v1, images.key).json()["deployment"]["id"]
+    subprocess.run(["mount", "-o", "remount,ro", sysroot], check=True)
+    try:
+        status = rpmimg("status", "--sysroot", sysroot)
+        assert status.code == 0 and "default" in status.out, status.err
+        rows = rpmimg("status", "--sysroot", sysroot, "--json").json()["deployments"]
+        assert [(row["id"], row["default"]) for row in rows] == [(deployed, True)]  # type: ignore[index]
+        assert rpmimg("verify", "--sysroot", sysroot).code == 0
+        refused = rpmimg("rollback", "--sysroot", sysroot, check=False)
+        assert refused.code != 0 and len(refused.err.strip().splitlines()) == 1, refused.err
+        assert "Read-only file system" in refused.err
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", sysroot], check=True)
+
+
 # --- verify anchored to what was signed ------------------------------------------------------
 
 @contextlib.contextmanager
