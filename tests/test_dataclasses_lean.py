@@ -5,10 +5,14 @@ pytest itself has inspect loaded)."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 PACKAGES = ("host", "rpmextents", "imagespec", "rpmimg", "solver", "deploy")
@@ -69,3 +73,116 @@ def test_every_dataclass_of_rpmimg_has_a_docstring() -> None:
                         and any("dataclass" in ast.unparse(d) for d in node.decorator_list)):
                     missing.append(f"{path.relative_to(CHECKOUT)}:{node.lineno} {node.name}")
     assert missing == []
+
+
+# --- the generated methods, compiled once (CompiledOnce) -------------------------------------
+
+def _make_class(kept: Any) -> type:
+    """A frozen dataclass with a default, a factory, a ClassVar and an excluded field, made
+    while kept is dataclasses' exec (None: the builtin)."""
+    import dataclasses
+    from typing import ClassVar
+
+    saved = dataclasses.__dict__.get("exec")
+    if kept is None:
+        dataclasses.__dict__.pop("exec", None)
+    else:
+        dataclasses.exec = kept  # type: ignore[attr-defined]
+    try:
+        @dataclasses.dataclass(frozen=True, order=True)
+        class Span:
+            """A test value."""
+
+            start: int
+            name: str = "x"
+            tags: tuple[str, ...] = dataclasses.field(default_factory=tuple)
+            note: str = dataclasses.field(default="", compare=False, repr=False)
+            LIMIT: ClassVar[int] = 5
+
+        return Span
+    finally:
+        if saved is None:
+            dataclasses.__dict__.pop("exec", None)
+        else:
+            dataclasses.exec = saved  # type: ignore[attr-defined]
+
+
+def _behaviour(cls: Any) -> list[object]:
+    import dataclasses
+
+    a, b = cls(1), cls(1, "x", (), "other")
+    try:
+        a.start = 2
+        frozen = False
+    except dataclasses.FrozenInstanceError:
+        frozen = True
+    return [repr(a), a == b, hash(a) == hash(b), cls(2) > a, frozen, cls(3, tags=("t",)).tags,
+            {k: str(v) for k, v in cls.__init__.__annotations__.items()}, cls.LIMIT,
+            [f.name for f in dataclasses.fields(cls)]]
+
+
+def test_compiled_methods_behave_as_dataclasses_own_and_are_kept(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from host.dataclasses_lean import CompiledOnce
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    plain = _behaviour(_make_class(None))
+    first = CompiledOnce(os.fspath(tmp_path / "methods.marshal"))
+    assert _behaviour(_make_class(first)) == plain
+    assert first.compiled >= 6  # __init__, __repr__, __eq__, the order methods, __hash__, frozen's
+    first.save()
+    again = CompiledOnce(os.fspath(tmp_path / "methods.marshal"))
+    assert _behaviour(_make_class(again)) == plain
+    assert again.compiled == 0 and set(again.known) == set(first.known)
+    again.save()  # nothing new: not rewritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["methods.marshal"]
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"garbage", b"\0" * 64,
+    "other interpreter", "strings for code", "truncated",  # made from a good file below
+])
+def test_a_cache_file_not_written_by_this_interpreter_is_ignored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes | str) -> None:
+    import marshal
+    from importlib.util import MAGIC_NUMBER
+
+    from host.dataclasses_lean import CompiledOnce
+
+    path = tmp_path / "methods.marshal"
+    good = CompiledOnce(os.fspath(path))
+    _make_class(good)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    good.save()
+    whole = path.read_bytes()
+    data = {"other interpreter": b"\x00\x01\r\n" + whole[len(MAGIC_NUMBER):],
+            "strings for code": MAGIC_NUMBER + marshal.dumps({k: "print('no')" for k in good.known}),
+            "truncated": whole[: len(whole) // 2]}.get(content, content)
+    assert isinstance(data, bytes)
+    path.write_bytes(data)
+    cache = CompiledOnce(os.fspath(path))
+    assert cache.known == {}
+    plain = _behaviour(_make_class(None))
+    assert _behaviour(_make_class(cache)) == plain and cache.compiled >= 6
+
+
+def test_nothing_is_written_without_bytecode_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from host.dataclasses_lean import CompiledOnce
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    cache = CompiledOnce(os.fspath(tmp_path / "sub" / "methods.marshal"))
+    _make_class(cache)
+    cache.save()
+    assert cache.compiled >= 6 and list(tmp_path.iterdir()) == []
+
+
+def test_rpmimg_makes_its_dataclasses_through_the_kept_methods() -> None:
+    out = _run("""
+        import sys, dataclasses
+        import rpmimg, deploy.transaction
+        from host.dataclasses_lean import CompiledOnce
+        cache = dataclasses.exec
+        print(type(cache).__name__, cache.path.endswith("host/__pycache__/dataclass-methods."
+              + sys.implementation.cache_tag + ".marshal"), len(cache.known) >= 300)
+    """)
+    assert out == ["CompiledOnce", "True", "True"]
