@@ -37,6 +37,11 @@ def test_rpmimg_package_holds_the_client_code_units_and_key_directory(rpms: list
     for package in CLIENT_PACKAGES:
         for source in (CHECKOUT / package).rglob("*.py"):
             assert f"/usr/lib/rpmimg/python/{source.relative_to(CHECKOUT)}" in files
+            # compiled: /usr is read-only where it runs, nothing could be compiled there once
+            compiled = f"/usr/lib/rpmimg/python/{source.parent.relative_to(CHECKOUT)}/__pycache__/{source.stem}.cpython-"
+            assert any(f.startswith(compiled) and f.endswith(".pyc") for f in files), compiled
+    methods = "/usr/lib/rpmimg/python/host/__pycache__/dataclass-methods.cpython-"
+    assert any(f.startswith(methods) and f.endswith(".marshal") for f in files)
     assert not any(f.startswith("/usr/lib/rpmimg/python/solver") for f in files), \
         "the server part is only in a --with server build"
     units = [p.name for p in (CHECKOUT / "packaging" / "systemd").glob("*") if p.is_file()
