@@ -28,17 +28,11 @@ def rpmimg_command() -> list[str]:
 
 
 def byte_compile(checkout: Path = CHECKOUT) -> None:
-    """Byte-compile a checkout's modules, with its dataclasses' methods, as an installed
-    rpmimg ships them (packaging/rpmimg.spec): a fresh checkout run with
-    PYTHONDONTWRITEBYTECODE would otherwise compile its sources on every command, a fixed
-    cost larger than `status`."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    dirs = [os.fspath(checkout / d) for d in ("rpmimg", "deploy", "host", "rpmextents", "imagespec", "solver")]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import rpmimg.cli, "
-                    "rpmimg.client, rpmimg.deploy_verbs, deploy.transaction", os.fspath(checkout)],
-                   check=True, env=env, cwd=checkout)
+    """Compile a checkout's modules and its dataclasses' methods as the package compiles
+    them (rpmimg.precompile): a fresh checkout run with PYTHONDONTWRITEBYTECODE would
+    otherwise compile its sources on every command, a fixed cost larger than `status`."""
+    subprocess.run([sys.executable, "-m", "rpmimg.precompile"], check=True, cwd=checkout,
+                   env={**os.environ, "PYTHONPATH": os.fspath(checkout)}, stdout=subprocess.DEVNULL)
 
 
 @functools.cache
