@@ -22,9 +22,12 @@ import errno
 import functools
 import os
 import stat
+import zlib
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from deploy.headers import HEADER_DIR
 from imagespec.relocation import USR_TREE
@@ -46,6 +49,10 @@ class Placed:
     entry: Entry
 
 
+# A package's entries in a placement: its file list (or entry list), or, of a package an
+# update keeps, only the entries the plan looked at, by position (Kept.outline_within).
+Entries = Sequence[Entry] | Mapping[int, Entry]
+
 _SHIFT = 32  # a placed file is (package number << _SHIFT) | its position in the package's list
 _POSITION = (1 << _SHIFT) - 1
 
@@ -59,13 +66,13 @@ class Placement:
     per file.
     """
 
-    packages: list[tuple[str, Sequence[Entry]]] = field(default_factory=list)
+    packages: list[tuple[str, Entries]] = field(default_factory=list)
     codes: dict[str, int] = field(default_factory=dict)
     types: dict[str, EntryType] = field(default_factory=dict)  # each path's placed entry's type
     mixed: set[str] = field(default_factory=set)  # paths whose entries disagree on their type
 
     @classmethod
-    def of(cls, packages: Iterable[tuple[str, Sequence[Entry]]],
+    def of(cls, packages: Iterable[tuple[str, Entries]],
            placed: dict[str, Outline] | None = None) -> Placement:
         """The layout of packages (key, file list) in order. placed: each package's outline
         by key, filled as they are made; the old and the new image of an update share most
@@ -77,6 +84,7 @@ class Placement:
             layout.packages.append((key, entries))
             outline = placed.get(key) if placed is not None else None
             if outline is None:
+                assert isinstance(entries, Sequence), "a kept package's entries come with its outline"
                 outline = _placed_outline(entries)
                 if placed is not None:
                     placed[key] = outline
@@ -218,9 +226,10 @@ def _written(old: Placement, new: Placement) -> set[str]:
     write: set[str] = set()
     old_codes = old.codes
     # A path both place from the same package's file list at the same position is the same
-    # entry (same_entry's first case), known here without a call for each of the paths.
-    old_lists = [k if isinstance(e, FileList) else None for k, e in old.packages]
-    new_lists = [k if isinstance(e, FileList) else None for k, e in new.packages]
+    # entry (same_entry's first case), known here without a call for each of the paths (so
+    # is one both place from a kept package's same directory entry: _Sparse).
+    old_lists = [k if isinstance(e, FileList | _Sparse) else None for k, e in old.packages]
+    new_lists = [k if isinstance(e, FileList | _Sparse) else None for k, e in new.packages]
     for path, code in new.codes.items():
         before = old_codes.get(path)
         if before is None:
@@ -292,8 +301,9 @@ def plan(old: Placement, new: Placement) -> Plan:
     )
 
 
-def plan_update(old: Sequence[tuple[str, Sequence[Entry]]],
-                new: Sequence[tuple[str, Sequence[Entry]]]) -> Plan:
+def plan_update(old: Sequence[tuple[str, Sequence[Entry] | None]],
+                new: Sequence[tuple[str, Sequence[Entry] | None]],
+                kept: Kept | None = None, load: Callable[[str], Sequence[Entry]] | None = None) -> Plan:
     """plan() of the images old and new (each package's key and file list, in order, as
     Placement.of takes them), comparing only the paths where they can differ.
 
@@ -301,35 +311,246 @@ def plan_update(old: Sequence[tuple[str, Sequence[Entry]]],
     that lie above paths of one image and not of the other, and the other paths of a
     hardlink group any of those is in. Every other path is owned by the same packages in
     both, and the same one wins it, when the packages both images have stand in the same
-    order in both: an update of the benchmark image compares a few hundred of its paths, not
-    all 80,000. Where that order differs (or a key repeats), every path is compared.
-    kept counts the compared paths left as they were."""
+    order in both: an update of the benchmark image compares a thousand of its 30,000
+    paths. Where that order differs (or a key repeats), every path is compared.
+    kept counts the compared paths left as they were.
+
+    kept: what old's packages are (Kept, of the old image), for the packages both images
+    have that come without a file list (None): the plan then reads one (load) only where
+    kept can't tell what the package places at a compared path (a file, not a directory;
+    most compared paths another package places are the directories all packages share)."""
+    lists: dict[str, Sequence[Entry] | None] = {**dict(old), **dict(new)}
+    missing = [k for k, e in lists.items() if e is None]
+    if missing and (kept is None or load is None):
+        raise ValueError("packages without a file list need kept and load")
+
+    def loaded(key: str) -> Sequence[Entry]:
+        entries = lists[key]
+        if entries is None:
+            assert load is not None
+            entries = lists[key] = load(key)
+        return entries
+
     old_keys, new_keys = [k for k, _ in old], [k for k, _ in new]
     in_old, in_new = set(old_keys), set(new_keys)
     if (len(in_old) < len(old_keys) or len(in_new) < len(new_keys)
             or [k for k in old_keys if k in in_new] != [k for k in new_keys if k in in_old]):
         placed: dict[str, Outline] = {}
-        return plan(Placement.of(old, placed), Placement.of(new, placed))
-    lists = {**dict(old), **dict(new)}
-    outlines = {k: _placed_outline(lists[k]) for k in in_old ^ in_new}
-    parent_dirs = {k: _parent_dirs(entries) for k, entries in lists.items()}
+        return plan(Placement.of([(k, loaded(k)) for k in old_keys], placed),
+                    Placement.of([(k, loaded(k)) for k in new_keys], placed))
+    outlines = {k: _placed_outline(loaded(k)) for k in in_old ^ in_new}
+    parent_dirs = {k: _parent_dirs(e) if e is not None else kept.parent_dirs(k)  # type: ignore[union-attr]
+                   for k, e in lists.items()}
     old_parents = _with_ancestors(d for k in old_keys for d in parent_dirs[k])
     new_parents = _with_ancestors(d for k in new_keys for d in parent_dirs[k])
     paths = {path for _, placed_paths, _ in outlines.values() for path in placed_paths}
     paths |= old_parents ^ new_parents
     shared = [k for k in old_keys if k in in_new]
+    sparse: dict[str, Mapping[int, Entry]] = {}
+    hits: dict[str, set[str]] = {}  # kept packages that may place compared paths: those paths
+    looked: set[str] = set()
     while True:
         dirs = {rel.rpartition("/")[0] for rel in paths}
+        if kept is not None:
+            for path in paths - looked:
+                for key in kept.owners(path):
+                    hits.setdefault(key, set()).add(path)
+            looked |= paths
         for k in shared:
-            outlines[k] = _outline_within(lists[k], paths, dirs)
-        linked = {path for k in shared for path in _group_paths(lists[k], outlines[k][0])}
+            if lists[k] is None:
+                assert kept is not None
+                found = kept.outline_within(k, hits.get(k, ()))
+                if found is not None:
+                    outlines[k], sparse[k] = found
+                    continue
+            outlines[k] = _outline_within(loaded(k), paths, dirs)
+        linked = {path for k in shared if (e := lists[k]) is not None
+                  for path in _group_paths(e, outlines[k][0])}
         if linked <= paths:
             break
         paths |= linked
-    old_layout, new_layout = Placement.of(old, outlines), Placement.of(new, outlines)
+
+    def entries(key: str) -> Entries:
+        e = lists[key]
+        return e if e is not None else sparse[key]
+
+    old_layout = Placement.of([(k, entries(k)) for k in old_keys], outlines)
+    new_layout = Placement.of([(k, entries(k)) for k in new_keys], outlines)
     # Every path's ancestors, not only the compared paths': the checks ask about all of them.
     old_layout.parents, new_layout.parents = old_parents, new_parents
-    return plan(old_layout, new_layout)
+    try:
+        return plan(old_layout, new_layout)
+    except KeptError:  # a record of a kept package not as written: their file lists tell
+        return plan_update([(k, loaded(k)) for k in old_keys], [(k, loaded(k)) for k in new_keys])
+
+
+class KeptError(Exception):
+    """What was kept of a package can't be used (deploy.summaries: a record not as written)."""
+
+
+class DirEntries(Protocol):
+    """A package's placed directories by tree path, as PlanPart keeps them."""
+
+    def index_of(self, rel: str) -> int | None:
+        """The index of the directory entry placed at rel; None when it places none there
+        (or what was kept of it is not as written)."""
+
+    def entry(self, rel: str) -> Entry:
+        """The directory entry placed at rel (KeptError: not as written)."""
+
+
+def dir_entry(index: int, path: str, mode: int, user: str, group: str) -> Entry:
+    """A directory entry as a PlanPart keeps it: what the plan compares of a directory (its
+    index, type, mode and owner: same_result), its other fields empty."""
+    return Entry(index, path, EntryType.DIR, mode, user, group, 0, 0, "", None, 0, "", "", 0, None)
+
+
+class DirMap(dict[str, Entry]):
+    """DirEntries of Entries at hand."""
+
+    def index_of(self, rel: str) -> int | None:
+        e = self.get(rel)
+        return None if e is None else e.index
+
+    def entry(self, rel: str) -> Entry:
+        return self[rel]
+
+
+@dataclass(frozen=True)
+class PlanPart:
+    """What an update's plan asks of a package both its images have, kept (deploy.summaries)
+    so that its file list need not be read: the parents of its placed paths, its placed
+    directories, and a CRC-32 of each of its placed paths (to tell where it may place a
+    compared path that is not one of its directories). exact: no path placed twice."""
+
+    parent_dirs: frozenset[str]
+    dirs: DirEntries  # entries as dir_entry makes them, or a package's own
+    placed: array[int]  # CRC-32 of each placed tree path, in the package's order
+    exact: bool
+
+
+def path_crc(rel: str) -> int:
+    return zlib.crc32(rel.encode("utf-8", "surrogateescape"))
+
+
+def plan_part(entries: Sequence[Entry]) -> PlanPart:
+    """The PlanPart of a package's file list (or entries). Of a file list, its directories'
+    entries hold what the plan compares of a directory (DirMap) and its paths are relocated
+    only where they must be (a directory's, or one outside /usr's directories)."""
+    if isinstance(entries, FileList):
+        split = entries.split_names()
+        if split is not None:
+            return _list_part(entries, *split)
+    positions, rels, types = _placed_outline(entries)
+    dirs = DirMap((rel, entries[pos]) for pos, rel, t in zip(positions, rels, types, strict=True)
+                  if t is EntryType.DIR)
+    return PlanPart(frozenset(_parent_dirs(entries)), dirs, array("I", map(path_crc, rels)),
+                    len(set(rels)) == len(rels))
+
+
+def _list_part(files: FileList, dirnames: list[str], dirindexes: array[int], names: Iterator[bytes]) -> PlanPart:
+    """plan_part of a file list whose paths are its directory names and names: the CRC-32
+    of a path below /usr is its directory's relocated name's, continued over the name's
+    bytes (no path made)."""
+    prefixes = [USR_TREE.tree_dir(d) for d in dirnames]
+    prefix_crcs = [None if p is None else zlib.crc32(p.encode("utf-8", "surrogateescape")) for p in prefixes]
+    crcs: array[int] = array("I")
+    dirs = DirMap()
+    exact = True
+    modes, flags, crc32 = files.modes, files.flags, zlib.crc32
+    for i, (name, k) in enumerate(zip(names, dirindexes, strict=True)):
+        if flags[i] & _GHOST:
+            continue
+        start = prefix_crcs[k]
+        is_dir = modes[i] & 0o170000 == stat.S_IFDIR
+        if start is None or is_dir:
+            text = name.decode("utf-8", "surrogateescape")
+            prefix = prefixes[k]
+            rel = prefix + text if prefix is not None else USR_TREE.tree_path(dirnames[k] + text)
+            crc = path_crc(rel)
+            if is_dir:
+                if rel in dirs:
+                    exact = False
+                dirs[rel] = dir_entry(i, dirnames[k] + text, modes[i], *files.owner(i))
+        else:
+            crc = crc32(name, start)
+        crcs.append(crc)
+    # Two paths of one CRC-32 may be one path placed twice: told exactly, by their paths.
+    if len(set(crcs)) != len(crcs):
+        rels = _placed_outline(files)[1]
+        exact = exact and len(set(rels)) == len(rels)
+    return PlanPart(frozenset(_parent_dirs(files)), dirs, crcs, exact)
+
+
+class _Sparse(Mapping[int, Entry]):
+    """Of a package known by its PlanPart, the directory entries the plan compares, by index
+    (= position): each made an Entry only when the plan asks for it (the winner of a path
+    most packages place, not every package's)."""
+
+    def __init__(self, dirs: DirEntries, at: dict[int, str]) -> None:
+        self._dirs, self._at = dirs, at
+
+    def __getitem__(self, index: int) -> Entry:
+        return self._dirs.entry(self._at[index])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._at)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+
+_NUMBER = (1 << 32) - 1
+
+
+class Kept:
+    """The PlanParts of an image's packages (in its order) and one sorted table of their
+    placed paths' CRC-32s: which of them may place a path is a bisection, not a question
+    to each."""
+
+    def __init__(self, keys: Sequence[str], parts: Mapping[str, PlanPart],
+                 table: array[int] | None = None) -> None:
+        """table: (CRC-32 << 32 | package number) of every placed path, sorted, when known
+        (deploy.summaries keeps it); else made from the parts."""
+        self.keys = list(keys)
+        self.parts = parts
+        if table is None:
+            table = array("Q", sorted(crc << 32 | n for n, key in enumerate(self.keys)
+                                      for crc in parts[key].placed))
+        self.table = table
+
+    def parent_dirs(self, key: str) -> frozenset[str]:
+        return self.parts[key].parent_dirs
+
+    def owners(self, rel: str) -> Iterator[str]:
+        """The keys of the packages that may place rel (all that do, and a few that don't)."""
+        crc = path_crc(rel)
+        table, keys = self.table, self.keys
+        i = bisect_left(table, crc << 32)
+        while i < len(table) and table[i] >> 32 == crc:
+            number = table[i] & _NUMBER
+            if number < len(keys):
+                yield keys[number]
+            i += 1
+
+    def outline_within(self, key: str, paths: Iterable[str]) -> tuple[Outline, Mapping[int, Entry]] | None:
+        """The package's outline within paths (those of them it may place: owners()) and its
+        entries there by position, when all of them are directories it places; None when
+        one may be anything else (or the part is not exact, or not as written): then its
+        file list tells."""
+        part = self.parts[key]
+        if not part.exact:
+            return None
+        at: dict[int, str] = {}
+        index_of = part.dirs.index_of
+        for rel in paths:
+            index = index_of(rel)
+            if index is None or index in at:
+                return None
+            at[index] = rel
+        order = sorted(at)
+        rels = [at[i] for i in order]
+        return (array("I", order), rels, [EntryType.DIR] * len(order)), _Sparse(part.dirs, at)
 
 
 def _parent_dirs(entries: Sequence[Entry]) -> set[str]:

@@ -83,6 +83,15 @@ def _decoded(header: Header, offsets: array[int], start: int, stop: int) -> Iter
         yield from blob[offsets[lo]:end].decode("utf-8", "surrogateescape").split("\0")
 
 
+def _raw(header: Header, offsets: array[int], start: int, stop: int) -> Iterator[bytes]:
+    """_decoded's strings, as their bytes."""
+    blob = header.blob
+    for lo in range(start, stop, CHUNK):
+        hi = min(lo + CHUNK, stop)
+        end = blob.index(b"\0", offsets[hi - 1])
+        yield from blob[offsets[lo]:end].split(b"\0")
+
+
 def may_lead_to(dirname: str, start: str) -> bool:
     """Whether a path with this directory name (DIRNAMES) may start with start: it starts
     with the name, so the name starts with start, or start with the name ("/", "/etc/").
@@ -329,6 +338,19 @@ class FileList(Sequence[Entry]):
         """Whether every path is one of the directory names and a name without "/" (checked
         as the list was made): each file's parent is then its directory name."""
         return self._dirindexes is not None and self._plain
+
+    def split_names(self) -> tuple[list[str], array[int], Iterator[bytes]] | None:
+        """(DIRNAMES, DIRINDEXES, each file's name in order as the header holds its bytes,
+        undecoded) when every path is a directory name and a name (split_by_dirname); else
+        None. The names are split out of the header a chunk at a time."""
+        dirindexes = self._dirindexes
+        if dirindexes is None or not self.split_by_dirname():
+            return None
+        return self._dirnames, dirindexes, _raw(self.header, self._names, 0, self._n)
+
+    def owner(self, i: int) -> tuple[str, str]:
+        """The user and group names of file i."""
+        return _value(self._users, i), _value(self._groups, i)
 
     def placed_dirnames(self) -> list[str] | None:
         """The directory names (DIRNAMES) of the files other than %ghost ones, each once, when

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploy.delta import NoDelta, Placement, plan, plan_update, same_result
+from deploy.delta import Kept, NoDelta, Placement, Plan, plan, plan_part, plan_update, same_result
 from fixtures.build import fixture_packages
 from rpmextents import Entry, ExtentsPackage
 from rpmextents.files import EntryType, FileList
@@ -288,15 +288,27 @@ def _file_list(entries: list[Entry], split: bool) -> FileList:
     return files
 
 
-def _outcome(old: list, new: list, whole: bool) -> object:
+def _outcome(old: list, new: list, whole: bool, kept: bool = False) -> object:
     try:
         if whole:
             p = plan(Placement.of(old), Placement.of(new))
+        elif kept:
+            p = _kept_plan(old, new)
         else:
             p = plan_update(old, new)
     except NoDelta:
         return NoDelta
     return p.delete, p.reset_dirs, dict(p.write)
+
+
+def _kept_plan(old: list, new: list) -> Plan:
+    """plan_update given no file list of the packages both images have, only their PlanParts
+    (as deploy.summaries keeps them), reading a list where it asks for one."""
+    lists = dict([*old, *new])
+    shared = {k for k, _ in old} & {k for k, _ in new}
+    kept = Kept([k for k, _ in old], {k: plan_part(e) for k, e in old})
+    return plan_update([(k, None if k in shared else e) for k, e in old],
+                       [(k, None if k in shared else e) for k, e in new], kept, lists.__getitem__)
 
 
 @settings(max_examples=500, deadline=None)
@@ -306,14 +318,17 @@ def test_the_updates_plan_is_the_whole_plan(images, split: bool) -> None:
     hardlink groups, paths outside /usr, paths whose packages disagree on their type), the
     plan that compares only the paths that can differ deletes, resets and writes what the
     plan comparing every path does, or both refuse: of entry lists and of file lists (their
-    names split as rpmbuild writes them, or not)."""
+    names split as rpmbuild writes them, or not), with the file lists of the packages both
+    have or only what deploy.summaries keeps of them."""
     old, new = images
     want = _outcome(old, new, whole=True)
     assert _outcome(old, new, whole=False) == want
+    assert _outcome(old, new, whole=False, kept=True) == want
     as_lists = {k: _file_list(e, split) for k, e in [*old, *new]}
     old_lists, new_lists = [(k, as_lists[k]) for k, _ in old], [(k, as_lists[k]) for k, _ in new]
     assert _outcome(old_lists, new_lists, whole=True) == want
     assert _outcome(old_lists, new_lists, whole=False) == want
+    assert _outcome(old_lists, new_lists, whole=False, kept=True) == want
 
 
 def test_an_update_compares_only_the_changed_packages_paths() -> None:
