@@ -20,6 +20,7 @@ from deploy.faults import checkpoint
 from deploy.headers import HEADER_DIR
 from deploy.state import DeploymentRecord
 from deploy.store import Store
+from deploy.summaries import Summary, summarize
 from deploy.system import System
 from deploy.tree import SetidFile, TreeBuilder, header_file_name
 from host import kernel
@@ -47,6 +48,8 @@ class Built:
     unknown_owners: tuple[str, ...]
     owner_ids: Mapping[str, Mapping[str, int | None]]
     setid_files: tuple[SetidFile, ...] = ()  # every package's, noted as it was accounted for
+    # The summaries of the image's packages in its order (deploy.summaries), made when asked.
+    summaries: Callable[[], list[Summary]] | None = None
 
 
 class PackageRef(Protocol):
@@ -93,24 +96,26 @@ def build(
     build tells noted of each package it writes, in the manifest's order.
 
     A package claiming rpmimg's package database is refused before anything is built (unless
-    the caller did that already, claims_checked: see refuse_claims); a build that fails
+    the caller did that already, claims_checked: deploy.sysusers.image_config's each); a build that fails
     leaves no subvolume behind.
     """
     if not claims_checked:
         for ref in m.packages:
-            refuse_package_db(ref.nevra, _claims(store, ref.sha256))
+            summary = store.summary(ref.sha256)
+            refuse_package_db(ref.nevra, summary.claims if summary is not None else _claims(store, ref.sha256))
     path = system.layout.staging / f"build-{new_id}"
     owners_root = accounts if accounts is not None else system.sysroot
     method, reason = "full", "asked for" if full else "no previous deployment" if base is None else ""
     imported: rpmdb.Importing | None = None
+    summaries: Callable[[], list[Summary]] | None = None
     # The tree's rpm database, made while the rest is built (see _package_database); every
     # way out of here waits for it before its tree is discarded or put in place.
     database = contextlib.ExitStack()
     try:
         if base is not None and not full:
             try:
-                builder, written, kept = _update(system, m, store, path, base, progress, owners_root,
-                                                 database)
+                builder, written, kept, summaries = _update(system, m, store, path, base, progress,
+                                                            owners_root, database)
                 method = "update"
             except delta.NoDelta as e:
                 reason = str(e)
@@ -119,8 +124,10 @@ def build(
                 _discard(path)
         if method == "full":
             imported = rpmdb.Importing()  # the database, made by rpm while the packages are laid out
-            builder = _full(system, m, store, path, progress, owners_root, noted, imported)
+            made: list[Summary] = []
+            builder = _full(system, m, store, path, progress, owners_root, noted, imported, made)
             written, kept = builder.stats.entries, 0
+            summaries = lambda: made  # noqa: E731
             # A new database's indexes are rpm's work, done while the seal merges /etc.
             database.enter_context(_package_database(path, m, None, imported))
         owner_ids = builder.owner_ids()
@@ -140,14 +147,8 @@ def build(
         written=written, kept=kept,
         reflinked=builder.stats.reflinked, copied=builder.stats.copied,
         outside_usr=builder.stats.outside_usr, unknown_owners=builder.unknown_owners,
-        owner_ids=owner_ids, setid_files=tuple(builder.stats.setid),
+        owner_ids=owner_ids, setid_files=tuple(builder.stats.setid), summaries=summaries,
     )
-
-
-def refuse_claims(nevra: str, files: FileList) -> None:
-    """What build() checks of each package before it builds, for a caller that reads every
-    package's file list before that anyway (the accounts)."""
-    refuse_package_db(nevra, claim_candidates(files))
 
 
 def _claims(store: Store, sha256: str) -> Iterable[tuple[str, int]]:
@@ -193,7 +194,9 @@ def _package_database(path: Path, m: Image, base: DeploymentRecord | None,
 
 
 def _full(system: System, m: Image, store: Store, path: Path, progress: ProgressFn,
-          owners_root: Path, noted: Noted | None, imported: rpmdb.Importing) -> TreeBuilder:
+          owners_root: Path, noted: Noted | None, imported: rpmdb.Importing,
+          made: list[Summary]) -> TreeBuilder:
+    """Extract every package of m; made gets each package's summary."""
     kernel.subvolume_create(path)
     checkpoint("subvolume created")
     with TreeBuilder(path, owners_root) as builder:
@@ -202,7 +205,12 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
         for i, ref in enumerate(m.packages):
             with store.opened(ref.sha256) as pkg:  # held once, here, while it is extracted
                 builder.add_package(pkg)
-                builder.account(pkg.nevra, pkg.entries())
+                # The package's summary: the one kept of it (its entry unchanged since), else
+                # made now from the file list at hand.
+                summary = store.summary(ref.sha256) or summarize(
+                    ref.sha256, ref.header_sha256, pkg.file_identity, pkg.entries(), pkg.block_size)
+                made.append(summary)
+                builder.add_accounting(pkg.nevra, summary.accounting)
                 builder.write_header(pkg)
                 name = header_file_name(pkg)
                 if noted is not None:
@@ -238,12 +246,16 @@ def _entries(store: Store, sha256s: Sequence[str], what: str,
 def _update(
     system: System, m: Image, store: Store, path: Path, base: DeploymentRecord,
     progress: ProgressFn, owners_root: Path, database: contextlib.ExitStack,
-) -> tuple[TreeBuilder, int, int]:
+) -> tuple[TreeBuilder, int, int, Callable[[], list[Summary]]]:
     """The update as a snapshot of base changed where m differs; (builder, paths written,
-    paths kept). The snapshot's rpm database is changed (entered into database) while the
-    update is planned, the changed packages are laid out and the /etc merge runs: it starts
-    as soon as the snapshot holds the new header files, as the longest piece of the update
-    after the plan (a plan that refuses, NoDelta, leaves it to _abandon)."""
+    paths kept, the new image's summaries when asked). The snapshot's rpm database is
+    changed (entered into database) while the update is planned, the changed packages are
+    laid out and the /etc merge runs: it starts as soon as the snapshot holds the new header
+    files, as the longest piece of the update after the plan (a plan that refuses, NoDelta,
+    leaves it to _abandon).
+
+    A package both images have is known by its summary where the store has one
+    (deploy.summaries): its file list is read only where the plan needs it."""
     base_path = system.layout.deployment(base.id)
     if base.owner_ids is None:
         raise delta.NoDelta(f"deployment {base.id} predates updates built from a previous deployment")
@@ -253,12 +265,15 @@ def _update(
     delta.check_owners(base.owner_ids, builder.owners)
     old_keys = [p.sha256 for p in base.packages]
     new_keys = [r.sha256 for r in m.packages]
-    entries = _entries(store, new_keys, f"{m.name} {m.version}",
-                       _entries(store, old_keys, f"deployment {base.id}"))
+    old_set, new_set = set(old_keys), set(new_keys)
+    kept = {k: s for k in old_set & new_set if (s := store.summary(k)) is not None}
+    log.debug("%d of the %d packages both images have known by their summaries",
+              len(kept), len(old_set & new_set))
+    entries = _entries(store, [k for k in new_keys if k not in kept], f"{m.name} {m.version}",
+                       _entries(store, [k for k in old_keys if k not in kept], f"deployment {base.id}"))
 
     kernel.subvolume_snapshot(base_path, path, readonly=False)
     checkpoint("subvolume created")
-    old_set, new_set = set(old_keys), set(new_keys)
     for p in base.packages:
         if p.sha256 not in new_set:
             builder.remove_header(f"{p.nvra}.rpm")
@@ -270,18 +285,43 @@ def _update(
             with store.package(ref.sha256).opened_again() as pkg:
                 builder.write_header(pkg)
     database.enter_context(_package_database(path, m, base, None))
-    plan = delta.plan_update([(k, entries[k][1]) for k in old_keys], [(k, entries[k][1]) for k in new_keys])
+
+    def load(key: str) -> FileList:
+        return _entries(store, [key], f"deployment {base.id}", entries)[key][1]
+
+    summaries = store.summaries
+    plan = delta.plan_update([(k, entries[k][1] if k in entries else None) for k in old_keys],
+                             [(k, entries[k][1] if k in entries else None) for k in new_keys],
+                             summaries.kept if summaries is not None and kept else None, load)
     for key in new_keys:
-        builder.account(*entries[key])
+        if key in entries:
+            builder.account(*entries[key])
+        else:
+            builder.add_accounting(kept[key].nevra, kept[key].accounting)
     delta.remove(os.fspath(path), plan)
     todo = [r for r in m.packages if r.sha256 in plan.write]
     with builder:
         for i, ref in enumerate(todo):
             with ExtentsPackage.open(store.path(ref.sha256)) as pkg:  # its data by the entry's own index
+                if ref.sha256 not in entries and pkg.header_sha256 != ref.header_sha256:
+                    # Known by its summary until now: its header is checked as it is read.
+                    raise delta.NoDelta(f"{ref.nevra}: its store entry no longer has its header")
                 builder.add_package(pkg, only=plan.write[ref.sha256])
             progress(i + 1, len(todo))
             checkpoint("package built")
-    return builder, sum(len(v) for v in plan.write.values()), plan.kept
+
+    def made() -> list[Summary]:
+        found = []
+        for ref in m.packages:
+            summary = kept.get(ref.sha256)
+            if summary is None:
+                pkg = store.package(ref.sha256)  # read already (remembered)
+                summary = summarize(ref.sha256, ref.header_sha256, pkg.file_identity, pkg.entries(),
+                                    pkg.block_size)
+            found.append(summary)
+        return found
+
+    return builder, sum(len(v) for v in plan.write.values()), plan.kept, made
 
 
 def _finish(system: System, path: Path, new_id: str) -> int:

@@ -80,6 +80,11 @@ class Layout:
         return self.root / "layout-cache"
 
     @property
+    def summaries(self) -> Path:
+        """What an update asks of the default deployment's packages (deploy.summaries)."""
+        return self.root / "summaries"
+
+    @property
     def deployments(self) -> Path:
         return self.root / "deployments"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from deploy.errors import PackageError
 from deploy.faults import checkpoint
 from deploy.layout import entry_path
 from deploy.layoutcache import LayoutCache, Span
+from deploy.layoutcache import identity as entry_identity
 from deploy.storemarks import StoreMarks
 from host import kernel
 from host.digest import sha256_file
@@ -36,6 +38,7 @@ from rpmextents.index import align_up
 from rpmextents.package import PackageIdentity, read_identity
 
 if TYPE_CHECKING:  # a type only: `status` and `rollback` load the store without the manifest model
+    from deploy.summaries import Summaries, Summary
     from imagespec.manifest import ManifestPackage
 
 log = logger(__name__)
@@ -68,6 +71,9 @@ class Store:
         self._layout: LayoutCache | None = None
         self._headers: dict[str, str] = {}
         self._from_layout: set[str] = set()  # packages read from the layout cache's copies
+        self._summaries: Summaries | None = None
+        self._summarized: dict[str, Summary | None] = {}  # summary()'s answers
+        self._present: set[str] = set()  # entries has() found
         self._added: list[str] = []  # entries add() moved in, not yet marked
         # Entries whose whole content hashed to their name in this process (add, or
         # damaged_entries: hashed, or vouched for by a mark): their index's own digest, part
@@ -97,7 +103,14 @@ class Store:
         return found
 
     def has(self, sha256: str) -> bool:
-        return os.path.isfile(self.path(sha256))
+        # Remembered once found (a deploy asks for each entry several times): an entry goes
+        # only by remove(), or by another process that would hold the sysroot's lock.
+        if sha256 in self._present:
+            return True
+        if os.path.isfile(self.path(sha256)):
+            self._present.add(sha256)
+            return True
+        return False
 
     def __iter__(self) -> Iterator[str]:
         if not self.root.is_dir():
@@ -111,6 +124,8 @@ class Store:
         """Delete one entry; returns its size."""
         path = self.path(sha256)
         size = path.stat().st_size
+        self._present.discard(sha256)
+        self._summarized[sha256] = None
         path.unlink()
         self._whole.discard(sha256)
         self._index = None  # it may point into the removed entry
@@ -120,6 +135,34 @@ class Store:
     @property
     def remembers(self) -> bool:
         return self._read is not None
+
+    def use_summaries(self, summaries: Summaries | None) -> None:
+        """Answer summary() from these (deploy.summaries: of the deployment a deploy starts
+        from)."""
+        self._summaries = summaries
+        self._summarized.clear()
+
+    @property
+    def summaries(self) -> Summaries | None:
+        return self._summaries
+
+    def summary(self, sha256: str) -> Summary | None:
+        """The kept summary of a stored package, while its entry is the file it was worked
+        out from, unchanged (as a layout cache copy stands for an entry); else None."""
+        if sha256 in self._summarized:
+            return self._summarized[sha256]
+        found = self._summaries.get(sha256) if self._summaries is not None else None
+        if found is not None:
+            try:
+                st = os.stat(self.path(sha256), follow_symlinks=False)
+            except OSError:
+                found = None
+            else:
+                if not stat.S_ISREG(st.st_mode) or entry_identity(st) != found.entry:
+                    log.debug("%s: changed since its summary was made", self.path(sha256))
+                    found = None
+        self._summarized[sha256] = found
+        return found
 
     def at_hand(self, sha256: str) -> bool:
         """Whether package(sha256) would answer without reading the entry."""
@@ -201,9 +244,16 @@ class Store:
     def layout_copy(self, sha256: str, now: os.stat_result) -> tuple[int, str, Span] | None:
         """The layout cache's copy of an entry (as LayoutCache.copy gives it) when this store
         read the entry from it (checked as above), and the entry is still as it was."""
-        if self._layout is None or sha256 not in self._from_layout:
+        if self._layout is None:
             return None
-        return self._layout.copy(sha256, now)
+        if sha256 in self._from_layout:
+            return self._layout.copy(sha256, now)
+        # An entry known by its summary alone, whose copy has the header the summary is of.
+        kept = self._summarized.get(sha256)
+        if kept is None or self._headers.get(sha256) != kept.header_sha256:
+            return None
+        found = self._layout.copy(sha256, now)
+        return found if found is not None and found[1] == kept.header_sha256 else None
 
     def _uncopied(self, sha256: str) -> bool:
         """Stop using the layout cache's copy of an entry; whether it was in use."""
@@ -279,7 +329,15 @@ class Store:
         (PackageError when the manifest names it as something else), the whole content
         with content. A damaged entry is removed and False returned: fetch it again.
         Without keep, where nothing is remembered, the identity comes from the header alone
-        (rather than a read of the whole file list that the store would keep as the last)."""
+        (rather than a read of the whole file list that the store would keep as the last).
+        An entry with a summary (summary()) is checked against it, its header not read."""
+        kept = self.summary(ref.sha256) if not content else None
+        if kept is not None:
+            try:
+                _check_identity(ref, kept)
+                return True
+            except PackageError:
+                pass  # the entry itself tells
         try:
             _check_identity(ref, self.package(ref.sha256) if self.remembers or keep
                             else read_identity(self.path(ref.sha256)))
@@ -488,7 +546,7 @@ def _copy_bytes(src: int, dst: int, offset: int, length: int) -> None:
         offset += os.pwrite(dst, chunk, offset)
 
 
-def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage | PackageIdentity) -> None:
+def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage | PackageIdentity | Summary) -> None:
     if (pkg.name, pkg.version, pkg.release, pkg.arch) != (
         ref.name, ref.version, ref.release, ref.arch,
     ) or pkg.epoch != ref.epoch:

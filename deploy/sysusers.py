@@ -23,11 +23,14 @@ from host.run import CommandError, run
 from rpmextents import ExtentsPackage
 from rpmextents.accounts import accounts_without_sysusers, sysusers_entries
 from rpmextents.filelist import FileList, header_files
+from rpmextents.files import claim_candidates
 from rpmextents.nevra import nevra_of
 
 log = logger(__name__)
 
 MAX_CONFIG = 1 << 20
+# Told each package's NEVRA and its files that may claim the package database (path, mode).
+Claims = Callable[[str, Iterable[tuple[str, int]]], None]
 ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
 
 
@@ -40,13 +43,24 @@ class Accounts:
 
 
 def image_config(store: Store, sha256s: Iterable[str],
-                 each: Callable[[str, FileList], None] | None = None) -> tuple[dict[str, bytes], list[str]]:
+                 each: Claims | None = None) -> tuple[dict[str, bytes], list[str]]:
     """name -> content of every sysusers.d file of the packages; and the packages that
     create accounts in scriptlets without shipping one. each, if given, is shown every
-    package's NEVRA and file list as they are read (another check on the same pass)."""
+    package's NEVRA and the (path, mode) of its files that may claim the package database
+    (another check on the same pass). A package with a summary (deploy.summaries) is known
+    by it: its header is not read."""
     found: dict[str, bytes] = {}
     by_scriptlet = []
     for sha in dict.fromkeys(sha256s):
+        kept = store.summary(sha)
+        if kept is not None:
+            if each is not None:
+                each(kept.nevra, kept.claims)
+            if kept.scriptlet_accounts:
+                by_scriptlet.append(kept.nevra)
+            if kept.sysusers:
+                found.update(_read_config(store, sha))
+            continue
         if store.remembers or store.at_hand(sha):
             pkg = store.package(sha)
             header, entries, nevra = pkg.header, pkg.entries(), pkg.nevra
@@ -54,18 +68,29 @@ def image_config(store: Store, sha256s: Iterable[str],
             header = read_prefix_at(store.path(sha)).header
             entries, nevra = header_files(header), str(nevra_of(header))
         if each is not None:
-            each(nevra, entries)
+            each(nevra, claim_candidates(entries))
         if accounts_without_sysusers(header, entries):
             by_scriptlet.append(nevra)
-        if not any(e.size <= MAX_CONFIG for e in sysusers_entries(entries)):
-            continue
-        with ExtentsPackage.open(store.path(sha)) as data:
-            files = data.entries()
-            for e in sysusers_entries(files):
-                extent = files.extent(e.index)
-                if extent is not None and e.size <= MAX_CONFIG:
-                    found[os.path.basename(e.path)] = b"".join(data.read_extent(extent))[: e.size]
+        if ships_config(entries):
+            found.update(_read_config(store, sha))
     return found, sorted(by_scriptlet)
+
+
+def ships_config(entries: FileList) -> bool:
+    """Whether a package ships a sysusers.d file image_config reads."""
+    return any(e.size <= MAX_CONFIG for e in sysusers_entries(entries))
+
+
+def _read_config(store: Store, sha: str) -> dict[str, bytes]:
+    """name -> content of the sysusers.d files of a stored package."""
+    found = {}
+    with ExtentsPackage.open(store.path(sha)) as data:
+        files = data.entries()
+        for e in sysusers_entries(files):
+            extent = files.extent(e.index)
+            if extent is not None and e.size <= MAX_CONFIG:
+                found[os.path.basename(e.path)] = b"".join(data.read_extent(extent))[: e.size]
+    return found
 
 
 def _admin_config(root: Path) -> dict[str, bytes]:
@@ -99,7 +124,7 @@ def apply(root: Path, config: dict[str, bytes]) -> tuple[str, ...]:
 
 
 def create_accounts(root: Path, store: Store, sha256s: Iterable[str],
-                    each: Callable[[str, FileList], None] | None = None) -> Accounts:
+                    each: Claims | None = None) -> Accounts:
     config, by_scriptlet = image_config(store, sha256s, each)
     for nevra in by_scriptlet:
         log.warning("%s creates accounts in a scriptlet and ships no sysusers.d file: they will not exist",

@@ -35,6 +35,7 @@ from deploy import (
     records,
     rootfs,
     setid,
+    summaries,
 )
 from deploy.build import Built, OwnerIds
 from deploy.errors import DowngradeError, SpaceError
@@ -48,6 +49,7 @@ from deploy.signature import fetch_verified_manifest, package_keyring, trusted_k
 from deploy.sources import FetchJob, Source, open_source
 from deploy.state import DeploymentRecord, PackageRecord, State, now_iso
 from deploy.store import Store
+from deploy.summaries import Summary
 from deploy.system import System
 from deploy.wholesystem import WholeBuilt, build_system
 from host.log import get as logger
@@ -435,11 +437,14 @@ def _fetch_and_build(
     while True:
         store = Store(layout.store, remember=not check_all and not _builds_in_full(current, options),
                       marks=layout.store_marks)
+        base = current.find(current.default)
         if store.remembers:
-            base = current.find(current.default)
             headers = {p.sha256: p.header_sha256 for p in (base.packages if base is not None else ())}
             headers.update((r.sha256, r.header_sha256) for r in m.packages)
             store.use_layout(LayoutCache.load(layout.layout_cache), headers)
+        if base is not None and not check_all:  # (a second round reads every package itself)
+            store.use_summaries(summaries.load(layout.summaries,
+                                               [(p.sha256, p.header_sha256) for p in base.packages]))
         with _phase(system, current, "fetching the packages of", m, layout.downloads):
             stored = fetch_into_store(system, signed, current, options, progress, check_all, store)
         with _phase(system, current, "building", m, layout.staging / f"build-{current.next_id}"):
@@ -457,10 +462,17 @@ def _fetch_and_build(
         check_all = True
 
 
-def _save_layout(system: System, store: Store, record: DeploymentRecord) -> None:
-    """Write the layout cache of the new default (deploy.layoutcache). Best effort: without
-    it the next update reads the store entries."""
+def _save_layout(system: System, store: Store, record: DeploymentRecord,
+                 made: Callable[[], list[Summary]] | None) -> None:
+    """Write the layout cache of the new default (deploy.layoutcache) and its packages'
+    summaries (deploy.summaries, made: from the build). Best effort: without them the next
+    update reads the store entries."""
     previous = store.layout
+    if made is not None:
+        try:
+            summaries.save(system.layout.summaries, made(), store.summaries)
+        except Exception as e:  # in a thread of its own: nothing else would hear of it
+            log.warning("%s: not written: %s: %s", system.layout.summaries, type(e).__name__, e)
     try:
         layoutcache.refresh(system.layout.layout_cache, store, (p.sha256 for p in record.packages),
                             {p.sha256: p.header_sha256 for p in record.packages})
@@ -474,14 +486,15 @@ def _save_layout(system: System, store: Store, record: DeploymentRecord) -> None
 
 
 @contextlib.contextmanager
-def _saving_layout(system: System, store: Store, record: DeploymentRecord) -> Iterator[None]:
+def _saving_layout(system: System, store: Store, record: DeploymentRecord,
+                   made: Callable[[], list[Summary]] | None = None) -> Iterator[None]:
     """_save_layout in a thread while the block runs, done when it ends. Writing the cache
     (12.5 MB on the benchmark image) is the kernel's work and the state's and boot entry's
     fsyncs are waits: each goes on while the other does, on two cores (about 40 ms of an
     update). The tree is complete and on the disk by then: the cache's writes add nothing
     to its sync. A deploy that fails after this leaves a cache of the packages it did not
     commit: a cache of other entries only makes the next update read the store's."""
-    saving = threading.Thread(target=_save_layout, args=(system, store, record), name="layout-cache")
+    saving = threading.Thread(target=_save_layout, args=(system, store, record, made), name="layout-cache")
     saving.start()
     try:
         yield
@@ -524,7 +537,7 @@ def deploy(system: System, options: DeployOptions, progress: ProgressFactory = _
         if damage:
             options = dataclasses.replace(options, full=True)
         stored, tree, store = _fetch_and_build(system, signed, current, options, progress)
-        with _saving_layout(system, store, tree.record):  # the next update need not read every store entry
+        with _saving_layout(system, store, tree.record, tree.built.summaries):  # the next update need not read every store entry
             bootfiles.save(system, tree.record.id, [k.files for k in kernels])
             with _phase(system, current, "recording", m, system.layout.state_file, undo=False):
                 commit(system, signed, current, tree)

@@ -47,6 +47,41 @@ class SetidFile:
     group: str
 
 
+@dataclass(frozen=True)
+class Accounting:
+    """What the build notes of each package: the owner names its files carry, its paths
+    outside /usr, its set-id files (%ghost files aside)."""
+
+    users: frozenset[str]
+    groups: frozenset[str]
+    outside: tuple[str, ...]
+    setid: tuple[SetidFile, ...]
+
+
+def accounting(entries: Iterable[Entry]) -> Accounting:
+    """TreeBuilder.account's notes of a package's entries."""
+    if isinstance(entries, FileList):  # its columns, without an Entry per file
+        users, groups = entries.owner_names()
+        # A path with its directory name below /usr/ is inside: only the others are asked.
+        outside = [path for i, path in entries.paths_in(lambda d: not d.startswith(_USR_BELOW))
+                   if not entries.flags[i] & _GHOST and outside_usr(path)]
+        setid = [e for i, mode in enumerate(entries.modes) if mode & _SETID
+                 and not (e := entries.metadata(i)).ghost]
+    else:
+        users, groups, outside, setid = set(), set(), [], []
+        for e in entries:
+            if e.ghost:
+                continue
+            if outside_usr(e.path):
+                outside.append(e.path)
+            users.add(e.user)
+            groups.add(e.group)
+            if e.mode & _SETID:
+                setid.append(e)
+    return Accounting(frozenset(users), frozenset(groups), tuple(outside),
+                      tuple(SetidFile(e.path, e.mode, e.user, e.group) for e in setid))
+
+
 @dataclass
 class TreeStats:
     """What a tree build counted: entries, files, and how their data got there."""
@@ -106,30 +141,15 @@ class TreeBuilder:
 
     def account(self, nevra: str, entries: Iterable[Entry]) -> None:
         """Note what a package of the image puts outside /usr and which owners it names."""
-        outside = []
-        if isinstance(entries, FileList):  # its columns, without an Entry per file
-            users, groups = entries.owner_names()
-            self.stats.users |= users
-            self.stats.groups |= groups
-            # A path with its directory name below /usr/ is inside: only the others are asked.
-            outside = [path for i, path in entries.paths_in(lambda d: not d.startswith(_USR_BELOW))
-                       if not entries.flags[i] & _GHOST and outside_usr(path)]
-            setid = [e for i, mode in enumerate(entries.modes) if mode & _SETID
-                     and not (e := entries.metadata(i)).ghost]
-        else:
-            setid = []
-            for e in entries:
-                if e.ghost:
-                    continue
-                if outside_usr(e.path):
-                    outside.append(e.path)
-                self.stats.users.add(e.user)
-                self.stats.groups.add(e.group)
-                if e.mode & _SETID:
-                    setid.append(e)
-        self.stats.setid += [SetidFile(e.path, e.mode, e.user, e.group) for e in setid]
-        if outside:
-            self.stats.outside_usr[nevra] = outside
+        self.add_accounting(nevra, accounting(entries))
+
+    def add_accounting(self, nevra: str, noted: Accounting) -> None:
+        """account() of a package from what accounting() told of it (kept: deploy.summaries)."""
+        self.stats.users |= noted.users
+        self.stats.groups |= noted.groups
+        self.stats.setid += noted.setid
+        if noted.outside:
+            self.stats.outside_usr[nevra] = list(noted.outside)
 
     @property
     def unknown_owners(self) -> tuple[str, ...]:

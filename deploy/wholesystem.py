@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import cast
 
 from deploy import basecheck, bootselect, mounts, rootfs, sysusers
-from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build, refuse_claims
+from deploy.build import Built, Image, OwnerIds, ProgressFn, Seal, build
+from deploy.delta import KeptError
 from deploy.etcbase import record_after, recorded_files, write_records
 from deploy.etcmerge import EtcMerge, EtcPart, merge_etc
 from deploy.faults import checkpoint
@@ -35,7 +36,7 @@ from deploy.state import DeploymentRecord
 from deploy.store import Store
 from deploy.system import System
 from host.log import get as logger
-from rpmextents import Owners
+from rpmextents import Owners, refuse_package_db
 from rpmextents.files import FileList
 
 log = logger(__name__)
@@ -57,8 +58,8 @@ def device(system: System) -> str:
 
 
 def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
-          known: Mapping[str, FileList] | None = None,
-          lists: tuple[Sequence[FileList], Sequence[FileList]] | None = None,
+          known: Mapping[str, Listed] | None = None,
+          lists: tuple[Sequence[Listed], Sequence[Listed]] | None = None,
           written: Mapping[str, tuple[str, EtcPart]] | None = None,
           old_names: Mapping[str, str] | None = None,
           owner_ids: OwnerIds | None = None) -> EtcMerge:
@@ -114,8 +115,8 @@ def merge(root: Path, usr: Path, old_usr: Path | None, merged_from: str | None,
     return result
 
 
-def tree_lists(known: Mapping[str, FileList], base: DeploymentRecord, m: Image
-               ) -> tuple[list[FileList], list[FileList]] | None:
+def tree_lists(known: Mapping[str, Listed], base: DeploymentRecord, m: Image
+               ) -> tuple[list[Listed], list[Listed]] | None:
     """The file lists of base's tree and of its update to m, in header file order, from
     known (header sha256 -> file list); None unless known has all of them.
 
@@ -123,17 +124,17 @@ def tree_lists(known: Mapping[str, FileList], base: DeploymentRecord, m: Image
     files are its packages' headers, deploy.basecheck), and the update removed the header
     files of the packages m drops and wrote those of the packages it adds, so the new
     tree's header files are m's packages'. Neither tree's header files need to be read."""
-    def in_order(packages: Iterable[tuple[str, str]]) -> list[FileList] | None:
+    def in_order(packages: Iterable[tuple[str, str]]) -> list[Listed] | None:
         # (header file name, header sha256), sorted by name as the header files are read
         found = [known.get(sha) for _, sha in sorted(packages)]
-        return None if any(f is None for f in found) else cast(list[FileList], found)
+        return None if any(f is None for f in found) else cast(list[Listed], found)
 
     old = in_order((f"{p.nvra}.rpm", p.header_sha256) for p in base.packages)
     new = in_order((f"{r.nvra}.rpm", r.header_sha256) for r in m.packages)
     return None if old is None or new is None else (old, new)
 
 
-def _new_packages(usr: Path, known: Mapping[str, FileList], read: dict[FileIdentity, Listed] | None,
+def _new_packages(usr: Path, known: Mapping[str, Listed], read: dict[FileIdentity, Listed] | None,
                   written: Mapping[str, tuple[str, EtcPart]] | None) -> Iterable[Listed]:
     """The packages of the new tree at usr as the merge reads them (header files by name):
     what the build noted as it wrote each header file, when the tree holds exactly those
@@ -144,13 +145,21 @@ def _new_packages(usr: Path, known: Mapping[str, FileList], read: dict[FileIdent
     return installed_file_lists(usr, known, read, keep=())
 
 
-def _read(store: Store, m: Image, base: DeploymentRecord | None) -> dict[str, FileList]:
-    """header sha256 -> file list of the packages of m and base the store remembers."""
+def _read(store: Store, m: Image, base: DeploymentRecord | None) -> dict[str, Listed]:
+    """header sha256 -> file list of the packages of m and base the store remembers (of one
+    it has a summary of, deploy.summaries, its /etc part)."""
     if not store.remembers:
         return {}
     shas = [r.sha256 for r in m.packages] + [p.sha256 for p in (base.packages if base is not None else ())]
-    known = {}
+    known: dict[str, Listed] = {}
     for sha in dict.fromkeys(shas):
+        kept = store.summary(sha)
+        if kept is not None:
+            try:
+                known[kept.header_sha256] = kept.etc_part()
+                continue
+            except KeptError as e:
+                log.debug("%s: its summary not used: %s", store.path(sha), e)
         try:  # remembered by now, but for an entry the build did not need
             pkg = store.package(sha)
         except FileNotFoundError:
@@ -195,7 +204,7 @@ def build_system(
         # over the headers (an update's, by build: it may read them from the store's memory).
         claims_checked = full or base is None
         accounts = sysusers.create_accounts(root, store, [r.sha256 for r in m.packages],
-                                            refuse_claims if claims_checked else None)
+                                            refuse_package_db if claims_checked else None)
         checkpoint("accounts created")
 
         written: dict[str, tuple[str, EtcPart]] = {}

@@ -210,6 +210,13 @@ class ExtentsPackage:
             os.close(fd)
             raise
 
+    @property
+    def file_identity(self) -> tuple[int, int, int, int]:
+        """The file read, as it was then: its inode, size, and modification and change
+        times in ns (deploy.layoutcache's identity)."""
+        _, ino, size, mtime, ctime = self._file
+        return ino, size, mtime, ctime
+
     def unchanged(self) -> bool:
         """Whether the file at path is still the one this was read from, unchanged since
         (the same inode, size, modification and change time)."""
