@@ -225,8 +225,9 @@ def _missing(store: Store, signed: SignedManifest, current: State, full: bool) -
     against their manifest entry; their whole content too where a full build will read it."""
     base = current.find(current.default)
     in_base = {p.sha256 for p in base.packages} if base is not None else set()
-    if not full:
-        store.prefetch(r.sha256 for r in signed.manifest.packages)
+    # The headers are read after this (the store's check of each, or, of a package with a
+    # summary, the build's): asked for ahead, all at once.
+    store.prefetch(r.sha256 for r in signed.manifest.packages)
     refs: dict[str, ManifestPackage] = {}
     for ref in signed.manifest.packages:
         refs.setdefault(ref.sha256, ref)
