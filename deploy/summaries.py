@@ -33,7 +33,6 @@ before use (a record when it is first used).
 from __future__ import annotations
 
 import functools
-import hashlib
 import marshal
 import os
 import stat
@@ -51,6 +50,7 @@ from deploy.etcmerge import ETC, EtcPart
 from deploy.layoutcache import Identity
 from deploy.sysusers import ships_config
 from deploy.tree import Accounting, SetidFile, accounting
+from host import digest
 from host.log import get as logger
 from rpmextents.accounts import accounts_without_sysusers
 from rpmextents.entry import Entry, entry_type
@@ -230,14 +230,17 @@ def code_key() -> bytes:
     import imagespec
     import rpmextents
 
-    h = hashlib.sha256(f"{MAGIC!r} {FORMAT} {sys.version}".encode())
+    lines = [f"{MAGIC!r} {FORMAT} {sys.version}\n"]
     for package in (rpmextents, imagespec, deploy):
         for directory in package.__path__:
             with os.scandir(directory) as it:
                 for e in sorted(it, key=lambda e: e.name):
                     if e.name.endswith(".py") and e.is_file(follow_symlinks=False):
                         st = e.stat(follow_symlinks=False)
-                        h.update(f"{package.__name__}/{e.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+                        lines.append(f"{package.__name__}/{e.name} {st.st_size} {st.st_mtime_ns}\n")
+    text = "".join(lines).encode()
+    h = digest.new("sha256", len(text))  # a few kB: not worth loading libcrypto for
+    h.update(text)
     return h.digest()
 
 
