@@ -202,13 +202,18 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
     with TreeBuilder(path, owners_root) as builder:
         # About ten crash points spread over the build, whatever the image's size.
         step = max(1, len(m.packages) // 10)
+        kept = 0
         for i, ref in enumerate(m.packages):
             with store.opened(ref.sha256) as pkg:  # held once, here, while it is extracted
                 builder.add_package(pkg)
                 # The package's summary: the one kept of it (its entry unchanged since), else
                 # made now from the file list at hand.
-                summary = store.summary(ref.sha256) or summarize(
-                    ref.sha256, ref.header_sha256, pkg.file_identity, pkg.entries(), pkg.block_size)
+                summary = store.summary(ref.sha256)
+                if summary is None:
+                    summary = summarize(ref.sha256, ref.header_sha256, pkg.file_identity, pkg.entries(),
+                                        pkg.block_size)
+                else:
+                    kept += 1
                 made.append(summary)
                 builder.add_accounting(pkg.nevra, summary.accounting)
                 builder.write_header(pkg)
@@ -226,6 +231,7 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
             progress(i + 1, len(m.packages))
             if i % step == 0:
                 checkpoint("package built")
+    log.debug("%d of the %d packages known by their summaries", kept, len(m.packages))
     return builder
 
 

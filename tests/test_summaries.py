@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from deploytools import Images, deploy, rpmimg, state_of
+from imagepub import publish
 from storetools import stored
 
 from deploy import delta, summaries
@@ -113,6 +114,23 @@ def test_an_update_knows_the_packages_it_keeps_by_their_summaries(sysroot: Path,
     default = next(d for d in state["deployments"] if d["id"] == state["default"])
     new = summaries.load(path, [(p["sha256"], p["header_sha256"]) for p in default["packages"]])
     assert new is not None and summaries.load(path, v1) is None
+
+
+def test_a_full_build_takes_the_summaries_of_the_packages_its_base_has(
+        sysroot: Path, images: Images, tmp_path: Path) -> None:
+    """The same packages under another image name, built in full: each package's summary is
+    the one kept (its header is read to extract it, not to work the summary out again), and
+    the summaries it leaves are the same."""
+    deploy(sysroot, images.v1, images.key)
+    path = sysroot / SUMMARIES
+    before = path.read_bytes()
+    copy = publish(tmp_path / "copy", "demo-copy", "1", images.v1_rpms, images.key)
+    result = deploy(sysroot, copy, images.key, "--switch", "--full", "--debug")
+    assert result.json()["build"] == "full"
+    n = len(images.v1_rpms)
+    assert _debug_lines(result.err, f"{n} of the {n} packages known by their summaries"), result.err
+    assert path.read_bytes() == before
+    assert rpmimg("verify", "--sysroot", sysroot).code == 0
 
 
 def test_a_changed_store_entry_is_read_again(sysroot: Path, images: Images) -> None:
