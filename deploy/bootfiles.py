@@ -101,10 +101,12 @@ def load(system: System, deployment_id: str) -> tuple[KernelFiles, ...]:
         raise DeployError(f"{path}: not a boot record: {e}") from e
 
 
-def save(system: System, deployment_id: str, kernels: Sequence[KernelFiles]) -> None:
+def save(system: System, deployment_id: str, kernels: Sequence[KernelFiles], sync: bool = True) -> None:
+    """Write the deployment's boot record; not synced without sync (the caller syncs the
+    filesystem before the state names the deployment)."""
     boot_dir(system).mkdir(parents=True, exist_ok=True)
     data = {"kernels": [k.__dict__ for k in kernels]}
-    write_atomically(boot_dir(system) / f"{deployment_id}.json", json.dumps(data, indent=1).encode())
+    write_atomically(boot_dir(system) / f"{deployment_id}.json", json.dumps(data, indent=1).encode(), sync=sync)
 
 
 def remove(system: System, deployment_id: str) -> None:

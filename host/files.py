@@ -54,9 +54,11 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_new(path: str | os.PathLike[str], data: bytes | Iterable[bytes], mode: int = 0o644) -> None:
+def write_new(path: str | os.PathLike[str], data: bytes | Iterable[bytes], mode: int = 0o644,
+              sync: bool = True) -> None:
     """Create path (it must not exist), write data (bytes, or its pieces in turn, so that a
-    large file need never be whole in memory) and fsync it; callers rename it into place."""
+    large file need never be whole in memory) and fsync it (unless not sync: the caller
+    syncs the filesystem before anything depends on it); callers rename it into place."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "wb") as f:
         if isinstance(data, bytes):
@@ -65,12 +67,14 @@ def write_new(path: str | os.PathLike[str], data: bytes | Iterable[bytes], mode:
             for piece in data:
                 f.write(piece)
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
 
 
-def write_atomically(path: Path, data: bytes | Iterable[bytes], mode: int = 0o644) -> None:
+def write_atomically(path: Path, data: bytes | Iterable[bytes], mode: int = 0o644,
+                     sync: bool = True) -> None:
     """Replace path with data (bytes or pieces, as write_new) so that a crash leaves either
-    the old or the new content."""
+    the old or the new content (not sync: once the caller syncs the filesystem, as write_new)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)  # left by a killed process that had our pid
     try:
@@ -79,7 +83,8 @@ def write_atomically(path: Path, data: bytes | Iterable[bytes], mode: int = 0o64
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
 
 
 def make_private_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
