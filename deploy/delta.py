@@ -423,7 +423,7 @@ class PlanPart:
     directories, and a CRC-32 of each of its placed paths (to tell where it may place a
     compared path that is not one of its directories). exact: no path placed twice."""
 
-    parent_dirs: frozenset[str]
+    parent_dirs: tuple[str, ...]  # sorted (a tuple: a set of a few hundred kB an image)
     dirs: DirEntries  # entries as dir_entry makes them, or a package's own
     placed: array[int]  # CRC-32 of each placed tree path, in the package's order
     exact: bool
@@ -444,7 +444,7 @@ def plan_part(entries: Sequence[Entry]) -> PlanPart:
     positions, rels, types = _placed_outline(entries)
     dirs = DirMap((rel, entries[pos]) for pos, rel, t in zip(positions, rels, types, strict=True)
                   if t is EntryType.DIR)
-    return PlanPart(frozenset(_parent_dirs(entries)), dirs, array("I", map(path_crc, rels)),
+    return PlanPart(tuple(sorted(_parent_dirs(entries))), dirs, array("I", map(path_crc, rels)),
                     len(set(rels)) == len(rels))
 
 
@@ -479,7 +479,7 @@ def _list_part(files: FileList, dirnames: list[str], dirindexes: array[int], nam
     if len(set(crcs)) != len(crcs):
         rels = _placed_outline(files)[1]
         exact = exact and len(set(rels)) == len(rels)
-    return PlanPart(frozenset(_parent_dirs(files)), dirs, crcs, exact)
+    return PlanPart(tuple(sorted(_parent_dirs(files))), dirs, crcs, exact)
 
 
 class _Sparse(Mapping[int, Entry]):
@@ -519,7 +519,7 @@ class Kept:
                                       for crc in parts[key].placed))
         self.table = table
 
-    def parent_dirs(self, key: str) -> frozenset[str]:
+    def parent_dirs(self, key: str) -> tuple[str, ...]:
         return self.parts[key].parent_dirs
 
     def owners(self, rel: str) -> Iterator[str]:

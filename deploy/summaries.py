@@ -17,9 +17,10 @@ TOP/@rpmimg/summaries describes the packages of one deployment, in its order:
     tuples of them (see _pack), table the bytes of an array of u64, sorted:
     CRC-32 of a placed tree path << 32 | the number of the package placing it
 
-It is used only for the deployment an update starts from, and a package's summary only
-while its store entry is the file it was worked out from, unchanged (inode, size, mtime,
-ctime, as deploy.layoutcache trusts a copy). The code key is a digest of the format and of
+It is used only by a deploy that starts from that deployment (an update of it, or a full
+build of packages it has), and a package's summary only while its store entry is the file
+it was worked out from, unchanged (inode, size, mtime, ctime, as deploy.layoutcache trusts
+a copy). The code key is a digest of the format and of
 the size and modification time of every module of rpmextents, imagespec and deploy (where
 the summary's parts are worked out): a newer rpmimg (a new deployment of it) reads none of
 an older one's. As with the layout cache, the checksum is for accidents (a crash cut the
@@ -53,7 +54,8 @@ from deploy.tree import Accounting, SetidFile, accounting
 from host import digest
 from host.log import get as logger
 from rpmextents.accounts import accounts_without_sysusers
-from rpmextents.entry import Entry, entry_type
+from rpmextents.entry import Entry, check_path, entry_type
+from rpmextents.errors import FormatError
 from rpmextents.files import FileList, claim_candidates
 
 log = logger(__name__)
@@ -63,7 +65,6 @@ FORMAT = 1
 _HEAD = struct.Struct("<8sI32sI")
 _CHECKSUM = struct.Struct("<I")
 MAX_BYTES = 1 << 30
-
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,10 @@ class Summary:
 
     def etc_part(self) -> EtcPart:
         """Its EtcPart (KeptError: a record not as written)."""
-        return EtcPart(self.nevra, tuple(_entry(r, self.digest_algo) for r in self.etc_records))
+        entries = tuple(_entry(r, self.digest_algo) for r in self.etc_records)
+        if any(e.path != ETC and not e.path.startswith(f"{ETC}/") for e in entries):
+            raise KeptError("an /etc record of a path outside /etc")
+        return EtcPart(self.nevra, entries)
 
 
 def summarize(sha256: str, header_sha256: str, entry: Identity, files: FileList,
@@ -113,7 +117,7 @@ def summarize(sha256: str, header_sha256: str, entry: Identity, files: FileList,
         ident.arch, str(ident), block_size, files.digest_algo, accounting(files),
         tuple(claim_candidates(files)), sysusers,
         accounts_without_sysusers(files.header, files),
-        PlanPart(part.parent_dirs, _Dirs.of(part.dirs), part.placed, part.exact),
+        PlanPart(tuple(map(sys.intern, part.parent_dirs)), _Dirs.of(part.dirs), part.placed, part.exact),
         etc,
     )
 
@@ -133,31 +137,39 @@ def _entry(r: Any, digest_algo: str) -> Entry:
     if (type(r) is not tuple or len(r) != len(_RECORD_TYPES)
             or any(type(v) is not t for v, t in zip(r, _RECORD_TYPES, strict=True))):
         raise KeptError("an entry record not as written")
-    index, path, mode, user, group, mtime, size, linkto, caps, rdev, digest, flags, link = r
+    index, path, mode, user, group, mtime, size, linkto, caps, rdev, file_digest, flags, link = r
     try:
         etype = entry_type(mode)
+        check_path(path)  # as a file list checks it: the merge writes where it says
     except KeyError:
         raise KeptError(f"{path}: an entry record of no file type") from None
+    except FormatError as e:
+        raise KeptError(str(e)) from None
     return Entry(index, path, etype, mode, user, group, mtime, size, linkto, caps or None, rdev,
-                 digest, digest_algo, flags, None if link < 0 else link)
+                 file_digest, digest_algo, flags, None if link < 0 else link)
 
 
 class _Dirs:
     """A package's placed directories (deploy.delta.DirEntries) as columns: their tree paths,
-    indexes, modes, users and groups; an Entry made of one when asked (KeptError: not as
+    indexes, modes, users and groups (and the package's path of those not /usr/<tree path>:
+    relocated from outside /usr); an Entry made of one when asked (KeptError: not as
     written)."""
 
-    def __init__(self, rels: tuple[str, ...], paths: tuple[str, ...], indexes: array[int],
-                 modes: array[int], users: tuple[str, ...], groups: tuple[str, ...]) -> None:
-        self.rels, self.paths, self.indexes, self.modes = rels, paths, indexes, modes
-        self.users, self.groups = users, groups
+    def __init__(self, rels: tuple[str, ...], indexes: array[int], modes: array[int],
+                 users: tuple[str, ...], groups: tuple[str, ...], moved: dict[str, str]) -> None:
+        self.rels, self.indexes, self.modes = rels, indexes, modes
+        self.users, self.groups, self.moved = users, groups, moved
         self._at: dict[str, int] | None = None
 
     @classmethod
     def of(cls, dirs: Mapping[str, Entry]) -> _Dirs:
         es = list(dirs.values())
-        return cls(tuple(dirs), tuple(e.path for e in es), array("I", [e.index for e in es]),
-                   array("I", [e.mode for e in es]), tuple(e.user for e in es), tuple(e.group for e in es))
+        moved = {rel: e.path for rel, e in dirs.items() if e.path != _usr_path(rel)}
+        # Interned: most directories and owners are many packages' ("share/doc", "root"); so
+        # marshal writes each once, and reads them back as one string each.
+        return cls(tuple(map(sys.intern, dirs)), array("I", [e.index for e in es]),
+                   array("I", [e.mode for e in es]), tuple(sys.intern(e.user) for e in es),
+                   tuple(sys.intern(e.group) for e in es), moved)
 
     def _find(self, rel: str) -> int | None:
         if self._at is None:
@@ -173,19 +185,22 @@ class _Dirs:
         if j is None or not stat.S_ISDIR(self.modes[j]) or type(self.users[j]) is not str or type(
                 self.groups[j]) is not str:
             raise KeptError(f"{rel}: a directory record not as written")
-        return dir_entry(self.indexes[j], self.paths[j], self.modes[j], self.users[j], self.groups[j])
+        path = self.moved.get(rel) or _usr_path(rel)
+        return dir_entry(self.indexes[j], path, self.modes[j], self.users[j], self.groups[j])
 
     def packed(self) -> tuple[Any, ...]:
-        return self.rels, self.paths, self.indexes.tobytes(), self.modes.tobytes(), self.users, self.groups
+        return (self.rels, self.indexes.tobytes(), self.modes.tobytes(), self.users, self.groups,
+                tuple(self.moved.items()))
 
     @classmethod
     def unpacked(cls, packed: Any) -> _Dirs:
         """(ValueError: not of the shape packed() makes; the owner names are checked when used.)"""
         if type(packed) is not tuple or len(packed) != 6:
             raise ValueError("directories not as written")
-        rels, paths, indexes, modes, users, groups = packed
-        if (not _strings(rels) or not _strings(paths) or type(indexes) is not bytes or type(modes) is not bytes
-                or type(users) is not tuple or type(groups) is not tuple):
+        rels, indexes, modes, users, groups, moved = packed
+        if (not _strings(rels) or type(indexes) is not bytes or type(modes) is not bytes
+                or type(users) is not tuple or type(groups) is not tuple or type(moved) is not tuple
+                or any(type(m) is not tuple or len(m) != 2 or not _strings(m) for m in moved)):
             raise ValueError("directories not as written")
         columns = array("I"), array("I")
         for column, raw in zip(columns, (indexes, modes), strict=True):
@@ -194,9 +209,13 @@ class _Dirs:
             column.frombytes(raw)
             if sys.byteorder != "little":
                 column.byteswap()
-        if not len(rels) == len(paths) == len(columns[0]) == len(columns[1]) == len(users) == len(groups):
+        if not len(rels) == len(columns[0]) == len(columns[1]) == len(users) == len(groups):
             raise ValueError("directories not as written")
-        return cls(rels, paths, *columns, users, groups)
+        return cls(rels, *columns, users, groups, dict(moved))
+
+
+def _usr_path(rel: str) -> str:
+    return f"/usr/{rel}" if rel else "/usr"
 
 
 class Summaries:
@@ -252,7 +271,7 @@ def _pack(s: Summary) -> tuple[Any, ...]:
         tuple(sorted(a.users)), tuple(sorted(a.groups)), a.outside,
         tuple((f.path, f.mode, f.user, f.group) for f in a.setid),
         s.claims, s.sysusers, s.scriptlet_accounts,
-        tuple(sorted(s.plan.parent_dirs)), s.dirs.packed(), s.plan.exact,
+        s.plan.parent_dirs, s.dirs.packed(), s.plan.exact,
         s.etc_records,
     )
 
@@ -286,7 +305,7 @@ def _unpack(p: Any) -> Summary:
         block_size, digest_algo,
         Accounting(frozenset(users), frozenset(groups), outside, tuple(SetidFile(*f) for f in setid)),
         claims, sysusers, scriptlet,
-        PlanPart(frozenset(parent_dirs), _Dirs.unpacked(dirs),
+        PlanPart(parent_dirs, _Dirs.unpacked(dirs),
                  array("I"), exact),
         etc,
     )

@@ -62,7 +62,7 @@ def test_a_summary_says_what_the_file_list_says(tmp_path: Path) -> None:
         assert s.claims == tuple(claim_candidates(files))
         assert (s.sysusers, s.scriptlet_accounts) == (ships_config(files), accounts_without_sysusers(files.header, files))
         assert s.etc_part() == EtcPart.of(files)
-        assert s.plan.parent_dirs == delta._parent_dirs(files)
+        assert s.plan.parent_dirs == tuple(sorted(delta._parent_dirs(files)))
         positions, rels, types = delta._placed_outline(files)
         assert s.plan.exact == (len(set(rels)) == len(rels))
         dirs = {rel: files.metadata(pos) for pos, rel, t in zip(positions, rels, types, strict=True)
@@ -120,16 +120,16 @@ def test_a_full_build_takes_the_summaries_of_the_packages_its_base_has(
         sysroot: Path, images: Images, tmp_path: Path) -> None:
     """The same packages under another image name, built in full: each package's summary is
     the one kept (its header is read to extract it, not to work the summary out again), and
-    the summaries it leaves are the same."""
+    the summaries it leaves say the same."""
     deploy(sysroot, images.v1, images.key)
     path = sysroot / SUMMARIES
-    before = path.read_bytes()
+    before = _payload(path)
     copy = publish(tmp_path / "copy", "demo-copy", "1", images.v1_rpms, images.key)
     result = deploy(sysroot, copy, images.key, "--switch", "--full", "--debug")
     assert result.json()["build"] == "full"
     n = len(images.v1_rpms)
     assert _debug_lines(result.err, f"{n} of the {n} packages known by their summaries"), result.err
-    assert path.read_bytes() == before
+    assert _payload(path) == before
     assert rpmimg("verify", "--sysroot", sysroot).code == 0
 
 
@@ -144,6 +144,10 @@ def test_a_changed_store_entry_is_read_again(sysroot: Path, images: Images) -> N
     _, err = _updated(sysroot, images)
     n = _shared(images)
     assert _debug_lines(err, f"{n - 1} of the {n} packages both images have known by their summaries"), err
+
+
+def _payload(path: Path) -> object:
+    return marshal.loads(path.read_bytes()[summaries._HEAD.size:-summaries._CHECKSUM.size])
 
 
 def _rewrite(path: Path, change: Callable[[tuple], tuple], key: bytes | None = None) -> None:
@@ -184,12 +188,19 @@ def _spoilers() -> list[tuple[str, Callable[[Path], None], str | None]]:
         # Records not as written: each package read by its header where the plan or the
         # /etc merge would have used one (the file is otherwise used).
         ("directories forged as files", lambda p: _rewrite(p, _packages(_field(
-            _DIRS, lambda d: (*d[:3], b"\xa4\x81\0\0" * len(d[0]), *d[4:])))), None),
+            _DIRS, lambda d: (d[0], d[1], b"\xa4\x81\0\0" * len(d[0]), *d[3:])))), None),
         ("directory owners forged", lambda p: _rewrite(p, _packages(_field(
-            _DIRS, lambda d: (*d[:4], tuple(range(len(d[0]))), d[5])))), None),
+            _DIRS, lambda d: (*d[:3], tuple(range(len(d[0]))), *d[4:])))), None),
         ("/etc records forged", lambda p: _rewrite(p, _packages(_field(
             _ETC, lambda rs: tuple((*r[:2], None, *r[3:]) for r in rs)))), None),
+        ("/etc records leading out", lambda p: _rewrite(p, _packages(_field(
+            _ETC, lambda rs: tuple((r[0], f"/etc/../{EVIL}", *r[2:]) for r in rs)))), None),
+        ("/etc records of paths outside /etc", lambda p: _rewrite(p, _packages(_field(
+            _ETC, lambda rs: tuple((r[0], f"/usr/bin/{EVIL}", *r[2:]) for r in rs)))), None),
     ]
+
+
+EVIL = "planted-by-a-forged-summary"
 
 
 def _flip(data: bytes) -> bytes:
@@ -221,3 +232,4 @@ def test_a_summaries_file_not_as_written_stands_for_nothing(
     assert not path.is_symlink()
     assert summaries.load(path, [(p["sha256"], p["header_sha256"]) for p in default["packages"]]) is not None
     assert report["kept_paths"] and report["written_paths"]
+    assert not [p for p in sysroot.rglob(f"*{EVIL}*")]  # nothing a forged record named was made
