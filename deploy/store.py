@@ -334,7 +334,7 @@ class Store:
         kept = self.summary(ref.sha256) if not content else None
         if kept is not None:
             try:
-                _check_identity(ref, kept)
+                _check_identity(ref, kept.identity)
                 return True
             except PackageError:
                 pass  # the entry itself tells
@@ -546,7 +546,7 @@ def _copy_bytes(src: int, dst: int, offset: int, length: int) -> None:
         offset += os.pwrite(dst, chunk, offset)
 
 
-def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage | PackageIdentity | Summary) -> None:
+def _check_identity(ref: ManifestPackage, pkg: ExtentsPackage | PackageIdentity) -> None:
     if (pkg.name, pkg.version, pkg.release, pkg.arch) != (
         ref.name, ref.version, ref.release, ref.arch,
     ) or pkg.epoch != ref.epoch:

@@ -52,11 +52,13 @@ from deploy.layoutcache import Identity
 from deploy.sysusers import ships_config
 from deploy.tree import Accounting, SetidFile, accounting
 from host import digest
+from host.files import write_atomically
 from host.log import get as logger
 from rpmextents.accounts import accounts_without_sysusers
 from rpmextents.entry import Entry, check_path, entry_type
 from rpmextents.errors import FormatError
 from rpmextents.files import FileList, claim_candidates
+from rpmextents.package import PackageIdentity
 
 log = logger(__name__)
 
@@ -72,15 +74,8 @@ class Summary:
     """What a deploy asks of one stored package, but its data."""
 
     sha256: str  # the store entry's
-    header_sha256: str
     entry: Identity  # the store entry as it was when this was worked out
-    name: str
-    epoch: int | None
-    version: str
-    release: str
-    arch: str
-    nevra: str
-    block_size: int
+    identity: PackageIdentity  # as the store checks it against the manifest
     digest_algo: str  # of its file digests
     accounting: Accounting  # deploy.tree.accounting
     claims: tuple[tuple[str, int], ...]  # rpmextents.files.claim_candidates
@@ -88,6 +83,14 @@ class Summary:
     scriptlet_accounts: bool  # an install scriptlet creates accounts (rpmextents.accounts)
     plan: PlanPart
     etc_records: tuple[tuple[Any, ...], ...]  # its entries below /etc (_record)
+
+    @property
+    def nevra(self) -> str:
+        return self.identity.nevra
+
+    @property
+    def header_sha256(self) -> str:
+        return self.identity.header_sha256
 
     @property
     def dirs(self) -> _Dirs:
@@ -113,8 +116,9 @@ def summarize(sha256: str, header_sha256: str, entry: Identity, files: FileList,
     etc = tuple(_record(e) for e in files.entries_below(ETC))
     sysusers = ships_config(files)
     return Summary(
-        sha256, header_sha256, entry, ident.name, ident.epoch, ident.version, ident.release,
-        ident.arch, str(ident), block_size, files.digest_algo, accounting(files),
+        sha256, entry, PackageIdentity(ident.name, ident.epoch, ident.version, ident.release, ident.arch,
+                                       str(ident), block_size, header_sha256),
+        files.digest_algo, accounting(files),
         tuple(claim_candidates(files)), sysusers,
         accounts_without_sysusers(files.header, files),
         PlanPart(tuple(map(sys.intern, part.parent_dirs)), _Dirs.of(part.dirs), part.placed, part.exact),
@@ -264,10 +268,10 @@ def code_key() -> bytes:
 
 
 def _pack(s: Summary) -> tuple[Any, ...]:
-    a = s.accounting
+    a, i = s.accounting, s.identity
     return (
-        s.sha256, s.header_sha256, s.entry, s.name, -1 if s.epoch is None else s.epoch, s.version,
-        s.release, s.arch, s.nevra, s.block_size, s.digest_algo,
+        s.sha256, i.header_sha256, s.entry, i.name, -1 if i.epoch is None else i.epoch, i.version,
+        i.release, i.arch, i.nevra, i.block_size, s.digest_algo,
         tuple(sorted(a.users)), tuple(sorted(a.groups)), a.outside,
         tuple((f.path, f.mode, f.user, f.group) for f in a.setid),
         s.claims, s.sysusers, s.scriptlet_accounts,
@@ -301,8 +305,9 @@ def _unpack(p: Any) -> Summary:
             or type(etc) is not tuple):
         raise ValueError("a package not as written")
     return Summary(
-        sha, header_sha, entry, name, None if epoch < 0 else epoch, version, release, arch, nevra,
-        block_size, digest_algo,
+        sha, entry, PackageIdentity(name, None if epoch < 0 else epoch, version, release, arch, nevra,
+                                    block_size, header_sha),
+        digest_algo,
         Accounting(frozenset(users), frozenset(groups), outside, tuple(SetidFile(*f) for f in setid)),
         claims, sysusers, scriptlet,
         PlanPart(parent_dirs, _Dirs.unpacked(dirs),
@@ -387,18 +392,5 @@ def save(path: Path, summaries: Sequence[Summary], previous: Summaries | None = 
     head = _HEAD.pack(MAGIC, FORMAT, code_key(), len(payload))
     crc = zlib.crc32(payload, zlib.crc32(head))
     for left in path.parent.glob(f".{path.name}.tmp-*"):
-        left.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            for part in (head, payload, _CHECKSUM.pack(crc)):
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        left.unlink(missing_ok=True)  # left by killed runs
+    write_atomically(path, (head, payload, _CHECKSUM.pack(crc)), mode=0o600, sync=False)

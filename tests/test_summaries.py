@@ -55,7 +55,8 @@ def test_a_summary_says_what_the_file_list_says(tmp_path: Path) -> None:
     for sha, (pkg, files, ref) in lists.items():
         s = loaded.get(sha)
         assert s is not None
-        assert (s.name, s.epoch, s.version, s.release, s.arch, s.nevra, s.block_size, s.header_sha256) == (
+        i = s.identity
+        assert (i.name, i.epoch, i.version, i.release, i.arch, i.nevra, i.block_size, i.header_sha256) == (
             ref.name, ref.epoch, ref.version, ref.release, ref.arch, pkg.nevra, ref.block_size, ref.header_sha256)
         assert s.entry == pkg.file_identity
         assert s.accounting == accounting(files)
