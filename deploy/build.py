@@ -210,8 +210,7 @@ def _full(system: System, m: Image, store: Store, path: Path, progress: Progress
                 # made now from the file list at hand.
                 summary = store.summary(ref.sha256)
                 if summary is None:
-                    summary = summarize(ref.sha256, ref.header_sha256, pkg.file_identity, pkg.entries(),
-                                        pkg.block_size)
+                    summary = summarize(ref.sha256, ref.header_sha256, pkg)
                 else:
                     kept += 1
                 made.append(summary)
@@ -317,15 +316,9 @@ def _update(
             checkpoint("package built")
 
     def made() -> list[Summary]:
-        found = []
-        for ref in m.packages:
-            summary = kept.get(ref.sha256)
-            if summary is None:
-                pkg = store.package(ref.sha256)  # read already (remembered)
-                summary = summarize(ref.sha256, ref.header_sha256, pkg.file_identity, pkg.entries(),
-                                    pkg.block_size)
-            found.append(summary)
-        return found
+        # Those not kept were read already (the store remembers them).
+        return [kept.get(ref.sha256) or summarize(ref.sha256, ref.header_sha256, store.package(ref.sha256))
+                for ref in m.packages]
 
     return builder, sum(len(v) for v in plan.write.values()), plan.kept, made
 

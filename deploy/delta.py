@@ -456,7 +456,6 @@ def _list_part(files: FileList, dirnames: list[str], dirindexes: array[int], nam
     prefix_crcs = [None if p is None else zlib.crc32(p.encode("utf-8", "surrogateescape")) for p in prefixes]
     crcs: array[int] = array("I")
     dirs = DirMap()
-    exact = True
     modes, flags, crc32 = files.modes, files.flags, zlib.crc32
     for i, (name, k) in enumerate(zip(names, dirindexes, strict=True)):
         if flags[i] & _GHOST:
@@ -469,16 +468,16 @@ def _list_part(files: FileList, dirnames: list[str], dirindexes: array[int], nam
             rel = prefix + text if prefix is not None else USR_TREE.tree_path(dirnames[k] + text)
             crc = path_crc(rel)
             if is_dir:
-                if rel in dirs:
-                    exact = False
                 dirs[rel] = dir_entry(i, dirnames[k] + text, modes[i], *files.owner(i))
         else:
             crc = crc32(name, start)
         crcs.append(crc)
-    # Two paths of one CRC-32 may be one path placed twice: told exactly, by their paths.
-    if len(set(crcs)) != len(crcs):
+    # A path placed twice (a directory among them) gives one CRC-32 twice: told apart from
+    # two paths of one CRC-32 by the paths themselves.
+    exact = len(set(crcs)) == len(crcs)
+    if not exact:
         rels = _placed_outline(files)[1]
-        exact = exact and len(set(rels)) == len(rels)
+        exact = len(set(rels)) == len(rels)
     return PlanPart(tuple(sorted(_parent_dirs(files))), dirs, crcs, exact)
 
 
@@ -503,6 +502,11 @@ class _Sparse(Mapping[int, Entry]):
 _NUMBER = (1 << 32) - 1
 
 
+def crc_table(placed: Iterable[array[int]]) -> array[int]:
+    """Kept's table of packages' placed paths' CRC-32s (each package's, in order)."""
+    return array("Q", sorted(crc << 32 | n for n, crcs in enumerate(placed) for crc in crcs))
+
+
 class Kept:
     """The PlanParts of an image's packages (in its order) and one sorted table of their
     placed paths' CRC-32s: which of them may place a path is a bisection, not a question
@@ -514,10 +518,7 @@ class Kept:
         (deploy.summaries keeps it); else made from the parts."""
         self.keys = list(keys)
         self.parts = parts
-        if table is None:
-            table = array("Q", sorted(crc << 32 | n for n, key in enumerate(self.keys)
-                                      for crc in parts[key].placed))
-        self.table = table
+        self.table = table if table is not None else crc_table(parts[key].placed for key in self.keys)
 
     def parent_dirs(self, key: str) -> tuple[str, ...]:
         return self.parts[key].parent_dirs

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.delta import DirMap, Kept, KeptError, PlanPart, dir_entry, plan_part
+from deploy.delta import DirMap, Kept, KeptError, PlanPart, crc_table, dir_entry, plan_part
 from deploy.etcmerge import ETC, EtcPart
 from deploy.layoutcache import Identity
 from deploy.sysusers import ships_config
@@ -54,11 +54,12 @@ from deploy.tree import Accounting, SetidFile, accounting
 from host import digest
 from host.files import write_atomically
 from host.log import get as logger
+from imagespec.relocation import USR_TREE
 from rpmextents.accounts import accounts_without_sysusers
 from rpmextents.entry import Entry, check_path, entry_type
 from rpmextents.errors import FormatError
-from rpmextents.files import FileList, claim_candidates
-from rpmextents.package import PackageIdentity
+from rpmextents.files import claim_candidates
+from rpmextents.package import ExtentsPackage, PackageIdentity
 
 log = logger(__name__)
 
@@ -105,18 +106,16 @@ class Summary:
         return EtcPart(self.nevra, entries)
 
 
-def summarize(sha256: str, header_sha256: str, entry: Identity, files: FileList,
-              block_size: int) -> Summary:
-    """The summary of a stored package from its file list (its header, files.header)."""
-    from rpmextents.nevra import nevra_of
-
-    ident = nevra_of(files.header)
+def summarize(sha256: str, header_sha256: str, pkg: ExtentsPackage) -> Summary:
+    """The summary of the stored package sha256, read as pkg (its header, checked to be
+    header_sha256, is not hashed again)."""
+    files, ident, block_size = pkg.entries(), pkg.ident, pkg.block_size
     part = plan_part(files)
     assert isinstance(part.dirs, DirMap)
     etc = tuple(_record(e) for e in files.entries_below(ETC))
     sysusers = ships_config(files)
     return Summary(
-        sha256, entry, PackageIdentity(ident.name, ident.epoch, ident.version, ident.release, ident.arch,
+        sha256, pkg.file_identity, PackageIdentity(ident.name, ident.epoch, ident.version, ident.release, ident.arch,
                                        str(ident), block_size, header_sha256),
         files.digest_algo, accounting(files),
         tuple(claim_candidates(files)), sysusers,
@@ -168,7 +167,7 @@ class _Dirs:
     @classmethod
     def of(cls, dirs: Mapping[str, Entry]) -> _Dirs:
         es = list(dirs.values())
-        moved = {rel: e.path for rel, e in dirs.items() if e.path != _usr_path(rel)}
+        moved = {rel: e.path for rel, e in dirs.items() if e.path != USR_TREE.image_path(rel)}
         # Interned: most directories and owners are many packages' ("share/doc", "root"); so
         # marshal writes each once, and reads them back as one string each.
         return cls(tuple(map(sys.intern, dirs)), array("I", [e.index for e in es]),
@@ -189,7 +188,7 @@ class _Dirs:
         if j is None or not stat.S_ISDIR(self.modes[j]) or type(self.users[j]) is not str or type(
                 self.groups[j]) is not str:
             raise KeptError(f"{rel}: a directory record not as written")
-        path = self.moved.get(rel) or _usr_path(rel)
+        path = self.moved.get(rel) or USR_TREE.image_path(rel)
         return dir_entry(self.indexes[j], path, self.modes[j], self.users[j], self.groups[j])
 
     def packed(self) -> tuple[Any, ...]:
@@ -216,10 +215,6 @@ class _Dirs:
         if not len(rels) == len(columns[0]) == len(columns[1]) == len(users) == len(groups):
             raise ValueError("directories not as written")
         return cls(rels, *columns, users, groups, dict(moved))
-
-
-def _usr_path(rel: str) -> str:
-    return f"/usr/{rel}" if rel else "/usr"
 
 
 class Summaries:
@@ -381,11 +376,8 @@ def save(path: Path, summaries: Sequence[Summary], previous: Summaries | None = 
     previous: the summaries loaded this run, whose table has the placed paths of the
     packages taken from it (those have none of their own)."""
     placed = previous.placed() if previous is not None else {}
-    values = array("Q")
-    for n, s in enumerate(summaries):
-        crcs = s.plan.placed if len(s.plan.placed) or s.sha256 not in placed else placed[s.sha256]
-        values.extend(crc << 32 | n for crc in crcs)
-    table = array("Q", sorted(values))
+    table = crc_table(s.plan.placed if len(s.plan.placed) or s.sha256 not in placed else placed[s.sha256]
+                      for s in summaries)
     if sys.byteorder != "little":
         table.byteswap()
     payload = marshal.dumps((tuple(_pack(s) for s in summaries), table.tobytes()))

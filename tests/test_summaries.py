@@ -44,8 +44,7 @@ def test_a_summary_says_what_the_file_list_says(tmp_path: Path) -> None:
         ref = stored(store, tmp_path, name)
         with ExtentsPackage.open(store.path(ref.sha256)) as pkg:
             files = pkg.entries()
-            made.append(summaries.summarize(ref.sha256, ref.header_sha256, pkg.file_identity, files,
-                                            pkg.block_size))
+            made.append(summaries.summarize(ref.sha256, ref.header_sha256, pkg))
             lists[ref.sha256] = (pkg, files, ref)
     path = tmp_path / "summaries"
     summaries.save(path, made)
